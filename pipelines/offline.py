@@ -1,0 +1,290 @@
+"""The offline process as one Prefect flow:
+
+ingest → validate → snapshot → features → labeling → split → tune → train → evaluate →
+export → publish.
+
+Run it with `loopline run` (or `make run`). Each task reads its params section and calls one
+library function; retries only on stages that do I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from loopline import datastore, registry
+from loopline.config import Params, load_params
+from loopline.evaluate import Evaluation, evaluate_candidate, plot_per_step_rmse
+from loopline.export import SPEC_KEY, export_and_check
+from loopline.features import FeatureSpec, build_features
+from loopline.ingest import batch_watermarks, fetch_new_rows
+from loopline.labeling import make_windows
+from loopline.lineage import git_commit
+from loopline.paths import ProjectPaths
+from loopline.split import split_and_fit, test_view, without_test
+from loopline.tasks import get_task
+from loopline.tracking import RunTracker, lineage_tags, scratch_dir
+from loopline.train import TrainResult, plot_learning_curves, train_model
+from loopline.tune import TuneResult, tune_model
+from loopline.validate import ValidationReport, check_bad_fraction, validate_rows
+from pipelines.progress import note, stage
+
+IO_RETRIES = {"retries": 2, "retry_delay_seconds": [2, 10]}
+
+
+@task(name="ingest", cache_policy=NO_CACHE, **IO_RETRIES)
+def ingest(params: Params, paths: ProjectPaths):
+    plugin = get_task(params.task)
+    store = datastore.SnapshotStore(paths.snapshots(params.task))
+    return fetch_new_rows(params, plugin, paths.root, store.watermarks())
+
+
+@task(name="validate", cache_policy=NO_CACHE)
+def validate(params: Params, rows, paths: ProjectPaths, tracker: RunTracker,
+             batch_id: str) -> ValidationReport:
+    plugin = get_task(params.task)
+    report = validate_rows(rows, plugin.schema, plugin.rules(params), suite_name=params.task)
+    where = datastore.write_quarantine(
+        report.bad, paths.quarantine / params.task, batch_id
+    )
+    tracker.log_dict({**report.summary(), "quarantine": str(where) if where else None},
+                     "validation/summary.json")
+    tracker.log_metrics({"validate_rows": report.total, "validate_bad_rows": len(report.bad),
+                         "validate_bad_fraction": report.bad_fraction})
+    if where is not None:
+        tracker.log_file(where, "validation")
+    check_bad_fraction(report, params.validate_.max_bad_fraction, str(where))
+    return report
+
+
+@task(name="snapshot", cache_policy=NO_CACHE, **IO_RETRIES)
+def snapshot(params: Params, rows, report: ValidationReport, paths: ProjectPaths,
+             batch_id: str) -> tuple[datastore.Commit, str]:
+    plugin = get_task(params.task)
+    store = datastore.SnapshotStore(paths.snapshots(params.task))
+    info = {"batch_id": batch_id, "quarantined": len(report.bad), "source": params.ingest.source}
+    commit = store.commit(report.good, batch_watermarks(rows, plugin), info)
+    datastore.ensure_dvc_repo(paths.root, paths.dvc_remote)
+    return commit, datastore.track_data(paths.root, paths.data)
+
+
+@task(name="features", cache_policy=NO_CACHE)
+def features(params: Params, paths: ProjectPaths):
+    plugin = get_task(params.task)
+    snapshot_rows = datastore.SnapshotStore(paths.snapshots(params.task)).load()
+    return build_features(plugin, snapshot_rows, params)
+
+
+@task(name="labeling", cache_policy=NO_CACHE)
+def labeling(params: Params, frame, spec: FeatureSpec):
+    return get_task(params.task).add_labels(frame, spec)
+
+
+@task(name="split", cache_policy=NO_CACHE)
+def split(params: Params, frame, spec: FeatureSpec):
+    return split_and_fit(get_task(params.task), frame, spec, params)
+
+
+@task(name="tune", cache_policy=NO_CACHE)
+def tune(params: Params, frame, spec: FeatureSpec, tracker: RunTracker) -> TuneResult:
+    def log_trial(trial) -> None:
+        child = tracker.child(f"trial-{trial.number}", {"loopline.trial_state": trial.state})
+        child.log_params(trial.hparams)
+        child.log_metrics({"val_loss": trial.value, "epochs": trial.epochs})
+        child.end("FINISHED" if trial.state != "FAIL" else "FAILED")
+        value = f"{trial.value:.4g}" if trial.value is not None else "-"
+        note(f"trial {trial.number}: {trial.state.lower():8s} val_loss {value:>8s} "
+             f"after {trial.epochs} epochs  {trial.hparams}")
+
+    result = tune_model(get_task(params.task), frame, spec, params, on_trial=log_trial)
+    tracker.log_params({"best": result.best_hparams})
+    tracker.log_metrics({"tune_best_val_loss": result.best_value})
+    return result
+
+
+@task(name="train", cache_policy=NO_CACHE)
+def train(params: Params, frame, spec: FeatureSpec, hparams: dict[str, Any],
+          tracker: RunTracker, scratch: Path) -> tuple[TrainResult, FeatureSpec]:
+    def log_epoch(epoch) -> None:
+        tracker.log_metrics({"train_loss": epoch.train_loss, "val_loss": epoch.val_loss},
+                            step=epoch.epoch)
+        note(f"epoch {epoch.epoch:3d}/{params.train.max_epochs}  train {epoch.train_loss:.4f}"
+             f"  val {epoch.val_loss:.4f}")
+
+    result, spec = train_model(get_task(params.task), frame, spec, hparams, params, log_epoch)
+    tracker.log_metrics({"best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
+                         "epochs_run": len(result.history),
+                         "overfitting_onset_epoch": result.overfitting_onset or 0})
+    curves = plot_learning_curves(result, scratch / "learning_curves.png",
+                                  f"{params.task}: learning curves")
+    tracker.log_figure_file(curves)
+    return result, spec
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate(params: Params, frame, spec: FeatureSpec, result: TrainResult,
+             paths: ProjectPaths, tracker: RunTracker, scratch: Path) -> Evaluation:
+    plugin = get_task(params.task)
+    champion = registry.load_champion(paths.tracking_uri(), params.model_name, scratch / "champ")
+    champion_model = (champion[0], champion[1]) if champion else None
+    evaluation = evaluate_candidate(plugin, frame, spec, result.model, params, champion_model)
+    tracker.log_metrics(evaluation.metrics())
+    per_step = plot_per_step_rmse(evaluation.scores, scratch / "rmse_per_horizon_step.png")
+    tracker.log_figure_file(per_step)
+    tracker.log_dict(
+        {
+            "decision": evaluation.decision.to_dict(),
+            "champion_version": champion[2].version if champion else None,
+            "scores": {k: v.to_dict() for k, v in evaluation.scores.items()},
+        },
+        "evaluation/decision.json",
+    )
+    return evaluation
+
+
+@task(name="export", cache_policy=NO_CACHE)
+def export(params: Params, frame, spec: FeatureSpec, result: TrainResult, scratch: Path):
+    # The golden batch comes from validation windows: the test set is evaluate's alone.
+    val = make_windows(frame, spec, spec.window, target_set="val", history_sets=("gap",))
+    golden = val.x[: params.export.golden_batch]
+    path = scratch / "model.onnx"
+    parity = export_and_check(result.model, golden, path, {SPEC_KEY: spec.to_json()},
+                              params.export.parity_atol, params.export.parity_rtol)
+    return path, parity, golden
+
+
+@task(name="publish", cache_policy=NO_CACHE, **IO_RETRIES)
+def publish(params: Params, paths: ProjectPaths, onnx_path: Path, spec: FeatureSpec,
+            golden, evaluation: Evaluation, lineage: dict[str, str], tracker: RunTracker,
+            scratch: Path) -> tuple[registry.Published, dict | None]:
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from loopline.export import onnx_session, run_onnx
+
+    spec_file = scratch / "feature_spec.json"
+    spec_file.write_text(spec.to_json())
+    params_file = scratch / "params.json"
+    params_file.write_text(json.dumps(params.to_dict(), indent=1))
+    signature = infer_signature(golden, run_onnx(onnx_session(onnx_path), golden))
+    metrics = evaluation.metrics()
+    tags = {
+        **lineage,
+        "loopline.pipeline_run_id": tracker.run_id,
+        "loopline.params": json.dumps(params.to_dict(), separators=(",", ":"))[:5000],
+        "loopline.gate": "promote" if evaluation.decision.promote else "hold",
+        **{f"loopline.metric.{k}": f"{v:.6g}" for k, v in metrics.items()},
+    }
+    mlflow.set_tracking_uri(paths.tracking_uri())
+    with mlflow.start_run(run_id=tracker.run_id):
+        published = registry.log_onnx_model(
+            onnx_path, params.model_name, [spec_file, params_file],
+            metadata={"feature_spec": json.loads(spec.to_json()), **lineage},
+            signature=signature, tags=tags,
+        )
+    moved = None
+    if evaluation.decision.promote:
+        moved = registry.move_champion(paths.tracking_uri(), params.model_name, published.version,
+                                       reason="; ".join(evaluation.decision.reasons),
+                                       who=f"pipeline run {tracker.run_id}")
+    return published, moved
+
+
+def nothing_new(paths: ProjectPaths, params: Params, data_version: str) -> Any | None:
+    """The registered version already trained on this data with these params, if any."""
+    latest = registry.latest_version(paths.tracking_uri(), params.model_name)
+    if latest is None:
+        return None
+    tags = latest.tags or {}
+    same = (tags.get("loopline.data_version") == data_version
+            and tags.get("loopline.params_hash") == params.fingerprint())
+    return latest if same else None
+
+
+@flow(name="loopline-offline", log_prints=False, validate_parameters=False)
+def offline_flow(root: str = ".", overrides: list[str] | None = None) -> dict[str, Any]:
+    """Run the whole offline process on the project at `root`; return a summary."""
+    paths = ProjectPaths.at(root)
+    params = load_params(paths.params_file, overrides)
+    commit, dirty = git_commit(paths.root)
+    batch_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+    tracker = RunTracker.start(
+        paths.tracking_uri(), params.experiment_name,
+        paths.mlflow_artifacts if paths.uses_default_tracking() else None,
+        run_name=f"offline-{batch_id}", tags={"loopline.task": params.task},
+    )
+    scratch = scratch_dir(paths.runs, tracker.run_id)
+    tracker.log_params(params.to_dict())
+    summary: dict[str, Any] = {"run_id": tracker.run_id, "task": params.task,
+                               "tracking_uri": paths.tracking_uri()}
+    try:
+        with stage("ingest", params.ingest.source):
+            rows = ingest(params, paths)
+            note(f"{len(rows)} new rows")
+        with stage("validate"):
+            report = validate(params, rows, paths, tracker, batch_id)
+            note(f"{len(report.good)} good, {len(report.bad)} quarantined")
+        with stage("snapshot"):
+            committed, data_version = snapshot(params, rows, report, paths, batch_id)
+            note(f"{committed.rows} rows added, {committed.total_rows} in snapshot; "
+                 f"data version {data_version}")
+        lineage = lineage_tags(params.task, data_version, commit, dirty, params.fingerprint())
+        tracker.set_tags(lineage)
+        summary.update(data_version=data_version, new_rows=committed.rows)
+        done = nothing_new(paths, params, data_version)
+        if done is not None:
+            message = (f"nothing new: data version {data_version} and params "
+                       f"{params.fingerprint()} match {params.model_name} v{done.version}; "
+                       "not training")
+            note(message)
+            tracker.set_tags({"loopline.outcome": "nothing new"})
+            tracker.end()
+            return {**summary, "status": "nothing new", "message": message,
+                    "version": done.version}
+        with stage("features"):
+            frame, spec = features(params, paths)
+        with stage("labeling", f"horizon {spec.horizon}"):
+            frame = labeling(params, frame, spec)
+        with stage("split"):
+            frame, spec = split(params, frame, spec)
+            counts = frame["split"].value_counts().to_dict()
+            note(f"rows per set: {counts}")
+            training_rows = without_test(frame, spec.time_column)
+            test_rows = test_view(frame, spec.time_column)
+        with stage("tune", f"{params.tune.sampler}, {params.tune.n_trials} trials"):
+            tuned = tune(params, training_rows, spec, tracker)
+            note(f"best {tuned.best_hparams} (val_loss {tuned.best_value:.4g})")
+        with stage("train"):
+            result, spec = train(params, training_rows, spec, tuned.best_hparams, tracker, scratch)
+            note(f"best epoch {result.best_epoch}, val_loss {result.best_val_loss:.4g}")
+        with stage("evaluate"):
+            evaluation = evaluate(params, test_rows, spec, result, paths, tracker, scratch)
+            for name, scores in evaluation.scores.items():
+                note(f"{name:18s} RMSE {scores.rmse:8.1f}  MAE {scores.mae:8.1f}")
+            for reason in evaluation.decision.reasons:
+                note(reason)
+        with stage("export"):
+            onnx_path, parity, golden = export(params, training_rows, spec, result, scratch)
+            note(f"parity max |diff| {parity.max_abs_diff:.2e} on {parity.rows} rows")
+            tracker.log_metrics({"parity_max_abs_diff": parity.max_abs_diff})
+        with stage("publish"):
+            published, moved = publish(params, paths, onnx_path, spec, golden, evaluation,
+                                       lineage, tracker, scratch)
+            note(f"{published.name} v{published.version} registered as challenger"
+                 + ("; now champion" if moved else "; champion unchanged"))
+        tracker.set_tags({"loopline.outcome": "published",
+                          "loopline.model_version": published.version})
+        tracker.end()
+        return {**summary, "status": "published", "version": published.version,
+                "promoted": bool(moved), "metrics": evaluation.metrics(),
+                "decision": evaluation.decision.to_dict()}
+    except BaseException:
+        tracker.set_tags({"loopline.outcome": "failed"})
+        tracker.end("FAILED")
+        raise

@@ -1,0 +1,290 @@
+"""Typed, validated params: one frozen section per stage, parsed from params.yaml.
+
+Unknown keys and bad values are rejected before any work starts, with the key named, so a
+typo never silently falls back to a default. `-P section.key=value` overrides are applied to
+the raw YAML first and validated with everything else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from loopline.errors import ConfigError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Positive = Annotated[int, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class IngestParams(Section):
+    """Where rows come from. `source` is `builtin:<task>`, a CSV/Parquet path or glob, or a
+    SQLAlchemy URL (then `query` is the SQL to run)."""
+
+    source: str = "builtin:solar"
+    query: str | None = None
+    # Optional time bounds [start, end) on the source, e.g. to backfill or replay history.
+    start: str | None = None
+    end: str | None = None
+
+    @model_validator(mode="after")
+    def _query_needs_sql(self) -> IngestParams:
+        if self.query is not None and "://" not in self.source:
+            raise ValueError("ingest.query is only used with a SQLAlchemy URL source")
+        return self
+
+
+class PVSystemParams(Section):
+    surface_tilt: Annotated[float, Field(ge=0, le=90)] = 30.0
+    surface_azimuth: Annotated[float, Field(ge=0, lt=360)] = 180.0
+    pdc0_w: Annotated[float, Field(gt=0)] = 5000.0
+    gamma_pdc: Annotated[float, Field(ge=-0.02, le=0)] = -0.004
+    inverter_efficiency: Annotated[float, Field(gt=0, le=1)] = 0.96
+
+
+SolarSite = Literal["greensboro", "sand_point"]
+
+
+class SolarParams(Section):
+    """The built-in solar source: TMY3 weather shipped with pvlib → AC power of a PV system."""
+
+    sites: list[SolarSite] = ["greensboro", "sand_point"]
+    year: Annotated[int, Field(ge=1990, le=2100)] = 2021
+    system: PVSystemParams = PVSystemParams()
+
+    @field_validator("sites")
+    @classmethod
+    def _sites_unique(cls, sites: list[str]) -> list[str]:
+        if not sites or len(set(sites)) != len(sites):
+            raise ValueError("solar.sites must list at least one site, each once")
+        return sites
+
+
+class ValidateParams(Section):
+    max_bad_fraction: Fraction = 0.05
+
+
+class FeaturesParams(Section):
+    freq: str = "1h"
+    # Power lags (steps) added as inputs: 24 = the same hour yesterday.
+    lags: list[Positive] = [24]
+    # Clear-sky power `lead` steps ahead, known from the clock alone; with a window of at least
+    # the horizon the model sees the whole clear-sky profile of the day it forecasts.
+    clearsky_leads: list[Positive] = [24]
+
+
+class LabelingParams(Section):
+    horizon: Positive = 24
+
+
+class SplitParams(Section):
+    train: Annotated[float, Field(gt=0, lt=1)] = 0.8
+    val: Annotated[float, Field(gt=0, lt=1)] = 0.1
+    test: Annotated[float, Field(gt=0, lt=1)] = 0.1
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> SplitParams:
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"split.train + split.val + split.test must be 1, got {total:g}")
+        return self
+
+
+class Dimension(Section):
+    """One search-space axis: a list of `choices`, or a numeric range `low`..`high`."""
+
+    choices: list[Any] | None = None
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    integer: bool = False
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Dimension:
+        if self.choices is not None:
+            if not self.choices or self.low is not None or self.high is not None:
+                raise ValueError("give either a non-empty `choices` list or `low`/`high`")
+        elif self.low is None or self.high is None or self.low > self.high:
+            raise ValueError("a range needs `low` <= `high`")
+        elif self.log and self.low <= 0:
+            raise ValueError("a log range needs `low` > 0")
+        return self
+
+
+HYPERPARAMETERS = (
+    "hidden_size",
+    "num_layers",
+    "dropout",
+    "learning_rate",
+    "batch_size",
+    "window",
+    "cell",
+)
+
+
+def _default_space() -> dict[str, Dimension]:
+    return {
+        "hidden_size": Dimension(choices=[32, 64]),
+        "num_layers": Dimension(choices=[1, 2]),
+        "dropout": Dimension(low=0.0, high=0.3),
+        "learning_rate": Dimension(low=1e-3, high=1e-2, log=True),
+        "batch_size": Dimension(choices=[64, 128]),
+        "window": Dimension(choices=[24, 48]),
+        "cell": Dimension(choices=["lstm", "gru"]),
+    }
+
+
+class TuneParams(Section):
+    sampler: Literal["grid", "random", "tpe"] = "tpe"
+    n_trials: Positive = 6
+    max_epochs: Positive = 6
+    pruning: bool = True
+    # Points per numeric range when the sampler is `grid`.
+    grid_points: Annotated[int, Field(ge=2)] = 2
+    search_space: dict[str, Dimension] = Field(default_factory=_default_space)
+
+    @field_validator("search_space")
+    @classmethod
+    def _known_axes(cls, space: dict[str, Dimension]) -> dict[str, Dimension]:
+        unknown = sorted(set(space) - set(HYPERPARAMETERS))
+        if unknown:
+            raise ValueError(f"unknown hyperparameter(s) {unknown}; known: {list(HYPERPARAMETERS)}")
+        missing = sorted(set(HYPERPARAMETERS) - set(space))
+        if missing:
+            raise ValueError(f"search_space is missing {missing} (a one-item `choices` fixes one)")
+        cell = space["cell"]
+        if cell.choices is None or not set(cell.choices) <= {"lstm", "gru"}:
+            raise ValueError("search_space.cell must be `choices` from [lstm, gru]")
+        return space
+
+
+class TrainParams(Section):
+    max_epochs: Positive = 40
+    patience: Positive = 5
+    min_delta: Annotated[float, Field(ge=0)] = 0.0
+    weight_decay: Annotated[float, Field(ge=0)] = 1e-4
+    grad_clip: Annotated[float, Field(gt=0)] = 1.0
+    threads: Annotated[int, Field(ge=0)] = 0  # 0: torch's default
+
+
+class EvaluateParams(Section):
+    # Relative RMSE improvement a candidate needs over the champion (0.0 = any improvement).
+    min_improvement: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    # Steps of history behind smart persistence's clear-sky index.
+    smart_persistence_window: Positive = 24
+
+
+class ExportParams(Section):
+    parity_atol: Annotated[float, Field(gt=0)] = 1e-3
+    parity_rtol: Annotated[float, Field(ge=0)] = 1e-4
+    golden_batch: Annotated[int, Field(ge=2)] = 32
+
+
+class PublishParams(Section):
+    model_name: str | None = None  # default: the task's name
+    experiment: str | None = None  # default: "loopline-<task>"
+
+
+class Params(Section):
+    task: Literal["solar"] = "solar"
+    seed: int = 42
+    ingest: IngestParams = IngestParams()
+    solar: SolarParams = SolarParams()
+    validate_: ValidateParams = Field(ValidateParams(), alias="validate")
+    features: FeaturesParams = FeaturesParams()
+    labeling: LabelingParams = LabelingParams()
+    split: SplitParams = SplitParams()
+    tune: TuneParams = TuneParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    export: ExportParams = ExportParams()
+    publish: PublishParams = PublishParams()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @property
+    def model_name(self) -> str:
+        return self.publish.model_name or self.task
+
+    @property
+    def experiment_name(self) -> str:
+        return self.publish.experiment or f"loopline-{self.task}"
+
+    def section(self, name: str) -> dict[str, Any]:
+        """One section as plain data (for logging and cache keys)."""
+        return self.to_dict()[name]
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+    def fingerprint(self) -> str:
+        """A stable hash of every knob: equal params → equal fingerprint."""
+        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`section.key=value` → (["section", "key"], value parsed as YAML)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from exc
+    return [part for part in key.strip().split(".")], value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    data = json.loads(json.dumps(raw))  # a deep copy that also rejects odd YAML types
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {part!r} is not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def _describe(error: dict[str, Any]) -> str:
+    where = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        return f"{where}: unknown key"
+    value = error.get("input")
+    shown = "" if isinstance(value, dict) else f" (got {value!r})"
+    return f"{where}: {error['msg']}{shown}"
+
+
+def parse_params(raw: dict[str, Any] | None, origin: str = "params") -> Params:
+    """Validate raw params; raise ConfigError listing every bad key."""
+    try:
+        return Params.model_validate(raw or {})
+    except ValidationError as exc:
+        lines = "\n  ".join(_describe(e) for e in exc.errors())
+        raise ConfigError(f"{origin} is invalid:\n  {lines}") from None
+
+
+def load_params(path: str | Path, overrides: list[str] | None = None) -> Params:
+    """Read params.yaml, apply `-P` overrides, validate."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"params file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections")
+    return parse_params(apply_overrides(raw, overrides or []), origin=str(path))

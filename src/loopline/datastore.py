@@ -1,0 +1,139 @@
+"""The data store: immutable, DVC-tracked snapshot partitions under `data/`.
+
+Each committed batch is a new Parquet partition listed in a manifest; nothing committed is
+ever rewritten, so a failed or crashed run leaves the previous snapshot exactly as it was.
+Files are written to a temporary name and renamed into place (atomic on one filesystem).
+The data version is DVC's hash of `data/` (`data.dvc`), pushed to the configured remote.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
+    """Write through `write(tmp_path)` then rename onto `path`: readers see old or new, never
+    half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    return atomic_write(path, lambda p: p.write_text(text))
+
+
+@dataclass
+class Commit:
+    partition: str | None
+    rows: int
+    total_rows: int
+
+
+class SnapshotStore:
+    """Append-only partitions of one task's validated rows, plus a manifest."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.manifest_path = folder / "manifest.json"
+
+    def manifest(self) -> dict[str, Any]:
+        if not self.manifest_path.exists():
+            return {"batches": []}
+        return json.loads(self.manifest_path.read_text())
+
+    def watermarks(self) -> dict[str, str]:
+        """The latest time seen per group across committed batches."""
+        marks: dict[str, str] = {}
+        for batch in self.manifest()["batches"]:
+            for group, stamp in batch.get("watermarks", {}).items():
+                if group not in marks or pd.Timestamp(stamp) > pd.Timestamp(marks[group]):
+                    marks[group] = stamp
+        return marks
+
+    def load(self) -> pd.DataFrame:
+        parts = [b["partition"] for b in self.manifest()["batches"] if b.get("partition")]
+        if not parts:
+            return pd.DataFrame()
+        return pd.concat([pd.read_parquet(self.folder / p) for p in parts], ignore_index=True)
+
+    def commit(
+        self, rows: pd.DataFrame, watermarks: dict[str, str], info: dict[str, Any]
+    ) -> Commit:
+        """Add validated rows as a new partition (none when empty) and record the batch."""
+        manifest = self.manifest()
+        batches = manifest["batches"]
+        partition = None
+        if len(rows):
+            # Named by position: an orphan left by a crash before the manifest moved is simply
+            # overwritten by the next commit, so reruns never duplicate rows.
+            partition = f"part-{len(batches):05d}.parquet"
+            atomic_write(self.folder / partition, lambda p: rows.to_parquet(p, index=False))
+        batches.append(
+            {
+                "partition": partition,
+                "rows": len(rows),
+                "watermarks": watermarks,
+                "committed_at": datetime.now(UTC).isoformat(),
+                **info,
+            }
+        )
+        atomic_write_text(self.manifest_path, json.dumps(manifest, indent=1))
+        total = sum(b["rows"] for b in batches)
+        return Commit(partition, len(rows), total)
+
+
+def write_quarantine(bad: pd.DataFrame, folder: Path, batch_id: str) -> Path | None:
+    """Failing rows with their reasons, as CSV people can open."""
+    if bad.empty:
+        return None
+    return atomic_write(folder / f"{batch_id}.csv", lambda p: bad.to_csv(p, index=False))
+
+
+def ensure_dvc_repo(root: Path, remote: Path) -> None:
+    """Initialise DVC in `root` with a local default remote, unless already set up."""
+    from dvc.repo import Repo
+
+    if not (root / ".dvc").is_dir():
+        Repo.init(str(root), no_scm=not (root / ".git").exists())
+    with Repo(str(root)) as repo, repo.config.edit() as config:
+        if not config.get("core", {}).get("remote"):
+            config["remote"]["local"] = {"url": str(remote)}
+            config["core"]["remote"] = "local"
+
+
+def track_data(root: Path, data_dir: Path, push: bool = True) -> str:
+    """`dvc add` the data folder (updating `data.dvc`), push it, return its DVC hash."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        repo.add([str(data_dir.resolve())])
+        if push:
+            repo.push()
+    return data_version(root, data_dir)
+
+
+def data_version(root: Path, data_dir: Path) -> str:
+    """The DVC hash recorded in `<data>.dvc`, or "none" before the first snapshot."""
+    pointer = root / f"{data_dir.name}.dvc"
+    if not pointer.exists():
+        return "none"
+    outs = yaml.safe_load(pointer.read_text()).get("outs") or [{}]
+    return str(outs[0].get("md5", "none")).removesuffix(".dir")

@@ -1,0 +1,191 @@
+"""Evaluate: score a candidate on the test split beside baselines and the champion, and decide.
+
+`should_promote` is a pure decision, tested on its own; the registry step only carries it out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Errors of one forecaster on a fixed set of test rows."""
+
+    rmse: float
+    mae: float
+    rmse_per_step: list[float]
+    rows: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def score(y_true: np.ndarray, y_pred: np.ndarray) -> Scores:
+    """RMSE and MAE overall and RMSE per horizon step, on rows where both are finite."""
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"shape mismatch: truth {y_true.shape} vs forecast {y_pred.shape}")
+    ok = np.isfinite(y_true).all(axis=1) & np.isfinite(y_pred).all(axis=1)
+    if not ok.any():
+        raise ValueError("no test row has both a finite truth and a finite forecast")
+    err = y_pred[ok].astype(np.float64) - y_true[ok].astype(np.float64)
+    return Scores(
+        rmse=float(np.sqrt(np.mean(err**2))),
+        mae=float(np.mean(np.abs(err))),
+        rmse_per_step=[float(v) for v in np.sqrt(np.mean(err**2, axis=0))],
+        rows=int(ok.sum()),
+    )
+
+
+def skill(model: Scores, baseline: Scores) -> float:
+    """Forecast skill: 1 - RMSE / baseline RMSE (> 0 means better than the baseline)."""
+    return 1.0 - model.rmse / baseline.rmse if baseline.rmse > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Decision:
+    promote: bool
+    reasons: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def should_promote(
+    candidate: Scores,
+    champion: Scores | None,
+    baselines: dict[str, Scores],
+    min_improvement: float = 0.0,
+) -> Decision:
+    """Promote only a candidate that beats every baseline and the champion on the same rows.
+
+    `champion` is None when there is none yet; its scores must come from the same test rows
+    as the candidate's (the caller re-scores the champion on them).
+    """
+    reasons: list[str] = []
+    promote = True
+    for name, base in sorted(baselines.items()):
+        if base.rows != candidate.rows:
+            raise ValueError(f"baseline {name} was scored on {base.rows} rows, candidate on "
+                             f"{candidate.rows}: compare on the same rows")
+        if candidate.rmse < base.rmse:
+            reasons.append(f"beats {name}: RMSE {candidate.rmse:.4g} < {base.rmse:.4g}")
+        else:
+            promote = False
+            reasons.append(f"does not beat {name}: RMSE {candidate.rmse:.4g} >= {base.rmse:.4g}")
+    if champion is None:
+        reasons.append("no current champion")
+    else:
+        if champion.rows != candidate.rows:
+            raise ValueError(f"champion was scored on {champion.rows} rows, candidate on "
+                             f"{candidate.rows}: compare on the same rows")
+        needed = champion.rmse * (1.0 - min_improvement)
+        if candidate.rmse < needed:
+            reasons.append(f"beats the champion: RMSE {candidate.rmse:.4g} < {needed:.4g}"
+                           f" (champion {champion.rmse:.4g}, min_improvement {min_improvement:g})")
+        else:
+            promote = False
+            reasons.append(f"does not beat the champion: RMSE {candidate.rmse:.4g} >= "
+                           f"{needed:.4g} (champion {champion.rmse:.4g}, "
+                           f"min_improvement {min_improvement:g})")
+    return Decision(promote, reasons)
+
+
+def plot_per_step_rmse(curves: dict[str, Scores], path: Path, unit: str = "W") -> Path:
+    """RMSE per horizon step of the model and each baseline: a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, scores in curves.items():
+        steps = range(1, len(scores.rmse_per_step) + 1)
+        ax.plot(steps, scores.rmse_per_step, marker=".", label=f"{name} (mean {scores.rmse:.0f})")
+    ax.set_xlabel("steps ahead")
+    ax.set_ylabel(f"RMSE ({unit})")
+    ax.set_title("Test RMSE per horizon step")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+@dataclass
+class Evaluation:
+    """Every forecaster scored on the same test rows, and the gate's decision."""
+
+    scores: dict[str, Scores]  # "model", each baseline, and "champion" when there is one
+    decision: Decision
+    rows: int
+
+    def metrics(self) -> dict[str, float]:
+        """Flat metrics for tracking: test_rmse, test_mae, <baseline>_rmse, skill_<baseline>."""
+        model = self.scores["model"]
+        out = {"test_rmse": model.rmse, "test_mae": model.mae, "test_rows": float(self.rows)}
+        for name, s in self.scores.items():
+            if name == "model":
+                continue
+            out[f"{name}_rmse"] = s.rmse
+            out[f"{name}_mae"] = s.mae
+            out[f"skill_vs_{name}"] = skill(model, s)
+        return out
+
+
+def _torch_forecasts(test_frame, spec, model):
+    from loopline.labeling import make_windows
+    from loopline.train import predict
+
+    examples = make_windows(test_frame, spec, spec.window, target_set="test",
+                            history_sets=("gap",))
+    return examples.keys, predict(model, examples.x), examples.y
+
+
+def onnx_forecasts(task, test_frame, spec, session):
+    """Forecasts of an ONNX model with its own feature spec, from the raw test rows."""
+    from loopline.export import run_onnx
+    from loopline.labeling import make_windows
+
+    raw = test_frame[[*task.schema, "split"]]
+    frame = task.add_labels(task.add_features(raw, spec), spec)
+    examples = make_windows(frame, spec, spec.window, target_set="test", history_sets=("gap",))
+    values = run_onnx(session, examples.x) if len(examples) else np.zeros((0, spec.horizon))
+    return examples.keys, values
+
+
+def evaluate_candidate(task, test_frame, spec, model, params, champion=None) -> Evaluation:
+    """Score the candidate, the task's baselines and the champion on the same test rows.
+
+    `champion` is (onnx session, its feature spec) or None. Rows are the forecast origins all
+    forecasters can serve, so a champion with a longer window is compared fairly.
+    """
+    import pandas as pd
+
+    keys, predicted, truth = _torch_forecasts(test_frame, spec, model)
+    forecasts = {"model": predicted}
+    if champion is not None:
+        champion_keys, champion_values = onnx_forecasts(task, test_frame, champion[1], champion[0])
+        position = pd.MultiIndex.from_frame(champion_keys).get_indexer(
+            pd.MultiIndex.from_frame(keys)
+        )
+        aligned = np.full_like(predicted, np.nan, dtype=np.float64)
+        found = position >= 0
+        aligned[found] = champion_values[position[found]]
+        forecasts["champion"] = aligned
+    forecasts.update(task.baselines(test_frame, keys, spec, params))
+    common = np.isfinite(truth).all(axis=1)
+    for values in forecasts.values():
+        common &= np.isfinite(values).all(axis=1)
+    if not common.any():
+        raise ValueError("no test window that every forecaster can score")
+    scores = {name: score(truth[common], values[common]) for name, values in forecasts.items()}
+    baselines = {k: v for k, v in scores.items() if k not in ("model", "champion")}
+    decision = should_promote(scores["model"], scores.get("champion"), baselines,
+                              params.evaluate.min_improvement)
+    return Evaluation(scores, decision, int(common.sum()))

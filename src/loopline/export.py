@@ -1,0 +1,113 @@
+"""Export: torch → ONNX with a dynamic batch axis, and a parity check that gates publishing.
+
+The feature spec is embedded in the ONNX file's metadata, so the model file alone says how
+to compute its inputs.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from loopline.errors import ParityError
+
+INPUT_NAME = "x"
+OUTPUT_NAME = "forecast"
+SPEC_KEY = "loopline.feature_spec"
+
+
+def export_onnx(
+    module: torch.nn.Module, example: np.ndarray, path: Path, metadata: dict[str, str]
+) -> Path:
+    """Write `module` as ONNX to `path`; batch (axis 0) stays dynamic.
+
+    The example must hold at least two rows: with one, the exporter silently fixes batch = 1.
+    """
+    import onnx
+    from torch.export import Dim
+
+    if example.shape[0] < 2:
+        raise ValueError("export needs an example batch of at least 2 rows (batch-1 trap)")
+    module.eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        program = torch.onnx.export(
+            module,
+            (torch.from_numpy(example),),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes={"x": {0: Dim("batch")}},
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+    model = program.model_proto
+    onnx.helper.set_model_props(model, metadata)
+    onnx.checker.check_model(model)
+    tmp = path.with_suffix(".tmp")
+    onnx.save_model(model, tmp)
+    tmp.replace(path)
+    return path
+
+
+def onnx_session(path: Path | bytes, threads: int = 0):
+    """An onnxruntime CPU session (the service picks GPU providers itself)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    source = str(path) if isinstance(path, Path) else path
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(session, x: np.ndarray) -> np.ndarray:
+    return session.run(None, {INPUT_NAME: x.astype(np.float32)})[0]
+
+
+@dataclass(frozen=True)
+class Parity:
+    max_abs_diff: float
+    max_rel_diff: float
+    rows: int
+    passed: bool
+
+
+def check_parity(
+    module: torch.nn.Module, onnx_path: Path, golden: np.ndarray, atol: float, rtol: float
+) -> Parity:
+    """Compare onnxruntime with PyTorch on a golden batch; raise ParityError past tolerance."""
+    module.eval()
+    with torch.no_grad():
+        expected = module(torch.from_numpy(golden)).numpy()
+    actual = run_onnx(onnx_session(onnx_path), golden)
+    if actual.shape != expected.shape:
+        raise ParityError(f"ONNX output shape {actual.shape} != PyTorch {expected.shape}")
+    diff = np.abs(actual - expected)
+    rel = diff / np.maximum(np.abs(expected), 1e-12)
+    passed = bool(np.allclose(actual, expected, atol=atol, rtol=rtol))
+    result = Parity(float(diff.max()), float(rel.max()), len(golden), passed)
+    if not passed:
+        raise ParityError(
+            f"ONNX parity check failed on {len(golden)} golden rows: max |diff| "
+            f"{result.max_abs_diff:.3g} exceeds export.parity_atol={atol:g} / "
+            f"parity_rtol={rtol:g}; nothing was published"
+        )
+    return result
+
+
+def export_and_check(model: torch.nn.Module, golden: np.ndarray, path: Path,
+                     metadata: dict[str, str], atol: float, rtol: float) -> Parity:
+    """Export `model.predict` to ONNX at `path` and check parity on `golden`."""
+    from loopline.models.forecaster import Predictor
+
+    predictor = Predictor(model)
+    export_onnx(predictor, golden, path, metadata)
+    return check_parity(predictor, path, golden, atol, rtol)

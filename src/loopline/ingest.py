@@ -1,0 +1,134 @@
+"""Ingest: read rows from a source and keep only those newer than the last watermark.
+
+Sources (`ingest.source`): `builtin:<task>`, a CSV/Parquet path or glob (relative to the
+project), or a SQLAlchemy URL with `ingest.query`. Nothing is written here: rows become part
+of a snapshot only after validation (see `datastore.SnapshotStore.commit`).
+"""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+
+import pandas as pd
+
+from loopline.config import IngestParams, Params
+from loopline.errors import SourceError
+from loopline.tasks import Task
+
+
+def _mask_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
+
+
+def read_sql(url: str, query: str | None) -> pd.DataFrame:
+    import sqlalchemy
+
+    if not query:
+        raise SourceError(f"ingest.source is a database URL ({_mask_url(url)}): set ingest.query")
+    try:
+        engine = sqlalchemy.create_engine(url)
+        with engine.connect() as connection:
+            return pd.read_sql(sqlalchemy.text(query), connection)
+    except SourceError:
+        raise
+    except Exception as exc:  # driver errors vary; name the source either way
+        raise SourceError(f"cannot read ingest.query from {_mask_url(url)}: {exc}") from exc
+
+
+def read_files(pattern: str, root: Path) -> pd.DataFrame:
+    full = pattern if Path(pattern).is_absolute() else str(root / pattern)
+    paths = sorted(glob.glob(full)) if glob.has_magic(full) else [full]
+    paths = [p for p in paths if Path(p).is_file()]
+    if not paths:
+        raise SourceError(f"ingest.source {pattern!r}: no such file (looked for {full})")
+    frames = []
+    for path in paths:
+        suffix = Path(path).suffix.lower()
+        try:
+            if suffix in (".csv", ".tsv", ".txt"):
+                # Read as text: typing is validation's job, so a bad cell is quarantined,
+                # not a whole file rejected.
+                sep = "\t" if suffix == ".tsv" else ","
+                frames.append(pd.read_csv(path, sep=sep, dtype=str, keep_default_na=True))
+            elif suffix in (".parquet", ".pq"):
+                frames.append(pd.read_parquet(path))
+            else:
+                raise SourceError(f"ingest.source file {path}: unsupported type {suffix!r} "
+                                  "(use .csv, .tsv or .parquet)")
+        except SourceError:
+            raise
+        except Exception as exc:
+            raise SourceError(f"cannot read ingest.source file {path}: {exc}") from exc
+    return pd.concat(frames, ignore_index=True)
+
+
+def read_source(params: Params, task: Task, root: Path) -> pd.DataFrame:
+    """All rows of `params.ingest.source`, within its optional [start, end) bounds."""
+    source = params.ingest.source
+    if source.startswith("builtin:"):
+        name = source.removeprefix("builtin:")
+        if name != task.name:
+            raise SourceError(f"ingest.source {source!r} is not a built-in source of task "
+                              f"{task.name!r} (use builtin:{task.name})")
+        frame = task.load_builtin(params)
+    elif "://" in source:
+        frame = read_sql(source, params.ingest.query)
+    else:
+        frame = read_files(source, root)
+    return within_bounds(frame, params.ingest, task)
+
+
+def parsed_times(frame: pd.DataFrame, column: str) -> pd.Series:
+    return pd.to_datetime(frame[column], utc=True, errors="coerce", format="mixed")
+
+
+def within_bounds(frame: pd.DataFrame, bounds: IngestParams, task: Task) -> pd.DataFrame:
+    """Rows in [start, end); rows whose time does not parse are kept for validation to see."""
+    column = task.time_column
+    if column is None or (bounds.start is None and bounds.end is None):
+        return frame
+    if column not in frame.columns:
+        return frame  # validation reports the missing column
+    times = parsed_times(frame, column)
+    keep = pd.Series(True, index=frame.index)
+    if bounds.start is not None:
+        keep &= ~(times < pd.Timestamp(bounds.start, tz="UTC"))
+    if bounds.end is not None:
+        keep &= ~(times >= pd.Timestamp(bounds.end, tz="UTC"))
+    return frame[keep].reset_index(drop=True)
+
+
+def newer_than(frame: pd.DataFrame, watermarks: dict[str, str], task: Task) -> pd.DataFrame:
+    """Rows after their group's watermark (incremental ingest). Unparseable times are kept."""
+    column, group = task.time_column, task.key_columns[0]
+    if column is None or not watermarks or column not in frame.columns:
+        return frame.reset_index(drop=True)
+    times = parsed_times(frame, column)
+    marks = frame[group].astype(str).map(lambda g: watermarks.get(g))
+    marks = pd.to_datetime(marks, utc=True, errors="coerce")
+    keep = marks.isna() | times.isna() | (times > marks)
+    return frame[keep].reset_index(drop=True)
+
+
+def batch_watermarks(frame: pd.DataFrame, task: Task) -> dict[str, str]:
+    """The latest parseable time per group in a batch (quarantined rows included, so a bad
+    row is quarantined once, not on every run)."""
+    column, group = task.time_column, task.key_columns[0]
+    if column is None or column not in frame.columns or group not in frame.columns:
+        return {}
+    times = parsed_times(frame, column)
+    latest = times.groupby(frame[group].astype(str)).max().dropna()
+    return {str(g): t.isoformat() for g, t in latest.items()}
+
+
+def fetch_new_rows(
+    params: Params, task: Task, root: Path, watermarks: dict[str, str]
+) -> pd.DataFrame:
+    """The source's rows newer than `watermarks`: what this run has to add."""
+    return newer_than(read_source(params, task, root), watermarks, task)

@@ -1,0 +1,108 @@
+"""Where the embedded defaults keep their state, resolved from one place.
+
+Everything lives under the project's state folder (`.loopline/`, or `$LOOPLINE_HOME`) with
+absolute paths, so nothing depends on the working directory (MLflow's own default does).
+Environment variables switch any part to a server: `MLFLOW_TRACKING_URI`, `PREFECT_API_URL`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ProjectPaths:
+    """Absolute paths of one Loopline project."""
+
+    root: Path
+
+    @classmethod
+    def at(cls, root: str | Path) -> ProjectPaths:
+        return cls(Path(root).resolve())
+
+    @property
+    def state(self) -> Path:
+        override = os.environ.get("LOOPLINE_HOME")
+        return Path(override).resolve() if override else self.root / ".loopline"
+
+    @property
+    def params_file(self) -> Path:
+        return self.root / "params.yaml"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    def snapshots(self, task: str) -> Path:
+        return self.data / task
+
+    @property
+    def quarantine(self) -> Path:
+        return self.data / "quarantine"
+
+    @property
+    def mlflow_db(self) -> Path:
+        return self.state / "mlflow.db"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.state / "mlartifacts"
+
+    @property
+    def prefect_home(self) -> Path:
+        return self.state / "prefect"
+
+    @property
+    def dvc_remote(self) -> Path:
+        return self.state / "dvc-remote"
+
+    @property
+    def runs(self) -> Path:
+        """Scratch space for one pipeline run's files before they are logged."""
+        return self.state / "runs"
+
+    def tracking_uri(self) -> str:
+        """`MLFLOW_TRACKING_URI` when set, else the project's SQLite store."""
+        return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.mlflow_db}"
+
+    def uses_default_tracking(self) -> bool:
+        return not os.environ.get("MLFLOW_TRACKING_URI")
+
+
+def find_project_root(start: str | Path | None = None) -> Path:
+    """The nearest folder at or above `start` holding a params.yaml (else `start` itself)."""
+    here = Path(start or os.getcwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "params.yaml").is_file():
+            return folder
+    return here
+
+
+def orchestrator_environment(paths: ProjectPaths) -> dict[str, str]:
+    """Environment defaults that keep Prefect's local API inside the state folder and quiet.
+
+    Applied with `setdefault` by the CLI before Prefect is imported, so a user's own
+    `PREFECT_API_URL` (a real server) or settings always win.
+    """
+    return {
+        "PREFECT_HOME": str(paths.prefect_home),
+        # A fresh local API needs more than the default 20 s to start on 2 cores.
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "PREFECT_SERVER_LOGGING_LEVEL": "CRITICAL",
+        "PREFECT_LOGGING_TO_API_ENABLED": "false",
+        "DVC_NO_ANALYTICS": "1",
+        "DVC_SITE_CACHE_DIR": str(paths.state / "dvc-site-cache"),
+        "GIT_PYTHON_REFRESH": "quiet",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    }
+
+
+def apply_environment(paths: ProjectPaths) -> None:
+    """Set `orchestrator_environment` defaults without overriding what the user set."""
+    paths.state.mkdir(parents=True, exist_ok=True)
+    for key, value in orchestrator_environment(paths).items():
+        os.environ.setdefault(key, value)

@@ -1,0 +1,103 @@
+"""Train / validation / test split.
+
+Time series split chronologically, on the same cut-off times for every group, with a gap of
+`gap` steps between sets: a window can then never hold rows of two sets, so no validation or
+test label leaks into training. Classification splits are shuffled and stratified, seeded.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from loopline.config import SplitParams
+
+SETS = ("train", "val", "test")
+
+
+def chronological_split(
+    frame: pd.DataFrame, ratios: SplitParams, time_column: str, freq: str, gap: int
+) -> pd.DataFrame:
+    """Return `frame` with a `split` column: train, val, test or gap.
+
+    Ratios apply to the distinct timestamps; the `gap` steps before the start of val and of test
+    are marked `gap` (history a forecaster may read, never a label it learns from).
+    """
+    times = np.sort(frame[time_column].unique())
+    if len(times) == 0:
+        raise ValueError("cannot split an empty data set")
+    start, end = times[0], times[-1]
+    span = end - start
+    val_start = start + span * ratios.train
+    test_start = start + span * (ratios.train + ratios.val)
+    gap_span = pd.Timedelta(freq) * gap
+    t = frame[time_column]
+    split = np.where(t >= test_start, "test", np.where(t >= val_start, "val", "train"))
+    in_gap = ((t >= val_start - gap_span) & (t < val_start)) | (
+        (t >= test_start - gap_span) & (t < test_start)
+    )
+    split = np.where(in_gap, "gap", split)
+    out = frame.copy()
+    out["split"] = split
+    counts = out["split"].value_counts()
+    missing = [s for s in SETS if counts.get(s, 0) == 0]
+    if missing:
+        raise ValueError(
+            f"split leaves {missing} empty: {len(times)} timestamps are too few for ratios "
+            f"{ratios.train}/{ratios.val}/{ratios.test} with a gap of {gap} steps"
+        )
+    return out
+
+
+def stratified_split(
+    frame: pd.DataFrame, ratios: SplitParams, label_column: str, seed: int
+) -> pd.DataFrame:
+    """Shuffled split keeping each label's share equal across sets (seeded)."""
+    index = np.arange(len(frame))
+    labels = frame[label_column].to_numpy()
+    train_idx, rest = train_test_split(
+        index, train_size=ratios.train, stratify=labels, random_state=seed, shuffle=True
+    )
+    val_share = ratios.val / (ratios.val + ratios.test)
+    val_idx, test_idx = train_test_split(
+        rest, train_size=val_share, stratify=labels[rest], random_state=seed, shuffle=True
+    )
+    split = np.empty(len(frame), dtype=object)
+    split[train_idx], split[val_idx], split[test_idx] = "train", "val", "test"
+    out = frame.copy()
+    out["split"] = split.astype(str)
+    return out
+
+
+def split_gap(params) -> int:
+    """Steps between sets: the longest input window the search may pick, and at least the
+    horizon, so neither a window's inputs nor its labels reach into a neighbouring set."""
+    windows = params.tune.search_space["window"]
+    longest = max(windows.choices) if windows.choices else int(windows.high)
+    return max(int(longest), params.labeling.horizon)
+
+
+def split_and_fit(task, frame: pd.DataFrame, spec, params) -> tuple[pd.DataFrame, object]:
+    """Assign every row to a set and fit the feature scaling on training rows only."""
+    from loopline.features import fit_normalization
+
+    if task.split_kind == "chronological":
+        out = chronological_split(
+            frame, params.split, spec.time_column, spec.freq, split_gap(params)
+        )
+    else:
+        out = stratified_split(frame, params.split, spec.target_column, params.seed)
+    return out, fit_normalization(spec, out[out["split"] == "train"])
+
+
+def without_test(frame: pd.DataFrame, time_column: str) -> pd.DataFrame:
+    """Rows tuning and training may read: the test set is for evaluation only."""
+    test_start = frame.loc[frame["split"] == "test", time_column].min()
+    return frame[frame[time_column] < test_start] if pd.notna(test_start) else frame
+
+
+def test_view(frame: pd.DataFrame, time_column: str) -> pd.DataFrame:
+    """Test rows plus the gap rows just before them (history a forecaster may read)."""
+    val_end = frame.loc[frame["split"] == "val", time_column].max()
+    return frame[frame[time_column] > val_end] if pd.notna(val_end) else frame

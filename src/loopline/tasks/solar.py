@@ -1,0 +1,244 @@
+"""Solar power forecasting: day-ahead AC power of PV systems from weather and the clock.
+
+The built-in source is real weather: the TMY3 files that ship inside pvlib (Greensboro, NC and
+Sand Point, AK), turned into the AC power of a configured PV system by pvlib's physical model
+chain. Features are the clock (time of day, season), the weather, lagged power and the
+clear-sky power of the system, which is known ahead from the sun's position alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import pandas as pd
+
+from loopline.config import Params, PVSystemParams
+from loopline.features import FeatureSpec
+from loopline.labeling import add_forecast_labels, shifted_values
+from loopline.validate import Rule
+
+# pvlib's bundled TMY3 files; locations come from each file's own header.
+BUILTIN_SITES = {"greensboro": "723170TYA.CSV", "sand_point": "703165TY.csv"}
+WEATHER = ["ghi", "dni", "dhi", "temp_air", "wind_speed"]
+
+
+def _pvlib_data_dir() -> Path:
+    import pvlib
+
+    return Path(pvlib.__file__).parent / "data"
+
+
+def _model_chain(site: dict[str, Any], system: PVSystemParams | dict[str, Any]):
+    from pvlib.location import Location
+    from pvlib.modelchain import ModelChain
+    from pvlib.pvsystem import PVSystem
+    from pvlib.temperature import TEMPERATURE_MODEL_PARAMETERS
+
+    system = PVSystemParams.model_validate(system)
+    pv = PVSystem(
+        surface_tilt=system.surface_tilt,
+        surface_azimuth=system.surface_azimuth,
+        module_parameters={"pdc0": system.pdc0_w, "gamma_pdc": system.gamma_pdc},
+        inverter_parameters={"pdc0": system.pdc0_w, "eta_inv_nom": system.inverter_efficiency},
+        temperature_model_parameters=TEMPERATURE_MODEL_PARAMETERS["sapm"]["open_rack_glass_polymer"],
+    )
+    location = Location(site["latitude"], site["longitude"], altitude=site["altitude"])
+    return ModelChain(pv, location, aoi_model="physical", spectral_model="no_loss"), location
+
+
+def ac_power(weather: pd.DataFrame, site: dict[str, Any], system: Any) -> np.ndarray:
+    """AC power (W) of the PV system under `weather` (indexed by UTC time)."""
+    chain, _ = _model_chain(site, system)
+    chain.run_model(weather[WEATHER])
+    return np.clip(chain.results.ac.to_numpy(dtype=np.float64), 0.0, None)
+
+
+def clearsky_power(times: pd.DatetimeIndex, site: dict[str, Any], system: Any) -> np.ndarray:
+    """AC power (W) the system would make under a clear sky at `times` (pvlib Ineichen)."""
+    chain, location = _model_chain(site, system)
+    sky = location.get_clearsky(times, model="ineichen")
+    weather = sky.assign(temp_air=20.0, wind_speed=1.0)
+    chain.run_model(weather[WEATHER])
+    return np.clip(chain.results.ac.to_numpy(dtype=np.float64), 0.0, None)
+
+
+def read_builtin_site(name: str, year: int) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """One bundled TMY3 file as UTC-stamped weather plus its location."""
+    import pvlib
+
+    path = _pvlib_data_dir() / BUILTIN_SITES[name]
+    data, meta = pvlib.iotools.read_tmy3(path, coerce_year=year, map_variables=True)
+    site = {
+        "latitude": float(meta["latitude"]),
+        "longitude": float(meta["longitude"]),
+        "altitude": float(meta["altitude"]),
+    }
+    weather = data[WEATHER].copy()
+    weather.index = weather.index.tz_convert("UTC")
+    return weather, site
+
+
+def site_locations(params: Params) -> dict[str, dict[str, Any]]:
+    return {name: read_builtin_site(name, params.solar.year)[1] for name in params.solar.sites}
+
+
+class SolarTask:
+    name: ClassVar[str] = "solar"
+    schema: ClassVar[dict[str, str]] = {
+        "site_id": "string",
+        "timestamp": "datetime",
+        **dict.fromkeys(WEATHER, "float"),
+        "power_w": "float",
+    }
+    key_columns: ClassVar[list[str]] = ["site_id", "timestamp"]
+    time_column: ClassVar[str | None] = "timestamp"
+    target_column: ClassVar[str] = "power_w"
+    split_kind: ClassVar[Literal["chronological", "stratified"]] = "chronological"
+
+    def load_builtin(self, params: Params) -> pd.DataFrame:
+        frames = []
+        for name in params.solar.sites:
+            weather, site = read_builtin_site(name, params.solar.year)
+            power = ac_power(weather, site, params.solar.system)
+            frames.append(
+                weather.assign(power_w=power, site_id=name)
+                .rename_axis("timestamp")
+                .reset_index()
+            )
+        frame = pd.concat(frames, ignore_index=True)
+        return frame[list(self.schema)]
+
+    def rules(self, params: Params) -> list[Rule]:
+        capacity = params.solar.system.pdc0_w * 1.2
+        ranges = {
+            "ghi": (0, 1500),
+            "dni": (0, 1400),
+            "dhi": (0, 1000),
+            "temp_air": (-60, 60),
+            "wind_speed": (0, 75),
+            "power_w": (0, capacity),
+        }
+        rules = [Rule(f"{c}_not_null", "not_null", column=c) for c in self.schema]
+        rules += [Rule(f"{c}_in_range", "between", column=c, min=lo, max=hi)
+                  for c, (lo, hi) in ranges.items()]
+        rules += [
+            Rule("site_id_known", "in_set", column="site_id", values=tuple(params.solar.sites)),
+            Rule("reading_not_duplicated", "unique", columns=("site_id", "timestamp")),
+            Rule("timestamp_in_order", "in_order", column="timestamp", group="site_id"),
+        ]
+        return rules
+
+    def new_feature_spec(self, params: Params) -> FeatureSpec:
+        lags = [f"power_lag_{k}" for k in params.features.lags]
+        leads = [f"clearsky_lead_{k}" for k in params.features.clearsky_leads]
+        columns = [
+            *WEATHER,
+            "power_w",
+            "clearsky_w",
+            "hour_sin",
+            "hour_cos",
+            "doy_sin",
+            "doy_cos",
+            *lags,
+            *leads,
+        ]
+        return FeatureSpec(
+            task=self.name,
+            feature_columns=columns,
+            target_column="power_w",
+            horizon=params.labeling.horizon,
+            freq=params.features.freq,
+            group_column="site_id",
+            time_column="timestamp",
+            options={
+                "lags": list(params.features.lags),
+                "clearsky_leads": list(params.features.clearsky_leads),
+                "sites": site_locations(params),
+                "system": params.solar.system.model_dump(),
+            },
+        )
+
+    def add_features(self, frame: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
+        """Feature columns for raw rows; pure in (rows, spec), shared with the service."""
+        frame = frame.sort_values(["site_id", "timestamp"]).reset_index(drop=True)
+        sites, system = spec.options["sites"], spec.options["system"]
+        step = pd.Timedelta(spec.freq)
+        clearsky = np.full(len(frame), np.nan)
+        leads = {k: np.full(len(frame), np.nan) for k in spec.options["clearsky_leads"]}
+        for site_id, rows in frame.groupby("site_id", sort=False):
+            if site_id not in sites:
+                raise ValueError(f"site {site_id!r} has no location in the feature spec")
+            times = pd.DatetimeIndex(rows["timestamp"])
+            clearsky[rows.index] = clearsky_power(times, sites[site_id], system)
+            for k in leads:
+                leads[k][rows.index] = clearsky_power(times + step * k, sites[site_id], system)
+        # Local solar time would need the longitude; UTC hour + season is enough for a
+        # model that also sees clear-sky power, which carries the site's own sun path.
+        hour = frame["timestamp"].dt.hour + frame["timestamp"].dt.minute / 60
+        doy = frame["timestamp"].dt.dayofyear
+        out = frame.assign(
+            clearsky_w=clearsky,
+            hour_sin=np.sin(2 * np.pi * hour / 24),
+            hour_cos=np.cos(2 * np.pi * hour / 24),
+            doy_sin=np.sin(2 * np.pi * doy / 365.25),
+            doy_cos=np.cos(2 * np.pi * doy / 365.25),
+        )
+        for k in spec.options["lags"]:
+            out[f"power_lag_{k}"] = shifted_values(
+                out, "power_w", -k, "site_id", "timestamp", spec.freq
+            )
+        for k, values in leads.items():
+            out[f"clearsky_lead_{k}"] = values
+        return out
+
+    def add_labels(self, frame: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
+        return add_forecast_labels(frame, spec)
+
+    def build_model(self, hparams: dict[str, Any], spec: FeatureSpec):
+        from loopline.models.forecaster import Forecaster
+
+        return Forecaster(
+            n_features=len(spec.feature_columns),
+            horizon=spec.horizon,
+            hidden_size=int(hparams["hidden_size"]),
+            num_layers=int(hparams["num_layers"]),
+            dropout=float(hparams["dropout"]),
+            cell=str(hparams["cell"]),
+            target_mean=spec.target_mean,
+            target_std=spec.target_std,
+        )
+
+    def baselines(
+        self, frame: pd.DataFrame, keys: pd.DataFrame, spec: FeatureSpec, params: Params
+    ) -> dict[str, np.ndarray]:
+        """Persistence and smart persistence forecasts at each key's origin.
+
+        persistence: the same hour one day earlier (the day-ahead naive forecast);
+        smart persistence: the clear-sky index of the last `smart_persistence_window` steps
+        times the clear-sky power ahead.
+        """
+        horizon, history = spec.horizon, params.evaluate.smart_persistence_window
+        day = int(pd.Timedelta("1D") / pd.Timedelta(spec.freq))
+        indexed = frame.set_index(["site_id", "timestamp"]).sort_index()
+        persistence = np.full((len(keys), horizon), np.nan)
+        smart = np.full((len(keys), horizon), np.nan)
+        step = pd.Timedelta(spec.freq)
+        for site_id, rows in keys.groupby("site_id", sort=False):
+            site = indexed.loc[site_id]
+            power, cs = site["power_w"], site["clearsky_w"]
+            origins = pd.DatetimeIndex(rows["timestamp"])
+            for h in range(1, horizon + 1):
+                persistence[rows.index, h - 1] = power.reindex(origins + step * (h - day)).to_numpy()
+                smart_cs = cs.reindex(origins + step * h).to_numpy()
+                smart[rows.index, h - 1] = smart_cs
+            past_power = np.zeros(len(origins))
+            past_cs = np.zeros(len(origins))
+            for lag in range(history):
+                past_power += power.reindex(origins - step * lag).fillna(0).to_numpy()
+                past_cs += cs.reindex(origins - step * lag).fillna(0).to_numpy()
+            # A night-time origin has no clear-sky energy behind it: fall back to index 1.
+            index = np.where(past_cs > 1e-6, past_power / np.maximum(past_cs, 1e-6), 1.0)
+            smart[rows.index] *= np.clip(index, 0.0, 1.5)[:, None]
+        return {"persistence": persistence, "smart_persistence": smart}

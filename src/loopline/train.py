@@ -1,0 +1,208 @@
+"""Train: a PyTorch training loop in small named pieces, with early stopping on validation loss.
+
+Every epoch's training and validation loss is reported through `on_epoch`, so the caller
+can log curves (MLflow) or report progress (CLI) without the loop knowing about either.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from loopline.config import TrainParams
+from loopline.features import FeatureSpec, scale_target
+from loopline.labeling import Examples
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every RNG a run touches; same seed and data → same weights and metrics."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def set_threads(threads: int) -> None:
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
+@dataclass
+class Epoch:
+    epoch: int
+    train_loss: float
+    val_loss: float
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    history: list[Epoch]
+    best_epoch: int  # the epoch after which validation loss stopped improving
+    best_val_loss: float
+    stopped_early: bool
+    hparams: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def overfitting_onset(self) -> int | None:
+        """The first epoch past the best one, when training went on past it."""
+        last = self.history[-1].epoch if self.history else 0
+        return self.best_epoch + 1 if last > self.best_epoch else None
+
+
+def to_tensors(examples: Examples, spec: FeatureSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.from_numpy(examples.x)
+    y = torch.from_numpy(scale_target(examples.y, spec))
+    return x, y
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator | None):
+    """Index batches over n rows; shuffled when a generator is given."""
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    for start in range(0, n, batch_size):
+        yield order[start : start + batch_size]
+
+
+def train_epoch(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    batch_size: int,
+    generator: torch.Generator,
+    grad_clip: float,
+) -> float:
+    model.train()
+    loss_fn = nn.MSELoss(reduction="sum")
+    total = 0.0
+    for index in batches(len(x), batch_size, generator):
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x[index]), y[index])
+        (loss / len(index)).backward()
+        # Recurrent nets blow up on the odd long gradient; clipping keeps one batch from
+        # undoing an epoch.
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        total += loss.item()  # a sync point, once per batch, fine on CPU
+    return total / (len(x) * y.shape[1])
+
+
+@torch.no_grad()
+def eval_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> float:
+    model.eval()
+    total = 0.0
+    for index in batches(len(x), batch_size, None):
+        total += nn.functional.mse_loss(model(x[index]), y[index], reduction="sum").item()
+    return total / (len(x) * y.shape[1])
+
+
+def fit(
+    model: nn.Module,
+    train: Examples,
+    val: Examples,
+    spec: FeatureSpec,
+    hparams: dict[str, Any],
+    params: TrainParams,
+    seed: int,
+    max_epochs: int | None = None,
+    on_epoch: Callable[[Epoch], None] | None = None,
+) -> TrainResult:
+    """Train with early stopping on validation loss; return the best epoch's weights.
+
+    `on_epoch` may raise to stop training (the tuner uses that to prune a trial).
+    """
+    if len(train) == 0 or len(val) == 0:
+        raise ValueError(f"need training and validation windows, got {len(train)} and {len(val)}")
+    seed_everything(seed)
+    set_threads(params.threads)
+    x_train, y_train = to_tensors(train, spec)
+    x_val, y_val = to_tensors(val, spec)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=float(hparams["learning_rate"]), weight_decay=params.weight_decay
+    )
+    generator = torch.Generator().manual_seed(seed)
+    history: list[Epoch] = []
+    best_loss, best_epoch, best_state, waited = float("inf"), 0, None, 0
+    stopped_early = False
+    for epoch in range(1, (max_epochs or params.max_epochs) + 1):
+        train_loss = train_epoch(
+            model, x_train, y_train, optimizer, int(hparams["batch_size"]), generator,
+            params.grad_clip,
+        )
+        val_loss = eval_loss(model, x_val, y_val)
+        record = Epoch(epoch, train_loss, val_loss)
+        history.append(record)
+        if val_loss < best_loss - params.min_delta:
+            best_loss, best_epoch, waited = val_loss, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            waited += 1
+        if on_epoch is not None:
+            on_epoch(record)
+        if waited >= params.patience:
+            stopped_early = True
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return TrainResult(model, history, best_epoch, best_loss, stopped_early, dict(hparams))
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    """Forecasts in target units for input windows `x`."""
+    model.eval()
+    tensor = torch.from_numpy(x)
+    parts = [model.predict(tensor[i : i + batch_size]) for i in range(0, len(tensor), batch_size)]
+    if not parts:
+        return np.zeros((0, 0), np.float32)
+    return torch.cat(parts).numpy()
+
+
+def plot_learning_curves(result: TrainResult, path: Path, title: str = "") -> Path:
+    """Training and validation loss per epoch, the best epoch marked: a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [e.epoch for e in result.history]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(epochs, [e.train_loss for e in result.history], marker="o", label="training loss")
+    ax.plot(epochs, [e.val_loss for e in result.history], marker="o", label="validation loss")
+    ax.axvline(result.best_epoch, color="grey", linestyle="--",
+               label=f"best epoch {result.best_epoch} (validation stops improving)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("MSE (scaled target)")
+    ax.set_yscale("log")
+    ax.set_title(title or "Learning curves")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def train_model(task, frame, spec: FeatureSpec, hparams: dict[str, Any], params,
+                on_epoch: Callable[[Epoch], None] | None = None
+                ) -> tuple[TrainResult, FeatureSpec]:
+    """Train the final model with the chosen hyperparameters; return it with its spec."""
+    from loopline.labeling import make_windows
+
+    spec = spec.with_window(int(hparams["window"]))
+    train = make_windows(frame, spec, spec.window, target_set="train")
+    val = make_windows(frame, spec, spec.window, target_set="val", history_sets=("gap",))
+    model = task.build_model(hparams, spec)
+    result = fit(model, train, val, spec, hparams, params.train, params.seed, on_epoch=on_epoch)
+    return result, spec

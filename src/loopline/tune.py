@@ -1,0 +1,172 @@
+"""Tune: hyperparameter search with Optuna, the notes' grid search, random search and
+meta-learner (TPE), pruning trials whose validation loss lags behind.
+
+The objective is given by the caller (it trains one model and reports validation loss per
+epoch); this module only owns the search: samplers, the search space and pruning.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from loopline.config import Dimension, TuneParams
+
+
+@dataclass
+class TrialRecord:
+    number: int
+    hparams: dict[str, Any]
+    value: float | None
+    state: str  # COMPLETE, PRUNED or FAIL
+    epochs: int
+
+
+@dataclass
+class TuneResult:
+    best_hparams: dict[str, Any]
+    best_value: float
+    trials: list[TrialRecord]
+
+
+class Reporter:
+    """Handed to the objective: report a validation loss per epoch; raises when pruned."""
+
+    def __init__(self, trial: Any) -> None:
+        self._trial = trial
+        self.epochs = 0
+
+    def __call__(self, epoch: int, val_loss: float) -> None:
+        import optuna
+
+        self.epochs = epoch
+        self._trial.report(val_loss, step=epoch)
+        if self._trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at epoch {epoch} (validation loss {val_loss:.4g})")
+
+
+def grid_values(dimension: Dimension, points: int) -> list[Any]:
+    """The grid sampler's values for one axis: its choices, or `points` spread over a range."""
+    if dimension.choices is not None:
+        return list(dimension.choices)
+    assert dimension.low is not None and dimension.high is not None
+    if dimension.log:
+        values = np.geomspace(dimension.low, dimension.high, points)
+    else:
+        values = np.linspace(dimension.low, dimension.high, points)
+    if dimension.integer:
+        return sorted({int(round(v)) for v in values})
+    return [float(v) for v in values]
+
+
+def suggest(trial: Any, name: str, dimension: Dimension) -> Any:
+    if dimension.choices is not None:
+        return trial.suggest_categorical(name, dimension.choices)
+    assert dimension.low is not None and dimension.high is not None
+    if dimension.integer:
+        return trial.suggest_int(name, int(dimension.low), int(dimension.high), log=dimension.log)
+    return trial.suggest_float(name, dimension.low, dimension.high, log=dimension.log)
+
+
+def make_sampler(params: TuneParams, seed: int) -> Any:
+    import optuna
+
+    if params.sampler == "grid":
+        space = {k: grid_values(v, params.grid_points) for k, v in params.search_space.items()}
+        return optuna.samplers.GridSampler(space, seed=seed)
+    if params.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(4, params.n_trials))
+
+
+def run_study(
+    objective: Callable[[dict[str, Any], Reporter], float],
+    params: TuneParams,
+    seed: int,
+    on_trial: Callable[[TrialRecord], None] | None = None,
+    storage: str | None = None,
+    study_name: str | None = None,
+) -> TuneResult:
+    """Search `params.search_space` for the hyperparameters minimising `objective`.
+
+    `objective(hparams, report)` trains one model and returns its best validation loss,
+    calling `report(epoch, val_loss)` each epoch so hopeless trials are pruned early.
+    """
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("optuna").setLevel(logging.WARNING)
+    pruner = (
+        optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2)
+        if params.pruning
+        else optuna.pruners.NopPruner()
+    )
+    study = optuna.create_study(
+        direction="minimize",
+        sampler=make_sampler(params, seed),
+        pruner=pruner,
+        storage=storage,
+        study_name=study_name,
+        load_if_exists=storage is not None,
+    )
+    records: list[TrialRecord] = []
+
+    def run_trial(trial: Any) -> float:
+        hparams = {name: suggest(trial, name, dim) for name, dim in params.search_space.items()}
+        reporter = Reporter(trial)
+        state, value = "FAIL", None
+        try:
+            value = float(objective(hparams, reporter))
+            state = "COMPLETE"
+            return value
+        except optuna.TrialPruned:
+            state = "PRUNED"
+            raise
+        finally:
+            record = TrialRecord(trial.number, hparams, value, state, reporter.epochs)
+            records.append(record)
+            if on_trial is not None:
+                on_trial(record)
+
+    study.optimize(run_trial, n_trials=params.n_trials, catch=())
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not complete:
+        raise RuntimeError("no tuning trial completed; widen tune.search_space or n_trials")
+    best = study.best_trial
+    return TuneResult(dict(best.params), float(best.value), records)
+
+
+def tune_model(task, frame, spec, params, on_trial=None, on_epoch=None) -> TuneResult:
+    """Search hyperparameters on the training and validation windows of `frame`."""
+    from loopline.labeling import make_windows
+    from loopline.train import fit
+
+    windows: dict[int, tuple] = {}
+
+    def examples(window: int):
+        # Trials share windows of the same length: cut each length once.
+        if window not in windows:
+            windows[window] = (
+                make_windows(frame, spec, window, target_set="train"),
+                make_windows(frame, spec, window, target_set="val", history_sets=("gap",)),
+            )
+        return windows[window]
+
+    def objective(hparams: dict[str, Any], report: Reporter) -> float:
+        train, val = examples(int(hparams["window"]))
+        model = task.build_model(hparams, spec)
+
+        def each_epoch(record):
+            if on_epoch is not None:
+                on_epoch(record)
+            report(record.epoch, record.val_loss)
+
+        result = fit(model, train, val, spec, hparams, params.train, params.seed,
+                     max_epochs=params.tune.max_epochs, on_epoch=each_epoch)
+        return result.best_val_loss
+
+    return run_study(objective, params.tune, params.seed, on_trial=on_trial)

@@ -1,0 +1,193 @@
+"""Validate: the data contract, checked by a Great Expectations suite built from task rules.
+
+Rows that break a rule are not dropped silently: they come back with the names of the rules
+they broke, for the caller to quarantine, and the run stops when their share exceeds the
+configured maximum. Great Expectations is imported lazily (it costs ~10 s).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from loopline.errors import SourceError, ValidationFailed
+
+ROW_ID = "_row_id"
+REASONS = "_reasons"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One expectation on the data, named for people reading a quarantine file.
+
+    kinds: `not_null`, `between` (min/max), `in_set` (values), `unique` (no repeated
+    `columns` key; the first reading wins) and `in_order` (`column` never goes back in time
+    within `group`; exact repeats are left to `unique`).
+    """
+
+    name: str
+    kind: Literal["not_null", "between", "in_set", "unique", "in_order"]
+    column: str | None = None
+    columns: tuple[str, ...] = ()
+    group: str | None = None
+    min: float | None = None
+    max: float | None = None
+    values: tuple[Any, ...] = ()
+
+
+@dataclass
+class ValidationReport:
+    good: pd.DataFrame
+    bad: pd.DataFrame  # raw values of failing rows + a `_reasons` column
+    rule_failures: dict[str, int]
+    total: int
+    ge_success: bool
+    ge_statistics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def bad_fraction(self) -> float:
+        return len(self.bad) / self.total if self.total else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "rows": self.total,
+            "good_rows": len(self.good),
+            "bad_rows": len(self.bad),
+            "bad_fraction": round(self.bad_fraction, 6),
+            "rule_failures": dict(self.rule_failures),
+            "ge_success": self.ge_success,
+            "ge_statistics": self.ge_statistics,
+        }
+
+
+def coerce_types(frame: pd.DataFrame, schema: dict[str, str]) -> tuple[pd.DataFrame, dict]:
+    """Cast columns to the schema; values that do not parse become null and are reported."""
+    missing = [c for c in schema if c not in frame.columns]
+    if missing:
+        raise SourceError(
+            f"source is missing column(s) {missing}; expected {list(schema)}, "
+            f"found {list(frame.columns)}"
+        )
+    typed = frame[list(schema)].copy()
+    problems: dict[int, list[str]] = defaultdict(list)
+    for column, kind in schema.items():
+        raw = frame[column]
+        if kind == "float":
+            typed[column] = pd.to_numeric(raw, errors="coerce").astype("float64")
+        elif kind == "datetime":
+            typed[column] = pd.to_datetime(raw, utc=True, errors="coerce", format="mixed")
+        elif kind == "string":
+            typed[column] = raw.astype("string")
+        else:
+            raise ValueError(f"unknown schema type {kind!r} for column {column!r}")
+        unparsed = raw.notna() & typed[column].isna()
+        for position in np.flatnonzero(unparsed.to_numpy()):
+            problems[position].append(f"type:{column}={raw.iloc[position]!r} is not a {kind}")
+    return typed, problems
+
+
+def _derived_columns(frame: pd.DataFrame, rules: list[Rule]) -> dict[str, pd.Series]:
+    """Row-level columns for rules that compare a row with earlier rows."""
+    derived = {}
+    for rule in rules:
+        if rule.kind == "unique":
+            derived[f"_{rule.name}"] = ~frame.duplicated(subset=list(rule.columns), keep="first")
+        elif rule.kind == "in_order":
+            assert rule.column and rule.group
+            previous_max = frame.groupby(rule.group, sort=False)[rule.column].transform(
+                lambda s: s.cummax().shift()
+            )
+            derived[f"_{rule.name}"] = previous_max.isna() | (frame[rule.column] >= previous_max)
+    return derived
+
+
+def _expectation(rule: Rule) -> Any:
+    import great_expectations.expectations as gxe
+
+    meta = {"rule": rule.name}
+    if rule.kind == "not_null":
+        return gxe.ExpectColumnValuesToNotBeNull(column=rule.column, meta=meta)
+    if rule.kind == "between":
+        return gxe.ExpectColumnValuesToBeBetween(
+            column=rule.column, min_value=rule.min, max_value=rule.max, meta=meta
+        )
+    if rule.kind == "in_set":
+        return gxe.ExpectColumnValuesToBeInSet(
+            column=rule.column, value_set=list(rule.values), meta=meta
+        )
+    # unique / in_order are checked on their derived boolean column.
+    return gxe.ExpectColumnValuesToBeInSet(column=f"_{rule.name}", value_set=[True], meta=meta)
+
+
+def _run_suite(frame: pd.DataFrame, rules: list[Rule], suite_name: str) -> Any:
+    logging.getLogger("great_expectations").setLevel(logging.ERROR)
+    import great_expectations as gx
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = {"globally": False, "metric_calculations": False}
+    source = context.data_sources.add_pandas(name=f"{suite_name}-source")
+    asset = source.add_dataframe_asset(name="rows")
+    batch_definition = asset.add_batch_definition_whole_dataframe("all")
+    suite = context.suites.add(gx.ExpectationSuite(name=suite_name))
+    for rule in rules:
+        suite.add_expectation(_expectation(rule))
+    batch = batch_definition.get_batch(batch_parameters={"dataframe": frame})
+    return batch.validate(
+        suite,
+        result_format={"result_format": "COMPLETE", "unexpected_index_column_names": [ROW_ID]},
+    )
+
+
+def validate_rows(
+    frame: pd.DataFrame, schema: dict[str, str], rules: list[Rule], suite_name: str
+) -> ValidationReport:
+    """Type-check `frame` against `schema` and run `rules`; split rows into good and bad."""
+    raw = frame.reset_index(drop=True)
+    typed, problems = coerce_types(raw, schema)
+    checked = typed.assign(**_derived_columns(typed, rules))
+    checked[ROW_ID] = np.arange(len(checked))
+    failures: Counter[str] = Counter()
+    for position, reasons in problems.items():
+        failures.update(r.split("=")[0] for r in reasons)
+    ge_success, statistics = True, {}
+    if len(checked):
+        result = _run_suite(checked, rules, suite_name)
+        ge_success = bool(result.success)
+        statistics = dict(result.statistics)
+        for outcome in result.results:
+            if outcome.success:
+                continue
+            rule = outcome.expectation_config.meta.get("rule", outcome.expectation_config.type)
+            ids = [row[ROW_ID] for row in outcome.result.get("unexpected_index_list", [])]
+            failures[rule] += len(ids)
+            for row_id in ids:
+                problems[int(row_id)].append(rule)
+    bad_positions = sorted(problems)
+    bad = raw.iloc[bad_positions].astype("string").copy()
+    bad[REASONS] = ["; ".join(dict.fromkeys(problems[p])) for p in bad_positions]
+    good_mask = np.ones(len(typed), dtype=bool)
+    good_mask[bad_positions] = False
+    return ValidationReport(
+        good=typed[good_mask].reset_index(drop=True),
+        bad=bad.reset_index(drop=True),
+        rule_failures=dict(failures),
+        total=len(raw),
+        ge_success=ge_success and not problems,
+        ge_statistics=statistics,
+    )
+
+
+def check_bad_fraction(report: ValidationReport, max_bad_fraction: float, where: str) -> None:
+    """Stop the run when too many rows broke the contract."""
+    if report.bad_fraction > max_bad_fraction:
+        top = ", ".join(f"{k}: {v}" for k, v in Counter(report.rule_failures).most_common(5))
+        raise ValidationFailed(
+            f"{len(report.bad)} of {report.total} rows ({report.bad_fraction:.1%}) broke the data "
+            f"contract, above validate.max_bad_fraction={max_bad_fraction:g} ({top}). "
+            f"The failing rows are in {where}; the data snapshot was not updated."
+        )
