@@ -76,7 +76,9 @@ def read_builtin_site(name: str, year: int) -> tuple[pd.DataFrame, dict[str, Any
         "altitude": float(meta["altitude"]),
     }
     weather = data[WEATHER].copy()
-    weather.index = weather.index.tz_convert("UTC")
+    # TMY3 values are averages over the hour *ending* at their stamp; stamping them at the
+    # hour's midpoint makes the sun's position (model chain, clear sky) match the average.
+    weather.index = weather.index.tz_convert("UTC") - pd.Timedelta("30min")
     return weather, site
 
 

@@ -1,0 +1,51 @@
+# Loopline: `make run` sets up and runs the offline flow; `make test` sets up and tests.
+.DEFAULT_GOAL := help
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: help setup run test test-fast lint format bench lock clean
+
+help: ## Show this help
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first, on its own: on these machines pip resolves torch==2.13.0 to the local CPU
+	# wheel; the lock pins it without a +cpu suffix so the same file works elsewhere.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+setup: $(STAMP) ## Create .venv with the locked dependencies
+
+run: setup ## Run the offline flow on the default task (params.yaml)
+	$(BIN)/loopline run
+
+test: setup ## Run the test suite
+	$(BIN)/pytest
+
+test-fast: setup ## Tests without the end-to-end ones
+	$(BIN)/pytest -m "not e2e"
+
+lint: setup ## Lint and check formatting (ruff)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup ## Format and fix what ruff can
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: setup ## Run the benchmarks (prints side-by-side ratios)
+	$(BIN)/python benchmarks/pipeline_overhead.py
+
+lock: ## Re-resolve requirements.lock from requirements.in (uv)
+	$(BIN)/pip install --quiet uv
+	$(BIN)/uv pip compile requirements.in --python-version 3.11 --find-links /opt/wheels -o requirements.lock
+	sed -i 's/^torch==\(.*\)+cpu/torch==\1/' requirements.lock
+
+clean: ## Remove the state folder (MLflow store, Prefect home, DVC remote) and data
+	rm -rf .loopline data

@@ -1,0 +1,71 @@
+"""Shared fixtures: tiny projects on real components (no mocks)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A small but complete config: one site, two months, a two-trial search over tiny nets.
+TINY = {
+    "task": "solar",
+    "seed": 7,
+    "ingest": {"source": "builtin:solar", "start": "2021-01-01", "end": "2021-03-01"},
+    "solar": {"sites": ["greensboro"]},
+    "tune": {
+        "sampler": "random",
+        "n_trials": 2,
+        "max_epochs": 2,
+        "search_space": {
+            "hidden_size": {"choices": [8]},
+            "num_layers": {"choices": [1]},
+            "dropout": {"low": 0.0, "high": 0.1},
+            "learning_rate": {"low": 0.003, "high": 0.01, "log": True},
+            "batch_size": {"choices": [32]},
+            "window": {"choices": [24]},
+            "cell": {"choices": ["lstm", "gru"]},
+        },
+    },
+    "train": {"max_epochs": 3, "patience": 2},
+}
+
+
+def write_project(root: Path, params: dict) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return root
+
+
+@pytest.fixture
+def tiny_params() -> dict:
+    import copy
+
+    return copy.deepcopy(TINY)
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch, tiny_params) -> Path:
+    """A fresh project folder with the tiny params and its own embedded state."""
+    for var in ("MLFLOW_TRACKING_URI", "LOOPLINE_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+    monkeypatch.setenv("DVC_SITE_CACHE_DIR", str(tmp_path / "dvc-site-cache"))
+    return write_project(tmp_path / "proj", tiny_params)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory):
+    """Prefect's test harness: a throwaway local API for flow tests."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    os.environ.setdefault("PREFECT_HOME", str(home))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

@@ -1,0 +1,106 @@
+import sqlite3
+
+import pandas as pd
+import pytest
+
+from loopline.config import IngestParams, parse_params
+from loopline.datastore import SnapshotStore, atomic_write_text, write_quarantine
+from loopline.errors import SourceError
+from loopline.ingest import batch_watermarks, newer_than, read_source, within_bounds
+from loopline.tasks import get_task
+
+SOLAR = get_task("solar")
+
+
+def rows(hours, site="greensboro"):
+    times = pd.date_range("2021-01-01", periods=hours, freq="1h", tz="UTC")
+    return pd.DataFrame({"site_id": site, "timestamp": times, "ghi": 1.0, "dni": 1.0,
+                         "dhi": 1.0, "temp_air": 5.0, "wind_speed": 1.0, "power_w": 10.0})
+
+
+def test_commit_appends_partitions_and_moves_watermarks(tmp_path):
+    store = SnapshotStore(tmp_path / "solar")
+    first = rows(5)
+    store.commit(first, batch_watermarks(first, SOLAR), {})
+    fresh = newer_than(rows(8), store.watermarks(), SOLAR)
+    assert len(fresh) == 3  # only the hours after the watermark
+    store.commit(fresh, batch_watermarks(fresh, SOLAR), {})
+    assert len(store.load()) == 8
+    assert sorted(p.name for p in (tmp_path / "solar").glob("part-*")) == [
+        "part-00000.parquet", "part-00001.parquet"]
+
+
+def test_a_crash_before_the_manifest_moves_never_duplicates_rows(tmp_path):
+    store = SnapshotStore(tmp_path / "solar")
+    store.commit(rows(3), {}, {})
+    # A crashed run wrote its partition but never recorded it.
+    rows(3).to_parquet(tmp_path / "solar" / "part-00001.parquet")
+    assert len(store.load()) == 3
+    store.commit(rows(2), {}, {})
+    assert len(store.load()) == 5
+
+
+def test_atomic_write_leaves_no_temp_files(tmp_path):
+    target = tmp_path / "x" / "manifest.json"
+    atomic_write_text(target, "{}")
+    atomic_write_text(target, '{"a": 1}')
+    assert target.read_text() == '{"a": 1}'
+    assert [p.name for p in target.parent.iterdir()] == ["manifest.json"]
+
+
+def test_quarantine_is_written_with_reasons(tmp_path):
+    bad = pd.DataFrame({"ghi": ["abc"], "_reasons": ["type:ghi"]})
+    path = write_quarantine(bad, tmp_path / "quarantine", "batch1")
+    assert "type:ghi" in path.read_text()
+    assert write_quarantine(bad.iloc[:0], tmp_path, "empty") is None
+
+
+def test_missing_file_source_is_named(tmp_path):
+    params = parse_params({"ingest": {"source": "incoming/*.csv"}})
+    with pytest.raises(SourceError, match=r"incoming/\*\.csv"):
+        read_source(params, SOLAR, tmp_path)
+
+
+def test_unreadable_file_source_is_named(tmp_path):
+    (tmp_path / "broken.parquet").write_text("not parquet")
+    params = parse_params({"ingest": {"source": "broken.parquet"}})
+    with pytest.raises(SourceError, match="broken.parquet"):
+        read_source(params, SOLAR, tmp_path)
+
+
+def test_csv_glob_source_reads_every_file(tmp_path):
+    (tmp_path / "in").mkdir()
+    rows(3).to_csv(tmp_path / "in" / "a.csv", index=False)
+    rows(2, site="sand_point").to_csv(tmp_path / "in" / "b.csv", index=False)
+    frame = read_source(parse_params({"ingest": {"source": "in/*.csv"}}), SOLAR, tmp_path)
+    assert len(frame) == 5 and set(frame.site_id) == {"greensboro", "sand_point"}
+
+
+def test_sql_source_reads_a_query(tmp_path):
+    db = tmp_path / "weather.db"
+    with sqlite3.connect(db) as connection:
+        rows(4).assign(timestamp=lambda f: f.timestamp.astype(str)).to_sql(
+            "readings", connection, index=False)
+    params = parse_params({"ingest": {"source": f"sqlite:///{db}",
+                                      "query": "select * from readings where ghi > 0"}})
+    assert len(read_source(params, SOLAR, tmp_path)) == 4
+
+
+def test_sql_source_error_names_the_source_without_password(tmp_path):
+    params = parse_params({"ingest": {"source": "postgresql+psycopg://u:secret@127.0.0.1:1/x",
+                                      "query": "select 1"}})
+    with pytest.raises(SourceError) as info:
+        read_source(params, SOLAR, tmp_path)
+    assert "127.0.0.1:1/x" in str(info.value) and "secret" not in str(info.value)
+
+
+def test_builtin_source_must_match_the_task(tmp_path):
+    with pytest.raises(SourceError, match="builtin:digits"):
+        read_source(parse_params({"ingest": {"source": "builtin:digits"}}), SOLAR, tmp_path)
+
+
+def test_bounds_keep_unparseable_times_for_validation():
+    frame = rows(4).assign(timestamp=lambda f: f.timestamp.astype(str))
+    frame.loc[1, "timestamp"] = "not a time"
+    kept = within_bounds(frame, IngestParams(start="2021-01-01 02:00"), SOLAR)
+    assert kept["timestamp"].tolist() == ["not a time", frame.timestamp[2], frame.timestamp[3]]

@@ -1,0 +1,51 @@
+import numpy as np
+import pytest
+
+from loopline.evaluate import Scores, score, should_promote, skill
+
+
+def s(rmse, rows=10):
+    return Scores(rmse=rmse, mae=rmse, rmse_per_step=[rmse], rows=rows)
+
+
+def test_score_per_step_and_overall():
+    truth = np.array([[0.0, 0.0], [0.0, 0.0]])
+    pred = np.array([[3.0, 0.0], [3.0, 0.0]])
+    result = score(truth, pred)
+    assert result.rmse_per_step == [3.0, 0.0]
+    assert result.rmse == pytest.approx(np.sqrt(4.5))
+    assert result.mae == 1.5 and result.rows == 2
+
+
+def test_score_skips_rows_without_truth():
+    truth = np.array([[1.0], [np.nan]])
+    assert score(truth, np.array([[1.0], [5.0]])).rows == 1
+
+
+def test_skill():
+    assert skill(s(5), s(10)) == 0.5
+
+
+def test_first_model_is_promoted_when_it_beats_the_baselines():
+    decision = should_promote(s(5), None, {"persistence": s(8), "smart_persistence": s(6)})
+    assert decision.promote
+    assert any("no current champion" in r for r in decision.reasons)
+
+
+def test_a_candidate_worse_than_a_baseline_is_held():
+    decision = should_promote(s(7), None, {"persistence": s(8), "smart_persistence": s(6)})
+    assert not decision.promote
+    assert any("does not beat smart_persistence" in r for r in decision.reasons)
+
+
+def test_candidate_must_beat_the_champion_by_the_margin():
+    bases = {"persistence": s(9)}
+    assert should_promote(s(5), s(6), bases).promote
+    assert not should_promote(s(6), s(6), bases).promote
+    assert not should_promote(s(5.9), s(6), bases, min_improvement=0.1).promote
+    assert should_promote(s(5.3), s(6), bases, min_improvement=0.1).promote
+
+
+def test_scores_on_different_rows_are_refused():
+    with pytest.raises(ValueError, match="same rows"):
+        should_promote(s(5, rows=10), s(6, rows=9), {})

@@ -1,0 +1,122 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from loopline.config import TrainParams, TuneParams, parse_params
+from loopline.errors import ParityError
+from loopline.export import check_parity, export_onnx, onnx_session, run_onnx
+from loopline.features import FeatureSpec
+from loopline.labeling import Examples
+from loopline.models.forecaster import Forecaster, Predictor
+from loopline.train import fit, plot_learning_curves
+from loopline.tune import grid_values, run_study
+
+SPEC = FeatureSpec(task="t", feature_columns=["a", "b"], target_column="y", horizon=3,
+                   freq="1h", group_column="g", time_column="t", target_mean=0.0,
+                   target_std=1.0)
+HP = {"hidden_size": 8, "num_layers": 1, "dropout": 0.1, "learning_rate": 0.01,
+      "batch_size": 16, "window": 4, "cell": "lstm"}
+
+
+def toy_examples(n, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 4, 2)).astype(np.float32)
+    y = np.repeat(x[:, -1, :1], 3, axis=1) * 2.0  # learnable: last value of feature a
+    return Examples(x, y.astype(np.float32), pd.DataFrame({"g": ["s"] * n}))
+
+
+def train_once(seed=0, epochs=5):
+    model = Forecaster(2, 3, hidden_size=8, dropout=0.1)
+    return fit(model, toy_examples(64, 1), toy_examples(32, 2), SPEC, HP,
+               TrainParams(max_epochs=epochs, patience=2), seed=seed)
+
+
+def test_same_seed_same_data_same_metrics():
+    a, b = train_once(seed=3), train_once(seed=3)
+    assert [e.val_loss for e in a.history] == [e.val_loss for e in b.history]
+    c = train_once(seed=4)
+    assert [e.val_loss for e in a.history] != [e.val_loss for e in c.history]
+
+
+def test_training_learns_and_keeps_the_best_epoch():
+    result = train_once(epochs=30)
+    assert result.history[-1].train_loss < result.history[0].train_loss
+    assert result.best_val_loss == min(e.val_loss for e in result.history)
+
+
+def test_early_stopping_records_the_overfitting_onset():
+    model = Forecaster(2, 3, hidden_size=8)
+    noise = Examples(np.zeros((8, 4, 2), np.float32), np.ones((8, 3), np.float32),
+                     pd.DataFrame({"g": ["s"] * 8}))
+    result = fit(model, toy_examples(64, 1), noise, SPEC, {**HP, "learning_rate": 0.05},
+                 TrainParams(max_epochs=50, patience=2), seed=0)
+    if result.stopped_early:
+        assert result.overfitting_onset == result.best_epoch + 1
+        assert len(result.history) == result.best_epoch + 2
+
+
+def test_learning_curve_plot_is_a_png(tmp_path):
+    path = plot_learning_curves(train_once(epochs=2), tmp_path / "curves.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_grid_values_spread_ranges():
+    space = TuneParams().search_space
+    assert grid_values(space["cell"], 3) == ["lstm", "gru"]
+    lr = grid_values(space["learning_rate"], 3)
+    assert lr[0] == pytest.approx(1e-3) and lr[-1] == pytest.approx(1e-2)
+    assert lr[1] == pytest.approx(np.sqrt(1e-5))
+
+
+@pytest.mark.parametrize("sampler", ["grid", "random", "tpe"])
+def test_each_sampler_finds_the_better_region(sampler):
+    params = parse_params({"tune": {"sampler": sampler, "n_trials": 8, "pruning": False}}).tune
+    seen = []
+
+    def objective(hp, report):
+        report(1, 1.0)
+        return abs(np.log10(hp["learning_rate"]) + 2) + (hp["cell"] == "gru")
+
+    result = run_study(objective, params, seed=1, on_trial=seen.append)
+    assert len(seen) == 8 and all(t.state == "COMPLETE" for t in seen)
+    assert result.best_value == min(t.value for t in seen)
+    assert result.best_hparams["cell"] == "lstm"
+
+
+def test_pruning_stops_hopeless_trials():
+    params = parse_params({"tune": {"sampler": "random", "n_trials": 8}}).tune
+    seen = []
+
+    def objective(hp, report):
+        value = 10.0 if hp["cell"] == "gru" else 1.0
+        for epoch in range(1, 6):
+            report(epoch, value)
+        return value
+
+    run_study(objective, params, seed=0, on_trial=seen.append)
+    assert any(t.state == "PRUNED" for t in seen)
+
+
+def test_onnx_export_has_a_dynamic_batch_and_parity(tmp_path):
+    model = Predictor(Forecaster(2, 3, hidden_size=8, cell="gru", target_mean=5, target_std=2))
+    x = toy_examples(4, 0).x
+    path = export_onnx(model, x, tmp_path / "m.onnx", {"loopline.feature_spec": "{}"})
+    parity = check_parity(model, path, toy_examples(9, 1).x, atol=1e-4, rtol=1e-4)
+    assert parity.passed and parity.rows == 9
+    session = onnx_session(path)
+    assert run_onnx(session, toy_examples(1, 2).x).shape == (1, 3)  # batch 1 works
+    assert run_onnx(session, toy_examples(33, 2).x).shape == (33, 3)
+    assert session.get_modelmeta().custom_metadata_map == {"loopline.feature_spec": "{}"}
+
+
+def test_export_refuses_a_batch_of_one(tmp_path):
+    with pytest.raises(ValueError, match="batch-1"):
+        export_onnx(Predictor(Forecaster(2, 3)), toy_examples(1, 0).x, tmp_path / "m.onnx", {})
+
+
+def test_parity_failure_raises(tmp_path):
+    model = Predictor(Forecaster(2, 3, hidden_size=8))
+    path = export_onnx(model, toy_examples(4, 0).x, tmp_path / "m.onnx", {})
+    other = Predictor(Forecaster(2, 3, hidden_size=8, target_mean=100.0))
+    with pytest.raises(ParityError, match="nothing was published"):
+        check_parity(other, path, toy_examples(4, 0).x, atol=1e-4, rtol=1e-4)

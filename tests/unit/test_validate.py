@@ -1,0 +1,60 @@
+import pandas as pd
+import pytest
+
+from loopline.config import parse_params
+from loopline.errors import SourceError, ValidationFailed
+from loopline.tasks import get_task
+from loopline.validate import check_bad_fraction, validate_rows
+
+SOLAR = get_task("solar")
+PARAMS = parse_params({})
+
+
+def readings():
+    times = pd.date_range("2021-06-01", periods=6, freq="1h", tz="UTC").astype(str)
+    return pd.DataFrame({"site_id": "greensboro", "timestamp": times, "ghi": "100",
+                         "dni": "200", "dhi": "50", "temp_air": "20", "wind_speed": "2",
+                         "power_w": "800"})
+
+
+def test_clean_rows_pass():
+    report = validate_rows(readings(), SOLAR.schema, SOLAR.rules(PARAMS), "solar")
+    assert len(report.good) == 6 and report.bad.empty and report.ge_success
+    assert str(report.good["timestamp"].dtype).startswith("datetime64")
+
+
+def test_each_broken_row_is_quarantined_with_the_rules_it_broke():
+    frame = readings()
+    frame.loc[1, "ghi"] = "abc"                        # not a number
+    frame.loc[2, "power_w"] = "-5"                     # out of range
+    frame.loc[3, "timestamp"] = frame.loc[2, "timestamp"]  # duplicate reading
+    frame.loc[4, "site_id"] = "atlantis"               # unknown site
+    frame.loc[5, "temp_air"] = None                    # null
+    report = validate_rows(frame, SOLAR.schema, SOLAR.rules(PARAMS), "solar")
+    reasons = dict(zip(report.bad["ghi"].index, report.bad["_reasons"], strict=True))
+    assert len(report.bad) == 5 and len(report.good) == 1
+    text = " | ".join(reasons.values())
+    for rule in ("type:ghi", "power_w_in_range", "reading_not_duplicated", "site_id_known",
+                 "temp_air_not_null"):
+        assert rule in text
+    assert report.bad.loc[0, "ghi"] == "abc"  # raw value kept for people to fix
+
+
+def test_out_of_order_readings_are_flagged():
+    frame = readings().iloc[[0, 2, 1, 3]].reset_index(drop=True)
+    report = validate_rows(frame, SOLAR.schema, SOLAR.rules(PARAMS), "solar")
+    assert report.bad["_reasons"].tolist() == ["timestamp_in_order"]
+
+
+def test_missing_column_names_it():
+    with pytest.raises(SourceError, match="power_w"):
+        validate_rows(readings().drop(columns="power_w"), SOLAR.schema, SOLAR.rules(PARAMS), "s")
+
+
+def test_too_many_bad_rows_stop_the_run_with_counts():
+    frame = readings()
+    frame.loc[:2, "ghi"] = "-1"
+    report = validate_rows(frame, SOLAR.schema, SOLAR.rules(PARAMS), "solar")
+    with pytest.raises(ValidationFailed, match=r"3 of 6 rows .*ghi_in_range: 3.*quarantine.csv"):
+        check_bad_fraction(report, 0.05, "quarantine.csv")
+    check_bad_fraction(report, 0.5, "quarantine.csv")  # within the limit: carries on
