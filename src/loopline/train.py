@@ -203,6 +203,7 @@ def train_model(task, frame, spec: FeatureSpec, hparams: dict[str, Any], params,
     spec = spec.with_window(int(hparams["window"]))
     train = make_windows(frame, spec, spec.window, target_set="train")
     val = make_windows(frame, spec, spec.window, target_set="val", history_sets=("gap",))
+    seed_everything(params.seed)  # the initial weights are drawn here
     model = task.build_model(hparams, spec)
     result = fit(model, train, val, spec, hparams, params.train, params.seed, on_epoch=on_epoch)
     return result, spec

@@ -143,7 +143,7 @@ def run_study(
 def tune_model(task, frame, spec, params, on_trial=None, on_epoch=None) -> TuneResult:
     """Search hyperparameters on the training and validation windows of `frame`."""
     from loopline.labeling import make_windows
-    from loopline.train import fit
+    from loopline.train import fit, seed_everything
 
     windows: dict[int, tuple] = {}
 
@@ -158,6 +158,7 @@ def tune_model(task, frame, spec, params, on_trial=None, on_epoch=None) -> TuneR
 
     def objective(hparams: dict[str, Any], report: Reporter) -> float:
         train, val = examples(int(hparams["window"]))
+        seed_everything(params.seed)  # every trial starts from the same RNG state
         model = task.build_model(hparams, spec)
 
         def each_epoch(record):

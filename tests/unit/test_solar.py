@@ -36,7 +36,7 @@ def test_features_are_a_pure_function_of_rows_and_spec(january, params):
     assert set(spec.feature_columns) <= set(a.columns)
     # clear-sky power tracks the measured power (clouds lower it; low sun makes it noisy)
     assert (a.power_w <= a.clearsky_w * 1.3 + 50).mean() > 0.95
-    assert a[["power_w", "clearsky_w"]].corr().iloc[0, 1] > 0.85
+    assert a[["power_w", "clearsky_w"]].corr().iloc[0, 1] > 0.75
     # the lead is the clear-sky value 24 steps later
     assert a.clearsky_lead_24.iloc[0] == pytest.approx(a.clearsky_w.iloc[24], rel=1e-6)
     assert np.isnan(a.power_lag_24.iloc[:24]).all() and a.power_lag_24.iloc[24] == a.power_w.iloc[0]
