@@ -246,7 +246,7 @@ def offline_flow(root: str = ".", overrides: list[str] | None = None) -> dict[st
             tracker.set_tags({"loopline.outcome": "nothing new"})
             tracker.end()
             return {**summary, "status": "nothing new", "message": message,
-                    "version": done.version}
+                    "version": str(done.version)}
         with stage("features"):
             frame, spec = features(params, paths)
         with stage("labeling", f"horizon {spec.horizon}"):

@@ -7,8 +7,10 @@ the raw YAML first and validated with everything else.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -35,6 +37,19 @@ class IngestParams(Section):
     # Optional time bounds [start, end) on the source, e.g. to backfill or replay history.
     start: str | None = None
     end: str | None = None
+
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _time_as_text(cls, value: Any) -> Any:
+        # YAML reads 2021-03-01 as a date; keep bounds as ISO text, checked to parse.
+        if isinstance(value, date | datetime):
+            return value.isoformat()
+        if isinstance(value, str):
+            try:
+                datetime.fromisoformat(value)
+            except ValueError:
+                raise ValueError(f"{value!r} is not an ISO date or time") from None
+        return value
 
     @model_validator(mode="after")
     def _query_needs_sql(self) -> IngestParams:
@@ -245,7 +260,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    data = json.loads(json.dumps(raw))  # a deep copy that also rejects odd YAML types
+    data = copy.deepcopy(raw)
     for text in overrides:
         path, value = parse_override(text)
         node = data

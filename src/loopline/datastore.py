@@ -77,9 +77,15 @@ class SnapshotStore:
     def commit(
         self, rows: pd.DataFrame, watermarks: dict[str, str], info: dict[str, Any]
     ) -> Commit:
-        """Add validated rows as a new partition (none when empty) and record the batch."""
+        """Add validated rows as a new partition (none when empty) and record the batch.
+
+        A batch with no rows and no new watermark (nothing arrived) records nothing, so the
+        data version stays the same and an unchanged rerun can be recognised.
+        """
         manifest = self.manifest()
         batches = manifest["batches"]
+        if not len(rows) and not watermarks:
+            return Commit(None, 0, sum(b["rows"] for b in batches))
         partition = None
         if len(rows):
             # Named by position: an orphan left by a crash before the manifest moved is simply

@@ -68,6 +68,16 @@ def onnx_session(path: Path | bytes, threads: int = 0):
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
+def embedded_spec(session):
+    """The FeatureSpec stored in an ONNX model's metadata at export."""
+    from loopline.features import FeatureSpec
+
+    metadata = session.get_modelmeta().custom_metadata_map
+    if SPEC_KEY not in metadata:
+        raise ValueError(f"the ONNX model carries no {SPEC_KEY!r} metadata")
+    return FeatureSpec.from_json(metadata[SPEC_KEY])
+
+
 def run_onnx(session, x: np.ndarray) -> np.ndarray:
     return session.run(None, {INPUT_NAME: x.astype(np.float32)})[0]
 

@@ -108,7 +108,7 @@ def move_champion(
     entry = {
         "when": datetime.now(UTC).isoformat(),
         "who": who or getpass.getuser(),
-        "from": previous.version if previous is not None else None,
+        "from": str(previous.version) if previous is not None else None,
         "to": str(version),
         "why": reason,
     }
@@ -181,12 +181,11 @@ def latest_version(tracking_uri: str, name: str) -> Any | None:
 
 def load_champion(tracking_uri: str, name: str, dest: Path):
     """(onnx session, feature spec, version) of the current champion, or None."""
-    from loopline.export import onnx_session
-    from loopline.features import FeatureSpec
+    from loopline.export import embedded_spec, onnx_session
 
     version = champion_version(tracking_uri, name)
     if version is None:
         return None
-    folder = download_model(tracking_uri, f"models:/{name}@{CHAMPION}", dest)
-    spec = FeatureSpec.from_json((folder / "feature_spec.json").read_text())
-    return onnx_session(folder / "model.onnx"), spec, version
+    folder = download_model(tracking_uri, f"models:/{name}/{version.version}", dest)
+    session = onnx_session(folder / "model.onnx")
+    return session, embedded_spec(session), version

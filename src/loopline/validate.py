@@ -99,10 +99,13 @@ def _derived_columns(frame: pd.DataFrame, rules: list[Rule]) -> dict[str, pd.Ser
             derived[f"_{rule.name}"] = ~frame.duplicated(subset=list(rule.columns), keep="first")
         elif rule.kind == "in_order":
             assert rule.column and rule.group
-            previous_max = frame.groupby(rule.group, sort=False)[rule.column].transform(
-                lambda s: s.cummax().shift()
+            groups = frame[rule.group]
+            previous_max = frame[rule.column].groupby(groups).cummax().groupby(groups).shift()
+            # A missing time is `not_null`'s to report, not an ordering problem.
+            derived[f"_{rule.name}"] = (
+                previous_max.isna() | frame[rule.column].isna()
+                | (frame[rule.column] >= previous_max)
             )
-            derived[f"_{rule.name}"] = previous_max.isna() | (frame[rule.column] >= previous_max)
     return derived
 
 

@@ -51,3 +51,11 @@ def test_repository_params_yaml_is_valid():
 
     params = load_params(Path(__file__).resolve().parents[2] / "params.yaml")
     assert params.task == "solar" and params.labeling.horizon == 24
+
+
+def test_time_bounds_accept_yaml_dates_and_reject_nonsense():
+    import datetime
+
+    assert parse_params({"ingest": {"end": datetime.date(2021, 3, 1)}}).ingest.end == "2021-03-01"
+    with pytest.raises(ConfigError, match=r"ingest\.start"):
+        parse_params({"ingest": {"start": "last tuesday"}})

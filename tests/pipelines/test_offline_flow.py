@@ -1,0 +1,167 @@
+"""The offline flow under Prefect's test harness, on tiny real data (no mocks).
+
+One scenario per test, in order on one project: first publish, rerun with nothing new, new
+data, and each failure that must leave the snapshot and the champion untouched.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from loopline import registry
+from loopline.datastore import SnapshotStore
+from loopline.errors import ParityError, SourceError, ValidationFailed
+from loopline.export import SPEC_KEY, onnx_session, run_onnx
+from loopline.features import FeatureSpec
+from loopline.paths import ProjectPaths
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def run(root: Path, *overrides: str) -> dict:
+    from pipelines.offline import offline_flow
+
+    return offline_flow(root=str(root), overrides=list(overrides))
+
+
+def state(root: Path) -> tuple[int, str | None, list]:
+    """(snapshot rows, champion version, champion history) of a project."""
+    paths = ProjectPaths.at(root)
+    rows = len(SnapshotStore(paths.snapshots("solar")).load())
+    champion = registry.champion_version(paths.tracking_uri(), "solar")
+    history = registry.champion_history(paths.tracking_uri(), "solar") if champion else []
+    return rows, str(champion.version) if champion else None, history
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory, prefect_harness):
+    """A project after one successful run (shared by the scenarios below)."""
+    import os
+
+    from tests.conftest import TINY, write_project
+
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    os.environ.pop("LOOPLINE_HOME", None)
+    root = write_project(tmp_path_factory.mktemp("flow") / "proj", TINY)
+    summary = run(root)
+    return root, summary
+
+
+def test_first_run_publishes_a_champion_with_lineage(published):
+    root, summary = published
+    assert summary["status"] == "published" and summary["promoted"]
+    paths = ProjectPaths.at(root)
+    champion = registry.champion_version(paths.tracking_uri(), "solar")
+    tags = champion.tags
+    assert tags["loopline.data_version"] == summary["data_version"] != "none"
+    assert tags["loopline.git_commit"] and tags["loopline.params_hash"]
+    assert json.loads(tags["loopline.params"])["tune"]["n_trials"] == 2
+    assert float(tags["loopline.metric.test_rmse"]) > 0
+    client = registry.client(paths.tracking_uri())
+    version = str(champion.version)
+    assert str(client.get_model_version_by_alias("solar", "challenger").version) == version
+    history = registry.champion_history(paths.tracking_uri(), "solar")
+    assert [(h["from"], h["to"]) for h in history] == [(None, version)]
+    assert "beats smart_persistence" in history[0]["why"] or "beats" in history[0]["why"]
+    # The pipeline run holds curves, plots, trial runs and the validation result.
+    run_data = client.get_run(summary["run_id"])
+    assert "val_loss" in run_data.data.metrics and "skill_vs_smart_persistence" in run_data.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(summary["run_id"])}
+    assert {"plots", "validation", "evaluation"} <= artifacts
+    trials = client.search_runs(
+        [run_data.info.experiment_id],
+        f"tags.mlflow.parentRunId = '{summary['run_id']}'",
+    )
+    assert len(trials) == 2
+
+
+def test_champion_onnx_matches_its_spec_and_serves_any_batch(published, tmp_path):
+    root, _ = published
+    paths = ProjectPaths.at(root)
+    folder = registry.download_model(paths.tracking_uri(), "models:/solar@champion", tmp_path)
+    session = onnx_session(folder / "model.onnx")
+    spec = FeatureSpec.from_json((folder / "extra_files" / "feature_spec.json").read_text())
+    assert json.loads(session.get_modelmeta().custom_metadata_map[SPEC_KEY]) == json.loads(
+        spec.to_json())
+    x = np.zeros((5, spec.window, len(spec.feature_columns)), np.float32)
+    assert run_onnx(session, x).shape == (5, spec.horizon)
+
+
+def test_rerun_with_nothing_new_does_not_train(published):
+    root, first = published
+    before = state(root)
+    summary = run(root)
+    assert summary["status"] == "nothing new"
+    assert str(summary["version"]) == first["version"]
+    assert "nothing new" in summary["message"]
+    assert state(root) == before
+
+
+def test_missing_source_is_named_and_changes_nothing(published):
+    root, _ = published
+    before = state(root)
+    with pytest.raises(SourceError, match="incoming/missing.csv"):
+        run(root, "ingest.source=incoming/missing.csv")
+    assert state(root) == before
+
+
+def test_too_many_bad_rows_quarantine_and_stop(published):
+    root, _ = published
+    before = state(root)
+    from loopline.config import parse_params
+    from loopline.tasks import get_task
+
+    params = parse_params({"solar": {"sites": ["greensboro"]}})
+    march = get_task("solar").load_builtin(params)
+    march = march[(march.timestamp >= "2021-03-01") & (march.timestamp < "2021-03-08")]
+    march = march.assign(timestamp=march.timestamp.astype(str)).astype(str)
+    march.loc[march.index[:40], "power_w"] = "-999"  # 40 of 168 rows out of range
+    (root / "incoming").mkdir(exist_ok=True)
+    march.to_csv(root / "incoming" / "march.csv", index=False)
+    with pytest.raises(ValidationFailed, match="power_w_in_range: 40"):
+        run(root, "ingest.source=incoming/march.csv", "ingest.end=null")
+    assert state(root) == before
+    quarantined = list((root / "data" / "quarantine" / "solar").glob("*.csv"))
+    assert quarantined
+    bad = pd.read_csv(quarantined[-1])
+    assert len(bad) == 40 and set(bad["_reasons"]) == {"power_w_in_range"}
+
+
+def test_parity_failure_publishes_nothing(published):
+    root, _ = published
+    _, champion, history = state(root)
+    with pytest.raises(ParityError, match="nothing was published"):
+        # A changed param means a real retrain; an impossible tolerance fails the check.
+        run(root, "export.parity_atol=1e-12", "export.parity_rtol=0")
+    client = registry.client(ProjectPaths.at(root).tracking_uri())
+    latest = registry.latest_version(ProjectPaths.at(root).tracking_uri(), "solar")
+    assert str(latest.version) == champion
+    assert state(root)[1:] == (champion, history)
+    assert str(client.get_model_version_by_alias("solar", "challenger").version) == champion
+
+
+def test_new_data_publishes_a_challenger_and_gates_the_champion(published):
+    root, first = published
+    rows_before, champion, history = state(root)
+    summary = run(root, "ingest.end=2021-03-15")
+    assert summary["status"] == "published" and summary["new_rows"] == 14 * 24
+    rows_after, new_champion, new_history = state(root)
+    assert rows_after == rows_before + 14 * 24  # no row ingested twice
+    assert int(summary["version"]) > int(champion)
+    client = registry.client(ProjectPaths.at(root).tracking_uri())
+    challenger = client.get_model_version_by_alias("solar", "challenger")
+    assert str(challenger.version) == summary["version"]
+    if summary["promoted"]:
+        assert new_champion == summary["version"]
+        assert new_history[-1]["from"] == champion and new_history[-1]["to"] == summary["version"]
+    else:
+        assert new_champion == champion and new_history == history
+    assert summary["data_version"] != first["data_version"]
+    dvc_pointer = yaml.safe_load((root / "data.dvc").read_text())
+    assert dvc_pointer["outs"][0]["md5"].startswith(summary["data_version"])
