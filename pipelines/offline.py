@@ -30,7 +30,7 @@ from loopline.paths import ProjectPaths
 from loopline.split import split_and_fit, test_view, without_test
 from loopline.tasks import get_task
 from loopline.tracking import RunTracker, lineage_tags, scratch_dir
-from loopline.train import TrainResult, plot_learning_curves, train_model
+from loopline.train import TrainResult, plot_learning_curves, save_checkpoint, train_model
 from loopline.tune import TuneResult, tune_model
 from loopline.validate import ValidationReport, check_bad_fraction, validate_rows
 from pipelines.progress import note, stage
@@ -124,6 +124,9 @@ def train(params: Params, frame, spec: FeatureSpec, hparams: dict[str, Any],
     curves = plot_learning_curves(result, scratch / "learning_curves.png",
                                   f"{params.task}: learning curves")
     tracker.log_figure_file(curves)
+    # The PyTorch weights travel with the run: parity can be re-checked and later runs can
+    # fine-tune from them.
+    tracker.log_file(save_checkpoint(result, spec, scratch / "model.pt"), "torch")
     return result, spec
 
 
@@ -216,7 +219,7 @@ def offline_flow(root: str = ".", overrides: list[str] | None = None) -> dict[st
     batch_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     tracker = RunTracker.start(
         paths.tracking_uri(), params.experiment_name,
-        paths.mlflow_artifacts if paths.uses_default_tracking() else None,
+        paths.local_artifact_root(),
         run_name=f"offline-{batch_id}", tags={"loopline.task": params.task},
     )
     scratch = scratch_dir(paths.runs, tracker.run_id)

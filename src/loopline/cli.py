@@ -107,7 +107,9 @@ def models(
             f"{m['smart_persistence_rmse']:.1f}" if "smart_persistence_rmse" in m else "-",
             (r["data_version"] or "-")[:12], (r["git_commit"] or "-")[:10],
         )
-    Console().print(table)
+    out = Console()
+    # Piped output has no terminal width; do not squeeze the table into 80 columns.
+    (out if out.is_terminal else Console(width=200)).print(table)
     if history:
         for name, moves in histories.items():
             console.print(f"[bold]{name}[/] champion history:")

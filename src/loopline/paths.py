@@ -70,6 +70,17 @@ class ProjectPaths:
     def uses_default_tracking(self) -> bool:
         return not os.environ.get("MLFLOW_TRACKING_URI")
 
+    def local_artifact_root(self) -> Path | None:
+        """Where new experiments keep artifacts when MLflow is a database, not a server.
+
+        A tracking server manages its own artifact store; a bare database URI would otherwise
+        fall back to `./mlruns` in whatever folder the process started in.
+        """
+        uri = self.tracking_uri()
+        return None if uri.startswith(("http://", "https://", "databricks")) else (
+            self.mlflow_artifacts
+        )
+
 
 def find_project_root(start: str | Path | None = None) -> Path:
     """The nearest folder at or above `start` holding a params.yaml (else `start` itself)."""

@@ -207,3 +207,18 @@ def train_model(task, frame, spec: FeatureSpec, hparams: dict[str, Any], params,
     model = task.build_model(hparams, spec)
     result = fit(model, train, val, spec, hparams, params.train, params.seed, on_epoch=on_epoch)
     return result, spec
+
+
+def save_checkpoint(result: TrainResult, spec: FeatureSpec, path: Path) -> Path:
+    """Weights, hyperparameters and feature spec: enough to rebuild the model."""
+    torch.save({"state_dict": result.model.state_dict(), "hparams": result.hparams,
+                "feature_spec": spec.to_json()}, path)
+    return path
+
+
+def load_checkpoint(task, path: Path) -> tuple[nn.Module, FeatureSpec]:
+    checkpoint = torch.load(path, weights_only=True)
+    spec = FeatureSpec.from_json(checkpoint["feature_spec"])
+    model = task.build_model(checkpoint["hparams"], spec)
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.eval(), spec
