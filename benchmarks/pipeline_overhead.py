@@ -12,14 +12,20 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-QUICK = ["solar.sites=[greensboro]", "ingest.end=2021-04-01", "tune.n_trials=2",
-         "tune.max_epochs=2", "train.max_epochs=3"]
+QUICK = [
+    "solar.sites=[greensboro]",
+    "ingest.end=2021-04-01",
+    "tune.n_trials=2",
+    "tune.max_epochs=2",
+    "train.max_epochs=3",
+]
 
 
 def fresh_project(base: Path, name: str) -> Path:
@@ -63,12 +69,18 @@ def plain_pipeline(root: Path, overrides: list[str]) -> dict:
     tuned = tune_model(task, training, spec, params)
     result, spec = train_model(task, training, spec, tuned.best_hparams, params)
     plot_learning_curves(result, paths.runs / "curves.png")
-    evaluation = evaluate_candidate(task, test_view(frame, spec.time_column), spec,
-                                    result.model, params)
+    evaluation = evaluate_candidate(
+        task, test_view(frame, spec.time_column), spec, result.model, params
+    )
     val = make_windows(training, spec, spec.window, target_set="val", history_sets=("gap",))
-    export_and_check(result.model, val.x[: params.export.golden_batch],
-                     paths.runs / "model.onnx", {SPEC_KEY: spec.to_json()},
-                     params.export.parity_atol, params.export.parity_rtol)
+    export_and_check(
+        result.model,
+        val.x[: params.export.golden_batch],
+        paths.runs / "model.onnx",
+        {SPEC_KEY: spec.to_json()},
+        params.export.parity_atol,
+        params.export.parity_rtol,
+    )
     return evaluation.metrics()
 
 
@@ -76,6 +88,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small data and search (smoke)")
     parser.add_argument("-P", dest="overrides", action="append", default=[])
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="pairs of runs, order alternating; medians are reported",
+    )
     args = parser.parse_args()
     overrides = (QUICK if args.quick else []) + args.overrides
 
@@ -103,34 +121,49 @@ def main() -> None:
     prefect_start_s = time.perf_counter() - started
     started = time.perf_counter()
     params = load_params(flow_paths.params_file, overrides)
-    ensure_experiment(flow_paths.tracking_uri(), params.experiment_name,
-                      flow_paths.local_artifact_root())
+    ensure_experiment(
+        flow_paths.tracking_uri(), params.experiment_name, flow_paths.local_artifact_root()
+    )
     mlflow_start_s = time.perf_counter() - started
 
     # First calls in a process pay one-off costs (the ONNX exporter's tracing machinery,
     # Great Expectations' context): pay them on a tiny warm-up so neither side carries them.
-    plain_pipeline(fresh_project(base, "warm-up"), [*QUICK, "ingest.end=2021-02-01",
-                                                    "tune.n_trials=1", "train.max_epochs=1"])
+    plain_pipeline(
+        fresh_project(base, "warm-up"),
+        [*QUICK, "ingest.end=2021-02-01", "tune.n_trials=1", "train.max_epochs=1"],
+    )
 
-    plain_root = fresh_project(base, "plain")
-    started = time.perf_counter()
-    plain_metrics = plain_pipeline(plain_root, overrides)
-    plain_s = time.perf_counter() - started
-
-    started = time.perf_counter()
-    summary = offline_flow(root=str(flow_paths.root), overrides=overrides)
-    flow_s = time.perf_counter() - started
+    plain_times, flow_times = [], []
+    for i in range(args.repeat):
+        # Alternate which side goes first so neither always runs on a warmer machine.
+        for side in ("plain", "flow") if i % 2 == 0 else ("flow", "plain"):
+            root = fresh_project(base, f"{side}-{i}")
+            started = time.perf_counter()
+            if side == "plain":
+                plain_metrics = plain_pipeline(root, overrides)
+                plain_times.append(time.perf_counter() - started)
+            else:
+                apply_environment(ProjectPaths.at(root))
+                summary = offline_flow(root=str(root), overrides=overrides)
+                flow_times.append(time.perf_counter() - started)
+    plain_s, flow_s = statistics.median(plain_times), statistics.median(flow_times)
 
     same = abs(plain_metrics["test_rmse"] - summary["metrics"]["test_rmse"]) < 1e-6
     print()
-    print(f"{'pipeline':38s} {'wall s':>8s} {'test RMSE':>10s}")
+    print(
+        f"{'pipeline (median of ' + str(args.repeat) + ')':38s} {'wall s':>8s} {'test RMSE':>10s}"
+    )
     print(f"{'plain functions':38s} {plain_s:8.1f} {plain_metrics['test_rmse']:10.2f}")
-    print(f"{'Prefect flow + MLflow tracking/registry':38s} {flow_s:8.1f} "
-          f"{summary['metrics']['test_rmse']:10.2f}")
+    print(
+        f"{'Prefect flow + MLflow tracking/registry':38s} {flow_s:8.1f} "
+        f"{summary['metrics']['test_rmse']:10.2f}"
+    )
     print(f"ratio flow / plain: {flow_s / plain_s:.3f}  (target <= 1.10)")
     print(f"same model both ways: {same}")
-    print(f"one-time start-up, not in the ratio: Prefect local API {prefect_start_s:.1f}s, "
-          f"fresh MLflow database {mlflow_start_s:.1f}s")
+    print(
+        f"one-time start-up, not in the ratio: Prefect local API {prefect_start_s:.1f}s, "
+        f"fresh MLflow database {mlflow_start_s:.1f}s"
+    )
     print(f"config: {'quick' if args.quick else 'default params.yaml'} {overrides or ''}")
     shutil.rmtree(base, ignore_errors=True)
     sys.exit(0)

@@ -46,17 +46,22 @@ def ingest(params: Params, paths: ProjectPaths):
 
 
 @task(name="validate", cache_policy=NO_CACHE)
-def validate(params: Params, rows, paths: ProjectPaths, tracker: RunTracker,
-             batch_id: str) -> ValidationReport:
+def validate(
+    params: Params, rows, paths: ProjectPaths, tracker: RunTracker, batch_id: str
+) -> ValidationReport:
     plugin = get_task(params.task)
     report = validate_rows(rows, plugin.schema, plugin.rules(params), suite_name=params.task)
-    where = datastore.write_quarantine(
-        report.bad, paths.quarantine / params.task, batch_id
+    where = datastore.write_quarantine(report.bad, paths.quarantine / params.task, batch_id)
+    tracker.log_dict(
+        {**report.summary(), "quarantine": str(where) if where else None}, "validation/summary.json"
     )
-    tracker.log_dict({**report.summary(), "quarantine": str(where) if where else None},
-                     "validation/summary.json")
-    tracker.log_metrics({"validate_rows": report.total, "validate_bad_rows": len(report.bad),
-                         "validate_bad_fraction": report.bad_fraction})
+    tracker.log_metrics(
+        {
+            "validate_rows": report.total,
+            "validate_bad_rows": len(report.bad),
+            "validate_bad_fraction": report.bad_fraction,
+        }
+    )
     if where is not None:
         tracker.log_file(where, "validation")
     check_bad_fraction(report, params.validate_.max_bad_fraction, str(where))
@@ -64,8 +69,9 @@ def validate(params: Params, rows, paths: ProjectPaths, tracker: RunTracker,
 
 
 @task(name="snapshot", cache_policy=NO_CACHE, **IO_RETRIES)
-def snapshot(params: Params, rows, report: ValidationReport, paths: ProjectPaths,
-             batch_id: str) -> tuple[datastore.Commit, str]:
+def snapshot(
+    params: Params, rows, report: ValidationReport, paths: ProjectPaths, batch_id: str
+) -> tuple[datastore.Commit, str]:
     plugin = get_task(params.task)
     store = datastore.SnapshotStore(paths.snapshots(params.task))
     info = {"batch_id": batch_id, "quarantined": len(report.bad), "source": params.ingest.source}
@@ -99,8 +105,10 @@ def tune(params: Params, frame, spec: FeatureSpec, tracker: RunTracker) -> TuneR
         child.log_metrics({"val_loss": trial.value, "epochs": trial.epochs})
         child.end("FINISHED" if trial.state != "FAIL" else "FAILED")
         value = f"{trial.value:.4g}" if trial.value is not None else "-"
-        note(f"trial {trial.number}: {trial.state.lower():8s} val_loss {value:>8s} "
-             f"after {trial.epochs} epochs  {trial.hparams}")
+        note(
+            f"trial {trial.number}: {trial.state.lower():8s} val_loss {value:>8s} "
+            f"after {trial.epochs} epochs  {trial.hparams}"
+        )
 
     result = tune_model(get_task(params.task), frame, spec, params, on_trial=log_trial)
     tracker.log_params({"best": result.best_hparams})
@@ -109,20 +117,35 @@ def tune(params: Params, frame, spec: FeatureSpec, tracker: RunTracker) -> TuneR
 
 
 @task(name="train", cache_policy=NO_CACHE)
-def train(params: Params, frame, spec: FeatureSpec, hparams: dict[str, Any],
-          tracker: RunTracker, scratch: Path) -> tuple[TrainResult, FeatureSpec]:
+def train(
+    params: Params,
+    frame,
+    spec: FeatureSpec,
+    hparams: dict[str, Any],
+    tracker: RunTracker,
+    scratch: Path,
+) -> tuple[TrainResult, FeatureSpec]:
     def log_epoch(epoch) -> None:
-        tracker.log_metrics({"train_loss": epoch.train_loss, "val_loss": epoch.val_loss},
-                            step=epoch.epoch)
-        note(f"epoch {epoch.epoch:3d}/{params.train.max_epochs}  train {epoch.train_loss:.4f}"
-             f"  val {epoch.val_loss:.4f}")
+        tracker.log_metrics(
+            {"train_loss": epoch.train_loss, "val_loss": epoch.val_loss}, step=epoch.epoch
+        )
+        note(
+            f"epoch {epoch.epoch:3d}/{params.train.max_epochs}  train {epoch.train_loss:.4f}"
+            f"  val {epoch.val_loss:.4f}"
+        )
 
     result, spec = train_model(get_task(params.task), frame, spec, hparams, params, log_epoch)
-    tracker.log_metrics({"best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
-                         "epochs_run": len(result.history),
-                         "overfitting_onset_epoch": result.overfitting_onset or 0})
-    curves = plot_learning_curves(result, scratch / "learning_curves.png",
-                                  f"{params.task}: learning curves")
+    tracker.log_metrics(
+        {
+            "best_epoch": result.best_epoch,
+            "best_val_loss": result.best_val_loss,
+            "epochs_run": len(result.history),
+            "overfitting_onset_epoch": result.overfitting_onset or 0,
+        }
+    )
+    curves = plot_learning_curves(
+        result, scratch / "learning_curves.png", f"{params.task}: learning curves"
+    )
     tracker.log_figure_file(curves)
     # The PyTorch weights travel with the run: parity can be re-checked and later runs can
     # fine-tune from them.
@@ -131,8 +154,15 @@ def train(params: Params, frame, spec: FeatureSpec, hparams: dict[str, Any],
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate(params: Params, frame, spec: FeatureSpec, result: TrainResult,
-             paths: ProjectPaths, tracker: RunTracker, scratch: Path) -> Evaluation:
+def evaluate(
+    params: Params,
+    frame,
+    spec: FeatureSpec,
+    result: TrainResult,
+    paths: ProjectPaths,
+    tracker: RunTracker,
+    scratch: Path,
+) -> Evaluation:
     plugin = get_task(params.task)
     champion = registry.load_champion(paths.tracking_uri(), params.model_name, scratch / "champ")
     champion_model = (champion[0], champion[1]) if champion else None
@@ -157,15 +187,29 @@ def export(params: Params, frame, spec: FeatureSpec, result: TrainResult, scratc
     val = make_windows(frame, spec, spec.window, target_set="val", history_sets=("gap",))
     golden = val.x[: params.export.golden_batch]
     path = scratch / "model.onnx"
-    parity = export_and_check(result.model, golden, path, {SPEC_KEY: spec.to_json()},
-                              params.export.parity_atol, params.export.parity_rtol)
+    parity = export_and_check(
+        result.model,
+        golden,
+        path,
+        {SPEC_KEY: spec.to_json()},
+        params.export.parity_atol,
+        params.export.parity_rtol,
+    )
     return path, parity, golden
 
 
 @task(name="publish", cache_policy=NO_CACHE, **IO_RETRIES)
-def publish(params: Params, paths: ProjectPaths, onnx_path: Path, spec: FeatureSpec,
-            golden, evaluation: Evaluation, lineage: dict[str, str], tracker: RunTracker,
-            scratch: Path) -> tuple[registry.Published, dict | None]:
+def publish(
+    params: Params,
+    paths: ProjectPaths,
+    onnx_path: Path,
+    spec: FeatureSpec,
+    golden,
+    evaluation: Evaluation,
+    lineage: dict[str, str],
+    tracker: RunTracker,
+    scratch: Path,
+) -> tuple[registry.Published, dict | None]:
     import mlflow
     from mlflow.models import infer_signature
 
@@ -187,15 +231,22 @@ def publish(params: Params, paths: ProjectPaths, onnx_path: Path, spec: FeatureS
     mlflow.set_tracking_uri(paths.tracking_uri())
     with mlflow.start_run(run_id=tracker.run_id):
         published = registry.log_onnx_model(
-            onnx_path, params.model_name, [spec_file, params_file],
+            onnx_path,
+            params.model_name,
+            [spec_file, params_file],
             metadata={"feature_spec": json.loads(spec.to_json()), **lineage},
-            signature=signature, tags=tags,
+            signature=signature,
+            tags=tags,
         )
     moved = None
     if evaluation.decision.promote:
-        moved = registry.move_champion(paths.tracking_uri(), params.model_name, published.version,
-                                       reason="; ".join(evaluation.decision.reasons),
-                                       who=f"pipeline run {tracker.run_id}")
+        moved = registry.move_champion(
+            paths.tracking_uri(),
+            params.model_name,
+            published.version,
+            reason="; ".join(evaluation.decision.reasons),
+            who=f"pipeline run {tracker.run_id}",
+        )
     return published, moved
 
 
@@ -205,8 +256,10 @@ def nothing_new(paths: ProjectPaths, params: Params, data_version: str) -> Any |
     if latest is None:
         return None
     tags = latest.tags or {}
-    same = (tags.get("loopline.data_version") == data_version
-            and tags.get("loopline.params_hash") == params.fingerprint())
+    same = (
+        tags.get("loopline.data_version") == data_version
+        and tags.get("loopline.params_hash") == params.fingerprint()
+    )
     return latest if same else None
 
 
@@ -218,14 +271,19 @@ def offline_flow(root: str = ".", overrides: list[str] | None = None) -> dict[st
     commit, dirty = git_commit(paths.root)
     batch_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     tracker = RunTracker.start(
-        paths.tracking_uri(), params.experiment_name,
+        paths.tracking_uri(),
+        params.experiment_name,
         paths.local_artifact_root(),
-        run_name=f"offline-{batch_id}", tags={"loopline.task": params.task},
+        run_name=f"offline-{batch_id}",
+        tags={"loopline.task": params.task},
     )
     scratch = scratch_dir(paths.runs, tracker.run_id)
     tracker.log_params(params.to_dict())
-    summary: dict[str, Any] = {"run_id": tracker.run_id, "task": params.task,
-                               "tracking_uri": paths.tracking_uri()}
+    summary: dict[str, Any] = {
+        "run_id": tracker.run_id,
+        "task": params.task,
+        "tracking_uri": paths.tracking_uri(),
+    }
     try:
         with stage("ingest", params.ingest.source):
             rows = ingest(params, paths)
@@ -235,21 +293,29 @@ def offline_flow(root: str = ".", overrides: list[str] | None = None) -> dict[st
             note(f"{len(report.good)} good, {len(report.bad)} quarantined")
         with stage("snapshot"):
             committed, data_version = snapshot(params, rows, report, paths, batch_id)
-            note(f"{committed.rows} rows added, {committed.total_rows} in snapshot; "
-                 f"data version {data_version}")
+            note(
+                f"{committed.rows} rows added, {committed.total_rows} in snapshot; "
+                f"data version {data_version}"
+            )
         lineage = lineage_tags(params.task, data_version, commit, dirty, params.fingerprint())
         tracker.set_tags(lineage)
         summary.update(data_version=data_version, new_rows=committed.rows)
         done = nothing_new(paths, params, data_version)
         if done is not None:
-            message = (f"nothing new: data version {data_version} and params "
-                       f"{params.fingerprint()} match {params.model_name} v{done.version}; "
-                       "not training")
+            message = (
+                f"nothing new: data version {data_version} and params "
+                f"{params.fingerprint()} match {params.model_name} v{done.version}; "
+                "not training"
+            )
             note(message)
             tracker.set_tags({"loopline.outcome": "nothing new"})
             tracker.end()
-            return {**summary, "status": "nothing new", "message": message,
-                    "version": str(done.version)}
+            return {
+                **summary,
+                "status": "nothing new",
+                "message": message,
+                "version": str(done.version),
+            }
         with stage("features"):
             frame, spec = features(params, paths)
         with stage("labeling", f"horizon {spec.horizon}"):
@@ -277,16 +343,25 @@ def offline_flow(root: str = ".", overrides: list[str] | None = None) -> dict[st
             note(f"parity max |diff| {parity.max_abs_diff:.2e} on {parity.rows} rows")
             tracker.log_metrics({"parity_max_abs_diff": parity.max_abs_diff})
         with stage("publish"):
-            published, moved = publish(params, paths, onnx_path, spec, golden, evaluation,
-                                       lineage, tracker, scratch)
-            note(f"{published.name} v{published.version} registered as challenger"
-                 + ("; now champion" if moved else "; champion unchanged"))
-        tracker.set_tags({"loopline.outcome": "published",
-                          "loopline.model_version": published.version})
+            published, moved = publish(
+                params, paths, onnx_path, spec, golden, evaluation, lineage, tracker, scratch
+            )
+            note(
+                f"{published.name} v{published.version} registered as challenger"
+                + ("; now champion" if moved else "; champion unchanged")
+            )
+        tracker.set_tags(
+            {"loopline.outcome": "published", "loopline.model_version": published.version}
+        )
         tracker.end()
-        return {**summary, "status": "published", "version": published.version,
-                "promoted": bool(moved), "metrics": evaluation.metrics(),
-                "decision": evaluation.decision.to_dict()}
+        return {
+            **summary,
+            "status": "published",
+            "version": published.version,
+            "promoted": bool(moved),
+            "metrics": evaluation.metrics(),
+            "decision": evaluation.decision.to_dict(),
+        }
     except BaseException:
         tracker.set_tags({"loopline.outcome": "failed"})
         tracker.end("FAILED")

@@ -16,8 +16,11 @@ from rich.table import Table
 
 from loopline.errors import LooplineError
 
-app = typer.Typer(help="Loopline: from raw data to a gated ONNX champion, and back.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Loopline: from raw data to a gated ONNX champion, and back.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 console = Console(stderr=True)
 
 ProjectOption = Annotated[
@@ -89,23 +92,38 @@ def models(
     rows = registry.list_models(uri)
     histories = {name: registry.champion_history(uri, name) for name in {r["name"] for r in rows}}
     if as_json:
-        typer.echo(json.dumps({"tracking_uri": uri, "versions": rows, "history": histories},
-                              indent=1, default=str))
+        typer.echo(
+            json.dumps(
+                {"tracking_uri": uri, "versions": rows, "history": histories}, indent=1, default=str
+            )
+        )
         return
     if not rows:
         console.print(f"No registered models in {uri}. Run `loopline run` first.")
         return
     table = Table(title=f"Registered models · {uri}")
-    for column in ("model", "version", "aliases", "created", "test RMSE", "smart pers. RMSE",
-                   "data version", "commit"):
+    for column in (
+        "model",
+        "version",
+        "aliases",
+        "created",
+        "test RMSE",
+        "smart pers. RMSE",
+        "data version",
+        "commit",
+    ):
         table.add_column(column)
     for r in rows:
         m = r["metrics"]
         table.add_row(
-            r["name"], r["version"], ", ".join(r["aliases"]), r["created"],
+            r["name"],
+            r["version"],
+            ", ".join(r["aliases"]),
+            r["created"],
             f"{m['test_rmse']:.1f}" if "test_rmse" in m else "-",
             f"{m['smart_persistence_rmse']:.1f}" if "smart_persistence_rmse" in m else "-",
-            (r["data_version"] or "-")[:12], (r["git_commit"] or "-")[:10],
+            (r["data_version"] or "-")[:12],
+            (r["git_commit"] or "-")[:10],
         )
     out = Console()
     # Piped output has no terminal width; do not squeeze the table into 80 columns.
@@ -114,8 +132,10 @@ def models(
         for name, moves in histories.items():
             console.print(f"[bold]{name}[/] champion history:")
             for move in moves:
-                console.print(f"  {move['when']}  v{move['from']} → v{move['to']}  by "
-                              f"{move['who']}: {move['why']}")
+                console.print(
+                    f"  {move['when']}  v{move['from']} → v{move['to']}  by "
+                    f"{move['who']}: {move['why']}"
+                )
 
 
 def main() -> None:  # pragma: no cover - console entry for `python -m loopline.cli`

@@ -70,8 +70,10 @@ def should_promote(
     promote = True
     for name, base in sorted(baselines.items()):
         if base.rows != candidate.rows:
-            raise ValueError(f"baseline {name} was scored on {base.rows} rows, candidate on "
-                             f"{candidate.rows}: compare on the same rows")
+            raise ValueError(
+                f"baseline {name} was scored on {base.rows} rows, candidate on "
+                f"{candidate.rows}: compare on the same rows"
+            )
         if candidate.rmse < base.rmse:
             reasons.append(f"beats {name}: RMSE {candidate.rmse:.4g} < {base.rmse:.4g}")
         else:
@@ -81,17 +83,23 @@ def should_promote(
         reasons.append("no current champion")
     else:
         if champion.rows != candidate.rows:
-            raise ValueError(f"champion was scored on {champion.rows} rows, candidate on "
-                             f"{candidate.rows}: compare on the same rows")
+            raise ValueError(
+                f"champion was scored on {champion.rows} rows, candidate on "
+                f"{candidate.rows}: compare on the same rows"
+            )
         needed = champion.rmse * (1.0 - min_improvement)
         if candidate.rmse < needed:
-            reasons.append(f"beats the champion: RMSE {candidate.rmse:.4g} < {needed:.4g}"
-                           f" (champion {champion.rmse:.4g}, min_improvement {min_improvement:g})")
+            reasons.append(
+                f"beats the champion: RMSE {candidate.rmse:.4g} < {needed:.4g}"
+                f" (champion {champion.rmse:.4g}, min_improvement {min_improvement:g})"
+            )
         else:
             promote = False
-            reasons.append(f"does not beat the champion: RMSE {candidate.rmse:.4g} >= "
-                           f"{needed:.4g} (champion {champion.rmse:.4g}, "
-                           f"min_improvement {min_improvement:g})")
+            reasons.append(
+                f"does not beat the champion: RMSE {candidate.rmse:.4g} >= "
+                f"{needed:.4g} (champion {champion.rmse:.4g}, "
+                f"min_improvement {min_improvement:g})"
+            )
     return Decision(promote, reasons)
 
 
@@ -142,8 +150,7 @@ def _torch_forecasts(test_frame, spec, model):
     from loopline.labeling import make_windows
     from loopline.train import predict
 
-    examples = make_windows(test_frame, spec, spec.window, target_set="test",
-                            history_sets=("gap",))
+    examples = make_windows(test_frame, spec, spec.window, target_set="test", history_sets=("gap",))
     return examples.keys, predict(model, examples.x), examples.y
 
 
@@ -186,6 +193,7 @@ def evaluate_candidate(task, test_frame, spec, model, params, champion=None) -> 
         raise ValueError("no test window that every forecaster can score")
     scores = {name: score(truth[common], values[common]) for name, values in forecasts.items()}
     baselines = {k: v for k, v in scores.items() if k not in ("model", "champion")}
-    decision = should_promote(scores["model"], scores.get("champion"), baselines,
-                              params.evaluate.min_improvement)
+    decision = should_promote(
+        scores["model"], scores.get("champion"), baselines, params.evaluate.min_improvement
+    )
     return Evaluation(scores, decision, int(common.sum()))

@@ -113,8 +113,14 @@ def check_parity(
     return result
 
 
-def export_and_check(model: torch.nn.Module, golden: np.ndarray, path: Path,
-                     metadata: dict[str, str], atol: float, rtol: float) -> Parity:
+def export_and_check(
+    model: torch.nn.Module,
+    golden: np.ndarray,
+    path: Path,
+    metadata: dict[str, str],
+    atol: float,
+    rtol: float,
+) -> Parity:
     """Export `model.predict` to ONNX at `path` and check parity on `golden`."""
     from loopline.models.forecaster import Predictor
 

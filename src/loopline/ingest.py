@@ -59,8 +59,10 @@ def read_files(pattern: str, root: Path) -> pd.DataFrame:
             elif suffix in (".parquet", ".pq"):
                 frames.append(pd.read_parquet(path))
             else:
-                raise SourceError(f"ingest.source file {path}: unsupported type {suffix!r} "
-                                  "(use .csv, .tsv or .parquet)")
+                raise SourceError(
+                    f"ingest.source file {path}: unsupported type {suffix!r} "
+                    "(use .csv, .tsv or .parquet)"
+                )
         except SourceError:
             raise
         except Exception as exc:
@@ -74,8 +76,10 @@ def read_source(params: Params, task: Task, root: Path) -> pd.DataFrame:
     if source.startswith("builtin:"):
         name = source.removeprefix("builtin:")
         if name != task.name:
-            raise SourceError(f"ingest.source {source!r} is not a built-in source of task "
-                              f"{task.name!r} (use builtin:{task.name})")
+            raise SourceError(
+                f"ingest.source {source!r} is not a built-in source of task "
+                f"{task.name!r} (use builtin:{task.name})"
+            )
         frame = task.load_builtin(params)
     elif "://" in source:
         frame = read_sql(source, params.ingest.query)

@@ -123,10 +123,14 @@ def make_windows(
         # sliding_window_view puts the window axis last: (n-w+1, F, w) -> (N, w, F)
         xs.append(np.ascontiguousarray(view[origins - window + 1].transpose(0, 2, 1)))
         ys.append(y[origins])
-        keys.append(pd.DataFrame({
-            spec.group_column: group,
-            spec.time_column: pd.to_datetime(times[origins]).tz_localize("UTC"),
-        }))
+        keys.append(
+            pd.DataFrame(
+                {
+                    spec.group_column: group,
+                    spec.time_column: pd.to_datetime(times[origins]).tz_localize("UTC"),
+                }
+            )
+        )
     if not xs:
         empty_keys = pd.DataFrame({spec.group_column: [], spec.time_column: []})
         n_feat = len(spec.feature_columns)

@@ -77,8 +77,10 @@ class ProjectPaths:
         fall back to `./mlruns` in whatever folder the process started in.
         """
         uri = self.tracking_uri()
-        return None if uri.startswith(("http://", "https://", "databricks")) else (
-            self.mlflow_artifacts
+        return (
+            None
+            if uri.startswith(("http://", "https://", "databricks"))
+            else (self.mlflow_artifacts)
         )
 
 
@@ -112,8 +114,17 @@ def orchestrator_environment(paths: ProjectPaths) -> dict[str, str]:
     }
 
 
+QUIET_LOGGERS = ("great_expectations", "dvc", "mlflow", "alembic", "optuna", "torch.onnx")
+
+
 def apply_environment(paths: ProjectPaths) -> None:
-    """Set `orchestrator_environment` defaults without overriding what the user set."""
+    """Set `orchestrator_environment` defaults without overriding what the user set, and
+    keep the libraries' INFO chatter (DVC's git hints, MLflow's migrations) off the console,
+    where the flow reports its own progress per stage."""
+    import logging
+
     paths.state.mkdir(parents=True, exist_ok=True)
     for key, value in orchestrator_environment(paths).items():
         os.environ.setdefault(key, value)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -142,8 +142,9 @@ def list_models(tracking_uri: str) -> list[dict[str, Any]]:
                     "name": model.name,
                     "version": str(mv.version),
                     "aliases": sorted(aliases.get(str(mv.version), [])),
-                    "created": datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC)
-                    .isoformat(timespec="seconds"),
+                    "created": datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC).isoformat(
+                        timespec="seconds"
+                    ),
                     "run_id": mv.run_id,
                     "model_uri": f"models:/{model.name}/{mv.version}",
                     "source": mv.source,

@@ -136,7 +136,12 @@ def fit(
     stopped_early = False
     for epoch in range(1, (max_epochs or params.max_epochs) + 1):
         train_loss = train_epoch(
-            model, x_train, y_train, optimizer, int(hparams["batch_size"]), generator,
+            model,
+            x_train,
+            y_train,
+            optimizer,
+            int(hparams["batch_size"]),
+            generator,
             params.grad_clip,
         )
         val_loss = eval_loss(model, x_val, y_val)
@@ -180,8 +185,12 @@ def plot_learning_curves(result: TrainResult, path: Path, title: str = "") -> Pa
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(epochs, [e.train_loss for e in result.history], marker="o", label="training loss")
     ax.plot(epochs, [e.val_loss for e in result.history], marker="o", label="validation loss")
-    ax.axvline(result.best_epoch, color="grey", linestyle="--",
-               label=f"best epoch {result.best_epoch} (validation stops improving)")
+    ax.axvline(
+        result.best_epoch,
+        color="grey",
+        linestyle="--",
+        label=f"best epoch {result.best_epoch} (validation stops improving)",
+    )
     ax.set_xlabel("epoch")
     ax.set_ylabel("MSE (scaled target)")
     ax.set_yscale("log")
@@ -194,9 +203,14 @@ def plot_learning_curves(result: TrainResult, path: Path, title: str = "") -> Pa
     return path
 
 
-def train_model(task, frame, spec: FeatureSpec, hparams: dict[str, Any], params,
-                on_epoch: Callable[[Epoch], None] | None = None
-                ) -> tuple[TrainResult, FeatureSpec]:
+def train_model(
+    task,
+    frame,
+    spec: FeatureSpec,
+    hparams: dict[str, Any],
+    params,
+    on_epoch: Callable[[Epoch], None] | None = None,
+) -> tuple[TrainResult, FeatureSpec]:
     """Train the final model with the chosen hyperparameters; return it with its spec."""
     from loopline.labeling import make_windows
 
@@ -211,8 +225,14 @@ def train_model(task, frame, spec: FeatureSpec, hparams: dict[str, Any], params,
 
 def save_checkpoint(result: TrainResult, spec: FeatureSpec, path: Path) -> Path:
     """Weights, hyperparameters and feature spec: enough to rebuild the model."""
-    torch.save({"state_dict": result.model.state_dict(), "hparams": result.hparams,
-                "feature_spec": spec.to_json()}, path)
+    torch.save(
+        {
+            "state_dict": result.model.state_dict(),
+            "hparams": result.hparams,
+            "feature_spec": spec.to_json(),
+        },
+        path,
+    )
     return path
 
 

@@ -59,7 +59,7 @@ def grid_values(dimension: Dimension, points: int) -> list[Any]:
     else:
         values = np.linspace(dimension.low, dimension.high, points)
     if dimension.integer:
-        return sorted({int(round(v)) for v in values})
+        return sorted({round(float(v)) for v in values})
     return [float(v) for v in values]
 
 
@@ -166,8 +166,17 @@ def tune_model(task, frame, spec, params, on_trial=None, on_epoch=None) -> TuneR
                 on_epoch(record)
             report(record.epoch, record.val_loss)
 
-        result = fit(model, train, val, spec, hparams, params.train, params.seed,
-                     max_epochs=params.tune.max_epochs, on_epoch=each_epoch)
+        result = fit(
+            model,
+            train,
+            val,
+            spec,
+            hparams,
+            params.train,
+            params.seed,
+            max_epochs=params.tune.max_epochs,
+            on_epoch=each_epoch,
+        )
         return result.best_val_loss
 
     return run_study(objective, params.tune, params.seed, on_trial=on_trial)

@@ -103,7 +103,8 @@ def _derived_columns(frame: pd.DataFrame, rules: list[Rule]) -> dict[str, pd.Ser
             previous_max = frame[rule.column].groupby(groups).cummax().groupby(groups).shift()
             # A missing time is `not_null`'s to report, not an ordering problem.
             derived[f"_{rule.name}"] = (
-                previous_max.isna() | frame[rule.column].isna()
+                previous_max.isna()
+                | frame[rule.column].isna()
                 | (frame[rule.column] >= previous_max)
             )
     return derived
@@ -155,7 +156,7 @@ def validate_rows(
     checked = typed.assign(**_derived_columns(typed, rules))
     checked[ROW_ID] = np.arange(len(checked))
     failures: Counter[str] = Counter()
-    for position, reasons in problems.items():
+    for reasons in problems.values():
         failures.update(r.split("=")[0] for r in reasons)
     ge_success, statistics = True, {}
     if len(checked):

@@ -39,12 +39,17 @@ def fresh_project(tmp_path_factory):
     for name in (".dvcignore", ".gitignore", "data.dvc"):
         shutil.copy(REPO / name, root / name)
     (root / "params.yaml").write_text(yaml.safe_dump(TINY, sort_keys=False))
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PREFECT_", "MLFLOW_", "LOOPLINE_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PREFECT_", "MLFLOW_", "LOOPLINE_"))
+    }
     env["HOME"] = str(root.parent)  # no user-level state leaks in or out
-    for args in (["git", "init", "-q"], ["git", "add", "-A"],
-                 ["git", "-c", "user.email=ci@loopline", "-c", "user.name=ci", "commit", "-qm",
-                  "init"]):
+    for args in (
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.email=ci@loopline", "-c", "user.name=ci", "commit", "-qm", "init"],
+    ):
         sh(*args, cwd=root, env=env)
     return root, env
 
@@ -54,8 +59,19 @@ def test_loopline_run_publishes_an_onnx_champion(fresh_project, tmp_path):
     done = sh(LOOPLINE, "run", cwd=root, env=env)
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert summary["status"] == "published" and summary["promoted"]
-    for stage in ("ingest", "validate", "snapshot", "features", "labeling", "split", "tune",
-                  "train", "evaluate", "export", "publish"):
+    for stage in (
+        "ingest",
+        "validate",
+        "snapshot",
+        "features",
+        "labeling",
+        "split",
+        "tune",
+        "train",
+        "evaluate",
+        "export",
+        "publish",
+    ):
         assert f"✓ {stage}" in done.stderr  # progress per stage
 
     listing = json.loads(sh(LOOPLINE, "models", "--json", cwd=root, env=env).stdout)
@@ -84,13 +100,14 @@ def test_loopline_run_publishes_an_onnx_champion(fresh_project, tmp_path):
 
     uri = listing["tracking_uri"]
     mlflow.set_tracking_uri(uri)
-    folder = Path(mlflow.artifacts.download_artifacts("models:/solar@champion",
-                                                      dst_path=str(tmp_path / "m")))
+    folder = Path(
+        mlflow.artifacts.download_artifacts("models:/solar@champion", dst_path=str(tmp_path / "m"))
+    )
     session = onnx_session(folder / "model.onnx")
     spec = embedded_spec(session)
-    weights = mlflow.artifacts.download_artifacts(run_id=summary["run_id"],
-                                                  artifact_path="torch/model.pt",
-                                                  dst_path=str(tmp_path / "w"))
+    weights = mlflow.artifacts.download_artifacts(
+        run_id=summary["run_id"], artifact_path="torch/model.pt", dst_path=str(tmp_path / "w")
+    )
     solar = get_task("solar")
     model, torch_spec = load_checkpoint(solar, Path(weights))
     assert torch_spec == spec

@@ -71,7 +71,10 @@ def test_first_run_publishes_a_champion_with_lineage(published):
     assert "beats smart_persistence" in history[0]["why"] or "beats" in history[0]["why"]
     # The pipeline run holds curves, plots, trial runs and the validation result.
     run_data = client.get_run(summary["run_id"])
-    assert "val_loss" in run_data.data.metrics and "skill_vs_smart_persistence" in run_data.data.metrics
+    assert (
+        "val_loss" in run_data.data.metrics
+        and "skill_vs_smart_persistence" in run_data.data.metrics
+    )
     artifacts = {a.path for a in client.list_artifacts(summary["run_id"])}
     assert {"plots", "validation", "evaluation"} <= artifacts
     trials = client.search_runs(
@@ -88,7 +91,8 @@ def test_champion_onnx_matches_its_spec_and_serves_any_batch(published, tmp_path
     session = onnx_session(folder / "model.onnx")
     spec = FeatureSpec.from_json((folder / "extra_files" / "feature_spec.json").read_text())
     assert json.loads(session.get_modelmeta().custom_metadata_map[SPEC_KEY]) == json.loads(
-        spec.to_json())
+        spec.to_json()
+    )
     x = np.zeros((5, spec.window, len(spec.feature_columns)), np.float32)
     assert run_onnx(session, x).shape == (5, spec.horizon)
 
@@ -106,7 +110,7 @@ def test_rerun_with_nothing_new_does_not_train(published):
 def test_missing_source_is_named_and_changes_nothing(published):
     root, _ = published
     before = state(root)
-    with pytest.raises(SourceError, match="incoming/missing.csv"):
+    with pytest.raises(SourceError, match=r"incoming/missing\.csv"):
         run(root, "ingest.source=incoming/missing.csv")
     assert state(root) == before
 

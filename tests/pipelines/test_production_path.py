@@ -40,8 +40,9 @@ def postgres_db():
     admin.dispose()
 
 
-def test_publish_and_champion_history_on_postgresql(project, postgres_db, monkeypatch,
-                                                    prefect_harness):
+def test_publish_and_champion_history_on_postgresql(
+    project, postgres_db, monkeypatch, prefect_harness
+):
     from pipelines.offline import offline_flow
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", postgres_db)
@@ -56,8 +57,9 @@ def test_publish_and_champion_history_on_postgresql(project, postgres_db, monkey
     assert champion.source.startswith("models:/") or str(project) in champion.source
 
     # A manual move appends to the same history, in order.
-    registry.move_champion(postgres_db, "solar", summary["version"], reason="re-affirmed",
-                           who="test")
+    registry.move_champion(
+        postgres_db, "solar", summary["version"], reason="re-affirmed", who="test"
+    )
     history = registry.champion_history(postgres_db, "solar")
     assert [h["to"] for h in history] == [summary["version"]] * 2
     assert history[0]["from"] is None and history[1]["from"] == summary["version"]

@@ -29,13 +29,15 @@ def test_bad_params_are_rejected_naming_the_key(raw, named):
 
 
 def test_overrides_parse_yaml_values_and_nest():
-    raw = apply_overrides({"tune": {"n_trials": 6}}, ["tune.n_trials=3", "solar.sites=[greensboro]"])
+    raw = apply_overrides(
+        {"tune": {"n_trials": 6}}, ["tune.n_trials=3", "solar.sites=[greensboro]"]
+    )
     assert raw == {"tune": {"n_trials": 3}, "solar": {"sites": ["greensboro"]}}
 
 
 def test_bad_override_is_rejected(tmp_path):
     (tmp_path / "params.yaml").write_text("task: solar\n")
-    with pytest.raises(ConfigError, match="section.key=value"):
+    with pytest.raises(ConfigError, match=r"section\.key=value"):
         load_params(tmp_path / "params.yaml", ["novalue"])
     with pytest.raises(ConfigError, match=r"train\.max_epochs"):
         load_params(tmp_path / "params.yaml", ["train.max_epochs=lots"])

@@ -14,8 +14,18 @@ SOLAR = get_task("solar")
 
 def rows(hours, site="greensboro"):
     times = pd.date_range("2021-01-01", periods=hours, freq="1h", tz="UTC")
-    return pd.DataFrame({"site_id": site, "timestamp": times, "ghi": 1.0, "dni": 1.0,
-                         "dhi": 1.0, "temp_air": 5.0, "wind_speed": 1.0, "power_w": 10.0})
+    return pd.DataFrame(
+        {
+            "site_id": site,
+            "timestamp": times,
+            "ghi": 1.0,
+            "dni": 1.0,
+            "dhi": 1.0,
+            "temp_air": 5.0,
+            "wind_speed": 1.0,
+            "power_w": 10.0,
+        }
+    )
 
 
 def test_commit_appends_partitions_and_moves_watermarks(tmp_path):
@@ -27,7 +37,9 @@ def test_commit_appends_partitions_and_moves_watermarks(tmp_path):
     store.commit(fresh, batch_watermarks(fresh, SOLAR), {})
     assert len(store.load()) == 8
     assert sorted(p.name for p in (tmp_path / "solar").glob("part-*")) == [
-        "part-00000.parquet", "part-00001.parquet"]
+        "part-00000.parquet",
+        "part-00001.parquet",
+    ]
 
 
 def test_a_crash_before_the_manifest_moves_never_duplicates_rows(tmp_path):
@@ -64,7 +76,7 @@ def test_missing_file_source_is_named(tmp_path):
 def test_unreadable_file_source_is_named(tmp_path):
     (tmp_path / "broken.parquet").write_text("not parquet")
     params = parse_params({"ingest": {"source": "broken.parquet"}})
-    with pytest.raises(SourceError, match="broken.parquet"):
+    with pytest.raises(SourceError, match=r"broken\.parquet"):
         read_source(params, SOLAR, tmp_path)
 
 
@@ -80,15 +92,18 @@ def test_sql_source_reads_a_query(tmp_path):
     db = tmp_path / "weather.db"
     with sqlite3.connect(db) as connection:
         rows(4).assign(timestamp=lambda f: f.timestamp.astype(str)).to_sql(
-            "readings", connection, index=False)
-    params = parse_params({"ingest": {"source": f"sqlite:///{db}",
-                                      "query": "select * from readings where ghi > 0"}})
+            "readings", connection, index=False
+        )
+    params = parse_params(
+        {"ingest": {"source": f"sqlite:///{db}", "query": "select * from readings where ghi > 0"}}
+    )
     assert len(read_source(params, SOLAR, tmp_path)) == 4
 
 
 def test_sql_source_error_names_the_source_without_password(tmp_path):
-    params = parse_params({"ingest": {"source": "postgresql+psycopg://u:secret@127.0.0.1:1/x",
-                                      "query": "select 1"}})
+    params = parse_params(
+        {"ingest": {"source": "postgresql+psycopg://u:secret@127.0.0.1:1/x", "query": "select 1"}}
+    )
     with pytest.raises(SourceError) as info:
         read_source(params, SOLAR, tmp_path)
     assert "127.0.0.1:1/x" in str(info.value) and "secret" not in str(info.value)

@@ -10,14 +10,22 @@ from loopline.split import chronological_split, stratified_split
 
 def hourly(n, site="a", start="2021-01-01", skip=()):
     times = pd.date_range(start, periods=n, freq="1h", tz="UTC")
-    frame = pd.DataFrame({"site_id": site, "timestamp": times, "power_w": np.arange(n, dtype=float)})
+    frame = pd.DataFrame(
+        {"site_id": site, "timestamp": times, "power_w": np.arange(n, dtype=float)}
+    )
     return frame.drop(index=list(skip)).reset_index(drop=True)
 
 
 def spec(horizon=3):
-    return FeatureSpec(task="t", feature_columns=["power_w"], target_column="power_w",
-                       horizon=horizon, freq="1h", group_column="site_id",
-                       time_column="timestamp")
+    return FeatureSpec(
+        task="t",
+        feature_columns=["power_w"],
+        target_column="power_w",
+        horizon=horizon,
+        freq="1h",
+        group_column="site_id",
+        time_column="timestamp",
+    )
 
 
 def test_shifted_values_leave_nan_across_a_missing_reading():

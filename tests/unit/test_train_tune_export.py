@@ -11,11 +11,26 @@ from loopline.models.forecaster import Forecaster, Predictor
 from loopline.train import fit, plot_learning_curves, seed_everything
 from loopline.tune import grid_values, run_study
 
-SPEC = FeatureSpec(task="t", feature_columns=["a", "b"], target_column="y", horizon=3,
-                   freq="1h", group_column="g", time_column="t", target_mean=0.0,
-                   target_std=1.0)
-HP = {"hidden_size": 8, "num_layers": 1, "dropout": 0.1, "learning_rate": 0.01,
-      "batch_size": 16, "window": 4, "cell": "lstm"}
+SPEC = FeatureSpec(
+    task="t",
+    feature_columns=["a", "b"],
+    target_column="y",
+    horizon=3,
+    freq="1h",
+    group_column="g",
+    time_column="t",
+    target_mean=0.0,
+    target_std=1.0,
+)
+HP = {
+    "hidden_size": 8,
+    "num_layers": 1,
+    "dropout": 0.1,
+    "learning_rate": 0.01,
+    "batch_size": 16,
+    "window": 4,
+    "cell": "lstm",
+}
 
 
 def toy_examples(n, seed):
@@ -28,8 +43,15 @@ def toy_examples(n, seed):
 def train_once(seed=0, epochs=5):
     seed_everything(seed)  # weights are drawn when the model is built
     model = Forecaster(2, 3, hidden_size=8, dropout=0.1)
-    return fit(model, toy_examples(64, 1), toy_examples(32, 2), SPEC, HP,
-               TrainParams(max_epochs=epochs, patience=2), seed=seed)
+    return fit(
+        model,
+        toy_examples(64, 1),
+        toy_examples(32, 2),
+        SPEC,
+        HP,
+        TrainParams(max_epochs=epochs, patience=2),
+        seed=seed,
+    )
 
 
 def test_same_seed_same_data_same_metrics():
@@ -47,10 +69,18 @@ def test_training_learns_and_keeps_the_best_epoch():
 
 def test_early_stopping_records_the_overfitting_onset():
     model = Forecaster(2, 3, hidden_size=8)
-    noise = Examples(np.zeros((8, 4, 2), np.float32), np.ones((8, 3), np.float32),
-                     pd.DataFrame({"g": ["s"] * 8}))
-    result = fit(model, toy_examples(64, 1), noise, SPEC, {**HP, "learning_rate": 0.05},
-                 TrainParams(max_epochs=50, patience=2), seed=0)
+    noise = Examples(
+        np.zeros((8, 4, 2), np.float32), np.ones((8, 3), np.float32), pd.DataFrame({"g": ["s"] * 8})
+    )
+    result = fit(
+        model,
+        toy_examples(64, 1),
+        noise,
+        SPEC,
+        {**HP, "learning_rate": 0.05},
+        TrainParams(max_epochs=50, patience=2),
+        seed=0,
+    )
     if result.stopped_early:
         assert result.overfitting_onset == result.best_epoch + 1
         assert len(result.history) == result.best_epoch + 2
@@ -72,10 +102,22 @@ def test_grid_values_spread_ranges():
 @pytest.mark.parametrize("sampler", ["grid", "random", "tpe"])
 def test_each_sampler_finds_the_better_region(sampler):
     fixed = {k: {"choices": [v]} for k, v in HP.items() if k not in ("learning_rate", "cell")}
-    space = {**fixed, "learning_rate": {"low": 1e-3, "high": 1e-1, "log": True},
-             "cell": {"choices": ["lstm", "gru"]}}
-    params = parse_params({"tune": {"sampler": sampler, "n_trials": 8, "pruning": False,
-                                    "grid_points": 3, "search_space": space}}).tune
+    space = {
+        **fixed,
+        "learning_rate": {"low": 1e-3, "high": 1e-1, "log": True},
+        "cell": {"choices": ["lstm", "gru"]},
+    }
+    params = parse_params(
+        {
+            "tune": {
+                "sampler": sampler,
+                "n_trials": 8,
+                "pruning": False,
+                "grid_points": 3,
+                "search_space": space,
+            }
+        }
+    ).tune
     seen = []
 
     def objective(hp, report):

@@ -12,9 +12,18 @@ PARAMS = parse_params({})
 
 def readings():
     times = pd.date_range("2021-06-01", periods=6, freq="1h", tz="UTC").astype(str)
-    return pd.DataFrame({"site_id": "greensboro", "timestamp": times, "ghi": "100",
-                         "dni": "200", "dhi": "50", "temp_air": "20", "wind_speed": "2",
-                         "power_w": "800"})
+    return pd.DataFrame(
+        {
+            "site_id": "greensboro",
+            "timestamp": times,
+            "ghi": "100",
+            "dni": "200",
+            "dhi": "50",
+            "temp_air": "20",
+            "wind_speed": "2",
+            "power_w": "800",
+        }
+    )
 
 
 def test_clean_rows_pass():
@@ -25,17 +34,22 @@ def test_clean_rows_pass():
 
 def test_each_broken_row_is_quarantined_with_the_rules_it_broke():
     frame = readings()
-    frame.loc[1, "ghi"] = "abc"                        # not a number
-    frame.loc[2, "power_w"] = "-5"                     # out of range
+    frame.loc[1, "ghi"] = "abc"  # not a number
+    frame.loc[2, "power_w"] = "-5"  # out of range
     frame.loc[3, "timestamp"] = frame.loc[2, "timestamp"]  # duplicate reading
-    frame.loc[4, "site_id"] = "atlantis"               # unknown site
-    frame.loc[5, "temp_air"] = None                    # null
+    frame.loc[4, "site_id"] = "atlantis"  # unknown site
+    frame.loc[5, "temp_air"] = None  # null
     report = validate_rows(frame, SOLAR.schema, SOLAR.rules(PARAMS), "solar")
     reasons = dict(zip(report.bad["ghi"].index, report.bad["_reasons"], strict=True))
     assert len(report.bad) == 5 and len(report.good) == 1
     text = " | ".join(reasons.values())
-    for rule in ("type:ghi", "power_w_in_range", "reading_not_duplicated", "site_id_known",
-                 "temp_air_not_null"):
+    for rule in (
+        "type:ghi",
+        "power_w_in_range",
+        "reading_not_duplicated",
+        "site_id_known",
+        "temp_air_not_null",
+    ):
         assert rule in text
     assert report.bad.loc[0, "ghi"] == "abc"  # raw value kept for people to fix
 

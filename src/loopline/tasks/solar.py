@@ -42,7 +42,9 @@ def _model_chain(site: dict[str, Any], system: PVSystemParams | dict[str, Any]):
         surface_azimuth=system.surface_azimuth,
         module_parameters={"pdc0": system.pdc0_w, "gamma_pdc": system.gamma_pdc},
         inverter_parameters={"pdc0": system.pdc0_w, "eta_inv_nom": system.inverter_efficiency},
-        temperature_model_parameters=TEMPERATURE_MODEL_PARAMETERS["sapm"]["open_rack_glass_polymer"],
+        temperature_model_parameters=TEMPERATURE_MODEL_PARAMETERS["sapm"][
+            "open_rack_glass_polymer"
+        ],
     )
     location = Location(site["latitude"], site["longitude"], altitude=site["altitude"])
     return ModelChain(pv, location, aoi_model="physical", spectral_model="no_loss"), location
@@ -105,9 +107,7 @@ class SolarTask:
             weather, site = read_builtin_site(name, params.solar.year)
             power = ac_power(weather, site, params.solar.system)
             frames.append(
-                weather.assign(power_w=power, site_id=name)
-                .rename_axis("timestamp")
-                .reset_index()
+                weather.assign(power_w=power, site_id=name).rename_axis("timestamp").reset_index()
             )
         frame = pd.concat(frames, ignore_index=True)
         return frame[list(self.schema)]
@@ -123,8 +123,10 @@ class SolarTask:
             "power_w": (0, capacity),
         }
         rules = [Rule(f"{c}_not_null", "not_null", column=c) for c in self.schema]
-        rules += [Rule(f"{c}_in_range", "between", column=c, min=lo, max=hi)
-                  for c, (lo, hi) in ranges.items()]
+        rules += [
+            Rule(f"{c}_in_range", "between", column=c, min=lo, max=hi)
+            for c, (lo, hi) in ranges.items()
+        ]
         rules += [
             Rule("site_id_known", "in_set", column="site_id", values=tuple(params.solar.sites)),
             Rule("reading_not_duplicated", "unique", columns=("site_id", "timestamp")),
@@ -232,7 +234,9 @@ class SolarTask:
             power, cs = site["power_w"], site["clearsky_w"]
             origins = pd.DatetimeIndex(rows["timestamp"])
             for h in range(1, horizon + 1):
-                persistence[rows.index, h - 1] = power.reindex(origins + step * (h - day)).to_numpy()
+                persistence[rows.index, h - 1] = power.reindex(
+                    origins + step * (h - day)
+                ).to_numpy()
                 smart_cs = cs.reindex(origins + step * h).to_numpy()
                 smart[rows.index, h - 1] = smart_cs
             past_power = np.zeros(len(origins))
