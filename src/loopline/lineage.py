@@ -13,7 +13,9 @@ def git_commit(root: Path) -> tuple[str, bool]:
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
         ).stdout.strip()
         status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            # data.dvc is the pipeline's own output (the data version is tagged apart), so
+            # it does not make the code dirty.
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!*.dvc"],
             cwd=root,
             capture_output=True,
             text=True,

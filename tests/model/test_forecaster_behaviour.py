@@ -19,14 +19,22 @@ SOLAR = get_task("solar")
 
 @pytest.fixture(scope="module")
 def trained():
-    params = parse_params({**TINY, "ingest": {"end": "2021-04-01"},
-                           "train": {"max_epochs": 8, "patience": 3}})
+    params = parse_params(
+        {**TINY, "ingest": {"end": "2021-04-01"}, "train": {"max_epochs": 8, "patience": 3}}
+    )
     rows = SOLAR.load_builtin(params)
     rows = rows[rows.timestamp < "2021-04-01"]
     frame, spec = build_features(SOLAR, rows, params)
     frame, spec = split_and_fit(SOLAR, SOLAR.add_labels(frame, spec), spec, params)
-    hparams = {"hidden_size": 16, "num_layers": 1, "dropout": 0.0, "learning_rate": 0.01,
-               "batch_size": 32, "window": 24, "cell": "gru"}
+    hparams = {
+        "hidden_size": 16,
+        "num_layers": 1,
+        "dropout": 0.0,
+        "learning_rate": 0.01,
+        "batch_size": 32,
+        "window": 24,
+        "cell": "gru",
+    }
     result, spec = train_model(SOLAR, without_test(frame, "timestamp"), spec, hparams, params)
     val = make_windows(frame, spec, spec.window, target_set="val", history_sets=("gap",))
     return result.model, spec, val
@@ -48,7 +56,7 @@ def test_a_forecast_does_not_depend_on_its_batch(trained):
 
 
 def test_night_hours_get_less_power_than_daytime(trained):
-    model, spec, val = trained
+    model, _, val = trained
     out = predict(model, val.x)
     hours_ahead = (val.keys["timestamp"].dt.hour.to_numpy()[:, None] + np.arange(1, 25)) % 24
     # Greensboro is UTC-5: 04:00-09:00 UTC is deep night, 16:00-19:00 UTC midday.
