@@ -199,7 +199,7 @@ class EvaluateParams(Section):
 
 
 class ExportParams(Section):
-    parity_atol: Annotated[float, Field(gt=0)] = 1e-3
+    parity_atol: Annotated[float, Field(gt=0)] = 1e-2
     parity_rtol: Annotated[float, Field(ge=0)] = 1e-4
     golden_batch: Annotated[int, Field(ge=2)] = 32
 

@@ -9,6 +9,7 @@ The data version is DVC's hash of `data/` (`data.dvc`), pushed to the configured
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Callable
@@ -118,6 +119,7 @@ def ensure_dvc_repo(root: Path, remote: Path) -> None:
     from dvc.repo import Repo
 
     if not (root / ".dvc").is_dir():
+        logging.getLogger("dvc").setLevel(logging.WARNING)
         Repo.init(str(root), no_scm=not (root / ".git").exists())
     with Repo(str(root)) as repo, repo.config.edit() as config:
         if not config.get("core", {}).get("remote"):
@@ -130,6 +132,8 @@ def track_data(root: Path, data_dir: Path, push: bool = True) -> str:
     from dvc.repo import Repo
 
     with Repo(str(root)) as repo:
+        # The run reports the data version itself; DVC's "git add data.dvc" hint is noise.
+        repo.scm_context.quiet = True
         repo.add([str(data_dir.resolve())])
         if push:
             repo.push()
