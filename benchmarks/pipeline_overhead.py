@@ -45,7 +45,7 @@ def plain_pipeline(root: Path, overrides: list[str]) -> dict:
     from loopline.ingest import batch_watermarks, fetch_new_rows
     from loopline.labeling import make_windows
     from loopline.paths import ProjectPaths
-    from loopline.split import split_and_fit, test_view, without_test
+    from loopline.split import evaluation_history, split_and_fit, test_view, without_test
     from loopline.tasks import get_task
     from loopline.train import plot_learning_curves, train_model
     from loopline.tune import tune_model
@@ -70,7 +70,11 @@ def plain_pipeline(root: Path, overrides: list[str]) -> dict:
     result, spec = train_model(task, training, spec, tuned.best_hparams, params)
     plot_learning_curves(result, paths.runs / "curves.png")
     evaluation = evaluate_candidate(
-        task, test_view(frame, spec.time_column), spec, result.model, params
+        task,
+        test_view(frame, spec.time_column, spec.freq, evaluation_history(params)),
+        spec,
+        result.model,
+        params,
     )
     val = make_windows(training, spec, spec.window, target_set="val", history_sets=("gap",))
     export_and_check(

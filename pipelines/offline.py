@@ -23,11 +23,11 @@ from loopline.config import Params, load_params
 from loopline.evaluate import Evaluation, evaluate_candidate, plot_per_step_rmse
 from loopline.export import SPEC_KEY, export_and_check
 from loopline.features import FeatureSpec, build_features
-from loopline.ingest import batch_watermarks, fetch_new_rows
+from loopline.ingest import batch_watermarks, fetch_new_rows, untimed_fingerprints
 from loopline.labeling import make_windows
 from loopline.lineage import git_commit
 from loopline.paths import ProjectPaths
-from loopline.split import split_and_fit, test_view, without_test
+from loopline.split import evaluation_history, split_and_fit, test_view, without_test
 from loopline.tasks import get_task
 from loopline.tracking import RunTracker, lineage_tags, scratch_dir
 from loopline.train import TrainResult, plot_learning_curves, save_checkpoint, train_model
@@ -42,7 +42,9 @@ IO_RETRIES = {"retries": 2, "retry_delay_seconds": [2, 10]}
 def ingest(params: Params, paths: ProjectPaths):
     plugin = get_task(params.task)
     store = datastore.SnapshotStore(paths.snapshots(params.task))
-    return fetch_new_rows(params, plugin, paths.root, store.watermarks())
+    return fetch_new_rows(
+        params, plugin, paths.root, store.watermarks(), store.untimed_quarantined()
+    )
 
 
 @task(name="validate", cache_policy=NO_CACHE)
@@ -71,13 +73,18 @@ def validate(
 @task(name="snapshot", cache_policy=NO_CACHE, **IO_RETRIES)
 def snapshot(
     params: Params, rows, report: ValidationReport, paths: ProjectPaths, batch_id: str
-) -> tuple[datastore.Commit, str]:
+) -> tuple[datastore.Commit, str, str]:
     plugin = get_task(params.task)
     store = datastore.SnapshotStore(paths.snapshots(params.task))
-    info = {"batch_id": batch_id, "quarantined": len(report.bad), "source": params.ingest.source}
+    info = {
+        "batch_id": batch_id,
+        "quarantined": len(report.bad),
+        "untimed_quarantined": untimed_fingerprints(report.bad, plugin),
+        "source": params.ingest.source,
+    }
     commit = store.commit(report.good, batch_watermarks(rows, plugin), info)
     datastore.ensure_dvc_repo(paths.root, paths.dvc_remote)
-    return commit, datastore.track_data(paths.root, paths.data)
+    return commit, datastore.track_data(paths.root, paths.data), store.version()
 
 
 @task(name="features", cache_policy=NO_CACHE)
@@ -198,7 +205,8 @@ def export(params: Params, frame, spec: FeatureSpec, result: TrainResult, scratc
     return path, parity, golden
 
 
-@task(name="publish", cache_policy=NO_CACHE, **IO_RETRIES)
+# No retries: registering is not idempotent, a retry would register a second version.
+@task(name="publish", cache_policy=NO_CACHE)
 def publish(
     params: Params,
     paths: ProjectPaths,
@@ -210,7 +218,6 @@ def publish(
     tracker: RunTracker,
     scratch: Path,
 ) -> tuple[registry.Published, dict | None]:
-    import mlflow
     from mlflow.models import infer_signature
 
     from loopline.export import onnx_session, run_onnx
@@ -228,16 +235,16 @@ def publish(
         "loopline.gate": "promote" if evaluation.decision.promote else "hold",
         **{f"loopline.metric.{k}": f"{v:.6g}" for k, v in metrics.items()},
     }
-    mlflow.set_tracking_uri(paths.tracking_uri())
-    with mlflow.start_run(run_id=tracker.run_id):
-        published = registry.log_onnx_model(
-            onnx_path,
-            params.model_name,
-            [spec_file, params_file],
-            metadata={"feature_spec": json.loads(spec.to_json()), **lineage},
-            signature=signature,
-            tags=tags,
-        )
+    published = registry.log_onnx_model(
+        paths.tracking_uri(),
+        tracker.run_id,
+        onnx_path,
+        params.model_name,
+        [spec_file, params_file],
+        metadata={"feature_spec": json.loads(spec.to_json()), **lineage},
+        signature=signature,
+        tags=tags,
+    )
     moved = None
     if evaluation.decision.promote:
         moved = registry.move_champion(
@@ -247,17 +254,23 @@ def publish(
             reason="; ".join(evaluation.decision.reasons),
             who=f"pipeline run {tracker.run_id}",
         )
+    registry.mark_published(paths.tracking_uri(), published)
     return published, moved
 
 
-def nothing_new(paths: ProjectPaths, params: Params, data_version: str) -> Any | None:
-    """The registered version already trained on this data with these params, if any."""
+def nothing_new(paths: ProjectPaths, params: Params, snapshot_version: str) -> Any | None:
+    """The version already published from this snapshot with these params, if any.
+
+    Only a fully published version counts: one whose publish step was cut off before the gate
+    was carried out is trained again, so the gate's decision is never lost.
+    """
     latest = registry.latest_version(paths.tracking_uri(), params.model_name)
     if latest is None:
         return None
     tags = latest.tags or {}
     same = (
-        tags.get("loopline.data_version") == data_version
+        tags.get(registry.PUBLISH_COMPLETE) == "true"
+        and tags.get("loopline.snapshot_version") == snapshot_version
         and tags.get("loopline.params_hash") == params.fingerprint()
     )
     return latest if same else None
@@ -292,15 +305,19 @@ def offline_flow(root: str = ".", overrides: list[str] | None = None) -> dict[st
             report = validate(params, rows, paths, tracker, batch_id)
             note(f"{len(report.good)} good, {len(report.bad)} quarantined")
         with stage("snapshot"):
-            committed, data_version = snapshot(params, rows, report, paths, batch_id)
+            committed, data_version, snapshot_version = snapshot(
+                params, rows, report, paths, batch_id
+            )
             note(
                 f"{committed.rows} rows added, {committed.total_rows} in snapshot; "
                 f"data version {data_version}"
             )
-        lineage = lineage_tags(params.task, data_version, commit, dirty, params.fingerprint())
+        lineage = lineage_tags(
+            params.task, data_version, snapshot_version, commit, dirty, params.fingerprint()
+        )
         tracker.set_tags(lineage)
         summary.update(data_version=data_version, new_rows=committed.rows)
-        done = nothing_new(paths, params, data_version)
+        done = nothing_new(paths, params, snapshot_version)
         if done is not None:
             message = (
                 f"nothing new: data version {data_version} and params "
@@ -308,7 +325,7 @@ def offline_flow(root: str = ".", overrides: list[str] | None = None) -> dict[st
                 "not training"
             )
             note(message)
-            tracker.set_tags({"loopline.outcome": "nothing new"})
+            tracker.set_tags({"loopline.outcome": "nothing new", "loopline.skipped": "true"})
             tracker.end()
             return {
                 **summary,
@@ -325,7 +342,7 @@ def offline_flow(root: str = ".", overrides: list[str] | None = None) -> dict[st
             counts = frame["split"].value_counts().to_dict()
             note(f"rows per set: {counts}")
             training_rows = without_test(frame, spec.time_column)
-            test_rows = test_view(frame, spec.time_column)
+            test_rows = test_view(frame, spec.time_column, spec.freq, evaluation_history(params))
         with stage("tune", f"{params.tune.sampler}, {params.tune.n_trials} trials"):
             tuned = tune(params, training_rows, spec, tracker)
             note(f"best {tuned.best_hparams} (val_loss {tuned.best_value:.4g})")

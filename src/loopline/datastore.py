@@ -8,6 +8,7 @@ The data version is DVC's hash of `data/` (`data.dvc`), pushed to the configured
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -30,6 +31,8 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     os.close(fd)
     try:
         write(Path(tmp))
+        with open(tmp, "rb+") as handle:  # on disk before the rename makes it visible
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -69,6 +72,21 @@ class SnapshotStore:
                     marks[group] = stamp
         return marks
 
+    def untimed_quarantined(self) -> set[str]:
+        """Fingerprints of quarantined rows whose time did not parse: no watermark can place
+        them, so they are remembered to be quarantined once, not on every run."""
+        return {h for b in self.manifest()["batches"] for h in b.get("untimed_quarantined", [])}
+
+    def version(self) -> str:
+        """A hash of the committed snapshot (its manifest): equal snapshots, equal versions.
+
+        Unlike the DVC hash of all of `data/`, it ignores quarantine files, so a run stopped by
+        validation does not make the next one look like new data.
+        """
+        if not self.manifest_path.exists():
+            return "empty"
+        return hashlib.sha256(self.manifest_path.read_bytes()).hexdigest()[:16]
+
     def load(self) -> pd.DataFrame:
         parts = [b["partition"] for b in self.manifest()["batches"] if b.get("partition")]
         if not parts:
@@ -85,7 +103,11 @@ class SnapshotStore:
         """
         manifest = self.manifest()
         batches = manifest["batches"]
-        if not len(rows) and not watermarks:
+        batch_id = info.get("batch_id")
+        if batch_id is not None and any(b.get("batch_id") == batch_id for b in batches):
+            # A retried commit (say, after the DVC push failed) must not add the rows again.
+            return Commit(None, 0, sum(b["rows"] for b in batches))
+        if not len(rows) and not watermarks and not info.get("untimed_quarantined"):
             return Commit(None, 0, sum(b["rows"] for b in batches))
         partition = None
         if len(rows):

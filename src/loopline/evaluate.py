@@ -60,14 +60,23 @@ def should_promote(
     champion: Scores | None,
     baselines: dict[str, Scores],
     min_improvement: float = 0.0,
+    champion_incomparable: str | None = None,
 ) -> Decision:
     """Promote only a candidate that beats every baseline and the champion on the same rows.
 
     `champion` is None when there is none yet; its scores must come from the same test rows
-    as the candidate's (the caller re-scores the champion on them).
+    as the candidate's (the caller re-scores the champion on them). When a champion exists
+    but cannot be scored on those rows (`champion_incomparable` says why, e.g. another
+    horizon), the candidate is held: an automatic gate never replaces what it cannot compare.
     """
     reasons: list[str] = []
     promote = True
+    if champion_incomparable:
+        promote = False
+        reasons.append(
+            f"the champion cannot be compared on these rows ({champion_incomparable}); "
+            "promote by hand if the change is intended"
+        )
     for name, base in sorted(baselines.items()):
         if base.rows != candidate.rows:
             raise ValueError(
@@ -79,7 +88,9 @@ def should_promote(
         else:
             promote = False
             reasons.append(f"does not beat {name}: RMSE {candidate.rmse:.4g} >= {base.rmse:.4g}")
-    if champion is None:
+    if champion_incomparable:
+        pass  # held above, with the reason
+    elif champion is None:
         reasons.append("no current champion")
     else:
         if champion.rows != candidate.rows:
@@ -146,6 +157,15 @@ class Evaluation:
         return out
 
 
+def incomparable_specs(candidate, champion) -> str | None:
+    """Why a champion's forecasts cannot be scored against the candidate's, or None."""
+    for name in ("task", "target_column", "horizon", "freq", "group_column", "time_column"):
+        mine, theirs = getattr(candidate, name), getattr(champion, name)
+        if mine != theirs:
+            return f"its {name} is {theirs!r}, the candidate's {mine!r}"
+    return None
+
+
 def _torch_forecasts(test_frame, spec, model):
     from loopline.labeling import make_windows
     from loopline.train import predict
@@ -176,8 +196,15 @@ def evaluate_candidate(task, test_frame, spec, model, params, champion=None) -> 
 
     keys, predicted, truth = _torch_forecasts(test_frame, spec, model)
     forecasts = {"model": predicted}
-    if champion is not None:
-        champion_keys, champion_values = onnx_forecasts(task, test_frame, champion[1], champion[0])
+    incomparable = incomparable_specs(spec, champion[1]) if champion is not None else None
+    if champion is not None and incomparable is None:
+        try:
+            champion_keys, champion_values = onnx_forecasts(
+                task, test_frame, champion[1], champion[0]
+            )
+        except ValueError as error:  # e.g. a site the champion has no location for
+            incomparable = str(error)
+    if champion is not None and incomparable is None:
         position = pd.MultiIndex.from_frame(champion_keys).get_indexer(
             pd.MultiIndex.from_frame(keys)
         )
@@ -194,6 +221,10 @@ def evaluate_candidate(task, test_frame, spec, model, params, champion=None) -> 
     scores = {name: score(truth[common], values[common]) for name, values in forecasts.items()}
     baselines = {k: v for k, v in scores.items() if k not in ("model", "champion")}
     decision = should_promote(
-        scores["model"], scores.get("champion"), baselines, params.evaluate.min_improvement
+        scores["model"],
+        scores.get("champion"),
+        baselines,
+        params.evaluate.min_improvement,
+        champion_incomparable=incomparable,
     )
     return Evaluation(scores, decision, int(common.sum()))

@@ -108,16 +108,45 @@ def within_bounds(frame: pd.DataFrame, bounds: IngestParams, task: Task) -> pd.D
     return frame[keep].reset_index(drop=True)
 
 
-def newer_than(frame: pd.DataFrame, watermarks: dict[str, str], task: Task) -> pd.DataFrame:
-    """Rows after their group's watermark (incremental ingest). Unparseable times are kept."""
+def row_fingerprints(frame: pd.DataFrame) -> pd.Series:
+    """A stable hash of each row's raw values (as text)."""
+    text = frame.astype("string").fillna("\x00")  # one spelling of "missing" for any source
+    hashed = pd.util.hash_pandas_object(text, index=False)
+    return hashed.map(lambda h: f"{h:016x}")
+
+
+def newer_than(
+    frame: pd.DataFrame,
+    watermarks: dict[str, str],
+    task: Task,
+    seen_untimed: set[str] = frozenset(),
+) -> pd.DataFrame:
+    """Rows after their group's watermark (incremental ingest).
+
+    Rows whose time does not parse are kept for validation to quarantine, unless an earlier
+    batch quarantined them already (`seen_untimed`).
+    """
     column, group = task.time_column, task.key_columns[0]
-    if column is None or not watermarks or column not in frame.columns:
-        return frame.reset_index(drop=True)
+    if column is None or column not in frame.columns or group not in frame.columns:
+        return frame.reset_index(drop=True)  # validation names the missing column
     times = parsed_times(frame, column)
     marks = frame[group].astype(str).map(lambda g: watermarks.get(g))
     marks = pd.to_datetime(marks, utc=True, errors="coerce")
-    keep = marks.isna() | times.isna() | (times > marks)
+    untimed = times.isna()
+    if seen_untimed and untimed.any():
+        untimed &= ~row_fingerprints(frame).isin(seen_untimed)
+    keep = untimed | (times.notna() & (marks.isna() | (times > marks)))
     return frame[keep].reset_index(drop=True)
+
+
+def untimed_fingerprints(bad: pd.DataFrame, task: Task) -> list[str]:
+    """Fingerprints of quarantined rows without a parseable time (see `newer_than`)."""
+    column = task.time_column
+    if column is None or column not in bad.columns or bad.empty:
+        return []
+    raw = bad.drop(columns=[c for c in bad.columns if c.startswith("_")])
+    untimed = parsed_times(raw, column).isna()
+    return sorted(row_fingerprints(raw[untimed]).tolist())
 
 
 def batch_watermarks(frame: pd.DataFrame, task: Task) -> dict[str, str]:
@@ -132,7 +161,11 @@ def batch_watermarks(frame: pd.DataFrame, task: Task) -> dict[str, str]:
 
 
 def fetch_new_rows(
-    params: Params, task: Task, root: Path, watermarks: dict[str, str]
+    params: Params,
+    task: Task,
+    root: Path,
+    watermarks: dict[str, str],
+    seen_untimed: set[str] = frozenset(),
 ) -> pd.DataFrame:
     """The source's rows newer than `watermarks`: what this run has to add."""
-    return newer_than(read_source(params, task, root), watermarks, task)
+    return newer_than(read_source(params, task, root), watermarks, task, seen_untimed)

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +25,7 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 HISTORY_PREFIX = "champion_history/"
 TAG = "loopline."  # prefix of every tag Loopline writes
+PUBLISH_COMPLETE = f"{TAG}publish_complete"  # set last, once the gate has been carried out
 
 
 def client(tracking_uri: str):
@@ -30,16 +34,37 @@ def client(tracking_uri: str):
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
+@contextmanager
+def using_tracking_uri(tracking_uri: str) -> Iterator[None]:
+    """Point MLflow's fluent API (needed by `log_model`) at `tracking_uri` for a block only.
+
+    `mlflow.set_tracking_uri` also writes `MLFLOW_TRACKING_URI` into the environment, which
+    would then override every later project's own store in this process: restore both.
+    """
+    import mlflow
+    from mlflow.tracking._tracking_service import utils
+
+    saved_env = os.environ.get("MLFLOW_TRACKING_URI")
+    saved = utils._tracking_uri
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved)
+        if saved_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved_env
+
+
 def ensure_experiment(tracking_uri: str, name: str, artifact_root: Path | None) -> str:
     """The experiment's id, created with an absolute artifact location for local stores."""
-    import mlflow
-
-    mlflow.set_tracking_uri(tracking_uri)
-    found = mlflow.get_experiment_by_name(name)
+    mlflow_client = client(tracking_uri)
+    found = mlflow_client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
     location = (artifact_root / name).resolve().as_uri() if artifact_root else None
-    return mlflow.create_experiment(name, artifact_location=location)
+    return mlflow_client.create_experiment(name, artifact_location=location)
 
 
 @dataclass(frozen=True)
@@ -51,6 +76,8 @@ class Published:
 
 
 def log_onnx_model(
+    tracking_uri: str,
+    run_id: str,
     onnx_path: Path,
     name: str,
     extra_files: list[Path],
@@ -58,29 +85,37 @@ def log_onnx_model(
     signature: Any,
     tags: dict[str, str],
 ) -> Published:
-    """Log the ONNX file to the active run, register it, tag the version, alias it challenger."""
+    """Log the ONNX file to run `run_id`, register it, tag the version, alias it challenger."""
     import mlflow
     import onnx
 
-    info = mlflow.onnx.log_model(
-        onnx.load(str(onnx_path)),
-        name="model",
-        registered_model_name=name,
-        signature=signature,
-        # Inferring requirements costs ~10 s and guesses; these are what loading needs.
-        pip_requirements=["onnx", "onnxruntime"],
-        save_as_external_data=False,
-        onnx_execution_providers=["CPUExecutionProvider"],
-        metadata=metadata,
-        extra_files=[str(p) for p in extra_files],
-        await_registration_for=60,
-    )
+    with using_tracking_uri(tracking_uri), mlflow.start_run(run_id=run_id):
+        info = mlflow.onnx.log_model(
+            onnx.load(str(onnx_path)),
+            name="model",
+            registered_model_name=name,
+            signature=signature,
+            # Inferring requirements costs ~10 s and guesses; these are what loading needs.
+            pip_requirements=["onnx", "onnxruntime"],
+            save_as_external_data=False,
+            onnx_execution_providers=["CPUExecutionProvider"],
+            metadata=metadata,
+            extra_files=[str(p) for p in extra_files],
+            await_registration_for=60,
+        )
     version = str(info.registered_model_version)
-    mlflow_client = client(mlflow.get_tracking_uri())
+    mlflow_client = client(tracking_uri)
     for key, value in tags.items():
         mlflow_client.set_model_version_tag(name, version, key, value)
     mlflow_client.set_registered_model_alias(name, CHALLENGER, version)
     return Published(name, version, f"models:/{name}/{version}", info.run_id)
+
+
+def mark_published(tracking_uri: str, published: Published) -> None:
+    """Record that publishing (registration, tags, the gate's alias moves) finished."""
+    client(tracking_uri).set_model_version_tag(
+        published.name, published.version, PUBLISH_COMPLETE, "true"
+    )
 
 
 def champion_version(tracking_uri: str, name: str) -> Any | None:
@@ -165,8 +200,10 @@ def download_model(tracking_uri: str, model_uri: str, dest: Path) -> Path:
     """Download a registered model's folder (model.onnx, feature_spec.json, MLmodel)."""
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri)
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dest)))
+    # `models:/` URIs resolve through the fluent registry URI whatever is passed in
+    # (MLflow 3.17 ignores `registry_uri=` there), so point it at this store for the call.
+    with using_tracking_uri(tracking_uri):
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dest)))
 
 
 def latest_version(tracking_uri: str, name: str) -> Any | None:

@@ -97,7 +97,18 @@ def without_test(frame: pd.DataFrame, time_column: str) -> pd.DataFrame:
     return frame[frame[time_column] < test_start] if pd.notna(test_start) else frame
 
 
-def test_view(frame: pd.DataFrame, time_column: str) -> pd.DataFrame:
-    """Test rows plus the gap rows just before them (history a forecaster may read)."""
-    val_end = frame.loc[frame["split"] == "val", time_column].max()
-    return frame[frame[time_column] > val_end] if pd.notna(val_end) else frame
+def test_view(frame: pd.DataFrame, time_column: str, freq: str, history: int) -> pd.DataFrame:
+    """Test rows plus `history` steps before them: past readings a forecaster may read.
+
+    Forecast windows still end (and their labels lie) in the test set; the history lets a
+    champion recompute its own lagged features for the very first test origins too.
+    """
+    test_start = frame.loc[frame["split"] == "test", time_column].min()
+    if pd.isna(test_start):
+        return frame
+    return frame[frame[time_column] >= test_start - pd.Timedelta(freq) * history]
+
+
+def evaluation_history(params) -> int:
+    """Steps of history evaluation reads before the test set: a window plus the longest lag."""
+    return split_gap(params) + max(params.features.lags, default=0)

@@ -108,11 +108,17 @@ class RunTracker:
 
 
 def lineage_tags(
-    task: str, data_version: str, commit: str, dirty: bool, params_hash: str
+    task: str,
+    data_version: str,
+    snapshot_version: str,
+    commit: str,
+    dirty: bool,
+    params_hash: str,
 ) -> dict[str, str]:
     return {
         f"{TAG}task": task,
         f"{TAG}data_version": data_version,
+        f"{TAG}snapshot_version": snapshot_version,
         f"{TAG}git_commit": commit,
         f"{TAG}git_dirty": str(dirty).lower(),
         f"{TAG}params_hash": params_hash,

@@ -27,11 +27,13 @@ class Rule:
 
     kinds: `not_null`, `between` (min/max), `in_set` (values), `unique` (no repeated
     `columns` key; the first reading wins) and `in_order` (`column` never goes back in time
-    within `group`; exact repeats are left to `unique`).
+    within `group`; exact repeats are left to `unique`) and `not_future` (`column` no later
+    than a day from now: a mistyped year would otherwise become the watermark and hide every
+    later reading).
     """
 
     name: str
-    kind: Literal["not_null", "between", "in_set", "unique", "in_order"]
+    kind: Literal["not_null", "between", "in_set", "unique", "in_order", "not_future"]
     column: str | None = None
     columns: tuple[str, ...] = ()
     group: str | None = None
@@ -107,6 +109,9 @@ def _derived_columns(frame: pd.DataFrame, rules: list[Rule]) -> dict[str, pd.Ser
                 | frame[rule.column].isna()
                 | (frame[rule.column] >= previous_max)
             )
+        elif rule.kind == "not_future":
+            limit = pd.Timestamp.now(tz="UTC") + pd.Timedelta("1D")
+            derived[f"_{rule.name}"] = frame[rule.column].isna() | (frame[rule.column] <= limit)
     return derived
 
 

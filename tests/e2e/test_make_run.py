@@ -93,20 +93,21 @@ def test_loopline_run_publishes_an_onnx_champion(fresh_project, tmp_path):
     # onnxruntime runs the champion and agrees with the PyTorch weights logged beside it.
     import mlflow
 
+    from loopline import registry
     from loopline.export import embedded_spec, onnx_session, run_onnx
     from loopline.labeling import make_windows
     from loopline.tasks import get_task
     from loopline.train import load_checkpoint, predict
 
     uri = listing["tracking_uri"]
-    mlflow.set_tracking_uri(uri)
-    folder = Path(
-        mlflow.artifacts.download_artifacts("models:/solar@champion", dst_path=str(tmp_path / "m"))
-    )
+    folder = registry.download_model(uri, "models:/solar@champion", tmp_path / "m")
     session = onnx_session(folder / "model.onnx")
     spec = embedded_spec(session)
     weights = mlflow.artifacts.download_artifacts(
-        run_id=summary["run_id"], artifact_path="torch/model.pt", dst_path=str(tmp_path / "w")
+        run_id=summary["run_id"],
+        artifact_path="torch/model.pt",
+        dst_path=str(tmp_path / "w"),
+        tracking_uri=uri,
     )
     solar = get_task("solar")
     model, torch_spec = load_checkpoint(solar, Path(weights))

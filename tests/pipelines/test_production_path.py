@@ -54,7 +54,8 @@ def test_publish_and_champion_history_on_postgresql(
     assert str(champion.version) == summary["version"]
     assert champion.tags["loopline.data_version"] == summary["data_version"]
     # Artifacts of a database-backed store stay in the project, not the working directory.
-    assert champion.source.startswith("models:/") or str(project) in champion.source
+    run = registry.client(postgres_db).get_run(summary["run_id"])
+    assert run.info.artifact_uri.startswith((project / ".loopline" / "mlartifacts").as_uri())
 
     # A manual move appends to the same history, in order.
     registry.move_champion(

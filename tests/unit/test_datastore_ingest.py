@@ -119,3 +119,45 @@ def test_bounds_keep_unparseable_times_for_validation():
     frame.loc[1, "timestamp"] = "not a time"
     kept = within_bounds(frame, IngestParams(start="2021-01-01 02:00"), SOLAR)
     assert kept["timestamp"].tolist() == ["not a time", frame.timestamp[2], frame.timestamp[3]]
+
+
+def test_a_retried_commit_adds_nothing(tmp_path):
+    store = SnapshotStore(tmp_path / "solar")
+    store.commit(rows(3), {}, {"batch_id": "b1"})
+    store.commit(rows(3), {}, {"batch_id": "b1"})  # the same batch again (a retry)
+    assert len(store.load()) == 3
+
+
+def test_an_untimed_bad_row_is_quarantined_once(tmp_path):
+    from loopline.ingest import untimed_fingerprints
+    from loopline.validate import validate_rows
+
+    source = rows(3).astype(str)
+    source.loc[1, "timestamp"] = "yesterday-ish"
+    store = SnapshotStore(tmp_path / "solar")
+    params = parse_params({"solar": {"sites": ["greensboro"]}})
+    report = validate_rows(source, SOLAR.schema, SOLAR.rules(params), "solar")
+    assert len(report.bad) == 1
+    store.commit(
+        report.good,
+        batch_watermarks(source, SOLAR),
+        {"untimed_quarantined": untimed_fingerprints(report.bad, SOLAR)},
+    )
+    again = newer_than(source, store.watermarks(), SOLAR, store.untimed_quarantined())
+    assert again.empty  # neither the good rows nor the bad one come back
+
+
+def test_a_source_without_the_group_column_is_left_to_validation():
+    frame = rows(2).drop(columns="site_id")
+    assert len(newer_than(frame, {"greensboro": "2021-01-01T00:00:00+00:00"}, SOLAR)) == 2
+
+
+def test_snapshot_version_ignores_quarantine_and_follows_commits(tmp_path):
+    store = SnapshotStore(tmp_path / "data" / "solar")
+    assert store.version() == "empty"
+    store.commit(rows(2), batch_watermarks(rows(2), SOLAR), {})
+    first = store.version()
+    write_quarantine(pd.DataFrame({"a": ["x"], "_reasons": ["r"]}), tmp_path / "data" / "q", "b")
+    assert store.version() == first
+    store.commit(rows(4).iloc[2:], batch_watermarks(rows(4), SOLAR), {})
+    assert store.version() != first

@@ -49,3 +49,25 @@ def test_candidate_must_beat_the_champion_by_the_margin():
 def test_scores_on_different_rows_are_refused():
     with pytest.raises(ValueError, match="same rows"):
         should_promote(s(5, rows=10), s(6, rows=9), {})
+
+
+def test_an_incomparable_champion_holds_the_candidate():
+    decision = should_promote(
+        s(1),
+        None,
+        {"persistence": s(9)},
+        champion_incomparable="its horizon is 12, the candidate's 24",
+    )
+    assert not decision.promote
+    assert any("horizon is 12" in r for r in decision.reasons)
+    assert not any("no current champion" in r for r in decision.reasons)
+
+
+def test_incomparable_specs_names_the_difference():
+    from loopline.evaluate import incomparable_specs
+    from loopline.features import FeatureSpec
+
+    a = FeatureSpec("solar", ["x"], "y", 24, "1h", "site_id", "timestamp")
+    assert incomparable_specs(a, a) is None
+    b = FeatureSpec("solar", ["x", "z"], "y", 12, "1h", "site_id", "timestamp", window=48)
+    assert incomparable_specs(a, b) == "its horizon is 12, the candidate's 24"

@@ -53,3 +53,14 @@ def test_baselines(january, params):
     past = frame.iloc[100 - 23 : 101]
     index = past.power_w.sum() / past.clearsky_w.sum()
     assert base["smart_persistence"][0, 5] == pytest.approx(index * frame.clearsky_w.iloc[106])
+
+
+def test_persistence_never_reads_the_future_past_one_day(january, params):
+    long = parse_params({"solar": {"sites": ["greensboro"]}, "labeling": {"horizon": 30}})
+    spec = SOLAR.new_feature_spec(long)
+    frame = SOLAR.add_features(january, spec)
+    keys = frame[["site_id", "timestamp"]].iloc[[100]].reset_index(drop=True)
+    persistence = SOLAR.baselines(frame, keys, spec, long)["persistence"][0]
+    # step 25 is 25 h ahead: the same hour is known 23 h ago (1 day back), not 1 h ahead
+    assert persistence[24] == frame.power_w.iloc[100 + 25 - 48]
+    assert persistence[23] == frame.power_w.iloc[100]

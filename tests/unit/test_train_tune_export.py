@@ -68,22 +68,25 @@ def test_training_learns_and_keeps_the_best_epoch():
 
 
 def test_early_stopping_records_the_overfitting_onset():
+    seed_everything(0)
     model = Forecaster(2, 3, hidden_size=8)
-    noise = Examples(
-        np.zeros((8, 4, 2), np.float32), np.ones((8, 3), np.float32), pd.DataFrame({"g": ["s"] * 8})
-    )
+    train = toy_examples(64, 1)
+    # Validation wants the opposite of what training teaches: it gets worse from epoch 2 on.
+    opposite = Examples(train.x, -train.y, train.keys)
     result = fit(
         model,
-        toy_examples(64, 1),
-        noise,
+        train,
+        opposite,
         SPEC,
         {**HP, "learning_rate": 0.05},
         TrainParams(max_epochs=50, patience=2),
         seed=0,
     )
-    if result.stopped_early:
-        assert result.overfitting_onset == result.best_epoch + 1
-        assert len(result.history) == result.best_epoch + 2
+    assert result.stopped_early
+    assert len(result.history) == result.best_epoch + 2  # patience epochs after the best
+    assert result.overfitting_onset == result.best_epoch + 1
+    best = min(result.history, key=lambda e: e.val_loss)
+    assert best.epoch == result.best_epoch
 
 
 def test_learning_curve_plot_is_a_png(tmp_path):

@@ -72,3 +72,10 @@ def test_too_many_bad_rows_stop_the_run_with_counts():
     with pytest.raises(ValidationFailed, match=r"3 of 6 rows .*ghi_in_range: 3.*quarantine.csv"):
         check_bad_fraction(report, 0.05, "quarantine.csv")
     check_bad_fraction(report, 0.5, "quarantine.csv")  # within the limit: carries on
+
+
+def test_a_reading_from_the_future_is_quarantined():
+    frame = readings()
+    frame.loc[5, "timestamp"] = "2921-06-01 05:00:00+00:00"  # a mistyped year
+    report = validate_rows(frame, SOLAR.schema, SOLAR.rules(PARAMS), "solar")
+    assert report.bad["_reasons"].tolist() == ["timestamp_not_in_future"]

@@ -131,6 +131,7 @@ class SolarTask:
             Rule("site_id_known", "in_set", column="site_id", values=tuple(params.solar.sites)),
             Rule("reading_not_duplicated", "unique", columns=("site_id", "timestamp")),
             Rule("timestamp_in_order", "in_order", column="timestamp", group="site_id"),
+            Rule("timestamp_not_in_future", "not_future", column="timestamp"),
         ]
         return rules
 
@@ -234,8 +235,10 @@ class SolarTask:
             power, cs = site["power_w"], site["clearsky_w"]
             origins = pd.DatetimeIndex(rows["timestamp"])
             for h in range(1, horizon + 1):
+                # The same time of day on the latest day already observed at the origin.
+                days_back = -(-h // day)  # ceil(h / day)
                 persistence[rows.index, h - 1] = power.reindex(
-                    origins + step * (h - day)
+                    origins + step * (h - day * days_back)
                 ).to_numpy()
                 smart_cs = cs.reindex(origins + step * h).to_numpy()
                 smart[rows.index, h - 1] = smart_cs
