@@ -55,7 +55,7 @@ def plain_pipeline(root: Path, overrides: list[str]) -> dict:
     params = load_params(paths.params_file, overrides)
     task = get_task(params.task)
     store = datastore.SnapshotStore(paths.snapshots(params.task))
-    rows = fetch_new_rows(params, task, root, store.watermarks())
+    rows, _ = fetch_new_rows(params, task, root, store.watermarks())
     report = validate_rows(rows, task.schema, task.rules(params), params.task)
     datastore.write_quarantine(report.bad, paths.quarantine / params.task, "plain")
     check_bad_fraction(report, params.validate_.max_bad_fraction, "quarantine")

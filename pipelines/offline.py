@@ -299,8 +299,11 @@ def offline_flow(root: str = ".", overrides: list[str] | None = None) -> dict[st
     }
     try:
         with stage("ingest", params.ingest.source):
-            rows = ingest(params, paths)
-            note(f"{len(rows)} new rows")
+            rows, source_rows = ingest(params, paths)
+            note(
+                f"{len(rows)} new rows ({source_rows - len(rows)} of the source's {source_rows} "
+                "at or before the watermark, skipped)"
+            )
         with stage("validate"):
             report = validate(params, rows, paths, tracker, batch_id)
             note(f"{len(report.good)} good, {len(report.bad)} quarantined")

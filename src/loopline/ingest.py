@@ -166,6 +166,8 @@ def fetch_new_rows(
     root: Path,
     watermarks: dict[str, str],
     seen_untimed: set[str] = frozenset(),
-) -> pd.DataFrame:
-    """The source's rows newer than `watermarks`: what this run has to add."""
-    return newer_than(read_source(params, task, root), watermarks, task, seen_untimed)
+) -> tuple[pd.DataFrame, int]:
+    """The source's rows newer than `watermarks` (what this run has to add), and how many
+    rows the source held in all, so a run can say how many it skipped as already seen."""
+    source = read_source(params, task, root)
+    return newer_than(source, watermarks, task, seen_untimed), len(source)
