@@ -132,9 +132,9 @@ def models(
         for name, moves in histories.items():
             console.print(f"[bold]{name}[/] champion history:")
             for move in moves:
+                before = f"v{move['from']}" if move["from"] else "(none)"
                 console.print(
-                    f"  {move['when']}  v{move['from']} → v{move['to']}  by "
-                    f"{move['who']}: {move['why']}"
+                    f"  {move['when']}  {before} → v{move['to']}  by {move['who']}: {move['why']}"
                 )
 
 
