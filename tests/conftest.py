@@ -21,7 +21,7 @@ TINY = {
         "n_trials": 2,
         "max_epochs": 2,
         "search_space": {
-            "hidden_size": {"choices": [8]},
+            "hidden_size": {"choices": [16]},
             "num_layers": {"choices": [1]},
             "dropout": {"low": 0.0, "high": 0.1},
             "learning_rate": {"low": 0.003, "high": 0.01, "log": True},
@@ -30,7 +30,7 @@ TINY = {
             "cell": {"choices": ["lstm", "gru"]},
         },
     },
-    "train": {"max_epochs": 3, "patience": 2},
+    "train": {"max_epochs": 8, "patience": 3},
 }
 
 

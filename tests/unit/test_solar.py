@@ -37,6 +37,14 @@ def test_features_are_a_pure_function_of_rows_and_spec(january, params):
     # clear-sky power tracks the measured power (clouds lower it; low sun makes it noisy)
     assert (a.power_w <= a.clearsky_w * 1.3 + 50).mean() > 0.95
     assert a[["power_w", "clearsky_w"]].corr().iloc[0, 1] > 0.75
+    # the clear-sky index is the cloudiness of daylight readings, 0 when the sun is too low
+    low = a.clearsky_w < 50
+    assert (a.clearsky_index[low] == 0).all()
+    day = a[~low]
+    assert day.clearsky_index.between(0, 1.5).all()
+    assert day.clearsky_index.iloc[0] == pytest.approx(
+        min(day.power_w.iloc[0] / day.clearsky_w.iloc[0], 1.5)
+    )
     # the lead is the clear-sky value 24 steps later
     assert a.clearsky_lead_24.iloc[0] == pytest.approx(a.clearsky_w.iloc[24], rel=1e-6)
     assert np.isnan(a.power_lag_24.iloc[:24]).all() and a.power_lag_24.iloc[24] == a.power_w.iloc[0]

@@ -142,6 +142,7 @@ class SolarTask:
             *WEATHER,
             "power_w",
             "clearsky_w",
+            "clearsky_index",
             "hour_sin",
             "hour_cos",
             "doy_sin",
@@ -183,8 +184,12 @@ class SolarTask:
         # model that also sees clear-sky power, which carries the site's own sun path.
         hour = frame["timestamp"].dt.hour + frame["timestamp"].dt.minute / 60
         doy = frame["timestamp"].dt.dayofyear
+        # Measured / clear-sky power: the cloudiness the notes' smart persistence carries
+        # forward. Below 50 W of clear-sky power (dawn, dusk, night) the ratio is noise: 0.
+        index = np.where(clearsky >= 50.0, frame["power_w"] / np.maximum(clearsky, 50.0), 0.0)
         out = frame.assign(
             clearsky_w=clearsky,
+            clearsky_index=np.clip(index, 0.0, 1.5),
             hour_sin=np.sin(2 * np.pi * hour / 24),
             hour_cos=np.cos(2 * np.pi * hour / 24),
             doy_sin=np.sin(2 * np.pi * doy / 365.25),
