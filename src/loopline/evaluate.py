@@ -116,24 +116,16 @@ def should_promote(
 
 def plot_per_step_rmse(curves: dict[str, Scores], path: Path, unit: str = "W") -> Path:
     """RMSE per horizon step of the model and each baseline: a PNG."""
-    import matplotlib
+    from loopline.plots import new_figure, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = new_figure()
     for name, scores in curves.items():
         steps = range(1, len(scores.rmse_per_step) + 1)
         ax.plot(steps, scores.rmse_per_step, marker=".", label=f"{name} (mean {scores.rmse:.0f})")
     ax.set_xlabel("steps ahead")
     ax.set_ylabel(f"RMSE ({unit})")
     ax.set_title("Test RMSE per horizon step")
-    ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, ax, path)
 
 
 @dataclass

@@ -176,13 +176,10 @@ def predict(model: nn.Module, x: np.ndarray, batch_size: int = 1024) -> np.ndarr
 
 def plot_learning_curves(result: TrainResult, path: Path, title: str = "") -> Path:
     """Training and validation loss per epoch, the best epoch marked: a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from loopline.plots import new_figure, save_figure
 
     epochs = [e.epoch for e in result.history]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = new_figure()
     ax.plot(epochs, [e.train_loss for e in result.history], marker="o", label="training loss")
     ax.plot(epochs, [e.val_loss for e in result.history], marker="o", label="validation loss")
     ax.axvline(
@@ -195,12 +192,7 @@ def plot_learning_curves(result: TrainResult, path: Path, title: str = "") -> Pa
     ax.set_ylabel("MSE (scaled target)")
     ax.set_yscale("log")
     ax.set_title(title or "Learning curves")
-    ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, ax, path)
 
 
 def train_model(
