@@ -67,9 +67,6 @@ class ProjectPaths:
         """`MLFLOW_TRACKING_URI` when set, else the project's SQLite store."""
         return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.mlflow_db}"
 
-    def uses_default_tracking(self) -> bool:
-        return not os.environ.get("MLFLOW_TRACKING_URI")
-
     def local_artifact_root(self) -> Path | None:
         """Where new experiments keep artifacts when MLflow is a database, not a server.
 

@@ -12,6 +12,7 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from loopline.config import SplitParams
+from loopline.features import FeatureSpec
 
 SETS = ("train", "val", "test")
 
@@ -78,7 +79,9 @@ def split_gap(params) -> int:
     return max(int(longest), params.labeling.horizon)
 
 
-def split_and_fit(task, frame: pd.DataFrame, spec, params) -> tuple[pd.DataFrame, object]:
+def split_and_fit(
+    task, frame: pd.DataFrame, spec: FeatureSpec, params
+) -> tuple[pd.DataFrame, FeatureSpec]:
     """Assign every row to a set and fit the feature scaling on training rows only."""
     from loopline.features import fit_normalization
 
