@@ -134,7 +134,11 @@ class Evaluation:
 
     scores: dict[str, Scores]  # "model", each baseline, and "champion" when there is one
     decision: Decision
-    rows: int
+
+    @property
+    def rows(self) -> int:
+        """Test rows every forecaster was scored on (the same for all, by construction)."""
+        return self.scores["model"].rows
 
     def metrics(self) -> dict[str, float]:
         """Flat metrics for tracking: test_rmse, test_mae, <baseline>_rmse, skill_<baseline>."""
@@ -219,4 +223,4 @@ def evaluate_candidate(task, test_frame, spec, model, params, champion=None) -> 
         params.evaluate.min_improvement,
         champion_incomparable=incomparable,
     )
-    return Evaluation(scores, decision, int(common.sum()))
+    return Evaluation(scores, decision)
