@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
@@ -26,6 +27,7 @@ from loopline.features import FeatureSpec, build_features
 from loopline.ingest import batch_watermarks, fetch_new_rows, untimed_fingerprints
 from loopline.labeling import make_windows
 from loopline.lineage import git_commit
+from loopline.online import GOLDEN_FILE
 from loopline.paths import ProjectPaths
 from loopline.split import evaluation_history, split_and_fit, test_view, without_test
 from loopline.tasks import get_task
@@ -226,7 +228,11 @@ def publish(
     spec_file.write_text(spec.to_json())
     params_file = scratch / "params.json"
     params_file.write_text(json.dumps(params.to_dict(), indent=1))
-    signature = infer_signature(golden, run_onnx(onnx_session(onnx_path), golden))
+    golden_out = run_onnx(onnx_session(onnx_path), golden)
+    signature = infer_signature(golden, golden_out)
+    # The service checks a version against these outputs before it swaps the version in.
+    golden_file = scratch / GOLDEN_FILE
+    np.savez(golden_file, x=golden, y=golden_out)
     metrics = evaluation.metrics()
     tags = {
         **lineage,
@@ -240,7 +246,7 @@ def publish(
         tracker.run_id,
         onnx_path,
         params.model_name,
-        [spec_file, params_file],
+        [spec_file, params_file, golden_file],
         metadata={"feature_spec": json.loads(spec.to_json()), **lineage},
         signature=signature,
         tags=tags,

@@ -209,6 +209,25 @@ class PublishParams(Section):
     experiment: str | None = None  # default: "loopline-<task>"
 
 
+class ServeParams(Section):
+    """The online service (`loopline serve`). Each key can also be set at run time by an
+    environment variable `LOOPLINE_SERVE_<KEY>` (e.g. in a container), which wins."""
+
+    model: str | None = None  # registered model to serve; default: publish.model_name
+    alias: str = "champion"
+    poll_interval_s: Annotated[float, Field(gt=0)] = 5.0  # how often the alias is re-resolved
+    workers: Positive = 1
+    threads: Annotated[int, Field(ge=0)] = 0  # onnxruntime threads per worker; 0 = cores/workers
+    max_batch_size: Positive = 64  # adaptive batching of `predict`
+    max_latency_ms: Positive = 50
+    max_body_bytes: Positive = 8 * 1024 * 1024  # larger request bodies get 413
+    max_line_bytes: Positive = 64 * 1024  # longer NDJSON lines in `stream` get an error line
+    prediction_log: str | None = None  # SQLAlchemy URL; default: SQLite in the state folder
+    log_batch_size: Positive = 256
+    log_flush_interval_s: Annotated[float, Field(gt=0)] = 1.0
+    log_queue_size: Positive = 100_000
+
+
 class Params(Section):
     task: Literal["solar"] = "solar"
     seed: int = 42
@@ -223,12 +242,17 @@ class Params(Section):
     evaluate: EvaluateParams = EvaluateParams()
     export: ExportParams = ExportParams()
     publish: PublishParams = PublishParams()
+    serve: ServeParams = ServeParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     @property
     def model_name(self) -> str:
         return self.publish.model_name or self.task
+
+    @property
+    def served_model(self) -> str:
+        return self.serve.model or self.model_name
 
     @property
     def experiment_name(self) -> str:
@@ -242,8 +266,12 @@ class Params(Section):
         return self.model_dump(mode="json", by_alias=True)
 
     def fingerprint(self) -> str:
-        """A stable hash of every knob: equal params → equal fingerprint."""
-        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """A stable hash of every offline knob: equal params → equal fingerprint.
+
+        The `serve` section is left out: tuning the service never makes a model stale.
+        """
+        offline = {k: v for k, v in self.to_dict().items() if k != "serve"}
+        text = json.dumps(offline, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -9,13 +9,14 @@ overwrite each other's entries.
 from __future__ import annotations
 
 import getpass
+import hashlib
 import json
 import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -128,36 +129,168 @@ def champion_version(tracking_uri: str, name: str) -> Any | None:
         return None
 
 
+def _lock_url(tracking_uri: str) -> str:
+    """Where champion moves are serialised: `LOOPLINE_REGISTRY_LOCK_URL`, else the tracking
+    store itself when it is a database, else a lock file on this machine."""
+    explicit = os.environ.get("LOOPLINE_REGISTRY_LOCK_URL")
+    if explicit:
+        return explicit
+    if tracking_uri.startswith(("sqlite:", "postgresql")):
+        return tracking_uri
+    digest = hashlib.sha256(tracking_uri.encode()).hexdigest()[:16]
+    return (Path.home() / ".cache" / "loopline" / "locks" / f"{digest}.lock").as_uri()
+
+
+@contextmanager
+def champion_lock(tracking_uri: str, name: str, timeout_s: float = 120.0) -> Iterator[None]:
+    """Hold the lock that makes a champion move (read, alias, history entry) atomic.
+
+    MLflow has no compare-and-set, so two operators rolling back at once could both read the
+    same champion and write a history that contradicts itself. A PostgreSQL store takes an
+    advisory lock in that database; SQLite and file URLs take a lock file beside it.
+    """
+    url = _lock_url(tracking_uri)
+    if url.startswith("postgresql"):
+        from sqlalchemy import create_engine, text
+
+        scheme, rest = url.split("://", 1)
+        engine = create_engine(
+            f"postgresql+psycopg://{rest}" if "+" not in scheme else url, poolclass=_null_pool()
+        )
+        key = int(hashlib.sha256(f"loopline:{name}".encode()).hexdigest()[:15], 16)
+        with engine.connect() as connection:
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            try:
+                yield
+            finally:
+                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                connection.commit()
+        engine.dispose()
+        return
+    from filelock import FileLock, Timeout
+
+    if url.startswith("sqlite:"):
+        target = Path(url.split(":///", 1)[1]).with_suffix(f".{name}.champion.lock")
+    elif url.startswith("file:"):
+        from urllib.parse import unquote, urlparse
+
+        target = Path(unquote(urlparse(url).path))
+    else:
+        raise RegistryError(
+            f"cannot lock champion moves with {url!r}: set LOOPLINE_REGISTRY_LOCK_URL to a "
+            "postgresql:// URL or a file:// path every operator can reach"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with FileLock(str(target), timeout=timeout_s):
+            yield
+    except Timeout:
+        raise RegistryError(
+            f"another champion move on {name!r} held {target} for over {timeout_s:.0f} s"
+        ) from None
+
+
+def _null_pool():
+    from sqlalchemy.pool import NullPool
+
+    return NullPool
+
+
+def _history_tags(mlflow_client, name: str) -> list[tuple[str, dict[str, Any]]]:
+    model = mlflow_client.get_registered_model(name)
+    keys = sorted(k for k in model.tags if k.startswith(HISTORY_PREFIX))
+    return [(k, json.loads(model.tags[k])) for k in keys]
+
+
+def champion_lineage(history: list[dict[str, Any]]) -> list[str]:
+    """The champions a plain rollback walks back through, oldest first.
+
+    Promotions (by the gate or an operator) and `rollback --to` push a version; a plain
+    rollback pops the current one, so rolling back twice goes two champions back rather than
+    flip-flopping between the last two.
+    """
+    stack: list[str] = []
+    for entry in history:
+        if entry.get("action") == "rollback":
+            if stack:
+                stack.pop()
+            if not stack or stack[-1] != entry["to"]:
+                stack.append(entry["to"])
+        else:
+            stack.append(str(entry["to"]))
+    return stack
+
+
 def move_champion(
-    tracking_uri: str, name: str, version: str, reason: str, who: str | None = None
+    tracking_uri: str,
+    name: str,
+    version: str | None,
+    reason: str,
+    who: str | None = None,
+    action: str = "promote",
 ) -> dict[str, Any]:
-    """Point `champion` at `version` and append the move to the history."""
+    """Point `champion` at `version` and append the move to the history, atomically.
+
+    `action` is "promote", "rollback" (to the previous champion: `version` None) or
+    "rollback_to" (to a given version). Raises RegistryError for an unknown model or version
+    or when there is nothing to roll back to.
+    """
     from mlflow.exceptions import MlflowException
 
     mlflow_client = client(tracking_uri)
     try:
-        mlflow_client.get_model_version(name, str(version))
+        mlflow_client.get_registered_model(name)
     except MlflowException:
-        raise RegistryError(f"model {name!r} has no version {version!r}") from None
-    previous = champion_version(tracking_uri, name)
-    entry = {
-        "when": datetime.now(UTC).isoformat(),
-        "who": who or getpass.getuser(),
-        "from": str(previous.version) if previous is not None else None,
-        "to": str(version),
-        "why": reason,
-    }
-    mlflow_client.set_registered_model_alias(name, CHAMPION, str(version))
-    key = f"{HISTORY_PREFIX}{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}"
-    mlflow_client.set_registered_model_tag(name, key, json.dumps(entry))
+        raise RegistryError(f"no registered model {name!r} in {tracking_uri}") from None
+    with champion_lock(tracking_uri, name):
+        tags = _history_tags(mlflow_client, name)
+        previous = champion_version(tracking_uri, name)
+        current = str(previous.version) if previous is not None else None
+        if action == "rollback":
+            lineage = champion_lineage([entry for _, entry in tags])
+            if lineage and lineage[-1] == current:
+                lineage.pop()
+            if not lineage:
+                raise RegistryError(
+                    f"{name!r} has no earlier champion to roll back to (champion: v{current})"
+                )
+            version = lineage[-1]
+        if version is None:
+            raise RegistryError("a version is needed to promote")
+        try:
+            mlflow_client.get_model_version(name, str(version))
+        except MlflowException:
+            known = ", ".join(
+                sorted(
+                    (str(v.version) for v in mlflow_client.search_model_versions(f"name='{name}'")),
+                    key=int,
+                )
+            )
+            raise RegistryError(
+                f"model {name!r} has no version {version!r} (versions: {known or 'none'})"
+            ) from None
+        now = datetime.now(UTC)
+        if tags:
+            # Keys order the history: keep them increasing even if clocks disagree.
+            last = datetime.strptime(tags[-1][0][len(HISTORY_PREFIX) :][:22], "%Y%m%dT%H%M%S%f")
+            now = max(now, last.replace(tzinfo=UTC) + timedelta(microseconds=1))
+        entry = {
+            "when": now.isoformat(),
+            "who": who or getpass.getuser(),
+            "from": current,
+            "to": str(version),
+            "why": reason,
+            "action": action,
+        }
+        mlflow_client.set_registered_model_alias(name, CHAMPION, str(version))
+        key = f"{HISTORY_PREFIX}{now:%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}"
+        mlflow_client.set_registered_model_tag(name, key, json.dumps(entry))
     return entry
 
 
 def champion_history(tracking_uri: str, name: str) -> list[dict[str, Any]]:
     """Every champion move, oldest first."""
-    model = client(tracking_uri).get_registered_model(name)
-    keys = sorted(k for k in model.tags if k.startswith(HISTORY_PREFIX))
-    return [json.loads(model.tags[k]) for k in keys]
+    return [entry for _, entry in _history_tags(client(tracking_uri), name)]
 
 
 def list_models(tracking_uri: str) -> list[dict[str, Any]]:
