@@ -319,6 +319,18 @@ def parse_params(raw: dict[str, Any] | None, origin: str = "params") -> Params:
         raise ConfigError(f"{origin} is invalid:\n  {lines}") from None
 
 
+SERVE_ENV_PREFIX = "LOOPLINE_SERVE_"
+
+
+def serve_env_overrides(environ: dict[str, str]) -> list[str]:
+    """`LOOPLINE_SERVE_<KEY>=value` variables as `serve.<key>=value` overrides."""
+    return [
+        f"serve.{key.removeprefix(SERVE_ENV_PREFIX).lower()}={value}"
+        for key, value in sorted(environ.items())
+        if key.startswith(SERVE_ENV_PREFIX)
+    ]
+
+
 def load_params(path: str | Path, overrides: list[str] | None = None) -> Params:
     """Read params.yaml, apply `-P` overrides, validate."""
     path = Path(path)

@@ -272,7 +272,8 @@ def move_champion(
         now = datetime.now(UTC)
         if tags:
             # Keys order the history: keep them increasing even if clocks disagree.
-            last = datetime.strptime(tags[-1][0][len(HISTORY_PREFIX) :][:22], "%Y%m%dT%H%M%S%f")
+            stamp = tags[-1][0][len(HISTORY_PREFIX) :].split("-")[0]
+            last = datetime.strptime(stamp, "%Y%m%dT%H%M%S%f")
             now = max(now, last.replace(tzinfo=UTC) + timedelta(microseconds=1))
         entry = {
             "when": now.isoformat(),

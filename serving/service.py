@@ -1,0 +1,501 @@
+"""The online process: serve the registry's champion for live forecasts, and follow its alias.
+
+Run it with `loopline serve` (which runs `bentoml serve serving.service:Forecaster`), or in a
+container (see the Dockerfile). Settings come from the project's params.yaml `serve:` section;
+`LOOPLINE_SERVE_<KEY>` environment variables and `MLFLOW_TRACKING_URI` override them at run
+time. Everything the service computes comes from `loopline.online`, the same code and the
+same feature spec the offline process used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import bentoml
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from starlette.exceptions import HTTPException
+
+from loopline.config import apply_overrides, load_params, parse_params, serve_env_overrides
+from loopline.online import (
+    LoadedModel,
+    ModelLoadError,
+    RegistryUnavailable,
+    StreamWindows,
+    Window,
+    default_threads,
+    error_event,
+    forecast_windows,
+    load_version,
+    readings_frame,
+    resolve_alias,
+    window_problem,
+)
+from loopline.paths import ProjectPaths, find_project_root
+from loopline.predlog import PredictionLog, PredictionRecord
+from loopline.tasks import get_task
+from serving.asgi import BodySizeLimit, DuplexStreamingResponse
+
+log = logging.getLogger("loopline.serving")
+
+# Decorator arguments are read when the module is imported, so they come from the
+# environment only (`loopline serve` exports the `serve:` section there).
+_BOOT = parse_params(apply_overrides({}, serve_env_overrides(dict(os.environ)))).serve
+
+# ----------------------------------------------------------------------------- API types
+
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class Reading(BaseModel):
+    """One measurement of a site: weather and the AC power it produced."""
+
+    model_config = ConfigDict(extra="forbid")
+    timestamp: datetime = Field(description="Start of the reading's interval; UTC if no zone")
+    ghi: Finite = Field(description="Global horizontal irradiance, W/m²")
+    dni: Finite = Field(description="Direct normal irradiance, W/m²")
+    dhi: Finite = Field(description="Diffuse horizontal irradiance, W/m²")
+    temp_air: Finite = Field(description="Air temperature, °C")
+    wind_speed: Finite = Field(description="Wind speed, m/s")
+    power_w: Finite = Field(description="AC power measured over the interval, W")
+
+
+class SiteReading(Reading):
+    """A reading in a stream: one NDJSON line."""
+
+    site_id: str = Field(min_length=1)
+
+
+class ForecastWindow(BaseModel):
+    """Consecutive readings of one site, oldest first, ending at the forecast origin."""
+
+    model_config = ConfigDict(extra="forbid")
+    site_id: str = Field(min_length=1)
+    readings: list[Reading] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _complete_for_the_served_model(self) -> ForecastWindow:
+        # The length a window needs depends on the model being served, which can change at
+        # any poll: check against the current one here, per request, before batching.
+        model = _SERVED.get("model")
+        if model is None:
+            return self
+        if self.site_id not in model.spec.options.get("sites", {}):
+            raise ValueError(
+                f"site_id {self.site_id!r} is unknown to {model.name} v{model.version} "
+                f"(known: {sorted(model.spec.options.get('sites', {}))})"
+            )
+        rows = readings_frame([r.model_dump() for r in self.readings], {"timestamp": "datetime"})
+        problem = window_problem(rows, "timestamp", model.spec.freq, model.required_readings)
+        if problem:
+            raise ValueError(f"readings: {problem}")
+        return self
+
+
+class ForecastOut(BaseModel):
+    site_id: str
+    origin: datetime = Field(description="Time of the last reading the forecast starts from")
+    model_version: str
+    timestamps: list[datetime]
+    forecast: list[float] = Field(description="AC power, W, one per timestamp")
+
+
+class StreamLine(BaseModel):
+    """One NDJSON line of the stream's answer: a forecast, an error or a notice."""
+
+    line: int | None = Field(None, description="The input line this answers")
+    site_id: str | None = None
+    origin: datetime | None = None
+    model_version: str | None = None
+    timestamps: list[datetime] | None = None
+    forecast: list[float] | None = None
+    error: str | None = None
+    notice: str | None = None
+
+
+# The model a worker serves, for the request validators above (one service per worker).
+_SERVED: dict[str, LoadedModel | None] = {"model": None}
+_METRICS: dict[str, Any] = {}
+
+
+def _metrics() -> dict[str, Any]:
+    """Prometheus metrics, created once per process and after BentoML set up multiprocess
+    collection (creating them at import would hide them from `/metrics`)."""
+    if not _METRICS:
+        from prometheus_client import Counter, Gauge, Histogram
+
+        _METRICS.update(
+            model_version=Gauge(
+                "loopline_model_version",
+                "Version of the model being served",
+                ["model", "alias"],
+                multiprocess_mode="liveall",
+            ),
+            swaps=Counter("loopline_model_swaps", "Model loads by outcome", ["outcome"]),
+            poll_errors=Counter("loopline_registry_poll_errors", "Failed alias polls"),
+            predictions=Counter("loopline_predictions", "Forecasts served", ["api", "version"]),
+            stream_errors=Counter("loopline_stream_errors", "Rejected stream lines", ["kind"]),
+            batch_size=Histogram(
+                "loopline_batch_size",
+                "Windows per model call",
+                ["api"],
+                buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            ),
+            latency=Histogram(
+                "loopline_inference_seconds",
+                "Features + model time per call",
+                ["api"],
+                buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            ),
+            log_dropped=Gauge(
+                "loopline_prediction_log_dropped",
+                "Predictions the log could not keep",
+                multiprocess_mode="liveall",
+            ),
+        )
+    return _METRICS
+
+
+stream_app = FastAPI(title="Loopline streaming")
+
+
+@bentoml.service(
+    name="loopline",
+    workers=_BOOT.workers,
+    traffic={"timeout": 3600},  # a stream stays open as long as its client sends readings
+)
+@bentoml.asgi_app(stream_app, path="/")
+class Forecaster:
+    """Live solar power forecasts from the registry's champion."""
+
+    def __init__(self) -> None:
+        root = find_project_root(os.environ.get("LOOPLINE_PROJECT"))
+        self.paths = ProjectPaths.at(root)
+        overrides = serve_env_overrides(dict(os.environ))
+        if self.paths.params_file.is_file():
+            params = load_params(self.paths.params_file, overrides)
+        else:
+            params = parse_params(apply_overrides({}, overrides))
+        self.settings = params.serve
+        self.model_name = params.served_model
+        self.alias = self.settings.alias
+        self.tracking_uri = self.paths.tracking_uri()
+        self.task = get_task(params.task)
+        self.threads = self.settings.threads or default_threads(self.settings.workers)
+        self.cache = self.paths.state / "serving-cache"
+        self.model: LoadedModel | None = None
+        self.not_ready_reason = "starting"
+        self.last_swap_error: dict[str, Any] | None = None
+        self.last_poll_error: dict[str, Any] | None = None
+        self.failed_versions: set[str] = set()
+        self.metrics = _metrics()
+        self.predictions = PredictionLog(
+            self.settings.prediction_log or f"sqlite:///{self.paths.state / 'predictions.db'}",
+            batch_size=self.settings.log_batch_size,
+            flush_interval_s=self.settings.log_flush_interval_s,
+            queue_size=self.settings.log_queue_size,
+        )
+        self._poller: asyncio.Task | None = None
+        self.refresh()
+
+    # ------------------------------------------------------------------ model lifecycle
+
+    def refresh(self) -> None:
+        """Re-resolve the alias; load, warm and check a new version, then swap it in.
+
+        Runs off the request path (start-up, then the poller's thread). Requests hold their
+        own reference to the model they started with, so in-flight ones finish on it.
+        """
+        current = self.model
+        try:
+            found = resolve_alias(self.tracking_uri, self.model_name, self.alias)
+        except RegistryUnavailable as error:
+            self.metrics["poll_errors"].inc()
+            self.last_poll_error = {"error": str(error), "at": _now()}
+            if current is None:
+                self.not_ready_reason = f"registry unreachable: {error}"
+            log.warning("alias poll failed, still serving %s: %s", _label(current), error)
+            return
+        self.last_poll_error = None
+        if found is None:
+            if current is None:
+                self.not_ready_reason = (
+                    f"no version of {self.model_name!r} has alias {self.alias!r} yet in "
+                    f"{self.tracking_uri} (run `loopline run` to publish one)"
+                )
+            return
+        version = str(found.version)
+        if current is not None and current.version == version:
+            return
+        if version in self.failed_versions:
+            return
+        try:
+            loaded = load_version(self.tracking_uri, found, self.alias, self.cache, self.threads)
+        except ModelLoadError as error:
+            self.failed_versions.add(version)
+            self.metrics["swaps"].labels("failed").inc()
+            self.last_swap_error = {"version": version, "error": str(error), "at": _now()}
+            if current is None:
+                self.not_ready_reason = f"{self.model_name} v{version} failed to load: {error}"
+            log.error("not swapping to v%s, still serving %s: %s", version, _label(current), error)
+            return
+        self.model = loaded
+        _SERVED["model"] = loaded
+        self.metrics["swaps"].labels("ok").inc()
+        self.metrics["model_version"].labels(self.model_name, self.alias).set(float(version))
+        log.warning("serving %s v%s (%s)", loaded.name, version, ", ".join(loaded.providers))
+
+    @bentoml.on_startup
+    async def _start_polling(self) -> None:
+        async def poll() -> None:
+            while True:
+                await asyncio.sleep(self.settings.poll_interval_s)
+                try:
+                    await asyncio.to_thread(self.refresh)
+                except Exception:  # never let one bad poll stop the watching
+                    log.exception("alias poll crashed")
+
+        self._poller = asyncio.create_task(poll())
+
+    @bentoml.on_shutdown
+    async def _stop(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+        await asyncio.to_thread(self.predictions.close)
+
+    def __is_ready__(self) -> bool:
+        if self.model is None:
+            # Raised rather than returned so /readyz says *why* (BentoML's own message for
+            # False does not).
+            raise HTTPException(status_code=503, detail=f"not ready: {self.not_ready_reason}")
+        return True
+
+    def _serving(self) -> LoadedModel:
+        model = self.model
+        if model is None:
+            raise bentoml.exceptions.ServiceUnavailable(f"not ready: {self.not_ready_reason}")
+        return model
+
+    def _log(self, api: str, model: LoadedModel, windows, forecasts, seconds: float) -> None:
+        per_item = seconds * 1000 / max(1, len(forecasts))
+        for window, forecast in zip(windows, forecasts, strict=True):
+            last = window.rows.iloc[-1]
+            self.predictions.put(
+                PredictionRecord(
+                    model_name=model.name,
+                    model_version=model.version,
+                    api=api,
+                    key=window.site_id,
+                    origin=forecast.origin.to_pydatetime(),
+                    inputs={
+                        "readings": len(window.rows),
+                        "first": window.rows["timestamp"].iloc[0].isoformat(),
+                        "last": {k: _plain(v) for k, v in last.items()},
+                    },
+                    output=[round(float(v), 3) for v in forecast.values],
+                    latency_ms=per_item,
+                )
+            )
+        self.metrics["predictions"].labels(api, model.version).inc(len(forecasts))
+        self.metrics["batch_size"].labels(api).observe(len(forecasts))
+        self.metrics["latency"].labels(api).observe(seconds)
+        self.metrics["log_dropped"].set(self.predictions.dropped)
+
+    def _forecast(self, api: str, model: LoadedModel, windows: list[Window]):
+        started = time.perf_counter()
+        forecasts = forecast_windows(self.task, model, windows)
+        self._log(api, model, windows, forecasts, time.perf_counter() - started)
+        return forecasts
+
+    # ------------------------------------------------------------------ APIs
+
+    @bentoml.api(
+        batchable=True,
+        max_batch_size=_BOOT.max_batch_size,
+        max_latency_ms=_BOOT.max_latency_ms,
+    )
+    def predict(self, windows: list[ForecastWindow]) -> list[ForecastOut]:
+        """Forecast complete windows: each holds the site's last `required_readings`
+        consecutive readings (see `/metadata`). Requests are batched adaptively."""
+        model = self._serving()
+        schema = self.task.schema
+        items = [
+            Window(w.site_id, readings_frame([r.model_dump() for r in w.readings], schema))
+            for w in windows
+        ]
+        try:
+            forecasts = self._forecast("predict", model, items)
+        except ValueError as error:
+            raise bentoml.exceptions.InvalidArgument(str(error)) from None
+        return [ForecastOut(**f.to_dict()) for f in forecasts]
+
+    @stream_app.get("/metadata")
+    def metadata(self) -> dict[str, Any]:
+        """The model being served and the state of the alias watch."""
+        model = self.model
+        return {
+            "ready": model is not None,
+            "not_ready_reason": None if model else self.not_ready_reason,
+            "model": model.describe() if model else None,
+            "tracking_uri": _redacted(self.tracking_uri),
+            "watching": {
+                "name": self.model_name,
+                "alias": self.alias,
+                "poll_interval_s": self.settings.poll_interval_s,
+            },
+            "last_swap_error": self.last_swap_error,
+            "last_poll_error": self.last_poll_error,
+            "prediction_log": self.predictions.stats(),
+        }
+
+    @stream_app.post(
+        "/stream",
+        response_class=StreamingResponse,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/x-ndjson": {"schema": SiteReading.model_json_schema()}},
+                "description": "One reading per line (NDJSON), for any number of sites.",
+            }
+        },
+        responses={
+            200: {
+                "content": {"application/x-ndjson": {"schema": StreamLine.model_json_schema()}},
+                "description": "One line per forecast (as soon as a site's window is "
+                "complete, per site in order), per rejected reading, and per notice.",
+            }
+        },
+    )
+    async def stream(self, request: Request):
+        """Live streaming inference: readings in, forecasts out, as they happen."""
+        if self.model is None:
+            return JSONResponse({"error": f"not ready: {self.not_ready_reason}"}, 503)
+        return DuplexStreamingResponse(self._answer(request), media_type="application/x-ndjson")
+
+    async def _answer(self, request: Request):
+        model = self.model
+        state = StreamWindows(self.task, model.spec, model.required_readings)
+        limit = self.settings.max_line_bytes
+        pending, line_no, skipping = b"", 0, False
+        async for chunk in request.stream():
+            pending += chunk
+            lines = pending.split(b"\n")
+            pending = lines.pop()
+            batch = []
+            for raw in lines:
+                line_no += 1
+                if skipping:  # the rest of an over-long line
+                    skipping = False
+                    continue
+                batch.append((line_no, raw))
+            if len(pending) > limit:
+                line_no += 1
+                batch.append((line_no, None))
+                pending, skipping = b"", True
+            if batch:
+                model = self._follow(state, model)
+                events = await asyncio.to_thread(self._answer_lines, state, model, batch)
+                yield "".join(events)
+        if pending.strip() and not skipping:
+            model = self._follow(state, model)
+            last = [(line_no + 1, pending)]
+            events = await asyncio.to_thread(self._answer_lines, state, model, last)
+            yield "".join(events)
+
+    def _follow(self, state: StreamWindows, model: LoadedModel) -> LoadedModel:
+        """Between chunks a stream moves to a hot-swapped model, keeping its readings."""
+        current = self.model or model
+        if current is not model:
+            state.resize(current.spec, current.required_readings)
+        return current
+
+    def _answer_lines(self, state: StreamWindows, model: LoadedModel, batch) -> list[str]:
+        answers: list[tuple[int, int, dict[str, Any]]] = []
+        ready: list[tuple[int, Window]] = []
+        for line, raw in batch:
+            if raw is None:
+                limit = self.settings.max_line_bytes
+                too_long = f"line longer than {limit} bytes (serve.max_line_bytes)"
+                answers.append((line, 0, _error(line, too_long)))
+                self.metrics["stream_errors"].labels("too_long").inc()
+                continue
+            if not raw.strip():
+                continue
+            try:
+                reading = SiteReading.model_validate_json(raw)
+            except ValidationError as error:
+                answers.append((line, 0, _error(line, _describe(error))))
+                self.metrics["stream_errors"].labels("malformed").inc()
+                continue
+            if reading.site_id not in model.spec.options.get("sites", {}):
+                message = f"site_id {reading.site_id!r} is unknown to {model.name} v{model.version}"
+                answers.append((line, 0, error_event(line, message, reading.site_id).payload))
+                self.metrics["stream_errors"].labels("unknown_site").inc()
+                continue
+            values = reading.model_dump()
+            values["timestamp"] = _utc(values["timestamp"])
+            window, event = state.push(values, line)
+            if event is not None:
+                answers.append((line, 0, event.payload))
+                if event.kind == "error":
+                    self.metrics["stream_errors"].labels("order").inc()
+            if window is not None:
+                ready.append((line, window))
+        if ready:
+            windows = [window for _, window in ready]
+            try:
+                forecasts = self._forecast("stream", model, windows)
+                for (line, _), forecast in zip(ready, forecasts, strict=True):
+                    answers.append((line, 1, {"line": line, **forecast.to_dict()}))
+            except ValueError as error:
+                for line, window in ready:
+                    answers.append((line, 1, error_event(line, str(error), window.site_id).payload))
+        answers.sort(key=lambda a: (a[0], a[1]))
+        return [json.dumps(payload, separators=(",", ":")) + "\n" for _, _, payload in answers]
+
+
+Forecaster.add_asgi_middleware(BodySizeLimit, limit=_BOOT.max_body_bytes, skip_paths=("/stream",))
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _label(model: LoadedModel | None) -> str:
+    return f"v{model.version}" if model else "nothing"
+
+
+def _plain(value: Any) -> Any:
+    return value.isoformat() if hasattr(value, "isoformat") else value
+
+
+def _error(line: int, message: str) -> dict[str, Any]:
+    return error_event(line, message).payload
+
+
+def _describe(error: ValidationError) -> str:
+    problems = []
+    for item in error.errors(include_url=False):
+        where = ".".join(str(p) for p in item["loc"])
+        problems.append(f"{where}: {item['msg']}" if where else item["msg"])
+    return "; ".join(problems)
+
+
+def _redacted(uri: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(uri).render_as_string(hide_password=True)
+    except Exception:
+        return uri.split("@")[-1] if "@" in uri else uri

@@ -1,0 +1,126 @@
+"""Serving fixtures: a project whose registry holds small real ONNX forecasters.
+
+The models are untrained (seeded) GRUs exported and registered through the same library
+calls the offline flow uses, which takes seconds instead of a flow run per version.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import TINY, write_project
+
+SITE = "greensboro"
+
+
+def publish_tiny_model(root: Path, seed: int, promote: bool = True, hidden: int = 8) -> str:
+    """Export an untrained forecaster and register it; returns its version."""
+    import mlflow
+    import torch
+
+    from loopline import registry
+    from loopline.config import load_params
+    from loopline.export import SPEC_KEY, export_and_check, onnx_session, run_onnx
+    from loopline.features import fit_normalization
+    from loopline.labeling import make_windows
+    from loopline.online import GOLDEN_FILE
+    from loopline.paths import ProjectPaths
+    from loopline.tasks import get_task
+
+    paths = ProjectPaths.at(root)
+    params = load_params(paths.params_file)
+    task = get_task("solar")
+    frame, spec = training_frame(params)
+    spec = fit_normalization(spec, frame).with_window(24)
+    torch.manual_seed(seed)
+    model = task.build_model(
+        {"hidden_size": hidden, "num_layers": 1, "dropout": 0.0, "cell": "gru"}, spec
+    )
+    golden = make_windows(task.add_labels(frame, spec), spec, 24).x[:8]
+    scratch = paths.state / "fixture" / str(seed)
+    scratch.mkdir(parents=True, exist_ok=True)
+    onnx_path = scratch / "model.onnx"
+    export_and_check(model, golden, onnx_path, {SPEC_KEY: spec.to_json()}, 1e-2, 1e-4)
+    (scratch / "feature_spec.json").write_text(spec.to_json())
+    (scratch / "params.json").write_text(json.dumps(params.to_dict()))
+    np.savez(scratch / GOLDEN_FILE, x=golden, y=run_onnx(onnx_session(onnx_path), golden))
+    uri = paths.tracking_uri()
+    experiment = registry.ensure_experiment(uri, "loopline-solar", paths.mlflow_artifacts)
+    run_id = mlflow.MlflowClient(uri).create_run(experiment).info.run_id
+    published = registry.log_onnx_model(
+        uri,
+        run_id,
+        onnx_path,
+        "solar",
+        [scratch / "feature_spec.json", scratch / "params.json", scratch / GOLDEN_FILE],
+        metadata={},
+        signature=None,
+        tags={"loopline.data_version": f"fixture-{seed}", "loopline.metric.test_rmse": "1.0"},
+    )
+    if promote:
+        registry.move_champion(uri, "solar", published.version, reason=f"fixture seed {seed}")
+    return published.version
+
+
+def training_frame(params):
+    from loopline.tasks import get_task
+
+    task = get_task("solar")
+    raw = task.load_builtin(params)
+    raw = raw[raw["timestamp"] < "2021-03-01"].reset_index(drop=True)
+    spec = task.new_feature_spec(params)
+    return task.add_features(raw, spec), spec
+
+
+@pytest.fixture(scope="session")
+def registry_template(tmp_path_factory):
+    """A project with two published versions, v2 the champion (built once per session)."""
+    root = write_project(tmp_path_factory.mktemp("serving") / "proj", TINY)
+    publish_tiny_model(root, seed=1)
+    publish_tiny_model(root, seed=2)
+    return root
+
+
+@pytest.fixture
+def served_project(registry_template, tmp_path, monkeypatch) -> Path:
+    """A private copy of the template project (its own registry database)."""
+    root = tmp_path / "proj"
+    shutil.copytree(registry_template, root)
+    for var in ("MLFLOW_TRACKING_URI", "LOOPLINE_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("LOOPLINE_PROJECT", str(root))
+    return root
+
+
+def raw_readings(start: str, hours: int, site: str = SITE):
+    """Raw builtin rows of one site as reading dicts (JSON-ready)."""
+    from loopline.config import parse_params
+    from loopline.tasks import get_task
+
+    params = parse_params(TINY)
+    raw = get_task("solar").load_builtin(params)
+    raw = raw[(raw["site_id"] == site) & (raw["timestamp"] >= start)].head(hours)
+    rows = []
+    for record in raw.to_dict("records"):
+        record["timestamp"] = record["timestamp"].isoformat()
+        rows.append(record)
+    return rows
+
+
+_APP = {}
+
+
+def service_app():
+    """The service's ASGI app, built once per process: BentoML registers its Prometheus
+    metrics when the app is built, and a second build would register them twice. Each
+    TestClient still starts a fresh service instance (its lifespan runs `__init__`)."""
+    if "app" not in _APP:
+        from serving.service import Forecaster
+
+        _APP["app"] = Forecaster.to_asgi()
+    return _APP["app"]
