@@ -138,6 +138,171 @@ def models(
                 )
 
 
+@app.command()
+def serve(
+    project: ProjectOption = None,
+    model: Annotated[str | None, typer.Option(help="Registered model (default: params).")] = None,
+    alias: Annotated[str | None, typer.Option(help="Alias to serve and follow.")] = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 3000,
+    workers: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
+    poll_interval: Annotated[
+        float | None, typer.Option(help="Seconds between alias checks (hot swap).")
+    ] = None,
+) -> None:
+    """Serve the registry's champion (bentoml serve): predict, stream, metadata, metrics."""
+    import os
+    import shutil
+
+    from loopline.config import SERVE_ENV_PREFIX, load_params, serve_env_overrides
+
+    paths = _paths(project)
+    chosen = {"model": model, "alias": alias, "workers": workers, "poll_interval_s": poll_interval}
+    overrides = [f"serve.{k}={v}" for k, v in chosen.items() if v is not None]
+    try:
+        params = load_params(paths.params_file, serve_env_overrides(dict(os.environ)) + overrides)
+    except LooplineError as error:
+        _fail(error)
+    env = dict(os.environ)
+    # The service reads these at import (decorator arguments) and at start-up.
+    for key, value in params.serve.model_dump().items():
+        if value is not None:
+            env[f"{SERVE_ENV_PREFIX}{key.upper()}"] = str(value)
+    env.setdefault(f"{SERVE_ENV_PREFIX}MODEL", params.served_model)
+    env["LOOPLINE_PROJECT"] = str(paths.root)
+    env.setdefault("BENTOML_HOME", str(paths.state / "bentoml"))
+    env.setdefault("BENTOML_DO_NOT_TRACK", "true")
+    bentoml = shutil.which("bentoml") or str(Path(sys.executable).with_name("bentoml"))
+    service_dir = Path(__file__).resolve().parents[2]
+    command = [bentoml, "serve", "serving.service:Forecaster", "--host", host, "--port", str(port)]
+    if (service_dir / "serving" / "service.py").is_file():
+        command += ["--working-dir", str(service_dir)]
+    console.print(
+        f"[bold]Serving[/] {params.served_model}@{params.serve.alias} from "
+        f"{paths.tracking_uri()} on http://{host}:{port}"
+    )
+    # exec: the server gets signals (Ctrl-C, docker stop) directly and shuts down cleanly.
+    os.execvpe(command[0], command, env)
+
+
+def _replay_rows(paths, source: str | None, warmup: int, limit: int | None):
+    """Held-out rows of the source (the test share of a chronological split), each site's
+    last `warmup` earlier readings first so forecasts start at the held-out period."""
+    from loopline.config import load_params
+    from loopline.ingest import read_source
+    from loopline.split import chronological_split
+    from loopline.tasks import get_task
+
+    overrides = [f"ingest.source={source}"] if source else []
+    params = load_params(paths.params_file, overrides)
+    task = get_task(params.task)
+    frame = read_source(params, task, paths.root)
+    frame = chronological_split(frame, params.split, task.time_column, params.features.freq, 0)
+    test_start = frame.loc[frame["split"] == "test", task.time_column].min()
+    parts = []
+    for _, rows in frame.groupby("site_id", sort=True):
+        rows = rows.sort_values(task.time_column)
+        before = rows[rows[task.time_column] < test_start].tail(warmup)
+        parts += [before, rows[rows[task.time_column] >= test_start]]
+    import pandas as pd
+
+    replay = pd.concat(parts).sort_values([task.time_column, "site_id"])
+    replay = replay[list(task.schema)]
+    if limit:
+        replay = replay.head(limit)
+    for record in replay.to_dict("records"):
+        record[task.time_column] = record[task.time_column].isoformat()
+        yield record
+
+
+@app.command()
+def stream(
+    project: ProjectOption = None,
+    url: Annotated[str, typer.Option(help="The service's base URL.")] = "http://127.0.0.1:3000",
+    source: Annotated[
+        str | None, typer.Option(help="Source to replay (default: params ingest.source).")
+    ] = None,
+    rate: Annotated[
+        str, typer.Option(help="Readings per second: 20/s, 600/min, 0 = max.")
+    ] = "20/s",
+    limit: Annotated[int | None, typer.Option(help="Stop after this many readings.")] = None,
+    warmup: Annotated[int, typer.Option(help="Readings per site before the held-out part.")] = 72,
+) -> None:
+    """Replay the source's held-out readings to a running service; print live forecasts."""
+    import asyncio
+
+    from loopline.stream_client import parse_rate, stream_readings
+
+    paths = _paths(project)
+    try:
+        per_second = parse_rate(rate)
+    except ValueError as error:
+        _fail(error)
+    out = Console()
+
+    def show(answer: dict) -> None:
+        if "forecast" in answer:
+            values = answer["forecast"]
+            peak = max(range(len(values)), key=values.__getitem__)
+            out.print(
+                f"{answer['site_id']:<12} {answer['origin'][:16]}  v{answer['model_version']}  "
+                f"next 6 h: {' '.join(f'{v:5.0f}' for v in values[:6])} W  "
+                f"peak {values[peak]:.0f} W at {answer['timestamps'][peak][11:16]}"
+            )
+        elif "error" in answer:
+            out.print(f"[red]line {answer.get('line')}: {answer['error']}[/]")
+        else:
+            out.print(f"[yellow]line {answer.get('line')}: {answer.get('notice')}[/]")
+
+    try:
+        rows = _replay_rows(paths, source, warmup, limit)
+        stats = asyncio.run(stream_readings(url, rows, show, rate=per_second))
+    except (LooplineError, ValueError) as error:
+        _fail(error)
+    versions = sorted(set(stats.versions), key=lambda v: int(v) if v.isdigit() else 0)
+    console.print(
+        f"sent {stats.sent} readings · {stats.forecasts} forecasts · {stats.errors} errors · "
+        f"model versions {', '.join(versions) or '-'}"
+    )
+
+
+def _move(project, model: str, version: str | None, reason: str, action: str) -> None:
+    from loopline import registry
+
+    paths = _paths(project)
+    try:
+        entry = registry.move_champion(
+            paths.tracking_uri(), model, version, reason=reason, action=action
+        )
+    except LooplineError as error:
+        _fail(error)
+    before = f"v{entry['from']}" if entry["from"] else "(none)"
+    console.print(f"[bold green]{model}[/] champion {before} → v{entry['to']} ({action})")
+    typer.echo(json.dumps(entry))
+
+
+@app.command()
+def rollback(
+    model: Annotated[str, typer.Argument(help="Registered model name, e.g. solar.")],
+    to: Annotated[str | None, typer.Option("--to", help="Version to roll back to.")] = None,
+    reason: Annotated[str, typer.Option(help="Why (kept in the history).")] = "manual rollback",
+    project: ProjectOption = None,
+) -> None:
+    """Move `champion` back to the previous champion (or --to VERSION); services follow."""
+    _move(project, model, to, reason, "rollback_to" if to else "rollback")
+
+
+@app.command()
+def promote(
+    model: Annotated[str, typer.Argument(help="Registered model name, e.g. solar.")],
+    version: Annotated[str, typer.Argument(help="Version to make champion.")],
+    reason: Annotated[str, typer.Option(help="Why (kept in the history).")] = "manual promotion",
+    project: ProjectOption = None,
+) -> None:
+    """Make any registered version the champion; services follow within their poll interval."""
+    _move(project, model, version, reason, "promote")
+
+
 def main() -> None:  # pragma: no cover - console entry for `python -m loopline.cli`
     sys.exit(app())
 
