@@ -1,27 +1,69 @@
-# Loopline image: the offline flow (default) on the locked dependencies, CPU only.
-# The serving image (BentoML service, CUDA build argument) completes this file later.
-#   docker build -t loopline . && docker run --rm -v "$PWD/.loopline:/app/.loopline" loopline
-FROM python:3.11-slim
+# Loopline serving image: the BentoML service (serving/service.py) on the locked dependencies,
+# serving the registry's champion on port 3000 (/predict /stream /metadata /livez /readyz
+# /metrics). Build and run:
+#   docker build -t loopline-serve .
+#   docker build --build-arg RUNTIME=cuda -t loopline-serve:cuda .
+#   docker run -p 3000:3000 -e MLFLOW_TRACKING_URI=http://mlflow:5000 loopline-serve
+# (GPU: docker run --gpus all ... loopline-serve:cuda). Settings: params.yaml's `serve:`
+# section, overridden per container with LOOPLINE_SERVE_<KEY>, e.g. -e LOOPLINE_SERVE_ALIAS=
+# challenger or -e LOOPLINE_SERVE_PREDICTION_LOG=postgresql+psycopg://...
+#
+# RUNTIME picks the base: cpu (python:3.11-slim, onnxruntime) or cuda (CUDA + cuDNN runtime,
+# onnxruntime-gpu in place of onnxruntime). onnxruntime-gpu 1.31.1 on PyPI is built for
+# CUDA 13 and cuDNN 9 (its capi/version_info.py says cuda_version = '13.0'), hence the CUDA 13
+# base; the host needs an NVIDIA driver for CUDA 13 and the NVIDIA container toolkit.
+ARG RUNTIME=cpu
 
-ENV PYTHONDONTWRITEBYTECODE=1 \
+FROM python:3.11-slim AS base-cpu
+ENV ONNXRUNTIME=onnxruntime==1.32.0
+RUN python3.11 -m venv /opt/venv
+
+FROM nvidia/cuda:13.0.1-cudnn-runtime-ubuntu22.04 AS base-cuda
+ARG DEBIAN_FRONTEND=noninteractive
+# Versions are pinned by the base image's Ubuntu release (jammy's python3.11).
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3.11 python3.11-venv \
+    && rm -rf /var/lib/apt/lists/* \
+    && python3.11 -m venv /opt/venv
+ENV ONNXRUNTIME=onnxruntime-gpu==1.31.1
+
+# hadolint ignore=DL3006
+FROM base-${RUNTIME}
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends git \
-    && rm -rf /var/lib/apt/lists/*
-
 WORKDIR /app
 COPY requirements.lock ./
-# The CPU build of torch from PyTorch's own index: PyPI's build pulls gigabytes of CUDA.
+# torch first, the CPU build from PyTorch's own index (PyPI's pulls gigabytes of CUDA; the
+# service runs ONNX Runtime, torch only comes with the shared library code). Then the lock,
+# with the runtime's onnxruntime build ($ONNXRUNTIME) in place of the locked CPU one.
 RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
-    && pip install -r requirements.lock
+    && grep -v '^onnxruntime==' requirements.lock > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt "$ONNXRUNTIME" \
+    && rm /tmp/requirements.txt
 
-COPY . .
+COPY pyproject.toml README.md params.yaml ./
+COPY src ./src
+COPY pipelines ./pipelines
+COPY serving ./serving
 RUN pip install --no-deps -e . \
-    && useradd --create-home --uid 1000 loopline \
-    && chown -R loopline /app
-USER loopline
+    && groupadd --system --gid 10001 loopline \
+    && useradd --system --uid 10001 --gid loopline --no-create-home \
+        --home-dir /var/lib/loopline --shell /usr/sbin/nologin loopline \
+    && mkdir -p /var/lib/loopline \
+    && chown loopline:loopline /var/lib/loopline
 
-CMD ["loopline", "run"]
+# The state folder (default MLflow store, BentoML home) lives outside the read-only code.
+ENV LOOPLINE_HOME=/var/lib/loopline \
+    BENTOML_DO_NOT_TRACK=true
+USER 10001:10001
+
+EXPOSE 3000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:3000/livez', timeout=4)"]
+# `loopline serve` execs `bentoml serve serving.service:Forecaster`: signals reach the server.
+CMD ["loopline", "serve", "--host", "0.0.0.0", "--port", "3000"]

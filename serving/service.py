@@ -178,6 +178,7 @@ class Forecaster:
     def __init__(self) -> None:
         root = find_project_root(os.environ.get("LOOPLINE_PROJECT"))
         self.paths = ProjectPaths.at(root)
+        self.paths.state.mkdir(parents=True, exist_ok=True)
         overrides = serve_env_overrides(dict(os.environ))
         if self.paths.params_file.is_file():
             params = load_params(self.paths.params_file, overrides)

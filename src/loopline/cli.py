@@ -239,6 +239,7 @@ def stream(
     except ValueError as error:
         _fail(error)
     out = Console()
+    out = out if out.is_terminal else Console(width=200)
 
     def show(answer: dict) -> None:
         if "forecast" in answer:

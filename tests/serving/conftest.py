@@ -112,15 +112,22 @@ def raw_readings(start: str, hours: int, site: str = SITE):
     return rows
 
 
-_APP = {}
-
-
 def service_app():
-    """The service's ASGI app, built once per process: BentoML registers its Prometheus
-    metrics when the app is built, and a second build would register them twice. Each
-    TestClient still starts a fresh service instance (its lifespan runs `__init__`)."""
-    if "app" not in _APP:
-        from serving.service import Forecaster
+    """A fresh ASGI app of the service for one TestClient.
 
-        _APP["app"] = Forecaster.to_asgi()
-    return _APP["app"]
+    Each TestClient runs its own event loop, and BentoML's adaptive-batching dispatcher
+    binds to the loop that first uses it, so every client needs its own app. BentoML also
+    registers its request metrics globally when an app is built: drop the previous app's
+    first, or the second build fails on duplicate metric names (one app per process in
+    production, so this only concerns tests).
+    """
+    import prometheus_client
+
+    from serving.service import Forecaster
+
+    registry = prometheus_client.REGISTRY
+    for collector in list(registry._collector_to_names):
+        names = registry._collector_to_names[collector]
+        if any(name.startswith("bentoml_") for name in names):
+            registry.unregister(collector)
+    return Forecaster.to_asgi()
