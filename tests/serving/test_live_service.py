@@ -1,0 +1,132 @@
+"""The service for real: the Docker image's start command, outside Docker, on loopback.
+
+A client streams readings continuously while operators run `loopline rollback` and
+`loopline promote`: no request fails, and the version in the answers follows the alias
+within the poll interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.serving.conftest import SITE, raw_readings
+from tests.serving.test_packaging import docker_cmd
+
+BIN = Path(sys.executable).parent
+POLL_S = 1.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def live_service(served_project):
+    """`loopline serve` started with the image's CMD, host set to loopback."""
+    command = docker_cmd()
+    port = free_port()
+    command[command.index("--host") + 1] = "127.0.0.1"
+    command[command.index("--port") + 1] = str(port)
+    command[0] = str(BIN / command[0])
+    command += ["--poll-interval", str(POLL_S)]
+    log = open(served_project / "serve.log", "wb")  # noqa: SIM115 - closed below
+    process = subprocess.Popen(command, cwd=served_project, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            log.close()
+            pytest.fail(f"service did not start:\n{(served_project / 'serve.log').read_text()}")
+        time.sleep(0.5)
+    yield url
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    log.close()
+
+
+def cli(project: Path, *args: str) -> float:
+    """Run a `loopline` command; returns the time it finished."""
+    done = subprocess.run(
+        [str(BIN / "loopline"), *args], cwd=project, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return time.monotonic()
+
+
+def test_streaming_through_rollback_and_promote(live_service, served_project):
+    from loopline.stream_client import stream_readings
+
+    readings = raw_readings("2021-03-01", 24 * 40)
+    answers: list[tuple[float, dict]] = []
+    predict_failures: list[str] = []
+    stop = threading.Event()
+
+    def stream() -> None:
+        asyncio.run(
+            stream_readings(
+                live_service, readings, lambda a: answers.append((time.monotonic(), a)), rate=40
+            )
+        )
+
+    def predict_loop() -> None:
+        window = [{k: v for k, v in r.items() if k != "site_id"} for r in readings[:48]]
+        with httpx.Client(timeout=30) as client:
+            while not stop.is_set():
+                response = client.post(
+                    f"{live_service}/predict",
+                    json={"windows": [{"site_id": SITE, "readings": window}]},
+                )
+                if response.status_code != 200:
+                    predict_failures.append(response.text)
+                time.sleep(0.05)
+
+    streamer = threading.Thread(target=stream)
+    predictor = threading.Thread(target=predict_loop)
+    streamer.start()
+    predictor.start()
+    time.sleep(3)
+    rolled_back = cli(served_project, "rollback", "solar", "--reason", "live test")
+    time.sleep(3)
+    promoted = cli(served_project, "promote", "solar", "2", "--reason", "live test")
+    streamer.join(120)
+    stop.set()
+    predictor.join(30)
+
+    assert not predict_failures
+    errors = [a for _, a in answers if "error" in a]
+    assert not errors
+    forecasts = [(t, a["model_version"]) for t, a in answers if "forecast" in a]
+    assert len(forecasts) == len(readings) - 48 + 1  # every complete window answered
+    versions = [v for _, v in forecasts]
+    # 2 → 1 → 2, in that order, each change within the poll interval (plus the swap).
+    changes = [versions[0]] + [b for a, b in itertools.pairwise(versions) if a != b]
+    assert changes == ["2", "1", "2"], changes
+    first_v1 = next(t for t, v in forecasts if v == "1")
+    back_to_v2 = next(t for t, v in forecasts if t > first_v1 and v == "2")
+    assert first_v1 - rolled_back <= POLL_S + 2.0
+    assert back_to_v2 - promoted <= POLL_S + 2.0
+
+    metrics = httpx.get(f"{live_service}/metrics").text
+    assert "loopline_model_version" in metrics and "loopline_predictions_total" in metrics
+    assert "bentoml_service_request_total" in metrics
