@@ -44,7 +44,10 @@ bench: setup ## Run the benchmarks (prints side-by-side ratios)
 
 lock: ## Re-resolve requirements.lock from requirements.in (uv)
 	$(BIN)/pip install --quiet uv
-	$(BIN)/uv pip compile requirements.in --python-version 3.11 --find-links /opt/wheels -o requirements.lock
+	# Resolve against the CPU torch wheel: the registry's torch pulls gigabytes of CUDA wheels.
+	echo "torch==2.13.0+cpu" > $(VENV)/torch-cpu.txt
+	$(BIN)/uv pip compile requirements.in --python-version 3.11 --find-links /opt/wheels \
+		--override $(VENV)/torch-cpu.txt -o requirements.lock
 	sed -i 's/^torch==\(.*\)+cpu/torch==\1/' requirements.lock
 
 clean: ## Remove the state folder (MLflow store, Prefect home, DVC remote) and data
