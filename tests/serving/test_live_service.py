@@ -130,3 +130,18 @@ def test_streaming_through_rollback_and_promote(live_service, served_project):
     metrics = httpx.get(f"{live_service}/metrics").text
     assert "loopline_model_version" in metrics and "loopline_predictions_total" in metrics
     assert "bentoml_service_request_total" in metrics
+
+
+def test_loopline_stream_replays_held_out_data_with_live_forecasts(live_service, served_project):
+    done = subprocess.run(
+        [str(BIN / "loopline"), "stream", "--url", live_service, "--rate", "0", "--limit", "60"],
+        cwd=served_project,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr
+    forecasts = [line for line in done.stdout.splitlines() if line.startswith(SITE)]
+    # 60 readings, of which the first 48 fill the window: 13 forecasts, all from v2
+    assert len(forecasts) == 13 and all(" v2 " in line for line in forecasts), done.stdout
+    assert "sent 60 readings · 13 forecasts · 0 errors · model versions 2" in done.stderr
