@@ -126,3 +126,52 @@ def test_models_command_lists_history(fresh_project):
     root, env = fresh_project
     done = sh(LOOPLINE, "models", "--history", cwd=root, env=env)
     assert "champion" in done.stdout and "v1" in done.stderr
+
+
+def test_the_published_champion_serves_live_forecasts(fresh_project):
+    """Offline → online: `loopline serve` loads the flow's champion and streams forecasts."""
+    import signal
+    import socket
+    import time
+
+    import httpx
+
+    root, env = fresh_project
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [LOOPLINE, "serve", "--port", str(port)],
+        cwd=root,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, "serve did not start"
+            time.sleep(0.5)
+        meta = httpx.get(f"{url}/metadata").json()["model"]
+        listing = json.loads(sh(LOOPLINE, "models", "--json", cwd=root, env=env).stdout)
+        assert meta["version"] == "1"
+        assert meta["data_version"] == listing["versions"][0]["data_version"]
+        done = sh(
+            LOOPLINE, "stream", "--url", url, "--rate", "0", "--limit", "120", cwd=root, env=env
+        )
+        forecasts = [line for line in done.stdout.splitlines() if line.startswith("greensboro")]
+        assert forecasts and all(" v1 " in line for line in forecasts)
+        assert " 0 errors" in done.stderr
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(60)
+    from loopline.predlog import read_predictions
+
+    logged = read_predictions(f"sqlite:///{root / '.loopline' / 'predictions.db'}")
+    assert len(logged) == len(forecasts) and {r["model_version"] for r in logged} == {"1"}
