@@ -34,13 +34,24 @@ def shifted_values(
     Positive steps look ahead (labels), negative steps look back (lags).
     """
     out = np.full(len(frame), np.nan)
-    offset = pd.Timedelta(freq) * steps
-    for _, rows in frame.groupby(group, sort=False):
-        stamps = utc_values(rows[time])
-        series = pd.Series(rows[column].to_numpy(dtype=np.float64), index=stamps)
-        series = series[~series.index.duplicated()]
-        wanted = stamps + offset.to_timedelta64()
-        out[frame.index.get_indexer(rows.index)] = series.reindex(wanted).to_numpy()
+    if frame.empty:
+        return out
+    # numpy per group instead of pandas: the service computes a batch of windows as one
+    # group each, and pandas' per-call overhead would then dominate each forecast.
+    codes, uniques = pd.factorize(frame[group].to_numpy())
+    stamps = utc_values(frame[time]).astype(np.int64)
+    values = frame[column].to_numpy(dtype=np.float64)
+    wanted = stamps + (pd.Timedelta(freq) * steps).value
+    order = np.lexsort((stamps, codes))  # stable: among duplicates the first row wins
+    sorted_codes, sorted_stamps = codes[order], stamps[order]
+    bounds = np.searchsorted(sorted_codes, np.arange(len(uniques) + 1))
+    for code in range(len(uniques)):
+        lo, hi = bounds[code], bounds[code + 1]
+        rows = order[lo:hi]
+        block = sorted_stamps[lo:hi]
+        found = np.minimum(np.searchsorted(block, wanted[rows]), hi - lo - 1)
+        hit = block[found] == wanted[rows]
+        out[rows[hit]] = values[order[lo + found[hit]]]
     return out
 
 

@@ -100,18 +100,19 @@ def clearsky_power(
         return np.zeros(0)
     system = PVSystemParams.model_validate(system).model_dump()
     site_key, system_key = json.dumps(site, sort_keys=True), json.dumps(system, sort_keys=True)
-    step = pd.Timedelta(freq)
-    naive = times.tz_convert(None)
-    months = naive.to_period("M").to_timestamp()
-    # pandas 3 may keep microseconds: take nanoseconds explicitly, not `.asi8`.
-    phases = np.asarray(naive - naive.floor(step), dtype="timedelta64[ns]").astype(np.int64)
+    step = pd.Timedelta(freq).value
+    # Nanoseconds explicitly: pandas 3 may keep microseconds, and numpy is cheaper than a
+    # pandas groupby on the few (month, phase) blocks a call touches.
+    ns = times.tz_convert(None).as_unit("ns").asi8
+    months = ns.astype("datetime64[ns]").astype("datetime64[M]").astype("datetime64[ns]")
+    month_ns = months.astype(np.int64)
+    phases = (ns - month_ns) % step
     out = np.empty(len(times))
-    for (month, phase), where in pd.Series(np.arange(len(times))).groupby([months, phases]):
-        block = _clearsky_month(
-            site_key, system_key, pd.Timestamp(month).value, int(phase), step.value
-        )
-        offsets = (naive[where.to_numpy()] - pd.Timestamp(month) - pd.Timedelta(phase)) // step
-        out[where.to_numpy()] = block[np.asarray(offsets, dtype=np.int64)]
+    blocks = np.stack([month_ns, phases], axis=1)
+    for month, phase in np.unique(blocks, axis=0):
+        where = (month_ns == month) & (phases == phase)
+        block = _clearsky_month(site_key, system_key, int(month), int(phase), step)
+        out[where] = block[(ns[where] - month - phase) // step]
     return out
 
 
@@ -222,36 +223,44 @@ class SolarTask:
         step = pd.Timedelta(spec.freq)
         clearsky = np.full(len(frame), np.nan)
         leads = {k: np.full(len(frame), np.nan) for k in spec.options["clearsky_leads"]}
-        for site_id, rows in frame.groupby("site_id", sort=False):
-            if site_id not in sites:
-                raise ValueError(f"site {site_id!r} has no location in the feature spec")
-            times = pd.DatetimeIndex(rows["timestamp"])
-            clearsky[rows.index] = clearsky_power(times, sites[site_id], system, spec.freq)
+        unknown = sorted(set(frame["site_id"].unique()) - set(sites))
+        if unknown:
+            raise ValueError(f"site {unknown[0]!r} has no location in the feature spec")
+        # One clear-sky lookup per location, not per site id: the service passes a batch of
+        # windows as one group each, all at the same few locations.
+        locations = {s: json.dumps(loc, sort_keys=True) for s, loc in sites.items()}
+        codes, keys = pd.factorize(frame["site_id"].map(locations).to_numpy())
+        stamps = pd.DatetimeIndex(frame["timestamp"])
+        for code, location in enumerate(keys):
+            where = np.flatnonzero(codes == code)
+            site = json.loads(location)
+            clearsky[where] = clearsky_power(stamps[where], site, system, spec.freq)
             for k in leads:
-                leads[k][rows.index] = clearsky_power(
-                    times + step * k, sites[site_id], system, spec.freq
-                )
+                leads[k][where] = clearsky_power(stamps[where] + step * k, site, system, spec.freq)
         # Local solar time would need the longitude; UTC hour + season is enough for a
         # model that also sees clear-sky power, which carries the site's own sun path.
-        hour = frame["timestamp"].dt.hour + frame["timestamp"].dt.minute / 60
-        doy = frame["timestamp"].dt.dayofyear
+        hour = (stamps.hour + stamps.minute / 60).to_numpy()
+        doy = stamps.dayofyear.to_numpy()
         # Measured / clear-sky power: the cloudiness the notes' smart persistence carries
         # forward. Below 50 W of clear-sky power (dawn, dusk, night) the ratio is noise: 0.
-        index = np.where(clearsky >= 50.0, frame["power_w"] / np.maximum(clearsky, 50.0), 0.0)
-        out = frame.assign(
-            clearsky_w=clearsky,
-            clearsky_index=np.clip(index, 0.0, 1.5),
-            hour_sin=np.sin(2 * np.pi * hour / 24),
-            hour_cos=np.cos(2 * np.pi * hour / 24),
-            doy_sin=np.sin(2 * np.pi * doy / 365.25),
-            doy_cos=np.cos(2 * np.pi * doy / 365.25),
-        )
+        power = frame["power_w"].to_numpy(dtype=np.float64)
+        index = np.where(clearsky >= 50.0, power / np.maximum(clearsky, 50.0), 0.0)
+        columns = {
+            "clearsky_w": clearsky,
+            "clearsky_index": np.clip(index, 0.0, 1.5),
+            "hour_sin": np.sin(2 * np.pi * hour / 24),
+            "hour_cos": np.cos(2 * np.pi * hour / 24),
+            "doy_sin": np.sin(2 * np.pi * doy / 365.25),
+            "doy_cos": np.cos(2 * np.pi * doy / 365.25),
+        }
         for k in spec.options["lags"]:
-            out[f"power_lag_{k}"] = shifted_values(
-                out, "power_w", -k, "site_id", "timestamp", spec.freq
+            columns[f"power_lag_{k}"] = shifted_values(
+                frame, "power_w", -k, "site_id", "timestamp", spec.freq
             )
         for k, values in leads.items():
-            out[f"clearsky_lead_{k}"] = values
+            columns[f"clearsky_lead_{k}"] = values
+        # One concat, not a column insert per feature (pandas' per-insert cost adds up).
+        out = pd.concat([frame, pd.DataFrame(columns, index=frame.index)], axis=1)
         return out
 
     def add_labels(self, frame: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
