@@ -92,8 +92,8 @@ class ForecastWindow(BaseModel):
                 f"site_id {self.site_id!r} is unknown to {model.name} v{model.version} "
                 f"(known: {sorted(model.spec.options.get('sites', {}))})"
             )
-        rows = readings_frame([r.model_dump() for r in self.readings], {"timestamp": "datetime"})
-        problem = window_problem(rows, "timestamp", model.spec.freq, model.required_readings)
+        times = [_utc(r.timestamp) for r in self.readings]
+        problem = window_problem(times, model.spec.freq, model.required_readings)
         if problem:
             raise ValueError(f"readings: {problem}")
         return self
@@ -287,7 +287,7 @@ class Forecaster:
     def _log(self, api: str, model: LoadedModel, windows, forecasts, seconds: float) -> None:
         per_item = seconds * 1000 / max(1, len(forecasts))
         for window, forecast in zip(windows, forecasts, strict=True):
-            last = window.rows.iloc[-1]
+            last = {column: window.rows[column].iat[-1] for column in window.rows.columns}
             self.predictions.put(
                 PredictionRecord(
                     model_name=model.name,
@@ -328,7 +328,7 @@ class Forecaster:
         model = self._serving()
         schema = self.task.schema
         items = [
-            Window(w.site_id, readings_frame([r.model_dump() for r in w.readings], schema))
+            Window(w.site_id, readings_frame([r.__dict__ for r in w.readings], schema))
             for w in windows
         ]
         try:

@@ -219,7 +219,9 @@ class ServeParams(Section):
     workers: Positive = 1
     threads: Annotated[int, Field(ge=0)] = 0  # onnxruntime threads per worker; 0 = cores/workers
     max_batch_size: Positive = 64  # adaptive batching of `predict`
-    max_latency_ms: Positive = 50
+    # Adaptive batching sheds requests it expects to finish later than this (503): with
+    # features at ~3 ms per window, a tight bound rejects most requests under load.
+    max_latency_ms: Positive = 2000
     max_body_bytes: Positive = 8 * 1024 * 1024  # larger request bodies get 413
     max_line_bytes: Positive = 64 * 1024  # longer NDJSON lines in `stream` get an error line
     prediction_log: str | None = None  # SQLAlchemy URL; default: SQLite in the state folder

@@ -8,6 +8,7 @@ the feature spec saved with the model, the very code the offline process trained
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -325,16 +326,19 @@ def forecast_windows(task, model: LoadedModel, windows: list[Window]) -> list[Fo
     return out
 
 
-def window_problem(rows: pd.DataFrame, time_column: str, freq: str, required: int) -> str | None:
-    """Why `rows` is not a complete window (None when it is)."""
-    if len(rows) < required:
-        return f"needs {required} consecutive readings, got {len(rows)}"
-    times = pd.DatetimeIndex(rows[time_column])
-    steps = np.diff(times.asi8 if times.unit == "ns" else times.as_unit("ns").asi8)
-    if (steps <= 0).any():
-        return "readings must be in strictly increasing time order"
-    if (steps != pd.Timedelta(freq).value).any():
-        return f"readings must be consecutive, one every {freq}"
+def window_problem(times: list[datetime], freq: str, required: int) -> str | None:
+    """Why readings at `times` (oldest first) are not a complete window (None when they are).
+
+    Plain datetimes, not pandas: this runs on every request before it is batched.
+    """
+    if len(times) < required:
+        return f"needs {required} consecutive readings, got {len(times)}"
+    step = pd.Timedelta(freq).to_pytimedelta()
+    for n, (before, after) in enumerate(itertools.pairwise(times), start=1):
+        if after <= before:
+            return f"readings must be in strictly increasing time order (reading {n})"
+        if after - before != step:
+            return f"readings must be consecutive, one every {freq} (gap before reading {n})"
     return None
 
 
@@ -411,13 +415,16 @@ def error_event(line: int, message: str, site: str | None = None) -> StreamEvent
 
 
 def readings_frame(readings: list[Mapping[str, Any]], schema: Mapping[str, str]) -> pd.DataFrame:
-    """Raw readings as a frame of the task's columns, timestamps as UTC."""
-    frame = pd.DataFrame(list(readings))
+    """Raw readings as a frame of the task's columns (those present), timestamps in UTC."""
+    columns = {}
     for column, kind in schema.items():
-        if column not in frame:
+        if readings and column not in readings[0]:
             continue
+        values = [r[column] for r in readings]
         if kind == "datetime":
-            frame[column] = pd.to_datetime(frame[column], utc=True)
+            columns[column] = pd.to_datetime(values, utc=True)
         elif kind == "float":
-            frame[column] = frame[column].astype(np.float64)
-    return frame
+            columns[column] = np.asarray(values, dtype=np.float64)
+        else:
+            columns[column] = values
+    return pd.DataFrame(columns)
