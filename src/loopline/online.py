@@ -361,6 +361,7 @@ class StreamWindows:
 
     def __init__(self, task, spec: FeatureSpec, required: int):
         self.task, self.spec, self.required = task, spec, required
+        self.schema = task.schema
         self.step = pd.Timedelta(spec.freq)
         self.buffers: dict[str, deque[dict[str, Any]]] = {}
         self.last: dict[str, pd.Timestamp] = {}
@@ -403,8 +404,12 @@ class StreamWindows:
         self.last[site] = time
         if len(buffer) < self.required:
             return None, notice
-        rows = pd.DataFrame(list(buffer)).drop(columns=[self.spec.group_column])
-        return Window(site, rows), notice
+        columns = {
+            column: [r[column] for r in buffer]
+            for column in self.schema
+            if column != self.spec.group_column
+        }
+        return Window(site, readings_frame_columns(columns, self.schema)), notice
 
 
 def error_event(line: int, message: str, site: str | None = None) -> StreamEvent:
@@ -416,15 +421,22 @@ def error_event(line: int, message: str, site: str | None = None) -> StreamEvent
 
 def readings_frame(readings: list[Mapping[str, Any]], schema: Mapping[str, str]) -> pd.DataFrame:
     """Raw readings as a frame of the task's columns (those present), timestamps in UTC."""
-    columns = {}
-    for column, kind in schema.items():
-        if readings and column not in readings[0]:
-            continue
-        values = [r[column] for r in readings]
+    present = [c for c in schema if not readings or c in readings[0]]
+    return readings_frame_columns({c: [r[c] for r in readings] for c in present}, schema)
+
+
+def readings_frame_columns(
+    columns: Mapping[str, list[Any]], schema: Mapping[str, str]
+) -> pd.DataFrame:
+    """Column lists as a typed frame (built column-wise: a frame from a list of dicts costs
+    about a millisecond per window, more than the model)."""
+    typed = {}
+    for column, values in columns.items():
+        kind = schema.get(column)
         if kind == "datetime":
-            columns[column] = pd.to_datetime(values, utc=True)
+            typed[column] = pd.to_datetime(values, utc=True)
         elif kind == "float":
-            columns[column] = np.asarray(values, dtype=np.float64)
+            typed[column] = np.asarray(values, dtype=np.float64)
         else:
-            columns[column] = values
-    return pd.DataFrame(columns)
+            typed[column] = values
+    return pd.DataFrame(typed)
