@@ -667,7 +667,7 @@ def main() -> None:
         default_threads,
         forecast_windows,
         load_version,
-        readings_frame,
+        readings_columns,
         window_inputs,
     )
     from loopline.tasks import get_task
@@ -700,7 +700,7 @@ def main() -> None:
         # builds from them.
         starts = list(range(0, len(readings) - required, 33))[:256]
         records = [[{k: r[k] for k in columns} for r in readings[s : s + required]] for s in starts]
-        windows = [Window(SITE, readings_frame(rows, task.schema)) for rows in records]
+        windows = [Window(SITE, readings_columns(rows, task.schema)) for rows in records]
         batches = {1: [[w] for w in windows], BIG: list(chunks(windows, BIG))}
         prepared = {
             b: [window_inputs(task, model.spec, group, WINDOW) for group in batches[b]]
@@ -814,7 +814,9 @@ def main() -> None:
 
         # The stream's first forecast is the one of its first `required` readings.
         first = [{k: r[k] for k in columns} for r in readings[:required]]
-        expected = forecast_windows(task, model, [Window(SITE, readings_frame(first, task.schema))])
+        expected = forecast_windows(
+            task, model, [Window(SITE, readings_columns(first, task.schema))]
+        )
         parity["service_stream_vs_inprocess"] = max_diff(
             [expected[0].values], [stream_first["forecast"]]
         )

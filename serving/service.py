@@ -34,7 +34,8 @@ from loopline.online import (
     error_event,
     forecast_windows,
     load_version,
-    readings_frame,
+    plain_value,
+    readings_columns,
     resolve_alias,
     window_problem,
 )
@@ -287,7 +288,6 @@ class Forecaster:
     def _log(self, api: str, model: LoadedModel, windows, forecasts, seconds: float) -> None:
         per_item = seconds * 1000 / max(1, len(forecasts))
         for window, forecast in zip(windows, forecasts, strict=True):
-            last = {column: window.rows[column].iat[-1] for column in window.rows.columns}
             self.predictions.put(
                 PredictionRecord(
                     model_name=model.name,
@@ -296,9 +296,9 @@ class Forecaster:
                     key=window.site_id,
                     origin=forecast.origin.to_pydatetime(),
                     inputs={
-                        "readings": len(window.rows),
-                        "first": window.rows["timestamp"].iloc[0].isoformat(),
-                        "last": {k: _plain(v) for k, v in last.items()},
+                        "readings": len(window),
+                        "first": plain_value(window.rows["timestamp"][0]),
+                        "last": window.last(),
                     },
                     output=[round(float(v), 3) for v in forecast.values],
                     latency_ms=per_item,
@@ -328,7 +328,7 @@ class Forecaster:
         model = self._serving()
         schema = self.task.schema
         items = [
-            Window(w.site_id, readings_frame([r.__dict__ for r in w.readings], schema))
+            Window(w.site_id, readings_columns([r.__dict__ for r in w.readings], schema))
             for w in windows
         ]
         try:
@@ -475,10 +475,6 @@ def _utc(value: datetime) -> datetime:
 
 def _label(model: LoadedModel | None) -> str:
     return f"v{model.version}" if model else "nothing"
-
-
-def _plain(value: Any) -> Any:
-    return value.isoformat() if hasattr(value, "isoformat") else value
 
 
 def _error(line: int, message: str) -> dict[str, Any]:

@@ -251,10 +251,30 @@ def load_version(
 
 @dataclass(frozen=True)
 class Window:
-    """Consecutive raw readings of one site, oldest first, ending at the forecast origin."""
+    """Consecutive raw readings of one site, oldest first, ending at the forecast origin.
+
+    `rows` holds one numpy array per raw column (timestamps as naive-UTC datetime64[ns]),
+    not a DataFrame: a frame per window costs more than the model call itself.
+    """
 
     site_id: str
-    rows: pd.DataFrame  # the task's raw columns (without the site), timestamps in UTC
+    rows: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(next(iter(self.rows.values()))) if self.rows else 0
+
+    def tail(self, n: int) -> Window:
+        return Window(self.site_id, {c: v[-n:] for c, v in self.rows.items()})
+
+    def last(self) -> dict[str, Any]:
+        """The newest reading, as plain JSON-ready values."""
+        return {c: plain_value(v[-1]) for c, v in self.rows.items()}
+
+
+def plain_value(value: Any) -> Any:
+    if isinstance(value, np.datetime64):
+        return pd.Timestamp(value).tz_localize("UTC").isoformat()
+    return value.item() if isinstance(value, np.generic) else value
 
 
 @dataclass(frozen=True)
@@ -282,20 +302,20 @@ def window_inputs(task, spec: FeatureSpec, windows: list[Window], window: int) -
     never reach into another window, and the task's `add_features` runs once for the batch.
     """
     sites = spec.options.get("sites", {})
-    group = spec.group_column
-    frames, located = [], {}
+    located = {}
     for i, item in enumerate(windows):
         if item.site_id not in sites:
             raise ValueError(f"site {item.site_id!r} has no location in the model's feature spec")
-        key = f"{item.site_id}#{i}"
-        located[key] = sites[item.site_id]
-        frames.append(item.rows.assign(**{group: key}))
+        located[f"{item.site_id}#{i}"] = sites[item.site_id]
+    n_rows = len(windows[0])
+    # One frame for the whole batch, built from concatenated columns.
+    columns = {c: np.concatenate([w.rows[c] for w in windows]) for c in windows[0].rows}
+    columns[spec.group_column] = np.repeat(list(located), n_rows)
     batch_spec = replace(spec, options={**spec.options, "sites": located})
-    features = task.add_features(pd.concat(frames, ignore_index=True), batch_spec)
+    features = task.add_features(pd.DataFrame(columns), batch_spec)
     x = normalize(features, spec)
     # add_features sorts by (group, time); groups sort as strings, so index them by key.
     order = {key: n for n, key in enumerate(sorted(located))}
-    n_rows = len(windows[0].rows) if windows else 0
     x = x.reshape(len(windows), n_rows, -1)[:, -window:]
     ranks = [order[f"{w.site_id}#{i}"] for i, w in enumerate(windows)]
     return np.ascontiguousarray(x[ranks])
@@ -308,9 +328,9 @@ def forecast_windows(task, model: LoadedModel, windows: list[Window]) -> list[Fo
     if not windows:
         return []
     spec, required = model.spec, model.required_readings
-    if any(len(w.rows) < required for w in windows):
+    if any(len(w) < required for w in windows):
         raise ValueError(f"v{model.version} needs {required} consecutive readings per window")
-    windows = [replace(w, rows=w.rows.tail(required)) for w in windows]
+    windows = [w.tail(required) for w in windows]
     x = window_inputs(task, spec, windows, spec.window)
     finite = np.isfinite(x).all(axis=(1, 2))
     if not finite.all():
@@ -320,7 +340,7 @@ def forecast_windows(task, model: LoadedModel, windows: list[Window]) -> list[Fo
     step = pd.Timedelta(spec.freq)
     out = []
     for item, row in zip(windows, values, strict=True):
-        origin = pd.Timestamp(item.rows[spec.time_column].iloc[-1])
+        origin = pd.Timestamp(item.rows[spec.time_column][-1]).tz_localize("UTC")
         times = [origin + step * h for h in range(1, spec.horizon + 1)]
         out.append(Forecast(item.site_id, origin, times, row, model.version))
     return out
@@ -409,7 +429,7 @@ class StreamWindows:
             for column in self.schema
             if column != self.spec.group_column
         }
-        return Window(site, readings_frame_columns(columns, self.schema)), notice
+        return Window(site, typed_columns(columns, self.schema)), notice
 
 
 def error_event(line: int, message: str, site: str | None = None) -> StreamEvent:
@@ -419,24 +439,33 @@ def error_event(line: int, message: str, site: str | None = None) -> StreamEvent
     return StreamEvent("error", payload)
 
 
-def readings_frame(readings: list[Mapping[str, Any]], schema: Mapping[str, str]) -> pd.DataFrame:
-    """Raw readings as a frame of the task's columns (those present), timestamps in UTC."""
+def readings_columns(
+    readings: list[Mapping[str, Any]], schema: Mapping[str, str]
+) -> dict[str, np.ndarray]:
+    """Raw readings (dicts) as typed column arrays of the task's columns present."""
     present = [c for c in schema if not readings or c in readings[0]]
-    return readings_frame_columns({c: [r[c] for r in readings] for c in present}, schema)
+    return typed_columns({c: [r[c] for r in readings] for c in present}, schema)
 
 
-def readings_frame_columns(
+def typed_columns(
     columns: Mapping[str, list[Any]], schema: Mapping[str, str]
-) -> pd.DataFrame:
-    """Column lists as a typed frame (built column-wise: a frame from a list of dicts costs
-    about a millisecond per window, more than the model)."""
+) -> dict[str, np.ndarray]:
+    """Column lists as numpy arrays; times become naive-UTC datetime64[ns]."""
     typed = {}
     for column, values in columns.items():
         kind = schema.get(column)
         if kind == "datetime":
-            typed[column] = pd.to_datetime(values, utc=True)
+            typed[column] = utc_datetime64(values)
         elif kind == "float":
             typed[column] = np.asarray(values, dtype=np.float64)
         else:
-            typed[column] = values
-    return pd.DataFrame(typed)
+            typed[column] = np.asarray(values, dtype=object)
+    return typed
+
+
+def utc_datetime64(values: list[Any]) -> np.ndarray:
+    """Datetimes (aware: converted; naive: taken as UTC) or ISO strings → datetime64[ns]."""
+    if values and all(isinstance(v, datetime) for v in values):
+        naive = [v.astimezone(UTC).replace(tzinfo=None) if v.tzinfo else v for v in values]
+        return np.array(naive, dtype="datetime64[ns]")
+    return pd.to_datetime(values, utc=True).tz_convert(None).to_numpy(dtype="datetime64[ns]")
