@@ -100,11 +100,16 @@ class ForecastWindow(BaseModel):
         return self
 
 
+# Times go out as the ISO strings the library already made: declared `date-time` for the
+# OpenAPI spec, but not parsed back into datetimes only to be printed again.
+IsoTime = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
+
+
 class ForecastOut(BaseModel):
     site_id: str
-    origin: datetime = Field(description="Time of the last reading the forecast starts from")
+    origin: IsoTime = Field(description="Time of the last reading the forecast starts from")
     model_version: str
-    timestamps: list[datetime]
+    timestamps: list[IsoTime]
     forecast: list[float] = Field(description="AC power, W, one per timestamp")
 
 
@@ -335,7 +340,7 @@ class Forecaster:
             forecasts = self._forecast("predict", model, items)
         except ValueError as error:
             raise bentoml.exceptions.InvalidArgument(str(error)) from None
-        return [ForecastOut(**f.to_dict()) for f in forecasts]
+        return [ForecastOut.model_construct(**f.to_dict()) for f in forecasts]
 
     @stream_app.get("/metadata")
     def metadata(self) -> dict[str, Any]:
