@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException
 from loopline.config import apply_overrides, load_params, parse_params, serve_env_overrides
 from loopline.online import (
     LoadedModel,
+    ModelDownloadError,
     ModelLoadError,
     RegistryUnavailable,
     StreamWindows,
@@ -235,7 +236,7 @@ class Forecaster:
             if current is None:
                 self.not_ready_reason = (
                     f"no version of {self.model_name!r} has alias {self.alias!r} yet in "
-                    f"{self.tracking_uri} (run `loopline run` to publish one)"
+                    f"{_redacted(self.tracking_uri)} (run `loopline run` to publish one)"
                 )
             return
         version = str(found.version)
@@ -246,7 +247,8 @@ class Forecaster:
         try:
             loaded = load_version(self.tracking_uri, found, self.alias, self.cache, self.threads)
         except ModelLoadError as error:
-            self.failed_versions.add(version)
+            if not isinstance(error, ModelDownloadError):  # a broken file stays broken
+                self.failed_versions.add(version)
             self.metrics["swaps"].labels("failed").inc()
             self.last_swap_error = {"version": version, "error": str(error), "at": _now()}
             if current is None:

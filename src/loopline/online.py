@@ -36,6 +36,10 @@ class ModelLoadError(LooplineError):
     """A registered version could not be loaded or failed its check: it is not served."""
 
 
+class ModelDownloadError(ModelLoadError):
+    """A version's files could not be fetched (may be transient: worth trying again)."""
+
+
 class RegistryUnavailable(LooplineError):
     """The registry could not be asked which version an alias points at."""
 
@@ -233,14 +237,19 @@ def load_version(
     cache.mkdir(parents=True, exist_ok=True)
     dest = Path(tempfile.mkdtemp(prefix=f"{name}-v{version}-", dir=cache))
     try:
-        folder = download_model(tracking_uri, f"models:/{name}/{version}", dest)
-        return load_model_folder(
-            folder, name, version, alias, threads, model_version.tags, prefer_gpu
-        )
-    except ModelLoadError as error:
-        raise ModelLoadError(f"{name} v{version}: {error}") from None
-    except Exception as error:
-        raise ModelLoadError(f"{name} v{version} could not be downloaded: {error}") from None
+        try:
+            folder = download_model(tracking_uri, f"models:/{name}/{version}", dest)
+        except Exception as error:  # whatever the artifact store's transport raises
+            message = f"{name} v{version} could not be downloaded: {error}"
+            raise ModelDownloadError(message) from None
+        try:
+            return load_model_folder(
+                folder, name, version, alias, threads, model_version.tags, prefer_gpu
+            )
+        except ModelLoadError as error:
+            raise ModelLoadError(f"{name} v{version}: {error}") from None
+        except Exception as error:
+            raise ModelLoadError(f"{name} v{version} failed to load: {error}") from None
     finally:
         # The session holds the model in memory; the files are not needed after loading.
         shutil.rmtree(dest, ignore_errors=True)
