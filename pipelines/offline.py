@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Completed
 
 from loopline import datastore, registry
 from loopline.config import Params, load_params
@@ -336,12 +337,18 @@ def offline_flow(root: str = ".", overrides: list[str] | None = None) -> dict[st
             note(message)
             tracker.set_tags({"loopline.outcome": "nothing new", "loopline.skipped": "true"})
             tracker.end()
-            return {
-                **summary,
-                "status": "nothing new",
-                "message": message,
-                "version": str(done.version),
-            }
+            # A Completed state of its own name and message, so the run history (and a
+            # scheduled run's notification) says "nothing new" rather than a bare Completed.
+            return Completed(
+                name="Nothing new",
+                message=message,
+                data={
+                    **summary,
+                    "status": "nothing new",
+                    "message": message,
+                    "version": str(done.version),
+                },
+            )
         with stage("features"):
             frame, spec = features(params, paths)
         with stage("labeling", f"horizon {spec.horizon}"):

@@ -185,6 +185,72 @@ def serve(
     os.execvpe(command[0], command, env)
 
 
+@app.command()
+def schedule(
+    project: ProjectOption = None,
+    list_: Annotated[
+        bool, typer.Option("--list", help="Show deployments: cron, zone, next run, last state.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="With --list: machine-readable.")] = False,
+    param: Annotated[
+        list[str] | None,
+        typer.Option("-P", "--param", help="Override a param for the scheduled runs (repeatable)."),
+    ] = None,
+) -> None:
+    """Register the deployments and serve them (prefect serve) until Ctrl-C.
+
+    Uses the Prefect server at PREFECT_API_URL, or starts one on loopback with its database
+    under the project's state folder (the temporary API cannot run schedules).
+    """
+    import asyncio
+    import os
+    from contextlib import nullcontext
+
+    from loopline.config import load_params
+
+    paths = _paths(project)
+    overrides = list(param or [])
+    try:
+        params = load_params(paths.params_file, overrides)
+    except LooplineError as error:
+        _fail(error)
+    from pipelines.deployments import list_deployments, local_server, offline_deployment
+
+    given = os.environ.get("PREFECT_API_URL")
+    server = nullcontext(given) if given else local_server(paths)
+    with server as api_url:
+        os.environ["PREFECT_API_URL"] = api_url
+        if list_:
+            rows = asyncio.run(list_deployments())
+            if as_json:
+                typer.echo(json.dumps(rows, indent=1, default=str))
+                return
+            table = Table(title=f"Deployments · {api_url}")
+            for column in ("name", "cron", "timezone", "next run", "last state", "limit"):
+                table.add_column(column)
+            for r in rows:
+                table.add_row(
+                    r["name"],
+                    r["cron"] or "-",
+                    r["timezone"],
+                    r["next_run"] or "-",
+                    r["last_state"] or "-",
+                    str(r["concurrency_limit"] or "-"),
+                )
+            out = Console()
+            (out if out.is_terminal else Console(width=200)).print(table)
+            return
+        from prefect import serve as prefect_serve
+
+        deployment = offline_deployment(params, paths, overrides)
+        console.print(
+            f"[bold]Scheduling[/] {deployment.name}: cron {params.schedule.cron!r} in "
+            f"{params.schedule.timezone}, one run at a time ({params.schedule.overlap}); "
+            f"Prefect API {api_url}. Ctrl-C stops."
+        )
+        prefect_serve(deployment, print_starting_message=False)
+
+
 def _replay_rows(paths, source: str | None, warmup: int, limit: int | None):
     """Held-out rows of the source (the test share of a chronological split), each site's
     last `warmup` earlier readings first so forecasts start at the held-out period."""

@@ -230,6 +230,39 @@ class ServeParams(Section):
     log_queue_size: Positive = 100_000
 
 
+class ScheduleParams(Section):
+    """When the offline flow runs unattended (`loopline schedule`)."""
+
+    cron: str = "0 2 * * *"  # daily at 02:00
+    timezone: str = "UTC"  # an IANA zone, e.g. Asia/Seoul; the cron is read in it
+    # A run due while the last is still going waits ("enqueue") or is dropped ("cancel_new").
+    overlap: Literal["enqueue", "cancel_new"] = "enqueue"
+    paused: bool = False
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        from cronsim import CronSim, CronSimError
+
+        try:
+            CronSim(value, datetime(2000, 1, 1))
+        except CronSimError as error:
+            message = f"{value!r} is not a cron expression (e.g. '0 2 * * *'): {error}"
+            raise ValueError(message) from None
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not an IANA time zone (e.g. Europe/Berlin)") from None
+        return value
+
+
 class Params(Section):
     task: Literal["solar"] = "solar"
     seed: int = 42
@@ -245,6 +278,7 @@ class Params(Section):
     export: ExportParams = ExportParams()
     publish: PublishParams = PublishParams()
     serve: ServeParams = ServeParams()
+    schedule: ScheduleParams = ScheduleParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -270,9 +304,10 @@ class Params(Section):
     def fingerprint(self) -> str:
         """A stable hash of every offline knob: equal params → equal fingerprint.
 
-        The `serve` section is left out: tuning the service never makes a model stale.
+        `serve` and `schedule` are left out: when and how models are served or run never
+        makes a model stale.
         """
-        offline = {k: v for k, v in self.to_dict().items() if k != "serve"}
+        offline = {k: v for k, v in self.to_dict().items() if k not in ("serve", "schedule")}
         text = json.dumps(offline, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

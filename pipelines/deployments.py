@@ -1,0 +1,184 @@
+"""Deployments: the flows Loopline runs unattended, declared in one place.
+
+`loopline schedule` registers them with a Prefect server and serves them (`prefect.serve`):
+the offline flow on `schedule.cron` in `schedule.timezone`, never two runs at once (a
+deployment concurrency limit of 1: a run due while one is going waits or is dropped, per
+`schedule.overlap`). Cron schedules need a real Prefect server; `local_server` starts one
+under the project's state folder when `PREFECT_API_URL` is not set.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from loopline.config import Params
+from loopline.paths import ProjectPaths
+
+
+def deployment_name(params: Params) -> str:
+    return f"offline-{params.task}"
+
+
+def offline_deployment(params: Params, paths: ProjectPaths, overrides: list[str] | None = None):
+    """The offline flow as a RunnerDeployment on the params' cron and time zone."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+    from prefect.schedules import Cron
+
+    from pipelines.offline import offline_flow
+
+    strategy = {
+        "enqueue": ConcurrencyLimitStrategy.ENQUEUE,
+        "cancel_new": ConcurrencyLimitStrategy.CANCEL_NEW,
+    }[params.schedule.overlap]
+    return offline_flow.to_deployment(
+        name=deployment_name(params),
+        schedules=[Cron(params.schedule.cron, timezone=params.schedule.timezone)],
+        paused=params.schedule.paused,
+        concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=strategy),
+        parameters={"root": str(paths.root), "overrides": list(overrides or [])},
+        tags=["loopline", params.task],
+        description=f"Loopline offline flow for {params.task} on {paths.root}",
+    )
+
+
+def next_runs(cron: str, timezone: str, count: int = 1, after: datetime | None = None):
+    """The next `count` times `cron` fires, read in `timezone` (aware datetimes)."""
+    from cronsim import CronSim
+
+    zone = ZoneInfo(timezone)
+    start = (after or datetime.now(UTC)).astimezone(zone)
+    sim = CronSim(cron, start)
+    return [next(sim) for _ in range(count)]
+
+
+async def list_deployments() -> list[dict[str, Any]]:
+    """Every deployment on the server: name, cron, time zone, next run, last run's state."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    rows = []
+    async with get_client() as client:
+        for deployment in await client.read_deployments():
+            schedules = [s.schedule for s in deployment.schedules or []]
+            crons = [s for s in schedules if getattr(s, "cron", None)]
+            cron = crons[0].cron if crons else None
+            zone = (crons[0].timezone if crons else None) or "UTC"
+            by_id = DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
+            finished = await client.read_flow_runs(
+                deployment_filter=by_id,
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(
+                        type=FlowRunFilterStateType(
+                            not_any_=[StateType.SCHEDULED, StateType.PENDING]
+                        )
+                    )
+                ),
+                sort=FlowRunSort.START_TIME_DESC,
+                limit=1,
+            )
+            last = finished[0] if finished else None
+            rows.append(
+                {
+                    "name": deployment.name,
+                    "cron": cron,
+                    "timezone": zone,
+                    "paused": deployment.paused,
+                    "next_run": next_runs(cron, zone)[0].isoformat() if cron else None,
+                    "last_state": last.state.name if last and last.state else None,
+                    "last_message": (last.state.message if last and last.state else None),
+                    "concurrency_limit": getattr(
+                        deployment.global_concurrency_limit, "limit", None
+                    ),
+                }
+            )
+    return rows
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def local_server(
+    paths: ProjectPaths, port: int | None = None, timeout_s: float = 120.0
+) -> Iterator[str]:
+    """A real Prefect server on loopback, its database in the project's state folder.
+
+    The temporary API Prefect starts by itself cannot run schedules; this one can. It runs in
+    its own process group, so stopping it (here, on Ctrl-C, on an error) leaves no orphans.
+    """
+    import httpx
+
+    home = paths.state / "prefect-server"
+    home.mkdir(parents=True, exist_ok=True)
+    running = home / "api_url"
+    if running.is_file():  # `loopline schedule` is serving: talk to its server
+        url = running.read_text().strip()
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                yield url
+                return
+        except httpx.HTTPError:
+            pass
+    port = port or _free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_URL")} | {
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
+        "PREFECT_UI_ENABLED": "false",
+    }
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    log = open(home / "server.log", "ab")  # noqa: SIM115 - closed in finally
+    process = subprocess.Popen(
+        [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if process.poll() is not None:
+                raise RuntimeError(f"prefect server exited; see {home / 'server.log'}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"prefect server not healthy after {timeout_s:.0f} s")
+            time.sleep(0.5)
+        running.write_text(url)
+        yield url
+    finally:
+        running.unlink(missing_ok=True)
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(30)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            with suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+        log.close()

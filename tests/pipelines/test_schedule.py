@@ -1,0 +1,113 @@
+"""Scheduled runs on a real Prefect server: the deployment's cron, time zone and next run,
+a run triggered through the API, and a second run that has nothing new to do."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from loopline.errors import ConfigError
+from pipelines.deployments import next_runs
+from tests.conftest import TINY, write_project
+
+LOOPLINE = str(Path(sys.executable).with_name("loopline"))
+
+
+def test_next_run_is_read_in_the_schedule_time_zone():
+    after = datetime(2026, 11, 23, 23, 10, tzinfo=UTC)  # 08:10 on the 24th in Seoul
+    [seoul] = next_runs("0 2 * * *", "Asia/Seoul", after=after)
+    assert seoul.isoformat() == "2026-11-25T02:00:00+09:00"
+    [utc] = next_runs("0 2 * * *", "UTC", after=after)
+    assert utc.isoformat() == "2026-11-24T02:00:00+00:00"
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [("schedule.cron=every day", "schedule.cron"), ("schedule.timezone=Mars/Base", "Mars/Base")],
+)
+def test_bad_schedule_params_are_refused_by_name(tmp_path, override, named):
+    from loopline.config import load_params
+
+    root = write_project(tmp_path / "p", TINY)
+    with pytest.raises(ConfigError, match=named):
+        load_params(root / "params.yaml", [override])
+
+
+@pytest.fixture(scope="module")
+def scheduled(tmp_path_factory):
+    """A project served by `loopline schedule` against a real local Prefect server."""
+    from loopline.paths import ProjectPaths
+    from pipelines.deployments import local_server
+
+    params = {**TINY, "schedule": {"cron": "0 2 * * *", "timezone": "Asia/Seoul"}}
+    root = write_project(tmp_path_factory.mktemp("sched") / "proj", params)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    with local_server(ProjectPaths.at(root)) as api_url:
+        env["PREFECT_API_URL"] = api_url
+        log = open(root / "schedule.log", "wb")  # noqa: SIM115 - closed below
+        serving = subprocess.Popen(
+            [LOOPLINE, "schedule"], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while not listing(root, env):
+                assert serving.poll() is None, (root / "schedule.log").read_text()
+                assert time.monotonic() < deadline, "the deployment was never registered"
+                time.sleep(1)
+            yield root, env
+        finally:
+            serving.send_signal(signal.SIGINT)
+            try:
+                serving.wait(30)
+            except subprocess.TimeoutExpired:
+                serving.kill()
+            log.close()
+
+
+def listing(root: Path, env: dict) -> list[dict]:
+    done = subprocess.run(
+        [LOOPLINE, "schedule", "--list", "--json"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_the_deployment_shows_its_cron_time_zone_and_next_run(scheduled):
+    root, env = scheduled
+    [row] = listing(root, env)
+    assert row["name"] == "offline-solar"
+    assert (row["cron"], row["timezone"]) == ("0 2 * * *", "Asia/Seoul")
+    assert row["next_run"] == next_runs("0 2 * * *", "Asia/Seoul")[0].isoformat()
+    assert row["next_run"].endswith("T02:00:00+09:00")
+    assert row["concurrency_limit"] == 1  # never two runs at once
+    assert row["paused"] is False
+
+
+def test_a_run_triggered_through_the_api_completes_then_finds_nothing_new(scheduled):
+    root, env = scheduled
+    os.environ["PREFECT_API_URL"] = env["PREFECT_API_URL"]
+    try:
+        from prefect.deployments import run_deployment
+
+        first = run_deployment("loopline-offline/offline-solar", timeout=600)
+        assert first.state.is_completed(), first.state
+        second = run_deployment("loopline-offline/offline-solar", timeout=300)
+    finally:
+        os.environ.pop("PREFECT_API_URL")
+    assert second.state.is_completed() and second.state.name == "Nothing new"
+    assert second.state.message.startswith("nothing new: data version")
+    [row] = listing(root, env)
+    assert row["last_state"] == "Nothing new"
