@@ -22,6 +22,7 @@ from prefect.states import Completed
 
 from loopline import datastore, registry
 from loopline.config import Params, load_params
+from loopline.errors import is_transient
 from loopline.evaluate import Evaluation, evaluate_candidate, plot_per_step_rmse
 from loopline.export import SPEC_KEY, export_and_check
 from loopline.features import FeatureSpec, build_features
@@ -38,7 +39,20 @@ from loopline.tune import TuneResult, tune_model
 from loopline.validate import ValidationReport, check_bad_fraction, validate_rows
 from pipelines.progress import note, stage
 
-IO_RETRIES = {"retries": 2, "retry_delay_seconds": [2, 10]}
+
+def _retry_transient(task, task_run, state) -> bool:
+    """Retry an I/O stage only for failures a retry can fix (a database or network that is
+    briefly away); a missing file or a bad value fails at once with its message."""
+    error = state.result(raise_on_failure=False)
+    return isinstance(error, BaseException) and is_transient(error)
+
+
+# Backoff between attempts; deterministic errors are not retried (`_retry_transient`).
+IO_RETRIES = {
+    "retries": 3,
+    "retry_delay_seconds": [2, 10, 30],
+    "retry_condition_fn": _retry_transient,
+}
 
 
 @task(name="ingest", cache_policy=NO_CACHE, **IO_RETRIES)

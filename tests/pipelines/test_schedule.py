@@ -111,3 +111,33 @@ def test_a_run_triggered_through_the_api_completes_then_finds_nothing_new(schedu
     assert second.state.message.startswith("nothing new: data version")
     [row] = listing(root, env)
     assert row["last_state"] == "Nothing new"
+
+
+def test_two_runs_of_the_deployment_never_overlap(scheduled):
+    """Two runs requested at once: the second waits for the first (concurrency limit 1)."""
+    import asyncio
+
+    _, env = scheduled
+    os.environ["PREFECT_API_URL"] = env["PREFECT_API_URL"]
+    try:
+        from prefect.client.orchestration import get_client
+        from prefect.deployments import run_deployment
+
+        runs = [run_deployment("loopline-offline/offline-solar", timeout=0) for _ in range(2)]
+
+        async def finished():
+            async with get_client() as client:
+                return [await client.read_flow_run(r.id) for r in runs]
+
+        deadline = time.monotonic() + 300
+        while True:
+            done = asyncio.run(finished())
+            if all(r.state.is_final() for r in done):
+                break
+            assert time.monotonic() < deadline, [r.state for r in done]
+            time.sleep(1)
+    finally:
+        os.environ.pop("PREFECT_API_URL")
+    assert all(r.state.is_completed() for r in done), [r.state for r in done]
+    first, second = sorted(done, key=lambda r: r.start_time)
+    assert second.start_time >= first.end_time  # one after the other, never at once

@@ -1,0 +1,78 @@
+"""Retries: I/O stages retry what a retry can fix, with backoff; the rest fails at once."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+
+import pytest
+
+from loopline.errors import SourceError, is_transient
+
+
+def raised_from(cause: BaseException) -> SourceError:
+    try:
+        try:
+            raise cause
+        except BaseException as error:
+            raise SourceError("cannot read the source") from error
+    except SourceError as wrapped:
+        return wrapped
+
+
+def test_transient_means_io_that_may_come_back():
+    assert is_transient(ConnectionRefusedError("db down"))
+    assert is_transient(raised_from(TimeoutError("slow")))
+    assert is_transient(raised_from(type("OperationalError", (Exception,), {})("locked")))
+    assert not is_transient(raised_from(FileNotFoundError("gone")))
+    assert not is_transient(SourceError("ingest.source 'x.csv': no such file"))
+    assert not is_transient(ValueError("bad value"))
+
+
+def ingest_once(project, overrides):
+    from prefect import flow
+
+    from loopline.config import load_params
+    from loopline.paths import ProjectPaths
+    from pipelines.offline import ingest
+
+    paths = ProjectPaths.at(project)
+    params = load_params(paths.params_file, overrides)
+
+    @flow
+    def only_ingest():
+        return ingest(params, paths)
+
+    return only_ingest
+
+
+def test_a_database_that_is_briefly_away_is_retried(project, prefect_harness, tmp_path):
+    from loopline.config import parse_params
+    from loopline.tasks import get_task
+    from tests.conftest import TINY
+
+    rows = get_task("solar").load_builtin(parse_params(TINY)).head(48)
+    db = tmp_path / "plant.db"
+    db.mkdir()  # a folder where the database should be: "unable to open database file"
+
+    def database_comes_back():
+        time.sleep(1.0)
+        db.rmdir()
+        with sqlite3.connect(db) as connection:
+            rows.assign(timestamp=rows["timestamp"].astype(str)).to_sql("readings", connection)
+
+    threading.Thread(target=database_comes_back).start()
+    started = time.monotonic()
+    frame, source_count = ingest_once(
+        project, [f"ingest.source=sqlite:///{db}", "ingest.query=select * from readings"]
+    )()
+    assert source_count == 48 and len(frame) == 48
+    assert time.monotonic() - started >= 2.0  # it waited for the retry, then read the rows
+
+
+def test_a_missing_file_fails_at_once_naming_it(project, prefect_harness):
+    started = time.monotonic()
+    with pytest.raises(SourceError, match=r"missing\.csv"):
+        ingest_once(project, ["ingest.source=missing.csv"])()
+    assert time.monotonic() - started < 2.0  # no retry delay was waited
