@@ -29,6 +29,7 @@ from loopline.features import FeatureSpec, build_features
 from loopline.ingest import batch_watermarks, fetch_new_rows, untimed_fingerprints
 from loopline.labeling import make_windows
 from loopline.lineage import git_commit
+from loopline.notify import notify, run_summary
 from loopline.online import GOLDEN_FILE
 from loopline.paths import ProjectPaths
 from loopline.split import evaluation_history, split_and_fit, test_view, without_test
@@ -297,7 +298,32 @@ def nothing_new(paths: ProjectPaths, params: Params, snapshot_version: str) -> A
     return latest if same else None
 
 
-@flow(name="loopline-offline", log_prints=False, validate_parameters=False)
+def _notify(flow, flow_run, state) -> None:
+    """Flow hook: summarise a failed run, or one that had nothing new to do."""
+    if state.is_completed() and state.name != "Nothing new":
+        return
+    root = (flow_run.parameters or {}).get("root", ".")
+    paths = ProjectPaths.at(root)
+    try:
+        webhook = load_params(paths.params_file, flow_run.parameters.get("overrides"))
+        webhook_url = webhook.schedule.webhook_url
+    except Exception:  # the params may be what failed; still log the summary
+        webhook_url = None
+    notify(
+        run_summary(
+            flow_run.name, state.name, state.message, str(paths.root), paths.tracking_uri()
+        ),
+        webhook_url,
+    )
+
+
+@flow(
+    name="loopline-offline",
+    log_prints=False,
+    validate_parameters=False,
+    on_failure=[_notify],
+    on_completion=[_notify],
+)
 def offline_flow(root: str = ".", overrides: list[str] | None = None) -> dict[str, Any]:
     """Run the whole offline process on the project at `root`; return a summary."""
     paths = ProjectPaths.at(root)

@@ -238,6 +238,9 @@ class ScheduleParams(Section):
     # A run due while the last is still going waits ("enqueue") or is dropped ("cancel_new").
     overlap: Literal["enqueue", "cancel_new"] = "enqueue"
     paused: bool = False
+    # Failed and skipped ("nothing new") runs are summarised in the log; this URL, if set,
+    # also receives the summary as a JSON POST (e.g. a Slack or Teams incoming webhook).
+    webhook_url: str | None = None
 
     @field_validator("cron")
     @classmethod

@@ -42,12 +42,39 @@ def test_bad_schedule_params_are_refused_by_name(tmp_path, override, named):
 
 
 @pytest.fixture(scope="module")
-def scheduled(tmp_path_factory):
+def webhook():
+    """A local HTTP endpoint that records the JSON POSTed to it."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    received: list[dict] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self):
+            length = int(self.headers["content-length"])
+            received.append(json.loads(self.rfile.read(length)))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hook", received
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def scheduled(tmp_path_factory, webhook):
     """A project served by `loopline schedule` against a real local Prefect server."""
     from loopline.paths import ProjectPaths
     from pipelines.deployments import local_server
 
-    params = {**TINY, "schedule": {"cron": "0 2 * * *", "timezone": "Asia/Seoul"}}
+    params = {
+        **TINY,
+        "schedule": {"cron": "0 2 * * *", "timezone": "Asia/Seoul", "webhook_url": webhook[0]},
+    }
     root = write_project(tmp_path_factory.mktemp("sched") / "proj", params)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
     with local_server(ProjectPaths.at(root)) as api_url:
@@ -96,7 +123,7 @@ def test_the_deployment_shows_its_cron_time_zone_and_next_run(scheduled):
     assert row["paused"] is False
 
 
-def test_a_run_triggered_through_the_api_completes_then_finds_nothing_new(scheduled):
+def test_a_run_triggered_through_the_api_completes_then_finds_nothing_new(scheduled, webhook):
     root, env = scheduled
     os.environ["PREFECT_API_URL"] = env["PREFECT_API_URL"]
     try:
@@ -111,6 +138,10 @@ def test_a_run_triggered_through_the_api_completes_then_finds_nothing_new(schedu
     assert second.state.message.startswith("nothing new: data version")
     [row] = listing(root, env)
     assert row["last_state"] == "Nothing new"
+    # The skipped run was reported to the webhook; the published one was not.
+    [report] = webhook[1]
+    assert report["state"] == "Nothing new" and report["project"] == str(root)
+    assert report["text"].startswith(f"Loopline run {second.name} on {root}: Nothing new")
 
 
 def test_two_runs_of_the_deployment_never_overlap(scheduled):
