@@ -42,6 +42,7 @@ format: setup ## Format and fix what ruff can
 bench: setup ## Run the benchmarks (prints side-by-side ratios)
 	$(BIN)/python benchmarks/pipeline_overhead.py
 	$(BIN)/python benchmarks/serving.py
+	$(BIN)/python benchmarks/tuning_scaleout.py
 
 lock: ## Re-resolve requirements.lock from requirements.in (uv)
 	$(BIN)/pip install --quiet uv

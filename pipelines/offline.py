@@ -39,6 +39,7 @@ from loopline.train import TrainResult, plot_learning_curves, save_checkpoint, t
 from loopline.tune import TuneResult, tune_model
 from loopline.validate import ValidationReport, check_bad_fraction, validate_rows
 from pipelines.progress import note, stage
+from pipelines.tuning import tune_on_dask
 
 
 def _retry_transient(task, task_run, state) -> bool:
@@ -122,20 +123,33 @@ def split(params: Params, frame, spec: FeatureSpec):
     return split_and_fit(get_task(params.task), frame, spec, params)
 
 
+def log_trial(tracker: RunTracker, trial) -> None:
+    child = tracker.child(f"trial-{trial.number}", {"loopline.trial_state": trial.state})
+    child.log_params(trial.hparams)
+    child.log_metrics({"val_loss": trial.value, "epochs": trial.epochs})
+    child.end("FINISHED" if trial.state != "FAIL" else "FAILED")
+    value = f"{trial.value:.4g}" if trial.value is not None else "-"
+    note(
+        f"trial {trial.number}: {trial.state.lower():8s} val_loss {value:>8s} "
+        f"after {trial.epochs} epochs  {trial.hparams}"
+    )
+
+
+@task(name="record-trials", cache_policy=NO_CACHE)
+def record_trials(result: TuneResult, tracker: RunTracker) -> TuneResult:
+    """Log trials run elsewhere (Dask workers) as nested runs, from the shared study."""
+    for trial in result.trials:
+        log_trial(tracker, trial)
+    tracker.log_params({"best": result.best_hparams})
+    tracker.log_metrics({"tune_best_val_loss": result.best_value})
+    return result
+
+
 @task(name="tune", cache_policy=NO_CACHE)
 def tune(params: Params, frame, spec: FeatureSpec, tracker: RunTracker) -> TuneResult:
-    def log_trial(trial) -> None:
-        child = tracker.child(f"trial-{trial.number}", {"loopline.trial_state": trial.state})
-        child.log_params(trial.hparams)
-        child.log_metrics({"val_loss": trial.value, "epochs": trial.epochs})
-        child.end("FINISHED" if trial.state != "FAIL" else "FAILED")
-        value = f"{trial.value:.4g}" if trial.value is not None else "-"
-        note(
-            f"trial {trial.number}: {trial.state.lower():8s} val_loss {value:>8s} "
-            f"after {trial.epochs} epochs  {trial.hparams}"
-        )
-
-    result = tune_model(get_task(params.task), frame, spec, params, on_trial=log_trial)
+    result = tune_model(
+        get_task(params.task), frame, spec, params, on_trial=lambda t: log_trial(tracker, t)
+    )
     tracker.log_params({"best": result.best_hparams})
     tracker.log_metrics({"tune_best_val_loss": result.best_value})
     return result
@@ -400,7 +414,12 @@ def offline_flow(root: str = ".", overrides: list[str] | None = None) -> dict[st
             training_rows = without_test(frame, spec.time_column)
             test_rows = test_view(frame, spec.time_column, spec.freq, evaluation_history(params))
         with stage("tune", f"{params.tune.sampler}, {params.tune.n_trials} trials"):
-            tuned = tune(params, training_rows, spec, tracker)
+            if params.tune.parallel.engine == "dask":
+                tuned = record_trials(
+                    tune_on_dask(params, paths, training_rows, spec, scratch), tracker
+                )
+            else:
+                tuned = tune(params, training_rows, spec, tracker)
             note(f"best {tuned.best_hparams} (val_loss {tuned.best_value:.4g})")
         with stage("train"):
             result, spec = train(params, training_rows, spec, tuned.best_hparams, tracker, scratch)

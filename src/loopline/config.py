@@ -158,6 +158,17 @@ def _default_space() -> dict[str, Dimension]:
     }
 
 
+class TuneParallel(Section):
+    """Where tuning trials run: in the flow's process, or on a Dask cluster."""
+
+    engine: Literal["local", "dask"] = "local"
+    workers: Positive = 2  # Dask workers of the LocalCluster started when no address is set
+    address: str | None = None  # an existing Dask scheduler, e.g. tcp://scheduler:8786
+    # Optuna's shared trial store; default: a SQLite file in the state folder. A cluster on
+    # several machines needs a database they all reach, e.g. postgresql+psycopg://...
+    storage: str | None = None
+
+
 class TuneParams(Section):
     sampler: Literal["grid", "random", "tpe"] = "tpe"
     n_trials: Positive = 6
@@ -166,6 +177,7 @@ class TuneParams(Section):
     # Points per numeric range when the sampler is `grid`.
     grid_points: Annotated[int, Field(ge=2)] = 2
     search_space: dict[str, Dimension] = Field(default_factory=_default_space)
+    parallel: TuneParallel = TuneParallel()
 
     @field_validator("search_space")
     @classmethod

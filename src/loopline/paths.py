@@ -111,7 +111,15 @@ def orchestrator_environment(paths: ProjectPaths) -> dict[str, str]:
     }
 
 
-QUIET_LOGGERS = ("great_expectations", "dvc", "mlflow", "alembic", "optuna", "torch.onnx")
+QUIET_LOGGERS = (
+    "great_expectations",
+    "dvc",
+    "mlflow",
+    "alembic",
+    "optuna",
+    "torch.onnx",
+    "distributed",
+)
 
 
 def apply_environment(paths: ProjectPaths) -> None:

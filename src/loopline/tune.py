@@ -140,12 +140,65 @@ def run_study(
     return TuneResult(dict(best.params), float(best.value), records)
 
 
-def tune_model(task, frame, spec, params, on_trial=None, on_epoch=None) -> TuneResult:
-    """Search hyperparameters on the training and validation windows of `frame`."""
+def create_shared_study(storage: str, study_name: str) -> None:
+    """Create the study (and the storage's tables) once, before parallel workers load it:
+    workers creating a fresh storage at the same time race on its schema."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.create_study(
+        direction="minimize", storage=storage, study_name=study_name, load_if_exists=True
+    )
+
+
+def study_result(storage: str, study_name: str) -> TuneResult:
+    """The search's outcome read back from the shared store (after parallel workers)."""
+    import optuna
+
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    records = []
+    for trial in sorted(study.trials, key=lambda t: t.number):
+        records.append(
+            TrialRecord(
+                trial.number,
+                dict(trial.params),
+                float(trial.value) if trial.value is not None else None,
+                trial.state.name if trial.state.name in ("COMPLETE", "PRUNED") else "FAIL",
+                int(max(trial.intermediate_values, default=0)),
+            )
+        )
+    complete = [r for r in records if r.state == "COMPLETE"]
+    if not complete:
+        raise RuntimeError("no tuning trial completed; widen tune.search_space or n_trials")
+    best = min(complete, key=lambda r: r.value)
+    return TuneResult(best.hparams, float(best.value), records)
+
+
+def tune_model(
+    task,
+    frame,
+    spec,
+    params,
+    on_trial=None,
+    on_epoch=None,
+    storage: str | None = None,
+    study_name: str | None = None,
+    n_trials: int | None = None,
+    worker: int = 0,
+    windows: dict[int, tuple] | None = None,
+) -> TuneResult:
+    """Search hyperparameters on the training and validation windows of `frame`.
+
+    With `storage` and `study_name`, this is one of several workers sharing one study (a
+    database every worker reaches): it runs `n_trials` of them, its sampler seeded by
+    `seed + worker` so parallel workers do not propose the same trials.
+    """
     from loopline.labeling import make_windows
     from loopline.train import fit, seed_everything
 
-    windows: dict[int, tuple] = {}
+    # Cut windows once per length; a caller running many searches on the same rows (a Dask
+    # worker running one trial per task) passes its own cache to keep them across calls.
+    windows = {} if windows is None else windows
 
     def examples(window: int):
         # Trials share windows of the same length: cut each length once.
@@ -179,4 +232,14 @@ def tune_model(task, frame, spec, params, on_trial=None, on_epoch=None) -> TuneR
         )
         return result.best_val_loss
 
-    return run_study(objective, params.tune, params.seed, on_trial=on_trial)
+    tune_params = params.tune
+    if n_trials is not None:
+        tune_params = tune_params.model_copy(update={"n_trials": n_trials})
+    return run_study(
+        objective,
+        tune_params,
+        params.seed + worker,
+        on_trial=on_trial,
+        storage=storage,
+        study_name=study_name,
+    )

@@ -1,0 +1,119 @@
+"""Tuning on a Dask cluster: Optuna trials as Prefect tasks sharing one study.
+
+`tune.parallel.engine: dask` runs the search as a subflow on Prefect's Dask task runner
+(`prefect-dask`): a LocalCluster of `tune.parallel.workers` processes by default, or the
+scheduler at `tune.parallel.address`. Each trial is one task; all of them share one Optuna
+study in storage every worker reaches (`tune.parallel.storage`; a SQLite file in the state
+folder by default, PostgreSQL for workers on several machines).
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from loopline.config import Params, TuneParallel
+from loopline.features import FeatureSpec
+from loopline.paths import ProjectPaths
+from loopline.tasks import get_task
+from loopline.tune import (
+    TuneResult,
+    create_shared_study,
+    study_result,
+    tune_model,
+)
+
+
+@functools.lru_cache(maxsize=2)
+def _worker_rows(frame_path: str):
+    """The tuning rows and a window cache, kept per worker process across its trials:
+    reading the rows and cutting windows costs seconds, a trial of a small model not much
+    more."""
+    import pandas as pd
+
+    return pd.read_parquet(frame_path), {}
+
+
+@task(name="tune-worker", cache_policy=NO_CACHE)
+def tune_worker(
+    params: Params,
+    frame_path: str,
+    spec_json: str,
+    storage: str,
+    study: str,
+    n_trials: int,
+    worker: int,
+) -> int:
+    import torch
+
+    # One core per worker: the workers are the parallelism, not torch's intra-op threads.
+    torch.set_num_threads(1)
+    rows, windows = _worker_rows(frame_path)
+    tune_model(
+        get_task(params.task),
+        rows,
+        FeatureSpec.from_json(spec_json),
+        params,
+        storage=storage,
+        study_name=study,
+        n_trials=n_trials,
+        worker=worker,
+        windows=windows,
+    )
+    return n_trials
+
+
+# Flow parameters go to the Prefect API (≤ 512 KB): the rows travel as a Parquet file path.
+@flow(name="loopline-tune-parallel", validate_parameters=False)
+def parallel_tuning(params: Params, frame_path: str, spec_json: str, storage: str, study: str):
+    create_shared_study(storage, study)
+    # One task per trial, not a fixed share per worker: trials differ several-fold in cost
+    # (hidden size, layers, window), and Dask hands the next trial to whichever worker is
+    # free. Each task's sampler is seeded apart so parallel trials do not coincide.
+    futures = [
+        tune_worker.submit(params, frame_path, spec_json, storage, study, 1, number)
+        for number in range(params.tune.n_trials)
+    ]
+    for future in futures:
+        future.result()
+    return study_result(storage, study)
+
+
+def dask_task_runner(parallel: TuneParallel):
+    from prefect_dask import DaskTaskRunner
+
+    if parallel.address:
+        return DaskTaskRunner(address=parallel.address)
+    return DaskTaskRunner(
+        cluster_kwargs={
+            "n_workers": parallel.workers,
+            "threads_per_worker": 1,
+            "processes": True,
+            "dashboard_address": None,  # no web dashboard port on a shared machine
+        }
+    )
+
+
+def optuna_storage(params: Params, paths: ProjectPaths) -> str:
+    return params.tune.parallel.storage or f"sqlite:///{paths.state / 'optuna.db'}"
+
+
+def tune_on_dask(
+    params: Params, paths: ProjectPaths, frame, spec: FeatureSpec, scratch: Path
+) -> TuneResult:
+    """Run the search on Dask; returns the same TuneResult as the in-process search.
+
+    The rows are written to `scratch` for the workers: on a cluster of several machines that
+    folder (the state folder) must be shared storage, like the Optuna database.
+    """
+    study = f"{params.task}-{uuid.uuid4().hex[:10]}"
+    frame_path = scratch / "tuning_rows.parquet"
+    frame.to_parquet(frame_path)
+    runner = dask_task_runner(params.tune.parallel)
+    return parallel_tuning.with_options(task_runner=runner)(
+        params, str(frame_path), spec.to_json(), optuna_storage(params, paths), study
+    )
