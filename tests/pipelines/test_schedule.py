@@ -99,6 +99,12 @@ def scheduled(tmp_path_factory, webhook):
             log.close()
 
 
+def real_server(env: dict):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    return temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]})
+
+
 def listing(root: Path, env: dict) -> list[dict]:
     done = subprocess.run(
         [LOOPLINE, "schedule", "--list", "--json"],
@@ -125,15 +131,14 @@ def test_the_deployment_shows_its_cron_time_zone_and_next_run(scheduled):
 
 def test_a_run_triggered_through_the_api_completes_then_finds_nothing_new(scheduled, webhook):
     root, env = scheduled
-    os.environ["PREFECT_API_URL"] = env["PREFECT_API_URL"]
-    try:
+    # Settings, not the environment: another test may hold Prefect's test harness (its own
+    # temporary API) open in this process, and its settings would win over a variable.
+    with real_server(env):
         from prefect.deployments import run_deployment
 
         first = run_deployment("loopline-offline/offline-solar", timeout=600)
         assert first.state.is_completed(), first.state
         second = run_deployment("loopline-offline/offline-solar", timeout=300)
-    finally:
-        os.environ.pop("PREFECT_API_URL")
     assert second.state.is_completed() and second.state.name == "Nothing new"
     assert second.state.message.startswith("nothing new: data version")
     [row] = listing(root, env)
@@ -149,8 +154,7 @@ def test_two_runs_of_the_deployment_never_overlap(scheduled):
     import asyncio
 
     _, env = scheduled
-    os.environ["PREFECT_API_URL"] = env["PREFECT_API_URL"]
-    try:
+    with real_server(env):
         from prefect.client.orchestration import get_client
         from prefect.deployments import run_deployment
 
@@ -167,8 +171,6 @@ def test_two_runs_of_the_deployment_never_overlap(scheduled):
                 break
             assert time.monotonic() < deadline, [r.state for r in done]
             time.sleep(1)
-    finally:
-        os.environ.pop("PREFECT_API_URL")
     assert all(r.state.is_completed() for r in done), [r.state for r in done]
     first, second = sorted(done, key=lambda r: r.start_time)
     assert second.start_time >= first.end_time  # one after the other, never at once
