@@ -74,7 +74,6 @@ def publish_model(root: Path):
     """Export a seeded, untrained GRU forecaster and make it the champion (the serving
     tests' recipe: the library calls the offline flow uses). Returns its torch module."""
     import mlflow
-    import numpy as np
     import torch
 
     from loopline import registry
@@ -83,7 +82,6 @@ def publish_model(root: Path):
     from loopline.features import fit_normalization
     from loopline.labeling import make_windows
     from loopline.models.forecaster import Predictor
-    from loopline.online import GOLDEN_FILE
     from loopline.paths import ProjectPaths
     from loopline.tasks import get_task
 
@@ -103,9 +101,8 @@ def publish_model(root: Path):
     scratch.mkdir(parents=True, exist_ok=True)
     onnx_path = scratch / "model.onnx"
     export_and_check(model, golden, onnx_path, {SPEC_KEY: spec.to_json()}, 1e-2, 1e-4)
-    (scratch / "feature_spec.json").write_text(spec.to_json())
-    (scratch / "params.json").write_text(json.dumps(params.to_dict()))
-    np.savez(scratch / GOLDEN_FILE, x=golden, y=run_onnx(onnx_session(onnx_path), golden))
+    golden_out = run_onnx(onnx_session(onnx_path), golden)
+    files = registry.write_model_files(scratch, spec, params.to_dict(), golden, golden_out)
     uri = paths.tracking_uri()
     experiment = registry.ensure_experiment(uri, params.experiment_name, paths.mlflow_artifacts)
     run_id = mlflow.MlflowClient(uri).create_run(experiment).info.run_id
@@ -114,7 +111,7 @@ def publish_model(root: Path):
         run_id,
         onnx_path,
         params.model_name,
-        [scratch / "feature_spec.json", scratch / "params.json", scratch / GOLDEN_FILE],
+        files,
         metadata={},
         signature=None,
         tags={"loopline.data_version": "bench", "loopline.metric.test_rmse": "1.0"},
@@ -161,19 +158,12 @@ class Service:
         )
 
     def wait_ready(self, timeout_s: float = 180.0) -> float:
-        import httpx
+        from loopline.health import NotHealthy, wait_until_ok
 
-        started = time.perf_counter()
-        while time.perf_counter() - started < timeout_s:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"the service exited ({self.proc.returncode}):\n{self.tail()}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return time.perf_counter() - started
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.25)
-        raise SystemExit(f"the service was not ready after {timeout_s:.0f}s:\n{self.tail()}")
+        try:
+            return wait_until_ok(f"{self.url}/readyz", self.proc, timeout_s, interval_s=0.25)
+        except NotHealthy as error:
+            raise SystemExit(f"{error}:\n{self.tail()}") from None
 
     def cpu_seconds(self) -> float:
         """User + system CPU of the service's processes (the server and its workers)."""

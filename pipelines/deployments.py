@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
@@ -23,6 +21,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from loopline.config import Params
+from loopline.health import NotHealthy, free_port, wait_until_ok
 from loopline.paths import ProjectPaths
 
 
@@ -113,12 +112,6 @@ async def list_deployments() -> list[dict[str, Any]]:
     return rows
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def local_server(
     paths: ProjectPaths, port: int | None = None, timeout_s: float = 120.0
@@ -141,7 +134,7 @@ def local_server(
                 return
         except httpx.HTTPError:
             pass
-    port = port or _free_port()
+    port = port or free_port()
     url = f"http://127.0.0.1:{port}/api"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_URL")} | {
         "PREFECT_HOME": str(home),
@@ -159,18 +152,10 @@ def local_server(
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if process.poll() is not None:
-                raise RuntimeError(f"prefect server exited; see {home / 'server.log'}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"prefect server not healthy after {timeout_s:.0f} s")
-            time.sleep(0.5)
+        try:
+            wait_until_ok(f"{url}/health", process, timeout_s)
+        except NotHealthy as error:
+            raise NotHealthy(f"prefect server: {error}; see {home / 'server.log'}") from None
         running.write_text(url)
         yield url
     finally:

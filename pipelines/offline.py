@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed
@@ -30,7 +29,6 @@ from loopline.ingest import batch_watermarks, fetch_new_rows, untimed_fingerprin
 from loopline.labeling import make_windows
 from loopline.lineage import git_commit
 from loopline.notify import notify, run_summary
-from loopline.online import GOLDEN_FILE
 from loopline.paths import ProjectPaths
 from loopline.split import evaluation_history, split_and_fit, test_view, without_test
 from loopline.tasks import get_task
@@ -254,15 +252,9 @@ def publish(
 
     from loopline.export import onnx_session, run_onnx
 
-    spec_file = scratch / "feature_spec.json"
-    spec_file.write_text(spec.to_json())
-    params_file = scratch / "params.json"
-    params_file.write_text(json.dumps(params.to_dict(), indent=1))
     golden_out = run_onnx(onnx_session(onnx_path), golden)
     signature = infer_signature(golden, golden_out)
-    # The service checks a version against these outputs before it swaps the version in.
-    golden_file = scratch / GOLDEN_FILE
-    np.savez(golden_file, x=golden, y=golden_out)
+    files = registry.write_model_files(scratch, spec, params.to_dict(), golden, golden_out)
     metrics = evaluation.metrics()
     tags = {
         **lineage,
@@ -276,7 +268,7 @@ def publish(
         tracker.run_id,
         onnx_path,
         params.model_name,
-        [spec_file, params_file, golden_file],
+        files,
         metadata={"feature_spec": json.loads(spec.to_json()), **lineage},
         signature=signature,
         tags=tags,

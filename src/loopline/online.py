@@ -26,10 +26,9 @@ import pandas as pd
 
 from loopline.errors import LooplineError
 from loopline.features import FeatureSpec, normalize
+from loopline.registry import GOLDEN_FILE
 
 log = logging.getLogger(__name__)
-
-GOLDEN_FILE = "golden.npz"
 
 
 class ModelLoadError(LooplineError):

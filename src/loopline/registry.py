@@ -112,6 +112,24 @@ def log_onnx_model(
     return Published(name, version, f"models:/{name}/{version}", info.run_id)
 
 
+GOLDEN_FILE = "golden.npz"  # export-time inputs and ONNX outputs, checked before serving
+
+
+def write_model_files(
+    folder: Path, spec: Any, params: dict[str, Any], golden, golden_out
+) -> list[Path]:
+    """The files published beside every model: its feature spec, its params, and the golden
+    batch (inputs and the ONNX outputs at export) a service checks a version against."""
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    spec_file, params_file = folder / "feature_spec.json", folder / "params.json"
+    spec_file.write_text(spec.to_json())
+    params_file.write_text(json.dumps(params, indent=1))
+    np.savez(folder / GOLDEN_FILE, x=golden, y=golden_out)
+    return [spec_file, params_file, folder / GOLDEN_FILE]
+
+
 def mark_published(tracking_uri: str, published: Published) -> None:
     """Record that publishing (registration, tags, the gate's alias moves) finished."""
     client(tracking_uri).set_model_version_tag(

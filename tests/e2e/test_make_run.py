@@ -131,15 +131,13 @@ def test_models_command_lists_history(fresh_project):
 def test_the_published_champion_serves_live_forecasts(fresh_project):
     """Offline → online: `loopline serve` loads the flow's champion and streams forecasts."""
     import signal
-    import socket
-    import time
 
     import httpx
 
+    from loopline.health import free_port, wait_until_ok
+
     root, env = fresh_project
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
         [LOOPLINE, "serve", "--port", str(port)],
@@ -149,15 +147,7 @@ def test_the_published_champion_serves_live_forecasts(fresh_project):
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert server.poll() is None and time.monotonic() < deadline, "serve did not start"
-            time.sleep(0.5)
+        wait_until_ok(f"{url}/readyz", server)
         meta = httpx.get(f"{url}/metadata").json()["model"]
         listing = json.loads(sh(LOOPLINE, "models", "--json", cwd=root, env=env).stdout)
         assert meta["version"] == "1"

@@ -6,11 +6,9 @@ calls the offline flow uses, which takes seconds instead of a flow run per versi
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from tests.conftest import TINY, write_project
@@ -28,7 +26,6 @@ def publish_tiny_model(root: Path, seed: int, promote: bool = True, hidden: int 
     from loopline.export import SPEC_KEY, export_and_check, onnx_session, run_onnx
     from loopline.features import fit_normalization
     from loopline.labeling import make_windows
-    from loopline.online import GOLDEN_FILE
     from loopline.paths import ProjectPaths
     from loopline.tasks import get_task
 
@@ -46,9 +43,8 @@ def publish_tiny_model(root: Path, seed: int, promote: bool = True, hidden: int 
     scratch.mkdir(parents=True, exist_ok=True)
     onnx_path = scratch / "model.onnx"
     export_and_check(model, golden, onnx_path, {SPEC_KEY: spec.to_json()}, 1e-2, 1e-4)
-    (scratch / "feature_spec.json").write_text(spec.to_json())
-    (scratch / "params.json").write_text(json.dumps(params.to_dict()))
-    np.savez(scratch / GOLDEN_FILE, x=golden, y=run_onnx(onnx_session(onnx_path), golden))
+    golden_out = run_onnx(onnx_session(onnx_path), golden)
+    files = registry.write_model_files(scratch, spec, params.to_dict(), golden, golden_out)
     uri = paths.tracking_uri()
     experiment = registry.ensure_experiment(uri, "loopline-solar", paths.mlflow_artifacts)
     run_id = mlflow.MlflowClient(uri).create_run(experiment).info.run_id
@@ -57,7 +53,7 @@ def publish_tiny_model(root: Path, seed: int, promote: bool = True, hidden: int 
         run_id,
         onnx_path,
         "solar",
-        [scratch / "feature_spec.json", scratch / "params.json", scratch / GOLDEN_FILE],
+        files,
         metadata={},
         signature=None,
         tags={"loopline.data_version": f"fixture-{seed}", "loopline.metric.test_rmse": "1.0"},

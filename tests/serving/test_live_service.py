@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,17 +19,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from loopline.health import NotHealthy, free_port, wait_until_ok
 from tests.serving.conftest import SITE, raw_readings
 from tests.serving.test_packaging import docker_cmd
 
 BIN = Path(sys.executable).parent
 POLL_S = 1.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -45,17 +39,11 @@ def live_service(served_project):
     log = open(served_project / "serve.log", "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen(command, cwd=served_project, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            log.close()
-            pytest.fail(f"service did not start:\n{(served_project / 'serve.log').read_text()}")
-        time.sleep(0.5)
+    try:
+        wait_until_ok(f"{url}/readyz", process)
+    except NotHealthy as error:
+        log.close()
+        pytest.fail(f"{error}:\n{(served_project / 'serve.log').read_text()}")
     yield url
     process.send_signal(signal.SIGTERM)
     try:
