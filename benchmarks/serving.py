@@ -40,7 +40,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -131,16 +130,12 @@ def site_readings(root: Path) -> list[dict[str, Any]]:
     return json.loads(raw.to_json(orient="records", date_format="iso", date_unit="s"))
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class Service:
     """`loopline serve` in a subprocess, on a free port, until `stop`."""
 
     def __init__(self, root: Path, log_path: Path):
+        from loopline.health import free_port
+
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI",)}
