@@ -100,7 +100,8 @@ def main() -> None:
     scratch = state / "scratch"
     scratch.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    parallel = tune_on_dask(params, ProjectPaths.at(state), frame, spec, scratch)
+    study = f"scaleout-{time.time_ns()}"
+    parallel = tune_on_dask(params, ProjectPaths.at(state), frame, spec, scratch, study)
     parallel_s = time.perf_counter() - started
     print(f"dask:       {parallel_s:.1f} s, best val_loss {parallel.best_value:.4f}", flush=True)
 

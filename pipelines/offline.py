@@ -5,6 +5,12 @@ export → publish.
 
 Run it with `loopline run` (or `make run`). Each task reads its params section and calls one
 library function; retries only on stages that do I/O.
+
+Stages are cached by Prefect under keys from `loopline.caching` (data version, their params
+section, code version), their results stored in the project's state folder: rerunning after
+a crash or a failure reuses what completed. `loopline run --resume <flow-run-id>` re-enters
+the same flow run, which also finds its MLflow run (tagged with the flow run id), its batch
+(so ingest, validate and snapshot are not redone) and its training checkpoint.
 """
 
 from __future__ import annotations
@@ -17,9 +23,10 @@ from typing import Any
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run as flow_run_context
 from prefect.states import Completed
 
-from loopline import datastore, registry
+from loopline import caching, datastore, registry
 from loopline.config import Params, load_params
 from loopline.errors import is_transient
 from loopline.evaluate import Evaluation, evaluate_candidate, plot_per_step_rmse
@@ -37,7 +44,30 @@ from loopline.train import TrainResult, plot_learning_curves, save_checkpoint, t
 from loopline.tune import TuneResult, tune_model
 from loopline.validate import ValidationReport, check_bad_fraction, validate_rows
 from pipelines.progress import note, stage
-from pipelines.tuning import tune_on_dask
+from pipelines.tuning import optuna_storage, tune_on_dask
+
+
+def _by_stage_key(context, inputs: dict[str, Any]) -> str:
+    return inputs["stage_key"]
+
+
+# A cached stage: its result is persisted under its `stage_key` argument and reused by any
+# later run that reaches the same key.
+CACHED = {"cache_key_fn": _by_stage_key, "persist_result": True}
+
+
+def run_stage(stage_task, paths: ProjectPaths, *args, **kwargs):
+    """Call a cached stage with the project's result storage; say when it was reused."""
+    state = stage_task.with_options(result_storage=paths.cache / "results")(
+        *args, return_state=True, **kwargs
+    )
+    if state.name == "Cached":
+        note(f"reused: completed earlier with the same key ({kwargs['stage_key']})")
+    return state.result()
+
+
+FLOW_RUN_TAG = "loopline.flow_run_id"  # the Prefect flow run an MLflow pipeline run belongs to
+BATCH_TAG = "loopline.batch_id"
 
 
 def _retry_transient(task, task_run, state) -> bool:
@@ -55,8 +85,8 @@ IO_RETRIES = {
 }
 
 
-@task(name="ingest", cache_policy=NO_CACHE, **IO_RETRIES)
-def ingest(params: Params, paths: ProjectPaths):
+@task(name="ingest", **CACHED, **IO_RETRIES)
+def ingest(params: Params, paths: ProjectPaths, stage_key: str):
     plugin = get_task(params.task)
     store = datastore.SnapshotStore(paths.snapshots(params.task))
     return fetch_new_rows(
@@ -64,9 +94,9 @@ def ingest(params: Params, paths: ProjectPaths):
     )
 
 
-@task(name="validate", cache_policy=NO_CACHE)
+@task(name="validate", **CACHED)
 def validate(
-    params: Params, rows, paths: ProjectPaths, tracker: RunTracker, batch_id: str
+    params: Params, rows, paths: ProjectPaths, tracker: RunTracker, batch_id: str, stage_key: str
 ) -> ValidationReport:
     plugin = get_task(params.task)
     report = validate_rows(rows, plugin.schema, plugin.rules(params), suite_name=params.task)
@@ -87,9 +117,14 @@ def validate(
     return report
 
 
-@task(name="snapshot", cache_policy=NO_CACHE, **IO_RETRIES)
+@task(name="snapshot", **CACHED, **IO_RETRIES)
 def snapshot(
-    params: Params, rows, report: ValidationReport, paths: ProjectPaths, batch_id: str
+    params: Params,
+    rows,
+    report: ValidationReport,
+    paths: ProjectPaths,
+    batch_id: str,
+    stage_key: str,
 ) -> tuple[datastore.Commit, str, str]:
     plugin = get_task(params.task)
     store = datastore.SnapshotStore(paths.snapshots(params.task))
@@ -104,20 +139,20 @@ def snapshot(
     return commit, datastore.track_data(paths.root, paths.data), store.version()
 
 
-@task(name="features", cache_policy=NO_CACHE)
-def features(params: Params, paths: ProjectPaths):
+@task(name="features", **CACHED)
+def features(params: Params, paths: ProjectPaths, stage_key: str):
     plugin = get_task(params.task)
     snapshot_rows = datastore.SnapshotStore(paths.snapshots(params.task)).load()
     return build_features(plugin, snapshot_rows, params)
 
 
-@task(name="labeling", cache_policy=NO_CACHE)
-def labeling(params: Params, frame, spec: FeatureSpec):
+@task(name="labeling", **CACHED)
+def labeling(params: Params, frame, spec: FeatureSpec, stage_key: str):
     return get_task(params.task).add_labels(frame, spec)
 
 
-@task(name="split", cache_policy=NO_CACHE)
-def split(params: Params, frame, spec: FeatureSpec):
+@task(name="split", **CACHED)
+def split(params: Params, frame, spec: FeatureSpec, stage_key: str):
     return split_and_fit(get_task(params.task), frame, spec, params)
 
 
@@ -133,8 +168,8 @@ def log_trial(tracker: RunTracker, trial) -> None:
     )
 
 
-@task(name="record-trials", cache_policy=NO_CACHE)
-def record_trials(result: TuneResult, tracker: RunTracker) -> TuneResult:
+@task(name="record-trials", **CACHED)
+def record_trials(result: TuneResult, tracker: RunTracker, stage_key: str) -> TuneResult:
     """Log trials run elsewhere (Dask workers) as nested runs, from the shared study."""
     for trial in result.trials:
         log_trial(tracker, trial)
@@ -143,17 +178,33 @@ def record_trials(result: TuneResult, tracker: RunTracker) -> TuneResult:
     return result
 
 
-@task(name="tune", cache_policy=NO_CACHE)
-def tune(params: Params, frame, spec: FeatureSpec, tracker: RunTracker) -> TuneResult:
+@task(name="tune", **CACHED)
+def tune(
+    params: Params,
+    frame,
+    spec: FeatureSpec,
+    tracker: RunTracker,
+    paths: ProjectPaths,
+    stage_key: str,
+) -> TuneResult:
+    # The study lives in the state folder under the stage's key: a search cut off by a crash
+    # continues with the trials it lacks (only those are logged again).
     result = tune_model(
-        get_task(params.task), frame, spec, params, on_trial=lambda t: log_trial(tracker, t)
+        get_task(params.task),
+        frame,
+        spec,
+        params,
+        on_trial=lambda t: log_trial(tracker, t),
+        storage=optuna_storage(params, paths),
+        study_name=stage_key,
+        resume=True,
     )
     tracker.log_params({"best": result.best_hparams})
     tracker.log_metrics({"tune_best_val_loss": result.best_value})
     return result
 
 
-@task(name="train", cache_policy=NO_CACHE)
+@task(name="train", **CACHED)
 def train(
     params: Params,
     frame,
@@ -161,6 +212,8 @@ def train(
     hparams: dict[str, Any],
     tracker: RunTracker,
     scratch: Path,
+    paths: ProjectPaths,
+    stage_key: str,
 ) -> tuple[TrainResult, FeatureSpec]:
     def log_epoch(epoch) -> None:
         tracker.log_metrics(
@@ -171,7 +224,11 @@ def train(
             f"  val {epoch.val_loss:.4f}"
         )
 
-    result, spec = train_model(get_task(params.task), frame, spec, hparams, params, log_epoch)
+    # Saved after every epoch: a killed run resumes training after its last saved epoch.
+    checkpoint = paths.cache / "checkpoints" / f"{stage_key}.pt"
+    result, spec = train_model(
+        get_task(params.task), frame, spec, hparams, params, log_epoch, checkpoint
+    )
     tracker.log_metrics(
         {
             "best_epoch": result.best_epoch,
@@ -187,10 +244,11 @@ def train(
     # The PyTorch weights travel with the run: parity can be re-checked and later runs can
     # fine-tune from them.
     tracker.log_file(save_checkpoint(result, spec, scratch / "model.pt"), "torch")
+    checkpoint.unlink(missing_ok=True)  # the stage's result is cached from here on
     return result, spec
 
 
-@task(name="evaluate", cache_policy=NO_CACHE)
+@task(name="evaluate", **CACHED)
 def evaluate(
     params: Params,
     frame,
@@ -199,6 +257,7 @@ def evaluate(
     paths: ProjectPaths,
     tracker: RunTracker,
     scratch: Path,
+    stage_key: str,
 ) -> Evaluation:
     plugin = get_task(params.task)
     champion = registry.load_champion(paths.tracking_uri(), params.model_name, scratch / "champ")
@@ -218,8 +277,10 @@ def evaluate(
     return evaluation
 
 
-@task(name="export", cache_policy=NO_CACHE)
-def export(params: Params, frame, spec: FeatureSpec, result: TrainResult, scratch: Path):
+@task(name="export", **CACHED)
+def export(
+    params: Params, frame, spec: FeatureSpec, result: TrainResult, scratch: Path, stage_key: str
+):
     # The golden batch comes from validation windows: the test set is evaluate's alone.
     val = make_windows(frame, spec, spec.window, target_set="val", history_sets=("gap",))
     golden = val.x[: params.export.golden_batch]
@@ -232,15 +293,17 @@ def export(params: Params, frame, spec: FeatureSpec, result: TrainResult, scratc
         params.export.parity_atol,
         params.export.parity_rtol,
     )
-    return path, parity, golden
+    # The model's bytes, not its path: a cached export outlives the run folder it was made in.
+    return path.read_bytes(), parity, golden
 
 
-# No retries: registering is not idempotent, a retry would register a second version.
-@task(name="publish", cache_policy=NO_CACHE)
+# Not cached but idempotent per pipeline run: a resumed run that registered its version
+# before the crash completes that version (tags, the gate) rather than registering another.
+@task(name="publish", cache_policy=NO_CACHE, **IO_RETRIES)
 def publish(
     params: Params,
     paths: ProjectPaths,
-    onnx_path: Path,
+    onnx_model: bytes,
     spec: FeatureSpec,
     golden,
     evaluation: Evaluation,
@@ -252,6 +315,8 @@ def publish(
 
     from loopline.export import onnx_session, run_onnx
 
+    onnx_path = scratch / "model.onnx"
+    onnx_path.write_bytes(onnx_model)
     golden_out = run_onnx(onnx_session(onnx_path), golden)
     signature = infer_signature(golden, golden_out)
     files = registry.write_model_files(scratch, spec, params.to_dict(), golden, golden_out)
@@ -274,7 +339,11 @@ def publish(
         tags=tags,
     )
     moved = None
-    if evaluation.decision.promote:
+    champion = registry.champion_version(paths.tracking_uri(), params.model_name)
+    already = champion is not None and str(champion.version) == published.version
+    if already:  # promoted before the crash this run resumes from
+        moved = {"to": published.version, "already": True}
+    elif evaluation.decision.promote:
         moved = registry.move_champion(
             paths.tracking_uri(),
             params.model_name,
@@ -334,15 +403,30 @@ def offline_flow(root: str = ".", overrides: list[str] | None = None) -> dict[st
     """Run the whole offline process on the project at `root`; return a summary."""
     paths = ProjectPaths.at(root)
     params = load_params(paths.params_file, overrides)
+    with datastore.hold_project(paths.run_lock):
+        return _offline(paths, params)
+
+
+def _offline(paths: ProjectPaths, params: Params) -> dict[str, Any] | Completed:
     commit, dirty = git_commit(paths.root)
-    batch_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
-    tracker = RunTracker.start(
-        paths.tracking_uri(),
-        params.experiment_name,
-        paths.local_artifact_root(),
-        run_name=f"offline-{batch_id}",
-        tags={"loopline.task": params.task},
+    flow_run_id = str(flow_run_context.id)
+    note(f"flow run {flow_run_id}")
+    # A resumed flow run continues its own MLflow run and batch.
+    tracker = RunTracker.reopen(
+        paths.tracking_uri(), params.experiment_name, FLOW_RUN_TAG, flow_run_id
     )
+    if tracker is not None:
+        batch_id = tracker.tags()[BATCH_TAG]
+        note(f"resuming MLflow run {tracker.run_id} (batch {batch_id})")
+    else:
+        batch_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+        tracker = RunTracker.start(
+            paths.tracking_uri(),
+            params.experiment_name,
+            paths.local_artifact_root(),
+            run_name=f"offline-{batch_id}",
+            tags={"loopline.task": params.task, FLOW_RUN_TAG: flow_run_id, BATCH_TAG: batch_id},
+        )
     scratch = scratch_dir(paths.runs, tracker.run_id)
     tracker.log_params(params.to_dict())
     summary: dict[str, Any] = {
@@ -352,17 +436,35 @@ def offline_flow(root: str = ".", overrides: list[str] | None = None) -> dict[st
     }
     try:
         with stage("ingest", params.ingest.source):
-            rows, source_rows = ingest(params, paths)
+            rows, source_rows = run_stage(
+                ingest, paths, params, paths, stage_key=caching.batch_key(batch_id, "ingest")
+            )
             note(
                 f"{len(rows)} new rows ({source_rows - len(rows)} of the source's {source_rows} "
                 "at or before the watermark, skipped)"
             )
         with stage("validate"):
-            report = validate(params, rows, paths, tracker, batch_id)
+            report = run_stage(
+                validate,
+                paths,
+                params,
+                rows,
+                paths,
+                tracker,
+                batch_id,
+                stage_key=caching.batch_key(batch_id, "validate"),
+            )
             note(f"{len(report.good)} good, {len(report.bad)} quarantined")
         with stage("snapshot"):
-            committed, data_version, snapshot_version = snapshot(
-                params, rows, report, paths, batch_id
+            committed, data_version, snapshot_version = run_stage(
+                snapshot,
+                paths,
+                params,
+                rows,
+                report,
+                paths,
+                batch_id,
+                stage_key=caching.batch_key(batch_id, "snapshot"),
             )
             note(
                 f"{committed.rows} rows added, {committed.total_rows} in snapshot; "
@@ -395,40 +497,81 @@ def offline_flow(root: str = ".", overrides: list[str] | None = None) -> dict[st
                     "version": str(done.version),
                 },
             )
+        keys = caching.stage_keys(params, snapshot_version)
         with stage("features"):
-            frame, spec = features(params, paths)
+            frame, spec = run_stage(features, paths, params, paths, stage_key=keys["features"])
         with stage("labeling", f"horizon {spec.horizon}"):
-            frame = labeling(params, frame, spec)
+            frame = run_stage(labeling, paths, params, frame, spec, stage_key=keys["labeling"])
         with stage("split"):
-            frame, spec = split(params, frame, spec)
+            frame, spec = run_stage(split, paths, params, frame, spec, stage_key=keys["split"])
             counts = frame["split"].value_counts().to_dict()
             note(f"rows per set: {counts}")
             training_rows = without_test(frame, spec.time_column)
             test_rows = test_view(frame, spec.time_column, spec.freq, evaluation_history(params))
         with stage("tune", f"{params.tune.sampler}, {params.tune.n_trials} trials"):
             if params.tune.parallel.engine == "dask":
-                tuned = record_trials(
-                    tune_on_dask(params, paths, training_rows, spec, scratch), tracker
+                tuned = run_stage(
+                    record_trials,
+                    paths,
+                    tune_on_dask(params, paths, training_rows, spec, scratch, keys["tune"]),
+                    tracker,
+                    stage_key=keys["tune"],
                 )
             else:
-                tuned = tune(params, training_rows, spec, tracker)
+                tuned = run_stage(
+                    tune, paths, params, training_rows, spec, tracker, paths, stage_key=keys["tune"]
+                )
             note(f"best {tuned.best_hparams} (val_loss {tuned.best_value:.4g})")
         with stage("train"):
-            result, spec = train(params, training_rows, spec, tuned.best_hparams, tracker, scratch)
+            result, spec = run_stage(
+                train,
+                paths,
+                params,
+                training_rows,
+                spec,
+                tuned.best_hparams,
+                tracker,
+                scratch,
+                paths,
+                stage_key=keys["train"],
+            )
             note(f"best epoch {result.best_epoch}, val_loss {result.best_val_loss:.4g}")
         with stage("evaluate"):
-            evaluation = evaluate(params, test_rows, spec, result, paths, tracker, scratch)
+            champion = registry.champion_version(paths.tracking_uri(), params.model_name)
+            evaluation = run_stage(
+                evaluate,
+                paths,
+                params,
+                test_rows,
+                spec,
+                result,
+                paths,
+                tracker,
+                scratch,
+                stage_key=caching.evaluate_key(
+                    keys["train"], params, str(champion.version) if champion else None
+                ),
+            )
             for name, scores in evaluation.scores.items():
                 note(f"{name:18s} RMSE {scores.rmse:8.1f}  MAE {scores.mae:8.1f}")
             for reason in evaluation.decision.reasons:
                 note(reason)
         with stage("export"):
-            onnx_path, parity, golden = export(params, training_rows, spec, result, scratch)
+            onnx_model, parity, golden = run_stage(
+                export,
+                paths,
+                params,
+                training_rows,
+                spec,
+                result,
+                scratch,
+                stage_key=keys["export"],
+            )
             note(f"parity max |diff| {parity.max_abs_diff:.2e} on {parity.rows} rows")
             tracker.log_metrics({"parity_max_abs_diff": parity.max_abs_diff})
         with stage("publish"):
             published, moved = publish(
-                params, paths, onnx_path, spec, golden, evaluation, lineage, tracker, scratch
+                params, paths, onnx_model, spec, golden, evaluation, lineage, tracker, scratch
             )
             note(
                 f"{published.name} v{published.version} registered as challenger"

@@ -10,7 +10,6 @@ folder by default, PostgreSQL for workers on several machines).
 from __future__ import annotations
 
 import functools
-import uuid
 from pathlib import Path
 
 from prefect import flow, task
@@ -70,13 +69,14 @@ def tune_worker(
 # Flow parameters go to the Prefect API (≤ 512 KB): the rows travel as a Parquet file path.
 @flow(name="loopline-tune-parallel", validate_parameters=False)
 def parallel_tuning(params: Params, frame_path: str, spec_json: str, storage: str, study: str):
-    create_shared_study(storage, study)
+    done = create_shared_study(storage, study)
     # One task per trial, not a fixed share per worker: trials differ several-fold in cost
     # (hidden size, layers, window), and Dask hands the next trial to whichever worker is
     # free. Each task's sampler is seeded apart so parallel trials do not coincide.
     futures = [
+        # A study cut off by a crash (the same stage key) runs only the trials it lacks.
         tune_worker.submit(params, frame_path, spec_json, storage, study, 1, number)
-        for number in range(params.tune.n_trials)
+        for number in range(done, params.tune.n_trials)
     ]
     for future in futures:
         future.result()
@@ -103,14 +103,13 @@ def optuna_storage(params: Params, paths: ProjectPaths) -> str:
 
 
 def tune_on_dask(
-    params: Params, paths: ProjectPaths, frame, spec: FeatureSpec, scratch: Path
+    params: Params, paths: ProjectPaths, frame, spec: FeatureSpec, scratch: Path, study: str
 ) -> TuneResult:
     """Run the search on Dask; returns the same TuneResult as the in-process search.
 
     The rows are written to `scratch` for the workers: on a cluster of several machines that
     folder (the state folder) must be shared storage, like the Optuna database.
     """
-    study = f"{params.task}-{uuid.uuid4().hex[:10]}"
     frame_path = scratch / "tuning_rows.parquet"
     frame.to_parquet(frame_path)
     runner = dask_task_runner(params.tune.parallel)

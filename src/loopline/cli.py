@@ -50,12 +50,23 @@ def run(
         list[str] | None,
         typer.Option("-P", "--param", help="Override a param: section.key=value (repeatable)."),
     ] = None,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            "--resume",
+            metavar="FLOW_RUN_ID",
+            help="Continue a crashed or failed flow run (its id is printed at its start): "
+            "completed stages are not redone.",
+        ),
+    ] = None,
 ) -> None:
     """Run the offline flow: ingest → … → publish, printing progress per stage."""
     from loopline.config import load_params
 
     paths = _paths(project)
     overrides = list(param or []) + ([f"task={task}"] if task else [])
+    if resume and overrides:
+        _fail(LooplineError("--resume reruns a flow run with its own params; drop -P / --task"))
     try:
         # Validate every knob before any work (and before Prefect starts).
         load_params(paths.params_file, overrides)
@@ -63,10 +74,15 @@ def run(
         _fail(error)
     console.print(f"[bold]Loopline offline flow[/] · project {paths.root}")
     console.print(f"MLflow {paths.tracking_uri()}")
-    from pipelines.offline import offline_flow
-
     try:
-        summary = offline_flow(root=str(paths.root), overrides=overrides)
+        if resume:
+            from pipelines.resume import resume_offline_run
+
+            summary = resume_offline_run(resume)
+        else:
+            from pipelines.offline import offline_flow
+
+            summary = offline_flow(root=str(paths.root), overrides=overrides)
     except LooplineError as error:
         _fail(error)
     status = summary["status"]

@@ -13,7 +13,8 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +22,8 @@ from typing import Any
 
 import pandas as pd
 import yaml
+
+from loopline.errors import LooplineError
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
@@ -127,6 +130,40 @@ class SnapshotStore:
         atomic_write_text(self.manifest_path, json.dumps(manifest, indent=1))
         total = sum(b["rows"] for b in batches)
         return Commit(partition, len(rows), total)
+
+
+class ProjectBusy(LooplineError):
+    """Another offline run holds the project."""
+
+
+@contextmanager
+def hold_project(lock_file: Path) -> Iterator[None]:
+    """Hold the project for one offline run: two runs on one snapshot store would interleave
+    commits. The lock dies with its process (a kill -9 releases it), so a crashed run never
+    blocks the next one, and a resume may trust that the run it continues is really gone."""
+    from filelock import FileLock, Timeout
+
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(lock_file), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise ProjectBusy(
+            f"another offline run is working on this project (lock {lock_file}); wait for it "
+            "to finish"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def project_is_free(lock_file: Path) -> bool:
+    try:
+        with hold_project(lock_file):
+            return True
+    except ProjectBusy:
+        return False
 
 
 def write_quarantine(bad: pd.DataFrame, folder: Path, batch_id: str) -> Path | None:

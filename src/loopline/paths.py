@@ -63,6 +63,16 @@ class ProjectPaths:
         """Scratch space for one pipeline run's files before they are logged."""
         return self.state / "runs"
 
+    @property
+    def cache(self) -> Path:
+        """Stage results by cache key (Prefect result storage) and training checkpoints."""
+        return self.state / "cache"
+
+    @property
+    def run_lock(self) -> Path:
+        """Held by the offline run working on this project (`datastore.hold_project`)."""
+        return self.state / "offline-run.lock"
+
     def tracking_uri(self) -> str:
         """`MLFLOW_TRACKING_URI` when set, else the project's SQLite store."""
         return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.mlflow_db}"

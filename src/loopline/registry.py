@@ -86,10 +86,17 @@ def log_onnx_model(
     signature: Any,
     tags: dict[str, str],
 ) -> Published:
-    """Log the ONNX file to run `run_id`, register it, tag the version, alias it challenger."""
+    """Log the ONNX file to run `run_id`, register it, tag the version, alias it challenger.
+
+    Once per run: when run `run_id` already registered a version (a publish cut off by a
+    crash, then resumed), that version is tagged and returned instead of a second one.
+    """
     import mlflow
     import onnx
 
+    existing = version_from_run(tracking_uri, name, run_id)
+    if existing is not None:
+        return _tag_challenger(tracking_uri, name, existing, tags, run_id)
     with using_tracking_uri(tracking_uri), mlflow.start_run(run_id=run_id):
         info = mlflow.onnx.log_model(
             onnx.load(str(onnx_path)),
@@ -104,12 +111,30 @@ def log_onnx_model(
             extra_files=[str(p) for p in extra_files],
             await_registration_for=60,
         )
-    version = str(info.registered_model_version)
+    return _tag_challenger(tracking_uri, name, str(info.registered_model_version), tags, run_id)
+
+
+def _tag_challenger(
+    tracking_uri: str, name: str, version: str, tags: dict[str, str], run_id: str
+) -> Published:
     mlflow_client = client(tracking_uri)
     for key, value in tags.items():
         mlflow_client.set_model_version_tag(name, version, key, value)
     mlflow_client.set_registered_model_alias(name, CHALLENGER, version)
-    return Published(name, version, f"models:/{name}/{version}", info.run_id)
+    return Published(name, version, f"models:/{name}/{version}", run_id)
+
+
+def version_from_run(tracking_uri: str, name: str, run_id: str) -> str | None:
+    """The version that pipeline run `run_id` registered under `name`, if any."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client(tracking_uri).search_model_versions(
+            f"name='{name}' and run_id='{run_id}'"
+        )
+    except MlflowException:  # no such model yet
+        return None
+    return str(min(int(v.version) for v in versions)) if versions else None
 
 
 GOLDEN_FILE = "golden.npz"  # export-time inputs and ONNX outputs, checked before serving

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +56,30 @@ class RunTracker:
             all_tags["mlflow.parentRunId"] = parent.run_id
         run = client(tracking_uri).create_run(experiment_id, tags=all_tags, run_name=run_name)
         return cls(tracking_uri, run.info.run_id, experiment_id)
+
+    @classmethod
+    def reopen(cls, tracking_uri: str, experiment: str, tag: str, value: str) -> RunTracker | None:
+        """The run of `experiment` tagged `tag=value`, set running again; None if none.
+
+        A resumed pipeline run logs into the run it started, so a crash and its resume
+        leave one run, not two halves."""
+        from mlflow.entities import RunStatus
+
+        mlflow_client = client(tracking_uri)
+        found = mlflow_client.get_experiment_by_name(experiment)
+        if found is None:
+            return None
+        runs = mlflow_client.search_runs(
+            [found.experiment_id], filter_string=f"tags.`{tag}` = '{value}'", max_results=1
+        )
+        if not runs:
+            return None
+        run = runs[0]
+        mlflow_client.update_run(run.info.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        return cls(tracking_uri, run.info.run_id, found.experiment_id)
+
+    def tags(self) -> dict[str, str]:
+        return dict(self.client.get_run(self.run_id).data.tags)
 
     @property
     def client(self):
@@ -123,5 +146,7 @@ def lineage_tags(
 
 
 def scratch_dir(base: Path, run_id: str) -> Path:
-    base.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f"{run_id[:8]}-", dir=base))
+    """The run's working folder: one per MLflow run, so a resumed run finds its own files."""
+    folder = base / run_id
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

@@ -10,7 +10,7 @@ import copy
 import os
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -116,10 +116,14 @@ def fit(
     seed: int,
     max_epochs: int | None = None,
     on_epoch: Callable[[Epoch], None] | None = None,
+    checkpoint: Path | None = None,
 ) -> TrainResult:
     """Train with early stopping on validation loss; return the best epoch's weights.
 
-    `on_epoch` may raise to stop training (the tuner uses that to prune a trial).
+    `on_epoch` may raise to stop training (the tuner uses that to prune a trial). With
+    `checkpoint`, the whole training state is saved after every epoch and a run that finds
+    one there continues after its last epoch, with the same RNG states, so a killed and
+    resumed training ends with the same weights as an uninterrupted one.
     """
     if len(train) == 0 or len(val) == 0:
         raise ValueError(f"need training and validation windows, got {len(train)} and {len(val)}")
@@ -134,7 +138,21 @@ def fit(
     history: list[Epoch] = []
     best_loss, best_epoch, best_state, waited = float("inf"), 0, None, 0
     stopped_early = False
-    for epoch in range(1, (max_epochs or params.max_epochs) + 1):
+    state = _load_training_state(checkpoint)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        _set_rng_states(state["rng"])
+        history = [Epoch(**e) for e in state["history"]]
+        best_loss, best_epoch, waited = state["best_loss"], state["best_epoch"], state["waited"]
+        best_state = state["best_state"]
+        if waited >= params.patience:
+            stopped_early = True
+    first = len(history) + 1
+    for epoch in range(first, (max_epochs or params.max_epochs) + 1):
+        if stopped_early:
+            break
         train_loss = train_epoch(
             model,
             x_train,
@@ -152,15 +170,58 @@ def fit(
             best_state = copy.deepcopy(model.state_dict())
         else:
             waited += 1
-        if on_epoch is not None:
-            on_epoch(record)
         if waited >= params.patience:
             stopped_early = True
-            break
+        if checkpoint is not None:
+            _save_training_state(
+                checkpoint,
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "generator": generator.get_state(),
+                    "rng": _rng_states(),
+                    "history": [asdict(e) for e in history],
+                    "best_loss": best_loss,
+                    "best_epoch": best_epoch,
+                    "waited": waited,
+                    "best_state": best_state,
+                },
+            )
+        if on_epoch is not None:
+            on_epoch(record)
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
     return TrainResult(model, history, best_epoch, best_loss, stopped_early, dict(hparams))
+
+
+def _rng_states() -> dict[str, Any]:
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    np.random.set_state(states["numpy"])
+    random.setstate(states["python"])
+
+
+def _save_training_state(path: Path, state: dict[str, Any]) -> None:
+    # Written aside and renamed: a kill during the write leaves the previous epoch's state.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(path.suffix + ".partial")
+    torch.save(state, partial)
+    os.replace(partial, path)
+
+
+def _load_training_state(path: Path | None) -> dict[str, Any] | None:
+    if path is None or not path.exists():
+        return None
+    # Our own file in the state folder (NumPy RNG state and Python tuples need full pickle).
+    return torch.load(path, weights_only=False)
 
 
 @torch.no_grad()
@@ -202,8 +263,11 @@ def train_model(
     hparams: dict[str, Any],
     params,
     on_epoch: Callable[[Epoch], None] | None = None,
+    checkpoint: Path | None = None,
 ) -> tuple[TrainResult, FeatureSpec]:
-    """Train the final model with the chosen hyperparameters; return it with its spec."""
+    """Train the final model with the chosen hyperparameters; return it with its spec.
+
+    With `checkpoint`, training resumes from the last epoch saved there (see `fit`)."""
     from loopline.labeling import make_windows
 
     spec = spec.with_window(int(hparams["window"]))
@@ -211,7 +275,17 @@ def train_model(
     val = make_windows(frame, spec, spec.window, target_set="val", history_sets=("gap",))
     seed_everything(params.seed)  # the initial weights are drawn here
     model = task.build_model(hparams, spec)
-    result = fit(model, train, val, spec, hparams, params.train, params.seed, on_epoch=on_epoch)
+    result = fit(
+        model,
+        train,
+        val,
+        spec,
+        hparams,
+        params.train,
+        params.seed,
+        on_epoch=on_epoch,
+        checkpoint=checkpoint,
+    )
     return result, spec
 
 

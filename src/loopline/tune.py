@@ -90,11 +90,14 @@ def run_study(
     on_trial: Callable[[TrialRecord], None] | None = None,
     storage: str | None = None,
     study_name: str | None = None,
+    resume: bool = False,
 ) -> TuneResult:
     """Search `params.search_space` for the hyperparameters minimising `objective`.
 
     `objective(hparams, report)` trains one model and returns its best validation loss,
     calling `report(epoch, val_loss)` each epoch so hopeless trials are pruned early.
+    With `resume`, a study already in `storage` (a search cut off by a crash) runs only the
+    trials it still lacks, and the result covers all of its trials.
     """
     import optuna
 
@@ -132,7 +135,13 @@ def run_study(
             if on_trial is not None:
                 on_trial(record)
 
-    study.optimize(run_trial, n_trials=params.n_trials, catch=())
+    n_trials = params.n_trials
+    if resume:
+        n_trials = max(0, n_trials - finished_trials(study))
+    if n_trials:
+        study.optimize(run_trial, n_trials=n_trials, catch=())
+    if resume:
+        return result_of(study)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
         raise RuntimeError("no tuning trial completed; widen tune.search_space or n_trials")
@@ -140,24 +149,37 @@ def run_study(
     return TuneResult(dict(best.params), float(best.value), records)
 
 
-def create_shared_study(storage: str, study_name: str) -> None:
+def create_shared_study(storage: str, study_name: str) -> int:
     """Create the study (and the storage's tables) once, before parallel workers load it:
-    workers creating a fresh storage at the same time race on its schema."""
+    workers creating a fresh storage at the same time race on its schema. Returns how many
+    trials it has already finished (a search resumed after a crash)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    optuna.create_study(
+    study = optuna.create_study(
         direction="minimize", storage=storage, study_name=study_name, load_if_exists=True
     )
+    return finished_trials(study)
+
+
+def finished_trials(study: Any) -> int:
+    """Trials that ran to an end; one left RUNNING by a killed process does not count."""
+    return sum(1 for t in study.trials if t.state.is_finished())
 
 
 def study_result(storage: str, study_name: str) -> TuneResult:
     """The search's outcome read back from the shared store (after parallel workers)."""
     import optuna
 
-    study = optuna.load_study(study_name=study_name, storage=storage)
+    return result_of(optuna.load_study(study_name=study_name, storage=storage))
+
+
+def result_of(study: Any) -> TuneResult:
+    """Every finished trial of a study and its best, as a TuneResult."""
     records = []
     for trial in sorted(study.trials, key=lambda t: t.number):
+        if not trial.state.is_finished():
+            continue
         records.append(
             TrialRecord(
                 trial.number,
@@ -186,6 +208,7 @@ def tune_model(
     n_trials: int | None = None,
     worker: int = 0,
     windows: dict[int, tuple] | None = None,
+    resume: bool = False,
 ) -> TuneResult:
     """Search hyperparameters on the training and validation windows of `frame`.
 
@@ -242,4 +265,5 @@ def tune_model(
         on_trial=on_trial,
         storage=storage,
         study_name=study_name,
+        resume=resume,
     )

@@ -151,7 +151,7 @@ def test_parity_failure_publishes_nothing(published):
     assert str(client.get_model_version_by_alias("solar", "challenger").version) == champion
 
 
-def test_a_failure_after_new_data_keeps_the_champion_and_the_rerun_adds_no_row(published):
+def test_a_failure_after_new_data_keeps_the_champion_and_the_rerun_adds_no_row(published, capsys):
     root, _ = published
     rows_before, champion, history = state(root)
     # New rows are validated and committed, then the run fails at export.
@@ -160,9 +160,16 @@ def test_a_failure_after_new_data_keeps_the_champion_and_the_rerun_adds_no_row(p
     rows_after, champion_after, history_after = state(root)
     assert rows_after == rows_before + 7 * 24  # the validated rows are kept...
     assert (champion_after, history_after) == (champion, history)  # ...the champion is not moved
+    capsys.readouterr()
     summary = run(root, "ingest.end=2021-03-08")  # rerun: nothing ingested twice
     assert summary["new_rows"] == 0 and summary["status"] == "published"
     assert state(root)[0] == rows_after
+    # Only export's params changed: the stages before it are reused from the failed run.
+    printed = capsys.readouterr().err
+    for stage_name in ("features", "labeling", "split", "tune", "train", "evaluate"):
+        block = printed.split(f"▶ {stage_name}", 1)[1].split("✓", 1)[0]
+        assert "reused" in block, f"{stage_name} was redone:\n{block}"
+    assert "reused" not in printed.split("▶ export", 1)[1].split("✓", 1)[0]
 
 
 def test_new_data_publishes_a_challenger_and_gates_the_champion(published):

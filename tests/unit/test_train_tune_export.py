@@ -1,6 +1,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from loopline.config import TrainParams, TuneParams, parse_params
 from loopline.errors import ParityError
@@ -40,7 +41,7 @@ def toy_examples(n, seed):
     return Examples(x, y.astype(np.float32), pd.DataFrame({"g": ["s"] * n}))
 
 
-def train_once(seed=0, epochs=5):
+def train_once(seed=0, epochs=5, patience=2, checkpoint=None, on_epoch=None):
     seed_everything(seed)  # weights are drawn when the model is built
     model = Forecaster(2, 3, hidden_size=8, dropout=0.1)
     return fit(
@@ -49,9 +50,33 @@ def train_once(seed=0, epochs=5):
         toy_examples(32, 2),
         SPEC,
         HP,
-        TrainParams(max_epochs=epochs, patience=2),
+        TrainParams(max_epochs=epochs, patience=patience),
         seed=seed,
+        checkpoint=checkpoint,
+        on_epoch=on_epoch,
     )
+
+
+class Killed(Exception):
+    pass
+
+
+def test_training_killed_midway_resumes_to_the_same_weights(tmp_path):
+    straight = train_once(seed=5, epochs=8, patience=50)
+    checkpoint = tmp_path / "train.ckpt"
+
+    def die_after_three(epoch):
+        if epoch.epoch == 3:
+            raise Killed  # the process dies once epoch 3 is saved
+
+    with pytest.raises(Killed):
+        train_once(seed=5, epochs=8, patience=50, checkpoint=checkpoint, on_epoch=die_after_three)
+    seen = []
+    resumed = train_once(seed=5, epochs=8, patience=50, checkpoint=checkpoint, on_epoch=seen.append)
+    assert [e.epoch for e in seen] == [4, 5, 6, 7, 8]  # epochs 1-3 were not trained again
+    assert [e.val_loss for e in resumed.history] == [e.val_loss for e in straight.history]
+    for name, value in straight.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[name]), name
 
 
 def test_same_seed_same_data_same_metrics():
