@@ -51,6 +51,32 @@ def offline_deployment(params: Params, paths: ProjectPaths, overrides: list[str]
     )
 
 
+# The worker imports the flow from the installed package, wherever it runs (a process on this
+# machine, a container from the Dockerfile's image), rather than from a file path here.
+OFFLINE_ENTRYPOINT = "pipelines.offline:offline_flow"
+
+
+def deploy_to_pool(
+    params: Params, paths: ProjectPaths, pool: str, overrides: list[str] | None = None
+) -> str:
+    """Register the offline deployment on work pool `pool` (a `process` pool is created when
+    none of that name exists; create Docker or Kubernetes pools with `prefect work-pool
+    create`). A worker (`prefect worker start --pool <pool>`) then runs the scheduled runs."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(pool)
+        except ObjectNotFound:
+            client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+    deployment = offline_deployment(params, paths, overrides)
+    deployment.entrypoint = OFFLINE_ENTRYPOINT
+    deployment_id = deployment.apply(work_pool_name=pool)
+    return str(deployment_id)
+
+
 def next_runs(cron: str, timezone: str, count: int = 1, after: datetime | None = None):
     """The next `count` times `cron` fires, read in `timezone` (aware datetimes)."""
     from cronsim import CronSim

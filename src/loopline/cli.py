@@ -212,11 +212,21 @@ def schedule(
         list[str] | None,
         typer.Option("-P", "--param", help="Override a param for the scheduled runs (repeatable)."),
     ] = None,
+    pool: Annotated[
+        str | None,
+        typer.Option(
+            "--pool",
+            help="Register the deployment on this Prefect work pool and return; a worker "
+            "(`prefect worker start --pool NAME`) runs it. A process pool is created if missing.",
+        ),
+    ] = None,
 ) -> None:
     """Register the deployments and serve them (prefect serve) until Ctrl-C.
 
     Uses the Prefect server at PREFECT_API_URL, or starts one on loopback with its database
-    under the project's state folder (the temporary API cannot run schedules).
+    under the project's state folder (the temporary API cannot run schedules). With --pool
+    the deployment goes to a work pool instead (needs PREFECT_API_URL: the pool's workers
+    must reach the server).
     """
     import asyncio
     import os
@@ -233,6 +243,23 @@ def schedule(
     from pipelines.deployments import list_deployments, local_server, offline_deployment
 
     given = os.environ.get("PREFECT_API_URL")
+    if pool and not list_:
+        if not given:
+            _fail(
+                LooplineError(
+                    "--pool needs a Prefect server its workers reach: set PREFECT_API_URL "
+                    "(`prefect server start`, or `loopline schedule` serving on this machine)"
+                )
+            )
+        from pipelines.deployments import deploy_to_pool
+
+        deployment_id = deploy_to_pool(params, paths, pool, overrides)
+        console.print(
+            f"[bold]Deployed[/] offline-{params.task} ({deployment_id}) to work pool {pool!r}: "
+            f"cron {params.schedule.cron!r} in {params.schedule.timezone}, one run at a time. "
+            f"Start a worker: prefect worker start --pool {pool}"
+        )
+        return
     server = nullcontext(given) if given else local_server(paths)
     with server as api_url:
         os.environ["PREFECT_API_URL"] = api_url

@@ -42,7 +42,8 @@ def ingest_once(project, overrides):
 
     @flow
     def only_ingest():
-        return ingest(params, paths)
+        # A key of its own per call: these tests are about retries, not the cache.
+        return ingest(params, paths, stage_key=f"ingest-test-{time.time_ns()}")
 
     return only_ingest
 

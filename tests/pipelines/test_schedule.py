@@ -174,3 +174,74 @@ def test_two_runs_of_the_deployment_never_overlap(scheduled):
     assert all(r.state.is_completed() for r in done), [r.state for r in done]
     first, second = sorted(done, key=lambda r: r.start_time)
     assert second.start_time >= first.end_time  # one after the other, never at once
+
+
+def test_the_flow_runs_on_a_process_work_pool_through_a_worker(tmp_path):
+    """The production path: `loopline schedule --pool` registers the deployment on a work
+    pool, a `prefect worker` (here a process worker; Docker or Kubernetes in production)
+    picks up a run requested through the API and runs the flow in its own process."""
+    from loopline import registry
+    from loopline.paths import ProjectPaths
+    from pipelines.deployments import local_server
+
+    root = write_project(tmp_path / "proj", {**TINY, "train": {"max_epochs": 2}})
+    paths = ProjectPaths.at(root)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    with local_server(paths) as api_url:
+        env["PREFECT_API_URL"] = api_url
+        env["PREFECT_WORKER_QUERY_SECONDS"] = "1"
+        deployed = subprocess.run(
+            [LOOPLINE, "schedule", "--pool", "loopline-local", "--project", str(root)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+        said = " ".join((deployed.stdout + deployed.stderr).split())
+        assert "prefect worker start --pool loopline-local" in said
+        log = open(root / "worker.log", "wb")  # noqa: SIM115 - closed below
+        worker = subprocess.Popen(
+            [
+                str(Path(sys.executable).with_name("prefect")),
+                "worker",
+                "start",
+                "--pool",
+                "loopline-local",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            with real_server(env):
+                from prefect.deployments import run_deployment
+
+                flow_run = run_deployment("loopline-offline/offline-solar", timeout=600)
+            assert flow_run.state.is_completed(), (
+                f"{flow_run.state}\n{(root / 'worker.log').read_text()[-3000:]}"
+            )
+            assert flow_run.work_pool_name == "loopline-local"
+        finally:
+            os.killpg(worker.pid, signal.SIGTERM)
+            try:
+                worker.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(worker.pid, signal.SIGKILL)
+            log.close()
+    published = registry.latest_version(paths.tracking_uri(), "solar")
+    assert published is not None and published.tags[registry.PUBLISH_COMPLETE] == "true"
+
+
+def test_pool_deployment_needs_a_server_the_workers_reach(tmp_path):
+    root = write_project(tmp_path / "proj", TINY)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    done = subprocess.run(
+        [LOOPLINE, "schedule", "--pool", "p", "--project", str(root)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0 and "PREFECT_API_URL" in done.stdout + done.stderr
