@@ -40,8 +40,8 @@ def training_rows(params):
     return without_test(frame, spec.time_column), spec
 
 
-def _one_trial(job: tuple[str, str, list[str]]) -> float:
-    """One trial's work (the grid's first configuration, 4 epochs) on one torch thread."""
+def _one_trial(job: tuple[str, str, list[str], dict]) -> float:
+    """One trial's work (one grid configuration, 4 epochs) on one torch thread."""
     import pandas as pd
     import torch
 
@@ -52,10 +52,9 @@ def _one_trial(job: tuple[str, str, list[str]]) -> float:
     from loopline.train import fit, seed_everything
 
     torch.set_num_threads(1)
-    frame_path, spec_json, overrides = job
+    frame_path, spec_json, overrides, hparams = job
     params = load_params(REPO / "params.yaml", overrides)
     frame, spec = pd.read_parquet(frame_path), FeatureSpec.from_json(spec_json)
-    hparams = {name: dim.choices[0] for name, dim in params.tune.search_space.items()}
     train = make_windows(frame, spec, hparams["window"], target_set="train")
     val = make_windows(frame, spec, hparams["window"], target_set="val", history_sets=("gap",))
     seed_everything(params.seed)
@@ -65,21 +64,21 @@ def _one_trial(job: tuple[str, str, list[str]]) -> float:
     return time.perf_counter() - started
 
 
-def machine_ceiling(workers: int, job: tuple[str, str, list[str]], jobs: int = 4) -> float:
+def machine_ceiling(workers: int, jobs: list) -> float:
     """What `workers` processes can gain on this machine at all for this work: the same
-    trial `jobs` times one at a time vs `workers` at a time, in a plain process pool (no
-    Dask, no Prefect). Virtual CPUs that share a physical core, shared memory bandwidth or a
-    busy host cap every parallel engine here."""
+    trials one at a time vs `workers` at a time, in a plain process pool (no Dask, no
+    Prefect). Virtual CPUs that share a physical core, shared memory bandwidth or a busy
+    host cap every parallel engine here."""
     import multiprocessing
 
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        pool.map(_one_trial, [job] * workers)  # imports and start-up outside the clocks
+        pool.map(_one_trial, jobs[:workers])  # imports and start-up outside the clocks
         started = time.perf_counter()
-        for _ in range(jobs):
+        for job in jobs:
             pool.apply(_one_trial, (job,))
         one_at_a_time = time.perf_counter() - started
         started = time.perf_counter()
-        pool.map(_one_trial, [job] * jobs, chunksize=1)
+        pool.map(_one_trial, jobs, chunksize=1)
         parallel = time.perf_counter() - started
     return one_at_a_time / parallel
 
@@ -188,9 +187,11 @@ def main() -> None:
     )
     frame_path = scratch / "ceiling_rows.parquet"
     frame.to_parquet(frame_path)
-    ceiling = machine_ceiling(args.workers, (str(frame_path), spec.to_json(), overrides))
+    configurations = [dict(t.hparams) for t in sequential.trials]
+    jobs = [(str(frame_path), spec.to_json(), overrides, hp) for hp in configurations]
+    ceiling = machine_ceiling(args.workers, jobs)
     print(
-        f"this machine's ceiling, {args.workers} plain processes vs one (the same trial): "
+        f"this machine's ceiling, the same trials in {args.workers} plain processes vs one: "
         f"{ceiling:.2f}x; the Dask search reaches {scale / ceiling:.0%} of it"
     )
 

@@ -91,13 +91,15 @@ def run_study(
     storage: str | None = None,
     study_name: str | None = None,
     resume: bool = False,
+    fixed: dict[str, Any] | None = None,
 ) -> TuneResult:
     """Search `params.search_space` for the hyperparameters minimising `objective`.
 
     `objective(hparams, report)` trains one model and returns its best validation loss,
     calling `report(epoch, val_loss)` each epoch so hopeless trials are pruned early.
     With `resume`, a study already in `storage` (a search cut off by a crash) runs only the
-    trials it still lacks, and the result covers all of its trials.
+    trials it still lacks, and the result covers all of its trials. With `fixed`, the trial
+    runs those hyperparameters (one point of a grid shared out between workers).
     """
     import optuna
 
@@ -108,9 +110,12 @@ def run_study(
         if params.pruning
         else optuna.pruners.NopPruner()
     )
+    sampler = make_sampler(params, seed)
+    if fixed is not None:
+        sampler = optuna.samplers.PartialFixedSampler(fixed, optuna.samplers.RandomSampler(seed))
     study = optuna.create_study(
         direction="minimize",
-        sampler=make_sampler(params, seed),
+        sampler=sampler,
         pruner=pruner,
         storage=storage,
         study_name=study_name,
@@ -149,17 +154,32 @@ def run_study(
     return TuneResult(dict(best.params), float(best.value), records)
 
 
-def create_shared_study(storage: str, study_name: str) -> int:
+def create_shared_study(storage: str, study_name: str) -> list[dict[str, Any]]:
     """Create the study (and the storage's tables) once, before parallel workers load it:
-    workers creating a fresh storage at the same time race on its schema. Returns how many
-    trials it has already finished (a search resumed after a crash)."""
+    workers creating a fresh storage at the same time race on its schema. Returns the
+    hyperparameters of the trials it has already finished (a search resumed after a crash)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         direction="minimize", storage=storage, study_name=study_name, load_if_exists=True
     )
-    return finished_trials(study)
+    return [dict(t.params) for t in study.trials if t.state.is_finished()]
+
+
+def grid_points(params: TuneParams) -> list[dict[str, Any]]:
+    """The grid's first `n_trials` points, in a fixed order.
+
+    A parallel grid search hands point i to task i: workers asking a shared grid sampler at
+    the same moment can be handed the same point (and Optuna's queue of enqueued trials is
+    not atomic on SQLite), so some points would run twice and others never."""
+    import itertools
+
+    axes = {k: grid_values(v, params.grid_points) for k, v in params.search_space.items()}
+    points = itertools.product(*axes.values())
+    return [
+        dict(zip(axes, values, strict=True)) for values in itertools.islice(points, params.n_trials)
+    ]
 
 
 def finished_trials(study: Any) -> int:
@@ -209,6 +229,7 @@ def tune_model(
     worker: int = 0,
     windows: dict[int, tuple] | None = None,
     resume: bool = False,
+    fixed: dict[str, Any] | None = None,
 ) -> TuneResult:
     """Search hyperparameters on the training and validation windows of `frame`.
 
@@ -266,4 +287,5 @@ def tune_model(
         storage=storage,
         study_name=study_name,
         resume=resume,
+        fixed=fixed,
     )

@@ -197,3 +197,42 @@ def test_parity_failure_raises(tmp_path):
     other = Predictor(Forecaster(2, 3, hidden_size=8, target_mean=100.0))
     with pytest.raises(ParityError, match="nothing was published"):
         check_parity(other, path, toy_examples(4, 0).x, atol=1e-4, rtol=1e-4)
+
+
+def test_a_parallel_grid_hands_out_each_point_once(tmp_path):
+    """Workers sharing one grid study (Dask tuning) each run one point of the grid, given to
+    them up front, so simultaneous workers never repeat a point or miss one."""
+    import threading
+
+    from loopline.tune import create_shared_study, grid_points
+
+    fixed = {k: {"choices": [v]} for k, v in HP.items() if k not in ("window", "cell")}
+    space = {**fixed, "window": {"choices": [4, 8, 12]}, "cell": {"choices": ["lstm", "gru"]}}
+    params = parse_params(
+        {"tune": {"sampler": "grid", "n_trials": 6, "pruning": False, "search_space": space}}
+    ).tune
+    storage, name = f"sqlite:///{tmp_path / 'study.db'}", "grid"
+    assert create_shared_study(storage, name) == []
+    points = grid_points(params)
+    assert len(points) == 6 and len({tuple(p.values()) for p in points}) == 6
+    seen = []
+
+    def worker(number):
+        run_study(
+            lambda hp, report: float(hp["window"]),
+            params.model_copy(update={"n_trials": 1}),
+            seed=number,
+            fixed=points[number],
+            on_trial=seen.append,
+            storage=storage,
+            study_name=name,
+        )
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    ran = sorted((t.hparams["window"], t.hparams["cell"]) for t in seen)
+    assert ran == sorted((w, c) for w in (4, 8, 12) for c in ("lstm", "gru"))
+    assert len(create_shared_study(storage, name)) == 6  # a resumed search has none left
