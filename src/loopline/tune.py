@@ -8,6 +8,7 @@ epoch); this module only owns the search: samplers, the search space and pruning
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -112,7 +113,11 @@ def run_study(
     )
     sampler = make_sampler(params, seed)
     if fixed is not None:
-        sampler = optuna.samplers.PartialFixedSampler(fixed, optuna.samplers.RandomSampler(seed))
+        with warnings.catch_warnings():  # experimental in name only: stable since Optuna 2.4
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            sampler = optuna.samplers.PartialFixedSampler(
+                fixed, optuna.samplers.RandomSampler(seed)
+            )
     study = optuna.create_study(
         direction="minimize",
         sampler=sampler,
