@@ -1,0 +1,68 @@
+"""The syllable tokenizer and vocabulary of the reviews task (fixtures written here)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from loopline.text import MASK, PAD, SPACE, UNK, Vocabulary, normalize, tokenize
+
+
+def test_each_hangul_syllable_is_a_token_and_spaces_are_one_boundary():
+    assert tokenize("정말  재밌어요") == ["정", "말", SPACE, "재", "밌", "어", "요"]
+    assert tokenize("  앞뒤 공백\t\n") == ["앞", "뒤", SPACE, "공", "백"]
+
+
+def test_latin_words_stay_whole_and_lower_case_digits_split():
+    assert tokenize("CGV에서 Marvel 10점") == [
+        "cgv", "에", "서", SPACE, "marvel", SPACE, "1", "0", "점",
+    ]  # fmt: skip
+
+
+def test_repeated_characters_are_cut_to_the_limit():
+    assert tokenize("ㅋㅋㅋㅋㅋㅋ 최고!!!!!") == ["ㅋ", "ㅋ", SPACE, "최", "고", "!", "!"]
+    assert tokenize("ㅠㅠㅠㅠ", max_repeat=3) == ["ㅠ", "ㅠ", "ㅠ"]
+    assert normalize("와아아아아") == "와아아"
+
+
+def test_jamo_sequences_compose_and_lone_jamo_are_kept():
+    decomposed = "\u1100\u1161\u11a8"  # ᄀ + ᅡ + ᆨ: the syllable 각 written as jamo
+    assert tokenize(decomposed) == ["각"]
+    assert tokenize("ㅡㅡ 별로") == ["ㅡ", "ㅡ", SPACE, "별", "로"]
+
+
+def test_an_emoji_is_one_token_even_as_a_sequence():
+    family = "👨\u200d👩\u200d👧"  # one grapheme of three emoji joined by ZWJ
+    thumbs = "👍🏽"  # with a skin tone
+    assert tokenize(f"좋아요{thumbs}{family}") == ["좋", "아", "요", thumbs, family]
+
+
+def test_vocabulary_comes_from_the_given_texts_only_with_stable_ids():
+    train = ["재밌다 재밌어", "재미없다", "최고 최고"]
+    vocab = Vocabulary.build(train, min_count=2)
+    assert vocab.tokens[:3] == [PAD, UNK, MASK]
+    assert {"재", "밌", "최", "고", SPACE} <= set(vocab.tokens)
+    assert "없" not in vocab.tokens  # seen once: below min_count
+    assert Vocabulary.build(list(reversed(train)), min_count=2).tokens == vocab.tokens
+    assert vocab.ids("짱") == [vocab.unk_id]  # never seen in training
+
+
+def test_encode_pads_truncates_and_never_leaves_a_row_empty():
+    vocab = Vocabulary.build(["가나다라마바사"], min_count=1)
+    ids, lengths = vocab.encode(["가나다라마바사", "가", ""], max_length=4)
+    assert ids.shape == (3, 4) and ids.dtype == np.int64
+    assert lengths.tolist() == [4, 1, 1]
+    assert vocab.decode(ids[0]) == ["가", "나", "다", "라"]
+    assert ids[1].tolist()[1:] == [0, 0, 0] and ids[2, 0] == vocab.unk_id
+
+
+def test_vocabulary_round_trips_through_json():
+    vocab = Vocabulary.build(["한글 text 👍 ㅋㅋ"], min_count=1, max_repeat=3)
+    again = Vocabulary.from_json(vocab.to_json())
+    assert again.tokens == vocab.tokens and again.max_repeat == 3
+    assert again.ids("한글 ㅋㅋㅋㅋ") == vocab.ids("한글 ㅋㅋㅋㅋ")
+
+
+def test_a_vocabulary_without_its_special_tokens_is_refused():
+    with pytest.raises(ValueError, match="starts with"):
+        Vocabulary(["가", "나"])
