@@ -22,14 +22,26 @@ SPEC_KEY = "loopline.feature_spec"
 
 
 def export_onnx(
-    module: torch.nn.Module, example: np.ndarray, path: Path, metadata: dict[str, str]
+    module: torch.nn.Module,
+    example: np.ndarray,
+    path: Path,
+    metadata: dict[str, str],
+    dynamic_axes: dict[int, str] | None = None,
+    output_names: list[str] | None = None,
 ) -> Path:
-    """Write `module` as ONNX to `path`; batch (axis 0) stays dynamic.
+    """Write `module` as ONNX to `path`; batch (axis 0) and any `dynamic_axes` of the
+    input (say, {1: "tokens"} for texts) stay dynamic.
 
-    The example must hold at least two rows: with one, the exporter silently fixes batch = 1.
+    The example must hold at least two rows: with one, the exporter silently fixes batch = 1
+    (likewise, a dynamic axis needs an example longer than 1 along it).
     """
+    import inspect
+
     import onnx
     from torch.export import Dim
+
+    # dynamic_shapes is keyed by the name of forward's (single) input argument.
+    argument = next(iter(inspect.signature(module.forward).parameters))
 
     if example.shape[0] < 2:
         raise ValueError("export needs an example batch of at least 2 rows (batch-1 trap)")
@@ -42,8 +54,10 @@ def export_onnx(
             module,
             (torch.from_numpy(example),),
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_shapes={"x": {0: Dim("batch")}},
+            output_names=output_names or [OUTPUT_NAME],
+            dynamic_shapes={
+                argument: {0: Dim("batch"), **{a: Dim(n) for a, n in (dynamic_axes or {}).items()}}
+            },
             dynamo=True,
             external_data=False,
             verbose=False,

@@ -1,0 +1,87 @@
+"""A text classifier: syllable embeddings → convolutional encoder → attention pooling → head.
+
+Attention pooling (the notes' chapter 10) gives each token a weight that sums to one over
+the text's real tokens (padding is masked out); the pooled vector is the weighted sum of the
+encoder's states. The weights are part of the output, so the service can say which syllables
+a prediction rests on. A convolutional encoder rather than a recurrent one: padded batches
+need no packing (a reverse RNN would read the padding first), and it exports to ONNX with
+dynamic batch and sequence axes and runs fast on CPU.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class AttentionPooling(nn.Module):
+    """Additive attention over time: score_t = v·tanh(W h_t), softmax over real tokens."""
+
+    def __init__(self, size: int, attention_size: int = 64) -> None:
+        super().__init__()
+        self.project = nn.Linear(size, attention_size)
+        self.score = nn.Linear(attention_size, 1, bias=False)
+
+    def forward(
+        self, states: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        scores = self.score(torch.tanh(self.project(states))).squeeze(-1)
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        weights = torch.softmax(scores, dim=-1) * mask  # exact zeros on padding
+        pooled = torch.bmm(weights.unsqueeze(1), states).squeeze(1)
+        return pooled, weights
+
+
+class TextClassifier(nn.Module):
+    """Token ids (batch, tokens; 0 = padding) → class logits, with attention weights."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        n_classes: int = 2,
+        embed_size: int = 64,
+        hidden_size: int = 128,
+        kernel_size: int = 3,
+        layers: int = 2,
+        dropout: float = 0.2,
+    ) -> None:
+        super().__init__()
+        if kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd to keep token positions, got {kernel_size}")
+        self.embed = nn.Embedding(vocab_size, embed_size, padding_idx=0)
+        convs = []
+        size = embed_size
+        for _ in range(layers):
+            convs.append(nn.Conv1d(size, hidden_size, kernel_size, padding=kernel_size // 2))
+            size = hidden_size
+        self.convs = nn.ModuleList(convs)
+        self.dropout = nn.Dropout(dropout)
+        self.pool = AttentionPooling(hidden_size)
+        self.head = nn.Linear(hidden_size, n_classes)
+
+    def encode(self, ids: torch.Tensor) -> torch.Tensor:
+        """Per-token states (batch, tokens, hidden); padded positions are zeroed."""
+        mask = (ids != 0).unsqueeze(1)
+        x = self.dropout(self.embed(ids)).transpose(1, 2)
+        for conv in self.convs:
+            x = torch.relu(conv(x)) * mask  # padding never leaks into the next layer
+        return x.transpose(1, 2)
+
+    def forward_with_attention(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pooled, weights = self.pool(self.encode(ids), ids != 0)
+        return self.head(self.dropout(pooled)), weights
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_attention(ids)[0]
+
+
+class ClassifierPredictor(nn.Module):
+    """What is exported and served: class probabilities and each token's attention weight."""
+
+    def __init__(self, model: TextClassifier) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, weights = self.model.forward_with_attention(ids)
+        return torch.softmax(logits, dim=-1), weights
