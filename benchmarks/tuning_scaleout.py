@@ -41,26 +41,22 @@ def training_rows(params):
 
 
 def _one_trial(job: tuple[str, str, list[str], dict]) -> float:
-    """One trial's work (one grid configuration, 4 epochs) on one torch thread."""
+    """One trial of the search (one grid configuration) through the library's own tuning
+    code, on one torch thread, with no Dask and no Prefect around it."""
     import pandas as pd
     import torch
 
     from loopline.config import load_params
     from loopline.features import FeatureSpec
-    from loopline.labeling import make_windows
     from loopline.tasks import get_task
-    from loopline.train import fit, seed_everything
+    from loopline.tune import tune_model
 
     torch.set_num_threads(1)
     frame_path, spec_json, overrides, hparams = job
     params = load_params(REPO / "params.yaml", overrides)
     frame, spec = pd.read_parquet(frame_path), FeatureSpec.from_json(spec_json)
-    train = make_windows(frame, spec, hparams["window"], target_set="train")
-    val = make_windows(frame, spec, hparams["window"], target_set="val", history_sets=("gap",))
-    seed_everything(params.seed)
-    model = get_task(params.task).build_model(hparams, spec)
     started = time.perf_counter()
-    fit(model, train, val, spec, hparams, params.train, params.seed, max_epochs=4)
+    tune_model(get_task(params.task), frame, spec, params, n_trials=1, fixed=hparams)
     return time.perf_counter() - started
 
 
