@@ -100,7 +100,7 @@ def main() -> None:
     trials = args.trials or 8
     overrides = [
         "tune.sampler=grid",
-        *(f"tune.search_space.{name}={{choices: {values}}}" for name, values in grid.items()),
+        *(f"tune.search_space.solar.{name}={{choices: {values}}}" for name, values in grid.items()),
         f"tune.n_trials={trials}",
         f"tune.max_epochs={2 if args.quick else 4}",
         "tune.pruning=false",  # equal work per trial on both sides

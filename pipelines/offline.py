@@ -29,15 +29,14 @@ from prefect.states import Completed
 from loopline import caching, datastore, registry
 from loopline.config import Params, load_params
 from loopline.errors import is_transient
-from loopline.evaluate import Evaluation, evaluate_candidate, plot_per_step_rmse
+from loopline.evaluate import Evaluation
 from loopline.export import SPEC_KEY, export_and_check
 from loopline.features import FeatureSpec, build_features
 from loopline.ingest import batch_watermarks, fetch_new_rows, untimed_fingerprints
-from loopline.labeling import make_windows
 from loopline.lineage import git_commit
 from loopline.notify import notify, run_summary
 from loopline.paths import ProjectPaths
-from loopline.split import evaluation_history, split_and_fit, test_view, without_test
+from loopline.split import evaluation_view, split_and_fit, training_view
 from loopline.tasks import get_task
 from loopline.tracking import RunTracker, lineage_tags, scratch_dir
 from loopline.train import TrainResult, plot_learning_curves, save_checkpoint, train_model
@@ -262,10 +261,10 @@ def evaluate(
     plugin = get_task(params.task)
     champion = registry.load_champion(paths.tracking_uri(), params.model_name, scratch / "champ")
     champion_model = (champion[0], champion[1]) if champion else None
-    evaluation = evaluate_candidate(plugin, frame, spec, result.model, params, champion_model)
+    evaluation = plugin.evaluate(frame, spec, result.model, params, champion_model)
     tracker.log_metrics(evaluation.metrics())
-    per_step = plot_per_step_rmse(evaluation.scores, scratch / "rmse_per_horizon_step.png")
-    tracker.log_figure_file(per_step)
+    for report in plugin.evaluation_report(evaluation, frame, spec, result.model, params, scratch):
+        tracker.log_file(report, "plots" if report.suffix == ".png" else "evaluation")
     tracker.log_dict(
         {
             "decision": evaluation.decision.to_dict(),
@@ -281,9 +280,8 @@ def evaluate(
 def export(
     params: Params, frame, spec: FeatureSpec, result: TrainResult, scratch: Path, stage_key: str
 ):
-    # The golden batch comes from validation windows: the test set is evaluate's alone.
-    val = make_windows(frame, spec, spec.window, target_set="val", history_sets=("gap",))
-    golden = val.x[: params.export.golden_batch]
+    # The golden batch comes from validation examples: the test set is evaluate's alone.
+    golden = get_task(params.task).examples(frame, spec, "val").x[: params.export.golden_batch]
     path = scratch / "model.onnx"
     parity = export_and_check(
         result.model,
@@ -500,14 +498,15 @@ def _offline(paths: ProjectPaths, params: Params) -> dict[str, Any] | Completed:
         keys = caching.stage_keys(params, snapshot_version)
         with stage("features"):
             frame, spec = run_stage(features, paths, params, paths, stage_key=keys["features"])
-        with stage("labeling", f"horizon {spec.horizon}"):
+        with stage("labeling"):
             frame = run_stage(labeling, paths, params, frame, spec, stage_key=keys["labeling"])
         with stage("split"):
             frame, spec = run_stage(split, paths, params, frame, spec, stage_key=keys["split"])
             counts = frame["split"].value_counts().to_dict()
             note(f"rows per set: {counts}")
-            training_rows = without_test(frame, spec.time_column)
-            test_rows = test_view(frame, spec.time_column, spec.freq, evaluation_history(params))
+            plugin = get_task(params.task)
+            training_rows = training_view(plugin, frame, spec)
+            test_rows = evaluation_view(plugin, frame, spec, params)
         with stage("tune", f"{params.tune.sampler}, {params.tune.n_trials} trials"):
             if params.tune.parallel.engine == "dask":
                 tuned = run_stage(
@@ -552,8 +551,8 @@ def _offline(paths: ProjectPaths, params: Params) -> dict[str, Any] | Completed:
                     keys["train"], params, str(champion.version) if champion else None
                 ),
             )
-            for name, scores in evaluation.scores.items():
-                note(f"{name:18s} RMSE {scores.rmse:8.1f}  MAE {scores.mae:8.1f}")
+            for line in evaluation.headlines():
+                note(line)
             for reason in evaluation.decision.reasons:
                 note(reason)
         with stage("export"):

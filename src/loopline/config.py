@@ -135,18 +135,43 @@ class Dimension(Section):
         return self
 
 
-HYPERPARAMETERS = (
-    "hidden_size",
-    "num_layers",
-    "dropout",
-    "learning_rate",
-    "batch_size",
-    "window",
-    "cell",
-)
+# Each task's hyperparameters (what its `build_model` and training read) and its default
+# search space; `tune.search_space` must cover exactly the running task's axes.
+HYPERPARAMETERS: dict[str, tuple[str, ...]] = {
+    "solar": (
+        "hidden_size",
+        "num_layers",
+        "dropout",
+        "learning_rate",
+        "batch_size",
+        "window",
+        "cell",
+    ),
+    "reviews": (
+        "embed_size",
+        "hidden_size",
+        "layers",
+        "kernel_size",
+        "dropout",
+        "learning_rate",
+        "batch_size",
+    ),
+}
+# Axes whose values must come from a fixed set.
+CATEGORICAL_AXES = {"cell": {"lstm", "gru"}}
 
 
-def _default_space() -> dict[str, Dimension]:
+def default_space(task: str) -> dict[str, Dimension]:
+    if task == "reviews":
+        return {
+            "embed_size": Dimension(choices=[64]),
+            "hidden_size": Dimension(choices=[128]),
+            "layers": Dimension(choices=[2]),
+            "kernel_size": Dimension(choices=[3, 5]),
+            "dropout": Dimension(low=0.1, high=0.3),
+            "learning_rate": Dimension(low=1e-3, high=4e-3, log=True),
+            "batch_size": Dimension(choices=[64]),
+        }
     return {
         "hidden_size": Dimension(choices=[32, 64]),
         "num_layers": Dimension(choices=[1, 2]),
@@ -156,6 +181,24 @@ def _default_space() -> dict[str, Dimension]:
         "window": Dimension(choices=[24, 48]),
         "cell": Dimension(choices=["lstm", "gru"]),
     }
+
+
+def check_space(task: str, space: dict[str, Dimension]) -> None:
+    """The search space must name exactly the task's hyperparameters."""
+    known = HYPERPARAMETERS[task]
+    unknown = sorted(set(space) - set(known))
+    if unknown:
+        raise ValueError(
+            f"unknown hyperparameter(s) {unknown} for task {task}; known: {list(known)}"
+        )
+    missing = sorted(set(known) - set(space))
+    if missing:
+        raise ValueError(f"search_space is missing {missing} (a one-item `choices` fixes one)")
+    for axis, allowed in CATEGORICAL_AXES.items():
+        if axis in space:
+            choices = space[axis].choices
+            if choices is None or not set(choices) <= allowed:
+                raise ValueError(f"search_space.{axis} must be `choices` from {sorted(allowed)}")
 
 
 class TuneParallel(Section):
@@ -176,22 +219,14 @@ class TuneParams(Section):
     pruning: bool = True
     # Points per numeric range when the sampler is `grid`.
     grid_points: Annotated[int, Field(ge=2)] = 2
-    search_space: dict[str, Dimension] = Field(default_factory=_default_space)
+    # Training rows a trial sees (a seeded sample; None = all): a search ranks settings, and
+    # on 100k+ reviews a sample ranks them as well at a fraction of the time. The final
+    # training always uses every training row.
+    max_train_rows: Positive | None = None
+    # The running task's axes (see HYPERPARAMETERS); in params.yaml it may also be keyed by
+    # task name ({solar: {...}, reviews: {...}}), and the running task's entry is used.
+    search_space: dict[str, Dimension] = Field(default_factory=lambda: default_space("solar"))
     parallel: TuneParallel = TuneParallel()
-
-    @field_validator("search_space")
-    @classmethod
-    def _known_axes(cls, space: dict[str, Dimension]) -> dict[str, Dimension]:
-        unknown = sorted(set(space) - set(HYPERPARAMETERS))
-        if unknown:
-            raise ValueError(f"unknown hyperparameter(s) {unknown}; known: {list(HYPERPARAMETERS)}")
-        missing = sorted(set(HYPERPARAMETERS) - set(space))
-        if missing:
-            raise ValueError(f"search_space is missing {missing} (a one-item `choices` fixes one)")
-        cell = space["cell"]
-        if cell.choices is None or not set(cell.choices) <= {"lstm", "gru"}:
-            raise ValueError("search_space.cell must be `choices` from [lstm, gru]")
-        return space
 
 
 class TrainParams(Section):
@@ -278,11 +313,27 @@ class ScheduleParams(Section):
         return value
 
 
+class ReviewsParams(Section):
+    """The review-sentiment task: texts → syllable tokens → positive (1) / negative (0)."""
+
+    max_length: Positive = 128  # syllable tokens read per review (longer: the beginning)
+    max_repeat: Positive = 2  # ㅋㅋㅋㅋㅋ → ㅋㅋ
+    min_count: Positive = 2  # a syllable seen fewer times in training is <unk>
+    max_vocab: Annotated[int, Field(ge=10)] = 6000
+    max_text_chars: Positive = 2000  # longer texts are refused by the service, per item
+    baseline_c: Annotated[float, Field(gt=0)] = 4.0  # the TF-IDF baseline's inverse penalty
+    explain_examples: Annotated[int, Field(ge=0)] = 40  # test reviews in the attention report
+
+
+TASKS = ("solar", "reviews")
+
+
 class Params(Section):
-    task: Literal["solar"] = "solar"
+    task: Literal["solar", "reviews"] = "solar"
     seed: int = 42
     ingest: IngestParams = IngestParams()
     solar: SolarParams = SolarParams()
+    reviews: ReviewsParams = ReviewsParams()
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
     features: FeaturesParams = FeaturesParams()
     labeling: LabelingParams = LabelingParams()
@@ -296,6 +347,33 @@ class Params(Section):
     schedule: ScheduleParams = ScheduleParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _space_of_the_task(cls, raw: Any) -> Any:
+        """Pick the running task's search space; default it to the task's own."""
+        if not isinstance(raw, dict):
+            return raw
+        task = raw.get("task", "solar")
+        if task not in TASKS:
+            return raw  # the `task` field reports it
+        tune = raw.get("tune")
+        tune = dict(tune) if isinstance(tune, dict) else {}
+        space = tune.get("search_space")
+        if isinstance(space, dict) and space and set(space) <= set(TASKS):
+            space = space.get(task)
+        if space is None:
+            space = {k: v.model_dump() for k, v in default_space(task).items()}
+        tune["search_space"] = space
+        return {**raw, "tune": tune}
+
+    @model_validator(mode="after")
+    def _space_fits_the_task(self) -> Params:
+        try:
+            check_space(self.task, self.tune.search_space)
+        except ValueError as error:
+            raise ValueError(f"tune.search_space: {error}") from None
+        return self
 
     @property
     def model_name(self) -> str:

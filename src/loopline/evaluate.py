@@ -24,6 +24,45 @@ class Scores:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def headline(self) -> str:
+        return f"RMSE {self.rmse:8.1f}  MAE {self.mae:8.1f}"
+
+
+@dataclass(frozen=True)
+class ClassScores:
+    """How well one classifier labels a fixed set of test rows."""
+
+    accuracy: float
+    f1: float  # of the positive class (1)
+    log_loss: float
+    rows: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def headline(self) -> str:
+        return f"accuracy {self.accuracy:.4f}  F1 {self.f1:.4f}  log loss {self.log_loss:.4f}"
+
+
+def score_classes(labels: np.ndarray, probabilities: np.ndarray) -> ClassScores:
+    """Accuracy, positive-class F1 and log loss of predicted class probabilities."""
+    from sklearn.metrics import f1_score
+    from sklearn.metrics import log_loss as cross_entropy
+
+    labels = np.asarray(labels).astype(np.int64)
+    p = np.asarray(probabilities, dtype=np.float64)
+    if len(labels) != len(p):
+        raise ValueError(f"{len(labels)} labels but {len(p)} predictions")
+    if not len(labels):
+        raise ValueError("no labeled test row to score")
+    predicted = p.argmax(axis=1)
+    return ClassScores(
+        accuracy=float((predicted == labels).mean()),
+        f1=float(f1_score(labels, predicted, zero_division=0.0)),
+        log_loss=float(cross_entropy(labels, np.clip(p, 1e-7, 1.0), labels=range(p.shape[1]))),
+        rows=len(labels),
+    )
+
 
 def score(y_true: np.ndarray, y_pred: np.ndarray) -> Scores:
     """RMSE and MAE overall and RMSE per horizon step, on rows where both are finite."""
@@ -55,20 +94,31 @@ class Decision:
         return asdict(self)
 
 
+def _better(candidate: float, other: float, higher_is_better: bool) -> bool:
+    return candidate > other if higher_is_better else candidate < other
+
+
 def should_promote(
-    candidate: Scores,
-    champion: Scores | None,
-    baselines: dict[str, Scores],
+    candidate: Any,
+    champion: Any | None,
+    baselines: dict[str, Any],
     min_improvement: float = 0.0,
     champion_incomparable: str | None = None,
+    metric: str = "rmse",
+    higher_is_better: bool = False,
 ) -> Decision:
     """Promote only a candidate that beats every baseline and the champion on the same rows.
 
-    `champion` is None when there is none yet; its scores must come from the same test rows
-    as the candidate's (the caller re-scores the champion on them). When a champion exists
-    but cannot be scored on those rows (`champion_incomparable` says why, e.g. another
-    horizon), the candidate is held: an automatic gate never replaces what it cannot compare.
+    Scores are compared on `metric` (RMSE for a forecaster, lower is better; accuracy for a
+    classifier, higher is better). `champion` is None when there is none yet; its scores
+    must come from the same test rows as the candidate's (the caller re-scores the champion
+    on them). When a champion exists but cannot be scored on those rows
+    (`champion_incomparable` says why, e.g. another horizon), the candidate is held: an
+    automatic gate never replaces what it cannot compare. `min_improvement` is relative: the
+    share of the champion's error (or of its distance to a perfect score) to win back.
     """
+    label = metric.upper() if metric in ("rmse", "mae") else metric
+    mine = getattr(candidate, metric)
     reasons: list[str] = []
     promote = True
     if champion_incomparable:
@@ -83,11 +133,14 @@ def should_promote(
                 f"baseline {name} was scored on {base.rows} rows, candidate on "
                 f"{candidate.rows}: compare on the same rows"
             )
-        if candidate.rmse < base.rmse:
-            reasons.append(f"beats {name}: RMSE {candidate.rmse:.4g} < {base.rmse:.4g}")
+        theirs = getattr(base, metric)
+        if _better(mine, theirs, higher_is_better):
+            sign = ">" if higher_is_better else "<"
+            reasons.append(f"beats {name}: {label} {mine:.4g} {sign} {theirs:.4g}")
         else:
             promote = False
-            reasons.append(f"does not beat {name}: RMSE {candidate.rmse:.4g} >= {base.rmse:.4g}")
+            sign = "<=" if higher_is_better else ">="
+            reasons.append(f"does not beat {name}: {label} {mine:.4g} {sign} {theirs:.4g}")
     if champion_incomparable:
         pass  # held above, with the reason
     elif champion is None:
@@ -98,19 +151,20 @@ def should_promote(
                 f"champion was scored on {champion.rows} rows, candidate on "
                 f"{candidate.rows}: compare on the same rows"
             )
-        needed = champion.rmse * (1.0 - min_improvement)
-        if candidate.rmse < needed:
-            reasons.append(
-                f"beats the champion: RMSE {candidate.rmse:.4g} < {needed:.4g}"
-                f" (champion {champion.rmse:.4g}, min_improvement {min_improvement:g})"
-            )
+        theirs = getattr(champion, metric)
+        if higher_is_better:  # win back a share of the champion's distance to 1
+            needed = theirs + (1.0 - theirs) * min_improvement
+            wins = mine > needed
         else:
-            promote = False
-            reasons.append(
-                f"does not beat the champion: RMSE {candidate.rmse:.4g} >= "
-                f"{needed:.4g} (champion {champion.rmse:.4g}, "
-                f"min_improvement {min_improvement:g})"
-            )
+            needed = theirs * (1.0 - min_improvement)
+            wins = mine < needed
+        sign = (">" if higher_is_better else "<") if wins else ("<=" if higher_is_better else ">=")
+        verdict = "beats the champion" if wins else "does not beat the champion"
+        reasons.append(
+            f"{verdict}: {label} {mine:.4g} {sign} {needed:.4g}"
+            f" (champion {theirs:.4g}, min_improvement {min_improvement:g})"
+        )
+        promote &= wins
     return Decision(promote, reasons)
 
 
@@ -130,27 +184,40 @@ def plot_per_step_rmse(curves: dict[str, Scores], path: Path, unit: str = "W") -
 
 @dataclass
 class Evaluation:
-    """Every forecaster scored on the same test rows, and the gate's decision."""
+    """Every model scored on the same test rows, and the gate's decision.
 
-    scores: dict[str, Scores]  # "model", each baseline, and "champion" when there is one
+    `scores` maps "model", each baseline and "champion" (when there is one) to a scores
+    object with `rows` and a `to_dict()`; `skill` is given for forecasters (1 - RMSE ratio).
+    `examples` is what the task's report shows (e.g. highlighted test reviews).
+    """
+
+    scores: dict[str, Any]
     decision: Decision
+    examples: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def rows(self) -> int:
-        """Test rows every forecaster was scored on (the same for all, by construction)."""
+        """Test rows every model was scored on (the same for all, by construction)."""
         return self.scores["model"].rows
 
     def metrics(self) -> dict[str, float]:
-        """Flat metrics for tracking: test_rmse, test_mae, <baseline>_rmse, skill_<baseline>."""
-        model = self.scores["model"]
-        out = {"test_rmse": model.rmse, "test_mae": model.mae, "test_rows": float(self.rows)}
-        for name, s in self.scores.items():
-            if name == "model":
-                continue
-            out[f"{name}_rmse"] = s.rmse
-            out[f"{name}_mae"] = s.mae
-            out[f"skill_vs_{name}"] = skill(model, s)
+        """Flat metrics for tracking: test_<metric> for the model, <name>_<metric> for the
+        others, skill_vs_<name> for forecasters."""
+        out: dict[str, float] = {}
+        for name, scores in self.scores.items():
+            prefix = "test" if name == "model" else name
+            for key, value in scores.to_dict().items():
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    if name != "model" and key == "rows":
+                        continue  # the same rows for all
+                    out[f"{prefix}_{key}"] = float(value)
+            if name != "model" and isinstance(scores, Scores):
+                out[f"skill_vs_{name}"] = skill(self.scores["model"], scores)
         return out
+
+    def headlines(self) -> list[str]:
+        """One line per scored model, for the console."""
+        return [f"{name:18s} {scores.headline()}" for name, scores in self.scores.items()]
 
 
 def incomparable_specs(candidate, champion) -> str | None:
@@ -162,22 +229,20 @@ def incomparable_specs(candidate, champion) -> str | None:
     return None
 
 
-def _torch_forecasts(test_frame, spec, model):
-    from loopline.labeling import make_windows
+def _torch_forecasts(task, test_frame, spec, model):
     from loopline.train import predict
 
-    examples = make_windows(test_frame, spec, spec.window, target_set="test", history_sets=("gap",))
+    examples = task.examples(test_frame, spec, "test")
     return examples.keys, predict(model, examples.x), examples.y
 
 
 def onnx_forecasts(task, test_frame, spec, session):
     """Forecasts of an ONNX model with its own feature spec, from the raw test rows."""
     from loopline.export import run_onnx
-    from loopline.labeling import make_windows
 
     raw = test_frame[[*task.schema, "split"]]
     frame = task.add_labels(task.add_features(raw, spec), spec)
-    examples = make_windows(frame, spec, spec.window, target_set="test", history_sets=("gap",))
+    examples = task.examples(frame, spec, "test")
     values = run_onnx(session, examples.x) if len(examples) else np.zeros((0, spec.horizon))
     return examples.keys, values
 
@@ -190,7 +255,7 @@ def evaluate_candidate(task, test_frame, spec, model, params, champion=None) -> 
     """
     import pandas as pd
 
-    keys, predicted, truth = _torch_forecasts(test_frame, spec, model)
+    keys, predicted, truth = _torch_forecasts(task, test_frame, spec, model)
     forecasts = {"model": predicted}
     incomparable = incomparable_specs(spec, champion[1]) if champion is not None else None
     if champion is not None and incomparable is None:

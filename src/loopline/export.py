@@ -92,8 +92,19 @@ def embedded_spec(session):
     return FeatureSpec.from_json(metadata[SPEC_KEY])
 
 
+_ONNX_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64}
+
+
+def run_onnx_outputs(session, x: np.ndarray) -> list[np.ndarray]:
+    """Every output of the model for inputs `x`, cast to the type its input declares
+    (float features for a forecaster, int64 token ids for a text model)."""
+    declared = session.get_inputs()[0].type
+    return session.run(None, {INPUT_NAME: x.astype(_ONNX_TYPES.get(declared, np.float32))})
+
+
 def run_onnx(session, x: np.ndarray) -> np.ndarray:
-    return session.run(None, {INPUT_NAME: x.astype(np.float32)})[0]
+    """The model's first output: forecasts, or a classifier's class probabilities."""
+    return run_onnx_outputs(session, x)[0]
 
 
 @dataclass(frozen=True)
@@ -110,14 +121,20 @@ def check_parity(
     """Compare onnxruntime with PyTorch on a golden batch; raise ParityError past tolerance."""
     module.eval()
     with torch.no_grad():
-        expected = module(torch.from_numpy(golden)).numpy()
-    actual = run_onnx(onnx_session(onnx_path), golden)
-    if actual.shape != expected.shape:
-        raise ParityError(f"ONNX output shape {actual.shape} != PyTorch {expected.shape}")
-    diff = np.abs(actual - expected)
-    rel = diff / np.maximum(np.abs(expected), 1e-12)
-    passed = bool(np.allclose(actual, expected, atol=atol, rtol=rtol))
-    result = Parity(float(diff.max()), float(rel.max()), len(golden), passed)
+        expected = module(torch.from_numpy(golden))
+    expected = [t.numpy() for t in (expected if isinstance(expected, tuple) else (expected,))]
+    actual = run_onnx_outputs(onnx_session(onnx_path), golden)
+    # Every output is checked: a classifier's attention weights are served too.
+    max_abs, max_rel, passed = 0.0, 0.0, len(actual) == len(expected)
+    for mine, theirs in zip(actual, expected, strict=False):
+        if mine.shape != theirs.shape:
+            raise ParityError(f"ONNX output shape {mine.shape} != PyTorch {theirs.shape}")
+        diff = np.abs(mine - theirs)
+        max_abs = max(max_abs, float(diff.max(initial=0.0)))
+        rel = diff / np.maximum(np.abs(theirs), 1e-12)
+        max_rel = max(max_rel, float(rel.max(initial=0.0)))
+        passed &= bool(np.allclose(mine, theirs, atol=atol, rtol=rtol))
+    result = Parity(max_abs, max_rel, len(golden), passed)
     if not passed:
         raise ParityError(
             f"ONNX parity check failed on {len(golden)} golden rows: max |diff| "
@@ -135,9 +152,8 @@ def export_and_check(
     atol: float,
     rtol: float,
 ) -> Parity:
-    """Export `model.predict` to ONNX at `path` and check parity on `golden`."""
-    from loopline.models.forecaster import Predictor
-
-    predictor = Predictor(model)
-    export_onnx(predictor, golden, path, metadata)
-    return check_parity(predictor, path, golden, atol, rtol)
+    """Export what the model says it serves (`model.exportable()`: a forecaster's forecasts in
+    watts, a classifier's probabilities and attention) and check parity on `golden`."""
+    module, dynamic_axes, output_names = model.exportable()
+    export_onnx(module, golden, path, metadata, dynamic_axes, output_names)
+    return check_parity(module, path, golden, atol, rtol)

@@ -110,16 +110,40 @@ def split_gap(params) -> int:
 def split_and_fit(
     task, frame: pd.DataFrame, spec: FeatureSpec, params
 ) -> tuple[pd.DataFrame, FeatureSpec]:
-    """Assign every row to a set and fit the feature scaling on training rows only."""
-    from loopline.features import fit_normalization
+    """Assign every row to a set and fit what is learned from data (feature scaling, a
+    vocabulary) on training rows only.
 
+    Rows without a label (an active-learning pool) join no set: they are marked
+    `unlabeled` and never reach training or evaluation.
+    """
     if task.split_kind == "chronological":
         out = chronological_split(
             frame, params.split, spec.time_column, spec.freq, split_gap(params)
         )
     else:
-        out = stratified_split(frame, params.split, spec.target_column, params.seed)
-    return out, fit_normalization(spec, out[out["split"] == "train"])
+        labeled = frame[spec.target_column].notna()
+        rows = frame[labeled]
+        if task.split_kind == "grouped":
+            rows = grouped_split(rows, params.split, spec.group_column, params.seed)
+        else:
+            rows = stratified_split(rows, params.split, spec.target_column, params.seed)
+        out = frame.assign(split="unlabeled")
+        out.loc[rows.index, "split"] = rows["split"]
+    return out, task.fit_features(spec, out[out["split"] == "train"])
+
+
+def training_view(task, frame: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
+    """Rows tuning and training may read: never the test set (nor, in time, past it)."""
+    if task.split_kind == "chronological":
+        return without_test(frame, spec.time_column)
+    return frame[frame["split"].isin(["train", "val"])]
+
+
+def evaluation_view(task, frame: pd.DataFrame, spec: FeatureSpec, params) -> pd.DataFrame:
+    """Rows evaluation reads: the test set, plus the history a forecaster may look back on."""
+    if task.split_kind == "chronological":
+        return test_view(frame, spec.time_column, spec.freq, evaluation_history(params))
+    return frame[frame["split"] == "test"]
 
 
 def without_test(frame: pd.DataFrame, time_column: str) -> pd.DataFrame:

@@ -12,7 +12,7 @@ import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -61,9 +61,33 @@ class TrainResult:
 
 
 def to_tensors(examples: Examples, spec: FeatureSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs as they are; regression targets scaled, class labels kept as integer ids."""
     x = torch.from_numpy(examples.x)
-    y = torch.from_numpy(scale_target(examples.y, spec))
-    return x, y
+    if np.issubdtype(examples.y.dtype, np.integer):
+        return x, torch.from_numpy(examples.y.astype(np.int64))
+    return x, torch.from_numpy(scale_target(examples.y, spec))
+
+
+def summed_loss(model: nn.Module, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The model's own loss (summed over the batch) when it defines one, else summed MSE:
+    a classifier brings cross-entropy, a forecaster uses the default."""
+    if hasattr(model, "loss"):
+        return model.loss(output, target)
+    return nn.functional.mse_loss(output, target, reduction="sum")
+
+
+def _per_row(target: torch.Tensor) -> int:
+    # Losses are reported per target value: per step of a forecast, per label of a class.
+    return int(target[0].numel()) if len(target) else 1
+
+
+class FineTuning(Protocol):
+    """How a pre-trained model is fine-tuned (see `loopline.pretrain`): which parameters
+    train at what rate, and what changes before each epoch (say, unfreezing a layer)."""
+
+    def param_groups(self, model: nn.Module, learning_rate: float) -> list[dict[str, Any]]: ...
+
+    def before_epoch(self, model: nn.Module, epoch: int) -> None: ...
 
 
 def batches(n: int, batch_size: int, generator: torch.Generator | None):
@@ -83,18 +107,17 @@ def train_epoch(
     grad_clip: float,
 ) -> float:
     model.train()
-    loss_fn = nn.MSELoss(reduction="sum")
     total = 0.0
     for index in batches(len(x), batch_size, generator):
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x[index]), y[index])
+        loss = summed_loss(model, model(x[index]), y[index])
         (loss / len(index)).backward()
         # Recurrent nets blow up on the odd long gradient; clipping keeps one batch from
         # undoing an epoch.
         nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
         total += loss.item()  # a sync point, once per batch, fine on CPU
-    return total / (len(x) * y.shape[1])
+    return total / (len(x) * _per_row(y))
 
 
 @torch.no_grad()
@@ -102,8 +125,8 @@ def eval_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: in
     model.eval()
     total = 0.0
     for index in batches(len(x), batch_size, None):
-        total += nn.functional.mse_loss(model(x[index]), y[index], reduction="sum").item()
-    return total / (len(x) * y.shape[1])
+        total += summed_loss(model, model(x[index]), y[index]).item()
+    return total / (len(x) * _per_row(y))
 
 
 def fit(
@@ -117,13 +140,15 @@ def fit(
     max_epochs: int | None = None,
     on_epoch: Callable[[Epoch], None] | None = None,
     checkpoint: Path | None = None,
+    fine_tuning: FineTuning | None = None,
 ) -> TrainResult:
     """Train with early stopping on validation loss; return the best epoch's weights.
 
     `on_epoch` may raise to stop training (the tuner uses that to prune a trial). With
     `checkpoint`, the whole training state is saved after every epoch and a run that finds
     one there continues after its last epoch, with the same RNG states, so a killed and
-    resumed training ends with the same weights as an uninterrupted one.
+    resumed training ends with the same weights as an uninterrupted one. `fine_tuning` sets
+    per-layer learning rates and a freezing schedule for a pre-trained model.
     """
     if len(train) == 0 or len(val) == 0:
         raise ValueError(f"need training and validation windows, got {len(train)} and {len(val)}")
@@ -131,9 +156,13 @@ def fit(
     set_threads(params.threads)
     x_train, y_train = to_tensors(train, spec)
     x_val, y_val = to_tensors(val, spec)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=float(hparams["learning_rate"]), weight_decay=params.weight_decay
+    learning_rate = float(hparams["learning_rate"])
+    groups = (
+        fine_tuning.param_groups(model, learning_rate)
+        if fine_tuning is not None
+        else model.parameters()
     )
+    optimizer = torch.optim.AdamW(groups, lr=learning_rate, weight_decay=params.weight_decay)
     generator = torch.Generator().manual_seed(seed)
     history: list[Epoch] = []
     best_loss, best_epoch, best_state, waited = float("inf"), 0, None, 0
@@ -153,6 +182,8 @@ def fit(
     for epoch in range(first, (max_epochs or params.max_epochs) + 1):
         if stopped_early:
             break
+        if fine_tuning is not None:
+            fine_tuning.before_epoch(model, epoch)
         train_loss = train_epoch(
             model,
             x_train,
@@ -268,11 +299,9 @@ def train_model(
     """Train the final model with the chosen hyperparameters; return it with its spec.
 
     With `checkpoint`, training resumes from the last epoch saved there (see `fit`)."""
-    from loopline.labeling import make_windows
-
-    spec = spec.with_window(int(hparams["window"]))
-    train = make_windows(frame, spec, spec.window, target_set="train")
-    val = make_windows(frame, spec, spec.window, target_set="val", history_sets=("gap",))
+    spec = task.configure(spec, hparams)
+    train = task.examples(frame, spec, "train")
+    val = task.examples(frame, spec, "val")
     seed_everything(params.seed)  # the initial weights are drawn here
     model = task.build_model(hparams, spec)
     result = fit(

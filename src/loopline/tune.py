@@ -242,26 +242,32 @@ def tune_model(
     database every worker reaches): it runs `n_trials` of them, its sampler seeded by
     `seed + worker` so parallel workers do not propose the same trials.
     """
-    from loopline.labeling import make_windows
+    import numpy as np
+
     from loopline.train import fit, seed_everything
 
-    # Cut windows once per length; a caller running many searches on the same rows (a Dask
-    # worker running one trial per task) passes its own cache to keep them across calls.
+    # Examples are built once per input spec (say, per window length for solar); a caller
+    # running many searches on the same rows (a Dask worker running one trial per task)
+    # passes its own cache to keep them across calls.
     windows = {} if windows is None else windows
+    limit = params.tune.max_train_rows
 
-    def examples(window: int):
-        # Trials share windows of the same length: cut each length once.
-        if window not in windows:
-            windows[window] = (
-                make_windows(frame, spec, window, target_set="train"),
-                make_windows(frame, spec, window, target_set="val", history_sets=("gap",)),
-            )
-        return windows[window]
+    def examples(trial_spec):
+        key = trial_spec.to_json()
+        if key not in windows:
+            train = task.examples(frame, trial_spec, "train")
+            if limit is not None and len(train) > limit:
+                # A seeded sample, the same for every trial: trials stay comparable.
+                pick = np.random.default_rng(params.seed).choice(len(train), limit, replace=False)
+                train = train.take(np.sort(pick))
+            windows[key] = (train, task.examples(frame, trial_spec, "val"))
+        return windows[key]
 
     def objective(hparams: dict[str, Any], report: Reporter) -> float:
-        train, val = examples(int(hparams["window"]))
+        trial_spec = task.configure(spec, hparams)
+        train, val = examples(trial_spec)
         seed_everything(params.seed)  # every trial starts from the same RNG state
-        model = task.build_model(hparams, spec)
+        model = task.build_model(hparams, trial_spec)
 
         def each_epoch(record):
             if on_epoch is not None:

@@ -74,6 +74,19 @@ class TextClassifier(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.forward_with_attention(ids)[0]
 
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy summed over the batch (the training loop averages)."""
+        return nn.functional.cross_entropy(logits, labels, reduction="sum")
+
+    def predict(self, ids: torch.Tensor) -> torch.Tensor:
+        """Class probabilities."""
+        return torch.softmax(self.forward(ids), dim=-1)
+
+    def exportable(self) -> tuple[nn.Module, dict[int, str], list[str]]:
+        """What export writes: the module, its dynamic input axes beyond the batch, and its
+        output names (probabilities first: the output parity and signatures look at)."""
+        return ClassifierPredictor(self), {1: "tokens"}, ["probabilities", "attention"]
+
 
 class ClassifierPredictor(nn.Module):
     """What is exported and served: class probabilities and each token's attention weight."""

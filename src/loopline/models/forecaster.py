@@ -47,6 +47,10 @@ class Forecaster(nn.Module):
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return torch.clamp(self.forward(x) * self.target_std + self.target_mean, min=0.0)
 
+    def exportable(self) -> tuple[nn.Module, dict[int, str], list[str]]:
+        """What export writes: the module, dynamic input axes beyond the batch, outputs."""
+        return Predictor(self), {}, ["forecast"]
+
 
 class Predictor(nn.Module):
     """Wraps a model so its `forward` is `predict`: what gets exported and served."""

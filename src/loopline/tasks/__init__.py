@@ -9,12 +9,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 if TYPE_CHECKING:
-    import numpy as np
+    from pathlib import Path
+
     import pandas as pd
     import torch
 
     from loopline.config import Params
+    from loopline.evaluate import Evaluation
     from loopline.features import FeatureSpec
+    from loopline.labeling import Examples
     from loopline.validate import Rule
 
 
@@ -27,7 +30,8 @@ class Task(Protocol):
     key_columns: ClassVar[list[str]]
     time_column: ClassVar[str | None]
     target_column: ClassVar[str]
-    split_kind: ClassVar[Literal["chronological", "stratified"]]
+    # chronological: by time with gaps; grouped: no group (say, a movie) in two sets.
+    split_kind: ClassVar[Literal["chronological", "stratified", "grouped"]]
 
     def load_builtin(self, params: Params) -> pd.DataFrame: ...
 
@@ -39,11 +43,43 @@ class Task(Protocol):
 
     def add_labels(self, frame: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame: ...
 
+    def fit_features(self, spec: FeatureSpec, train_rows: pd.DataFrame) -> FeatureSpec:
+        """What is learned from the training split only (scaling, a vocabulary)."""
+        ...
+
+    def configure(self, spec: FeatureSpec, hparams: dict[str, Any]) -> FeatureSpec:
+        """The spec a model with these hyperparameters reads (say, its input window)."""
+        ...
+
+    def examples(self, frame: pd.DataFrame, spec: FeatureSpec, target_set: str) -> Examples:
+        """Model-ready inputs and labels of one split set ("train", "val" or "test")."""
+        ...
+
     def build_model(self, hparams: dict[str, Any], spec: FeatureSpec) -> torch.nn.Module: ...
 
-    def baselines(
-        self, frame: pd.DataFrame, keys: pd.DataFrame, spec: FeatureSpec, params: Params
-    ) -> dict[str, np.ndarray]: ...
+    def evaluate(
+        self,
+        test_rows: pd.DataFrame,
+        spec: FeatureSpec,
+        model: torch.nn.Module,
+        params: Params,
+        champion: tuple[Any, FeatureSpec] | None = None,
+    ) -> Evaluation:
+        """Score the model, the task's baselines and the champion (ONNX session, its spec)
+        on the same test rows, and decide whether the model may be promoted."""
+        ...
+
+    def evaluation_report(
+        self,
+        evaluation: Evaluation,
+        test_rows: pd.DataFrame,
+        spec: FeatureSpec,
+        model: torch.nn.Module,
+        params: Params,
+        folder: Path,
+    ) -> list[Path]:
+        """Files a person opens to judge the model (plots, an HTML page), for MLflow."""
+        ...
 
 
 def get_task(name: str) -> Task:
@@ -52,4 +88,8 @@ def get_task(name: str) -> Task:
         from loopline.tasks.solar import SolarTask
 
         return SolarTask()
-    raise KeyError(f"unknown task {name!r}; built-in tasks: ['solar']")
+    if name == "reviews":
+        from loopline.tasks.reviews import ReviewsTask
+
+        return ReviewsTask()
+    raise KeyError(f"unknown task {name!r}; built-in tasks: ['solar', 'reviews']")

@@ -17,8 +17,9 @@ import numpy as np
 import pandas as pd
 
 from loopline.config import Params, PVSystemParams
-from loopline.features import FeatureSpec
-from loopline.labeling import add_forecast_labels, shifted_values
+from loopline.evaluate import evaluate_candidate, plot_per_step_rmse
+from loopline.features import FeatureSpec, fit_normalization
+from loopline.labeling import Examples, add_forecast_labels, make_windows, shifted_values
 from loopline.validate import Rule
 
 # pvlib's bundled TMY3 files; locations come from each file's own header.
@@ -149,7 +150,7 @@ class SolarTask:
     key_columns: ClassVar[list[str]] = ["site_id", "timestamp"]
     time_column: ClassVar[str | None] = "timestamp"
     target_column: ClassVar[str] = "power_w"
-    split_kind: ClassVar[Literal["chronological", "stratified"]] = "chronological"
+    split_kind: ClassVar[Literal["chronological", "stratified", "grouped"]] = "chronological"
 
     def load_builtin(self, params: Params) -> pd.DataFrame:
         frames = []
@@ -265,6 +266,25 @@ class SolarTask:
 
     def add_labels(self, frame: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
         return add_forecast_labels(frame, spec)
+
+    def fit_features(self, spec: FeatureSpec, train_rows: pd.DataFrame) -> FeatureSpec:
+        return fit_normalization(spec, train_rows)
+
+    def configure(self, spec: FeatureSpec, hparams: dict[str, Any]) -> FeatureSpec:
+        """The input window is a hyperparameter: the spec records the one chosen."""
+        return spec.with_window(int(hparams["window"]))
+
+    def examples(self, frame: pd.DataFrame, spec: FeatureSpec, target_set: str) -> Examples:
+        """Windows whose forecast origin and labels lie in `target_set`; validation and test
+        windows may read the gap rows before their set (past readings a forecaster sees)."""
+        history = () if target_set == "train" else ("gap",)
+        return make_windows(frame, spec, spec.window, target_set=target_set, history_sets=history)
+
+    def evaluate(self, test_rows, spec: FeatureSpec, model, params: Params, champion=None):
+        return evaluate_candidate(self, test_rows, spec, model, params, champion)
+
+    def evaluation_report(self, evaluation, test_rows, spec, model, params, folder: Path):
+        return [plot_per_step_rmse(evaluation.scores, folder / "rmse_per_horizon_step.png")]
 
     def build_model(self, hparams: dict[str, Any], spec: FeatureSpec):
         from loopline.models.forecaster import Forecaster
