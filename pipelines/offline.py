@@ -32,11 +32,12 @@ from loopline.errors import is_transient
 from loopline.evaluate import Evaluation
 from loopline.export import SPEC_KEY, export_and_check
 from loopline.features import FeatureSpec, build_features
+from loopline.human_labels import LabelStore
 from loopline.ingest import batch_watermarks, fetch_new_rows, untimed_fingerprints
 from loopline.lineage import git_commit
 from loopline.notify import notify, run_summary
 from loopline.paths import ProjectPaths
-from loopline.split import evaluation_view, split_and_fit, training_view
+from loopline.split import split_and_fit, training_view
 from loopline.tasks import get_task
 from loopline.tracking import RunTracker, lineage_tags, scratch_dir
 from loopline.train import TrainResult, plot_learning_curves, save_checkpoint, train_model
@@ -88,8 +89,11 @@ IO_RETRIES = {
 def ingest(params: Params, paths: ProjectPaths, stage_key: str):
     plugin = get_task(params.task)
     store = datastore.SnapshotStore(paths.snapshots(params.task))
+    # A source without times has no watermark: its rows already in the snapshot are known
+    # by key instead.
+    known = store.known_keys(plugin.key_columns) if plugin.time_column is None else set()
     return fetch_new_rows(
-        params, plugin, paths.root, store.watermarks(), store.untimed_quarantined()
+        params, plugin, paths.root, store.watermarks(), store.untimed_quarantined(), known
     )
 
 
@@ -146,8 +150,10 @@ def features(params: Params, paths: ProjectPaths, stage_key: str):
 
 
 @task(name="labeling", **CACHED)
-def labeling(params: Params, frame, spec: FeatureSpec, stage_key: str):
-    return get_task(params.task).add_labels(frame, spec)
+def labeling(params: Params, frame, spec: FeatureSpec, paths: ProjectPaths, stage_key: str):
+    # People's labels are part of the data version (and so of this stage's key).
+    human = LabelStore(paths.labels(params.task)).load()
+    return get_task(params.task).add_labels(frame, spec, human)
 
 
 @task(name="split", **CACHED)
@@ -468,6 +474,10 @@ def _offline(paths: ProjectPaths, params: Params) -> dict[str, Any] | Completed:
                 f"{committed.rows} rows added, {committed.total_rows} in snapshot; "
                 f"data version {data_version}"
             )
+        # People's labels (`loopline label import`) are data too: new labels, new version.
+        labels_version = LabelStore(paths.labels(params.task)).version()
+        if labels_version is not None:
+            snapshot_version = f"{snapshot_version}+labels-{labels_version}"
         lineage = lineage_tags(
             params.task, data_version, snapshot_version, commit, dirty, params.fingerprint()
         )
@@ -499,14 +509,15 @@ def _offline(paths: ProjectPaths, params: Params) -> dict[str, Any] | Completed:
         with stage("features"):
             frame, spec = run_stage(features, paths, params, paths, stage_key=keys["features"])
         with stage("labeling"):
-            frame = run_stage(labeling, paths, params, frame, spec, stage_key=keys["labeling"])
+            frame = run_stage(
+                labeling, paths, params, frame, spec, paths, stage_key=keys["labeling"]
+            )
         with stage("split"):
             frame, spec = run_stage(split, paths, params, frame, spec, stage_key=keys["split"])
             counts = frame["split"].value_counts().to_dict()
             note(f"rows per set: {counts}")
             plugin = get_task(params.task)
             training_rows = training_view(plugin, frame, spec)
-            test_rows = evaluation_view(plugin, frame, spec, params)
         with stage("tune", f"{params.tune.sampler}, {params.tune.n_trials} trials"):
             if params.tune.parallel.engine == "dask":
                 tuned = run_stage(
@@ -541,7 +552,7 @@ def _offline(paths: ProjectPaths, params: Params) -> dict[str, Any] | Completed:
                 evaluate,
                 paths,
                 params,
-                test_rows,
+                frame,
                 spec,
                 result,
                 paths,

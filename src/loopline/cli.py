@@ -413,6 +413,94 @@ def promote(
     _move(project, model, version, reason, "promote")
 
 
+label_app = typer.Typer(
+    help="Labels from people: export the batch active learning picks, import the answers.",
+    no_args_is_help=True,
+)
+app.add_typer(label_app, name="label")
+
+
+@label_app.command("export")
+def label_export(
+    project: ProjectOption = None,
+    n: Annotated[
+        int | None, typer.Option("--n", help="Rows (default: labeling.batch_size).")
+    ] = None,
+    strategy: Annotated[
+        str | None,
+        typer.Option(help="random | least_confidence | margin | entropy | committee."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for the files (default: labeling/ here).")
+    ] = None,
+    task: Annotated[str | None, typer.Option(help="Task (overrides params `task`).")] = None,
+) -> None:
+    """Write the next batch to label: a CSV (fill in `label`) and Label Studio tasks."""
+    from loopline.config import load_params
+    from loopline.human_labels import export_batch, label_studio_config
+    from loopline.tasks import get_task
+
+    paths = _paths(project)
+    overrides = [f"labeling.{k}={v}" for k, v in {"strategy": strategy}.items() if v]
+    try:
+        params = load_params(paths.params_file, overrides + ([f"task={task}"] if task else []))
+        plugin = get_task(params.task)
+        batch, csv_path, json_path = export_batch(
+            plugin,
+            paths,
+            params,
+            n or params.labeling.batch_size,
+            params.labeling.strategy,
+            out or paths.root / "labeling",
+        )
+    except LooplineError as error:
+        _fail(error)
+    origins = batch["origin"].value_counts().to_dict()
+    console.print(
+        f"[bold]{len(batch)}[/] rows chosen by {params.labeling.strategy} "
+        f"(from {', '.join(f'{v} {k}' for k, v in origins.items())})"
+    )
+    console.print(f"CSV to fill in (column `label`): {csv_path}")
+    console.print(f"Label Studio tasks: {json_path}")
+    console.print(f"Label Studio labeling config: {label_studio_config(list(plugin.class_names))}")
+    console.print("Then: loopline label import FILE (the filled CSV or Label Studio's JSON export)")
+
+
+@label_app.command("import")
+def label_import(
+    file: Annotated[Path, typer.Argument(help="The filled CSV, or Label Studio's JSON export.")],
+    project: ProjectOption = None,
+    task: Annotated[str | None, typer.Option(help="Task (overrides params `task`).")] = None,
+) -> None:
+    """Check every answer and merge them into the DVC-tracked labeled set (all or none)."""
+    from loopline import datastore
+    from loopline.config import load_params
+    from loopline.human_labels import LabelStore, import_answers, known_texts
+    from loopline.tasks import get_task
+
+    paths = _paths(project)
+    try:
+        params = load_params(paths.params_file, [f"task={task}"] if task else [])
+        plugin = get_task(params.task)
+        store = LabelStore(paths.labels(plugin.name))
+        report = import_answers(
+            file.resolve(), store, known_texts(plugin, paths, params), list(plugin.class_names)
+        )
+        version = None
+        if report.added:
+            datastore.ensure_dvc_repo(paths.root, paths.dvc_remote)
+            version = datastore.track_data(paths.root, paths.data)
+    except LooplineError as error:
+        _fail(error)
+    console.print(
+        f"[bold green]imported:[/] {report.added} new label(s), {report.unchanged} already "
+        f"held, {report.unanswered} row(s) left unanswered; {report.total_labels} human "
+        f"labels in {store.path.relative_to(paths.root)}"
+        + (f" (data version {version})" if version else "")
+    )
+    console.print("The next `loopline run` trains on them.")
+
+
 def main() -> None:  # pragma: no cover - console entry for `python -m loopline.cli`
     sys.exit(app())
 

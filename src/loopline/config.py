@@ -98,7 +98,18 @@ class FeaturesParams(Section):
 
 
 class LabelingParams(Section):
+    # Forecasting tasks: steps ahead each example is labeled with.
     horizon: Positive = 24
+    # Active learning (`loopline label export`): how the next batch for people is chosen
+    # from the unlabeled pool, how many rows, and for `committee`, how many of the last
+    # registered versions vote.
+    strategy: Literal["random", "least_confidence", "margin", "entropy", "committee"] = (
+        "least_confidence"
+    )
+    batch_size: Positive = 200
+    committee_size: Annotated[int, Field(ge=2)] = 3
+    # Also offer texts the service was asked about (its prediction log) to people.
+    include_prediction_log: bool = True
 
 
 class SplitParams(Section):

@@ -90,6 +90,17 @@ class SnapshotStore:
             return "empty"
         return hashlib.sha256(self.manifest_path.read_bytes()).hexdigest()[:16]
 
+    def known_keys(self, columns: list[str]) -> set[str]:
+        """Keys of every committed row (for sources without a time to keep a watermark)."""
+        parts = [b["partition"] for b in self.manifest()["batches"] if b.get("partition")]
+        keys: set[str] = set()
+        for part in parts:
+            frame = pd.read_parquet(self.folder / part, columns=columns).astype("string")
+            text = frame.fillna("")
+            joined = text[columns[0]] if len(columns) == 1 else text.agg("|".join, axis=1)
+            keys.update(joined.tolist())
+        return keys
+
     def load(self) -> pd.DataFrame:
         parts = [b["partition"] for b in self.manifest()["batches"] if b.get("partition")]
         if not parts:

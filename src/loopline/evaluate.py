@@ -51,6 +51,7 @@ def score_classes(labels: np.ndarray, probabilities: np.ndarray) -> ClassScores:
 
     labels = np.asarray(labels).astype(np.int64)
     p = np.asarray(probabilities, dtype=np.float64)
+    p = p / p.sum(axis=1, keepdims=True)  # float32 outputs sum to 1 within 1e-7 only
     if len(labels) != len(p):
         raise ValueError(f"{len(labels)} labels but {len(p)} predictions")
     if not len(labels):

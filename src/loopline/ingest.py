@@ -120,14 +120,18 @@ def newer_than(
     watermarks: dict[str, str],
     task: Task,
     seen_untimed: set[str] = frozenset(),
+    known_keys: set[str] = frozenset(),
 ) -> pd.DataFrame:
-    """Rows after their group's watermark (incremental ingest).
+    """Rows after their group's watermark (incremental ingest); for a task without a time
+    column, rows whose key is not in the snapshot yet (`known_keys`).
 
     Rows whose time does not parse are kept for validation to quarantine, unless an earlier
     batch quarantined them already (`seen_untimed`).
     """
     column, group = task.time_column, task.key_columns[0]
-    if column is None or column not in frame.columns or group not in frame.columns:
+    if column is None:
+        return unseen_rows(frame, task, seen_untimed, known_keys)
+    if column not in frame.columns or group not in frame.columns:
         return frame.reset_index(drop=True)  # validation names the missing column
     times = parsed_times(frame, column)
     marks = frame[group].astype(str).map(lambda g: watermarks.get(g))
@@ -139,10 +143,36 @@ def newer_than(
     return frame[keep].reset_index(drop=True)
 
 
+def row_keys(frame: pd.DataFrame, task: Task) -> pd.Series:
+    """Each row's key (the task's key columns joined) as text."""
+    columns = task.key_columns
+    text = frame[columns].astype("string").fillna("")
+    return text[columns[0]] if len(columns) == 1 else text.agg("|".join, axis=1)
+
+
+def unseen_rows(
+    frame: pd.DataFrame, task: Task, seen_untimed: set[str], known_keys: set[str]
+) -> pd.DataFrame:
+    """Rows of an untimed source not ingested before: their key is not in the snapshot and
+    they are not a bad row an earlier batch quarantined already."""
+    keep = pd.Series(True, index=frame.index)
+    if seen_untimed:
+        keep &= ~row_fingerprints(frame).isin(seen_untimed)
+    if known_keys and set(task.key_columns) <= set(frame.columns):
+        keep &= ~row_keys(frame, task).isin(known_keys)
+    return frame[keep].reset_index(drop=True)
+
+
 def untimed_fingerprints(bad: pd.DataFrame, task: Task) -> list[str]:
-    """Fingerprints of quarantined rows without a parseable time (see `newer_than`)."""
+    """Fingerprints of quarantined rows no watermark can place: without a parseable time,
+    or every bad row of a task without a time column (see `newer_than`)."""
     column = task.time_column
-    if column is None or column not in bad.columns or bad.empty:
+    if bad.empty:
+        return []
+    if column is None:
+        raw = bad.drop(columns=[c for c in bad.columns if c.startswith("_")])
+        return sorted(row_fingerprints(raw).tolist())
+    if column not in bad.columns:
         return []
     raw = bad.drop(columns=[c for c in bad.columns if c.startswith("_")])
     untimed = parsed_times(raw, column).isna()
@@ -166,8 +196,9 @@ def fetch_new_rows(
     root: Path,
     watermarks: dict[str, str],
     seen_untimed: set[str] = frozenset(),
+    known_keys: set[str] = frozenset(),
 ) -> tuple[pd.DataFrame, int]:
     """The source's rows newer than `watermarks` (what this run has to add), and how many
     rows the source held in all, so a run can say how many it skipped as already seen."""
     source = read_source(params, task, root)
-    return newer_than(source, watermarks, task, seen_untimed), len(source)
+    return newer_than(source, watermarks, task, seen_untimed, known_keys), len(source)

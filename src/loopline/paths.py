@@ -38,6 +38,14 @@ class ProjectPaths:
     def snapshots(self, task: str) -> Path:
         return self.data / task
 
+    def labels(self, task: str) -> Path:
+        """People's labels for a task (`loopline label import`), DVC-tracked with the data."""
+        return self.data / "labels" / f"{task}.parquet"
+
+    def prediction_log_url(self, params) -> str:
+        """Where the service logs its predictions: `serve.prediction_log`, or SQLite here."""
+        return params.serve.prediction_log or f"sqlite:///{self.state / 'predictions.db'}"
+
     @property
     def quarantine(self) -> Path:
         return self.data / "quarantine"

@@ -172,3 +172,41 @@ def read_predictions(url: str, limit: int | None = None) -> list[dict[str, Any]]
             return [dict(row._mapping) for row in connection.execute(query)]
     finally:
         engine.dispose()
+
+
+def text_id(text: str) -> str:
+    """A logged text's id in the labeling pool: the same text always gets the same id."""
+    import hashlib
+
+    return "log:" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def logged_texts(url: str, model_name: str):
+    """Distinct texts the service was asked to classify (id, text, origin), for labeling.
+
+    An absent log (no service has run yet) is an empty pool, not an error.
+    """
+    import pandas as pd
+    from sqlalchemy import MetaData, create_engine, inspect, select
+
+    empty = pd.DataFrame(columns=["id", "text", "origin"])
+    engine = create_engine(url)
+    try:
+        if not inspect(engine).has_table("predictions"):
+            return empty
+        table = predictions_table(MetaData())
+        query = select(table.c.inputs).where(table.c.model_name == model_name)
+        with engine.connect() as connection:
+            texts = [
+                row.inputs["text"]
+                for row in connection.execute(query)
+                if isinstance(row.inputs, dict) and isinstance(row.inputs.get("text"), str)
+            ]
+    finally:
+        engine.dispose()
+    if not texts:
+        return empty
+    unique = list(dict.fromkeys(texts))
+    return pd.DataFrame(
+        {"id": [text_id(t) for t in unique], "text": unique, "origin": "prediction_log"}
+    )

@@ -404,3 +404,21 @@ def load_champion(tracking_uri: str, name: str, dest: Path):
     folder = download_model(tracking_uri, f"models:/{name}/{version.version}", dest)
     session = onnx_session(folder / "model.onnx")
     return session, embedded_spec(session), version
+
+
+def recent_models(tracking_uri: str, name: str, count: int, dest: Path) -> list[tuple[Any, Any]]:
+    """(onnx session, feature spec) of the last `count` registered versions, newest first
+    (say, a committee for active learning)."""
+    from loopline.export import embedded_spec, onnx_session
+
+    with using_tracking_uri(tracking_uri):
+        versions = client(tracking_uri).search_model_versions(f"name = '{name}'")
+    newest = sorted(versions, key=lambda v: int(v.version), reverse=True)[:count]
+    out = []
+    for version in newest:
+        folder = download_model(
+            tracking_uri, f"models:/{name}/{version.version}", dest / f"v{version.version}"
+        )
+        session = onnx_session(folder / "model.onnx")
+        out.append((session, embedded_spec(session)))
+    return out

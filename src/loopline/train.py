@@ -76,6 +76,14 @@ def summed_loss(model: nn.Module, output: torch.Tensor, target: torch.Tensor) ->
     return nn.functional.mse_loss(output, target, reduction="sum")
 
 
+def batch_inputs(model: nn.Module, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Rows `index` of `x`, trimmed by the model when it knows how (a text model drops the
+    padding columns no row of this batch needs: padded to the longest text of the whole
+    set, a batch of short reviews would cost several times its compute)."""
+    rows = x[index]
+    return model.trim(rows) if hasattr(model, "trim") else rows
+
+
 def _per_row(target: torch.Tensor) -> int:
     # Losses are reported per target value: per step of a forecast, per label of a class.
     return int(target[0].numel()) if len(target) else 1
@@ -110,7 +118,7 @@ def train_epoch(
     total = 0.0
     for index in batches(len(x), batch_size, generator):
         optimizer.zero_grad(set_to_none=True)
-        loss = summed_loss(model, model(x[index]), y[index])
+        loss = summed_loss(model, model(batch_inputs(model, x, index)), y[index])
         (loss / len(index)).backward()
         # Recurrent nets blow up on the odd long gradient; clipping keeps one batch from
         # undoing an epoch.
@@ -125,7 +133,7 @@ def eval_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: in
     model.eval()
     total = 0.0
     for index in batches(len(x), batch_size, None):
-        total += summed_loss(model, model(x[index]), y[index]).item()
+        total += summed_loss(model, model(batch_inputs(model, x, index)), y[index]).item()
     return total / (len(x) * _per_row(y))
 
 
@@ -260,7 +268,10 @@ def predict(model: nn.Module, x: np.ndarray, batch_size: int = 1024) -> np.ndarr
     """Forecasts in target units for input windows `x`."""
     model.eval()
     tensor = torch.from_numpy(x)
-    parts = [model.predict(tensor[i : i + batch_size]) for i in range(0, len(tensor), batch_size)]
+    parts = [
+        model.predict(batch_inputs(model, tensor, index))
+        for index in batches(len(tensor), batch_size, None)
+    ]
     if not parts:
         return np.zeros((0, 0), np.float32)
     return torch.cat(parts).numpy()

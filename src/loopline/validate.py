@@ -29,11 +29,11 @@ class Rule:
     `columns` key; the first reading wins) and `in_order` (`column` never goes back in time
     within `group`; exact repeats are left to `unique`) and `not_future` (`column` no later
     than a day from now: a mistyped year would otherwise become the watermark and hide every
-    later reading).
+    later reading) and `not_blank` (a text with something besides whitespace).
     """
 
     name: str
-    kind: Literal["not_null", "between", "in_set", "unique", "in_order", "not_future"]
+    kind: Literal["not_null", "between", "in_set", "unique", "in_order", "not_future", "not_blank"]
     column: str | None = None
     columns: tuple[str, ...] = ()
     group: str | None = None
@@ -109,6 +109,10 @@ def _derived_columns(frame: pd.DataFrame, rules: list[Rule]) -> dict[str, pd.Ser
                 | frame[rule.column].isna()
                 | (frame[rule.column] >= previous_max)
             )
+        elif rule.kind == "not_blank":
+            text = frame[rule.column].astype("string")
+            # A null text is `not_null`'s to report.
+            derived[f"_{rule.name}"] = (text.str.strip().str.len() > 0).fillna(True).astype(bool)
         elif rule.kind == "not_future":
             limit = pd.Timestamp.now(tz="UTC") + pd.Timedelta("1D")
             derived[f"_{rule.name}"] = frame[rule.column].isna() | (frame[rule.column] <= limit)

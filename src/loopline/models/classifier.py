@@ -74,6 +74,13 @@ class TextClassifier(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.forward_with_attention(ids)[0]
 
+    @staticmethod
+    def trim(ids: torch.Tensor) -> torch.Tensor:
+        """Drop trailing padding columns no row uses (outputs are unchanged: padding is
+        masked everywhere)."""
+        width = int((ids != 0).sum(dim=1).max()) if len(ids) else 1
+        return ids[:, : max(width, 1)]
+
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Cross-entropy summed over the batch (the training loop averages)."""
         return nn.functional.cross_entropy(logits, labels, reduction="sum")

@@ -41,7 +41,12 @@ class Task(Protocol):
 
     def new_feature_spec(self, params: Params) -> FeatureSpec: ...
 
-    def add_labels(self, frame: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame: ...
+    def add_labels(
+        self, frame: pd.DataFrame, spec: FeatureSpec, human: pd.DataFrame | None = None
+    ) -> pd.DataFrame:
+        """Rows with their labels: from the data, and `human` ones (`loopline label
+        import`) where the task takes them."""
+        ...
 
     def fit_features(self, spec: FeatureSpec, train_rows: pd.DataFrame) -> FeatureSpec:
         """What is learned from the training split only (scaling, a vocabulary)."""
@@ -59,20 +64,21 @@ class Task(Protocol):
 
     def evaluate(
         self,
-        test_rows: pd.DataFrame,
+        frame: pd.DataFrame,
         spec: FeatureSpec,
         model: torch.nn.Module,
         params: Params,
         champion: tuple[Any, FeatureSpec] | None = None,
     ) -> Evaluation:
         """Score the model, the task's baselines and the champion (ONNX session, its spec)
-        on the same test rows, and decide whether the model may be promoted."""
+        on the same test rows of the split `frame` (baselines that learn, learn from its
+        training rows), and decide whether the model may be promoted."""
         ...
 
     def evaluation_report(
         self,
         evaluation: Evaluation,
-        test_rows: pd.DataFrame,
+        frame: pd.DataFrame,
         spec: FeatureSpec,
         model: torch.nn.Module,
         params: Params,

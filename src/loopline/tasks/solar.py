@@ -20,6 +20,7 @@ from loopline.config import Params, PVSystemParams
 from loopline.evaluate import evaluate_candidate, plot_per_step_rmse
 from loopline.features import FeatureSpec, fit_normalization
 from loopline.labeling import Examples, add_forecast_labels, make_windows, shifted_values
+from loopline.split import evaluation_view
 from loopline.validate import Rule
 
 # pvlib's bundled TMY3 files; locations come from each file's own header.
@@ -264,7 +265,10 @@ class SolarTask:
         out = pd.concat([frame, pd.DataFrame(columns, index=frame.index)], axis=1)
         return out
 
-    def add_labels(self, frame: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
+    def add_labels(
+        self, frame: pd.DataFrame, spec: FeatureSpec, human: pd.DataFrame | None = None
+    ) -> pd.DataFrame:
+        """Each row's next `horizon` readings: the data labels itself (no human labels)."""
         return add_forecast_labels(frame, spec)
 
     def fit_features(self, spec: FeatureSpec, train_rows: pd.DataFrame) -> FeatureSpec:
@@ -280,7 +284,8 @@ class SolarTask:
         history = () if target_set == "train" else ("gap",)
         return make_windows(frame, spec, spec.window, target_set=target_set, history_sets=history)
 
-    def evaluate(self, test_rows, spec: FeatureSpec, model, params: Params, champion=None):
+    def evaluate(self, frame, spec: FeatureSpec, model, params: Params, champion=None):
+        test_rows = evaluation_view(self, frame, spec, params)
         return evaluate_candidate(self, test_rows, spec, model, params, champion)
 
     def evaluation_report(self, evaluation, test_rows, spec, model, params, folder: Path):

@@ -1,0 +1,311 @@
+"""Review sentiment: Korean movie reviews → negative (0) / positive (1).
+
+Rows follow the reviews data contract (`id, document, label, date, movie_id, rating`), read
+from any TSV/CSV/Parquet file or SQL table (`ingest.source`); there is no built-in source.
+A row without a label is not an error: it joins the unlabeled pool that active learning
+picks the next batch for people to label from (`loopline label export`).
+
+Texts become syllable tokens (`loopline.text`); the vocabulary is fitted on the training
+split only and travels inside the model's feature spec, so the service encodes requests
+with the very same vocabulary. Sets are split by movie (`grouped`): reviews of one movie
+share names and words, and a movie in both training and test sets would overstate accuracy.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import pandas as pd
+
+from loopline.config import Params
+from loopline.evaluate import Evaluation, score_classes, should_promote
+from loopline.features import FeatureSpec
+from loopline.labeling import Examples
+from loopline.text import Vocabulary, tokenize
+from loopline.validate import Rule
+
+LABELS = ("negative", "positive")  # class 0, class 1
+
+
+def vocabulary(spec: FeatureSpec) -> Vocabulary:
+    """The spec's fitted vocabulary (raises when the spec was never fitted)."""
+    if "vocabulary" not in spec.options:
+        raise ValueError("the feature spec has no vocabulary: fit it on a training split first")
+    return Vocabulary.from_json(spec.options["vocabulary"])
+
+
+def encode(texts: list[str], spec: FeatureSpec, vocab: Vocabulary | None = None) -> np.ndarray:
+    """Token ids (rows padded with 0) of `texts`, as the model reads them."""
+    vocab = vocab or vocabulary(spec)
+    return vocab.encode(texts, int(spec.options["max_length"]))[0]
+
+
+class ReviewsTask:
+    name: ClassVar[str] = "reviews"
+    schema: ClassVar[dict[str, str]] = {
+        "id": "string",
+        "document": "string",
+        "label": "float",
+        "date": "string",
+        "movie_id": "string",
+        "rating": "float",
+    }
+    key_columns: ClassVar[list[str]] = ["id"]
+    time_column: ClassVar[str | None] = None
+    target_column: ClassVar[str] = "label"
+    text_column: ClassVar[str] = "document"
+    class_names: ClassVar[tuple[str, ...]] = LABELS
+    split_kind: ClassVar[Literal["chronological", "stratified", "grouped"]] = "grouped"
+
+    def load_builtin(self, params: Params) -> pd.DataFrame:
+        raise ValueError(
+            "task reviews has no built-in data: point ingest.source at a reviews file or "
+            "table (columns id, document, label, date, movie_id, rating), e.g. "
+            "-P ingest.source=../shared/data/reviews_dev.tsv"
+        )
+
+    def rules(self, params: Params) -> list[Rule]:
+        return [
+            Rule("id_not_null", "not_null", column="id"),
+            Rule("review_not_duplicated", "unique", columns=("id",)),
+            Rule("document_not_null", "not_null", column="document"),
+            Rule("document_not_blank", "not_blank", column="document"),
+            Rule("movie_id_not_null", "not_null", column="movie_id"),
+            # No label is fine (the unlabeled pool); a label must be 0 or 1.
+            Rule("label_is_0_or_1", "in_set", column="label", values=(0.0, 1.0)),
+            Rule("rating_in_range", "between", column="rating", min=1, max=10),
+        ]
+
+    def new_feature_spec(self, params: Params) -> FeatureSpec:
+        section = params.reviews
+        return FeatureSpec(
+            task=self.name,
+            feature_columns=[],
+            target_column=self.target_column,
+            horizon=1,
+            freq="",
+            group_column="movie_id",
+            time_column="",
+            options={
+                "text_column": self.text_column,
+                "key_column": "id",
+                "max_length": section.max_length,
+                "max_repeat": section.max_repeat,
+                "min_count": section.min_count,
+                "max_vocab": section.max_vocab,
+                "labels": list(LABELS),
+            },
+        )
+
+    def add_features(self, frame: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
+        # Tokens are computed from the text when examples are built (the vocabulary is only
+        # known after the split); nothing is added per row.
+        return frame
+
+    def add_labels(
+        self, frame: pd.DataFrame, spec: FeatureSpec, human: pd.DataFrame | None = None
+    ) -> pd.DataFrame:
+        """The data's own labels, with people's labels (`loopline label import`) filled
+        in; labeled texts from the prediction log join as rows of their own."""
+        if human is None or human.empty:
+            return frame
+        from loopline.human_labels import merge_human_labels
+
+        return merge_human_labels(
+            frame, human, "id", spec.target_column, spec.options["text_column"], "movie_id"
+        )
+
+    def unlabeled_pool(self, rows: pd.DataFrame) -> pd.DataFrame:
+        """Reviews without a label (id, text, origin) that people may label."""
+        pool = rows[rows[self.target_column].isna()]
+        return pd.DataFrame(
+            {
+                "id": pool["id"].astype(str).to_numpy(),
+                "text": pool[self.text_column].astype(str).to_numpy(),
+                "origin": "data",
+            }
+        )
+
+    def pool_probabilities(self, session, spec: FeatureSpec, pool: pd.DataFrame) -> np.ndarray:
+        """Class probabilities of an ONNX model (with its own vocabulary) for pool texts."""
+        from loopline.export import run_onnx
+
+        texts = pool["text"].astype(str).tolist()
+        parts = [
+            run_onnx(session, encode(texts[i : i + 512], spec)) for i in range(0, len(texts), 512)
+        ]
+        return np.concatenate(parts) if parts else np.zeros((0, len(LABELS)))
+
+    def fit_features(self, spec: FeatureSpec, train_rows: pd.DataFrame) -> FeatureSpec:
+        """The syllable vocabulary of the training split only."""
+        options = spec.options
+        vocab = Vocabulary.build(
+            train_rows[options["text_column"]].astype(str),
+            min_count=options["min_count"],
+            max_size=options["max_vocab"],
+            max_repeat=options["max_repeat"],
+        )
+        return replace(spec, options={**options, "vocabulary": vocab.to_json()})
+
+    def configure(self, spec: FeatureSpec, hparams: dict[str, Any]) -> FeatureSpec:
+        return spec
+
+    def examples(self, frame: pd.DataFrame, spec: FeatureSpec, target_set: str) -> Examples:
+        rows = frame[(frame["split"] == target_set) & frame[spec.target_column].notna()]
+        texts = rows[spec.options["text_column"]].astype(str).tolist()
+        x = encode(texts, spec) if texts else np.zeros((0, 1), np.int64)
+        y = rows[spec.target_column].to_numpy(dtype=np.int64)
+        keys = pd.DataFrame({"id": rows["id"].astype(str).to_numpy()})
+        return Examples(x, y, keys)
+
+    def build_model(self, hparams: dict[str, Any], spec: FeatureSpec):
+        from loopline.models.classifier import TextClassifier
+
+        return TextClassifier(
+            vocab_size=len(vocabulary(spec)),
+            n_classes=len(spec.options["labels"]),
+            embed_size=int(hparams["embed_size"]),
+            hidden_size=int(hparams["hidden_size"]),
+            kernel_size=int(hparams["kernel_size"]),
+            layers=int(hparams["layers"]),
+            dropout=float(hparams["dropout"]),
+        )
+
+    def evaluate(self, frame, spec: FeatureSpec, model, params: Params, champion=None):
+        """The model, the TF-IDF baseline (trained here on the same training split) and the
+        champion (with its own vocabulary) on the same movie-disjoint test reviews."""
+        from loopline.baseline import train_text_baseline
+        from loopline.evaluate import incomparable_specs
+        from loopline.export import run_onnx
+        from loopline.train import predict
+
+        text = spec.options["text_column"]
+        test = frame[(frame["split"] == "test") & frame[spec.target_column].notna()]
+        train = frame[(frame["split"] == "train") & frame[spec.target_column].notna()]
+        if test.empty:
+            raise ValueError("the test split holds no labeled review: nothing to evaluate on")
+        texts = test[text].astype(str).tolist()
+        labels = test[spec.target_column].to_numpy(dtype=np.int64)
+        probabilities = {"model": predict(model, encode(texts, spec))}
+        baseline = train_text_baseline(
+            train[text].astype(str).tolist(),
+            train[spec.target_column].to_numpy(dtype=np.int64),
+            c=params.reviews.baseline_c,
+            seed=params.seed,
+        )
+        probabilities["tfidf_baseline"] = baseline.probabilities(texts)
+        incomparable = None
+        if champion is not None:
+            session, champion_spec = champion
+            incomparable = incomparable_specs(spec, champion_spec)
+            if incomparable is None:
+                # The champion reads the texts with its own vocabulary.
+                probabilities["champion"] = run_onnx(session, encode(texts, champion_spec))
+        scores = {name: score_classes(labels, p) for name, p in probabilities.items()}
+        baselines = {k: v for k, v in scores.items() if k not in ("model", "champion")}
+        decision = should_promote(
+            scores["model"],
+            scores.get("champion"),
+            baselines,
+            params.evaluate.min_improvement,
+            champion_incomparable=incomparable,
+            metric="accuracy",
+            higher_is_better=True,
+        )
+        return Evaluation(scores, decision)
+
+    def evaluation_report(
+        self, evaluation, frame, spec: FeatureSpec, model, params: Params, folder: Path
+    ) -> list[Path]:
+        """An HTML page of test reviews, each syllable shaded by the model's attention."""
+        test = frame[(frame["split"] == "test") & frame[spec.target_column].notna()]
+        n = min(params.reviews.explain_examples, len(test))
+        if n == 0:
+            return []
+        picked = test.sample(n=n, random_state=params.seed)
+        texts = picked[spec.options["text_column"]].astype(str).tolist()
+        explained = explain_texts(model, spec, texts)
+        truth = picked[spec.target_column].to_numpy(dtype=np.int64)
+        path = folder / "attention.html"
+        path.write_text(attention_html(explained, truth, spec), encoding="utf-8")
+        return [path]
+
+
+def explain_texts(model, spec: FeatureSpec, texts: list[str]) -> list[dict[str, Any]]:
+    """Prediction, probabilities and each token's attention weight, per text (PyTorch)."""
+    import torch
+
+    from loopline.models.classifier import ClassifierPredictor
+
+    vocab = vocabulary(spec)
+    ids = encode(texts, spec, vocab)
+    with torch.no_grad():
+        probabilities, weights = ClassifierPredictor(model.eval())(torch.from_numpy(ids))
+    return explanations(texts, spec, probabilities.numpy(), weights.numpy(), vocab)
+
+
+def explanations(
+    texts: list[str],
+    spec: FeatureSpec,
+    probabilities: np.ndarray,
+    weights: np.ndarray,
+    vocab: Vocabulary | None = None,
+) -> list[dict[str, Any]]:
+    """Model outputs as people read them: label, probabilities, (token, weight) pairs.
+
+    Tokens are the text's own tokens (an unknown syllable shows as itself, not `<unk>`),
+    cut at the same `max_length` the model read.
+    """
+    vocab = vocab or vocabulary(spec)
+    labels = spec.options["labels"]
+    out = []
+    for i, text in enumerate(texts):
+        tokens = tokenize(text, vocab.max_repeat)[: int(spec.options["max_length"])]
+        p = probabilities[i]
+        out.append(
+            {
+                "label": labels[int(p.argmax())],
+                "probabilities": {name: float(v) for name, v in zip(labels, p, strict=True)},
+                "tokens": [
+                    {"token": t, "weight": float(w)}
+                    for t, w in zip(tokens, weights[i][: len(tokens)], strict=False)
+                ],
+            }
+        )
+    return out
+
+
+def attention_html(explained: list[dict[str, Any]], truth: np.ndarray, spec: FeatureSpec) -> str:
+    """A self-contained page: one review per row, syllables shaded by attention weight."""
+    labels = spec.options["labels"]
+    rows = []
+    for item, label in zip(explained, truth, strict=True):
+        top = max((t["weight"] for t in item["tokens"]), default=1.0) or 1.0
+        cells = "".join(
+            '<span title="{w:.3f}" style="background: rgba(255,140,0,{a:.2f})">{t}</span>'.format(
+                w=t["weight"],
+                a=t["weight"] / top,
+                t=" " if t["token"] == "▁" else html.escape(t["token"]),
+            )
+            for t in item["tokens"]
+        )
+        right = item["label"] == labels[int(label)]
+        rows.append(
+            f"<tr><td>{html.escape(labels[int(label)])}</td>"
+            f"<td class={'ok' if right else 'miss'}>{html.escape(item['label'])} "
+            f"({max(item['probabilities'].values()):.2f})</td><td>{cells}</td></tr>"
+        )
+    return (
+        '<!doctype html><html lang="ko"><meta charset="utf-8"><title>Attention: test reviews'
+        "</title><style>body{font-family:sans-serif}td{padding:4px 8px;vertical-align:top}"
+        ".ok{color:#060}.miss{color:#b00;font-weight:bold}</style>"
+        "<h1>Which syllables the model attended to</h1><p>Each syllable is shaded by its "
+        "attention weight (darker: weighed more); hover for the value.</p>"
+        "<table><tr><th>true</th><th>predicted</th><th>review</th></tr>"
+        + "".join(rows)
+        + "</table></html>"
+    )
