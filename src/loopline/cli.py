@@ -154,6 +154,28 @@ def models(
                 )
 
 
+# The BentoML service of each task's models.
+SERVICES = {"solar": "serving.service:Forecaster", "reviews": "serving.reviews:ReviewClassifier"}
+
+
+def served_task(paths, params) -> str:
+    """The task of the model `serve.model` names: from its registered versions' lineage,
+    else the task of that name, else params' task."""
+    from loopline import registry
+
+    name = params.served_model
+    try:
+        latest = registry.latest_version(paths.tracking_uri(), name)
+    except Exception:  # the registry may be down at start: the service reports that itself
+        latest = None
+    task = (latest.tags or {}).get("loopline.task") if latest is not None else None
+    if task is None:
+        task = name if name in SERVICES else params.task
+    if task not in SERVICES:
+        raise LooplineError(f"model {name} is a {task} model: no service serves that task")
+    return task
+
+
 @app.command()
 def serve(
     project: ProjectOption = None,
@@ -190,7 +212,11 @@ def serve(
     env.setdefault("BENTOML_DO_NOT_TRACK", "true")
     bentoml = shutil.which("bentoml") or str(Path(sys.executable).with_name("bentoml"))
     service_dir = Path(__file__).resolve().parents[2]
-    command = [bentoml, "serve", "serving.service:Forecaster", "--host", host, "--port", str(port)]
+    try:
+        service = SERVICES[served_task(paths, params)]
+    except LooplineError as error:
+        _fail(error)
+    command = [bentoml, "serve", service, "--host", host, "--port", str(port)]
     if (service_dir / "serving" / "service.py").is_file():
         command += ["--working-dir", str(service_dir)]
     console.print(

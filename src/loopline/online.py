@@ -113,11 +113,24 @@ class LoadedModel:
             "metrics": self.metrics,
             "loaded_at": self.loaded_at,
             "providers": self.providers,
+            **self._inputs(),
+        }
+
+    def _inputs(self) -> dict[str, Any]:
+        """What a request must hold for this model."""
+        options = self.spec.options
+        if "vocabulary" in options:  # a text model
+            return {
+                "labels": options.get("labels"),
+                "max_length": options.get("max_length"),
+                "vocabulary_size": len(json.loads(options["vocabulary"])["tokens"]),
+            }
+        return {
             "window": self.spec.window,
             "required_readings": self.required_readings,
             "horizon": self.spec.horizon,
             "freq": self.spec.freq,
-            "sites": sorted(self.spec.options.get("sites", {})),
+            "sites": sorted(options.get("sites", {})),
         }
 
 
@@ -142,10 +155,9 @@ def check_model(session, spec: FeatureSpec, folder: Path, atol: float = 1e-2) ->
         run_onnx(session, x[:1])  # batch 1 too: the exporter's batch-1 trap shows up here
     except Exception as error:
         raise ModelLoadError(f"the model failed on its check batch: {error}") from None
-    if actual.shape != (len(x), spec.horizon):
-        raise ModelLoadError(
-            f"the model returned shape {actual.shape}, expected {(len(x), spec.horizon)}"
-        )
+    shape = expected.shape if expected is not None else (len(x), spec.horizon)
+    if actual.shape != shape:
+        raise ModelLoadError(f"the model returned shape {actual.shape}, expected {shape}")
     if not np.isfinite(actual).all():
         raise ModelLoadError("the model returned non-finite values on its check batch")
     if expected is None:

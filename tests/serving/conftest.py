@@ -108,7 +108,7 @@ def raw_readings(start: str, hours: int, site: str = SITE):
     return rows
 
 
-def service_app():
+def service_app(service=None):
     """A fresh ASGI app of the service for one TestClient.
 
     Each TestClient runs its own event loop, and BentoML's adaptive-batching dispatcher
@@ -119,11 +119,11 @@ def service_app():
     """
     import prometheus_client
 
-    from serving.service import Forecaster
-
     registry = prometheus_client.REGISTRY
     for collector in list(registry._collector_to_names):
         names = registry._collector_to_names[collector]
         if any(name.startswith("bentoml_") for name in names):
             registry.unregister(collector)
-    return Forecaster.to_asgi()
+    if service is None:
+        from serving.service import Forecaster as service
+    return service.to_asgi()

@@ -309,3 +309,26 @@ def attention_html(explained: list[dict[str, Any]], truth: np.ndarray, spec: Fea
         + "".join(rows)
         + "</table></html>"
     )
+
+
+def text_problem(value: Any, max_chars: int) -> str | None:
+    """Why `value` cannot be classified (None when it can): the service answers each bad
+    item with this, and classifies the others."""
+    if not isinstance(value, str):
+        return f"text must be a string, got {type(value).__name__}"
+    if not value.strip():
+        return "text is empty"
+    if len(value) > max_chars:
+        return (
+            f"text is {len(value):,} characters, longer than the limit of {max_chars:,} "
+            "(reviews.max_text_chars)"
+        )
+    return None
+
+
+def classify(session, spec: FeatureSpec, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(class probabilities, attention per token) of an ONNX classifier for `texts`."""
+    from loopline.export import run_onnx_outputs
+
+    probabilities, attention = run_onnx_outputs(session, encode(texts, spec))
+    return probabilities, attention

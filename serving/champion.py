@@ -1,0 +1,259 @@
+"""What every Loopline service shares: follow the registry's alias, serve what it names.
+
+A service class (the forecaster, the review classifier) inherits `ChampionService` and adds
+its APIs. The base loads the champion at start-up, re-resolves the alias every
+`serve.poll_interval_s` and hot-swaps a new version after it loaded, warmed and passed its
+golden-batch check (off the request path; requests keep the model they started with), says
+why it is not ready, writes every prediction to the prediction log and keeps the metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from datetime import UTC, datetime
+from typing import Any
+
+import bentoml
+from starlette.exceptions import HTTPException
+
+from loopline.config import apply_overrides, load_params, parse_params, serve_env_overrides
+from loopline.online import (
+    LoadedModel,
+    ModelDownloadError,
+    ModelLoadError,
+    RegistryUnavailable,
+    default_threads,
+    load_version,
+    resolve_alias,
+)
+from loopline.paths import ProjectPaths, find_project_root
+from loopline.predlog import PredictionLog, PredictionRecord
+from loopline.tasks import get_task
+
+log = logging.getLogger("loopline.serving")
+
+# Decorator arguments are read when a service module is imported, so they come from the
+# environment only (`loopline serve` exports the `serve:` section there).
+BOOT = parse_params(apply_overrides({}, serve_env_overrides(dict(os.environ)))).serve
+
+_METRICS: dict[str, Any] = {}
+
+
+def service_metrics() -> dict[str, Any]:
+    """Prometheus metrics, created once per process and after BentoML set up multiprocess
+    collection (creating them at import would hide them from `/metrics`)."""
+    if not _METRICS:
+        from prometheus_client import Counter, Gauge, Histogram
+
+        _METRICS.update(
+            model_version=Gauge(
+                "loopline_model_version",
+                "Version of the model being served",
+                ["model", "alias"],
+                multiprocess_mode="liveall",
+            ),
+            swaps=Counter("loopline_model_swaps", "Model loads by outcome", ["outcome"]),
+            poll_errors=Counter("loopline_registry_poll_errors", "Failed alias polls"),
+            predictions=Counter("loopline_predictions", "Predictions served", ["api", "version"]),
+            stream_errors=Counter("loopline_stream_errors", "Rejected stream lines", ["kind"]),
+            batch_size=Histogram(
+                "loopline_batch_size",
+                "Items per model call",
+                ["api"],
+                buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            ),
+            latency=Histogram(
+                "loopline_inference_seconds",
+                "Features + model time per call",
+                ["api"],
+                buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            ),
+            log_dropped=Gauge(
+                "loopline_prediction_log_dropped",
+                "Predictions the log could not keep",
+                multiprocess_mode="liveall",
+            ),
+        )
+    return _METRICS
+
+
+class ChampionService:
+    """The alias-following lifecycle; subclasses set `task_name` (or None: params' task)."""
+
+    task_name: str | None = None
+
+    def __init__(self) -> None:
+        root = find_project_root(os.environ.get("LOOPLINE_PROJECT"))
+        self.paths = ProjectPaths.at(root)
+        self.paths.state.mkdir(parents=True, exist_ok=True)
+        overrides = serve_env_overrides(dict(os.environ))
+        if self.task_name is not None:
+            overrides.append(f"task={self.task_name}")
+        if self.paths.params_file.is_file():
+            params = load_params(self.paths.params_file, overrides)
+        else:
+            params = parse_params(apply_overrides({}, overrides))
+        self.params = params
+        self.settings = params.serve
+        self.model_name = params.served_model
+        self.alias = self.settings.alias
+        self.tracking_uri = self.paths.tracking_uri()
+        self.task = get_task(params.task)
+        self.threads = self.settings.threads or default_threads(self.settings.workers)
+        self.cache = self.paths.state / "serving-cache"
+        self.model: LoadedModel | None = None
+        self.not_ready_reason = "starting"
+        self.last_swap_error: dict[str, Any] | None = None
+        self.last_poll_error: dict[str, Any] | None = None
+        self.failed_versions: set[str] = set()
+        self.metrics = service_metrics()
+        self.predictions = PredictionLog(
+            self.paths.prediction_log_url(params),
+            batch_size=self.settings.log_batch_size,
+            flush_interval_s=self.settings.log_flush_interval_s,
+            queue_size=self.settings.log_queue_size,
+        )
+        self._poller: asyncio.Task | None = None
+        self.refresh()
+
+    # ------------------------------------------------------------------ model lifecycle
+
+    def on_swap(self, model: LoadedModel) -> None:
+        """Called after a new version is swapped in (for per-service bookkeeping)."""
+
+    def refresh(self) -> None:
+        """Re-resolve the alias; load, warm and check a new version, then swap it in.
+
+        Runs off the request path (start-up, then the poller's thread). Requests hold their
+        own reference to the model they started with, so in-flight ones finish on it.
+        """
+        current = self.model
+        try:
+            found = resolve_alias(self.tracking_uri, self.model_name, self.alias)
+        except RegistryUnavailable as error:
+            self.metrics["poll_errors"].inc()
+            self.last_poll_error = {"error": str(error), "at": now()}
+            if current is None:
+                self.not_ready_reason = f"registry unreachable: {error}"
+            log.warning("alias poll failed, still serving %s: %s", _label(current), error)
+            return
+        self.last_poll_error = None
+        if found is None:
+            if current is None:
+                self.not_ready_reason = (
+                    f"no version of {self.model_name!r} has alias {self.alias!r} yet in "
+                    f"{redacted(self.tracking_uri)} (run `loopline run` to publish one)"
+                )
+            return
+        version = str(found.version)
+        if current is not None and current.version == version:
+            return
+        if version in self.failed_versions:
+            return
+        try:
+            loaded = load_version(self.tracking_uri, found, self.alias, self.cache, self.threads)
+            if loaded.spec.task != self.task.name:
+                raise ModelLoadError(
+                    f"{self.model_name} v{version} is a {loaded.spec.task} model; this "
+                    f"service serves {self.task.name} models"
+                )
+        except ModelLoadError as error:
+            if not isinstance(error, ModelDownloadError):  # a broken file stays broken
+                self.failed_versions.add(version)
+            self.metrics["swaps"].labels("failed").inc()
+            self.last_swap_error = {"version": version, "error": str(error), "at": now()}
+            if current is None:
+                self.not_ready_reason = f"{self.model_name} v{version} failed to load: {error}"
+            log.error("not swapping to v%s, still serving %s: %s", version, _label(current), error)
+            return
+        self.model = loaded
+        self.on_swap(loaded)
+        self.metrics["swaps"].labels("ok").inc()
+        self.metrics["model_version"].labels(self.model_name, self.alias).set(float(version))
+        log.warning("serving %s v%s (%s)", loaded.name, version, ", ".join(loaded.providers))
+
+    @bentoml.on_startup
+    async def _start_polling(self) -> None:
+        async def poll() -> None:
+            while True:
+                await asyncio.sleep(self.settings.poll_interval_s)
+                try:
+                    await asyncio.to_thread(self.refresh)
+                except Exception:  # never let one bad poll stop the watching
+                    log.exception("alias poll crashed")
+
+        self._poller = asyncio.create_task(poll())
+
+    @bentoml.on_shutdown
+    async def _stop(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+        await asyncio.to_thread(self.predictions.close)
+
+    def __is_ready__(self) -> bool:
+        if self.model is None:
+            # Raised rather than returned so /readyz says *why* (BentoML's own message for
+            # False does not).
+            raise HTTPException(status_code=503, detail=f"not ready: {self.not_ready_reason}")
+        return True
+
+    def _serving(self) -> LoadedModel:
+        model = self.model
+        if model is None:
+            raise bentoml.exceptions.ServiceUnavailable(f"not ready: {self.not_ready_reason}")
+        return model
+
+    def status(self) -> dict[str, Any]:
+        """The model being served and the state of the alias watch (`/metadata`)."""
+        model = self.model
+        return {
+            "ready": model is not None,
+            "not_ready_reason": None if model else self.not_ready_reason,
+            "model": model.describe() if model else None,
+            "tracking_uri": redacted(self.tracking_uri),
+            "watching": {
+                "name": self.model_name,
+                "alias": self.alias,
+                "poll_interval_s": self.settings.poll_interval_s,
+            },
+            "last_swap_error": self.last_swap_error,
+            "last_poll_error": self.last_poll_error,
+            "prediction_log": self.predictions.stats(),
+        }
+
+    def record(self, api: str, model: LoadedModel, records: list[PredictionRecord], seconds):
+        """Log the predictions of one model call and count them in the metrics."""
+        for item in records:
+            self.predictions.put(item)
+        self.metrics["predictions"].labels(api, model.version).inc(len(records))
+        self.metrics["batch_size"].labels(api).observe(len(records))
+        self.metrics["latency"].labels(api).observe(seconds)
+        self.metrics["log_dropped"].set(self.predictions.dropped)
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _label(model: LoadedModel | None) -> str:
+    return f"v{model.version}" if model else "nothing"
+
+
+def describe_validation(error) -> str:
+    """A pydantic ValidationError as one line naming each bad field."""
+    problems = []
+    for item in error.errors(include_url=False):
+        where = ".".join(str(p) for p in item["loc"])
+        problems.append(f"{where}: {item['msg']}" if where else item["msg"])
+    return "; ".join(problems)
+
+
+def redacted(uri: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(uri).render_as_string(hide_password=True)
+    except Exception:
+        return uri.split("@")[-1] if "@" in uri else uri

@@ -1,0 +1,144 @@
+"""The review classifier service in-process, on a champion the real reviews flow published.
+
+predict / explain / stream, each bad item answered with its own error while the others are
+classified, the answers equal to the offline model's, every prediction logged, and the
+logged texts offered to people as the next labeling pool.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.conftest import write_project
+from tests.reviews_data import TINY_REVIEWS, reviews_frame, write_reviews
+from tests.serving.conftest import service_app
+
+TEXTS = ["친구랑 같이 재밌다", "친구랑 같이 안 재밌다 ㅋㅋ", "솔직히 지루하다"]
+
+
+@pytest.fixture(scope="module")
+def reviews_root(tmp_path_factory, prefect_harness):
+    import os
+
+    from pipelines.offline import offline_flow
+
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    os.environ.pop("LOOPLINE_HOME", None)
+    root = write_project(
+        tmp_path_factory.mktemp("served-reviews") / "proj",
+        {**TINY_REVIEWS, "reviews": {**TINY_REVIEWS["reviews"], "max_text_chars": 60}},
+    )
+    write_reviews(root / "reviews.tsv", reviews_frame())
+    summary = offline_flow(root=str(root))
+    assert summary["promoted"], summary
+    return root
+
+
+@pytest.fixture
+def client(reviews_root, monkeypatch):
+    from starlette.testclient import TestClient
+
+    from serving.reviews import ReviewClassifier
+
+    monkeypatch.setenv("LOOPLINE_PROJECT", str(reviews_root))
+    monkeypatch.setenv("LOOPLINE_SERVE_LOG_FLUSH_INTERVAL_S", "0.05")
+    with TestClient(service_app(ReviewClassifier)) as test_client:
+        yield test_client
+
+
+def offline_probabilities(root, texts):
+    from loopline import registry
+    from loopline.paths import ProjectPaths
+    from loopline.tasks.reviews import classify
+
+    paths = ProjectPaths.at(root)
+    session, spec, _ = registry.load_champion(paths.tracking_uri(), "reviews", root / "tmp")
+    return classify(session, spec, texts)[0]
+
+
+def test_predict_answers_each_item_and_errors_name_the_problem(client, reviews_root):
+    items = [TEXTS[0], "", 42, "가" * 61, TEXTS[1], None, "   "]
+    response = client.post("/predict", json={"texts": items})
+    assert response.status_code == 200, response.text
+    out = response.json()
+    assert len(out) == len(items)
+    assert out[1]["error"] == "text is empty" and out[6]["error"] == "text is empty"
+    assert out[2]["error"] == "text must be a string, got int"
+    assert out[5]["error"] == "text must be a string, got NoneType"
+    assert "61 characters, longer than the limit of 60 (reviews.max_text_chars)" in out[3]["error"]
+    good = [out[0], out[4]]
+    assert all(o["error"] is None and o["model_version"] == "1" for o in good)
+    expected = offline_probabilities(reviews_root, [TEXTS[0], TEXTS[1]])
+    served = np.array(
+        [[o["probabilities"]["negative"], o["probabilities"]["positive"]] for o in good]
+    )
+    np.testing.assert_allclose(served, expected, atol=1e-5)
+    assert [o["label"] for o in good] == ["positive", "negative"]
+
+
+def test_explain_gives_each_token_its_attention(client):
+    out = client.post("/explain", json={"texts": [TEXTS[1], ""]}).json()
+    tokens = out[0]["tokens"]
+    assert "".join(t["token"] for t in tokens).replace("▁", " ") == "친구랑 같이 안 재밌다 ㅋㅋ"
+    assert abs(sum(t["weight"] for t in tokens) - 1.0) < 1e-4
+    assert out[1]["error"] == "text is empty" and out[1]["tokens"] is None
+
+
+def test_stream_answers_every_line_in_order(client):
+    lines = [
+        json.dumps({"id": "a", "text": TEXTS[0]}, ensure_ascii=False),
+        "{not json",
+        json.dumps({"id": 7, "text": ""}),
+        json.dumps({"text": TEXTS[2]}, ensure_ascii=False),
+        json.dumps({"id": "b", "body": "x"}),
+    ]
+    response = client.post(
+        "/stream",
+        content=("\n".join(lines) + "\n").encode(),
+        headers={"content-type": "application/x-ndjson"},
+    )
+    assert response.status_code == 200
+    answers = [json.loads(line) for line in response.text.splitlines()]
+    assert [a["line"] for a in answers] == [1, 2, 3, 4, 5]
+    assert answers[0]["id"] == "a" and answers[0]["label"] == "positive"
+    assert "error" in answers[1]
+    assert answers[2] == {"line": 3, "id": 7, "error": "text is empty"}
+    assert answers[3]["label"] == "negative"
+    assert "text: Field required" in answers[4]["error"]
+
+
+def test_predictions_are_logged_and_join_the_labeling_pool(client, reviews_root):
+    from loopline.config import load_params
+    from loopline.human_labels import labeling_pool
+    from loopline.paths import ProjectPaths
+    from loopline.predlog import read_predictions, text_id
+    from loopline.tasks import get_task
+
+    unique = "어제 극장에서 안 지루하다"
+    client.post("/predict", json={"texts": [unique, 3]})
+    paths = ProjectPaths.at(reviews_root)
+    params = load_params(paths.params_file)
+    import time
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        logged = read_predictions(paths.prediction_log_url(params))
+        if any(r["inputs"].get("text") == unique for r in logged):
+            break
+        time.sleep(0.1)
+    row = next(r for r in logged if r["inputs"].get("text") == unique)
+    assert row["model_name"] == "reviews" and row["output"]["label"] in ("positive", "negative")
+    pool = labeling_pool(get_task("reviews"), paths, params)
+    assert text_id(unique) in set(pool["id"])
+    assert set(pool["origin"]) == {"data", "prediction_log"}
+
+
+def test_metadata_describes_the_text_model(client):
+    meta = client.get("/metadata").json()
+    model = meta["model"]
+    assert model["task"] == "reviews" and model["labels"] == ["negative", "positive"]
+    assert model["max_length"] == 32 and model["vocabulary_size"] > 10
+    assert "test_accuracy" in model["metrics"]
