@@ -98,11 +98,35 @@ class FineTuning(Protocol):
     def before_epoch(self, model: nn.Module, epoch: int) -> None: ...
 
 
-def batches(n: int, batch_size: int, generator: torch.Generator | None):
-    """Index batches over n rows; shuffled when a generator is given."""
+BUCKET_BATCHES = 50  # batches per length bucket
+
+
+def batches(
+    n: int,
+    batch_size: int,
+    generator: torch.Generator | None,
+    lengths: torch.Tensor | None = None,
+):
+    """Index batches over n rows; shuffled when a generator is given.
+
+    With `lengths` (say, tokens per text), rows are shuffled, then each run of
+    `BUCKET_BATCHES` batches is sorted by length before it is cut and the batches are
+    shuffled again: a batch then holds texts of similar length and pads little, while
+    the order stays random from epoch to epoch (a "bucket iterator").
+    """
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    for start in range(0, n, batch_size):
-        yield order[start : start + batch_size]
+    if lengths is None or generator is None:
+        for start in range(0, n, batch_size):
+            yield order[start : start + batch_size]
+        return
+    parts: list[torch.Tensor] = []
+    chunk = batch_size * BUCKET_BATCHES
+    for start in range(0, n, chunk):
+        rows = order[start : start + chunk]
+        rows = rows[torch.argsort(lengths[rows], stable=True)]
+        parts.extend(rows.split(batch_size))
+    for i in torch.randperm(len(parts), generator=generator).tolist():
+        yield parts[i]
 
 
 def train_epoch(
@@ -116,7 +140,8 @@ def train_epoch(
 ) -> float:
     model.train()
     total = 0.0
-    for index in batches(len(x), batch_size, generator):
+    lengths = model.lengths(x) if hasattr(model, "lengths") else None
+    for index in batches(len(x), batch_size, generator, lengths):
         optimizer.zero_grad(set_to_none=True)
         loss = summed_loss(model, model(batch_inputs(model, x, index)), y[index])
         (loss / len(index)).backward()

@@ -75,6 +75,11 @@ class TextClassifier(nn.Module):
         return self.forward_with_attention(ids)[0]
 
     @staticmethod
+    def lengths(ids: torch.Tensor) -> torch.Tensor:
+        """Tokens per row: training batches texts of similar length together."""
+        return (ids != 0).sum(dim=1)
+
+    @staticmethod
     def trim(ids: torch.Tensor) -> torch.Tensor:
         """Drop trailing padding columns no row uses (outputs are unchanged: padding is
         masked everywhere)."""
