@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from loopline.models.classifier import TextClassifier
-from loopline.text import SPECIALS, Vocabulary
+from loopline.text import MASK, SPECIALS, Vocabulary
+from loopline.train import batches, seed_everything
 
 IGNORE = -100  # the label of a position that is not predicted (cross_entropy's ignore_index)
 N_SPECIAL = len(SPECIALS)  # <pad>, <unk>, <mask>: never picked, never predicted
@@ -205,33 +206,10 @@ def holdout(n: int, val_share: float, seed: int) -> tuple[np.ndarray, np.ndarray
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
-def length_batches(
-    lengths: torch.Tensor, batch_size: int, generator: torch.Generator | None
-) -> list[torch.Tensor]:
-    """Index batches of texts of similar length, in a shuffled order (none: as given).
-
-    Rows are shuffled, cut into chunks of 50 batches, sorted by length within a chunk and
-    cut into batches, and the batches shuffled: a batch is then padded to little more than
-    its own texts (reviews run from 2 to 140 syllables, so a random batch is mostly
-    padding), yet every epoch mixes different texts together."""
-    n = len(lengths)
-    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    chunk = batch_size * 50
-    result: list[torch.Tensor] = []
-    for start in range(0, n, chunk):
-        part = order[start : start + chunk]
-        # stable: equal lengths keep their shuffled order, so the result is seeded only
-        part = part[torch.sort(lengths[part], descending=True, stable=True).indices]
-        result.extend(part[i : i + batch_size] for i in range(0, len(part), batch_size))
-    if generator is not None:
-        result = [result[i] for i in torch.randperm(len(result), generator=generator)]
-    return result
-
-
 def learning_rate_at(step: int, total: int, peak: float, warmup_share: float = 0.05) -> float:
     """Linear warm-up to `peak` over the first steps, then cosine decay to a tenth of it:
-    a masked-LM's early gradients are large and noisy (every guess is wrong), and Adam's
-    first steps on them would push the embeddings far from their small initial values."""
+    a masked-LM's early gradients are large and noisy (every guess is wrong), and full-size
+    Adam steps on them would knock the freshly initialised layers about."""
     warmup = max(1, int(total * warmup_share))
     if step < warmup:
         return peak * (step + 1) / warmup
@@ -253,9 +231,11 @@ def pretrain_epoch(
 ) -> tuple[float, float]:
     """One pass over `ids`: (mean loss, accuracy) per picked syllable."""
     model.train()
-    mask_id = SPECIALS.index("<mask>")
+    mask_id = SPECIALS.index(MASK)
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss, correct, picked
-    for index in length_batches(lengths, batch_size, generator):
+    # Texts of similar length batched together (train's bucket iterator): reviews run from
+    # 2 to 128 syllables, and a random batch would be mostly padding.
+    for index in batches(len(ids), batch_size, generator, lengths):
         rows = TextClassifier.trim(ids[index])
         # Masked on the CPU with the CPU generator: the same seed picks the same positions
         # on any device, and the batch then crosses to the device once.
@@ -270,8 +250,9 @@ def pretrain_epoch(
         (loss / picked).backward()
         nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
-        # Summed on the device, read once an epoch: `.item()` per batch would make the CPU
-        # wait for the GPU at every step (the check above reads CPU tensors only).
+        # Summed on the device and read once an epoch, not with `.item()` per batch: no
+        # extra CPU-GPU sync (the emptiness check above reads CPU tensors; selecting the
+        # picked positions in `masked_loss` is the one sync per step on a GPU).
         totals += torch.stack([loss.detach().double(), correct.double(), picked.double()])
     loss_sum, correct_sum, picked_sum = totals.tolist()
     return _ratio(loss_sum, picked_sum), _ratio(correct_sum, picked_sum)
@@ -281,7 +262,6 @@ def pretrain_epoch(
 def evaluate_masked_lm(
     model: MaskedSyllableModel,
     ids: torch.Tensor,
-    lengths: torch.Tensor,
     mask_rate: float,
     seed: int,
     device: torch.device,
@@ -291,9 +271,9 @@ def evaluate_masked_lm(
     from `seed` afresh on every call, so epochs are compared on the very same positions."""
     model.eval()
     generator = torch.Generator().manual_seed(seed)
-    mask_id = SPECIALS.index("<mask>")
+    mask_id = SPECIALS.index(MASK)
     totals = torch.zeros(3, dtype=torch.float64, device=device)
-    for index in length_batches(lengths, batch_size, None):
+    for index in batches(len(ids), batch_size, None):
         rows = TextClassifier.trim(ids[index])
         corrupted, labels = mask_tokens(rows, mask_id, model.vocab_size, mask_rate, generator)
         loss, correct, picked = model.masked_loss(corrupted.to(device), labels.to(device))
@@ -330,8 +310,6 @@ def pretrain_encoder(
     (embed_size, hidden_size, kernel_size, layers, dropout), the one the classifier that
     will be fine-tuned must have. Same seed, texts and device → the same weights. `on_epoch`
     may raise to stop. Runs on `device` ("cpu", "cuda", "cuda:1", ...)."""
-    from loopline.train import seed_everything
-
     if epochs < 1 or batch_size < 1 or learning_rate <= 0:
         raise ValueError(
             f"need epochs >= 1, batch_size >= 1, learning_rate > 0; got {epochs}, "
@@ -345,7 +323,7 @@ def pretrain_encoder(
     ids, lengths = torch.from_numpy(ids_np), torch.from_numpy(lengths_np)
     train_rows, val_rows = holdout(len(texts), val_share, seed)
     train_ids, train_lengths = ids[train_rows], lengths[train_rows]
-    val_ids, val_lengths = ids[val_rows], lengths[val_rows]
+    val_ids = ids[val_rows]
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
     generator = torch.Generator().manual_seed(seed)
     steps_per_epoch = math.ceil(len(train_rows) / batch_size)
@@ -373,9 +351,7 @@ def pretrain_encoder(
             grad_clip,
             target,
         )
-        val_loss, val_accuracy = evaluate_masked_lm(
-            model, val_ids, val_lengths, mask_rate, seed + 1, target
-        )
+        val_loss, val_accuracy = evaluate_masked_lm(model, val_ids, mask_rate, seed + 1, target)
         record = PretrainEpoch(
             epoch,
             train_loss,
