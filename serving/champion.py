@@ -233,6 +233,32 @@ class ChampionService:
         self.metrics["log_dropped"].set(self.predictions.dropped)
 
 
+async def ndjson_batches(request, max_line_bytes: int):
+    """The request body's NDJSON lines as they arrive: one list of (line number, bytes) per
+    chunk; a line longer than `max_line_bytes` comes as (line number, None) and the rest
+    of it is skipped, so one bad line never ends a stream."""
+    pending, line_no, skipping = b"", 0, False
+    async for chunk in request.stream():
+        pending += chunk
+        lines = pending.split(b"\n")
+        pending = lines.pop()
+        batch: list[tuple[int, bytes | None]] = []
+        for raw in lines:
+            line_no += 1
+            if skipping:  # the rest of an over-long line
+                skipping = False
+                continue
+            batch.append((line_no, raw))
+        if len(pending) > max_line_bytes:
+            line_no += 1
+            batch.append((line_no, None))
+            pending, skipping = b"", True
+        if batch:
+            yield batch
+    if pending.strip() and not skipping:
+        yield [(line_no + 1, pending)]
+
+
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 

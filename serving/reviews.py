@@ -28,7 +28,7 @@ from loopline.online import LoadedModel
 from loopline.predlog import PredictionRecord, text_id
 from loopline.tasks.reviews import classify, explanations, text_problem
 from serving.asgi import BodySizeLimit, DuplexStreamingResponse
-from serving.champion import BOOT, ChampionService, describe_validation
+from serving.champion import BOOT, ChampionService, describe_validation, ndjson_batches
 
 
 class ReviewLine(BaseModel):
@@ -159,27 +159,8 @@ class ReviewClassifier(ChampionService):
         return DuplexStreamingResponse(self._answer(request), media_type="application/x-ndjson")
 
     async def _answer(self, request: Request):
-        limit = self.settings.max_line_bytes
-        pending, line_no, skipping = b"", 0, False
-        async for chunk in request.stream():
-            pending += chunk
-            lines = pending.split(b"\n")
-            pending = lines.pop()
-            batch = []
-            for raw in lines:
-                line_no += 1
-                if skipping:  # the rest of an over-long line
-                    skipping = False
-                    continue
-                batch.append((line_no, raw))
-            if len(pending) > limit:
-                line_no += 1
-                batch.append((line_no, None))
-                pending, skipping = b"", True
-            if batch:
-                yield await asyncio.to_thread(self._answer_lines, batch)
-        if pending.strip() and not skipping:
-            yield await asyncio.to_thread(self._answer_lines, [(line_no + 1, pending)])
+        async for batch in ndjson_batches(request, self.settings.max_line_bytes):
+            yield await asyncio.to_thread(self._answer_lines, batch)
 
     def _answer_lines(self, batch: list[tuple[int, bytes | None]]) -> str:
         model = self.model  # a hot swap between chunks moves the stream to the new version

@@ -33,7 +33,7 @@ from loopline.online import (
 )
 from loopline.predlog import PredictionRecord
 from serving.asgi import BodySizeLimit, DuplexStreamingResponse
-from serving.champion import BOOT, ChampionService, describe_validation
+from serving.champion import BOOT, ChampionService, describe_validation, ndjson_batches
 
 _BOOT = BOOT
 
@@ -219,32 +219,9 @@ class Forecaster(ChampionService):
     async def _answer(self, request: Request):
         model = self.model
         state = StreamWindows(self.task, model.spec, model.required_readings)
-        limit = self.settings.max_line_bytes
-        pending, line_no, skipping = b"", 0, False
-        async for chunk in request.stream():
-            pending += chunk
-            lines = pending.split(b"\n")
-            pending = lines.pop()
-            batch = []
-            for raw in lines:
-                line_no += 1
-                if skipping:  # the rest of an over-long line
-                    skipping = False
-                    continue
-                batch.append((line_no, raw))
-            if len(pending) > limit:
-                line_no += 1
-                batch.append((line_no, None))
-                pending, skipping = b"", True
-            if batch:
-                model = self._follow(state, model)
-                events = await asyncio.to_thread(self._answer_lines, state, model, batch)
-                yield "".join(events)
-        if pending.strip() and not skipping:
+        async for batch in ndjson_batches(request, self.settings.max_line_bytes):
             model = self._follow(state, model)
-            last = [(line_no + 1, pending)]
-            events = await asyncio.to_thread(self._answer_lines, state, model, last)
-            yield "".join(events)
+            yield "".join(await asyncio.to_thread(self._answer_lines, state, model, batch))
 
     def _follow(self, state: StreamWindows, model: LoadedModel) -> LoadedModel:
         """Between chunks a stream moves to a hot-swapped model, keeping its readings."""
