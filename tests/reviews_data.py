@@ -80,6 +80,7 @@ TINY_REVIEWS = {
             "dropout": {"choices": [0.1]},
             "learning_rate": {"choices": [0.01]},
             "batch_size": {"choices": [16]},
+            "ngram_buckets": {"choices": [4096]},
         },
     },
     "train": {"max_epochs": 25, "patience": 4},

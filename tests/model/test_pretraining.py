@@ -59,6 +59,16 @@ def toy_reviews(n: int, seed: int, vocab: Vocabulary) -> Examples:
     return Examples(ids, np.array(labels, np.int64), pd.DataFrame({"id": range(n)}))
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models: a second thread only adds hand-offs, and on a busy 2-core machine
+    threads waiting for each other made these tests ten times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def vocab() -> Vocabulary:
     sentiment = [" ".join(POSITIVE + NEGATIVE)]
@@ -178,7 +188,7 @@ def _fine_tune(pretrained, vocab, mode: str, epochs: int, on_epoch=None):
     torch.manual_seed(0)
     model = load_pretrained(TextClassifier(len(vocab), **HPARAMS), pretrained.encoder_state)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    params = TrainParams(max_epochs=epochs, patience=epochs)
+    params = TrainParams(max_epochs=epochs, patience=epochs, threads=1)
     hparams = {"learning_rate": 1e-2, "batch_size": 32}
     result = fit(
         model,
@@ -223,7 +233,7 @@ def test_gradual_unfreeze_thaws_one_layer_per_epoch_from_the_top(pretrained, voc
         toy_reviews(60, 5, vocab),
         SPEC,
         {"learning_rate": 1e-2, "batch_size": 32},
-        TrainParams(max_epochs=5, patience=5),
+        TrainParams(max_epochs=5, patience=5, threads=1),
         seed=0,
         on_epoch=record,
         fine_tuning=make_fine_tuning("gradual_unfreeze"),

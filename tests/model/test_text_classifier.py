@@ -112,3 +112,33 @@ def test_onnx_export_keeps_batch_and_length_dynamic_with_parity(trained, tmp_pat
 def test_an_even_kernel_is_refused_by_name():
     with pytest.raises(ValueError, match="kernel_size"):
         TextClassifier(10, kernel_size=4)
+
+
+def test_the_ngram_bag_learns_phrases_and_exports_with_parity(tmp_path):
+    """Hashed n-grams in the graph: a word only its bigram decides, and ONNX agrees."""
+    from loopline.export import check_parity, export_and_check
+    from loopline.models.classifier import NgramBag
+
+    # Same syllables, different pairs: "재미" vs "미재" (the bag needs bigrams to tell).
+    texts = ["영화 재미 그냥", "배우 미재 그냥", "재미 오늘", "미재 오늘"] * 50
+    labels = np.array([1, 0, 1, 0] * 50)
+    vocab = Vocabulary.build(texts, min_count=1)
+    torch.manual_seed(0)
+    model = TextClassifier(len(vocab), embed_size=8, hidden_size=8, dropout=0.0, ngram_buckets=512)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    ids, _ = vocab.encode(texts, max_length=16)
+    x, y = torch.from_numpy(ids), torch.from_numpy(labels)
+    for _ in range(40):
+        optimizer.zero_grad()
+        model.loss(model(x), y).backward()
+        optimizer.step()
+    assert (model.predict(x).argmax(1).numpy() == labels).mean() == 1.0
+    parity = export_and_check(model.eval(), ids[:4], tmp_path / "bag.onnx", {}, 1e-5, 1e-4)
+    assert parity.passed
+    long_ids, _ = vocab.encode(["영화 재미 그냥 배우 미재 오늘 " * 3], max_length=64)
+    module = model.exportable()[0]
+    assert check_parity(module, tmp_path / "bag.onnx", long_ids, 1e-5, 1e-4).passed
+    # Hash codes stay in range for ids far beyond any vocabulary (no int64 overflow).
+    bag = NgramBag(1000, 2)
+    huge = torch.full((2, 6), 10**12, dtype=torch.int64)
+    assert torch.isfinite(bag(huge)).all()

@@ -32,8 +32,48 @@ class AttentionPooling(nn.Module):
         return pooled, weights
 
 
+class NgramBag(nn.Module):
+    """A linear model over hashed syllable n-grams (fastText-style), computed in the graph.
+
+    N-gram ids are hashed from the token ids with tensor arithmetic, so the exported ONNX
+    model still takes token ids alone; each n-gram has one weight per class, averaged over
+    the text (scaled by 1/sqrt(count)). This is the "wide" memory of exact phrases a
+    character n-gram TF-IDF model has and a small convolutional encoder lacks.
+    """
+
+    PRIME = 1_000_003
+
+    def __init__(self, buckets: int, n_classes: int, orders: tuple[int, ...] = (1, 2, 3)):
+        super().__init__()
+        self.buckets, self.orders = buckets, tuple(orders)
+        self.weights = nn.Embedding(buckets, n_classes)
+        nn.init.zeros_(self.weights.weight)  # starts as "no opinion": the encoder leads
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        grams, masks = [], []
+        length = ids.shape[1]
+        for n in self.orders:
+            span = length - n + 1
+            # Hashed step by step, reduced each time: no int64 overflow for any vocabulary.
+            code = ids[:, :span] % self.buckets
+            mask = ids[:, :span] != 0
+            for k in range(1, n):
+                code = (code * self.PRIME + ids[:, k : k + span]) % self.buckets
+                mask = mask & (ids[:, k : k + span] != 0)
+            grams.append(code)
+            masks.append(mask)
+        grams, mask = torch.cat(grams, dim=1), torch.cat(masks, dim=1)
+        summed = (self.weights(grams) * mask.unsqueeze(-1)).sum(dim=1)
+        return summed / mask.sum(dim=1, keepdim=True).clamp(min=1).sqrt()
+
+
 class TextClassifier(nn.Module):
-    """Token ids (batch, tokens; 0 = padding) → class logits, with attention weights."""
+    """Token ids (batch, tokens; 0 = padding) → class logits, with attention weights.
+
+    With `ngram_buckets`, a hashed n-gram bag (`NgramBag`) adds its logits to the attention
+    encoder's: the attention weights still say which syllables the encoder read, the bag
+    adds what exact phrases are worth.
+    """
 
     def __init__(
         self,
@@ -44,6 +84,7 @@ class TextClassifier(nn.Module):
         kernel_size: int = 3,
         layers: int = 2,
         dropout: float = 0.2,
+        ngram_buckets: int = 0,
     ) -> None:
         super().__init__()
         if kernel_size % 2 == 0:
@@ -58,6 +99,7 @@ class TextClassifier(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.pool = AttentionPooling(hidden_size)
         self.head = nn.Linear(hidden_size, n_classes)
+        self.ngrams = NgramBag(ngram_buckets, n_classes) if ngram_buckets else None
 
     def encode(self, ids: torch.Tensor) -> torch.Tensor:
         """Per-token states (batch, tokens, hidden); padded positions are zeroed."""
@@ -69,7 +111,10 @@ class TextClassifier(nn.Module):
 
     def forward_with_attention(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pooled, weights = self.pool(self.encode(ids), ids != 0)
-        return self.head(self.dropout(pooled)), weights
+        logits = self.head(self.dropout(pooled))
+        if self.ngrams is not None:
+            logits = logits + self.ngrams(ids)
+        return logits, weights
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.forward_with_attention(ids)[0]

@@ -173,6 +173,7 @@ class ReviewsTask:
             kernel_size=int(hparams["kernel_size"]),
             layers=int(hparams["layers"]),
             dropout=float(hparams["dropout"]),
+            ngram_buckets=int(hparams.get("ngram_buckets", 0)),
         )
 
     def evaluate(self, frame, spec: FeatureSpec, model, params: Params, champion=None):
