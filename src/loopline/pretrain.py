@@ -192,9 +192,17 @@ def encoder_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def build_classifier(vocab_size: int, hparams: dict[str, Any], n_classes: int = 2):
-    """A fresh classifier with the encoder shape of `hparams` (as the reviews task builds)."""
-    return TextClassifier(vocab_size, n_classes, **encoder_hparams(hparams))
+def build_classifier(
+    vocab_size: int, hparams: dict[str, Any], n_classes: int = 2
+) -> TextClassifier:
+    """A fresh classifier with the encoder shape of `hparams` (as the reviews task builds
+    it, n-gram bag included when `ngram_buckets` is given: that part is never pretrained)."""
+    return TextClassifier(
+        vocab_size,
+        n_classes,
+        **encoder_hparams(hparams),
+        ngram_buckets=int(hparams.get("ngram_buckets", 0)),
+    )
 
 
 def holdout(n: int, val_share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -430,12 +438,17 @@ def load_pretrained(
 
 
 def layer_groups(model: nn.Module) -> list[tuple[str, list[nn.Parameter]]]:
-    """A text classifier's parameters by layer, from the top (pooling + head) down to the
-    embeddings: the order in which ULMFiT unfreezes and lowers learning rates."""
+    """A text classifier's parameters by layer, from the top down to the embeddings: the
+    order in which ULMFiT unfreezes and lowers learning rates. The top group ("head") is
+    everything that is not pretrained: the attention pooling, the head, and the n-gram bag
+    when the classifier has one (it reads token ids directly, beside the encoder)."""
     for name in ("embed", "convs", "pool", "head"):
         if not hasattr(model, name):
             raise TypeError(f"fine-tuning needs a TextClassifier-like model (no .{name})")
-    groups = [("head", [*model.pool.parameters(), *model.head.parameters()])]
+    top = [*model.pool.parameters(), *model.head.parameters()]
+    if getattr(model, "ngrams", None) is not None:
+        top.extend(model.ngrams.parameters())
+    groups = [("head", top)]
     for i in reversed(range(len(model.convs))):
         groups.append((f"convs.{i}", list(model.convs[i].parameters())))
     groups.append(("embed", list(model.embed.parameters())))
@@ -469,7 +482,7 @@ class TrainAll:
 
 class FreezeEncoder:
     """`freeze`: the embeddings and convolutions keep their pretrained weights; only the
-    attention pooling and the head learn (a linear-probe-like check of the features)."""
+    attention pooling and the head (and an n-gram bag) learn: a probe of the features."""
 
     mode = "freeze"
 

@@ -266,6 +266,17 @@ def test_discriminative_lr_lowers_the_rate_layer_by_layer_going_down(pretrained,
     assert all(not torch.equal(after[k], before[k]) for k in pretrained.encoder_state)
 
 
+def test_an_ngram_bag_is_fine_tuned_with_the_head_never_frozen(pretrained, vocab):
+    model = load_pretrained(
+        TextClassifier(len(vocab), **HPARAMS, ngram_buckets=64), pretrained.encoder_state
+    )
+    groups = dict(layer_groups(model))
+    assert any(p is model.ngrams.weights.weight for p in groups["head"])
+    make_fine_tuning("freeze").before_epoch(model, 1)
+    assert model.ngrams.weights.weight.requires_grad
+    assert not model.embed.weight.requires_grad
+
+
 def test_unknown_mode_is_refused_naming_the_modes():
     with pytest.raises(ValueError, match="gradual_unfreeze"):
         make_fine_tuning("ulmfit")
