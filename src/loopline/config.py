@@ -183,7 +183,7 @@ def default_space(task: str) -> dict[str, Dimension]:
             "dropout": Dimension(low=0.1, high=0.3),
             "learning_rate": Dimension(low=1e-3, high=4e-3, log=True),
             "batch_size": Dimension(choices=[64]),
-            "ngram_buckets": Dimension(choices=[262144]),
+            "ngram_buckets": Dimension(choices=[1048576]),
         }
     return {
         "hidden_size": Dimension(choices=[32, 64]),

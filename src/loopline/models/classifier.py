@@ -43,7 +43,7 @@ class NgramBag(nn.Module):
 
     PRIME = 1_000_003
 
-    def __init__(self, buckets: int, n_classes: int, orders: tuple[int, ...] = (1, 2, 3)):
+    def __init__(self, buckets: int, n_classes: int, orders: tuple[int, ...] = (1, 2, 3, 4)):
         super().__init__()
         self.buckets, self.orders = buckets, tuple(orders)
         self.weights = nn.Embedding(buckets, n_classes)
