@@ -439,6 +439,72 @@ def promote(
     _move(project, model, version, reason, "promote")
 
 
+@app.command()
+def pretrain(
+    project: ProjectOption = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option("-P", "--param", help="Override a param: section.key=value (repeatable)."),
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu, or cuda where a GPU is present.")] = "cpu",
+) -> None:
+    """Pretrain the reviews encoder on the snapshot's unlabeled text (masked syllables) and
+    register it as model `<model>-encoder`; fine-tune from it with reviews.pretrained_encoder."""
+    import time
+
+    from loopline import registry
+    from loopline.config import load_params
+    from loopline.datastore import SnapshotStore
+    from loopline.pretrain import pretrain_for_task, save_encoder
+
+    paths = _paths(project)
+    try:
+        params = load_params(paths.params_file, [*(param or []), "task=reviews"])
+    except LooplineError as error:
+        _fail(error)
+    rows = SnapshotStore(paths.snapshots("reviews")).load()
+    if rows.empty:
+        _fail(LooplineError("no reviews snapshot yet: run `loopline run --task reviews` first"))
+    uri, name = paths.tracking_uri(), f"{params.model_name}-encoder"
+    experiment = registry.ensure_experiment(
+        uri, f"{params.experiment_name}-pretraining", paths.local_artifact_root()
+    )
+    mlflow_client = registry.client(uri)
+    run_id = mlflow_client.create_run(experiment, run_name="pretrain-encoder").info.run_id
+    section = params.section("reviews")
+    for key in ("max_length", "min_count", "max_vocab", "pretrain_epochs", "pretrain_mask_rate"):
+        mlflow_client.log_param(run_id, key, section[key])
+    started = time.perf_counter()
+
+    def show(epoch) -> None:
+        mlflow_client.log_metric(run_id, "mlm_val_loss", epoch.val_loss, step=epoch.epoch)
+        mlflow_client.log_metric(run_id, "mlm_val_accuracy", epoch.val_accuracy, step=epoch.epoch)
+        console.print(
+            f"  epoch {epoch.epoch}/{params.reviews.pretrain_epochs}  masked-syllable loss "
+            f"{epoch.val_loss:.4f}  accuracy {epoch.val_accuracy:.3f}  "
+            f"({time.perf_counter() - started:.0f}s)"
+        )
+
+    try:
+        result, vocab = pretrain_for_task(rows, params, on_epoch=show, device=device)
+    except (LooplineError, ValueError) as error:
+        mlflow_client.set_terminated(run_id, "FAILED")
+        _fail(error)
+    path = paths.state / "encoders" / f"{name}-{run_id}.pt"
+    save_encoder(result, vocab, path)
+    version = registry.register_file(
+        uri,
+        run_id,
+        path,
+        name,
+        {"loopline.snapshot_version": SnapshotStore(paths.snapshots("reviews")).version()},
+    )
+    mlflow_client.set_terminated(run_id)
+    console.print(f"[bold green]registered:[/] {name} v{version} ({result.n_train} texts)")
+    console.print(f"fine-tune from it: -P reviews.pretrained_encoder={path}")
+    typer.echo(json.dumps({"model": name, "version": version, "path": str(path)}))
+
+
 label_app = typer.Typer(
     help="Labels from people: export the batch active learning picks, import the answers.",
     no_args_is_help=True,

@@ -336,6 +336,15 @@ class ReviewsParams(Section):
     max_text_chars: Positive = 2000  # longer texts are refused by the service, per item
     baseline_c: Annotated[float, Field(gt=0)] = 4.0  # the TF-IDF baseline's inverse penalty
     explain_examples: Annotated[int, Field(ge=0)] = 40  # test reviews in the attention report
+    # Fine-tune from an encoder `loopline pretrain` saved (its path; None: from scratch). The
+    # encoder fixes the vocabulary and the encoder's shape (embed, hidden, kernel, layers).
+    pretrained_encoder: str | None = None
+    fine_tuning: Literal["none", "freeze", "gradual_unfreeze", "discriminative_lr"] = "none"
+    # `loopline pretrain`: masked-syllable pretraining on the task's unlabeled text.
+    pretrain_epochs: Positive = 4
+    pretrain_batch_size: Positive = 64
+    pretrain_learning_rate: Annotated[float, Field(gt=0)] = 2e-3
+    pretrain_mask_rate: Annotated[float, Field(gt=0, lt=1)] = 0.15
 
 
 TASKS = ("solar", "reviews")

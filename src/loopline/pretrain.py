@@ -627,3 +627,57 @@ def check_vocabulary(encoder_vocab: Vocabulary, vocab: Vocabulary) -> None:
             f"vocabulary mismatch at id {first}: {encoder_vocab.tokens[first]!r} (encoder) vs "
             f"{vocab.tokens[first]!r}"
         )
+
+
+# --- the task's unlabeled text ---------------------------------------------------------------
+
+
+def pretraining_texts(rows, params) -> list[str]:
+    """The review texts pretraining may read: every row but the test split's.
+
+    Labels are not used, so unlabeled rows count too; test reviews are left out so that the
+    encoder never saw the texts the fine-tuned model is scored on (with the same data and
+    seed, the split here equals the pipeline's).
+    """
+    from loopline.split import grouped_split
+
+    text, target, group = "document", "label", "movie_id"
+    labeled = rows[rows[target].notna()]
+    test_ids = set()
+    if len(labeled):
+        split = grouped_split(labeled, params.split, group, params.seed)
+        test_ids = set(split.loc[split["split"] == "test", "id"].astype(str))
+    keep = ~rows["id"].astype(str).isin(test_ids)
+    return rows.loc[keep, text].astype(str).tolist()
+
+
+def pretrain_for_task(
+    rows, params, on_epoch: Callable[[PretrainEpoch], None] | None = None, device: str = "cpu"
+) -> tuple[PretrainResult, Vocabulary]:
+    """Pretrain the reviews encoder on the snapshot's text with `reviews.*` settings; the
+    encoder's shape is the search space's first choice of each encoder axis."""
+    section = params.reviews
+    texts = pretraining_texts(rows, params)
+    if not texts:
+        raise ValueError("no text to pretrain on: run the pipeline first to snapshot the data")
+    vocab = Vocabulary.build(texts, section.min_count, section.max_vocab, section.max_repeat)
+
+    def first(axis: str):
+        dimension = params.tune.search_space[axis]
+        return dimension.choices[0] if dimension.choices is not None else dimension.low
+
+    hparams = {k: first(k) for k in ENCODER_KEYS}
+    result = pretrain_encoder(
+        texts,
+        vocab,
+        hparams,
+        section.max_length,
+        section.pretrain_epochs,
+        section.pretrain_batch_size,
+        section.pretrain_learning_rate,
+        params.seed,
+        on_epoch=on_epoch,
+        device=device,
+        mask_rate=section.pretrain_mask_rate,
+    )
+    return result, vocab

@@ -422,3 +422,23 @@ def recent_models(tracking_uri: str, name: str, count: int, dest: Path) -> list[
         session = onnx_session(folder / "model.onnx")
         out.append((session, embedded_spec(session)))
     return out
+
+
+def register_file(
+    tracking_uri: str, run_id: str, path: Path, name: str, tags: dict[str, str]
+) -> str:
+    """Log one file (say, a pretrained encoder) to run `run_id` and register it as a new
+    version of model `name`; returns the version. Not an MLflow flavour: the file is the
+    model, read back by the code that wrote it."""
+    from mlflow.exceptions import MlflowException
+
+    mlflow_client = client(tracking_uri)
+    mlflow_client.log_artifact(run_id, str(path), "model")
+    source = f"{mlflow_client.get_run(run_id).info.artifact_uri}/model"
+    try:
+        mlflow_client.create_registered_model(name)
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    version = mlflow_client.create_model_version(name, source, run_id=run_id, tags=tags)
+    return str(version.version)

@@ -350,6 +350,7 @@ def train_model(
         params.seed,
         on_epoch=on_epoch,
         checkpoint=checkpoint,
+        fine_tuning=task.fine_tuning(spec),
     )
     return result, spec
 

@@ -284,6 +284,7 @@ def tune_model(
             params.seed,
             max_epochs=params.tune.max_epochs,
             on_epoch=each_epoch,
+            fine_tuning=task.fine_tuning(trial_spec),
         )
         return result.best_val_loss
 

@@ -191,3 +191,42 @@ def test_label_import_reports_conflicts_and_bad_answers_and_imports_nothing(
     )
     result = cli("label", "import", str(flipped), "--project", str(root))
     assert result.exit_code == 1 and "conflicts with the earlier label" in result.output
+
+
+def test_pretrained_encoder_is_registered_and_a_run_fine_tunes_from_it(reviews_project):
+    root, _, _ = reviews_project
+    result = cli(
+        "pretrain",
+        "--project",
+        str(root),
+        "-P",
+        "reviews.pretrain_epochs=2",
+    )
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output.strip().splitlines()[-1])
+    assert out["model"] == "reviews-encoder" and out["version"] == "1"
+    paths = ProjectPaths.at(root)
+    version = registry.client(paths.tracking_uri()).get_model_version("reviews-encoder", "1")
+    assert version.tags["loopline.snapshot_version"]
+    encoder = out["path"]
+    summary = run(
+        root,
+        f"reviews.pretrained_encoder={encoder}",
+        "reviews.fine_tuning=gradual_unfreeze",
+    )
+    assert summary["status"] == "published", summary
+    from loopline.pretrain import load_encoder
+    from loopline.tasks.reviews import vocabulary
+
+    published = registry.latest_version(paths.tracking_uri(), "reviews")
+    params = json.loads(published.tags["loopline.params"])
+    assert params["reviews"]["pretrained_encoder"] == encoder
+    # The fine-tuned model reads texts with the encoder's own vocabulary.
+    from loopline.export import embedded_spec, onnx_session
+    from loopline.registry import download_model
+
+    folder = download_model(
+        paths.tracking_uri(), f"models:/reviews/{published.version}", root / "ft-model"
+    )
+    spec = embedded_spec(onnx_session(folder / "model.onnx"))
+    assert vocabulary(spec).tokens == load_encoder(Path(encoder))[1].tokens

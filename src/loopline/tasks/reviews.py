@@ -98,6 +98,8 @@ class ReviewsTask:
                 "min_count": section.min_count,
                 "max_vocab": section.max_vocab,
                 "labels": list(LABELS),
+                "pretrained_encoder": section.pretrained_encoder,
+                "fine_tuning": section.fine_tuning,
             },
         )
 
@@ -141,8 +143,14 @@ class ReviewsTask:
         return np.concatenate(parts) if parts else np.zeros((0, len(LABELS)))
 
     def fit_features(self, spec: FeatureSpec, train_rows: pd.DataFrame) -> FeatureSpec:
-        """The syllable vocabulary of the training split only."""
+        """The syllable vocabulary of the training split only (or, fine-tuning, the one the
+        pretrained encoder learned its embeddings for)."""
         options = spec.options
+        if options.get("pretrained_encoder"):
+            from loopline.pretrain import load_encoder
+
+            vocab = load_encoder(Path(options["pretrained_encoder"]))[1]
+            return replace(spec, options={**options, "vocabulary": vocab.to_json()})
         vocab = Vocabulary.build(
             train_rows[options["text_column"]].astype(str),
             min_count=options["min_count"],
@@ -165,7 +173,15 @@ class ReviewsTask:
     def build_model(self, hparams: dict[str, Any], spec: FeatureSpec):
         from loopline.models.classifier import TextClassifier
 
-        return TextClassifier(
+        encoder = None
+        if spec.options.get("pretrained_encoder"):
+            from loopline.pretrain import ENCODER_KEYS, load_encoder
+
+            encoder = load_encoder(Path(spec.options["pretrained_encoder"]))[0]
+            # The encoder fixes its own shape; the search tunes the rest.
+            shape = {k: encoder.hparams[k] for k in ENCODER_KEYS if k != "dropout"}
+            hparams = {**hparams, **shape}
+        model = TextClassifier(
             vocab_size=len(vocabulary(spec)),
             n_classes=len(spec.options["labels"]),
             embed_size=int(hparams["embed_size"]),
@@ -175,6 +191,19 @@ class ReviewsTask:
             dropout=float(hparams["dropout"]),
             ngram_buckets=int(hparams.get("ngram_buckets", 0)),
         )
+        if encoder is not None:
+            from loopline.pretrain import load_pretrained
+
+            load_pretrained(model, encoder.encoder_state)
+        return model
+
+    def fine_tuning(self, spec: FeatureSpec):
+        """How a pretrained encoder is fine-tuned (`reviews.fine_tuning`); None from scratch."""
+        if not spec.options.get("pretrained_encoder"):
+            return None
+        from loopline.pretrain import make_fine_tuning
+
+        return make_fine_tuning(spec.options.get("fine_tuning", "none"))
 
     def evaluate(self, frame, spec: FeatureSpec, model, params: Params, champion=None):
         """The model, the TF-IDF baseline (trained here on the same training split) and the

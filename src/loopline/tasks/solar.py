@@ -274,6 +274,9 @@ class SolarTask:
     def fit_features(self, spec: FeatureSpec, train_rows: pd.DataFrame) -> FeatureSpec:
         return fit_normalization(spec, train_rows)
 
+    def fine_tuning(self, spec: FeatureSpec):
+        return None  # trained from scratch
+
     def configure(self, spec: FeatureSpec, hparams: dict[str, Any]) -> FeatureSpec:
         """The input window is a hyperparameter: the spec records the one chosen."""
         return spec.with_window(int(hparams["window"]))
