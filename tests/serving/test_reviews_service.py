@@ -142,3 +142,46 @@ def test_metadata_describes_the_text_model(client):
     assert model["task"] == "reviews" and model["labels"] == ["negative", "positive"]
     assert model["max_length"] == 32 and model["vocabulary_size"] > 10
     assert "test_accuracy" in model["metrics"]
+
+
+def test_loopline_serve_model_reviews_serves_the_review_champion(reviews_root, tmp_path):
+    """The real command: `loopline serve --model reviews` picks the review service."""
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import httpx
+
+    from loopline.health import NotHealthy, free_port, wait_until_ok
+
+    port = free_port()
+    command = [
+        str(Path(sys.executable).parent / "loopline"),
+        "serve",
+        "--project",
+        str(reviews_root),
+        "--model",
+        "reviews",
+        "--port",
+        str(port),
+    ]
+    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - closed below
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        try:
+            wait_until_ok(f"{url}/readyz", process)
+        except NotHealthy as error:
+            log.close()
+            pytest.fail(f"{error}:\n{(tmp_path / 'serve.log').read_text()}")
+        answer = httpx.post(f"{url}/predict", json={"texts": [TEXTS[0], ""]}, timeout=30).json()
+        assert answer[0]["label"] == "positive" and answer[1]["error"] == "text is empty"
+        assert httpx.get(f"{url}/metadata").json()["model"]["task"] == "reviews"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
