@@ -230,3 +230,27 @@ def test_pretrained_encoder_is_registered_and_a_run_fine_tunes_from_it(reviews_p
     )
     spec = embedded_spec(onnx_session(folder / "model.onnx"))
     assert vocabulary(spec).tokens == load_encoder(Path(encoder))[1].tokens
+
+
+@pytest.mark.parametrize("strategy", ["committee", "random", "margin"])
+def test_label_export_by_each_strategy(reviews_project, tmp_path, strategy):
+    root, _, frame = reviews_project
+    out = tmp_path / strategy
+    result = cli(
+        "label",
+        "export",
+        "--project",
+        str(root),
+        "--n",
+        "5",
+        "--strategy",
+        strategy,
+        "--out",
+        str(out),
+    )
+    assert result.exit_code == 0, result.output
+    (csv_path,) = out.glob(f"*-{strategy}.csv")
+    batch = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    labeled = set(LabelStore(ProjectPaths.at(root).labels("reviews")).load()["id"])
+    assert len(batch) == 5 and not set(batch["id"]) & labeled  # never a labeled row again
+    assert set(batch["id"]) <= set(frame.loc[frame["label"] == "", "id"])
