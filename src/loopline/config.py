@@ -29,10 +29,11 @@ Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 class IngestParams(Section):
-    """Where rows come from. `source` is `builtin:<task>`, a CSV/Parquet path or glob, or a
+    """Where rows come from. `source` is `builtin` (the running task's own data; or
+    `builtin:<task>`), a CSV/TSV/Parquet path or glob, or a
     SQLAlchemy URL (then `query` is the SQL to run)."""
 
-    source: str = "builtin:solar"
+    source: str = "builtin"  # the running task's built-in data (or builtin:<task>)
     query: str | None = None
     # Optional time bounds [start, end) on the source, e.g. to backfill or replay history.
     start: str | None = None
@@ -168,12 +169,27 @@ HYPERPARAMETERS: dict[str, tuple[str, ...]] = {
         "batch_size",
         "ngram_buckets",
     ),
+    "digits": (
+        "channels",
+        "hidden_size",
+        "dropout",
+        "learning_rate",
+        "batch_size",
+    ),
 }
 # Axes whose values must come from a fixed set.
 CATEGORICAL_AXES = {"cell": {"lstm", "gru"}}
 
 
 def default_space(task: str) -> dict[str, Dimension]:
+    if task == "digits":
+        return {
+            "channels": Dimension(choices=[16, 32]),
+            "hidden_size": Dimension(choices=[64]),
+            "dropout": Dimension(low=0.1, high=0.4),
+            "learning_rate": Dimension(low=1e-3, high=1e-2, log=True),
+            "batch_size": Dimension(choices=[32]),
+        }
     if task == "reviews":
         return {
             "embed_size": Dimension(choices=[64]),
@@ -347,15 +363,22 @@ class ReviewsParams(Section):
     pretrain_mask_rate: Annotated[float, Field(gt=0, lt=1)] = 0.15
 
 
-TASKS = ("solar", "reviews")
+class DigitsParams(Section):
+    """The digits task: small grey images of handwritten digits → the digit (0-9)."""
+
+    max_pixel: Annotated[float, Field(gt=0)] = 16.0  # the source's white (sklearn: 16)
+
+
+TASKS = ("solar", "reviews", "digits")
 
 
 class Params(Section):
-    task: Literal["solar", "reviews"] = "solar"
+    task: Literal["solar", "reviews", "digits"] = "solar"
     seed: int = 42
     ingest: IngestParams = IngestParams()
     solar: SolarParams = SolarParams()
     reviews: ReviewsParams = ReviewsParams()
+    digits: DigitsParams = DigitsParams()
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
     features: FeaturesParams = FeaturesParams()
     labeling: LabelingParams = LabelingParams()

@@ -33,7 +33,7 @@ class ClassScores:
     """How well one classifier labels a fixed set of test rows."""
 
     accuracy: float
-    f1: float  # of the positive class (1)
+    f1: float  # of the positive class (1) with two classes; macro-averaged with more
     log_loss: float
     rows: int
 
@@ -59,7 +59,15 @@ def score_classes(labels: np.ndarray, probabilities: np.ndarray) -> ClassScores:
     predicted = p.argmax(axis=1)
     return ClassScores(
         accuracy=float((predicted == labels).mean()),
-        f1=float(f1_score(labels, predicted, zero_division=0.0)),
+        f1=float(
+            f1_score(
+                labels,
+                predicted,
+                labels=range(p.shape[1]),
+                average="binary" if p.shape[1] == 2 else "macro",
+                zero_division=0.0,
+            )
+        ),
         log_loss=float(cross_entropy(labels, p, labels=range(p.shape[1]))),
         rows=len(labels),
     )

@@ -73,8 +73,8 @@ def read_files(pattern: str, root: Path) -> pd.DataFrame:
 def read_source(params: Params, task: Task, root: Path) -> pd.DataFrame:
     """All rows of `params.ingest.source`, within its optional [start, end) bounds."""
     source = params.ingest.source
-    if source.startswith("builtin:"):
-        name = source.removeprefix("builtin:")
+    if source == "builtin" or source.startswith("builtin:"):
+        name = source.removeprefix("builtin").removeprefix(":") or task.name
         if name != task.name:
             raise SourceError(
                 f"ingest.source {source!r} is not a built-in source of task "

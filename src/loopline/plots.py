@@ -19,7 +19,8 @@ def new_figure(size: tuple[float, float] = (7, 4)) -> tuple[Any, Any]:
 def save_figure(fig: Any, ax: Any, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

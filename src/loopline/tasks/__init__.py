@@ -102,4 +102,8 @@ def get_task(name: str) -> Task:
         from loopline.tasks.reviews import ReviewsTask
 
         return ReviewsTask()
-    raise KeyError(f"unknown task {name!r}; built-in tasks: ['solar', 'reviews']")
+    if name == "digits":
+        from loopline.tasks.digits import DigitsTask
+
+        return DigitsTask()
+    raise KeyError(f"unknown task {name!r}; built-in tasks: ['solar', 'reviews', 'digits']")

@@ -1,0 +1,187 @@
+"""Handwritten digits: small grey images → the digit shown (0-9).
+
+The built-in source is scikit-learn's digits (1,797 images of 8×8 pixels, values 0..16,
+from 43 writers). A row is one image: an `id`, its `label` and one column per pixel
+(`px_<row>_<col>`), so images travel through ingest, validation (pixel range, label domain,
+unique ids) and the snapshot like any other rows. Pixels are scaled to 0..1 by
+`digits.max_pixel`; the model reads (batch, 1, size, size) images.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import pandas as pd
+
+from loopline.config import Params
+from loopline.evaluate import Evaluation, score_classes, should_promote
+from loopline.features import FeatureSpec
+from loopline.labeling import Examples
+from loopline.validate import Rule
+
+CLASSES = tuple(str(d) for d in range(10))
+BUILTIN_SIZE = 8
+
+
+def pixel_columns(size: int) -> list[str]:
+    return [f"px_{r}_{c}" for r in range(size) for c in range(size)]
+
+
+def images(frame: pd.DataFrame, spec: FeatureSpec) -> np.ndarray:
+    """Rows as model-ready images: float32 (N, 1, size, size) scaled to 0..1."""
+    size = int(spec.options["image_size"])
+    values = frame[spec.feature_columns].to_numpy(dtype=np.float32) / spec.options["max_pixel"]
+    return values.reshape(len(frame), 1, size, size)
+
+
+class DigitsTask:
+    name: ClassVar[str] = "digits"
+    schema: ClassVar[dict[str, str]] = {
+        "id": "string",
+        "label": "float",
+        **dict.fromkeys(pixel_columns(BUILTIN_SIZE), "float"),
+    }
+    key_columns: ClassVar[list[str]] = ["id"]
+    time_column: ClassVar[str | None] = None
+    target_column: ClassVar[str] = "label"
+    split_kind: ClassVar[Literal["chronological", "stratified", "grouped"]] = "stratified"
+    class_names: ClassVar[tuple[str, ...]] = CLASSES
+
+    def load_builtin(self, params: Params) -> pd.DataFrame:
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        frame = pd.DataFrame(digits.data, columns=pixel_columns(BUILTIN_SIZE))
+        frame.insert(0, "label", digits.target.astype(float))
+        frame.insert(0, "id", [f"sklearn-{i}" for i in range(len(frame))])
+        return frame
+
+    def rules(self, params: Params) -> list[Rule]:
+        top = params.digits.max_pixel
+        return [
+            Rule("id_not_null", "not_null", column="id"),
+            Rule("image_not_duplicated", "unique", columns=("id",)),
+            Rule("label_is_a_digit", "in_set", column="label", values=tuple(map(float, range(10)))),
+            *(
+                Rule(f"{c}_in_range", "between", column=c, min=0, max=top)
+                for c in pixel_columns(BUILTIN_SIZE)
+            ),
+            *(Rule(f"{c}_not_null", "not_null", column=c) for c in pixel_columns(BUILTIN_SIZE)),
+        ]
+
+    def new_feature_spec(self, params: Params) -> FeatureSpec:
+        size = BUILTIN_SIZE
+        return FeatureSpec(
+            task=self.name,
+            feature_columns=pixel_columns(size),
+            target_column=self.target_column,
+            horizon=len(CLASSES),
+            freq="",
+            group_column="id",
+            time_column="",
+            options={
+                "image_size": size,
+                "channels": 1,
+                "max_pixel": params.digits.max_pixel,
+                "labels": list(CLASSES),
+            },
+        )
+
+    def add_features(self, frame: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
+        return frame  # the pixels are the features
+
+    def add_labels(self, frame: pd.DataFrame, spec: FeatureSpec, human=None) -> pd.DataFrame:
+        return frame  # the label is a column of the data
+
+    def fit_features(self, spec: FeatureSpec, train_rows: pd.DataFrame) -> FeatureSpec:
+        return spec  # a fixed pixel scale: nothing is learned from the data
+
+    def configure(self, spec: FeatureSpec, hparams: dict[str, Any]) -> FeatureSpec:
+        return spec
+
+    def fine_tuning(self, spec: FeatureSpec):
+        return None
+
+    def examples(self, frame: pd.DataFrame, spec: FeatureSpec, target_set: str) -> Examples:
+        rows = frame[(frame["split"] == target_set) & frame[spec.target_column].notna()]
+        y = rows[spec.target_column].to_numpy(dtype=np.int64)
+        return Examples(images(rows, spec), y, pd.DataFrame({"id": rows["id"].astype(str)}))
+
+    def build_model(self, hparams: dict[str, Any], spec: FeatureSpec):
+        from loopline.models.cnn import ImageClassifier
+
+        return ImageClassifier(
+            n_classes=len(spec.options["labels"]),
+            image_size=int(spec.options["image_size"]),
+            in_channels=int(spec.options["channels"]),
+            channels=int(hparams["channels"]),
+            hidden_size=int(hparams["hidden_size"]),
+            dropout=float(hparams["dropout"]),
+        )
+
+    def evaluate(self, frame, spec: FeatureSpec, model, params: Params, champion=None):
+        """The CNN, a logistic regression on raw pixels (trained here on the same training
+        rows) and the champion, on the same test images."""
+        from sklearn.linear_model import LogisticRegression
+
+        from loopline.evaluate import incomparable_specs
+        from loopline.export import run_onnx
+        from loopline.train import predict
+
+        test = self.examples(frame, spec, "test")
+        train = self.examples(frame, spec, "train")
+        if not len(test):
+            raise ValueError("the test split holds no labeled image: nothing to evaluate on")
+        probabilities = {"model": predict(model, test.x)}
+        flat = LogisticRegression(max_iter=2000, random_state=params.seed)
+        flat.fit(train.x.reshape(len(train), -1), train.y)
+        full = np.zeros((len(test), len(CLASSES)))
+        full[:, flat.classes_] = flat.predict_proba(test.x.reshape(len(test), -1))
+        probabilities["pixel_logistic_baseline"] = full
+        incomparable = None
+        if champion is not None:
+            session, champion_spec = champion
+            incomparable = incomparable_specs(spec, champion_spec)
+            if incomparable is None:
+                probabilities["champion"] = run_onnx(
+                    session,
+                    images(frame[frame["split"] == "test"].dropna(subset=["label"]), champion_spec),
+                )
+        scores = {name: score_classes(test.y, p) for name, p in probabilities.items()}
+        baselines = {k: v for k, v in scores.items() if k not in ("model", "champion")}
+        decision = should_promote(
+            scores["model"],
+            scores.get("champion"),
+            baselines,
+            params.evaluate.min_improvement,
+            champion_incomparable=incomparable,
+            metric="accuracy",
+            higher_is_better=True,
+        )
+        return Evaluation(scores, decision)
+
+    def evaluation_report(
+        self, evaluation, frame, spec: FeatureSpec, model, params: Params, folder: Path
+    ) -> list[Path]:
+        """The confusion matrix of the test images, as a picture."""
+        from sklearn.metrics import confusion_matrix
+
+        from loopline.plots import new_figure, save_figure
+        from loopline.train import predict
+
+        test = self.examples(frame, spec, "test")
+        predicted = predict(model, test.x).argmax(axis=1)
+        matrix = confusion_matrix(test.y, predicted, labels=range(len(CLASSES)))
+        fig, ax = new_figure((6, 5.5))
+        ax.imshow(matrix, cmap="Blues")
+        for (i, j), count in np.ndenumerate(matrix):
+            if count:
+                ax.text(j, i, str(count), ha="center", va="center", fontsize=8)
+        ax.set_xticks(range(len(CLASSES)), CLASSES)
+        ax.set_yticks(range(len(CLASSES)), CLASSES)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title("digits: test confusion matrix")
+        return [save_figure(fig, ax, folder / "confusion_matrix.png")]
