@@ -155,7 +155,11 @@ def models(
 
 
 # The BentoML service of each task's models.
-SERVICES = {"solar": "serving.service:Forecaster", "reviews": "serving.reviews:ReviewClassifier"}
+SERVICES = {
+    "solar": "serving.service:Forecaster",
+    "reviews": "serving.reviews:ReviewClassifier",
+    "digits": "serving.digits:DigitClassifier",
+}
 
 
 def served_task(paths, params) -> str:

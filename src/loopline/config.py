@@ -367,6 +367,10 @@ class DigitsParams(Section):
     """The digits task: small grey images of handwritten digits → the digit (0-9)."""
 
     max_pixel: Annotated[float, Field(gt=0)] = 16.0  # the source's white (sklearn: 16)
+    # Uploads to the service: the largest side accepted, and whether strokes are darker
+    # than the paper ("dark": a scan or photo) or lighter ("light": like the training data).
+    max_upload_side: Positive = 1024
+    upload_ink: Literal["dark", "light"] = "dark"
 
 
 TASKS = ("solar", "reviews", "digits")

@@ -119,6 +119,12 @@ class LoadedModel:
     def _inputs(self) -> dict[str, Any]:
         """What a request must hold for this model."""
         options = self.spec.options
+        if "image_size" in options:  # an image model
+            return {
+                "labels": options.get("labels"),
+                "image_size": options["image_size"],
+                "channels": options.get("channels"),
+            }
         if "vocabulary" in options:  # a text model
             return {
                 "labels": options.get("labels"),

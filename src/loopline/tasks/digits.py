@@ -185,3 +185,51 @@ class DigitsTask:
         ax.set_ylabel("true")
         ax.set_title("digits: test confusion matrix")
         return [save_figure(fig, ax, folder / "confusion_matrix.png")]
+
+
+class BadImage(ValueError):
+    """An upload that cannot be read as a digit image; the message names the problem and
+    `status` is the HTTP status a service answers with."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def image_from_bytes(data: bytes, spec: FeatureSpec, max_side: int, ink: str) -> np.ndarray:
+    """An uploaded PNG/JPEG as one model-ready image (1, size, size) in 0..1.
+
+    Grey (1 channel) and RGB (3 channels, turned grey) are read; the image is resized to the
+    model's size. `ink`: "dark" for dark strokes on light paper (inverted, since the
+    training images store ink as the high value), "light" for light strokes on dark.
+    """
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except (UnidentifiedImageError, OSError) as error:
+        raise BadImage(f"not a PNG or JPEG image ({error})", 415) from None
+    if image.format not in ("PNG", "JPEG"):
+        raise BadImage(f"image format {image.format} is not accepted: send PNG or JPEG", 415)
+    width, height = image.size
+    if max(width, height) > max_side or min(width, height) < 1:
+        raise BadImage(
+            f"image is {width}×{height} pixels; the limit is {max_side} per side "
+            "(digits.max_upload_side)",
+            413,
+        )
+    channels = {"L": 1, "RGB": 3, "I;16": 1}.get(image.mode)
+    if channels is None:
+        bands = len(image.getbands())
+        raise BadImage(
+            f"image has {bands} channel(s) ({image.mode}); send grey (1 channel) or RGB (3)"
+        )
+    size = int(spec.options["image_size"])
+    grey = image.convert("L").resize((size, size), Image.Resampling.LANCZOS)
+    values = np.asarray(grey, dtype=np.float32) / 255.0
+    if ink == "dark":
+        values = 1.0 - values
+    return values.reshape(1, size, size)

@@ -1,0 +1,109 @@
+"""The digit classifier service: handwritten digits from the registry's champion CNN.
+
+Run it with `loopline serve --model digits` (`bentoml serve serving.digits:DigitClassifier`).
+The same lifecycle as the other services (`serving.champion`).
+
+- `POST /predict` {"images": [[[...]]]}: images as arrays (size × size, values 0..1, ink
+  high), answered with class probabilities; an image of the wrong shape is a 400 naming it.
+- `POST /predict_image`: one PNG or JPEG upload (multipart field `file`); not an image, too
+  large or of an unsupported channel count is a 4xx naming the problem.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import bentoml
+import numpy as np
+from fastapi import FastAPI, File, UploadFile
+from fastapi.responses import JSONResponse
+
+from loopline.export import run_onnx
+from loopline.online import LoadedModel
+from loopline.predlog import PredictionRecord
+from loopline.tasks.digits import BadImage, image_from_bytes
+from serving.asgi import BodySizeLimit
+from serving.champion import BOOT, ChampionService
+
+app = FastAPI(title="Loopline digits")
+
+
+@bentoml.service(name="loopline-digits", workers=BOOT.workers)
+@bentoml.asgi_app(app, path="/")
+class DigitClassifier(ChampionService):
+    """Handwritten digit recognition from the registry's champion."""
+
+    task_name = "digits"
+
+    def _answer(self, api: str, model: LoadedModel, images: np.ndarray) -> list[dict[str, Any]]:
+        started = time.perf_counter()
+        probabilities = run_onnx(model.session, images.astype(np.float32))
+        seconds = time.perf_counter() - started
+        labels = model.spec.options["labels"]
+        answers = [
+            {
+                "label": labels[int(p.argmax())],
+                "probabilities": {k: round(float(v), 6) for k, v in zip(labels, p, strict=True)},
+                "model_version": model.version,
+            }
+            for p in probabilities
+        ]
+        self.record(
+            api,
+            model,
+            [
+                PredictionRecord(
+                    model_name=model.name,
+                    model_version=model.version,
+                    api=api,
+                    key=None,
+                    origin=None,
+                    inputs={"shape": list(images.shape[1:])},
+                    output={"label": a["label"]},
+                    latency_ms=seconds * 1000 / len(answers),
+                )
+                for a in answers
+            ],
+            seconds,
+        )
+        return answers
+
+    @bentoml.api
+    def predict(self, images: list[list[list[float]]]) -> list[dict[str, Any]]:
+        """Classify images given as arrays (rows of pixel values, 0..1, ink high)."""
+        model = self._serving()
+        size = int(model.spec.options["image_size"])
+        for i, image in enumerate(images):
+            shape = (len(image), *sorted({len(row) for row in image}))
+            if shape != (size, size):
+                raise bentoml.exceptions.InvalidArgument(
+                    f"images[{i}] is {'×'.join(map(str, shape))}; the model reads {size}×{size}"
+                )
+        if not images:
+            return []
+        array = np.asarray(images, dtype=np.float32)[:, None, :, :]
+        return self._answer("predict", model, array)
+
+    @app.post("/predict_image")
+    async def predict_image(self, file: UploadFile = File(...)):  # noqa: B008 - FastAPI idiom
+        """Classify one uploaded PNG or JPEG (grey or RGB)."""
+        model = self.model
+        if model is None:
+            return JSONResponse({"error": f"not ready: {self.not_ready_reason}"}, 503)
+        data = await file.read()
+        settings = self.params.digits
+        try:
+            image = image_from_bytes(
+                data, model.spec, settings.max_upload_side, settings.upload_ink
+            )
+        except BadImage as error:
+            return JSONResponse({"error": f"{file.filename}: {error}"}, error.status)
+        return self._answer("predict_image", model, image[None])[0]
+
+    @app.get("/metadata")
+    def metadata(self) -> dict[str, Any]:
+        return self.status()
+
+
+DigitClassifier.add_asgi_middleware(BodySizeLimit, limit=BOOT.max_body_bytes)
