@@ -363,12 +363,22 @@ class ReviewsParams(Section):
     pretrain_mask_rate: Annotated[float, Field(gt=0, lt=1)] = 0.15
 
 
+class AugmentParams(Section):
+    """Random changes to training images (training split only); 0 turns one off."""
+
+    shift_px: Annotated[float, Field(ge=0, le=4)] = 1.0
+    rotate_deg: Annotated[float, Field(ge=0, le=45)] = 10.0
+    noise: Annotated[float, Field(ge=0, le=0.5)] = 0.02
+    contrast: Annotated[float, Field(ge=0, lt=1)] = 0.2
+
+
 class DigitsParams(Section):
     """The digits task: small grey images of handwritten digits → the digit (0-9)."""
 
     max_pixel: Annotated[float, Field(gt=0)] = 16.0  # the source's white (sklearn: 16)
     # Uploads to the service: the largest side accepted, and whether strokes are darker
     # than the paper ("dark": a scan or photo) or lighter ("light": like the training data).
+    augment: AugmentParams = AugmentParams()
     max_upload_side: Positive = 1024
     upload_ink: Literal["dark", "light"] = "dark"
 

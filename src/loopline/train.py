@@ -89,6 +89,11 @@ def _per_row(target: torch.Tensor) -> int:
     return int(target[0].numel()) if len(target) else 1
 
 
+# Random changes to a training batch (say, shifted or rotated images), drawn from the
+# training loop's generator so a seed gives the same changes and a resume continues them.
+Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
 class FineTuning(Protocol):
     """How a pre-trained model is fine-tuned (see `loopline.pretrain`): which parameters
     train at what rate, and what changes before each epoch (say, unfreezing a layer)."""
@@ -137,13 +142,17 @@ def train_epoch(
     batch_size: int,
     generator: torch.Generator,
     grad_clip: float,
+    augment: Augment | None = None,
 ) -> float:
     model.train()
     total = 0.0
     lengths = model.lengths(x) if hasattr(model, "lengths") else None
     for index in batches(len(x), batch_size, generator, lengths):
         optimizer.zero_grad(set_to_none=True)
-        loss = summed_loss(model, model(batch_inputs(model, x, index)), y[index])
+        inputs = batch_inputs(model, x, index)
+        if augment is not None:  # training batches only: never validation, test or serving
+            inputs = augment(inputs, generator)
+        loss = summed_loss(model, model(inputs), y[index])
         (loss / len(index)).backward()
         # Recurrent nets blow up on the odd long gradient; clipping keeps one batch from
         # undoing an epoch.
@@ -174,6 +183,7 @@ def fit(
     on_epoch: Callable[[Epoch], None] | None = None,
     checkpoint: Path | None = None,
     fine_tuning: FineTuning | None = None,
+    augment: Augment | None = None,
 ) -> TrainResult:
     """Train with early stopping on validation loss; return the best epoch's weights.
 
@@ -225,6 +235,7 @@ def fit(
             int(hparams["batch_size"]),
             generator,
             params.grad_clip,
+            augment,
         )
         val_loss = eval_loss(model, x_val, y_val)
         record = Epoch(epoch, train_loss, val_loss)
@@ -351,6 +362,7 @@ def train_model(
         on_epoch=on_epoch,
         checkpoint=checkpoint,
         fine_tuning=task.fine_tuning(spec),
+        augment=task.augmentation(spec),
     )
     return result, spec
 

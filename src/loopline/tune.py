@@ -285,6 +285,7 @@ def tune_model(
             max_epochs=params.tune.max_epochs,
             on_epoch=each_epoch,
             fine_tuning=task.fine_tuning(trial_spec),
+            augment=task.augmentation(trial_spec),
         )
         return result.best_val_loss
 

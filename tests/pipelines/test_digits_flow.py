@@ -17,7 +17,7 @@ TINY_DIGITS = {
     "task": "digits",
     "seed": 5,
     "tune": {"sampler": "random", "n_trials": 1, "max_epochs": 2},
-    "train": {"max_epochs": 15, "patience": 4},
+    "train": {"max_epochs": 40, "patience": 8},
 }
 
 

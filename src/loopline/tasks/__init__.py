@@ -62,6 +62,10 @@ class Task(Protocol):
 
     def build_model(self, hparams: dict[str, Any], spec: FeatureSpec) -> torch.nn.Module: ...
 
+    def augmentation(self, spec: FeatureSpec) -> Any | None:
+        """Random changes to training batches (`train.Augment`), or None."""
+        ...
+
     def fine_tuning(self, spec: FeatureSpec) -> Any | None:
         """How `train.fit` fine-tunes a pretrained model (see `train.FineTuning`), or None."""
         ...

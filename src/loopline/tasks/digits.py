@@ -86,6 +86,7 @@ class DigitsTask:
                 "channels": 1,
                 "max_pixel": params.digits.max_pixel,
                 "labels": list(CLASSES),
+                "augment": params.digits.augment.model_dump(),
             },
         )
 
@@ -103,6 +104,13 @@ class DigitsTask:
 
     def fine_tuning(self, spec: FeatureSpec):
         return None
+
+    def augmentation(self, spec: FeatureSpec):
+        """Shifts, rotations, noise and contrast on training images (`digits.augment`)."""
+        from loopline.augment import ImageAugment
+
+        augment = ImageAugment(**spec.options.get("augment", {}))
+        return augment if augment.active else None
 
     def examples(self, frame: pd.DataFrame, spec: FeatureSpec, target_set: str) -> Examples:
         rows = frame[(frame["split"] == target_set) & frame[spec.target_column].notna()]

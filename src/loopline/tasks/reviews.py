@@ -197,6 +197,9 @@ class ReviewsTask:
             load_pretrained(model, encoder.encoder_state)
         return model
 
+    def augmentation(self, spec: FeatureSpec):
+        return None  # no augmentation
+
     def fine_tuning(self, spec: FeatureSpec):
         """How a pretrained encoder is fine-tuned (`reviews.fine_tuning`); None from scratch."""
         if not spec.options.get("pretrained_encoder"):

@@ -274,6 +274,9 @@ class SolarTask:
     def fit_features(self, spec: FeatureSpec, train_rows: pd.DataFrame) -> FeatureSpec:
         return fit_normalization(spec, train_rows)
 
+    def augmentation(self, spec: FeatureSpec):
+        return None  # no augmentation
+
     def fine_tuning(self, spec: FeatureSpec):
         return None  # trained from scratch
 
