@@ -85,7 +85,7 @@ class ReviewClassifier(ChampionService):
         started = time.perf_counter()
         probabilities, attention = classify(model.session, model.spec, texts)
         seconds = time.perf_counter() - started
-        explained = explanations(texts, model.spec, probabilities, attention)
+        explained = explanations(texts, model.spec, probabilities, attention if explain else None)
         records = []
         for i, text, item in zip(good, texts, explained, strict=True):
             answer = {

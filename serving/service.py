@@ -35,8 +35,6 @@ from loopline.predlog import PredictionRecord
 from serving.asgi import BodySizeLimit, DuplexStreamingResponse
 from serving.champion import BOOT, ChampionService, describe_validation, ndjson_batches
 
-_BOOT = BOOT
-
 # ----------------------------------------------------------------------------- API types
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]
@@ -124,7 +122,7 @@ stream_app = FastAPI(title="Loopline streaming")
 
 @bentoml.service(
     name="loopline",
-    workers=_BOOT.workers,
+    workers=BOOT.workers,
     traffic={"timeout": 3600},  # a stream stays open as long as its client sends readings
 )
 @bentoml.asgi_app(stream_app, path="/")
@@ -167,8 +165,8 @@ class Forecaster(ChampionService):
 
     @bentoml.api(
         batchable=True,
-        max_batch_size=_BOOT.max_batch_size,
-        max_latency_ms=_BOOT.max_latency_ms,
+        max_batch_size=BOOT.max_batch_size,
+        max_latency_ms=BOOT.max_latency_ms,
     )
     def predict(
         self, windows: list[ForecastWindow]
@@ -275,7 +273,7 @@ class Forecaster(ChampionService):
         return [json.dumps(payload, separators=(",", ":")) + "\n" for _, _, payload in answers]
 
 
-Forecaster.add_asgi_middleware(BodySizeLimit, limit=_BOOT.max_body_bytes, skip_paths=("/stream",))
+Forecaster.add_asgi_middleware(BodySizeLimit, limit=BOOT.max_body_bytes, skip_paths=("/stream",))
 
 
 def _utc(value: datetime) -> datetime:

@@ -289,6 +289,17 @@ def evaluate_candidate(task, test_frame, spec, model, params, champion=None) -> 
     if not common.any():
         raise ValueError("no test window that every forecaster can score")
     scores = {name: score(truth[common], values[common]) for name, values in forecasts.items()}
+    return judge(scores, params, incomparable)
+
+
+def judge(
+    scores: dict[str, Any],
+    params,
+    incomparable: str | None,
+    metric: str = "rmse",
+    higher_is_better: bool = False,
+) -> Evaluation:
+    """The gate's decision on scores of "model", the baselines and maybe "champion"."""
     baselines = {k: v for k, v in scores.items() if k not in ("model", "champion")}
     decision = should_promote(
         scores["model"],
@@ -296,5 +307,34 @@ def evaluate_candidate(task, test_frame, spec, model, params, champion=None) -> 
         baselines,
         params.evaluate.min_improvement,
         champion_incomparable=incomparable,
+        metric=metric,
+        higher_is_better=higher_is_better,
     )
     return Evaluation(scores, decision)
+
+
+def evaluate_classifier(
+    labels: np.ndarray,
+    probabilities: dict[str, np.ndarray],
+    spec,
+    champion,
+    champion_probabilities,
+    params,
+) -> Evaluation:
+    """Score a classifier and its baselines (`probabilities` by name, "model" first) and
+    the champion on the same labeled test rows, and decide on accuracy.
+
+    `champion` is (ONNX session, its spec) or None; `champion_probabilities(session, spec)`
+    runs it on the test rows read its own way (its own vocabulary, its own image size).
+    """
+    incomparable = None
+    if champion is not None:
+        session, champion_spec = champion
+        incomparable = incomparable_specs(spec, champion_spec)
+        if incomparable is None:
+            probabilities = {
+                **probabilities,
+                "champion": champion_probabilities(session, champion_spec),
+            }
+    scores = {name: score_classes(labels, p) for name, p in probabilities.items()}
+    return judge(scores, params, incomparable, metric="accuracy", higher_is_better=True)

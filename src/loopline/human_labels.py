@@ -313,9 +313,10 @@ def merge_human_labels(
     return out
 
 
-def labeling_pool(task, paths, params) -> pd.DataFrame:
-    """Texts people may label (id, text, origin): the task's unlabeled rows and, with
-    `labeling.include_prediction_log`, what the service was asked about."""
+def labeling_pool(task, paths, params, rows: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Texts people may label (id, text, origin): the task's unlabeled rows (of `rows`, by
+    default the snapshot) and, with `labeling.include_prediction_log`, what the service was
+    asked about."""
     from loopline.datastore import SnapshotStore
     from loopline.errors import ConfigError
 
@@ -323,7 +324,8 @@ def labeling_pool(task, paths, params) -> pd.DataFrame:
         raise ConfigError(
             f"task {task.name} takes no labels from people: its labels come from the data"
         )
-    rows = SnapshotStore(paths.snapshots(task.name)).load()
+    if rows is None:
+        rows = SnapshotStore(paths.snapshots(task.name)).load()
     if rows.empty:
         raise LooplineError(f"no {task.name} data yet: run `loopline run` first")
     pool = task.unlabeled_pool(rows)
@@ -341,7 +343,7 @@ def known_texts(task, paths, params) -> pd.DataFrame:
 
     rows = SnapshotStore(paths.snapshots(task.name)).load()
     data = task.unlabeled_pool(rows.assign(**{task.target_column: np.nan}))
-    return pd.concat([data, labeling_pool(task, paths, params)]).drop_duplicates("id")
+    return pd.concat([data, labeling_pool(task, paths, params, rows)]).drop_duplicates("id")
 
 
 def export_batch(

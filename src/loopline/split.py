@@ -167,3 +167,8 @@ def test_view(frame: pd.DataFrame, time_column: str, freq: str, history: int) ->
 def evaluation_history(params) -> int:
     """Steps of history evaluation reads before the test set: a window plus the longest lag."""
     return split_gap(params) + max(params.features.lags, default=0)
+
+
+def labeled_set(frame: pd.DataFrame, target_set: str, target_column: str) -> pd.DataFrame:
+    """The rows of one split set that carry a label (unlabeled rows are a labeling pool)."""
+    return frame[(frame["split"] == target_set) & frame[target_column].notna()]

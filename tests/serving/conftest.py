@@ -6,6 +6,7 @@ calls the offline flow uses, which takes seconds instead of a flow run per versi
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 
@@ -127,3 +128,29 @@ def service_app(service=None):
     if service is None:
         from serving.service import Forecaster as service
     return service.to_asgi()
+
+
+@contextlib.contextmanager
+def serve_process(command: list[str], cwd: Path, log_path: Path, url: str):
+    """A `loopline serve` process, ready (`/readyz`) on entry, SIGTERMed on exit."""
+    import signal
+    import subprocess
+
+    from loopline.health import NotHealthy, wait_until_ok
+
+    log = open(log_path, "wb")  # noqa: SIM115 - closed below
+    process = subprocess.Popen(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        try:
+            wait_until_ok(f"{url}/readyz", process)
+        except NotHealthy as error:
+            log.flush()
+            pytest.fail(f"{error}:\n{log_path.read_text()}")
+        yield process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()

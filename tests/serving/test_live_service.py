@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import signal
 import subprocess
 import sys
 import threading
@@ -19,8 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from loopline.health import NotHealthy, free_port, wait_until_ok
-from tests.serving.conftest import SITE, raw_readings
+from loopline.health import free_port
+from tests.serving.conftest import SITE, raw_readings, serve_process
 from tests.serving.test_packaging import docker_cmd
 
 BIN = Path(sys.executable).parent
@@ -36,21 +35,9 @@ def live_service(served_project):
     command[command.index("--port") + 1] = str(port)
     command[0] = str(BIN / command[0])
     command += ["--poll-interval", str(POLL_S)]
-    log = open(served_project / "serve.log", "wb")  # noqa: SIM115 - closed below
-    process = subprocess.Popen(command, cwd=served_project, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_ok(f"{url}/readyz", process)
-    except NotHealthy as error:
-        log.close()
-        pytest.fail(f"{error}:\n{(served_project / 'serve.log').read_text()}")
-    yield url
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-    log.close()
+    with serve_process(command, served_project, served_project / "serve.log", url):
+        yield url
 
 
 def cli(project: Path, *args: str) -> float:

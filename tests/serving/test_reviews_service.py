@@ -146,14 +146,13 @@ def test_metadata_describes_the_text_model(client):
 
 def test_loopline_serve_model_reviews_serves_the_review_champion(reviews_root, tmp_path):
     """The real command: `loopline serve --model reviews` picks the review service."""
-    import signal
-    import subprocess
     import sys
     from pathlib import Path
 
     import httpx
 
-    from loopline.health import NotHealthy, free_port, wait_until_ok
+    from loopline.health import free_port
+    from tests.serving.conftest import serve_process
 
     port = free_port()
     command = [
@@ -166,22 +165,8 @@ def test_loopline_serve_model_reviews_serves_the_review_champion(reviews_root, t
         "--port",
         str(port),
     ]
-    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - closed below
-    process = subprocess.Popen(command, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    try:
-        try:
-            wait_until_ok(f"{url}/readyz", process)
-        except NotHealthy as error:
-            log.close()
-            pytest.fail(f"{error}:\n{(tmp_path / 'serve.log').read_text()}")
+    with serve_process(command, tmp_path, tmp_path / "serve.log", url):
         answer = httpx.post(f"{url}/predict", json={"texts": [TEXTS[0], ""]}, timeout=30).json()
         assert answer[0]["label"] == "positive" and answer[1]["error"] == "text is empty"
         assert httpx.get(f"{url}/metadata").json()["model"]["task"] == "reviews"
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()

@@ -16,9 +16,10 @@ import numpy as np
 import pandas as pd
 
 from loopline.config import Params
-from loopline.evaluate import Evaluation, score_classes, should_promote
+from loopline.evaluate import evaluate_classifier
 from loopline.features import FeatureSpec
 from loopline.labeling import Examples
+from loopline.split import labeled_set
 from loopline.validate import Rule
 
 CLASSES = tuple(str(d) for d in range(10))
@@ -113,7 +114,7 @@ class DigitsTask:
         return augment if augment.active else None
 
     def examples(self, frame: pd.DataFrame, spec: FeatureSpec, target_set: str) -> Examples:
-        rows = frame[(frame["split"] == target_set) & frame[spec.target_column].notna()]
+        rows = labeled_set(frame, target_set, spec.target_column)
         y = rows[spec.target_column].to_numpy(dtype=np.int64)
         return Examples(images(rows, spec), y, pd.DataFrame({"id": rows["id"].astype(str)}))
 
@@ -134,41 +135,26 @@ class DigitsTask:
         rows) and the champion, on the same test images."""
         from sklearn.linear_model import LogisticRegression
 
-        from loopline.evaluate import incomparable_specs
         from loopline.export import run_onnx
         from loopline.train import predict
 
+        test_rows = labeled_set(frame, "test", spec.target_column)
         test = self.examples(frame, spec, "test")
         train = self.examples(frame, spec, "train")
         if not len(test):
             raise ValueError("the test split holds no labeled image: nothing to evaluate on")
-        probabilities = {"model": predict(model, test.x)}
         flat = LogisticRegression(max_iter=2000, random_state=params.seed)
         flat.fit(train.x.reshape(len(train), -1), train.y)
-        full = np.zeros((len(test), len(CLASSES)))
-        full[:, flat.classes_] = flat.predict_proba(test.x.reshape(len(test), -1))
-        probabilities["pixel_logistic_baseline"] = full
-        incomparable = None
-        if champion is not None:
-            session, champion_spec = champion
-            incomparable = incomparable_specs(spec, champion_spec)
-            if incomparable is None:
-                probabilities["champion"] = run_onnx(
-                    session,
-                    images(frame[frame["split"] == "test"].dropna(subset=["label"]), champion_spec),
-                )
-        scores = {name: score_classes(test.y, p) for name, p in probabilities.items()}
-        baselines = {k: v for k, v in scores.items() if k not in ("model", "champion")}
-        decision = should_promote(
-            scores["model"],
-            scores.get("champion"),
-            baselines,
-            params.evaluate.min_improvement,
-            champion_incomparable=incomparable,
-            metric="accuracy",
-            higher_is_better=True,
+        baseline = np.zeros((len(test), len(CLASSES)))
+        baseline[:, flat.classes_] = flat.predict_proba(test.x.reshape(len(test), -1))
+        return evaluate_classifier(
+            test.y,
+            {"model": predict(model, test.x), "pixel_logistic_baseline": baseline},
+            spec,
+            champion,
+            lambda session, own: run_onnx(session, images(test_rows, own)),
+            params,
         )
-        return Evaluation(scores, decision)
 
     def evaluation_report(
         self, evaluation, frame, spec: FeatureSpec, model, params: Params, folder: Path

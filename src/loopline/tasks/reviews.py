@@ -22,9 +22,10 @@ import numpy as np
 import pandas as pd
 
 from loopline.config import Params
-from loopline.evaluate import Evaluation, score_classes, should_promote
+from loopline.evaluate import evaluate_classifier
 from loopline.features import FeatureSpec
 from loopline.labeling import Examples
+from loopline.split import labeled_set
 from loopline.text import Vocabulary, tokenize
 from loopline.validate import Rule
 
@@ -163,7 +164,7 @@ class ReviewsTask:
         return spec
 
     def examples(self, frame: pd.DataFrame, spec: FeatureSpec, target_set: str) -> Examples:
-        rows = frame[(frame["split"] == target_set) & frame[spec.target_column].notna()]
+        rows = labeled_set(frame, target_set, spec.target_column)
         texts = rows[spec.options["text_column"]].astype(str).tolist()
         x = encode(texts, spec) if texts else np.zeros((0, 1), np.int64)
         y = rows[spec.target_column].to_numpy(dtype=np.int64)
@@ -212,50 +213,40 @@ class ReviewsTask:
         """The model, the TF-IDF baseline (trained here on the same training split) and the
         champion (with its own vocabulary) on the same movie-disjoint test reviews."""
         from loopline.baseline import train_text_baseline
-        from loopline.evaluate import incomparable_specs
         from loopline.export import run_onnx
         from loopline.train import predict
 
         text = spec.options["text_column"]
-        test = frame[(frame["split"] == "test") & frame[spec.target_column].notna()]
-        train = frame[(frame["split"] == "train") & frame[spec.target_column].notna()]
+        test = labeled_set(frame, "test", spec.target_column)
+        train = labeled_set(frame, "train", spec.target_column)
         if test.empty:
             raise ValueError("the test split holds no labeled review: nothing to evaluate on")
         texts = test[text].astype(str).tolist()
-        labels = test[spec.target_column].to_numpy(dtype=np.int64)
-        probabilities = {"model": predict(model, encode(texts, spec))}
         baseline = train_text_baseline(
             train[text].astype(str).tolist(),
             train[spec.target_column].to_numpy(dtype=np.int64),
             c=params.reviews.baseline_c,
             seed=params.seed,
         )
-        probabilities["tfidf_baseline"] = baseline.probabilities(texts)
-        incomparable = None
-        if champion is not None:
-            session, champion_spec = champion
-            incomparable = incomparable_specs(spec, champion_spec)
-            if incomparable is None:
-                # The champion reads the texts with its own vocabulary.
-                probabilities["champion"] = run_onnx(session, encode(texts, champion_spec))
-        scores = {name: score_classes(labels, p) for name, p in probabilities.items()}
-        baselines = {k: v for k, v in scores.items() if k not in ("model", "champion")}
-        decision = should_promote(
-            scores["model"],
-            scores.get("champion"),
-            baselines,
-            params.evaluate.min_improvement,
-            champion_incomparable=incomparable,
-            metric="accuracy",
-            higher_is_better=True,
+        probabilities = {
+            "model": predict(model, encode(texts, spec)),
+            "tfidf_baseline": baseline.probabilities(texts),
+        }
+        return evaluate_classifier(
+            test[spec.target_column].to_numpy(dtype=np.int64),
+            probabilities,
+            spec,
+            champion,
+            # The champion reads the texts with its own vocabulary.
+            lambda session, own: run_onnx(session, encode(texts, own)),
+            params,
         )
-        return Evaluation(scores, decision)
 
     def evaluation_report(
         self, evaluation, frame, spec: FeatureSpec, model, params: Params, folder: Path
     ) -> list[Path]:
         """An HTML page of test reviews, each syllable shaded by the model's attention."""
-        test = frame[(frame["split"] == "test") & frame[spec.target_column].notna()]
+        test = labeled_set(frame, "test", spec.target_column)
         n = min(params.reviews.explain_examples, len(test))
         if n == 0:
             return []
@@ -285,30 +276,32 @@ def explanations(
     texts: list[str],
     spec: FeatureSpec,
     probabilities: np.ndarray,
-    weights: np.ndarray,
+    weights: np.ndarray | None = None,
     vocab: Vocabulary | None = None,
 ) -> list[dict[str, Any]]:
-    """Model outputs as people read them: label, probabilities, (token, weight) pairs.
+    """Model outputs as people read them: label, probabilities and, with `weights`, the
+    (token, weight) pairs.
 
     Tokens are the text's own tokens (an unknown syllable shows as itself, not `<unk>`),
-    cut at the same `max_length` the model read.
+    cut at the same `max_length` the model read. Without `weights` the texts are not
+    tokenized again (a plain prediction needs no tokens).
     """
-    vocab = vocab or vocabulary(spec)
     labels = spec.options["labels"]
+    max_repeat = (vocab or vocabulary(spec)).max_repeat if weights is not None else 0
     out = []
     for i, text in enumerate(texts):
-        tokens = tokenize(text, vocab.max_repeat)[: int(spec.options["max_length"])]
         p = probabilities[i]
-        out.append(
-            {
-                "label": labels[int(p.argmax())],
-                "probabilities": {name: float(v) for name, v in zip(labels, p, strict=True)},
-                "tokens": [
-                    {"token": t, "weight": float(w)}
-                    for t, w in zip(tokens, weights[i][: len(tokens)], strict=False)
-                ],
-            }
-        )
+        item: dict[str, Any] = {
+            "label": labels[int(p.argmax())],
+            "probabilities": {name: float(v) for name, v in zip(labels, p, strict=True)},
+        }
+        if weights is not None:
+            tokens = tokenize(text, max_repeat)[: int(spec.options["max_length"])]
+            item["tokens"] = [
+                {"token": t, "weight": float(w)}
+                for t, w in zip(tokens, weights[i][: len(tokens)], strict=False)
+            ]
+        out.append(item)
     return out
 
 
