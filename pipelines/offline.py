@@ -41,6 +41,7 @@ from loopline.split import split_and_fit, training_view
 from loopline.tasks import get_task
 from loopline.tracking import RunTracker, lineage_tags, scratch_dir
 from loopline.train import TrainResult, plot_learning_curves, save_checkpoint, train_model
+from loopline.transfer import SourceModel, load_source
 from loopline.tune import TuneResult, tune_model
 from loopline.validate import ValidationReport, check_bad_fraction, validate_rows
 from pipelines.progress import note, stage
@@ -183,6 +184,13 @@ def record_trials(result: TuneResult, tracker: RunTracker, stage_key: str) -> Tu
     return result
 
 
+@task(name="init-from")
+def init_from(params: Params, paths: ProjectPaths, scratch: Path) -> SourceModel:
+    """The trained model this run starts from (`train.init_from`), pinned: an alias is
+    resolved to its version now, so tuning and training read the same weights."""
+    return load_source(params.train.init_from, paths.tracking_uri(), scratch / "init_from")
+
+
 @task(name="tune", **CACHED)
 def tune(
     params: Params,
@@ -191,6 +199,7 @@ def tune(
     tracker: RunTracker,
     paths: ProjectPaths,
     stage_key: str,
+    source: SourceModel | None = None,
 ) -> TuneResult:
     # The study lives in the state folder under the stage's key: a search cut off by a crash
     # continues with the trials it lacks (only those are logged again).
@@ -203,6 +212,7 @@ def tune(
         storage=optuna_storage(params, paths),
         study_name=stage_key,
         resume=True,
+        source=source,
     )
     tracker.log_params({"best": result.best_hparams})
     tracker.log_metrics({"tune_best_val_loss": result.best_value})
@@ -219,6 +229,7 @@ def train(
     scratch: Path,
     paths: ProjectPaths,
     stage_key: str,
+    source: SourceModel | None = None,
 ) -> tuple[TrainResult, FeatureSpec]:
     def log_epoch(epoch) -> None:
         tracker.log_metrics(
@@ -232,8 +243,22 @@ def train(
     # Saved after every epoch: a killed run resumes training after its last saved epoch.
     checkpoint = paths.cache / "checkpoints" / f"{stage_key}.pt"
     result, spec = train_model(
-        get_task(params.task), frame, spec, hparams, params, log_epoch, checkpoint
+        get_task(params.task), frame, spec, hparams, params, log_epoch, checkpoint, source
     )
+    if result.started is not None:
+        started = result.started
+        note(
+            f"started from {source.resolved}: copied {', '.join(started.copied) or 'nothing'}"
+            + (f"; fresh {', '.join(started.fresh)} ({started.reason})" if started.fresh else "")
+            + f"; fine-tuning: {params.train.transfer.mode}"
+        )
+        tracker.set_tags(
+            {
+                "loopline.transfer.copied": ",".join(started.copied),
+                "loopline.transfer.fresh": ",".join(started.fresh),
+                "loopline.transfer.mode": params.train.transfer.mode,
+            }
+        )
     tracker.log_metrics(
         {
             "best_epoch": result.best_epoch,
@@ -505,7 +530,14 @@ def _offline(paths: ProjectPaths, params: Params) -> dict[str, Any] | Completed:
                     "version": str(done.version),
                 },
             )
-        keys = caching.stage_keys(params, snapshot_version)
+        source = None
+        if params.train.init_from:
+            with stage("init from", params.train.init_from):
+                source = init_from(params, paths, scratch)
+                note(f"starting from {source.resolved}")
+            lineage = {**lineage, "loopline.init_from": source.resolved}
+            tracker.set_tags(lineage)
+        keys = caching.stage_keys(params, snapshot_version, source.resolved if source else None)
         with stage("features"):
             frame, spec = run_stage(features, paths, params, paths, stage_key=keys["features"])
         with stage("labeling"):
@@ -523,13 +555,21 @@ def _offline(paths: ProjectPaths, params: Params) -> dict[str, Any] | Completed:
                 tuned = run_stage(
                     record_trials,
                     paths,
-                    tune_on_dask(params, paths, training_rows, spec, scratch, keys["tune"]),
+                    tune_on_dask(params, paths, training_rows, spec, scratch, keys["tune"], source),
                     tracker,
                     stage_key=keys["tune"],
                 )
             else:
                 tuned = run_stage(
-                    tune, paths, params, training_rows, spec, tracker, paths, stage_key=keys["tune"]
+                    tune,
+                    paths,
+                    params,
+                    training_rows,
+                    spec,
+                    tracker,
+                    paths,
+                    stage_key=keys["tune"],
+                    source=source,
                 )
             note(f"best {tuned.best_hparams} (val_loss {tuned.best_value:.4g})")
         with stage("train"):
@@ -544,6 +584,7 @@ def _offline(paths: ProjectPaths, params: Params) -> dict[str, Any] | Completed:
                 scratch,
                 paths,
                 stage_key=keys["train"],
+                source=source,
             )
             note(f"best epoch {result.best_epoch}, val_loss {result.best_val_loss:.4g}")
         with stage("evaluate"):

@@ -19,6 +19,7 @@ from loopline.config import Params, TuneParallel
 from loopline.features import FeatureSpec
 from loopline.paths import ProjectPaths
 from loopline.tasks import get_task
+from loopline.transfer import SourceModel, reopen
 from loopline.tune import (
     TuneResult,
     create_shared_study,
@@ -48,6 +49,7 @@ def tune_worker(
     n_trials: int,
     worker: int,
     point: dict | None = None,
+    source: list[str] | None = None,
 ) -> int:
     import torch
 
@@ -65,13 +67,21 @@ def tune_worker(
         worker=worker,
         windows=windows,
         fixed=point,
+        source=reopen(source) if source else None,
     )
     return n_trials
 
 
 # Flow parameters go to the Prefect API (≤ 512 KB): the rows travel as a Parquet file path.
 @flow(name="loopline-tune-parallel", validate_parameters=False)
-def parallel_tuning(params: Params, frame_path: str, spec_json: str, storage: str, study: str):
+def parallel_tuning(
+    params: Params,
+    frame_path: str,
+    spec_json: str,
+    storage: str,
+    study: str,
+    source: list[str] | None = None,
+):
     done = create_shared_study(storage, study)
     # One task per trial, not a fixed share per worker: trials differ several-fold in cost
     # (hidden size, layers, window), and Dask hands the next trial to whichever worker is
@@ -81,12 +91,16 @@ def parallel_tuning(params: Params, frame_path: str, spec_json: str, storage: st
     if params.tune.sampler == "grid":
         points = [p for p in grid_points(params.tune) if p not in done]
         futures = [
-            tune_worker.submit(params, frame_path, spec_json, storage, study, 1, number, point)
+            tune_worker.submit(
+                params, frame_path, spec_json, storage, study, 1, number, point, source
+            )
             for number, point in enumerate(points)
         ]
     else:
         futures = [
-            tune_worker.submit(params, frame_path, spec_json, storage, study, 1, number)
+            tune_worker.submit(
+                params, frame_path, spec_json, storage, study, 1, number, None, source
+            )
             for number in range(len(done), params.tune.n_trials)
         ]
     for future in futures:
@@ -128,7 +142,13 @@ def optuna_storage(params: Params, paths: ProjectPaths) -> str:
 
 
 def tune_on_dask(
-    params: Params, paths: ProjectPaths, frame, spec: FeatureSpec, scratch: Path, study: str
+    params: Params,
+    paths: ProjectPaths,
+    frame,
+    spec: FeatureSpec,
+    scratch: Path,
+    study: str,
+    source: SourceModel | None = None,
 ) -> TuneResult:
     """Run the search on Dask; returns the same TuneResult as the in-process search.
 
@@ -142,7 +162,12 @@ def tune_on_dask(
     runner = dask_task_runner(params.tune.parallel)
     with dask.config.set(WORKER_CONFIG):  # a LocalCluster's nannies hand it to the workers
         return parallel_tuning.with_options(task_runner=runner)(
-            params, str(frame_path), spec.to_json(), optuna_storage(params, paths), study
+            params,
+            str(frame_path),
+            spec.to_json(),
+            optuna_storage(params, paths),
+            study,
+            list(source.locator()) if source is not None else None,
         )
 
 

@@ -45,8 +45,12 @@ def code_version() -> str:
     return digest.hexdigest()[:16]
 
 
-def stage_keys(params: Params, snapshot_version: str, code: str | None = None) -> dict[str, str]:
-    """The cache key of every data-driven stage, for this snapshot and these params."""
+def stage_keys(
+    params: Params, snapshot_version: str, init_from: str | None = None, code: str | None = None
+) -> dict[str, str]:
+    """The cache key of every data-driven stage, for this snapshot and these params;
+    `init_from` is the pinned model training starts from (an alias resolved to a version,
+    so a moved alias means new keys)."""
     values = params.to_dict()
     code = code or code_version()
     keys: dict[str, str] = {}
@@ -56,6 +60,8 @@ def stage_keys(params: Params, snapshot_version: str, code: str | None = None) -
         if stage == "features":
             # The task's own section (say, `solar`) defines what its features mean.
             own[params.task] = values.get(params.task)
+        if stage == "tune" and init_from is not None:
+            own["init_from"] = init_from
         keys[stage] = upstream = f"{stage}-{_digest(upstream, own, code)}"
     keys["export"] = f"export-{_digest(keys['train'], values.get('export'), code)}"
     return keys

@@ -177,6 +177,13 @@ HYPERPARAMETERS: dict[str, tuple[str, ...]] = {
         "batch_size",
     ),
 }
+# The hyperparameters that shape a model's weights: a model started from another one
+# (`train.init_from`) takes these from it, and tuning searches the others only.
+ARCHITECTURE: dict[str, tuple[str, ...]] = {
+    "solar": ("hidden_size", "num_layers", "cell"),
+    "reviews": ("embed_size", "hidden_size", "layers", "kernel_size", "ngram_buckets"),
+    "digits": ("channels", "hidden_size"),
+}
 # Axes whose values must come from a fixed set.
 CATEGORICAL_AXES = {"cell": {"lstm", "gru"}}
 
@@ -258,7 +265,22 @@ class TuneParams(Section):
     parallel: TuneParallel = TuneParallel()
 
 
+class TransferParams(Section):
+    """How a model started from another (`train.init_from`) learns: see `loopline.transfer`."""
+
+    mode: Literal["none", "freeze", "gradual_unfreeze", "discriminative_lr"] = "none"
+    # `freeze` mode: the layer groups that keep their weights (say [features.0]); empty: all
+    # but the head. Group names are the model's (`layer_groups()`), checked at training.
+    freeze: list[str] = Field(default_factory=list)
+    unfreeze_every: Positive = 1  # `gradual_unfreeze`: epochs per newly thawed group
+    lr_decay: Annotated[float, Field(ge=1)] = 2.6  # `discriminative_lr`: per-group divisor
+
+
 class TrainParams(Section):
+    # Start from a trained model's weights instead of random ones: `models:/<name>@<alias>`,
+    # `models:/<name>/<version>`, `runs:/<run id>` (a pipeline run) or a checkpoint file.
+    init_from: str | None = None
+    transfer: TransferParams = Field(default_factory=TransferParams)
     max_epochs: Positive = 40
     patience: Positive = 5
     min_delta: Annotated[float, Field(ge=0)] = 0.0

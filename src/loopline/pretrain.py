@@ -19,7 +19,7 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,6 +28,16 @@ from torch import nn
 from loopline.models.classifier import TextClassifier
 from loopline.text import MASK, SPECIALS, Vocabulary
 from loopline.train import batches, seed_everything
+from loopline.transfer import (  # noqa: F401 - re-exported: fine-tuning a pretrained encoder
+    TRANSFER_MODES,
+    DiscriminativeLR,
+    Freeze,
+    GradualUnfreeze,
+    TrainAll,
+    TransferMode,
+    layer_groups,
+    make_strategy,
+)
 
 IGNORE = -100  # the label of a position that is not predicted (cross_entropy's ignore_index)
 N_SPECIAL = len(SPECIALS)  # <pad>, <unk>, <mask>: never picked, never predicted
@@ -35,8 +45,8 @@ ENCODER_KEYS = ("embed_size", "hidden_size", "kernel_size", "layers", "dropout")
 ENCODER_PREFIXES = ("embed.", "convs.")  # the classifier's parameters that are pretrained
 FORMAT = 1  # the saved encoder file's layout
 
-FineTuningMode = Literal["none", "freeze", "gradual_unfreeze", "discriminative_lr"]
-FINE_TUNING_MODES: tuple[str, ...] = ("none", "freeze", "gradual_unfreeze", "discriminative_lr")
+FineTuningMode = TransferMode
+FINE_TUNING_MODES = TRANSFER_MODES
 
 
 # --- masking -------------------------------------------------------------------------------
@@ -437,123 +447,9 @@ def load_pretrained(
     return classifier
 
 
-def layer_groups(model: nn.Module) -> list[tuple[str, list[nn.Parameter]]]:
-    """A text classifier's parameters by layer, from the top down to the embeddings: the
-    order in which ULMFiT unfreezes and lowers learning rates. The top group ("head") is
-    everything that is not pretrained: the attention pooling, the head, and the n-gram bag
-    when the classifier has one (it reads token ids directly, beside the encoder)."""
-    for name in ("embed", "convs", "pool", "head"):
-        if not hasattr(model, name):
-            raise TypeError(f"fine-tuning needs a TextClassifier-like model (no .{name})")
-    top = [*model.pool.parameters(), *model.head.parameters()]
-    if getattr(model, "ngrams", None) is not None:
-        top.extend(model.ngrams.parameters())
-    groups = [("head", top)]
-    for i in reversed(range(len(model.convs))):
-        groups.append((f"convs.{i}", list(model.convs[i].parameters())))
-    groups.append(("embed", list(model.embed.parameters())))
-    covered = {id(p) for _, params in groups for p in params}
-    left = [n for n, p in model.named_parameters() if id(p) not in covered]
-    if left:
-        # A layer added to the classifier must be placed in a group on purpose.
-        raise TypeError(f"parameters in no fine-tuning group: {left}")
-    return groups
-
-
-def _set_trainable(groups: list[tuple[str, list[nn.Parameter]]], trainable: int) -> None:
-    """The top `trainable` groups train, the rest are frozen."""
-    for depth, (_, params) in enumerate(groups):
-        for p in params:
-            p.requires_grad_(depth < trainable)
-
-
-class TrainAll:
-    """`none`: every layer trains at one learning rate (what `fit` does with no strategy)."""
-
-    mode = "none"
-
-    def param_groups(self, model: nn.Module, learning_rate: float) -> list[dict[str, Any]]:
-        return [{"params": list(model.parameters()), "lr": learning_rate}]
-
-    def before_epoch(self, model: nn.Module, epoch: int) -> None:
-        for p in model.parameters():
-            p.requires_grad_(True)
-
-
-class FreezeEncoder:
-    """`freeze`: the embeddings and convolutions keep their pretrained weights; only the
-    attention pooling and the head (and an n-gram bag) learn: a probe of the features."""
-
-    mode = "freeze"
-
-    def param_groups(self, model: nn.Module, learning_rate: float) -> list[dict[str, Any]]:
-        # Frozen parameters stay in the optimizer: with no gradient, AdamW skips them
-        # (weight decay included), and a later unfreeze would need no new optimizer.
-        return [{"params": list(model.parameters()), "lr": learning_rate}]
-
-    def before_epoch(self, model: nn.Module, epoch: int) -> None:
-        _set_trainable(layer_groups(model), trainable=1)
-
-
-@dataclass
-class GradualUnfreeze:
-    """`gradual_unfreeze` (ULMFiT): the first `every` epochs train the pooling and head
-    only, then each `every` epochs one more layer thaws from the top down (the last
-    convolution, ..., the first, then the embeddings), so the randomly initialised head
-    settles before its gradients reach, and disturb, the pretrained layers below. The
-    schedule depends on the epoch number only, so a resumed `fit` picks it up exactly."""
-
-    every: int = 1
-    mode: str = "gradual_unfreeze"
-
-    def __post_init__(self) -> None:
-        if self.every < 1:
-            raise ValueError(f"unfreeze every >= 1 epochs, got {self.every}")
-
-    def param_groups(self, model: nn.Module, learning_rate: float) -> list[dict[str, Any]]:
-        return [{"params": list(model.parameters()), "lr": learning_rate}]
-
-    def before_epoch(self, model: nn.Module, epoch: int) -> None:
-        _set_trainable(layer_groups(model), trainable=1 + (epoch - 1) // self.every)
-
-
-@dataclass
-class DiscriminativeLR:
-    """`discriminative_lr` (ULMFiT): every layer trains, each group down from the top at
-    `learning_rate / decay**depth`: lower layers hold more general features (syllable
-    meaning) that need only a nudge, the head starts from nothing."""
-
-    decay: float = 2.6
-    mode: str = "discriminative_lr"
-
-    def __post_init__(self) -> None:
-        if self.decay < 1.0:
-            raise ValueError(f"decay must be >= 1 (lower layers slower), got {self.decay}")
-
-    def param_groups(self, model: nn.Module, learning_rate: float) -> list[dict[str, Any]]:
-        return [
-            {"params": params, "lr": learning_rate / self.decay**depth, "name": name}
-            for depth, (name, params) in enumerate(layer_groups(model))
-        ]
-
-    def before_epoch(self, model: nn.Module, epoch: int) -> None:
-        for p in model.parameters():
-            p.requires_grad_(True)
-
-
-def make_fine_tuning(
-    mode: str, decay: float = 2.6, unfreeze_every: int = 1
-) -> TrainAll | FreezeEncoder | GradualUnfreeze | DiscriminativeLR:
-    """The fine-tuning strategy `mode` (one of FINE_TUNING_MODES), for `train.fit`."""
-    if mode == "none":
-        return TrainAll()
-    if mode == "freeze":
-        return FreezeEncoder()
-    if mode == "gradual_unfreeze":
-        return GradualUnfreeze(every=unfreeze_every)
-    if mode == "discriminative_lr":
-        return DiscriminativeLR(decay=decay)
-    raise ValueError(f"unknown fine-tuning mode {mode!r}; choose one of {FINE_TUNING_MODES}")
+# The fine-tuning strategies are transfer learning's, shared by every task (`train.transfer`);
+# their names stay importable from here.
+make_fine_tuning = make_strategy
 
 
 # --- saving -------------------------------------------------------------------------------

@@ -52,6 +52,8 @@ class TrainResult:
     best_val_loss: float
     stopped_early: bool
     hparams: dict[str, Any] = field(default_factory=dict)
+    # With `train.init_from`: the layer groups copied from the source and those left fresh.
+    started: Any = None
 
     @property
     def overfitting_onset(self) -> int | None:
@@ -145,6 +147,7 @@ def train_epoch(
     augment: Augment | None = None,
 ) -> float:
     model.train()
+    _hold_frozen_batch_norm(model)
     total = 0.0
     lengths = model.lengths(x) if hasattr(model, "lengths") else None
     for index in batches(len(x), batch_size, generator, lengths):
@@ -160,6 +163,15 @@ def train_epoch(
         optimizer.step()
         total += loss.item()  # a sync point, once per batch, fine on CPU
     return total / (len(x) * _per_row(y))
+
+
+def _hold_frozen_batch_norm(model: nn.Module) -> None:
+    """A frozen layer (fine-tuning) keeps its batch-norm statistics too: in training mode
+    they would drift to the new data while the weights around them stay fixed."""
+    for module in model.modules():
+        is_norm = isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine
+        if is_norm and not any(p.requires_grad for p in module.parameters()):
+            module.eval()
 
 
 @torch.no_grad()
@@ -334,6 +346,37 @@ def plot_learning_curves(result: TrainResult, path: Path, title: str = "") -> Pa
     return save_figure(fig, ax, path)
 
 
+@dataclass
+class Start:
+    """A model ready to train: its spec and hyperparameters, and how it fine-tunes."""
+
+    model: nn.Module
+    spec: FeatureSpec
+    hparams: dict[str, Any]
+    fine_tuning: FineTuning | None
+    started: Any = None  # transfer.Started, when it starts from another model
+
+
+def initial_model(task, spec: FeatureSpec, hparams: dict[str, Any], params, source=None) -> Start:
+    """The model a training (or a tuning trial) starts from: random weights seeded from
+    params, or, with `source` (`transfer.SourceModel`), that model's weights, shape and
+    input encoding, fine-tuned per `train.transfer`."""
+    from loopline import transfer
+    from loopline.config import ARCHITECTURE
+
+    if source is not None:
+        transfer.check_task(source, task.name)
+        hparams = transfer.fixed_hparams(hparams, source, ARCHITECTURE[task.name])
+        spec = transfer.inherit_spec(spec, source, task.transferred_features)
+    spec = task.configure(spec, hparams)
+    seed_everything(params.seed)  # the initial weights are drawn here
+    model = task.build_model(hparams, spec)
+    if source is None:
+        return Start(model, spec, hparams, task.fine_tuning(spec))
+    started = transfer.start_from(model, source, spec)
+    return Start(model, spec, hparams, transfer.strategy_from(params.train.transfer), started)
+
+
 def train_model(
     task,
     frame,
@@ -342,28 +385,30 @@ def train_model(
     params,
     on_epoch: Callable[[Epoch], None] | None = None,
     checkpoint: Path | None = None,
+    source=None,
 ) -> tuple[TrainResult, FeatureSpec]:
     """Train the final model with the chosen hyperparameters; return it with its spec.
 
-    With `checkpoint`, training resumes from the last epoch saved there (see `fit`)."""
-    spec = task.configure(spec, hparams)
+    With `checkpoint`, training resumes from the last epoch saved there (see `fit`); with
+    `source`, it starts from that model (`initial_model`)."""
+    start = initial_model(task, spec, hparams, params, source)
+    spec = start.spec
     train = task.examples(frame, spec, "train")
     val = task.examples(frame, spec, "val")
-    seed_everything(params.seed)  # the initial weights are drawn here
-    model = task.build_model(hparams, spec)
     result = fit(
-        model,
+        start.model,
         train,
         val,
         spec,
-        hparams,
+        start.hparams,
         params.train,
         params.seed,
         on_epoch=on_epoch,
         checkpoint=checkpoint,
-        fine_tuning=task.fine_tuning(spec),
+        fine_tuning=start.fine_tuning,
         augment=task.augmentation(spec),
     )
+    result.started = start.started
     return result, spec
 
 

@@ -235,8 +235,12 @@ def tune_model(
     windows: dict[int, tuple] | None = None,
     resume: bool = False,
     fixed: dict[str, Any] | None = None,
+    source=None,
 ) -> TuneResult:
     """Search hyperparameters on the training and validation windows of `frame`.
+
+    With `source` (`transfer.SourceModel`), every trial starts from that model, whose
+    shape fixes the architecture axes: the search covers the rest.
 
     With `storage` and `study_name`, this is one of several workers sharing one study (a
     database every worker reaches): it runs `n_trials` of them, its sampler seeded by
@@ -244,7 +248,7 @@ def tune_model(
     """
     import numpy as np
 
-    from loopline.train import fit, seed_everything
+    from loopline.train import fit, initial_model
 
     # Examples are built once per input spec (say, per window length for solar); a caller
     # running many searches on the same rows (a Dask worker running one trial per task)
@@ -264,10 +268,10 @@ def tune_model(
         return windows[key]
 
     def objective(hparams: dict[str, Any], report: Reporter) -> float:
-        trial_spec = task.configure(spec, hparams)
+        # Every trial starts from the same RNG state (and, transferring, the same weights).
+        start = initial_model(task, spec, hparams, params, source)
+        trial_spec, hparams = start.spec, start.hparams
         train, val = examples(trial_spec)
-        seed_everything(params.seed)  # every trial starts from the same RNG state
-        model = task.build_model(hparams, trial_spec)
 
         def each_epoch(record):
             if on_epoch is not None:
@@ -275,16 +279,16 @@ def tune_model(
             report(record.epoch, record.val_loss)
 
         result = fit(
-            model,
+            start.model,
             train,
             val,
-            spec,
+            trial_spec,
             hparams,
             params.train,
             params.seed,
             max_epochs=params.tune.max_epochs,
             on_epoch=each_epoch,
-            fine_tuning=task.fine_tuning(trial_spec),
+            fine_tuning=start.fine_tuning,
             augment=task.augmentation(trial_spec),
         )
         return result.best_val_loss

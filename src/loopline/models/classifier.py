@@ -101,6 +101,17 @@ class TextClassifier(nn.Module):
         self.head = nn.Linear(hidden_size, n_classes)
         self.ngrams = NgramBag(ngram_buckets, n_classes) if ngram_buckets else None
 
+    def layer_groups(self) -> list[tuple[str, list[nn.Module]]]:
+        """Layers from the top down to the embeddings, the order in which fine-tuning
+        unfreezes them (`loopline.transfer`). The top group ("head") is everything a
+        pretrained encoder does not hold: the attention pooling, the head and the n-gram
+        bag (it reads token ids directly, beside the encoder)."""
+        top: list[nn.Module] = [self.pool, self.head]
+        if self.ngrams is not None:
+            top.append(self.ngrams)
+        convs = [(f"convs.{i}", [self.convs[i]]) for i in reversed(range(len(self.convs)))]
+        return [("head", top), *convs, ("embed", [self.embed])]
+
     def encode(self, ids: torch.Tensor) -> torch.Tensor:
         """Per-token states (batch, tokens, hidden); padded positions are zeroed."""
         mask = (ids != 0).unsqueeze(1)

@@ -45,6 +45,13 @@ class ImageClassifier(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(images))
 
+    def layer_groups(self) -> list[tuple[str, list[nn.Module]]]:
+        """The head, then the conv blocks from the last down to the first: the order in
+        which transfer learning unfreezes them (`loopline.transfer`)."""
+        count = len(self.features)
+        blocks = [(f"features.{i}", [self.features[i]]) for i in reversed(range(count))]
+        return [("head", [self.head]), *blocks]
+
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return nn.functional.cross_entropy(logits, labels, reduction="sum")
 

@@ -44,6 +44,10 @@ class Forecaster(nn.Module):
         out, _ = self.rnn(x)
         return self.head(self.dropout(out[:, -1, :]))
 
+    def layer_groups(self) -> list[tuple[str, list[nn.Module]]]:
+        """The head, then the recurrent encoder (`loopline.transfer`)."""
+        return [("head", [self.head]), ("rnn", [self.rnn])]
+
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return torch.clamp(self.forward(x) * self.target_std + self.target_mean, min=0.0)
 

@@ -32,6 +32,9 @@ class Task(Protocol):
     target_column: ClassVar[str]
     # chronological: by time with gaps; grouped: no group (say, a movie) in two sets.
     split_kind: ClassVar[Literal["chronological", "stratified", "grouped"]]
+    # What a model started from another (`train.init_from`) reads the source's way: feature
+    # spec fields or options fitted on data (scaling, a vocabulary) that its weights expect.
+    transferred_features: ClassVar[tuple[str, ...]]
 
     def load_builtin(self, params: Params) -> pd.DataFrame: ...
 

@@ -9,6 +9,7 @@ unique ids) and the snapshot like any other rows. Pixels are scaled to 0..1 by
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -37,6 +38,20 @@ def images(frame: pd.DataFrame, spec: FeatureSpec) -> np.ndarray:
     return values.reshape(len(frame), 1, size, size)
 
 
+def class_ids(values: pd.Series, spec: FeatureSpec, target_set: str) -> np.ndarray:
+    """Digit labels as the model's class ids (positions in the spec's label set)."""
+    labels = spec.options["labels"]
+    index = {label: i for i, label in enumerate(labels)}
+    names = [str(int(v)) for v in values]
+    unknown = sorted(set(names) - set(index))
+    if unknown:
+        raise ValueError(
+            f"digit(s) {unknown} in the {target_set} split are not among the training "
+            f"split's labels {labels}: too few images of them to split"
+        )
+    return np.array([index[n] for n in names], dtype=np.int64)
+
+
 class DigitsTask:
     name: ClassVar[str] = "digits"
     schema: ClassVar[dict[str, str]] = {
@@ -49,6 +64,8 @@ class DigitsTask:
     target_column: ClassVar[str] = "label"
     split_kind: ClassVar[Literal["chronological", "stratified", "grouped"]] = "stratified"
     class_names: ClassVar[tuple[str, ...]] = CLASSES
+    # The label set is the training data's (a new head for new digits); pixels need nothing.
+    transferred_features: ClassVar[tuple[str, ...]] = ()
 
     def load_builtin(self, params: Params) -> pd.DataFrame:
         from sklearn.datasets import load_digits
@@ -98,7 +115,13 @@ class DigitsTask:
         return frame  # the label is a column of the data
 
     def fit_features(self, spec: FeatureSpec, train_rows: pd.DataFrame) -> FeatureSpec:
-        return spec  # a fixed pixel scale: nothing is learned from the data
+        """The label set: the digits the training split holds (the model's classes, in
+        order). Pixels have a fixed scale: nothing else is learned from the data."""
+        values = train_rows[spec.target_column].dropna().unique()
+        if not len(values):
+            raise ValueError("the training split holds no labeled image")
+        labels = [str(int(v)) for v in sorted(values)]
+        return replace(spec, options={**spec.options, "labels": labels})
 
     def configure(self, spec: FeatureSpec, hparams: dict[str, Any]) -> FeatureSpec:
         return spec
@@ -115,8 +138,11 @@ class DigitsTask:
 
     def examples(self, frame: pd.DataFrame, spec: FeatureSpec, target_set: str) -> Examples:
         rows = labeled_set(frame, target_set, spec.target_column)
-        y = rows[spec.target_column].to_numpy(dtype=np.int64)
-        return Examples(images(rows, spec), y, pd.DataFrame({"id": rows["id"].astype(str)}))
+        return Examples(
+            images(rows, spec),
+            class_ids(rows[spec.target_column], spec, target_set),
+            pd.DataFrame({"id": rows["id"].astype(str)}),
+        )
 
     def build_model(self, hparams: dict[str, Any], spec: FeatureSpec):
         from loopline.models.cnn import ImageClassifier
@@ -145,7 +171,7 @@ class DigitsTask:
             raise ValueError("the test split holds no labeled image: nothing to evaluate on")
         flat = LogisticRegression(max_iter=2000, random_state=params.seed)
         flat.fit(train.x.reshape(len(train), -1), train.y)
-        baseline = np.zeros((len(test), len(CLASSES)))
+        baseline = np.zeros((len(test), len(spec.options["labels"])))
         baseline[:, flat.classes_] = flat.predict_proba(test.x.reshape(len(test), -1))
         return evaluate_classifier(
             test.y,
@@ -167,14 +193,15 @@ class DigitsTask:
 
         test = self.examples(frame, spec, "test")
         predicted = predict(model, test.x).argmax(axis=1)
-        matrix = confusion_matrix(test.y, predicted, labels=range(len(CLASSES)))
+        labels = spec.options["labels"]
+        matrix = confusion_matrix(test.y, predicted, labels=range(len(labels)))
         fig, ax = new_figure((6, 5.5))
         ax.imshow(matrix, cmap="Blues")
         for (i, j), count in np.ndenumerate(matrix):
             if count:
                 ax.text(j, i, str(count), ha="center", va="center", fontsize=8)
-        ax.set_xticks(range(len(CLASSES)), CLASSES)
-        ax.set_yticks(range(len(CLASSES)), CLASSES)
+        ax.set_xticks(range(len(labels)), labels)
+        ax.set_yticks(range(len(labels)), labels)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         ax.set_title("digits: test confusion matrix")

@@ -61,6 +61,7 @@ class ReviewsTask:
     text_column: ClassVar[str] = "document"
     class_names: ClassVar[tuple[str, ...]] = LABELS
     split_kind: ClassVar[Literal["chronological", "stratified", "grouped"]] = "grouped"
+    transferred_features: ClassVar[tuple[str, ...]] = ("vocabulary",)
 
     def load_builtin(self, params: Params) -> pd.DataFrame:
         raise ValueError(

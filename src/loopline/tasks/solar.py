@@ -152,6 +152,7 @@ class SolarTask:
     time_column: ClassVar[str | None] = "timestamp"
     target_column: ClassVar[str] = "power_w"
     split_kind: ClassVar[Literal["chronological", "stratified", "grouped"]] = "chronological"
+    transferred_features: ClassVar[tuple[str, ...]] = ("mean", "std", "target_mean", "target_std")
 
     def load_builtin(self, params: Params) -> pd.DataFrame:
         frames = []
