@@ -57,13 +57,18 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+AUGMENT = True  # --no-augment turns the task's training augmentation off
+
+
 def params_for(seed: int, threads: int, init_from: str | None = None, mode: str = "none"):
     from loopline.config import Params
 
+    off = {"shift_px": 0, "rotate_deg": 0, "noise": 0, "contrast": 0}
     return Params.model_validate(
         {
             "task": "digits",
             "seed": seed,
+            "digits": {} if AUGMENT else {"augment": off},
             "train": {
                 "max_epochs": 60,
                 "patience": 10,
@@ -248,6 +253,8 @@ def plot(rows: list[dict], label_counts: list, path: Path) -> Path:
     right.set_xlabel("labels per class (digits 5-9)")
     right.set_ylabel("0-4 test accuracy with the old head")
     right.set_title("Forgetting: the fine-tuned encoder on 0-4")
+    lowest = min(after[(n or "all", m)][0] for n in label_counts for m in MODES)
+    right.set_ylim(max(0.0, lowest - 0.05), 1.0)
     right.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -262,7 +269,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--json", nargs="?", const="", default=None, help="write numbers")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--no-augment", action="store_true", help="no training augmentation")
     args = parser.parse_args()
+    global AUGMENT
+    AUGMENT = not args.no_augment
     args.out.mkdir(parents=True, exist_ok=True)
     label_counts = [n or None for n in args.labels]
     began = time.perf_counter()

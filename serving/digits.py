@@ -7,6 +7,10 @@ The same lifecycle as the other services (`serving.champion`).
   high), answered with class probabilities; an image of the wrong shape is a 400 naming it.
 - `POST /predict_image`: one PNG or JPEG upload (multipart field `file`); not an image, too
   large or of an unsupported channel count is a 4xx naming the problem.
+- `POST /explain_image`: the same upload, answered with its occlusion saliency map
+  (`loopline.saliency`, on the ONNX model) as a PNG: red pixels support the answer, blue
+  ones speak against it; the answer is in the `X-Loopline-*` headers. `?format=json` gives
+  the map as numbers instead.
 """
 
 from __future__ import annotations
@@ -16,12 +20,13 @@ from typing import Any
 
 import bentoml
 import numpy as np
-from fastapi import FastAPI, File, UploadFile
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, File, Query, UploadFile
+from fastapi.responses import JSONResponse, Response
 
 from loopline.export import run_onnx
 from loopline.online import LoadedModel
 from loopline.predlog import PredictionRecord
+from loopline.saliency import occlusion_saliency, saliency_png
 from loopline.tasks.digits import BadImage, image_from_bytes
 from serving.asgi import BodySizeLimit
 from serving.champion import BOOT, ChampionService
@@ -85,9 +90,8 @@ class DigitClassifier(ChampionService):
         array = np.asarray(images, dtype=np.float32)[:, None, :, :]
         return self._answer("predict", model, array)
 
-    @app.post("/predict_image")
-    async def predict_image(self, file: UploadFile = File(...)):  # noqa: B008 - FastAPI idiom
-        """Classify one uploaded PNG or JPEG (grey or RGB)."""
+    async def _upload(self, file: UploadFile) -> tuple[LoadedModel, np.ndarray] | JSONResponse:
+        """The serving model and the uploaded image, or the 4xx/503 response to send."""
         model = self.model
         if model is None:
             return JSONResponse({"error": f"not ready: {self.not_ready_reason}"}, 503)
@@ -99,7 +103,40 @@ class DigitClassifier(ChampionService):
             )
         except BadImage as error:
             return JSONResponse({"error": f"{file.filename}: {error}"}, error.status)
+        return model, image
+
+    @app.post("/predict_image")
+    async def predict_image(self, file: UploadFile = File(...)):  # noqa: B008 - FastAPI idiom
+        """Classify one uploaded PNG or JPEG (grey or RGB)."""
+        read = await self._upload(file)
+        if isinstance(read, JSONResponse):
+            return read
+        model, image = read
         return self._answer("predict_image", model, image[None])[0]
+
+    @app.post("/explain_image")
+    async def explain_image(
+        self,
+        file: UploadFile = File(...),  # noqa: B008 - FastAPI idiom
+        format: str = Query("png", pattern="^(png|json)$"),
+    ):
+        """Which pixels the answer rests on: an occlusion saliency map of one upload."""
+        read = await self._upload(file)
+        if isinstance(read, JSONResponse):
+            return read
+        model, image = read
+        answer = self._answer("explain_image", model, image[None])[0]
+        saliency = occlusion_saliency(
+            lambda batch: run_onnx(model.session, batch), image, self.params.digits.saliency_patch
+        )
+        if format == "json":
+            return {**answer, "saliency": np.round(saliency.map, 6).tolist()}
+        headers = {
+            "X-Loopline-Label": answer["label"],
+            "X-Loopline-Probability": f"{saliency.probability:.6f}",
+            "X-Loopline-Model-Version": str(model.version),
+        }
+        return Response(saliency_png(image, saliency.map), media_type="image/png", headers=headers)
 
     @app.get("/metadata")
     def metadata(self) -> dict[str, Any]:

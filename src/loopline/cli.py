@@ -406,6 +406,74 @@ def stream(
     )
 
 
+@app.command()
+def explain(
+    image: Annotated[Path, typer.Argument(help="A PNG or JPEG of a digit.", exists=True)],
+    model: Annotated[str, typer.Option(help="Registered image model.")] = "digits",
+    version: Annotated[
+        str | None, typer.Option(help="Model version (default: the champion).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Where to write the map (PNG).")
+    ] = None,
+    project: ProjectOption = None,
+) -> None:
+    """Why an image model answers what it does: its label for IMAGE and an occlusion
+    saliency map (red: pixels that support the answer, blue: against), as a PNG."""
+    import tempfile
+
+    from mlflow.exceptions import MlflowException
+
+    from loopline import registry
+    from loopline.config import load_params
+    from loopline.export import embedded_spec, onnx_session, run_onnx
+    from loopline.saliency import occlusion_saliency, saliency_png
+    from loopline.tasks.digits import BadImage, image_from_bytes
+
+    paths = _paths(project)
+    try:
+        params = load_params(paths.params_file)
+    except LooplineError as error:
+        _fail(error)
+    reference = f"models:/{model}/{version}" if version else f"models:/{model}@champion"
+    with tempfile.TemporaryDirectory() as scratch:
+        try:
+            folder = registry.download_model(paths.tracking_uri(), reference, Path(scratch))
+        except (MlflowException, OSError) as error:
+            _fail(ValueError(f"cannot load {reference} from {paths.tracking_uri()}: {error}"))
+        session = onnx_session(folder / "model.onnx")
+    spec = embedded_spec(session)
+    if "image_size" not in spec.options:
+        _fail(ValueError(f"{reference} is a {spec.task} model, not an image model"))
+    settings = params.digits
+    try:
+        pixels = image_from_bytes(
+            image.read_bytes(), spec, settings.max_upload_side, settings.upload_ink
+        )
+    except BadImage as error:
+        _fail(ValueError(f"{image}: {error}"))
+    saliency = occlusion_saliency(
+        lambda batch: run_onnx(session, batch), pixels, settings.saliency_patch
+    )
+    target = out or image.with_name(f"{image.stem}.saliency.png")
+    target.write_bytes(saliency_png(pixels, saliency.map))
+    label = spec.options["labels"][saliency.target]
+    console.print(
+        f"[bold]{image.name}[/]: {label} (p={saliency.probability:.3f}, {reference}); "
+        f"saliency map → {target}"
+    )
+    typer.echo(
+        json.dumps(
+            {
+                "label": label,
+                "probability": saliency.probability,
+                "model": reference,
+                "saliency_png": str(target),
+            }
+        )
+    )
+
+
 def _move(project, model: str, version: str | None, reason: str, action: str) -> None:
     from loopline import registry
 

@@ -403,6 +403,8 @@ class DigitsParams(Section):
     augment: AugmentParams = AugmentParams()
     max_upload_side: Positive = 1024
     upload_ink: Literal["dark", "light"] = "dark"
+    # Explanations (`/explain_image`, `loopline explain`): the side of the occluding square.
+    saliency_patch: Positive = 2
 
 
 TASKS = ("solar", "reviews", "digits")

@@ -101,3 +101,59 @@ def test_predict_takes_arrays_and_names_a_wrong_shape(client):
     assert [a["label"] for a in out.json()] == [str(t) for t in digits.target[:5]]
     bad = client.post("/predict", json={"images": [images[0], [[0.0] * 7] * 8]})
     assert bad.status_code == 400 and "images[1] is 8×7; the model reads 8×8" in bad.text
+
+
+def test_explain_image_returns_a_saliency_picture_of_the_ink(client):
+    data, label = scanned(0)
+    response = client.post("/explain_image", files={"file": ("zero.png", data, "image/png")})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/png"
+    assert response.headers["x-loopline-label"] == str(label)
+    picture = Image.open(io.BytesIO(response.content))
+    assert picture.format == "PNG" and picture.size == (8 * 24, 8 * 24)
+
+    response = client.post(
+        "/explain_image?format=json", files={"file": ("zero.png", data, "image/png")}
+    )
+    answer = response.json()
+    saliency = np.array(answer["saliency"])
+    assert saliency.shape == (8, 8) and answer["label"] == str(label)
+    # The answer rests on the strokes, not on the empty paper around them.
+    from scipy.ndimage import binary_dilation
+    from sklearn.datasets import load_digits
+
+    pixels = load_digits().images[0]
+    ink = pixels >= 12  # the strong strokes
+    paper = ~binary_dilation(pixels > 0)  # no ink within a pixel: no patch over it covers any
+    assert saliency[ink].mean() > 10 * abs(saliency[paper].mean())
+
+    response = client.post("/explain_image", files={"file": ("a.txt", b"text", "text/plain")})
+    assert response.status_code == 415 and "a.txt: not a PNG or JPEG image" in response.text
+
+
+def test_loopline_explain_writes_the_saliency_map_of_a_file(digits_root, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from loopline.cli import app
+
+    data, label = scanned(7)
+    (tmp_path / "seven.png").write_bytes(data)
+    args = ["explain", str(tmp_path / "seven.png"), "--project", str(digits_root)]
+    result = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.stdout.strip().splitlines()[-1])
+    assert answer["label"] == str(label) and answer["model"] == "models:/digits@champion"
+    picture = Image.open(tmp_path / "seven.saliency.png")
+    assert picture.format == "PNG" and picture.size == (192, 192)
+
+    (tmp_path / "notes.png").write_bytes(b"not really a png")
+    result = CliRunner().invoke(
+        app, ["explain", str(tmp_path / "notes.png"), "--project", str(digits_root)]
+    )
+    assert result.exit_code == 1
+    assert "notes.png: not a PNG or JPEG image" in " ".join(result.output.split())
+    result = CliRunner().invoke(app, [*args, "--version", "9"], catch_exceptions=False)
+    assert result.exit_code == 1
+    assert "cannot load models:/digits/9" in " ".join(result.output.split())

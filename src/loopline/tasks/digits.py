@@ -231,7 +231,9 @@ def image_from_bytes(data: bytes, spec: FeatureSpec, max_side: int, ink: str) ->
     try:
         image = Image.open(io.BytesIO(data))
         image.load()
-    except (UnidentifiedImageError, OSError) as error:
+    except UnidentifiedImageError:
+        raise BadImage("not a PNG or JPEG image (no image format recognised)", 415) from None
+    except OSError as error:  # a known format, but truncated or corrupt
         raise BadImage(f"not a PNG or JPEG image ({error})", 415) from None
     if image.format not in ("PNG", "JPEG"):
         raise BadImage(f"image format {image.format} is not accepted: send PNG or JPEG", 415)
