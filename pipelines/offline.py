@@ -103,7 +103,9 @@ def validate(
     params: Params, rows, paths: ProjectPaths, tracker: RunTracker, batch_id: str, stage_key: str
 ) -> ValidationReport:
     plugin = get_task(params.task)
-    report = validate_rows(rows, plugin.schema, plugin.rules(params), suite_name=params.task)
+    report = validate_rows(
+        rows, plugin.schema_for(params), plugin.rules(params), suite_name=params.task
+    )
     where = datastore.write_quarantine(report.bad, paths.quarantine / params.task, batch_id)
     tracker.log_dict(
         {**report.summary(), "quarantine": str(where) if where else None}, "validation/summary.json"

@@ -398,8 +398,15 @@ class DigitsParams(Section):
     """The digits task: small grey images of handwritten digits → the digit (0-9)."""
 
     max_pixel: Annotated[float, Field(gt=0)] = 16.0  # the source's white (sklearn: 16)
-    # Uploads to the service: the largest side accepted, and whether strokes are darker
-    # than the paper ("dark": a scan or photo) or lighter ("light": like the training data).
+    # Images are read at this square size (the built-in digits are 8): at least 4, since
+    # the CNN halves it twice.
+    image_size: Annotated[int, Field(ge=4, le=256)] = 8
+    channels: Literal[1, 3] = 1  # 1: grey, 3: RGB (notes ch. 3)
+    # An image-folder source (`ingest.source: path/to/folder`): the CSV of file,label in it.
+    labels_file: str = "labels.csv"
+    # Uploads to the service: the largest side accepted. Uploads and image folders: whether
+    # strokes are darker than the paper ("dark": a scan or photo) or lighter ("light": like
+    # the built-in data).
     augment: AugmentParams = AugmentParams()
     max_upload_side: Positive = 1024
     upload_ink: Literal["dark", "light"] = "dark"

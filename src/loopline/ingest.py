@@ -1,7 +1,8 @@
 """Ingest: read rows from a source and keep only those newer than the last watermark.
 
 Sources (`ingest.source`): `builtin:<task>`, a CSV/Parquet path or glob (relative to the
-project), or a SQLAlchemy URL with `ingest.query`. Nothing is written here: rows become part
+project), a SQLAlchemy URL with `ingest.query`, or, for an image task, a folder of images
+with a labels CSV. Nothing is written here: rows become part
 of a snapshot only after validation (see `datastore.SnapshotStore.commit`).
 """
 
@@ -83,6 +84,14 @@ def read_source(params: Params, task: Task, root: Path) -> pd.DataFrame:
         frame = task.load_builtin(params)
     elif "://" in source:
         frame = read_sql(source, params.ingest.query)
+    elif (root / source).is_dir():  # an absolute `source` stays itself under `/`
+        folder = root / source
+        if not hasattr(task, "load_folder"):
+            raise SourceError(
+                f"ingest.source {source!r} is a folder; task {task.name!r} reads files "
+                "(CSV/TSV/Parquet) or a database, only image tasks read folders"
+            )
+        frame = task.load_folder(folder, params)
     else:
         frame = read_files(source, root)
     return within_bounds(frame, params.ingest, task)

@@ -25,15 +25,20 @@ REASONS = "_reasons"
 class Rule:
     """One expectation on the data, named for people reading a quarantine file.
 
-    kinds: `not_null`, `between` (min/max), `in_set` (values), `unique` (no repeated
-    `columns` key; the first reading wins) and `in_order` (`column` never goes back in time
-    within `group`; exact repeats are left to `unique`) and `not_future` (`column` no later
-    than a day from now: a mistyped year would otherwise become the watermark and hide every
-    later reading) and `not_blank` (a text with something besides whitespace).
+    kinds: `not_null`; `between` (min/max; on `column`, or on each of `columns` as one
+    rule: a row breaks it when any of them is out of range); `in_set` (values); `unique`
+    (no repeated `columns` key; the first reading wins); `in_order` (`column` never goes
+    back in time within `group`; exact repeats are left to `unique`); `not_future`
+    (`column` no later than a day from now: a mistyped year would otherwise become the
+    watermark and hide every later reading); `not_blank` (a text with something besides
+    whitespace); `complete` (every one of `columns` holds a value: one reason for a row,
+    say an image, whose many columns are empty together).
     """
 
     name: str
-    kind: Literal["not_null", "between", "in_set", "unique", "in_order", "not_future", "not_blank"]
+    kind: Literal[
+        "not_null", "between", "in_set", "unique", "in_order", "not_future", "not_blank", "complete"
+    ]
     column: str | None = None
     columns: tuple[str, ...] = ()
     group: str | None = None
@@ -113,6 +118,12 @@ def _derived_columns(frame: pd.DataFrame, rules: list[Rule]) -> dict[str, pd.Ser
             text = frame[rule.column].astype("string")
             # A null text is `not_null`'s to report.
             derived[f"_{rule.name}"] = (text.str.strip().str.len() > 0).fillna(True).astype(bool)
+        elif rule.kind == "between" and rule.columns:
+            values = frame[list(rule.columns)]
+            inside = values.isna() | ((values >= rule.min) & (values <= rule.max))
+            derived[f"_{rule.name}"] = inside.all(axis=1)
+        elif rule.kind == "complete":
+            derived[f"_{rule.name}"] = frame[list(rule.columns)].notna().all(axis=1)
         elif rule.kind == "not_future":
             limit = pd.Timestamp.now(tz="UTC") + pd.Timedelta("1D")
             derived[f"_{rule.name}"] = frame[rule.column].isna() | (frame[rule.column] <= limit)
@@ -125,7 +136,7 @@ def _expectation(rule: Rule) -> Any:
     meta = {"rule": rule.name}
     if rule.kind == "not_null":
         return gxe.ExpectColumnValuesToNotBeNull(column=rule.column, meta=meta)
-    if rule.kind == "between":
+    if rule.kind == "between" and rule.column:
         return gxe.ExpectColumnValuesToBeBetween(
             column=rule.column, min_value=rule.min, max_value=rule.max, meta=meta
         )

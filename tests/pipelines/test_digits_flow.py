@@ -117,3 +117,66 @@ def test_transfer_from_a_registered_champion_to_new_digits(tmp_path, monkeypatch
     bad = {**second, "train": {**second["train"], "init_from": "models:/digits@nosuch"}}
     with pytest.raises(ValueError, match="'models:/digits@nosuch': no such model version"):
         offline_flow(root=str(write_project(tmp_path / "c", bad)))
+
+
+def _image_folder(folder, per_class: int = 25, side: int = 24):
+    """A user's folder: RGB PNG scans (dark ink on white) of scikit-learn digits, a labels
+    CSV, and three bad entries: a text file named .png, a missing file, a label 11."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    folder.mkdir(parents=True)
+    lines = ["file,label"]
+    chosen = [i for d in range(10) for i in np.flatnonzero(digits.target == d)[:per_class]]
+    for i in chosen:
+        ink = digits.images[i] / 16.0
+        grey = Image.fromarray((255 * (1 - ink)).astype(np.uint8), "L").resize((side, side))
+        name = f"scans/{i:04d}.png"
+        (folder / "scans").mkdir(exist_ok=True)
+        grey.convert("RGB").save(folder / name)
+        lines.append(f"{name},{digits.target[i]}")
+    (folder / "scans" / "broken.png").write_text("not an image")
+    (folder / "scans" / "extra.png").write_bytes((folder / lines[1].split(",")[0]).read_bytes())
+    lines += ["scans/broken.png,3", "scans/lost.png,4", "scans/extra.png,11"]
+    (folder / "labels.csv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_an_image_folder_is_read_resized_in_rgb_and_bad_files_quarantined(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from loopline.tasks.digits import image_from_bytes
+    from pipelines.offline import offline_flow
+
+    for var in ("MLFLOW_TRACKING_URI", "LOOPLINE_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    params = {
+        **TINY_DIGITS,
+        "ingest": {"source": "images"},  # a folder, relative to the project
+        "digits": {"image_size": 12, "channels": 3, "max_pixel": 255},
+    }
+    root = write_project(tmp_path / "proj", params)
+    _image_folder(root / "images")
+    summary = offline_flow(root=str(root))
+    assert summary["status"] == "published", summary
+    assert summary["metrics"]["test_accuracy"] >= 0.6, summary  # 250 small scans, 12×12 RGB
+
+    paths = ProjectPaths.at(root)
+    quarantine = pd.concat(pd.read_csv(p) for p in (paths.quarantine / "digits").glob("*.csv"))
+    reasons = dict(zip(quarantine["id"], quarantine["_reasons"], strict=True))
+    assert set(reasons) == {"scans/broken.png", "scans/lost.png", "scans/extra.png"}
+    assert reasons["scans/broken.png"] == "image_readable"
+    assert reasons["scans/lost.png"] == "image_readable"
+    assert reasons["scans/extra.png"] == "label_is_a_digit"
+
+    from loopline.export import embedded_spec, onnx_session
+
+    reference = f"models:/digits/{summary['version']}"
+    folder = registry.download_model(paths.tracking_uri(), reference, tmp_path / "m")
+    session = onnx_session(folder / "model.onnx")
+    spec = embedded_spec(session)
+    assert (spec.options["image_size"], spec.options["channels"]) == (12, 3)
+    assert session.get_inputs()[0].shape[1:] == [3, 12, 12]
+    upload = (root / "images" / "scans" / "0005.png").read_bytes()
+    assert image_from_bytes(upload, spec, 1024, "dark").shape == (3, 12, 12)

@@ -79,3 +79,24 @@ def test_a_reading_from_the_future_is_quarantined():
     frame.loc[5, "timestamp"] = "2921-06-01 05:00:00+00:00"  # a mistyped year
     report = validate_rows(frame, SOLAR.schema, SOLAR.rules(PARAMS), "solar")
     assert report.bad["_reasons"].tolist() == ["timestamp_not_in_future"]
+
+
+def test_image_rules_give_one_reason_per_image():
+    """`between` over many columns and `complete`: an image with one bright pixel breaks
+    `pixels_in_range` once; an unreadable one (no pixels) breaks `image_readable` once."""
+    from loopline.validate import Rule
+
+    columns = tuple(f"px_{i}" for i in range(16))
+    frame = pd.DataFrame([[str(v % 16) for v in range(16)]] * 3, columns=list(columns))
+    frame.insert(0, "id", ["ok", "bright", "unreadable"])
+    frame.loc[1, "px_7"] = "99"
+    frame.loc[2, list(columns)] = None
+    schema = {"id": "string", **dict.fromkeys(columns, "float")}
+    rules = [
+        Rule("image_readable", "complete", columns=columns),
+        Rule("pixels_in_range", "between", columns=columns, min=0, max=16),
+    ]
+    report = validate_rows(frame, schema, rules, "images")
+    assert list(report.good["id"]) == ["ok"]
+    reasons = dict(zip(report.bad["id"], report.bad["_reasons"], strict=True))
+    assert reasons == {"bright": "pixels_in_range", "unreadable": "image_readable"}

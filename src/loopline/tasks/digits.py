@@ -1,10 +1,12 @@
 """Handwritten digits: small grey images → the digit shown (0-9).
 
 The built-in source is scikit-learn's digits (1,797 images of 8×8 pixels, values 0..16,
-from 43 writers). A row is one image: an `id`, its `label` and one column per pixel
-(`px_<row>_<col>`), so images travel through ingest, validation (pixel range, label domain,
-unique ids) and the snapshot like any other rows. Pixels are scaled to 0..1 by
-`digits.max_pixel`; the model reads (batch, 1, size, size) images.
+from 43 writers); a user's source is any folder of PNG/JPEG images with a labels CSV
+(`loopline.images`), read at `digits.image_size` with `digits.channels` (1 grey, 3 RGB).
+A row is one image: an `id`, its `label` and one column per pixel value
+(`px_<row>_<col>[_<channel>]`), so images travel through ingest, validation (pixel range,
+readable, label domain, unique ids) and the snapshot like any other rows. Pixels are scaled
+to 0..1 by `digits.max_pixel`; the model reads (batch, channels, size, size) images.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pandas as pd
 from loopline.config import Params
 from loopline.evaluate import evaluate_classifier
 from loopline.features import FeatureSpec
+from loopline.images import pixel_columns, to_array
 from loopline.labeling import Examples
 from loopline.split import labeled_set
 from loopline.validate import Rule
@@ -27,15 +30,14 @@ CLASSES = tuple(str(d) for d in range(10))
 BUILTIN_SIZE = 8
 
 
-def pixel_columns(size: int) -> list[str]:
-    return [f"px_{r}_{c}" for r in range(size) for c in range(size)]
-
-
 def images(frame: pd.DataFrame, spec: FeatureSpec) -> np.ndarray:
-    """Rows as model-ready images: float32 (N, 1, size, size) scaled to 0..1."""
-    size = int(spec.options["image_size"])
+    """Rows as model-ready images: float32 (N, channels, size, size) scaled to 0..1."""
+    size, channels = int(spec.options["image_size"]), int(spec.options["channels"])
     values = frame[spec.feature_columns].to_numpy(dtype=np.float32) / spec.options["max_pixel"]
-    return values.reshape(len(frame), 1, size, size)
+    # Columns run row by row, then column, then channel (see `images.pixel_columns`).
+    return np.ascontiguousarray(
+        values.reshape(len(frame), size, size, channels).transpose(0, 3, 1, 2)
+    )
 
 
 def class_ids(values: pd.Series, spec: FeatureSpec, target_set: str) -> np.ndarray:
@@ -67,33 +69,60 @@ class DigitsTask:
     # The label set is the training data's (a new head for new digits); pixels need nothing.
     transferred_features: ClassVar[tuple[str, ...]] = ()
 
+    def schema_for(self, params: Params) -> dict[str, str]:
+        columns = pixel_columns(params.digits.image_size, params.digits.channels)
+        return {"id": "string", "label": "float", **dict.fromkeys(columns, "float")}
+
     def load_builtin(self, params: Params) -> pd.DataFrame:
         from sklearn.datasets import load_digits
 
+        if params is not None and (params.digits.image_size, params.digits.channels) != (
+            BUILTIN_SIZE,
+            1,
+        ):
+            raise ValueError(
+                f"the built-in digits are {BUILTIN_SIZE}×{BUILTIN_SIZE} grey images; "
+                f"digits.image_size is {params.digits.image_size} and digits.channels "
+                f"{params.digits.channels} (set 8 and 1, or ingest an image folder)"
+            )
         digits = load_digits()
         frame = pd.DataFrame(digits.data, columns=pixel_columns(BUILTIN_SIZE))
         frame.insert(0, "label", digits.target.astype(float))
         frame.insert(0, "id", [f"sklearn-{i}" for i in range(len(frame))])
         return frame
 
+    def load_folder(self, folder: Path, params: Params) -> pd.DataFrame:
+        """A folder of PNG/JPEG images with a labels CSV (`digits.labels_file`)."""
+        from loopline.images import read_image_folder
+
+        settings = params.digits
+        return read_image_folder(
+            folder,
+            settings.labels_file,
+            settings.image_size,
+            settings.channels,
+            settings.upload_ink,
+            settings.max_pixel,
+        )
+
     def rules(self, params: Params) -> list[Rule]:
         top = params.digits.max_pixel
+        columns = pixel_columns(params.digits.image_size, params.digits.channels)
         return [
             Rule("id_not_null", "not_null", column="id"),
             Rule("image_not_duplicated", "unique", columns=("id",)),
             Rule("label_is_a_digit", "in_set", column="label", values=tuple(map(float, range(10)))),
-            *(
-                Rule(f"{c}_in_range", "between", column=c, min=0, max=top)
-                for c in pixel_columns(BUILTIN_SIZE)
-            ),
-            *(Rule(f"{c}_not_null", "not_null", column=c) for c in pixel_columns(BUILTIN_SIZE)),
+            # Every pixel present: a file that could not be read has none.
+            Rule("image_readable", "complete", columns=tuple(columns)),
+            # One rule over all pixels (one reason per image, and one check, not thousands).
+            Rule("pixels_in_range", "between", columns=tuple(columns), min=0, max=top),
         ]
 
     def new_feature_spec(self, params: Params) -> FeatureSpec:
-        size = BUILTIN_SIZE
+        size, channels = params.digits.image_size, params.digits.channels
         return FeatureSpec(
             task=self.name,
-            feature_columns=pixel_columns(size),
+            feature_columns=pixel_columns(size, channels),
             target_column=self.target_column,
             horizon=len(CLASSES),
             freq="",
@@ -101,7 +130,7 @@ class DigitsTask:
             time_column="",
             options={
                 "image_size": size,
-                "channels": 1,
+                "channels": channels,
                 "max_pixel": params.digits.max_pixel,
                 "labels": list(CLASSES),
                 "augment": params.digits.augment.model_dump(),
@@ -218,11 +247,12 @@ class BadImage(ValueError):
 
 
 def image_from_bytes(data: bytes, spec: FeatureSpec, max_side: int, ink: str) -> np.ndarray:
-    """An uploaded PNG/JPEG as one model-ready image (1, size, size) in 0..1.
+    """An uploaded PNG/JPEG as one model-ready image (channels, size, size) in 0..1.
 
-    Grey (1 channel) and RGB (3 channels, turned grey) are read; the image is resized to the
-    model's size. `ink`: "dark" for dark strokes on light paper (inverted, since the
-    training images store ink as the high value), "light" for light strokes on dark.
+    Grey (1 channel) and RGB (3 channels) are read and converted to what the model reads;
+    the image is resized to the model's size. `ink`: "dark" for dark strokes on light
+    paper (inverted, since the training images store ink as the high value), "light" for
+    light strokes on dark.
     """
     import io
 
@@ -250,9 +280,5 @@ def image_from_bytes(data: bytes, spec: FeatureSpec, max_side: int, ink: str) ->
         raise BadImage(
             f"image has {bands} channel(s) ({image.mode}); send grey (1 channel) or RGB (3)"
         )
-    size = int(spec.options["image_size"])
-    grey = image.convert("L").resize((size, size), Image.Resampling.LANCZOS)
-    values = np.asarray(grey, dtype=np.float32) / 255.0
-    if ink == "dark":
-        values = 1.0 - values
-    return values.reshape(1, size, size)
+    # Grey and RGB uploads both work: each is converted to the channels the model reads.
+    return to_array(image, int(spec.options["image_size"]), int(spec.options["channels"]), ink)

@@ -63,6 +63,9 @@ class ReviewsTask:
     split_kind: ClassVar[Literal["chronological", "stratified", "grouped"]] = "grouped"
     transferred_features: ClassVar[tuple[str, ...]] = ("vocabulary",)
 
+    def schema_for(self, params: Params) -> dict[str, str]:
+        return self.schema  # fixed columns
+
     def load_builtin(self, params: Params) -> pd.DataFrame:
         raise ValueError(
             "task reviews has no built-in data: point ingest.source at a reviews file or "

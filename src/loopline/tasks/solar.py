@@ -154,6 +154,9 @@ class SolarTask:
     split_kind: ClassVar[Literal["chronological", "stratified", "grouped"]] = "chronological"
     transferred_features: ClassVar[tuple[str, ...]] = ("mean", "std", "target_mean", "target_std")
 
+    def schema_for(self, params: Params) -> dict[str, str]:
+        return self.schema  # fixed columns
+
     def load_builtin(self, params: Params) -> pd.DataFrame:
         frames = []
         for name in params.solar.sites:
