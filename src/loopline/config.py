@@ -377,6 +377,7 @@ class ReviewsParams(Section):
     # Fine-tune from an encoder `loopline pretrain` saved (its path; None: from scratch). The
     # encoder fixes the vocabulary and the encoder's shape (embed, hidden, kernel, layers).
     pretrained_encoder: str | None = None
+    # How (see `train.transfer`, whose unfreeze_every / lr_decay / freeze it uses).
     fine_tuning: Literal["none", "freeze", "gradual_unfreeze", "discriminative_lr"] = "none"
     # `loopline pretrain`: masked-syllable pretraining on the task's unlabeled text.
     pretrain_epochs: Positive = 4

@@ -105,6 +105,8 @@ class ReviewsTask:
                 "labels": list(LABELS),
                 "pretrained_encoder": section.pretrained_encoder,
                 "fine_tuning": section.fine_tuning,
+                # The strategy's other knobs are transfer learning's, shared by every task.
+                "transfer": params.train.transfer.model_dump(exclude={"mode"}),
             },
         )
 
@@ -206,12 +208,20 @@ class ReviewsTask:
         return None  # no augmentation
 
     def fine_tuning(self, spec: FeatureSpec):
-        """How a pretrained encoder is fine-tuned (`reviews.fine_tuning`); None from scratch."""
+        """How a pretrained encoder is fine-tuned: `reviews.fine_tuning` names the strategy,
+        `train.transfer` sets its knobs (the same strategies as `train.init_from`'s); None
+        from scratch."""
         if not spec.options.get("pretrained_encoder"):
             return None
-        from loopline.pretrain import make_fine_tuning
+        from loopline.transfer import make_strategy
 
-        return make_fine_tuning(spec.options.get("fine_tuning", "none"))
+        knobs = spec.options.get("transfer", {})
+        return make_strategy(
+            spec.options.get("fine_tuning", "none"),
+            decay=knobs.get("lr_decay", 2.6),
+            unfreeze_every=knobs.get("unfreeze_every", 1),
+            freeze=knobs.get("freeze", ()),
+        )
 
     def evaluate(self, frame, spec: FeatureSpec, model, params: Params, champion=None):
         """The model, the TF-IDF baseline (trained here on the same training split) and the
