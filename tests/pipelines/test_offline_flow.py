@@ -222,3 +222,31 @@ def test_rerun_after_a_validation_failure_is_still_nothing_new(published):
     # The quarantine file is new under data/, but the snapshot is not: nothing to retrain.
     assert run(root, "ingest.end=2021-03-15")["status"] == "nothing new"
     assert state(root) == before
+
+
+def test_a_run_can_start_from_a_registered_forecaster(published):
+    """`train.init_from` on the solar task: the LSTM/GRU and head are v1's (same horizon:
+    nothing is fresh), frozen below the head, and inputs scaled as v1 learned them."""
+    import torch
+
+    from loopline.transfer import load_source
+
+    root, first = published
+    uri = ProjectPaths.at(root).tracking_uri()
+    summary = run(root, "train.init_from=models:/solar/1", "train.transfer.mode=freeze")
+    assert summary["status"] == "published", summary
+    tags = registry.client(uri).get_run(summary["run_id"]).data.tags
+    assert tags["loopline.init_from"] == f"models:/solar/1 (run {first['run_id']})"
+    assert (tags["loopline.transfer.copied"], tags["loopline.transfer.fresh"]) == ("head,rnn", "")
+    source = load_source("models:/solar/1", uri, root / "scratch-v1")
+    tuned = load_source(f"runs:/{summary['run_id']}", uri, root / "scratch-new")
+    assert tuned.spec.mean == source.spec.mean and tuned.spec.std == source.spec.std
+    for key, value in source.state_dict.items():
+        if key.startswith("rnn."):
+            assert torch.equal(tuned.state_dict[key], value), key
+    assert not torch.equal(tuned.state_dict["head.weight"], source.state_dict["head.weight"])
+    # Same data, same params, same pinned source: nothing new.
+    assert (
+        run(root, "train.init_from=models:/solar/1", "train.transfer.mode=freeze")["status"]
+        == "nothing new"
+    )
