@@ -235,6 +235,10 @@ def incomparable_specs(candidate, champion) -> str | None:
         mine, theirs = getattr(candidate, name), getattr(champion, name)
         if mine != theirs:
             return f"its {name} is {theirs!r}, the candidate's {mine!r}"
+    # A classifier's outputs are positions in its label set: another set, other meanings.
+    mine, theirs = candidate.options.get("labels"), champion.options.get("labels")
+    if mine != theirs:
+        return f"its labels are {theirs!r}, the candidate's {mine!r}"
     return None
 
 

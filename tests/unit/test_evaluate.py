@@ -71,3 +71,15 @@ def test_incomparable_specs_names_the_difference():
     assert incomparable_specs(a, a) is None
     b = FeatureSpec("solar", ["x", "z"], "y", 12, "1h", "site_id", "timestamp", window=48)
     assert incomparable_specs(a, b) == "its horizon is 12, the candidate's 24"
+
+
+def test_a_champion_with_another_label_set_is_not_scored_against_the_candidate():
+    from dataclasses import replace
+
+    from loopline.evaluate import incomparable_specs
+    from loopline.features import FeatureSpec
+
+    old = FeatureSpec("digits", ["px"], "label", 10, "", "id", "", options={"labels": ["0", "1"]})
+    new = replace(old, options={"labels": ["5", "6"]})
+    assert incomparable_specs(new, old) == "its labels are ['0', '1'], the candidate's ['5', '6']"
+    assert incomparable_specs(old, replace(old, options={"labels": ["0", "1"]})) is None
