@@ -186,11 +186,13 @@ def record_trials(result: TuneResult, tracker: RunTracker, stage_key: str) -> Tu
     return result
 
 
-@task(name="init-from")
+@task(name="init-from", cache_policy=NO_CACHE)
 def init_from(params: Params, paths: ProjectPaths, scratch: Path) -> SourceModel:
     """The trained model this run starts from (`train.init_from`), pinned: an alias is
     resolved to its version now, so tuning and training read the same weights."""
-    return load_source(params.train.init_from, paths.tracking_uri(), scratch / "init_from")
+    return load_source(
+        params.train.init_from, paths.tracking_uri(), scratch / "init_from", paths.root
+    )
 
 
 @task(name="tune", **CACHED)
@@ -533,6 +535,11 @@ def _offline(paths: ProjectPaths, params: Params) -> dict[str, Any] | Completed:
                 },
             )
         source = None
+        if params.train.transfer.mode != "none" and not params.train.init_from:
+            note(
+                f"train.transfer.mode is {params.train.transfer.mode} but train.init_from is "
+                "not set: training from scratch"
+            )
         if params.train.init_from:
             with stage("init from", params.train.init_from):
                 source = init_from(params, paths, scratch)

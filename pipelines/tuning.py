@@ -24,6 +24,7 @@ from loopline.tune import (
     TuneResult,
     create_shared_study,
     grid_points,
+    search_for,
     study_result,
     tune_model,
 )
@@ -83,13 +84,14 @@ def parallel_tuning(
     source: list[str] | None = None,
 ):
     done = create_shared_study(storage, study)
+    search = search_for(params.tune, params.task, reopen(source) if source else None)
     # One task per trial, not a fixed share per worker: trials differ several-fold in cost
     # (hidden size, layers, window), and Dask hands the next trial to whichever worker is
     # free. Each task's sampler is seeded apart so parallel trials do not coincide; a grid
     # gives each task its own point. A study cut off by a crash (the same stage key) runs
     # only the trials it lacks.
     if params.tune.sampler == "grid":
-        points = [p for p in grid_points(params.tune) if p not in done]
+        points = [p for p in grid_points(search) if p not in done]
         futures = [
             tune_worker.submit(
                 params, frame_path, spec_json, storage, study, 1, number, point, source

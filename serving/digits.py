@@ -3,8 +3,9 @@
 Run it with `loopline serve --model digits` (`bentoml serve serving.digits:DigitClassifier`).
 The same lifecycle as the other services (`serving.champion`).
 
-- `POST /predict` {"images": [[[...]]]}: images as arrays (size × size, values 0..1, ink
-  high), answered with class probabilities; an image of the wrong shape is a 400 naming it.
+- `POST /predict` {"images": [[[...]]]}: images as arrays (size × size for a grey model,
+  channels × size × size for an RGB one; values 0..1, ink high), answered with class
+  probabilities; an image of the wrong shape is a 400 naming it.
 - `POST /predict_image`: one PNG or JPEG upload (multipart field `file`); not an image, too
   large or of an unsupported channel count is a 4xx naming the problem.
 - `POST /explain_image`: the same upload, answered with its occlusion saliency map
@@ -75,20 +76,27 @@ class DigitClassifier(ChampionService):
         return answers
 
     @bentoml.api
-    def predict(self, images: list[list[list[float]]]) -> list[dict[str, Any]]:
-        """Classify images given as arrays (rows of pixel values, 0..1, ink high)."""
+    def predict(self, images: list[list[list[Any]]]) -> list[dict[str, Any]]:
+        """Classify images given as arrays (0..1, ink high): rows of pixel values for a grey
+        model, or channels of rows for an RGB one."""
         model = self._serving()
-        size = int(model.spec.options["image_size"])
+        size, channels = int(model.spec.options["image_size"]), int(model.spec.options["channels"])
+        expected = (size, size) if channels == 1 else (channels, size, size)
+        arrays = []
         for i, image in enumerate(images):
-            shape = (len(image), *sorted({len(row) for row in image}))
-            if shape != (size, size):
+            try:
+                array = np.asarray(image, dtype=np.float32)
+            except (ValueError, TypeError):
+                array = None  # ragged rows or non-numbers
+            if array is None or array.shape != expected:
+                shape = "ragged" if array is None else "×".join(map(str, array.shape))
                 raise bentoml.exceptions.InvalidArgument(
-                    f"images[{i}] is {'×'.join(map(str, shape))}; the model reads {size}×{size}"
+                    f"images[{i}] is {shape}; the model reads {'×'.join(map(str, expected))}"
                 )
-        if not images:
+            arrays.append(array.reshape(channels, size, size))
+        if not arrays:
             return []
-        array = np.asarray(images, dtype=np.float32)[:, None, :, :]
-        return self._answer("predict", model, array)
+        return self._answer("predict", model, np.stack(arrays))
 
     async def _upload(self, file: UploadFile) -> tuple[LoadedModel, np.ndarray] | JSONResponse:
         """The serving model and the uploaded image, or the 4xx/503 response to send."""

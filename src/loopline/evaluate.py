@@ -236,9 +236,13 @@ def incomparable_specs(candidate, champion) -> str | None:
         if mine != theirs:
             return f"its {name} is {theirs!r}, the candidate's {mine!r}"
     # A classifier's outputs are positions in its label set: another set, other meanings.
-    mine, theirs = candidate.options.get("labels"), champion.options.get("labels")
-    if mine != theirs:
-        return f"its labels are {theirs!r}, the candidate's {mine!r}"
+    # An image model reads images of one size and channel count: the test rows hold
+    # the candidate's.
+    for name in ("labels", "image_size", "channels"):
+        mine, theirs = candidate.options.get(name), champion.options.get(name)
+        if mine != theirs:
+            verb = "are" if name == "labels" else "is"
+            return f"its {name} {verb} {theirs!r}, the candidate's {mine!r}"
     return None
 
 

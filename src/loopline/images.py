@@ -19,7 +19,8 @@ import pandas as pd
 
 log = logging.getLogger("loopline.images")
 
-FORMATS = ("PNG", "JPEG")
+# MPO: the JPEG variant many phone cameras write (a JPEG with extra frames).
+FORMATS = ("PNG", "JPEG", "MPO")
 MODES = {1: "L", 3: "RGB"}
 
 

@@ -33,8 +33,11 @@ def occlusion_saliency(
     patch: int = 2,
     fill: float = 0.0,
     target: int | None = None,
+    batch_size: int = 256,
 ) -> Saliency:
-    """Occlusion saliency of one (C, H, W) image; `fill` is the background value (no ink)."""
+    """Occlusion saliency of one (C, H, W) image; `fill` is the background value (no ink).
+    The occluded copies go through the model `batch_size` at a time (memory stays bounded
+    for large images)."""
     if image.ndim != 3:
         raise ValueError(f"expected one (channels, height, width) image, got shape {image.shape}")
     _, height, width = image.shape
@@ -43,10 +46,14 @@ def occlusion_saliency(
     base = predict(image[None].astype(np.float32))[0]
     target = int(base.argmax()) if target is None else int(target)
     corners = [(r, c) for r in range(height - patch + 1) for c in range(width - patch + 1)]
-    copies = np.repeat(image[None].astype(np.float32), len(corners), axis=0)
-    for i, (r, c) in enumerate(corners):
-        copies[i, :, r : r + patch, c : c + patch] = fill
-    drops = _log(base[target]) - _log(predict(copies)[:, target])
+    scores = []
+    for start in range(0, len(corners), batch_size):
+        chunk = corners[start : start + batch_size]
+        copies = np.repeat(image[None].astype(np.float32), len(chunk), axis=0)
+        for i, (r, c) in enumerate(chunk):
+            copies[i, :, r : r + patch, c : c + patch] = fill
+        scores.append(predict(copies)[:, target])
+    drops = _log(base[target]) - _log(np.concatenate(scores))
     total = np.zeros((height, width))
     covered = np.zeros((height, width))
     for drop, (r, c) in zip(drops, corners, strict=True):

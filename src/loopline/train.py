@@ -372,7 +372,7 @@ def initial_model(task, spec: FeatureSpec, hparams: dict[str, Any], params, sour
     seed_everything(params.seed)  # the initial weights are drawn here
     model = task.build_model(hparams, spec)
     if source is None:
-        return Start(model, spec, hparams, task.fine_tuning(spec))
+        return Start(model, spec, hparams, task.fine_tuning(spec, params.train.transfer))
     started = transfer.start_from(model, source, spec)
     return Start(model, spec, hparams, transfer.strategy_from(params.train.transfer), started)
 

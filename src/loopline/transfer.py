@@ -280,10 +280,15 @@ def _run_of(reference: str, tracking_uri: str) -> tuple[str, str]:
     return version.run_id, f"models:/{version.name}/{version.version} (run {version.run_id})"
 
 
-def load_source(reference: str, tracking_uri: str, dest: Path) -> SourceModel:
-    """The model `reference` names: a registry reference, a run or a checkpoint file."""
+def load_source(
+    reference: str, tracking_uri: str, dest: Path, root: Path | None = None
+) -> SourceModel:
+    """The model `reference` names: a registry reference, a run or a checkpoint file (a
+    relative path is relative to `root`, the project, like every path in params)."""
     if not reference.startswith(("models:/", "runs:/")):
         path = Path(reference).expanduser()
+        if root is not None and not path.is_absolute():
+            path = root / path
         if not path.is_file():
             raise ValueError(
                 f"train.init_from {reference!r} is not a file, a models:/ reference or a "

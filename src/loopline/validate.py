@@ -120,7 +120,9 @@ def _derived_columns(frame: pd.DataFrame, rules: list[Rule]) -> dict[str, pd.Ser
             derived[f"_{rule.name}"] = (text.str.strip().str.len() > 0).fillna(True).astype(bool)
         elif rule.kind == "between" and rule.columns:
             values = frame[list(rule.columns)]
-            inside = values.isna() | ((values >= rule.min) & (values <= rule.max))
+            low = -np.inf if rule.min is None else rule.min
+            high = np.inf if rule.max is None else rule.max
+            inside = values.isna() | ((values >= low) & (values <= high))
             derived[f"_{rule.name}"] = inside.all(axis=1)
         elif rule.kind == "complete":
             derived[f"_{rule.name}"] = frame[list(rule.columns)].notna().all(axis=1)

@@ -164,6 +164,14 @@ def test_discriminative_rates_fall_going_down():
     assert [g["lr"] for g in groups] == pytest.approx([1e-2, 2.5e-3, 6.25e-4])
 
 
+def test_a_relative_checkpoint_path_is_the_projects(tmp_path):
+    _source(tmp_path, ["0", "1"])  # writes tmp_path / "model.pt"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    source = load_source("model.pt", uri, tmp_path / "d", root=tmp_path)
+    assert source.resolved.startswith(f"{tmp_path / 'model.pt'} (sha256 ")
+    assert source.labels == ["0", "1"]
+
+
 def test_references_that_lead_nowhere_say_so(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with pytest.raises(ValueError, match="is not a file, a models:/ reference"):
@@ -175,3 +183,14 @@ def test_references_that_lead_nowhere_say_so(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="cannot read"):
         load_source(str(tmp_path / "junk.pt"), uri, tmp_path / "d")
+
+
+def test_tuning_from_a_source_searches_only_the_training_knobs(tmp_path):
+    from loopline.tune import search_for
+
+    _, source = _source(tmp_path, ["0", "1"])
+    tune = Params.model_validate({"task": "digits"}).tune
+    space = search_for(tune, "digits", source).search_space
+    assert space["channels"].choices == [4] and space["hidden_size"].choices == [16]
+    assert space["learning_rate"] == tune.search_space["learning_rate"]
+    assert search_for(tune, "digits", None) is tune

@@ -241,6 +241,9 @@ def test_a_run_can_start_from_a_registered_forecaster(published):
     source = load_source("models:/solar/1", uri, root / "scratch-v1")
     tuned = load_source(f"runs:/{summary['run_id']}", uri, root / "scratch-new")
     assert tuned.spec.mean == source.spec.mean and tuned.spec.std == source.spec.std
+    # ... not this data's own statistics, which a fit on it (v2, same snapshot) gives.
+    refit = load_source("models:/solar/2", uri, root / "scratch-v2")
+    assert refit.spec.mean != source.spec.mean
     for key, value in source.state_dict.items():
         if key.startswith("rnn."):
             assert torch.equal(tuned.state_dict[key], value), key

@@ -82,4 +82,7 @@ def test_a_champion_with_another_label_set_is_not_scored_against_the_candidate()
     old = FeatureSpec("digits", ["px"], "label", 10, "", "id", "", options={"labels": ["0", "1"]})
     new = replace(old, options={"labels": ["5", "6"]})
     assert incomparable_specs(new, old) == "its labels are ['0', '1'], the candidate's ['5', '6']"
+    rgb = replace(old, options={"labels": ["0", "1"], "image_size": 8, "channels": 3})
+    grey = replace(rgb, options={**rgb.options, "channels": 1})
+    assert incomparable_specs(rgb, grey) == "its channels is 1, the candidate's 3"
     assert incomparable_specs(old, replace(old, options={"labels": ["0", "1"]})) is None

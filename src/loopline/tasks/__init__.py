@@ -74,8 +74,9 @@ class Task(Protocol):
         """Random changes to training batches (`train.Augment`), or None."""
         ...
 
-    def fine_tuning(self, spec: FeatureSpec) -> Any | None:
-        """How `train.fit` fine-tunes a pretrained model (see `train.FineTuning`), or None."""
+    def fine_tuning(self, spec: FeatureSpec, transfer: Any) -> Any | None:
+        """How `train.fit` fine-tunes a model the task pretrained itself (see
+        `train.FineTuning`; `transfer` is the `train.transfer` section), or None."""
         ...
 
     def evaluate(

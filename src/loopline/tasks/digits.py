@@ -21,7 +21,7 @@ import pandas as pd
 from loopline.config import Params
 from loopline.evaluate import evaluate_classifier
 from loopline.features import FeatureSpec
-from loopline.images import pixel_columns, to_array
+from loopline.images import FORMATS, pixel_columns, to_array
 from loopline.labeling import Examples
 from loopline.split import labeled_set
 from loopline.validate import Rule
@@ -52,6 +52,12 @@ def class_ids(values: pd.Series, spec: FeatureSpec, target_set: str) -> np.ndarr
             f"split's labels {labels}: too few images of them to split"
         )
     return np.array([index[n] for n in names], dtype=np.int64)
+
+
+def _scaled_as(champion: FeatureSpec, candidate: FeatureSpec) -> FeatureSpec:
+    return replace(
+        champion, options={**champion.options, "max_pixel": candidate.options["max_pixel"]}
+    )
 
 
 class DigitsTask:
@@ -155,7 +161,7 @@ class DigitsTask:
     def configure(self, spec: FeatureSpec, hparams: dict[str, Any]) -> FeatureSpec:
         return spec
 
-    def fine_tuning(self, spec: FeatureSpec):
+    def fine_tuning(self, spec: FeatureSpec, transfer):
         return None
 
     def augmentation(self, spec: FeatureSpec):
@@ -207,7 +213,8 @@ class DigitsTask:
             {"model": predict(model, test.x), "pixel_logistic_baseline": baseline},
             spec,
             champion,
-            lambda session, own: run_onnx(session, images(test_rows, own)),
+            # The test rows hold this data's pixel values: scaled by this data's white.
+            lambda session, own: run_onnx(session, images(test_rows, _scaled_as(own, spec))),
             params,
         )
 
@@ -265,7 +272,7 @@ def image_from_bytes(data: bytes, spec: FeatureSpec, max_side: int, ink: str) ->
         raise BadImage("not a PNG or JPEG image (no image format recognised)", 415) from None
     except OSError as error:  # a known format, but truncated or corrupt
         raise BadImage(f"not a PNG or JPEG image ({error})", 415) from None
-    if image.format not in ("PNG", "JPEG"):
+    if image.format not in FORMATS:
         raise BadImage(f"image format {image.format} is not accepted: send PNG or JPEG", 415)
     width, height = image.size
     if max(width, height) > max_side or min(width, height) < 1:

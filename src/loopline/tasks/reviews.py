@@ -105,8 +105,6 @@ class ReviewsTask:
                 "labels": list(LABELS),
                 "pretrained_encoder": section.pretrained_encoder,
                 "fine_tuning": section.fine_tuning,
-                # The strategy's other knobs are transfer learning's, shared by every task.
-                "transfer": params.train.transfer.model_dump(exclude={"mode"}),
             },
         )
 
@@ -207,7 +205,7 @@ class ReviewsTask:
     def augmentation(self, spec: FeatureSpec):
         return None  # no augmentation
 
-    def fine_tuning(self, spec: FeatureSpec):
+    def fine_tuning(self, spec: FeatureSpec, transfer):
         """How a pretrained encoder is fine-tuned: `reviews.fine_tuning` names the strategy,
         `train.transfer` sets its knobs (the same strategies as `train.init_from`'s); None
         from scratch."""
@@ -215,12 +213,13 @@ class ReviewsTask:
             return None
         from loopline.transfer import make_strategy
 
-        knobs = spec.options.get("transfer", {})
+        # The mode is the task's (it belongs to the encoder the spec names); the knobs are
+        # read at training time, so changing one retrains without refitting features.
         return make_strategy(
             spec.options.get("fine_tuning", "none"),
-            decay=knobs.get("lr_decay", 2.6),
-            unfreeze_every=knobs.get("unfreeze_every", 1),
-            freeze=knobs.get("freeze", ()),
+            decay=transfer.lr_decay,
+            unfreeze_every=transfer.unfreeze_every,
+            freeze=transfer.freeze,
         )
 
     def evaluate(self, frame, spec: FeatureSpec, model, params: Params, champion=None):

@@ -281,7 +281,7 @@ class SolarTask:
     def augmentation(self, spec: FeatureSpec):
         return None  # no augmentation
 
-    def fine_tuning(self, spec: FeatureSpec):
+    def fine_tuning(self, spec: FeatureSpec, transfer):
         return None  # trained from scratch
 
     def configure(self, spec: FeatureSpec, hparams: dict[str, Any]) -> FeatureSpec:
