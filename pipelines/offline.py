@@ -230,7 +230,6 @@ def train(
     spec: FeatureSpec,
     hparams: dict[str, Any],
     tracker: RunTracker,
-    scratch: Path,
     paths: ProjectPaths,
     stage_key: str,
     source: SourceModel | None = None,
@@ -249,6 +248,26 @@ def train(
     result, spec = train_model(
         get_task(params.task), frame, spec, hparams, params, log_epoch, checkpoint, source
     )
+    checkpoint.unlink(missing_ok=True)  # the stage's result is cached from here on
+    return result, spec
+
+
+@task(name="record-training", cache_policy=NO_CACHE, **IO_RETRIES)
+def record_training(
+    params: Params,
+    result: TrainResult,
+    spec: FeatureSpec,
+    tracker: RunTracker,
+    scratch: Path,
+    source: SourceModel | None = None,
+) -> None:
+    """What this MLflow run shows of its training, whether the train stage ran now or was
+    reused from an earlier run with the same key: curves, summary, weights, provenance."""
+    if not tracker.client.get_metric_history(tracker.run_id, "train_loss"):
+        for epoch in result.history:  # reused: the epochs were logged to another run
+            tracker.log_metrics(
+                {"train_loss": epoch.train_loss, "val_loss": epoch.val_loss}, step=epoch.epoch
+            )
     if result.started is not None:
         started = result.started
         note(
@@ -275,11 +294,9 @@ def train(
         result, scratch / "learning_curves.png", f"{params.task}: learning curves"
     )
     tracker.log_figure_file(curves)
-    # The PyTorch weights travel with the run: parity can be re-checked and later runs can
-    # fine-tune from them.
+    # The PyTorch weights travel with every run: parity can be re-checked and later runs
+    # can start from them (`train.init_from`).
     tracker.log_file(save_checkpoint(result, spec, scratch / "model.pt"), "torch")
-    checkpoint.unlink(missing_ok=True)  # the stage's result is cached from here on
-    return result, spec
 
 
 @task(name="evaluate", **CACHED)
@@ -388,8 +405,11 @@ def publish(
     return published, moved
 
 
-def nothing_new(paths: ProjectPaths, params: Params, snapshot_version: str) -> Any | None:
-    """The version already published from this snapshot with these params, if any.
+def nothing_new(
+    paths: ProjectPaths, params: Params, snapshot_version: str, init_from: str | None = None
+) -> Any | None:
+    """The version already published from this snapshot with these params (and started
+    from the same pinned model, `init_from`), if any.
 
     Only a fully published version counts: one whose publish step was cut off before the gate
     was carried out is trained again, so the gate's decision is never lost.
@@ -402,6 +422,7 @@ def nothing_new(paths: ProjectPaths, params: Params, snapshot_version: str) -> A
         tags.get(registry.PUBLISH_COMPLETE) == "true"
         and tags.get("loopline.snapshot_version") == snapshot_version
         and tags.get("loopline.params_hash") == params.fingerprint()
+        and tags.get("loopline.init_from") == init_from
     )
     return latest if same else None
 
@@ -512,7 +533,20 @@ def _offline(paths: ProjectPaths, params: Params) -> dict[str, Any] | Completed:
         )
         tracker.set_tags(lineage)
         summary.update(data_version=data_version, new_rows=committed.rows)
-        done = nothing_new(paths, params, snapshot_version)
+        source = None
+        if params.train.transfer.mode != "none" and not params.train.init_from:
+            note(
+                f"train.transfer.mode is {params.train.transfer.mode} but train.init_from is "
+                "not set: training from scratch"
+            )
+        if params.train.init_from:
+            with stage("init from", params.train.init_from):
+                source = init_from(params, paths, scratch)
+                note(f"starting from {source.resolved}")
+            lineage = {**lineage, "loopline.init_from": source.resolved}
+            tracker.set_tags(lineage)
+        # The pinned source counts too: a moved alias means something new to start from.
+        done = nothing_new(paths, params, snapshot_version, source.resolved if source else None)
         if done is not None:
             message = (
                 f"nothing new: data version {data_version} and params "
@@ -534,18 +568,6 @@ def _offline(paths: ProjectPaths, params: Params) -> dict[str, Any] | Completed:
                     "version": str(done.version),
                 },
             )
-        source = None
-        if params.train.transfer.mode != "none" and not params.train.init_from:
-            note(
-                f"train.transfer.mode is {params.train.transfer.mode} but train.init_from is "
-                "not set: training from scratch"
-            )
-        if params.train.init_from:
-            with stage("init from", params.train.init_from):
-                source = init_from(params, paths, scratch)
-                note(f"starting from {source.resolved}")
-            lineage = {**lineage, "loopline.init_from": source.resolved}
-            tracker.set_tags(lineage)
         keys = caching.stage_keys(params, snapshot_version, source.resolved if source else None)
         with stage("features"):
             frame, spec = run_stage(features, paths, params, paths, stage_key=keys["features"])
@@ -590,11 +612,11 @@ def _offline(paths: ProjectPaths, params: Params) -> dict[str, Any] | Completed:
                 spec,
                 tuned.best_hparams,
                 tracker,
-                scratch,
                 paths,
                 stage_key=keys["train"],
                 source=source,
             )
+            record_training(params, result, spec, tracker, scratch, source)
             note(f"best epoch {result.best_epoch}, val_loss {result.best_val_loss:.4g}")
         with stage("evaluate"):
             champion = registry.champion_version(paths.tracking_uri(), params.model_name)

@@ -253,3 +253,15 @@ def test_a_run_can_start_from_a_registered_forecaster(published):
         run(root, "train.init_from=models:/solar/1", "train.transfer.mode=freeze")["status"]
         == "nothing new"
     )
+
+    # An alias is pinned per run: with the same data and params, a moved alias trains again.
+    by_alias = ("train.init_from=models:/solar@champion", "train.transfer.mode=freeze")
+    assert run(root, *by_alias)["status"] == "published"
+    assert run(root, *by_alias)["status"] == "nothing new"
+    champion = str(registry.champion_version(uri, "solar").version)
+    other = "1" if champion != "1" else "2"
+    registry.move_champion(uri, "solar", other, "test: the alias moves", action="promote")
+    moved = run(root, *by_alias)
+    assert moved["status"] == "published", moved
+    tags = registry.client(uri).get_run(moved["run_id"]).data.tags
+    assert tags["loopline.init_from"].startswith(f"models:/solar/{other} (run ")
