@@ -374,7 +374,15 @@ def initial_model(task, spec: FeatureSpec, hparams: dict[str, Any], params, sour
     if source is None:
         return Start(model, spec, hparams, task.fine_tuning(spec, params.train.transfer))
     started = transfer.start_from(model, source, spec)
-    return Start(model, spec, hparams, transfer.strategy_from(params.train.transfer), started)
+    strategy = transfer.strategy_from(params.train.transfer)
+    if isinstance(strategy, transfer.Freeze):
+        stuck = sorted(set(started.fresh) & strategy.frozen(model))
+        if stuck:
+            raise ValueError(
+                f"train.transfer.freeze holds {stuck}, which start fresh ({started.reason}): "
+                "they would never learn; freeze only copied groups"
+            )
+    return Start(model, spec, hparams, strategy, started)
 
 
 def train_model(

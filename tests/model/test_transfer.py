@@ -194,3 +194,12 @@ def test_tuning_from_a_source_searches_only_the_training_knobs(tmp_path):
     assert space["channels"].choices == [4] and space["hidden_size"].choices == [16]
     assert space["learning_rate"] == tune.search_space["learning_rate"]
     assert search_for(tune, "digits", None) is tune
+
+
+def test_freezing_a_fresh_head_is_refused(tmp_path):
+    _, source = _source(tmp_path, ["0", "1"])
+    params = Params.model_validate(
+        {"task": "digits", "train": {"transfer": {"mode": "freeze", "freeze": ["head"]}}}
+    )
+    with pytest.raises(ValueError, match=r"freeze holds \['head'\], which start fresh"):
+        initial_model(DigitsTask(), _spec(["5", "6"]), HPARAMS, params, source)
