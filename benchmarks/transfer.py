@@ -183,25 +183,28 @@ def summarise(rows: list[dict], key: str) -> dict[tuple, tuple[float, float]]:
     return {k: (float(np.mean(v)), float(np.std(v))) for k, v in table.items()}
 
 
-def print_tables(rows: list[dict], label_counts: list, seeds: list[int]) -> None:
-    methods = ["scratch", *MODES]
-    acc = summarise(rows, "accuracy")
-    print(f"\nTest accuracy on digits 5-9 (mean ± sd over seeds {seeds})")
+def markdown_table(methods: list[str], label_counts: list, cell) -> None:
+    """One row per labels count, one column per method; `cell(n, method)` fills it."""
     print("| labels/class | " + " | ".join(methods) + " |")
     print("|---|" + "---|" * len(methods))
     for n in label_counts:
         n = n or "all"
-        cells = [f"{acc[(n, m)][0]:.4f} ± {acc[(n, m)][1]:.4f}" for m in methods]
-        print(f"| {n} | " + " | ".join(cells) + " |")
+        print(f"| {n} | " + " | ".join(cell(n, m) for m in methods) + " |")
+
+
+def print_tables(rows: list[dict], label_counts: list, seeds: list[int]) -> None:
+    methods = ["scratch", *MODES]
+    acc = summarise(rows, "accuracy")
+    print(f"\nTest accuracy on digits 5-9 (mean ± sd over seeds {seeds})")
+    markdown_table(
+        methods, label_counts, lambda n, m: f"{acc[(n, m)][0]:.4f} ± {acc[(n, m)][1]:.4f}"
+    )
     after = summarise(rows, "old_task_after")
     before = summarise(rows, "old_task_before")
     print("\nForgetting: digits 0-4 test accuracy, source model → fine-tuned encoder + old head")
-    print("| labels/class | " + " | ".join(MODES) + " |")
-    print("|---|" + "---|" * len(MODES))
-    for n in label_counts:
-        n = n or "all"
-        cells = [f"{before[(n, m)][0]:.4f} → {after[(n, m)][0]:.4f}" for m in MODES]
-        print(f"| {n} | " + " | ".join(cells) + " |")
+    markdown_table(
+        list(MODES), label_counts, lambda n, m: f"{before[(n, m)][0]:.4f} → {after[(n, m)][0]:.4f}"
+    )
     print("\nPaired by seed: fine-tuned − scratch (mean, 95% CI, wins/seeds)")
     for n in label_counts:
         n = n or "all"

@@ -34,6 +34,17 @@ TINY = {
 }
 
 
+def stop(process, sig: int) -> None:
+    """Ask a started process to stop with `sig`; kill it if it has not within 30 s."""
+    import subprocess
+
+    process.send_signal(sig)
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
 def write_project(root: Path, params: dict) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

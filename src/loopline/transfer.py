@@ -75,6 +75,17 @@ def _set_trainable(groups: Groups, frozen: set[str]) -> None:
             p.requires_grad_(name not in frozen)
 
 
+def _one_rate(model: nn.Module, learning_rate: float) -> list[dict[str, Any]]:
+    # Frozen parameters stay in the optimizer: with no gradient, AdamW skips them (weight
+    # decay included), and a group thawed later needs no new optimizer.
+    return [{"params": list(model.parameters()), "lr": learning_rate}]
+
+
+def _thaw_all(model: nn.Module) -> None:
+    for p in model.parameters():
+        p.requires_grad_(True)
+
+
 # --- strategies (train.FineTuning) ----------------------------------------------------------
 
 
@@ -84,11 +95,10 @@ class TrainAll:
     mode = "none"
 
     def param_groups(self, model: nn.Module, learning_rate: float) -> list[dict[str, Any]]:
-        return [{"params": list(model.parameters()), "lr": learning_rate}]
+        return _one_rate(model, learning_rate)
 
     def before_epoch(self, model: nn.Module, epoch: int) -> None:
-        for p in model.parameters():
-            p.requires_grad_(True)
+        _thaw_all(model)
 
 
 @dataclass
@@ -99,8 +109,8 @@ class Freeze:
     groups: tuple[str, ...] = ()
     mode: str = "freeze"
 
-    def frozen(self, model: nn.Module) -> set[str]:
-        names = group_names(model)
+    def frozen(self, model: nn.Module, names: list[str] | None = None) -> set[str]:
+        names = group_names(model) if names is None else names
         if not self.groups:
             return set(names[1:])
         unknown = sorted(set(self.groups) - set(names))
@@ -113,12 +123,11 @@ class Freeze:
 
     def param_groups(self, model: nn.Module, learning_rate: float) -> list[dict[str, Any]]:
         self.frozen(model)  # a wrong name fails before the first epoch
-        # Frozen parameters stay in the optimizer: with no gradient, AdamW skips them
-        # (weight decay included).
-        return [{"params": list(model.parameters()), "lr": learning_rate}]
+        return _one_rate(model, learning_rate)
 
     def before_epoch(self, model: nn.Module, epoch: int) -> None:
-        _set_trainable(layer_groups(model), self.frozen(model))
+        groups = layer_groups(model)
+        _set_trainable(groups, self.frozen(model, [name for name, _ in groups]))
 
 
 @dataclass
@@ -134,7 +143,7 @@ class GradualUnfreeze:
             raise ValueError(f"unfreeze every >= 1 epochs, got {self.every}")
 
     def param_groups(self, model: nn.Module, learning_rate: float) -> list[dict[str, Any]]:
-        return [{"params": list(model.parameters()), "lr": learning_rate}]
+        return _one_rate(model, learning_rate)
 
     def before_epoch(self, model: nn.Module, epoch: int) -> None:
         groups = layer_groups(model)
@@ -161,8 +170,7 @@ class DiscriminativeLR:
         ]
 
     def before_epoch(self, model: nn.Module, epoch: int) -> None:
-        for p in model.parameters():
-            p.requires_grad_(True)
+        _thaw_all(model)
 
 
 Strategy = TrainAll | Freeze | GradualUnfreeze | DiscriminativeLR
@@ -356,6 +364,7 @@ def start_from(model: nn.Module, source: SourceModel, spec: FeatureSpec) -> Star
     Every group must match the source in names and shapes, except the top group (the
     head) when the label set changed: that one keeps its fresh initialisation, sized for
     the new labels."""
+    layer_groups(model)  # every parameter in a group: none is left uncopied unnoticed
     groups = model.layer_groups()
     head = groups[0][0]
     new_labels = spec.options.get("labels")

@@ -16,7 +16,7 @@ import pytest
 
 from loopline.errors import ConfigError
 from pipelines.deployments import next_runs
-from tests.conftest import TINY, write_project
+from tests.conftest import TINY, stop, write_project
 
 LOOPLINE = str(Path(sys.executable).with_name("loopline"))
 
@@ -91,11 +91,7 @@ def scheduled(tmp_path_factory, webhook):
                 time.sleep(1)
             yield root, env
         finally:
-            serving.send_signal(signal.SIGINT)
-            try:
-                serving.wait(30)
-            except subprocess.TimeoutExpired:
-                serving.kill()
+            stop(serving, signal.SIGINT)
             log.close()
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY, write_project
+from tests.conftest import TINY, stop, write_project
 
 SITE = "greensboro"
 
@@ -148,9 +148,5 @@ def serve_process(command: list[str], cwd: Path, log_path: Path, url: str):
             pytest.fail(f"{error}:\n{log_path.read_text()}")
         yield process
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop(process, signal.SIGTERM)
         log.close()
