@@ -157,3 +157,33 @@ def test_loopline_explain_writes_the_saliency_map_of_a_file(digits_root, tmp_pat
     result = CliRunner().invoke(app, [*args, "--version", "9"], catch_exceptions=False)
     assert result.exit_code == 1
     assert "cannot load models:/digits/9" in " ".join(result.output.split())
+
+
+def test_loopline_serve_model_digits_answers_a_png_upload(digits_root, tmp_path):
+    """The real `loopline serve --model digits` (BentoML), as an operator starts it."""
+    import sys
+    from pathlib import Path
+
+    import httpx
+
+    from loopline.health import free_port
+    from tests.serving.conftest import serve_process
+
+    port = free_port()
+    command = [
+        str(Path(sys.executable).parent / "loopline"),
+        "serve",
+        "--project",
+        str(digits_root),
+        "--model",
+        "digits",
+        "--port",
+        str(port),
+    ]
+    url = f"http://127.0.0.1:{port}"
+    data, label = scanned(4)
+    with serve_process(command, tmp_path, tmp_path / "serve.log", url):
+        files = {"file": ("four.png", data, "image/png")}
+        answer = httpx.post(f"{url}/predict_image", files=files, timeout=30).json()
+        assert answer["label"] == str(label), answer
+        assert httpx.get(f"{url}/metadata").json()["model"]["task"] == "digits"
