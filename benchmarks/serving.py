@@ -80,9 +80,9 @@ def publish_model(root: Path):
     from loopline.export import SPEC_KEY, export_and_check, onnx_session, run_onnx
     from loopline.features import fit_normalization
     from loopline.labeling import make_windows
-    from loopline.models.forecaster import Predictor
     from loopline.paths import ProjectPaths
     from loopline.tasks import get_task
+    from loopline.tasks.solar.model import Predictor
 
     paths = ProjectPaths.at(root)
     params = load_params(paths.params_file)

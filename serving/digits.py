@@ -9,7 +9,8 @@ The same lifecycle as the other services (`serving.champion`).
 - `POST /predict_image`: one PNG or JPEG upload (multipart field `file`); not an image, too
   large or of an unsupported channel count is a 4xx naming the problem.
 - `POST /explain_image`: the same upload, answered with its occlusion saliency map
-  (`loopline.saliency`, on the ONNX model) as a PNG: red pixels support the answer, blue
+  (`loopline.tasks.digits.saliency`, on the ONNX model) as a PNG: red pixels support the
+  answer, blue
   ones speak against it; the answer is in the `X-Loopline-*` headers. `?format=json` gives
   the map as numbers instead.
 """
@@ -27,8 +28,8 @@ from fastapi.responses import JSONResponse, Response
 from loopline.export import run_onnx
 from loopline.online import LoadedModel
 from loopline.predlog import PredictionRecord
-from loopline.saliency import occlusion_saliency, saliency_png
-from loopline.tasks.digits import BadImage, image_from_bytes
+from loopline.tasks.digits.saliency import occlusion_saliency, saliency_png
+from loopline.tasks.digits.task import BadImage, image_from_bytes
 from serving.asgi import BodySizeLimit
 from serving.champion import BOOT, ChampionService
 

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from loopline.online import LoadedModel
 from loopline.predlog import PredictionRecord, text_id
-from loopline.tasks.reviews import classify, explanations, text_problem
+from loopline.tasks.reviews.task import classify, explanations, text_problem
 from serving.asgi import BodySizeLimit, DuplexStreamingResponse
 from serving.champion import BOOT, ChampionService, describe_validation, ndjson_batches
 

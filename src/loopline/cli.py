@@ -427,8 +427,8 @@ def explain(
     from loopline import registry
     from loopline.config import load_params
     from loopline.export import embedded_spec, onnx_session, run_onnx
-    from loopline.saliency import occlusion_saliency, saliency_png
-    from loopline.tasks.digits import BadImage, image_from_bytes
+    from loopline.tasks.digits.saliency import occlusion_saliency, saliency_png
+    from loopline.tasks.digits.task import BadImage, image_from_bytes
 
     paths = _paths(project)
     try:
@@ -527,7 +527,7 @@ def pretrain(
     from loopline import registry
     from loopline.config import load_params
     from loopline.datastore import SnapshotStore
-    from loopline.pretrain import pretrain_for_task, save_encoder
+    from loopline.tasks.reviews.pretrain import pretrain_for_task, save_encoder
 
     paths = _paths(project)
     try:

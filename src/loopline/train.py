@@ -97,7 +97,7 @@ Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
 class FineTuning(Protocol):
-    """How a pre-trained model is fine-tuned (see `loopline.pretrain`): which parameters
+    """How a pre-trained model is fine-tuned (a task's pretraining): which parameters
     train at what rate, and what changes before each epoch (say, unfreezing a layer)."""
 
     def param_groups(self, model: nn.Module, learning_rate: float) -> list[dict[str, Any]]: ...

@@ -19,7 +19,7 @@ model's `layer_groups()` (top group first, the one closest to the output):
 
 Each strategy implements `train.FineTuning`, so `fit` runs it and a resumed fit picks up
 the same schedule (it depends on the epoch number only). The reviews task's masked-LM
-encoder (`loopline.pretrain`) is fine-tuned with these same strategies.
+encoder (`loopline.tasks.reviews.pretrain`) is fine-tuned with these same strategies.
 """
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ import torch
 from loopline.config import TrainParams
 from loopline.features import FeatureSpec
 from loopline.labeling import Examples
-from loopline.models.classifier import TextClassifier
-from loopline.pretrain import (
+from loopline.tasks.reviews.model import TextClassifier
+from loopline.tasks.reviews.pretrain import (
     IGNORE,
     DiscriminativeLR,
     MaskedSyllableModel,
@@ -29,7 +29,7 @@ from loopline.pretrain import (
     pretrain_encoder,
     save_encoder,
 )
-from loopline.text import Vocabulary
+from loopline.tasks.reviews.text import Vocabulary
 from loopline.train import fit
 
 # Made-up words of 2-4 syllables: inside a word each syllable is fixed by its neighbours,

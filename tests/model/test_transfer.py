@@ -11,8 +11,8 @@ import torch
 
 from loopline.config import Params, TrainParams
 from loopline.labeling import Examples
-from loopline.models.cnn import ImageClassifier
-from loopline.tasks.digits import DigitsTask
+from loopline.tasks.digits.model import ImageClassifier
+from loopline.tasks.digits.task import DigitsTask
 from loopline.train import fit, initial_model, save_checkpoint
 from loopline.transfer import (
     Freeze,

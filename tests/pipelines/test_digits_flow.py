@@ -23,7 +23,7 @@ TINY_DIGITS = {
 
 def test_digits_run_publishes_an_accurate_cnn_champion(tmp_path, monkeypatch):
     from loopline.export import run_onnx
-    from loopline.tasks.digits import DigitsTask, images
+    from loopline.tasks.digits.task import DigitsTask, images
     from pipelines.offline import offline_flow
 
     for var in ("MLFLOW_TRACKING_URI", "LOOPLINE_HOME"):
@@ -51,7 +51,7 @@ def test_digits_run_publishes_an_accurate_cnn_champion(tmp_path, monkeypatch):
 
 def _digits_csv(path, digits, per_class=None):
     """scikit-learn's digits of the given classes as a user's CSV source."""
-    from loopline.tasks.digits import DigitsTask
+    from loopline.tasks.digits.task import DigitsTask
 
     raw = DigitsTask().load_builtin(None)
     rows = raw[raw["label"].isin(digits)]
@@ -146,7 +146,7 @@ def _image_folder(folder, per_class: int = 25, side: int = 24):
 def test_an_image_folder_is_read_resized_in_rgb_and_bad_files_quarantined(tmp_path, monkeypatch):
     import pandas as pd
 
-    from loopline.tasks.digits import image_from_bytes
+    from loopline.tasks.digits.task import image_from_bytes
     from pipelines.offline import offline_flow
 
     for var in ("MLFLOW_TRACKING_URI", "LOOPLINE_HOME"):

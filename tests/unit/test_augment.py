@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from loopline.augment import ImageAugment
 from loopline.config import TrainParams
 from loopline.labeling import Examples
-from loopline.models.cnn import ImageClassifier
+from loopline.tasks.digits.augment import ImageAugment
+from loopline.tasks.digits.model import ImageClassifier
 from loopline.train import fit
 
 

@@ -8,7 +8,7 @@ from loopline.errors import ParityError
 from loopline.export import check_parity, export_onnx, onnx_session, run_onnx
 from loopline.features import FeatureSpec
 from loopline.labeling import Examples
-from loopline.models.forecaster import Forecaster, Predictor
+from loopline.tasks.solar.model import Forecaster, Predictor
 from loopline.train import fit, plot_learning_curves, seed_everything
 from loopline.tune import grid_values, run_study
 

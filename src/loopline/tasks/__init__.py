@@ -108,15 +108,15 @@ class Task(Protocol):
 def get_task(name: str) -> Task:
     """The task plug-in called `name`."""
     if name == "solar":
-        from loopline.tasks.solar import SolarTask
+        from loopline.tasks.solar.task import SolarTask
 
         return SolarTask()
     if name == "reviews":
-        from loopline.tasks.reviews import ReviewsTask
+        from loopline.tasks.reviews.task import ReviewsTask
 
         return ReviewsTask()
     if name == "digits":
-        from loopline.tasks.digits import DigitsTask
+        from loopline.tasks.digits.task import DigitsTask
 
         return DigitsTask()
     raise KeyError(f"unknown task {name!r}; built-in tasks: ['solar', 'reviews', 'digits']")

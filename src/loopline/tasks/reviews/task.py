@@ -5,7 +5,8 @@ from any TSV/CSV/Parquet file or SQL table (`ingest.source`); there is no built-
 A row without a label is not an error: it joins the unlabeled pool that active learning
 picks the next batch for people to label from (`loopline label export`).
 
-Texts become syllable tokens (`loopline.text`); the vocabulary is fitted on the training
+Texts become syllable tokens (`loopline.tasks.reviews.text`); the vocabulary is fitted on the
+training
 split only and travels inside the model's feature spec, so the service encodes requests
 with the very same vocabulary. Sets are split by movie (`grouped`): reviews of one movie
 share names and words, and a movie in both training and test sets would overstate accuracy.
@@ -26,7 +27,7 @@ from loopline.evaluate import evaluate_classifier
 from loopline.features import FeatureSpec
 from loopline.labeling import Examples
 from loopline.split import labeled_set
-from loopline.text import Vocabulary, tokenize
+from loopline.tasks.reviews.text import Vocabulary, tokenize
 from loopline.validate import Rule
 
 LABELS = ("negative", "positive")  # class 0, class 1
@@ -152,7 +153,7 @@ class ReviewsTask:
         pretrained encoder learned its embeddings for)."""
         options = spec.options
         if options.get("pretrained_encoder"):
-            from loopline.pretrain import load_encoder
+            from loopline.tasks.reviews.pretrain import load_encoder
 
             vocab = load_encoder(Path(options["pretrained_encoder"]))[1]
             return replace(spec, options={**options, "vocabulary": vocab.to_json()})
@@ -176,11 +177,11 @@ class ReviewsTask:
         return Examples(x, y, keys)
 
     def build_model(self, hparams: dict[str, Any], spec: FeatureSpec):
-        from loopline.models.classifier import TextClassifier
+        from loopline.tasks.reviews.model import TextClassifier
 
         encoder = None
         if spec.options.get("pretrained_encoder"):
-            from loopline.pretrain import ENCODER_KEYS, load_encoder
+            from loopline.tasks.reviews.pretrain import ENCODER_KEYS, load_encoder
 
             encoder = load_encoder(Path(spec.options["pretrained_encoder"]))[0]
             # The encoder fixes its own shape; the search tunes the rest.
@@ -197,7 +198,7 @@ class ReviewsTask:
             ngram_buckets=int(hparams.get("ngram_buckets", 0)),
         )
         if encoder is not None:
-            from loopline.pretrain import load_pretrained
+            from loopline.tasks.reviews.pretrain import load_pretrained
 
             load_pretrained(model, encoder.encoder_state)
         return model
@@ -225,8 +226,8 @@ class ReviewsTask:
     def evaluate(self, frame, spec: FeatureSpec, model, params: Params, champion=None):
         """The model, the TF-IDF baseline (trained here on the same training split) and the
         champion (with its own vocabulary) on the same movie-disjoint test reviews."""
-        from loopline.baseline import train_text_baseline
         from loopline.export import run_onnx
+        from loopline.tasks.reviews.baseline import train_text_baseline
         from loopline.train import predict
 
         text = spec.options["text_column"]
@@ -276,7 +277,7 @@ def explain_texts(model, spec: FeatureSpec, texts: list[str]) -> list[dict[str, 
     """Prediction, probabilities and each token's attention weight, per text (PyTorch)."""
     import torch
 
-    from loopline.models.classifier import ClassifierPredictor
+    from loopline.tasks.reviews.model import ClassifierPredictor
 
     vocab = vocabulary(spec)
     ids = encode(texts, spec, vocab)

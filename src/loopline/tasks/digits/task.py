@@ -2,7 +2,8 @@
 
 The built-in source is scikit-learn's digits (1,797 images of 8×8 pixels, values 0..16,
 from 43 writers); a user's source is any folder of PNG/JPEG images with a labels CSV
-(`loopline.images`), read at `digits.image_size` with `digits.channels` (1 grey, 3 RGB).
+(`loopline.tasks.digits.images`), read at `digits.image_size` with `digits.channels`
+(1 grey, 3 RGB).
 A row is one image: an `id`, its `label` and one column per pixel value
 (`px_<row>_<col>[_<channel>]`), so images travel through ingest, validation (pixel range,
 readable, label domain, unique ids) and the snapshot like any other rows. Pixels are scaled
@@ -21,9 +22,9 @@ import pandas as pd
 from loopline.config import Params
 from loopline.evaluate import evaluate_classifier
 from loopline.features import FeatureSpec
-from loopline.images import FORMATS, pixel_columns, to_array
 from loopline.labeling import Examples
 from loopline.split import labeled_set
+from loopline.tasks.digits.images import FORMATS, pixel_columns, to_array
 from loopline.validate import Rule
 
 CLASSES = tuple(str(d) for d in range(10))
@@ -99,7 +100,7 @@ class DigitsTask:
 
     def load_folder(self, folder: Path, params: Params) -> pd.DataFrame:
         """A folder of PNG/JPEG images with a labels CSV (`digits.labels_file`)."""
-        from loopline.images import read_image_folder
+        from loopline.tasks.digits.images import read_image_folder
 
         settings = params.digits
         return read_image_folder(
@@ -166,7 +167,7 @@ class DigitsTask:
 
     def augmentation(self, spec: FeatureSpec):
         """Shifts, rotations, noise and contrast on training images (`digits.augment`)."""
-        from loopline.augment import ImageAugment
+        from loopline.tasks.digits.augment import ImageAugment
 
         augment = ImageAugment(**spec.options.get("augment", {}))
         return augment if augment.active else None
@@ -180,7 +181,7 @@ class DigitsTask:
         )
 
     def build_model(self, hparams: dict[str, Any], spec: FeatureSpec):
-        from loopline.models.cnn import ImageClassifier
+        from loopline.tasks.digits.model import ImageClassifier
 
         return ImageClassifier(
             n_classes=len(spec.options["labels"]),

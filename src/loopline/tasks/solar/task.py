@@ -302,7 +302,7 @@ class SolarTask:
         return [plot_per_step_rmse(evaluation.scores, folder / "rmse_per_horizon_step.png")]
 
     def build_model(self, hparams: dict[str, Any], spec: FeatureSpec):
-        from loopline.models.forecaster import Forecaster
+        from loopline.tasks.solar.model import Forecaster
 
         return Forecaster(
             n_features=len(spec.feature_columns),

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from loopline.models.classifier import TextClassifier
-from loopline.text import MASK, SPECIALS, Vocabulary
+from loopline.tasks.reviews.model import TextClassifier
+from loopline.tasks.reviews.text import MASK, SPECIALS, Vocabulary
 from loopline.train import batches, seed_everything
 from loopline.transfer import (  # noqa: F401 - re-exported: fine-tuning a pretrained encoder
     TRANSFER_MODES,

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-log = logging.getLogger("loopline.images")
+log = logging.getLogger("loopline.tasks.digits.images")
 
 # MPO: the JPEG variant many phone cameras write (a JPEG with extra frames).
 FORMATS = ("PNG", "JPEG", "MPO")
