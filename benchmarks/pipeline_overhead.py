@@ -53,11 +53,11 @@ def plain_pipeline(root: Path, overrides: list[str]) -> dict:
 
     paths = ProjectPaths.at(root)
     params = load_params(paths.params_file, overrides)
-    task = get_task(params.task)
-    store = datastore.SnapshotStore(paths.snapshots(params.task))
+    task = params.plugin
+    store = datastore.SnapshotStore(paths.snapshots(params.task_name))
     rows, _ = fetch_new_rows(params, task, root, store.watermarks())
-    report = validate_rows(rows, task.schema, task.rules(params), params.task)
-    datastore.write_quarantine(report.bad, paths.quarantine / params.task, "plain")
+    report = validate_rows(rows, task.schema, task.rules(params), params.task_name)
+    datastore.write_quarantine(report.bad, paths.quarantine / params.task_name, "plain")
     check_bad_fraction(report, params.validate_.max_bad_fraction, "quarantine")
     store.commit(report.good, batch_watermarks(rows, task), {})
     datastore.ensure_dvc_repo(root, paths.dvc_remote)

@@ -86,7 +86,7 @@ def publish_model(root: Path):
 
     paths = ProjectPaths.at(root)
     params = load_params(paths.params_file)
-    task = get_task(params.task)
+    task = params.plugin
     raw = task.load_builtin(params)
     raw = raw[raw["timestamp"] < "2021-03-01"].reset_index(drop=True)
     spec = task.new_feature_spec(params)
@@ -125,7 +125,7 @@ def site_readings(root: Path) -> list[dict[str, Any]]:
     from loopline.tasks import get_task
 
     params = load_params(root / "params.yaml")
-    raw = get_task(params.task).load_builtin(params)
+    raw = params.plugin.load_builtin(params)
     raw = raw[raw["site_id"] == SITE].sort_values("timestamp")
     return json.loads(raw.to_json(orient="records", date_format="iso", date_unit="s"))
 
@@ -661,7 +661,7 @@ def main() -> None:
     module = publish_model(root)
     # What the service runs with: params.yaml plus any LOOPLINE_SERVE_* variables.
     params = load_params(paths.params_file, serve_env_overrides(dict(os.environ)))
-    task = get_task(params.task)
+    task = params.plugin
     service = Service(root, base / "service.log")
     rows: list[Row] = []
     try:

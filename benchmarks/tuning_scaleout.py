@@ -33,7 +33,7 @@ def training_rows(params):
     from loopline.split import split_and_fit, without_test
     from loopline.tasks import get_task
 
-    task = get_task(params.task)
+    task = params.plugin
     raw = read_source(params, task, REPO)
     frame, spec = build_features(task, raw, params)
     frame, spec = split_and_fit(task, task.add_labels(frame, spec), spec, params)
@@ -56,7 +56,7 @@ def _one_trial(job: tuple[str, str, list[str], dict]) -> float:
     params = load_params(REPO / "params.yaml", overrides)
     frame, spec = pd.read_parquet(frame_path), FeatureSpec.from_json(spec_json)
     started = time.perf_counter()
-    tune_model(get_task(params.task), frame, spec, params, n_trials=1, fixed=hparams)
+    tune_model(params.plugin, frame, spec, params, n_trials=1, fixed=hparams)
     return time.perf_counter() - started
 
 
@@ -143,7 +143,7 @@ def main() -> None:
     for threads in (default_threads, 1):
         torch.set_num_threads(threads)
         started = time.perf_counter()
-        result = tune_model(get_task(params.task), frame, spec, params)
+        result = tune_model(params.plugin, frame, spec, params)
         runs[threads] = (time.perf_counter() - started, result)
         print(f"sequential, torch {threads} thread(s): {runs[threads][0]:.1f} s", flush=True)
     torch.set_num_threads(default_threads)

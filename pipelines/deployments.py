@@ -26,7 +26,7 @@ from loopline.paths import ProjectPaths
 
 
 def deployment_name(params: Params) -> str:
-    return f"offline-{params.task}"
+    return f"offline-{params.task_name}"
 
 
 def offline_deployment(params: Params, paths: ProjectPaths, overrides: list[str] | None = None):
@@ -46,8 +46,8 @@ def offline_deployment(params: Params, paths: ProjectPaths, overrides: list[str]
         paused=params.schedule.paused,
         concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=strategy),
         parameters={"root": str(paths.root), "overrides": list(overrides or [])},
-        tags=["loopline", params.task],
-        description=f"Loopline offline flow for {params.task} on {paths.root}",
+        tags=["loopline", params.task_name],
+        description=f"Loopline offline flow for {params.task_name} on {paths.root}",
     )
 
 

@@ -88,8 +88,8 @@ IO_RETRIES = {
 
 @task(name="ingest", **CACHED, **IO_RETRIES)
 def ingest(params: Params, paths: ProjectPaths, stage_key: str):
-    plugin = get_task(params.task)
-    store = datastore.SnapshotStore(paths.snapshots(params.task))
+    plugin = params.plugin
+    store = datastore.SnapshotStore(paths.snapshots(params.task_name))
     # A source without times has no watermark: its rows already in the snapshot are known
     # by key instead.
     known = store.known_keys(plugin.key_columns) if plugin.time_column is None else set()
@@ -102,11 +102,11 @@ def ingest(params: Params, paths: ProjectPaths, stage_key: str):
 def validate(
     params: Params, rows, paths: ProjectPaths, tracker: RunTracker, batch_id: str, stage_key: str
 ) -> ValidationReport:
-    plugin = get_task(params.task)
+    plugin = params.plugin
     report = validate_rows(
-        rows, plugin.schema_for(params), plugin.rules(params), suite_name=params.task
+        rows, plugin.schema_for(params), plugin.rules(params), suite_name=params.task_name
     )
-    where = datastore.write_quarantine(report.bad, paths.quarantine / params.task, batch_id)
+    where = datastore.write_quarantine(report.bad, paths.quarantine / params.task_name, batch_id)
     tracker.log_dict(
         {**report.summary(), "quarantine": str(where) if where else None}, "validation/summary.json"
     )
@@ -132,8 +132,8 @@ def snapshot(
     batch_id: str,
     stage_key: str,
 ) -> tuple[datastore.Commit, str, str]:
-    plugin = get_task(params.task)
-    store = datastore.SnapshotStore(paths.snapshots(params.task))
+    plugin = params.plugin
+    store = datastore.SnapshotStore(paths.snapshots(params.task_name))
     info = {
         "batch_id": batch_id,
         "quarantined": len(report.bad),
@@ -147,21 +147,21 @@ def snapshot(
 
 @task(name="features", **CACHED)
 def features(params: Params, paths: ProjectPaths, stage_key: str):
-    plugin = get_task(params.task)
-    snapshot_rows = datastore.SnapshotStore(paths.snapshots(params.task)).load()
+    plugin = params.plugin
+    snapshot_rows = datastore.SnapshotStore(paths.snapshots(params.task_name)).load()
     return build_features(plugin, snapshot_rows, params)
 
 
 @task(name="labeling", **CACHED)
 def labeling(params: Params, frame, spec: FeatureSpec, paths: ProjectPaths, stage_key: str):
     # People's labels are part of the data version (and so of this stage's key).
-    human = LabelStore(paths.labels(params.task)).load()
-    return get_task(params.task).add_labels(frame, spec, human)
+    human = LabelStore(paths.labels(params.task_name)).load()
+    return params.plugin.add_labels(frame, spec, human)
 
 
 @task(name="split", **CACHED)
 def split(params: Params, frame, spec: FeatureSpec, stage_key: str):
-    return split_and_fit(get_task(params.task), frame, spec, params)
+    return split_and_fit(params.plugin, frame, spec, params)
 
 
 def log_trial(tracker: RunTracker, trial) -> None:
@@ -208,7 +208,7 @@ def tune(
     # The study lives in the state folder under the stage's key: a search cut off by a crash
     # continues with the trials it lacks (only those are logged again).
     result = tune_model(
-        get_task(params.task),
+        params.plugin,
         frame,
         spec,
         params,
@@ -246,7 +246,7 @@ def train(
     # Saved after every epoch: a killed run resumes training after its last saved epoch.
     checkpoint = paths.cache / "checkpoints" / f"{stage_key}.pt"
     result, spec = train_model(
-        get_task(params.task), frame, spec, hparams, params, log_epoch, checkpoint, source
+        params.plugin, frame, spec, hparams, params, log_epoch, checkpoint, source
     )
     checkpoint.unlink(missing_ok=True)  # the stage's result is cached from here on
     return result, spec
@@ -291,7 +291,7 @@ def record_training(
         }
     )
     curves = plot_learning_curves(
-        result, scratch / "learning_curves.png", f"{params.task}: learning curves"
+        result, scratch / "learning_curves.png", f"{params.task_name}: learning curves"
     )
     tracker.log_figure_file(curves)
     # The PyTorch weights travel with every run: parity can be re-checked and later runs
@@ -310,7 +310,7 @@ def evaluate(
     scratch: Path,
     stage_key: str,
 ) -> Evaluation:
-    plugin = get_task(params.task)
+    plugin = params.plugin
     champion = registry.load_champion(paths.tracking_uri(), params.model_name, scratch / "champ")
     champion_model = (champion[0], champion[1]) if champion else None
     evaluation = plugin.evaluate(frame, spec, result.model, params, champion_model)
@@ -333,7 +333,7 @@ def export(
     params: Params, frame, spec: FeatureSpec, result: TrainResult, scratch: Path, stage_key: str
 ):
     # The golden batch comes from validation examples: the test set is evaluate's alone.
-    golden = get_task(params.task).examples(frame, spec, "val").x[: params.export.golden_batch]
+    golden = params.plugin.examples(frame, spec, "val").x[: params.export.golden_batch]
     path = scratch / "model.onnx"
     parity = export_and_check(
         result.model,
@@ -479,13 +479,13 @@ def _offline(paths: ProjectPaths, params: Params) -> dict[str, Any] | Completed:
             params.experiment_name,
             paths.local_artifact_root(),
             run_name=f"offline-{batch_id}",
-            tags={"loopline.task": params.task, FLOW_RUN_TAG: flow_run_id, BATCH_TAG: batch_id},
+            tags={"loopline.task": params.task_name, FLOW_RUN_TAG: flow_run_id, BATCH_TAG: batch_id},
         )
     scratch = scratch_dir(paths.runs, tracker.run_id)
     tracker.log_params(params.to_dict())
     summary: dict[str, Any] = {
         "run_id": tracker.run_id,
-        "task": params.task,
+        "task": params.task_name,
         "tracking_uri": paths.tracking_uri(),
     }
     try:
@@ -525,11 +525,11 @@ def _offline(paths: ProjectPaths, params: Params) -> dict[str, Any] | Completed:
                 f"data version {data_version}"
             )
         # People's labels (`loopline label import`) are data too: new labels, new version.
-        labels_version = LabelStore(paths.labels(params.task)).version()
+        labels_version = LabelStore(paths.labels(params.task_name)).version()
         if labels_version is not None:
             snapshot_version = f"{snapshot_version}+labels-{labels_version}"
         lineage = lineage_tags(
-            params.task, data_version, snapshot_version, commit, dirty, params.fingerprint()
+            params.task_name, data_version, snapshot_version, commit, dirty, params.fingerprint()
         )
         tracker.set_tags(lineage)
         summary.update(data_version=data_version, new_rows=committed.rows)
@@ -579,7 +579,7 @@ def _offline(paths: ProjectPaths, params: Params) -> dict[str, Any] | Completed:
             frame, spec = run_stage(split, paths, params, frame, spec, stage_key=keys["split"])
             counts = frame["split"].value_counts().to_dict()
             note(f"rows per set: {counts}")
-            plugin = get_task(params.task)
+            plugin = params.plugin
             training_rows = training_view(plugin, frame, spec)
         with stage("tune", f"{params.tune.sampler}, {params.tune.n_trials} trials"):
             if params.tune.parallel.engine == "dask":

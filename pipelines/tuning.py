@@ -58,7 +58,7 @@ def tune_worker(
     torch.set_num_threads(1)
     rows, windows = _worker_rows(frame_path)
     tune_model(
-        get_task(params.task),
+        params.plugin,
         rows,
         FeatureSpec.from_json(spec_json),
         params,
@@ -84,7 +84,7 @@ def parallel_tuning(
     source: list[str] | None = None,
 ):
     done = create_shared_study(storage, study)
-    search = search_for(params.tune, params.task, reopen(source) if source else None)
+    search = search_for(params.tune, params.plugin, reopen(source) if source else None)
     # One task per trial, not a fixed share per worker: trials differ several-fold in cost
     # (hidden size, layers, window), and Dask hands the next trial to whichever worker is
     # free. Each task's sampler is seeded apart so parallel trials do not coincide; a grid

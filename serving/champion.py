@@ -100,7 +100,7 @@ class ChampionService:
         self.model_name = params.served_model
         self.alias = self.settings.alias
         self.tracking_uri = self.paths.tracking_uri()
-        self.task = get_task(params.task)
+        self.task = params.plugin
         self.threads = self.settings.threads or default_threads(self.settings.workers)
         self.cache = self.paths.state / "serving-cache"
         self.model: LoadedModel | None = None

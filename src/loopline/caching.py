@@ -59,7 +59,7 @@ def stage_keys(
         own = {name: values.get(name) for name in sections}
         if stage == "features":
             # The task's own section (say, `solar`) defines what its features mean.
-            own[params.task] = values.get(params.task)
+            own[params.task_name] = values.get(params.task_name)
         if stage == "tune" and init_from is not None:
             own["init_from"] = init_from
         keys[stage] = upstream = f"{stage}-{_digest(upstream, own, code)}"

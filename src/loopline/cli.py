@@ -174,7 +174,7 @@ def served_task(paths, params) -> str:
         latest = None
     task = (latest.tags or {}).get("loopline.task") if latest is not None else None
     if task is None:
-        task = name if name in SERVICES else params.task
+        task = name if name in SERVICES else params.task_name
     if task not in SERVICES:
         raise LooplineError(f"model {name} is a {task} model: no service serves that task")
     return task
@@ -285,7 +285,7 @@ def schedule(
 
         deployment_id = deploy_to_pool(params, paths, pool, overrides)
         console.print(
-            f"[bold]Deployed[/] offline-{params.task} ({deployment_id}) to work pool {pool!r}: "
+            f"[bold]Deployed[/] offline-{params.task_name} ({deployment_id}) to work pool {pool!r}: "
             f"cron {params.schedule.cron!r} in {params.schedule.timezone}, one run at a time. "
             f"Start a worker: prefect worker start --pool {pool}"
         )
@@ -334,7 +334,7 @@ def _replay_rows(paths, source: str | None, warmup: int, limit: int | None):
 
     overrides = [f"ingest.source={source}"] if source else []
     params = load_params(paths.params_file, overrides)
-    task = get_task(params.task)
+    task = params.plugin
     frame = read_source(params, task, paths.root)
     frame = chronological_split(frame, params.split, task.time_column, params.features.freq, 0)
     test_start = frame.loc[frame["split"] == "test", task.time_column].min()
@@ -608,7 +608,7 @@ def label_export(
     overrides = [f"labeling.{k}={v}" for k, v in {"strategy": strategy}.items() if v]
     try:
         params = load_params(paths.params_file, overrides + ([f"task={task}"] if task else []))
-        plugin = get_task(params.task)
+        plugin = params.plugin
         batch, csv_path, json_path = export_batch(
             plugin,
             paths,
@@ -645,7 +645,7 @@ def label_import(
     paths = _paths(project)
     try:
         params = load_params(paths.params_file, [f"task={task}"] if task else [])
-        plugin = get_task(params.task)
+        plugin = params.plugin
         store = LabelStore(paths.labels(plugin.name))
         report = import_answers(
             file.resolve(), store, known_texts(plugin, paths, params), list(plugin.class_names)

@@ -12,10 +12,18 @@ import hashlib
 import json
 from datetime import date, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from loopline.errors import ConfigError
 
@@ -57,32 +65,6 @@ class IngestParams(Section):
         if self.query is not None and "://" not in self.source:
             raise ValueError("ingest.query is only used with a SQLAlchemy URL source")
         return self
-
-
-class PVSystemParams(Section):
-    surface_tilt: Annotated[float, Field(ge=0, le=90)] = 30.0
-    surface_azimuth: Annotated[float, Field(ge=0, lt=360)] = 180.0
-    pdc0_w: Annotated[float, Field(gt=0)] = 5000.0
-    gamma_pdc: Annotated[float, Field(ge=-0.02, le=0)] = -0.004
-    inverter_efficiency: Annotated[float, Field(gt=0, le=1)] = 0.96
-
-
-SolarSite = Literal["greensboro", "sand_point"]
-
-
-class SolarParams(Section):
-    """The built-in solar source: TMY3 weather shipped with pvlib → AC power of a PV system."""
-
-    sites: list[SolarSite] = ["greensboro", "sand_point"]
-    year: Annotated[int, Field(ge=1990, le=2100)] = 2021
-    system: PVSystemParams = PVSystemParams()
-
-    @field_validator("sites")
-    @classmethod
-    def _sites_unique(cls, sites: list[str]) -> list[str]:
-        if not sites or len(set(sites)) != len(sites):
-            raise ValueError("solar.sites must list at least one site, each once")
-        return sites
 
 
 class ValidateParams(Section):
@@ -147,96 +129,6 @@ class Dimension(Section):
         return self
 
 
-# Each task's hyperparameters (what its `build_model` and training read) and its default
-# search space; `tune.search_space` must cover exactly the running task's axes.
-HYPERPARAMETERS: dict[str, tuple[str, ...]] = {
-    "solar": (
-        "hidden_size",
-        "num_layers",
-        "dropout",
-        "learning_rate",
-        "batch_size",
-        "window",
-        "cell",
-    ),
-    "reviews": (
-        "embed_size",
-        "hidden_size",
-        "layers",
-        "kernel_size",
-        "dropout",
-        "learning_rate",
-        "batch_size",
-        "ngram_buckets",
-    ),
-    "digits": (
-        "channels",
-        "hidden_size",
-        "dropout",
-        "learning_rate",
-        "batch_size",
-    ),
-}
-# The hyperparameters that shape a model's weights: a model started from another one
-# (`train.init_from`) takes these from it, and tuning searches the others only.
-ARCHITECTURE: dict[str, tuple[str, ...]] = {
-    "solar": ("hidden_size", "num_layers", "cell"),
-    "reviews": ("embed_size", "hidden_size", "layers", "kernel_size", "ngram_buckets"),
-    "digits": ("channels", "hidden_size"),
-}
-# Axes whose values must come from a fixed set.
-CATEGORICAL_AXES = {"cell": {"lstm", "gru"}}
-
-
-def default_space(task: str) -> dict[str, Dimension]:
-    if task == "digits":
-        return {
-            "channels": Dimension(choices=[16, 32]),
-            "hidden_size": Dimension(choices=[64]),
-            "dropout": Dimension(low=0.1, high=0.4),
-            "learning_rate": Dimension(low=1e-3, high=1e-2, log=True),
-            "batch_size": Dimension(choices=[32]),
-        }
-    if task == "reviews":
-        return {
-            "embed_size": Dimension(choices=[64]),
-            "hidden_size": Dimension(choices=[128]),
-            "layers": Dimension(choices=[2]),
-            "kernel_size": Dimension(choices=[3, 5]),
-            "dropout": Dimension(low=0.1, high=0.3),
-            "learning_rate": Dimension(low=1e-3, high=4e-3, log=True),
-            "batch_size": Dimension(choices=[64]),
-            "ngram_buckets": Dimension(choices=[1048576]),
-        }
-    return {
-        "hidden_size": Dimension(choices=[32, 64]),
-        "num_layers": Dimension(choices=[1, 2]),
-        "dropout": Dimension(low=0.0, high=0.3),
-        "learning_rate": Dimension(low=1e-3, high=1e-2, log=True),
-        "batch_size": Dimension(choices=[64, 128]),
-        "window": Dimension(choices=[24, 48]),
-        "cell": Dimension(choices=["lstm", "gru"]),
-    }
-
-
-def check_space(task: str, space: dict[str, Dimension]) -> None:
-    """The search space must name exactly the task's hyperparameters."""
-    known = HYPERPARAMETERS[task]
-    unknown = sorted(set(space) - set(known))
-    if unknown:
-        raise ValueError(
-            f"unknown hyperparameter(s) {unknown} for task {task}; known: {list(known)}"
-        )
-    missing = sorted(set(known) - set(space))
-    if missing:
-        raise ValueError(f"search_space is missing {missing} (a one-item `choices` fixes one)")
-    for axis, allowed in CATEGORICAL_AXES.items():
-        if axis in space:
-            choices = space[axis].choices
-            if choices is None or not set(choices) <= allowed:
-                raise ValueError(f"search_space.{axis} must be `choices` from {sorted(allowed)}")
-
-
 class TuneParallel(Section):
     """Where tuning trials run: in the flow's process, or on a Dask cluster."""
 
@@ -259,9 +151,9 @@ class TuneParams(Section):
     # on 100k+ reviews a sample ranks them as well at a fraction of the time. The final
     # training always uses every training row.
     max_train_rows: Positive | None = None
-    # The running task's axes (see HYPERPARAMETERS); in params.yaml it may also be keyed by
-    # task name ({solar: {...}, reviews: {...}}), and the running task's entry is used.
-    search_space: dict[str, Dimension] = Field(default_factory=lambda: default_space("solar"))
+    # The running task's axes (its `Hyperparameters`; default: the task's own space); in
+    # params.yaml it may also be keyed by task name, and the running task's entry is used.
+    search_space: dict[str, Dimension] = Field(default_factory=dict)
     parallel: TuneParallel = TuneParallel()
 
 
@@ -364,67 +256,50 @@ class ScheduleParams(Section):
         return value
 
 
-class ReviewsParams(Section):
-    """The review-sentiment task: texts → syllable tokens → positive (1) / negative (0)."""
-
-    max_length: Positive = 128  # syllable tokens read per review (longer: the beginning)
-    max_repeat: Positive = 2  # ㅋㅋㅋㅋㅋ → ㅋㅋ
-    min_count: Positive = 2  # a syllable seen fewer times in training is <unk>
-    max_vocab: Annotated[int, Field(ge=10)] = 6000
-    max_text_chars: Positive = 2000  # longer texts are refused by the service, per item
-    baseline_c: Annotated[float, Field(gt=0)] = 4.0  # the TF-IDF baseline's inverse penalty
-    explain_examples: Annotated[int, Field(ge=0)] = 40  # test reviews in the attention report
-    # Fine-tune from an encoder `loopline pretrain` saved (its path; None: from scratch). The
-    # encoder fixes the vocabulary and the encoder's shape (embed, hidden, kernel, layers).
-    pretrained_encoder: str | None = None
-    # How (see `train.transfer`, whose unfreeze_every / lr_decay / freeze it uses).
-    fine_tuning: Literal["none", "freeze", "gradual_unfreeze", "discriminative_lr"] = "none"
-    # `loopline pretrain`: masked-syllable pretraining on the task's unlabeled text.
-    pretrain_epochs: Positive = 4
-    pretrain_batch_size: Positive = 64
-    pretrain_learning_rate: Annotated[float, Field(gt=0)] = 2e-3
-    pretrain_mask_rate: Annotated[float, Field(gt=0, lt=1)] = 0.15
+def check_space(hyperparameters: type, space: dict[str, Dimension]) -> None:
+    """The search space must name exactly the task's hyperparameters (a typed class with
+    `axes()` and `choices(axis)`), and pick a `Literal` axis among its choices."""
+    known = hyperparameters.axes()
+    unknown = sorted(set(space) - set(known))
+    if unknown:
+        raise ValueError(f"unknown hyperparameter(s) {unknown}; known: {list(known)}")
+    missing = sorted(set(known) - set(space))
+    if missing:
+        raise ValueError(f"search_space is missing {missing} (a one-item `choices` fixes one)")
+    for axis in known:
+        allowed = hyperparameters.choices(axis)
+        if allowed is not None and not set(space[axis].choices or [None]) <= set(allowed):
+            raise ValueError(f"search_space.{axis} must be `choices` from {sorted(allowed)}")
 
 
-class AugmentParams(Section):
-    """Random changes to training images (training split only); 0 turns one off."""
-
-    shift_px: Annotated[float, Field(ge=0, le=4)] = 1.0
-    rotate_deg: Annotated[float, Field(ge=0, le=45)] = 10.0
-    noise: Annotated[float, Field(ge=0, le=0.5)] = 0.02
-    contrast: Annotated[float, Field(ge=0, lt=1)] = 0.2
-
-
-class DigitsParams(Section):
-    """The digits task: small grey images of handwritten digits → the digit (0-9)."""
-
-    max_pixel: Annotated[float, Field(gt=0)] = 16.0  # the source's white (sklearn: 16)
-    # Images are read at this square size (the built-in digits are 8): at least 4, since
-    # the CNN halves it twice.
-    image_size: Annotated[int, Field(ge=4, le=256)] = 8
-    channels: Literal[1, 3] = 1  # 1: grey, 3: RGB (notes ch. 3)
-    # An image-folder source (`ingest.source: path/to/folder`): the CSV of file,label in it.
-    labels_file: str = "labels.csv"
-    # Uploads to the service: the largest side accepted. Uploads and image folders: whether
-    # strokes are darker than the paper ("dark": a scan or photo) or lighter ("light": like
-    # the built-in data).
-    augment: AugmentParams = AugmentParams()
-    max_upload_side: Positive = 1024
-    upload_ink: Literal["dark", "light"] = "dark"
-    # Explanations (`/explain_image`, `loopline explain`): the side of the occluding square.
-    saliency_patch: Positive = 2
-
-
-TASKS = ("solar", "reviews", "digits")
+# The shared sections; every other top-level key is a task's own section.
+SHARED_SECTIONS = (
+    "task",
+    "seed",
+    "ingest",
+    "validate",
+    "features",
+    "labeling",
+    "split",
+    "tune",
+    "train",
+    "evaluate",
+    "export",
+    "publish",
+    "serve",
+    "schedule",
+)
 
 
 class Params(Section):
-    task: Literal["solar", "reviews", "digits"] = "solar"
+    """Every knob, one section per stage, plus the running task's own section (named after
+    the task, validated by the task's `Params`). Build it with `parse_params`/`load_params`:
+    the model class is made per task (`params_model`)."""
+
+    # A built-in task's name, an import path `package.module:Class` or an entry point name.
+    task: str = Field(default_factory=lambda: _default_task())
     seed: int = 42
     ingest: IngestParams = IngestParams()
-    solar: SolarParams = SolarParams()
-    reviews: ReviewsParams = ReviewsParams()
-    digits: DigitsParams = DigitsParams()
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
     features: FeaturesParams = FeaturesParams()
     labeling: LabelingParams = LabelingParams()
@@ -438,37 +313,54 @@ class Params(Section):
     schedule: ScheduleParams = ScheduleParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    # The running task (set on each per-task subclass) and the project folder it came from.
+    plugin: ClassVar[Any] = None
+    root: ClassVar[str | None] = None
 
     @model_validator(mode="before")
     @classmethod
     def _space_of_the_task(cls, raw: Any) -> Any:
         """Pick the running task's search space; default it to the task's own."""
-        if not isinstance(raw, dict):
+        if not isinstance(raw, dict) or cls.plugin is None:
             return raw
-        task = raw.get("task", "solar")
-        if task not in TASKS:
-            return raw  # the `task` field reports it
         tune = raw.get("tune")
         tune = dict(tune) if isinstance(tune, dict) else {}
         space = tune.get("search_space")
-        if isinstance(space, dict) and space and set(space) <= set(TASKS):
-            space = space.get(task)
+        if isinstance(space, dict) and space and set(space) <= _task_sections(cls.plugin):
+            space = space.get(cls.plugin.name)
         if space is None:
-            space = {k: v.model_dump() for k, v in default_space(task).items()}
+            space = {k: v.model_dump() for k, v in cls.plugin.default_space().items()}
         tune["search_space"] = space
         return {**raw, "tune": tune}
 
     @model_validator(mode="after")
     def _space_fits_the_task(self) -> Params:
+        if self.plugin is None:
+            return self
         try:
-            check_space(self.task, self.tune.search_space)
+            check_space(self.plugin.Hyperparameters, self.tune.search_space)
         except ValueError as error:
             raise ValueError(f"tune.search_space: {error}") from None
         return self
 
+    def __reduce__(self):
+        # Per-task classes are made at run time: rebuild from plain values (Dask workers,
+        # Prefect results), which resolves the task again.
+        return (_rebuild, (self.to_dict(), self.root))
+
+    @property
+    def task_name(self) -> str:
+        """The running task's name (`task` may be an import path)."""
+        return self.plugin.name
+
+    @property
+    def task_params(self) -> Any:
+        """The running task's own section."""
+        return getattr(self, self.plugin.name)
+
     @property
     def model_name(self) -> str:
-        return self.publish.model_name or self.task
+        return self.publish.model_name or self.task_name
 
     @property
     def served_model(self) -> str:
@@ -476,7 +368,7 @@ class Params(Section):
 
     @property
     def experiment_name(self) -> str:
-        return self.publish.experiment or f"loopline-{self.task}"
+        return self.publish.experiment or f"loopline-{self.task_name}"
 
     def section(self, name: str) -> dict[str, Any]:
         """One section as plain data (for logging and cache keys)."""
@@ -494,6 +386,48 @@ class Params(Section):
         offline = {k: v for k, v in self.to_dict().items() if k not in ("serve", "schedule")}
         text = json.dumps(offline, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _default_task() -> str:
+    from loopline.tasks import DEFAULT_TASK
+
+    return DEFAULT_TASK
+
+
+def _task_sections(plugin: Any) -> set[str]:
+    """Top-level keys that are tasks' own sections: the running task's, and the built-ins'
+    (a project may keep several and switch with `-P task=...`)."""
+    from loopline.tasks import BUILTIN
+
+    return {plugin.name, *BUILTIN}
+
+
+_MODELS: dict[tuple[type, str | None], type[Params]] = {}
+
+
+def params_model(plugin: Any, root: str | None = None) -> type[Params]:
+    """The Params class of one task: the shared sections plus the task's own, typed by
+    the task's `Params`. Other built-in tasks' sections are accepted and ignored (checked
+    when that task runs); any other key is refused, named."""
+    key = (type(plugin), root)
+    if key not in _MODELS:
+        if plugin.name in SHARED_SECTIONS:
+            raise ConfigError(f"task name {plugin.name!r} is a shared params section's name")
+        others = {
+            name: (dict[str, Any] | None, Field(None, exclude=True))
+            for name in _task_sections(plugin) - {plugin.name}
+        }
+        section = (plugin.Settings, Field(default_factory=plugin.Settings))
+        model = create_model(
+            f"Params_{plugin.name}", __base__=Params, **{plugin.name: section}, **others
+        )
+        model.plugin, model.root = plugin, root
+        _MODELS[key] = model
+    return _MODELS[key]
+
+
+def _rebuild(values: dict[str, Any], root: str | None) -> Params:
+    return parse_params(values, root=root)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -531,10 +465,25 @@ def _describe(error: dict[str, Any]) -> str:
     return f"{where}: {error['msg']}{shown}"
 
 
-def parse_params(raw: dict[str, Any] | None, origin: str = "params") -> Params:
-    """Validate raw params; raise ConfigError listing every bad key."""
+def parse_params(
+    raw: dict[str, Any] | None, origin: str = "params", root: str | Path | None = None
+) -> Params:
+    """Validate raw params; raise ConfigError naming the task that cannot be loaded, or
+    listing every bad key. `root` is the project folder (where a task module of the
+    project's own is imported from)."""
+    from loopline.tasks import get_task
+
+    raw = raw or {}
+    reference = raw.get("task", _default_task())
+    if not isinstance(reference, str):
+        raise ConfigError(f"{origin} is invalid:\n  task: must be a task name or import path")
+    root = str(Path(root).resolve()) if root is not None else None
     try:
-        return Params.model_validate(raw or {})
+        plugin = get_task(reference, root)
+    except ConfigError as error:
+        raise ConfigError(f"{origin} is invalid:\n  task: {error}") from None
+    try:
+        return params_model(plugin, root).model_validate(raw)
     except ValidationError as exc:
         lines = "\n  ".join(_describe(e) for e in exc.errors())
         raise ConfigError(f"{origin} is invalid:\n  {lines}") from None
@@ -563,4 +512,6 @@ def load_params(path: str | Path, overrides: list[str] | None = None) -> Params:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping of sections")
-    return parse_params(apply_overrides(raw, overrides or []), origin=str(path))
+    return parse_params(
+        apply_overrides(raw, overrides or []), origin=str(path), root=path.resolve().parent
+    )

@@ -21,6 +21,7 @@ from torch import nn
 from loopline.config import TrainParams
 from loopline.features import FeatureSpec, scale_target
 from loopline.labeling import Examples
+from loopline.tasks.base import Hyperparameters
 
 
 def seed_everything(seed: int) -> None:
@@ -188,7 +189,7 @@ def fit(
     train: Examples,
     val: Examples,
     spec: FeatureSpec,
-    hparams: dict[str, Any],
+    hparams: Hyperparameters,
     params: TrainParams,
     seed: int,
     max_epochs: int | None = None,
@@ -211,7 +212,7 @@ def fit(
     set_threads(params.threads)
     x_train, y_train = to_tensors(train, spec)
     x_val, y_val = to_tensors(val, spec)
-    learning_rate = float(hparams["learning_rate"])
+    learning_rate = hparams.learning_rate
     groups = (
         fine_tuning.param_groups(model, learning_rate)
         if fine_tuning is not None
@@ -244,7 +245,7 @@ def fit(
             x_train,
             y_train,
             optimizer,
-            int(hparams["batch_size"]),
+            hparams.batch_size,
             generator,
             params.grad_clip,
             augment,
@@ -279,7 +280,7 @@ def fit(
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    return TrainResult(model, history, best_epoch, best_loss, stopped_early, dict(hparams))
+    return TrainResult(model, history, best_epoch, best_loss, stopped_early, hparams.to_dict())
 
 
 def _rng_states() -> dict[str, Any]:
@@ -352,7 +353,7 @@ class Start:
 
     model: nn.Module
     spec: FeatureSpec
-    hparams: dict[str, Any]
+    hparams: Hyperparameters
     fine_tuning: FineTuning | None
     started: Any = None  # transfer.Started, when it starts from another model
 
@@ -362,17 +363,17 @@ def initial_model(task, spec: FeatureSpec, hparams: dict[str, Any], params, sour
     params, or, with `source` (`transfer.SourceModel`), that model's weights, shape and
     input encoding, fine-tuned per `train.transfer`."""
     from loopline import transfer
-    from loopline.config import ARCHITECTURE
 
     if source is not None:
         transfer.check_task(source, task.name)
-        hparams = transfer.fixed_hparams(hparams, source, ARCHITECTURE[task.name])
+        hparams = transfer.fixed_hparams(hparams, source, task.architecture)
         spec = transfer.inherit_spec(spec, source, task.transferred_features)
-    spec = task.configure(spec, hparams)
+    typed = task.Hyperparameters.from_dict(hparams)
+    spec = task.configure(spec, typed)
     seed_everything(params.seed)  # the initial weights are drawn here
-    model = task.build_model(hparams, spec)
+    model = task.build_model(typed, spec)
     if source is None:
-        return Start(model, spec, hparams, task.fine_tuning(spec, params.train.transfer))
+        return Start(model, spec, typed, task.fine_tuning(spec, params.train.transfer))
     started = transfer.start_from(model, source, spec)
     strategy = transfer.strategy_from(params.train.transfer)
     if isinstance(strategy, transfer.Freeze):
@@ -382,7 +383,7 @@ def initial_model(task, spec: FeatureSpec, hparams: dict[str, Any], params, sour
                 f"train.transfer.freeze holds {stuck}, which start fresh ({started.reason}): "
                 "they would never learn; freeze only copied groups"
             )
-    return Start(model, spec, hparams, strategy, started)
+    return Start(model, spec, typed, strategy, started)
 
 
 def train_model(
@@ -436,6 +437,6 @@ def save_checkpoint(result: TrainResult, spec: FeatureSpec, path: Path) -> Path:
 def load_checkpoint(task, path: Path) -> tuple[nn.Module, FeatureSpec]:
     checkpoint = torch.load(path, weights_only=True)
     spec = FeatureSpec.from_json(checkpoint["feature_spec"])
-    model = task.build_model(checkpoint["hparams"], spec)
+    model = task.build_model(task.Hyperparameters.from_dict(checkpoint["hparams"]), spec)
     model.load_state_dict(checkpoint["state_dict"])
     return model.eval(), spec

@@ -172,17 +172,17 @@ def create_shared_study(storage: str, study_name: str) -> list[dict[str, Any]]:
     return [dict(t.params) for t in study.trials if t.state.is_finished()]
 
 
-def search_for(params: TuneParams, task: str, source=None) -> TuneParams:
+def search_for(params: TuneParams, task, source=None) -> TuneParams:
     """The search as configured, or, starting from `source` (`transfer.SourceModel`), with
     the architecture axes fixed to the source's shape: those trials would all be the same
     model, and the best hyperparameters report the shape that is trained."""
     if source is None:
         return params
-    from loopline.config import ARCHITECTURE, Dimension
+    from loopline.config import Dimension
     from loopline.transfer import check_task, fixed_hparams
 
-    check_task(source, task)  # a clear error before any trial
-    shape = fixed_hparams({}, source, ARCHITECTURE[task])
+    check_task(source, task.name)  # a clear error before any trial
+    shape = fixed_hparams({}, source, task.architecture)
     fixed = {k: Dimension(choices=[v]) for k, v in shape.items()}
     return params.model_copy(update={"search_space": {**params.search_space, **fixed}})
 
@@ -308,7 +308,7 @@ def tune_model(
         )
         return result.best_val_loss
 
-    tune_params = search_for(params.tune, task.name, source)
+    tune_params = search_for(params.tune, task, source)
     if n_trials is not None:
         tune_params = tune_params.model_copy(update={"n_trials": n_trials})
     return run_study(

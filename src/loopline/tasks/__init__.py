@@ -1,122 +1,107 @@
-"""Task plug-ins: what differs per task (solar, reviews, digits), and nothing else.
+"""Task discovery: `task:` in params.yaml names a built-in task, an import path or a plug-in.
 
-Shared stages call a task only through the `Task` contract below and never test which task
-they run, so adding a task never edits a stage.
+- a built-in name (see `BUILTIN`);
+- an import path `package.module:Class`, with the project folder importable (a task module
+  of the project's own, as `loopline init --template custom` makes);
+- the name of an entry point in group `loopline.tasks` (a task shipped as a package).
+
+An unknown or broken task is refused before any work, naming what was tried. Shared code
+knows tasks only through this module and the contract in `loopline.tasks.base`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
+import importlib
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
 
-if TYPE_CHECKING:
-    from pathlib import Path
+from loopline.errors import ConfigError
+from loopline.tasks.base import Task, contract_problems
 
-    import pandas as pd
-    import torch
+# Built-in tasks: examples of what a team brings, found like any other task.
+BUILTIN = {
+    "solar": "loopline.tasks.solar:SolarTask",
+    "reviews": "loopline.tasks.reviews:ReviewsTask",
+    "digits": "loopline.tasks.digits:DigitsTask",
+}
+DEFAULT_TASK = "solar"
+ENTRY_POINT_GROUP = "loopline.tasks"
 
-    from loopline.config import Params
-    from loopline.evaluate import Evaluation
-    from loopline.features import FeatureSpec
-    from loopline.labeling import Examples
-    from loopline.validate import Rule
-
-
-class Task(Protocol):
-    """The contract every built-in task implements."""
-
-    name: ClassVar[str]
-    # Column types of the raw data contract: "float", "string" or "datetime".
-    schema: ClassVar[dict[str, str]]
-    key_columns: ClassVar[list[str]]
-    time_column: ClassVar[str | None]
-    target_column: ClassVar[str]
-    # chronological: by time with gaps; grouped: no group (say, a movie) in two sets.
-    split_kind: ClassVar[Literal["chronological", "stratified", "grouped"]]
-    # What a model started from another (`train.init_from`) reads the source's way: feature
-    # spec fields or options fitted on data (scaling, a vocabulary) that its weights expect.
-    transferred_features: ClassVar[tuple[str, ...]]
-
-    def load_builtin(self, params: Params) -> pd.DataFrame: ...
-
-    def schema_for(self, params: Params) -> dict[str, str]:
-        """The raw data contract under these params (say, an image size sets the pixel
-        columns); `schema` when nothing in params changes it."""
-        ...
-
-    def rules(self, params: Params) -> list[Rule]: ...
-
-    def add_features(self, frame: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame: ...
-
-    def new_feature_spec(self, params: Params) -> FeatureSpec: ...
-
-    def add_labels(
-        self, frame: pd.DataFrame, spec: FeatureSpec, human: pd.DataFrame | None = None
-    ) -> pd.DataFrame:
-        """Rows with their labels: from the data, and `human` ones (`loopline label
-        import`) where the task takes them."""
-        ...
-
-    def fit_features(self, spec: FeatureSpec, train_rows: pd.DataFrame) -> FeatureSpec:
-        """What is learned from the training split only (scaling, a vocabulary)."""
-        ...
-
-    def configure(self, spec: FeatureSpec, hparams: dict[str, Any]) -> FeatureSpec:
-        """The spec a model with these hyperparameters reads (say, its input window)."""
-        ...
-
-    def examples(self, frame: pd.DataFrame, spec: FeatureSpec, target_set: str) -> Examples:
-        """Model-ready inputs and labels of one split set ("train", "val" or "test")."""
-        ...
-
-    def build_model(self, hparams: dict[str, Any], spec: FeatureSpec) -> torch.nn.Module: ...
-
-    def augmentation(self, spec: FeatureSpec) -> Any | None:
-        """Random changes to training batches (`train.Augment`), or None."""
-        ...
-
-    def fine_tuning(self, spec: FeatureSpec, transfer: Any) -> Any | None:
-        """How `train.fit` fine-tunes a model the task pretrained itself (see
-        `train.FineTuning`; `transfer` is the `train.transfer` section), or None."""
-        ...
-
-    def evaluate(
-        self,
-        frame: pd.DataFrame,
-        spec: FeatureSpec,
-        model: torch.nn.Module,
-        params: Params,
-        champion: tuple[Any, FeatureSpec] | None = None,
-    ) -> Evaluation:
-        """Score the model, the task's baselines and the champion (ONNX session, its spec)
-        on the same test rows of the split `frame` (baselines that learn, learn from its
-        training rows), and decide whether the model may be promoted."""
-        ...
-
-    def evaluation_report(
-        self,
-        evaluation: Evaluation,
-        frame: pd.DataFrame,
-        spec: FeatureSpec,
-        model: torch.nn.Module,
-        params: Params,
-        folder: Path,
-    ) -> list[Path]:
-        """Files a person opens to judge the model (plots, an HTML page), for MLflow."""
-        ...
+# Tasks loaded in this process, by name: a feature spec names its task, and reading one
+# (say, a champion's) needs that task's typed options.
+_LOADED: dict[str, Task] = {}
 
 
-def get_task(name: str) -> Task:
-    """The task plug-in called `name`."""
-    if name == "solar":
-        from loopline.tasks.solar.task import SolarTask
+def _import(reference: str, root: Path | None) -> type:
+    module_name, _, attribute = reference.partition(":")
+    if root is not None and str(root) not in sys.path:
+        # The project folder is importable, so a task module of its own is found.
+        sys.path.insert(0, str(root))
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as error:
+        raise ConfigError(
+            f"task {reference!r}: cannot import module {module_name!r} "
+            f"({type(error).__name__}: {error})"
+        ) from None
+    try:
+        return getattr(module, attribute)
+    except AttributeError:
+        raise ConfigError(
+            f"task {reference!r}: module {module_name!r} has no attribute {attribute!r}"
+        ) from None
 
-        return SolarTask()
-    if name == "reviews":
-        from loopline.tasks.reviews.task import ReviewsTask
 
-        return ReviewsTask()
-    if name == "digits":
-        from loopline.tasks.digits.task import DigitsTask
+def _plugins() -> dict[str, str]:
+    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
-        return DigitsTask()
-    raise KeyError(f"unknown task {name!r}; built-in tasks: ['solar', 'reviews', 'digits']")
+
+def resolve_reference(reference: str) -> str:
+    """The import path `reference` stands for (a built-in, a plug-in or itself)."""
+    if reference in BUILTIN:
+        return BUILTIN[reference]
+    plugins = _plugins()
+    if reference in plugins:
+        return plugins[reference]
+    if ":" in reference:
+        return reference
+    known = sorted({*BUILTIN, *plugins})
+    raise ConfigError(
+        f"unknown task {reference!r}: not a built-in or an entry point in group "
+        f"{ENTRY_POINT_GROUP!r} (known: {known}), nor an import path like "
+        "'package.module:Class'"
+    )
+
+
+def get_task(reference: str, root: str | Path | None = None) -> Task:
+    """The task `reference` names (see the module docstring); checked against the contract."""
+    if reference in _LOADED and ":" not in reference:
+        return _LOADED[reference]
+    path = resolve_reference(reference)
+    cls = _import(path, Path(root).resolve() if root is not None else None)
+    problems = contract_problems(cls)
+    if problems:
+        raise ConfigError(
+            f"task {reference!r} ({path}) breaks the task contract: " + "; ".join(problems)
+        )
+    task = cls()
+    _LOADED[task.name] = task
+    return task
+
+
+def task_named(name: str) -> Task:
+    """A task by its `name` (a model's feature spec says it): loaded in this process
+    already, or a built-in or plug-in of that name."""
+    if name in _LOADED:
+        return _LOADED[name]
+    try:
+        return get_task(name)
+    except ConfigError:
+        raise ConfigError(
+            f"a model of task {name!r}: that task is not loaded in this process; set "
+            "`task:` in params.yaml to it"
+        ) from None
+
+
+__all__ = ["BUILTIN", "DEFAULT_TASK", "Task", "get_task", "task_named"]

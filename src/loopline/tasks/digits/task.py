@@ -12,18 +12,20 @@ to 0..1 by `digits.max_pixel`; the model reads (batch, channels, size, size) ima
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
+from pydantic import Field
 
-from loopline.config import Params
+from loopline.config import Dimension, Params, Positive, Section
 from loopline.evaluate import evaluate_classifier
 from loopline.features import FeatureSpec
 from loopline.labeling import Examples
 from loopline.split import labeled_set
+from loopline.tasks.base import Hyperparameters, Task
 from loopline.tasks.digits.images import FORMATS, pixel_columns, to_array
 from loopline.validate import Rule
 
@@ -61,7 +63,48 @@ def _scaled_as(champion: FeatureSpec, candidate: FeatureSpec) -> FeatureSpec:
     )
 
 
-class DigitsTask:
+class AugmentParams(Section):
+    """Random changes to training images (training split only); 0 turns one off."""
+
+    shift_px: Annotated[float, Field(ge=0, le=4)] = 1.0
+    rotate_deg: Annotated[float, Field(ge=0, le=45)] = 10.0
+    noise: Annotated[float, Field(ge=0, le=0.5)] = 0.02
+    contrast: Annotated[float, Field(ge=0, lt=1)] = 0.2
+
+
+class DigitsParams(Section):
+    """The digits task: small grey images of handwritten digits → the digit (0-9)."""
+
+    max_pixel: Annotated[float, Field(gt=0)] = 16.0  # the source's white (sklearn: 16)
+    # Images are read at this square size (the built-in digits are 8): at least 4, since
+    # the CNN halves it twice.
+    image_size: Annotated[int, Field(ge=4, le=256)] = 8
+    channels: Literal[1, 3] = 1  # 1: grey, 3: RGB (notes ch. 3)
+    # An image-folder source (`ingest.source: path/to/folder`): the CSV of file,label in it.
+    labels_file: str = "labels.csv"
+    # Uploads to the service: the largest side accepted. Uploads and image folders: whether
+    # strokes are darker than the paper ("dark": a scan or photo) or lighter ("light": like
+    # the built-in data).
+    augment: AugmentParams = AugmentParams()
+    max_upload_side: Positive = 1024
+    upload_ink: Literal["dark", "light"] = "dark"
+    # Explanations (`/explain_image`, `loopline explain`): the side of the occluding square.
+    saliency_patch: Positive = 2
+
+
+@dataclass(frozen=True, kw_only=True)
+class DigitsHyperparameters(Hyperparameters):
+    """The CNN's width (filters of the first block), its head and its regularisation."""
+
+    channels: int
+    hidden_size: int
+    dropout: float
+
+
+class DigitsTask(Task):
+    Settings: ClassVar[type[Section]] = DigitsParams
+    Hyperparameters: ClassVar[type[Hyperparameters]] = DigitsHyperparameters
+    architecture: ClassVar[tuple[str, ...]] = ("channels", "hidden_size")
     name: ClassVar[str] = "digits"
     schema: ClassVar[dict[str, str]] = {
         "id": "string",
@@ -75,6 +118,15 @@ class DigitsTask:
     class_names: ClassVar[tuple[str, ...]] = CLASSES
     # The label set is the training data's (a new head for new digits); pixels need nothing.
     transferred_features: ClassVar[tuple[str, ...]] = ()
+
+    def default_space(self) -> dict[str, Dimension]:
+        return {
+            "channels": Dimension(choices=[16, 32]),
+            "hidden_size": Dimension(choices=[64]),
+            "dropout": Dimension(low=0.1, high=0.4),
+            "learning_rate": Dimension(low=1e-3, high=1e-2, log=True),
+            "batch_size": Dimension(choices=[32]),
+        }
 
     def schema_for(self, params: Params) -> dict[str, str]:
         columns = pixel_columns(params.digits.image_size, params.digits.channels)
@@ -159,7 +211,7 @@ class DigitsTask:
         labels = [str(int(v)) for v in sorted(values)]
         return replace(spec, options={**spec.options, "labels": labels})
 
-    def configure(self, spec: FeatureSpec, hparams: dict[str, Any]) -> FeatureSpec:
+    def configure(self, spec: FeatureSpec, hparams: DigitsHyperparameters) -> FeatureSpec:
         return spec
 
     def fine_tuning(self, spec: FeatureSpec, transfer):
@@ -180,16 +232,16 @@ class DigitsTask:
             pd.DataFrame({"id": rows["id"].astype(str)}),
         )
 
-    def build_model(self, hparams: dict[str, Any], spec: FeatureSpec):
+    def build_model(self, hparams: DigitsHyperparameters, spec: FeatureSpec):
         from loopline.tasks.digits.model import ImageClassifier
 
         return ImageClassifier(
             n_classes=len(spec.options["labels"]),
             image_size=int(spec.options["image_size"]),
             in_channels=int(spec.options["channels"]),
-            channels=int(hparams["channels"]),
-            hidden_size=int(hparams["hidden_size"]),
-            dropout=float(hparams["dropout"]),
+            channels=hparams.channels,
+            hidden_size=hparams.hidden_size,
+            dropout=hparams.dropout,
         )
 
     def evaluate(self, frame, spec: FeatureSpec, model, params: Params, champion=None):

@@ -15,18 +15,20 @@ share names and words, and a movie in both training and test sets would overstat
 from __future__ import annotations
 
 import html
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
+from pydantic import Field
 
-from loopline.config import Params
+from loopline.config import Dimension, Params, Positive, Section
 from loopline.evaluate import evaluate_classifier
 from loopline.features import FeatureSpec
 from loopline.labeling import Examples
 from loopline.split import labeled_set
+from loopline.tasks.base import Hyperparameters, Task
 from loopline.tasks.reviews.text import Vocabulary, tokenize
 from loopline.validate import Rule
 
@@ -46,7 +48,50 @@ def encode(texts: list[str], spec: FeatureSpec, vocab: Vocabulary | None = None)
     return vocab.encode(texts, int(spec.options["max_length"]))[0]
 
 
-class ReviewsTask:
+class ReviewsParams(Section):
+    """The review-sentiment task: texts → syllable tokens → positive (1) / negative (0)."""
+
+    max_length: Positive = 128  # syllable tokens read per review (longer: the beginning)
+    max_repeat: Positive = 2  # ㅋㅋㅋㅋㅋ → ㅋㅋ
+    min_count: Positive = 2  # a syllable seen fewer times in training is <unk>
+    max_vocab: Annotated[int, Field(ge=10)] = 6000
+    max_text_chars: Positive = 2000  # longer texts are refused by the service, per item
+    baseline_c: Annotated[float, Field(gt=0)] = 4.0  # the TF-IDF baseline's inverse penalty
+    explain_examples: Annotated[int, Field(ge=0)] = 40  # test reviews in the attention report
+    # Fine-tune from an encoder `loopline pretrain` saved (its path; None: from scratch). The
+    # encoder fixes the vocabulary and the encoder's shape (embed, hidden, kernel, layers).
+    pretrained_encoder: str | None = None
+    # How (see `train.transfer`, whose unfreeze_every / lr_decay / freeze it uses).
+    fine_tuning: Literal["none", "freeze", "gradual_unfreeze", "discriminative_lr"] = "none"
+    # `loopline pretrain`: masked-syllable pretraining on the task's unlabeled text.
+    pretrain_epochs: Positive = 4
+    pretrain_batch_size: Positive = 64
+    pretrain_learning_rate: Annotated[float, Field(gt=0)] = 2e-3
+    pretrain_mask_rate: Annotated[float, Field(gt=0, lt=1)] = 0.15
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReviewsHyperparameters(Hyperparameters):
+    """The text classifier's encoder shape, its n-gram bag and its regularisation."""
+
+    embed_size: int
+    hidden_size: int
+    layers: int
+    kernel_size: int
+    dropout: float
+    ngram_buckets: int
+
+
+class ReviewsTask(Task):
+    Settings: ClassVar[type[Section]] = ReviewsParams
+    Hyperparameters: ClassVar[type[Hyperparameters]] = ReviewsHyperparameters
+    architecture: ClassVar[tuple[str, ...]] = (
+        "embed_size",
+        "hidden_size",
+        "layers",
+        "kernel_size",
+        "ngram_buckets",
+    )
     name: ClassVar[str] = "reviews"
     schema: ClassVar[dict[str, str]] = {
         "id": "string",
@@ -63,6 +108,18 @@ class ReviewsTask:
     class_names: ClassVar[tuple[str, ...]] = LABELS
     split_kind: ClassVar[Literal["chronological", "stratified", "grouped"]] = "grouped"
     transferred_features: ClassVar[tuple[str, ...]] = ("vocabulary",)
+
+    def default_space(self) -> dict[str, Dimension]:
+        return {
+            "embed_size": Dimension(choices=[64]),
+            "hidden_size": Dimension(choices=[128]),
+            "layers": Dimension(choices=[2]),
+            "kernel_size": Dimension(choices=[3, 5]),
+            "dropout": Dimension(low=0.1, high=0.3),
+            "learning_rate": Dimension(low=1e-3, high=4e-3, log=True),
+            "batch_size": Dimension(choices=[64]),
+            "ngram_buckets": Dimension(choices=[1048576]),
+        }
 
     def schema_for(self, params: Params) -> dict[str, str]:
         return self.schema  # fixed columns
@@ -165,7 +222,7 @@ class ReviewsTask:
         )
         return replace(spec, options={**options, "vocabulary": vocab.to_json()})
 
-    def configure(self, spec: FeatureSpec, hparams: dict[str, Any]) -> FeatureSpec:
+    def configure(self, spec: FeatureSpec, hparams: ReviewsHyperparameters) -> FeatureSpec:
         return spec
 
     def examples(self, frame: pd.DataFrame, spec: FeatureSpec, target_set: str) -> Examples:
@@ -176,7 +233,7 @@ class ReviewsTask:
         keys = pd.DataFrame({"id": rows["id"].astype(str).to_numpy()})
         return Examples(x, y, keys)
 
-    def build_model(self, hparams: dict[str, Any], spec: FeatureSpec):
+    def build_model(self, hparams: ReviewsHyperparameters, spec: FeatureSpec):
         from loopline.tasks.reviews.model import TextClassifier
 
         encoder = None
@@ -186,16 +243,16 @@ class ReviewsTask:
             encoder = load_encoder(Path(spec.options["pretrained_encoder"]))[0]
             # The encoder fixes its own shape; the search tunes the rest.
             shape = {k: encoder.hparams[k] for k in ENCODER_KEYS if k != "dropout"}
-            hparams = {**hparams, **shape}
+            hparams = replace(hparams, **shape)
         model = TextClassifier(
             vocab_size=len(vocabulary(spec)),
             n_classes=len(spec.options["labels"]),
-            embed_size=int(hparams["embed_size"]),
-            hidden_size=int(hparams["hidden_size"]),
-            kernel_size=int(hparams["kernel_size"]),
-            layers=int(hparams["layers"]),
-            dropout=float(hparams["dropout"]),
-            ngram_buckets=int(hparams.get("ngram_buckets", 0)),
+            embed_size=hparams.embed_size,
+            hidden_size=hparams.hidden_size,
+            kernel_size=hparams.kernel_size,
+            layers=hparams.layers,
+            dropout=hparams.dropout,
+            ngram_buckets=hparams.ngram_buckets,
         )
         if encoder is not None:
             from loopline.tasks.reviews.pretrain import load_pretrained

@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import functools
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
+from pydantic import Field, field_validator
 
-from loopline.config import Params, PVSystemParams
+from loopline.config import Dimension, Params, Section
 from loopline.evaluate import evaluate_candidate, plot_per_step_rmse
 from loopline.features import FeatureSpec, fit_normalization
 from loopline.labeling import Examples, add_forecast_labels, make_windows, shifted_values
 from loopline.split import evaluation_view
+from loopline.tasks.base import Hyperparameters, Task
 from loopline.validate import Rule
 
 # pvlib's bundled TMY3 files; locations come from each file's own header.
@@ -140,7 +143,47 @@ def site_locations(params: Params) -> dict[str, dict[str, Any]]:
     return {name: read_builtin_site(name, params.solar.year)[1] for name in params.solar.sites}
 
 
-class SolarTask:
+class PVSystemParams(Section):
+    surface_tilt: Annotated[float, Field(ge=0, le=90)] = 30.0
+    surface_azimuth: Annotated[float, Field(ge=0, lt=360)] = 180.0
+    pdc0_w: Annotated[float, Field(gt=0)] = 5000.0
+    gamma_pdc: Annotated[float, Field(ge=-0.02, le=0)] = -0.004
+    inverter_efficiency: Annotated[float, Field(gt=0, le=1)] = 0.96
+
+
+SolarSite = Literal["greensboro", "sand_point"]
+
+
+class SolarParams(Section):
+    """The built-in solar source: TMY3 weather shipped with pvlib → AC power of a PV system."""
+
+    sites: list[SolarSite] = Field(default_factory=lambda: ["greensboro", "sand_point"])
+    year: Annotated[int, Field(ge=1990, le=2100)] = 2021
+    system: PVSystemParams = PVSystemParams()
+
+    @field_validator("sites")
+    @classmethod
+    def _sites_unique(cls, sites: list[str]) -> list[str]:
+        if not sites or len(set(sites)) != len(sites):
+            raise ValueError("solar.sites must list at least one site, each once")
+        return sites
+
+
+@dataclass(frozen=True, kw_only=True)
+class SolarHyperparameters(Hyperparameters):
+    """The forecaster's shape and regularisation, and the input window it reads."""
+
+    hidden_size: int
+    num_layers: int
+    dropout: float
+    window: int
+    cell: Literal["lstm", "gru"]
+
+
+class SolarTask(Task):
+    Settings: ClassVar[type[Section]] = SolarParams
+    Hyperparameters: ClassVar[type[Hyperparameters]] = SolarHyperparameters
+    architecture: ClassVar[tuple[str, ...]] = ("hidden_size", "num_layers", "cell")
     name: ClassVar[str] = "solar"
     schema: ClassVar[dict[str, str]] = {
         "site_id": "string",
@@ -153,6 +196,17 @@ class SolarTask:
     target_column: ClassVar[str] = "power_w"
     split_kind: ClassVar[Literal["chronological", "stratified", "grouped"]] = "chronological"
     transferred_features: ClassVar[tuple[str, ...]] = ("mean", "std", "target_mean", "target_std")
+
+    def default_space(self) -> dict[str, Dimension]:
+        return {
+            "hidden_size": Dimension(choices=[32, 64]),
+            "num_layers": Dimension(choices=[1, 2]),
+            "dropout": Dimension(low=0.0, high=0.3),
+            "learning_rate": Dimension(low=1e-3, high=1e-2, log=True),
+            "batch_size": Dimension(choices=[64, 128]),
+            "window": Dimension(choices=[24, 48]),
+            "cell": Dimension(choices=["lstm", "gru"]),
+        }
 
     def schema_for(self, params: Params) -> dict[str, str]:
         return self.schema  # fixed columns
@@ -284,9 +338,9 @@ class SolarTask:
     def fine_tuning(self, spec: FeatureSpec, transfer):
         return None  # trained from scratch
 
-    def configure(self, spec: FeatureSpec, hparams: dict[str, Any]) -> FeatureSpec:
+    def configure(self, spec: FeatureSpec, hparams: SolarHyperparameters) -> FeatureSpec:
         """The input window is a hyperparameter: the spec records the one chosen."""
-        return spec.with_window(int(hparams["window"]))
+        return spec.with_window(hparams.window)
 
     def examples(self, frame: pd.DataFrame, spec: FeatureSpec, target_set: str) -> Examples:
         """Windows whose forecast origin and labels lie in `target_set`; validation and test
@@ -301,16 +355,16 @@ class SolarTask:
     def evaluation_report(self, evaluation, test_rows, spec, model, params, folder: Path):
         return [plot_per_step_rmse(evaluation.scores, folder / "rmse_per_horizon_step.png")]
 
-    def build_model(self, hparams: dict[str, Any], spec: FeatureSpec):
+    def build_model(self, hparams: SolarHyperparameters, spec: FeatureSpec):
         from loopline.tasks.solar.model import Forecaster
 
         return Forecaster(
             n_features=len(spec.feature_columns),
             horizon=spec.horizon,
-            hidden_size=int(hparams["hidden_size"]),
-            num_layers=int(hparams["num_layers"]),
-            dropout=float(hparams["dropout"]),
-            cell=str(hparams["cell"]),
+            hidden_size=hparams.hidden_size,
+            num_layers=hparams.num_layers,
+            dropout=hparams.dropout,
+            cell=hparams.cell,
             target_mean=spec.target_mean,
             target_std=spec.target_std,
         )

@@ -1,0 +1,355 @@
+"""The task contract: what a team writes to bring its own problem to Loopline.
+
+A task is a package (or one module) holding everything about itself: its data contract and
+rules, its own `params.yaml` section (`Settings`), typed hyperparameters (`Hyperparameters`)
+with their default search space, typed feature options (`Options`, saved inside every
+model), the model, the evaluation with its baselines, and how it is served (`Serving`).
+Shared stages call a task only through `Task` below and never ask which task they run.
+
+Optional abilities are small protocols (`HumanLabels`, `Pretraining`, `FolderSource`,
+`Explaining`): a stage that offers one checks `isinstance(task, Ability)` once.
+
+The shortest task subclasses `loopline.tasks.rows.RowTask` (one row, one example); a task
+with its own shape of data subclasses `Task` and fills in the methods marked abstract.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
+
+from loopline.config import Section
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import pandas as pd
+    import torch
+
+    from loopline.config import Dimension, Params
+    from loopline.evaluate import Evaluation
+    from loopline.features import FeatureSpec
+    from loopline.labeling import Examples
+    from loopline.validate import Rule
+
+
+class NoParams(Section):
+    """A task without a params section of its own."""
+
+
+def _cast(value: Any, annotation: Any, where: str) -> Any:
+    """`value` as the field type `annotation` (int, float, str, bool, a Literal of them)."""
+    if typing.get_origin(annotation) is Literal:
+        allowed = typing.get_args(annotation)
+        for choice in allowed:
+            if value == choice or str(value) == str(choice):
+                return choice
+        raise ValueError(f"{where} is {value!r}; one of {list(allowed)}")
+    if annotation is bool:
+        return bool(value)
+    if annotation is int:
+        if float(value) != int(float(value)):
+            raise ValueError(f"{where} is {value!r}; a whole number")
+        return int(float(value))
+    if annotation in (float, str):
+        return annotation(value)
+    return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class Hyperparameters:
+    """A model's hyperparameters (nanoGPT's `GPTConfig`): what `build_model` and training
+    read, typed. Every model trains with a learning rate and a batch size; a task's subclass
+    adds its own fields (int, float, str or a `Literal` of choices)."""
+
+    learning_rate: float
+    batch_size: int
+
+    @classmethod
+    def axes(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def choices(cls, axis: str) -> tuple[Any, ...] | None:
+        """The values a `Literal` field allows (a search space may pick among them only)."""
+        annotation = typing.get_type_hints(cls)[axis]
+        return typing.get_args(annotation) if typing.get_origin(annotation) is Literal else None
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Hyperparameters:
+        """Typed hyperparameters from plain values (a trial, a checkpoint, MLflow params);
+        unknown or missing names are named."""
+        known = cls.axes()
+        unknown = sorted(set(values) - set(known))
+        missing = sorted(set(known) - set(values))
+        if unknown or missing:
+            raise ValueError(
+                f"{cls.__name__}: unknown {unknown}, missing {missing}; expected {list(known)}"
+            )
+        hints = typing.get_type_hints(cls)
+        return cls(**{k: _cast(values[k], hints[k], f"{cls.__name__}.{k}") for k in known})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class FeatureOptions:
+    """Typed settings of a task's features that travel inside the model's feature spec
+    (say, a vocabulary or the image size). Plain JSON values only: the spec is JSON."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> FeatureOptions:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown option(s) {unknown}")
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class NoOptions(FeatureOptions):
+    """A task whose features need no settings beyond the spec's own fields."""
+
+
+class Task:
+    """The contract every task implements; subclass it (or `RowTask`) and set the class
+    attributes, then override the methods that raise NotImplementedError."""
+
+    # The task's name: its params section key, its default model name, its data folders.
+    name: ClassVar[str]
+    # Column types of the raw data contract: "float", "string" or "datetime".
+    schema: ClassVar[dict[str, str]]
+    key_columns: ClassVar[list[str]]
+    time_column: ClassVar[str | None] = None
+    target_column: ClassVar[str]
+    # chronological: by time with gaps; stratified: by label; grouped: no group in two sets.
+    split_kind: ClassVar[Literal["chronological", "stratified", "grouped"]] = "stratified"
+    # What a model started from another (`train.init_from`) reads the source's way: feature
+    # spec fields or options fitted on data (scaling, a vocabulary) that its weights expect.
+    transferred_features: ClassVar[tuple[str, ...]] = ()
+    # The task's own section of params.yaml, under `name` (validated with everything else).
+    Settings: ClassVar[type[Section]] = NoParams
+    # Typed hyperparameters; `architecture` names those that shape the weights (a model
+    # started from another takes them from it, and tuning searches the others only).
+    Hyperparameters: ClassVar[type[Hyperparameters]]
+    architecture: ClassVar[tuple[str, ...]] = ()
+    # Typed options in the feature spec (`spec.options` is an instance).
+    Options: ClassVar[type[FeatureOptions]] = NoOptions
+    # How the one service serves this task (`loopline.serving_adapter.Serving` subclass).
+    Serving: ClassVar[type]
+
+    # ------------------------------------------------------------------ params
+
+    def settings(self, params: Params) -> Any:
+        """This task's own params section (an instance of `Settings`)."""
+        return params.task_params
+
+    def default_space(self) -> dict[str, Dimension]:
+        """The search space tuning uses when params.yaml gives none: every hyperparameter."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ data
+
+    def schema_for(self, params: Params) -> dict[str, str]:
+        """The raw data contract under these params (say, an image size sets the pixel
+        columns); `schema` when nothing in params changes it."""
+        return self.schema
+
+    def load_builtin(self, params: Params) -> pd.DataFrame:
+        """The task's own data (`ingest.source: builtin`)."""
+        raise ValueError(
+            f"task {self.name} has no built-in data: point ingest.source at a file, a glob "
+            f"or a SQLAlchemy URL with columns {list(self.schema)}"
+        )
+
+    def rules(self, params: Params) -> list[Rule]:
+        """The data contract beyond column types: rows breaking a rule are quarantined."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ features and labels
+
+    def new_feature_spec(self, params: Params) -> FeatureSpec:
+        raise NotImplementedError
+
+    def add_features(self, frame: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
+        """Feature columns for raw rows; pure in (rows, spec), shared with the service."""
+        return frame
+
+    def add_labels(
+        self, frame: pd.DataFrame, spec: FeatureSpec, human: pd.DataFrame | None = None
+    ) -> pd.DataFrame:
+        """Rows with their labels: from the data, and `human` ones (`loopline label
+        import`) where the task takes them (`HumanLabels`)."""
+        return frame
+
+    def fit_features(self, spec: FeatureSpec, train_rows: pd.DataFrame) -> FeatureSpec:
+        """What is learned from the training split only (scaling, a vocabulary)."""
+        return spec
+
+    def configure(self, spec: FeatureSpec, hparams: Hyperparameters) -> FeatureSpec:
+        """The spec a model with these hyperparameters reads (say, its input window)."""
+        return spec
+
+    def examples(self, frame: pd.DataFrame, spec: FeatureSpec, target_set: str) -> Examples:
+        """Model-ready inputs and labels of one split set ("train", "val" or "test")."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ model
+
+    def build_model(self, hparams: Hyperparameters, spec: FeatureSpec) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def augmentation(self, spec: FeatureSpec) -> Any | None:
+        """Random changes to training batches (`train.Augment`), or None."""
+        return None
+
+    def fine_tuning(self, spec: FeatureSpec, transfer: Any) -> Any | None:
+        """How `train.fit` fine-tunes a model the task pretrained itself (see
+        `train.FineTuning`; `transfer` is the `train.transfer` section), or None."""
+        return None
+
+    # ------------------------------------------------------------------ evaluation
+
+    def evaluate(
+        self,
+        frame: pd.DataFrame,
+        spec: FeatureSpec,
+        model: torch.nn.Module,
+        params: Params,
+        champion: tuple[Any, FeatureSpec] | None = None,
+    ) -> Evaluation:
+        """Score the model, the task's baselines and the champion (ONNX session, its spec)
+        on the same test rows of the split `frame` (baselines that learn, learn from its
+        training rows), and decide whether the model may be promoted."""
+        raise NotImplementedError
+
+    def evaluation_report(
+        self,
+        evaluation: Evaluation,
+        frame: pd.DataFrame,
+        spec: FeatureSpec,
+        model: torch.nn.Module,
+        params: Params,
+        folder: Path,
+    ) -> list[Path]:
+        """Files a person opens to judge the model (plots, an HTML page), for MLflow."""
+        return []
+
+    def incomparable(self, candidate: FeatureSpec, champion: FeatureSpec) -> str | None:
+        """Why the champion's outputs cannot be scored beside the candidate's (say, another
+        label set or image size), or None."""
+        return None
+
+
+# ---------------------------------------------------------------------- optional abilities
+
+
+@runtime_checkable
+class HumanLabels(Protocol):
+    """People label rows (`loopline label export/import`, active learning)."""
+
+    class_names: ClassVar[tuple[str, ...]]
+    # The column people read to label a row (a text; or an id when nothing is readable).
+    label_view_column: ClassVar[str]
+
+    def unlabeled_pool(self, rows: pd.DataFrame) -> pd.DataFrame: ...
+
+    def pool_probabilities(self, session: Any, spec: FeatureSpec, pool: pd.DataFrame) -> Any: ...
+
+
+@runtime_checkable
+class FolderSource(Protocol):
+    """`ingest.source` may be a folder of files (images, documents)."""
+
+    def load_folder(self, folder: Path, params: Params) -> pd.DataFrame: ...
+
+
+@runtime_checkable
+class Pretraining(Protocol):
+    """`loopline pretrain`: self-supervised pretraining on the snapshot's rows, whose
+    result the task fine-tunes from (its own params section says where it is)."""
+
+    def pretrain(
+        self, rows: pd.DataFrame, params: Params, folder: Path, on_epoch: Any
+    ) -> PretrainResult: ...
+
+
+@dataclass
+class PretrainResult:
+    """What `Pretraining.pretrain` made: a file to fine-tune from, its metrics, and the
+    params override that points the task at it."""
+
+    path: Path
+    metrics: dict[str, float]
+    override: str
+
+
+@runtime_checkable
+class Explaining(Protocol):
+    """`loopline explain FILE` and the service's explanations: why the model answered."""
+
+    def explain_file(
+        self, data: bytes, session: Any, spec: FeatureSpec, params: Params
+    ) -> Explanation: ...
+
+
+@dataclass
+class Explanation:
+    answer: dict[str, Any]
+    picture: bytes | None = None  # a PNG a person opens
+    values: Any = None  # the same as numbers
+
+
+def abilities(task: Task) -> list[str]:
+    """The optional abilities `task` has, by name (for messages and `/metadata`)."""
+    kinds = (HumanLabels, FolderSource, Pretraining, Explaining)
+    return [kind.__name__ for kind in kinds if isinstance(task, kind)]
+
+
+REQUIRED = ("name", "schema", "key_columns", "target_column", "Hyperparameters")
+
+
+def contract_problems(cls: type) -> list[str]:
+    """What `cls` misses of the contract (empty when it is complete)."""
+    problems = []
+    if not (isinstance(cls, type) and issubclass(cls, Task)):
+        return [f"{cls!r} is not a subclass of loopline.tasks.base.Task"]
+    problems += [f"class attribute {a!r} is not set" for a in REQUIRED if not hasattr(cls, a)]
+    for method in ("rules", "new_feature_spec", "examples", "build_model", "evaluate"):
+        if getattr(cls, method) is getattr(Task, method):
+            problems.append(f"method {method}() is not implemented")
+    if cls.default_space is Task.default_space:
+        problems.append("method default_space() is not implemented")
+    hp = getattr(cls, "Hyperparameters", None)
+    if hp is not None and not (isinstance(hp, type) and issubclass(hp, Hyperparameters)):
+        problems.append("Hyperparameters must subclass loopline.tasks.base.Hyperparameters")
+    options = getattr(cls, "Options", NoOptions)
+    if not (isinstance(options, type) and issubclass(options, FeatureOptions)):
+        problems.append("Options must subclass loopline.tasks.base.FeatureOptions")
+    params = getattr(cls, "Settings", NoParams)
+    if not (isinstance(params, type) and issubclass(params, Section)):
+        problems.append("Settings must subclass loopline.config.Section")
+    return problems
+
+
+__all__ = [
+    "Explaining",
+    "Explanation",
+    "FeatureOptions",
+    "FolderSource",
+    "HumanLabels",
+    "Hyperparameters",
+    "NoOptions",
+    "NoParams",
+    "PretrainResult",
+    "Pretraining",
+    "Task",
+    "abilities",
+    "contract_problems",
+]
