@@ -46,7 +46,6 @@ def plain_pipeline(root: Path, overrides: list[str]) -> dict:
     from loopline.labeling import make_windows
     from loopline.paths import ProjectPaths
     from loopline.split import evaluation_history, split_and_fit, test_view, without_test
-    from loopline.tasks import get_task
     from loopline.train import plot_learning_curves, train_model
     from loopline.tune import tune_model
     from loopline.validate import check_bad_fraction, validate_rows

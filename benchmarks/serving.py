@@ -81,7 +81,6 @@ def publish_model(root: Path):
     from loopline.features import fit_normalization
     from loopline.labeling import make_windows
     from loopline.paths import ProjectPaths
-    from loopline.tasks import get_task
     from loopline.tasks.solar.model import Predictor
 
     paths = ProjectPaths.at(root)
@@ -122,7 +121,6 @@ def publish_model(root: Path):
 def site_readings(root: Path) -> list[dict[str, Any]]:
     """The site's raw builtin rows as JSON-ready reading dicts (with site_id), in time order."""
     from loopline.config import load_params
-    from loopline.tasks import get_task
 
     params = load_params(root / "params.yaml")
     raw = params.plugin.load_builtin(params)
@@ -655,7 +653,6 @@ def main() -> None:
         readings_columns,
         window_inputs,
     )
-    from loopline.tasks import get_task
 
     print(f"publishing a seeded GRU (hidden {HIDDEN}, window {WINDOW}) into {root} ...")
     module = publish_model(root)

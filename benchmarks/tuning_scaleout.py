@@ -31,7 +31,6 @@ def training_rows(params):
     from loopline.features import build_features
     from loopline.ingest import read_source
     from loopline.split import split_and_fit, without_test
-    from loopline.tasks import get_task
 
     task = params.plugin
     raw = read_source(params, task, REPO)
@@ -48,7 +47,6 @@ def _one_trial(job: tuple[str, str, list[str], dict]) -> float:
 
     from loopline.config import load_params
     from loopline.features import FeatureSpec
-    from loopline.tasks import get_task
     from loopline.tune import tune_model
 
     torch.set_num_threads(1)
@@ -123,7 +121,6 @@ def main() -> None:
 
     from loopline.config import load_params
     from loopline.paths import ProjectPaths
-    from loopline.tasks import get_task
     from loopline.tune import tune_model
     from pipelines.tuning import tune_on_dask
 

@@ -38,7 +38,6 @@ from loopline.lineage import git_commit
 from loopline.notify import notify, run_summary
 from loopline.paths import ProjectPaths
 from loopline.split import split_and_fit, training_view
-from loopline.tasks import get_task
 from loopline.tracking import RunTracker, lineage_tags, scratch_dir
 from loopline.train import TrainResult, plot_learning_curves, save_checkpoint, train_model
 from loopline.transfer import SourceModel, load_source
@@ -479,7 +478,11 @@ def _offline(paths: ProjectPaths, params: Params) -> dict[str, Any] | Completed:
             params.experiment_name,
             paths.local_artifact_root(),
             run_name=f"offline-{batch_id}",
-            tags={"loopline.task": params.task_name, FLOW_RUN_TAG: flow_run_id, BATCH_TAG: batch_id},
+            tags={
+                "loopline.task": params.task_name,
+                FLOW_RUN_TAG: flow_run_id,
+                BATCH_TAG: batch_id,
+            },
         )
     scratch = scratch_dir(paths.runs, tracker.run_id)
     tracker.log_params(params.to_dict())

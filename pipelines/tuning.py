@@ -18,7 +18,6 @@ from prefect.cache_policies import NO_CACHE
 from loopline.config import Params, TuneParallel
 from loopline.features import FeatureSpec
 from loopline.paths import ProjectPaths
-from loopline.tasks import get_task
 from loopline.transfer import SourceModel, reopen
 from loopline.tune import (
     TuneResult,

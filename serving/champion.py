@@ -30,7 +30,6 @@ from loopline.online import (
 )
 from loopline.paths import ProjectPaths, find_project_root
 from loopline.predlog import PredictionLog, PredictionRecord
-from loopline.tasks import get_task
 
 log = logging.getLogger("loopline.serving")
 

@@ -330,7 +330,6 @@ def _replay_rows(paths, source: str | None, warmup: int, limit: int | None):
     from loopline.config import load_params
     from loopline.ingest import read_source
     from loopline.split import chronological_split
-    from loopline.tasks import get_task
 
     overrides = [f"ingest.source={source}"] if source else []
     params = load_params(paths.params_file, overrides)
@@ -602,7 +601,6 @@ def label_export(
     """Write the next batch to label: a CSV (fill in `label`) and Label Studio tasks."""
     from loopline.config import load_params
     from loopline.human_labels import export_batch, label_studio_config
-    from loopline.tasks import get_task
 
     paths = _paths(project)
     overrides = [f"labeling.{k}={v}" for k, v in {"strategy": strategy}.items() if v]
@@ -640,7 +638,6 @@ def label_import(
     from loopline import datastore
     from loopline.config import load_params
     from loopline.human_labels import LabelStore, import_answers, known_texts
-    from loopline.tasks import get_task
 
     paths = _paths(project)
     try:
