@@ -285,7 +285,8 @@ def schedule(
 
         deployment_id = deploy_to_pool(params, paths, pool, overrides)
         console.print(
-            f"[bold]Deployed[/] offline-{params.task_name} ({deployment_id}) to work pool {pool!r}: "
+            f"[bold]Deployed[/] offline-{params.task_name} ({deployment_id}) "
+            f"to work pool {pool!r}: "
             f"cron {params.schedule.cron!r} in {params.schedule.timezone}, one run at a time. "
             f"Start a worker: prefect worker start --pool {pool}"
         )
