@@ -229,21 +229,17 @@ class Evaluation:
         return [f"{name:18s} {scores.headline()}" for name, scores in self.scores.items()]
 
 
-def incomparable_specs(candidate, champion) -> str | None:
-    """Why a champion's forecasts cannot be scored against the candidate's, or None."""
+def incomparable_specs(candidate, champion, task=None) -> str | None:
+    """Why a champion's outputs cannot be scored against the candidate's, or None (the
+    task may know more reasons: `Task.incomparable`)."""
     for name in ("task", "target_column", "horizon", "freq", "group_column", "time_column"):
         mine, theirs = getattr(candidate, name), getattr(champion, name)
         if mine != theirs:
             return f"its {name} is {theirs!r}, the candidate's {mine!r}"
     # A classifier's outputs are positions in its label set: another set, other meanings.
-    # An image model reads images of one size and channel count: the test rows hold
-    # the candidate's.
-    for name in ("labels", "image_size", "channels"):
-        mine, theirs = candidate.options.get(name), champion.options.get(name)
-        if mine != theirs:
-            verb = "are" if name == "labels" else "is"
-            return f"its {name} {verb} {theirs!r}, the candidate's {mine!r}"
-    return None
+    if candidate.labels != champion.labels:
+        return f"its labels are {champion.labels!r}, the candidate's {candidate.labels!r}"
+    return task.incomparable(candidate, champion) if task is not None else None
 
 
 def _torch_forecasts(task, test_frame, spec, model):
@@ -274,7 +270,7 @@ def evaluate_candidate(task, test_frame, spec, model, params, champion=None) -> 
 
     keys, predicted, truth = _torch_forecasts(task, test_frame, spec, model)
     forecasts = {"model": predicted}
-    incomparable = incomparable_specs(spec, champion[1]) if champion is not None else None
+    incomparable = incomparable_specs(spec, champion[1], task) if champion is not None else None
     if champion is not None and incomparable is None:
         try:
             champion_keys, champion_values = onnx_forecasts(
@@ -338,7 +334,7 @@ def evaluate_classifier(
     incomparable = None
     if champion is not None:
         session, champion_spec = champion
-        incomparable = incomparable_specs(spec, champion_spec)
+        incomparable = incomparable_specs(spec, champion_spec, params.plugin)
         if incomparable is None:
             probabilities = {
                 **probabilities,

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from loopline.tasks.base import FeatureOptions, NoOptions
+
 
 @dataclass(frozen=True)
 class FeatureSpec:
@@ -27,13 +29,16 @@ class FeatureSpec:
     freq: str
     group_column: str
     time_column: str
-    # Task-specific settings (for solar: lags, clear-sky leads, site locations, PV system).
-    options: dict[str, Any] = field(default_factory=dict)
+    # The task's own typed settings (its `Options`): what its features need beyond these
+    # fields, saved with the model.
+    options: FeatureOptions = field(default_factory=NoOptions)
     window: int = 0
     mean: dict[str, float] = field(default_factory=dict)
     std: dict[str, float] = field(default_factory=dict)
     target_mean: float = 0.0
     target_std: float = 1.0
+    # A classifier's classes, in output order (None: the model predicts values).
+    labels: list[str] | None = None
 
     @property
     def is_fitted(self) -> bool:
@@ -46,8 +51,18 @@ class FeatureSpec:
         return json.dumps(asdict(self), sort_keys=True, indent=1)
 
     @classmethod
-    def from_json(cls, text: str) -> FeatureSpec:
-        return cls(**json.loads(text))
+    def from_json(cls, text: str, task: Any = None) -> FeatureSpec:
+        """The spec saved as `text`; its options are typed by `task` (default: the task the
+        spec names, which must be loaded in this process or be a built-in)."""
+        from loopline.tasks import task_named
+
+        data = json.loads(text)
+        options = dict(data.pop("options", None) or {})
+        if "labels" in options and data.get("labels") is None:
+            data["labels"] = options.pop("labels")  # saved before labels were a field
+        options.pop("labels", None)
+        plugin = task if task is not None else task_named(data["task"])
+        return cls(**data, options=plugin.Options.from_dict(options))
 
 
 def fit_normalization(spec: FeatureSpec, train_frame: pd.DataFrame) -> FeatureSpec:

@@ -94,7 +94,7 @@ class LoadedModel:
 
     @property
     def lags(self) -> int:
-        return max(self.spec.options.get("lags") or [0])
+        return max(getattr(self.spec.options, "lags", None) or [0])
 
     @property
     def required_readings(self) -> int:
@@ -327,7 +327,7 @@ def window_inputs(task, spec: FeatureSpec, windows: list[Window], window: int) -
     Each window becomes its own group (`<site>#<i>`) located where its site is, so lags
     never reach into another window, and the task's `add_features` runs once for the batch.
     """
-    sites = spec.options.get("sites", {})
+    sites = spec.options.sites
     located = {}
     for i, item in enumerate(windows):
         if item.site_id not in sites:
@@ -337,7 +337,7 @@ def window_inputs(task, spec: FeatureSpec, windows: list[Window], window: int) -
     # One frame for the whole batch, built from concatenated columns.
     columns = {c: np.concatenate([w.rows[c] for w in windows]) for c in windows[0].rows}
     columns[spec.group_column] = np.repeat(list(located), n_rows)
-    batch_spec = replace(spec, options={**spec.options, "sites": located})
+    batch_spec = replace(spec, options=replace(spec.options, sites=located))
     features = task.add_features(pd.DataFrame(columns), batch_spec)
     x = normalize(features, spec)
     # add_features sorts by (group, time); groups sort as strings, so index them by key.

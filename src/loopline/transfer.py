@@ -222,7 +222,7 @@ class SourceModel:
 
     @property
     def labels(self) -> list[str] | None:
-        return self.spec.options.get("labels")
+        return self.spec.labels
 
 
 def read_checkpoint(path: Path, reference: str, resolved: str) -> SourceModel:
@@ -367,7 +367,7 @@ def start_from(model: nn.Module, source: SourceModel, spec: FeatureSpec) -> Star
     layer_groups(model)  # every parameter in a group: none is left uncopied unnoticed
     groups = model.layer_groups()
     head = groups[0][0]
-    new_labels = spec.options.get("labels")
+    new_labels = spec.labels
     reason = ""
     if new_labels is not None and source.labels is not None and source.labels != new_labels:
         reason = f"labels {source.labels} → {new_labels}"
@@ -414,10 +414,10 @@ def inherit_spec(spec: FeatureSpec, source: SourceModel, keys: tuple[str, ...]) 
     """`spec` reading inputs the way the source model learned to: each of `keys` (a spec
     field such as `mean`, or an option such as `vocabulary`) is the source's, not the one
     fitted on this data: the copied weights expect those inputs."""
-    fields, options = {}, dict(spec.options)
+    fields, options = {}, {}
     for key in keys:
         if key != "options" and hasattr(spec, key):
             fields[key] = getattr(source.spec, key)
-        elif key in source.spec.options:
-            options[key] = source.spec.options[key]
-    return replace(spec, options=options, **fields)
+        elif hasattr(source.spec.options, key):
+            options[key] = getattr(source.spec.options, key)
+    return replace(spec, options=replace(spec.options, **options), **fields)

@@ -45,7 +45,7 @@ def test_forecasts_are_physical(trained):
     out = predict(model, val.x)
     assert out.shape == (len(val), spec.horizon)
     assert (out >= 0).all()
-    assert out.max() < spec.options["system"]["pdc0_w"] * 1.2
+    assert out.max() < spec.options.system["pdc0_w"] * 1.2
 
 
 def test_a_forecast_does_not_depend_on_its_batch(trained):

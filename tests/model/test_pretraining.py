@@ -15,6 +15,7 @@ import torch
 from loopline.config import TrainParams
 from loopline.features import FeatureSpec
 from loopline.labeling import Examples
+from loopline.tasks.base import Hyperparameters
 from loopline.tasks.reviews.model import TextClassifier
 from loopline.tasks.reviews.pretrain import (
     IGNORE,
@@ -189,7 +190,7 @@ def _fine_tune(pretrained, vocab, mode: str, epochs: int, on_epoch=None):
     model = load_pretrained(TextClassifier(len(vocab), **HPARAMS), pretrained.encoder_state)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     params = TrainParams(max_epochs=epochs, patience=epochs, threads=1)
-    hparams = {"learning_rate": 1e-2, "batch_size": 32}
+    hparams = Hyperparameters(learning_rate=1e-2, batch_size=32)
     result = fit(
         model,
         toy_reviews(200, 4, vocab),
@@ -232,7 +233,7 @@ def test_gradual_unfreeze_thaws_one_layer_per_epoch_from_the_top(pretrained, voc
         toy_reviews(200, 4, vocab),
         toy_reviews(60, 5, vocab),
         SPEC,
-        {"learning_rate": 1e-2, "batch_size": 32},
+        Hyperparameters(learning_rate=1e-2, batch_size=32),
         TrainParams(max_epochs=5, patience=5, threads=1),
         seed=0,
         on_epoch=record,

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from loopline.config import Params, TrainParams
+from loopline.config import TrainParams, parse_params
 from loopline.labeling import Examples
 from loopline.tasks.digits.model import ImageClassifier
-from loopline.tasks.digits.task import DigitsTask
+from loopline.tasks.digits.task import DigitsHyperparameters, DigitsTask
 from loopline.train import fit, initial_model, save_checkpoint
 from loopline.transfer import (
     Freeze,
@@ -36,8 +36,8 @@ HPARAMS = {
 
 def _spec(labels: list[str]):
     task = DigitsTask()
-    spec = task.new_feature_spec(Params())
-    return replace(spec, options={**spec.options, "labels": labels, "augment": {}})
+    spec = task.new_feature_spec(parse_params({"task": "digits"}))
+    return replace(spec, labels=labels, options=replace(spec.options, augment={}))
 
 
 def _source(tmp_path, labels: list[str], hparams=HPARAMS):
@@ -67,7 +67,7 @@ def test_groups_cover_every_parameter_top_first():
 
 def test_a_new_label_set_gets_a_fresh_head_and_the_features_are_copied(tmp_path):
     source_model, source = _source(tmp_path, [str(d) for d in range(5)])
-    params = Params.model_validate({"task": "digits", "seed": 3})
+    params = parse_params({"task": "digits", "seed": 3})
     start = initial_model(DigitsTask(), _spec(["5", "6", "7", "8", "9"]), HPARAMS, params, source)
     assert start.started.copied == ["features.1", "features.0"]
     assert start.started.fresh == ["head"] and "labels" in start.started.reason
@@ -90,11 +90,11 @@ def test_the_same_label_set_keeps_the_head_too(tmp_path):
 
 def test_the_source_shape_wins_over_the_tuned_one(tmp_path):
     _, source = _source(tmp_path, ["0", "1"])
-    params = Params.model_validate({"task": "digits"})
+    params = parse_params({"task": "digits"})
     tuned = {**HPARAMS, "channels": 32, "learning_rate": 5e-3}  # a search proposing 32
     start = initial_model(DigitsTask(), _spec(["0", "1"]), tuned, params, source)
-    assert start.hparams["channels"] == 4  # the copied weights' shape
-    assert start.hparams["learning_rate"] == 5e-3  # training knobs stay tuned
+    assert start.hparams.channels == 4  # the copied weights' shape
+    assert start.hparams.learning_rate == 5e-3  # training knobs stay tuned
 
 
 def test_a_shape_mismatch_names_the_layer(tmp_path):
@@ -109,7 +109,9 @@ def test_another_tasks_model_is_refused(tmp_path):
     _, source = _source(tmp_path, ["0", "1"])
     source = replace(source, spec=replace(source.spec, task="solar"))
     with pytest.raises(ValueError, match="is a solar model; this run's task is digits"):
-        initial_model(DigitsTask(), _spec(["0", "1"]), HPARAMS, Params(), source)
+        initial_model(
+            DigitsTask(), _spec(["0", "1"]), HPARAMS, parse_params({"task": "digits"}), source
+        )
 
 
 def test_freeze_keeps_named_groups_and_their_batch_norm_statistics(tmp_path):
@@ -122,7 +124,7 @@ def test_freeze_keeps_named_groups_and_their_batch_norm_statistics(tmp_path):
         _examples(96, 3, 0),
         _examples(32, 3, 1),
         _spec(["0", "1", "2"]),
-        HPARAMS,
+        DigitsHyperparameters.from_dict(HPARAMS),
         TrainParams(max_epochs=2, patience=5),
         seed=0,
         fine_tuning=make_strategy("freeze", freeze=["features.0"]),
@@ -189,8 +191,8 @@ def test_tuning_from_a_source_searches_only_the_training_knobs(tmp_path):
     from loopline.tune import search_for
 
     _, source = _source(tmp_path, ["0", "1"])
-    tune = Params.model_validate({"task": "digits"}).tune
-    space = search_for(tune, "digits", source).search_space
+    tune = parse_params({"task": "digits"}).tune
+    space = search_for(tune, DigitsTask(), source).search_space
     assert space["channels"].choices == [4] and space["hidden_size"].choices == [16]
     assert space["learning_rate"] == tune.search_space["learning_rate"]
     assert search_for(tune, "digits", None) is tune
@@ -198,7 +200,7 @@ def test_tuning_from_a_source_searches_only_the_training_knobs(tmp_path):
 
 def test_freezing_a_fresh_head_is_refused(tmp_path):
     _, source = _source(tmp_path, ["0", "1"])
-    params = Params.model_validate(
+    params = parse_params(
         {"task": "digits", "train": {"transfer": {"mode": "freeze", "freeze": ["head"]}}}
     )
     with pytest.raises(ValueError, match=r"freeze holds \['head'\], which start fresh"):

@@ -8,6 +8,7 @@ import torch
 
 from loopline.config import TrainParams
 from loopline.labeling import Examples
+from loopline.tasks.base import Hyperparameters
 from loopline.tasks.digits.augment import ImageAugment
 from loopline.tasks.digits.model import ImageClassifier
 from loopline.train import fit
@@ -54,7 +55,7 @@ def test_fit_augments_training_batches_only():
     y = rng.integers(0, 10, 40)
     train = Examples(x[:32], y[:32], pd.DataFrame())
     val = Examples(x[32:], y[32:], pd.DataFrame())
-    hparams = {"learning_rate": 1e-3, "batch_size": 16}
+    hparams = Hyperparameters(learning_rate=1e-3, batch_size=16)
     model = ImageClassifier(10, 8, channels=4, hidden_size=8)
     fit(model, train, val, None, hparams, TrainParams(max_epochs=2), 0, augment=augment)
     assert seen == [16, 16, 16, 16]  # 2 epochs × 2 training batches; validation never

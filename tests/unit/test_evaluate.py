@@ -78,11 +78,15 @@ def test_a_champion_with_another_label_set_is_not_scored_against_the_candidate()
 
     from loopline.evaluate import incomparable_specs
     from loopline.features import FeatureSpec
+    from loopline.tasks.digits import DigitsTask
+    from loopline.tasks.digits.task import DigitsOptions
 
-    old = FeatureSpec("digits", ["px"], "label", 10, "", "id", "", options={"labels": ["0", "1"]})
-    new = replace(old, options={"labels": ["5", "6"]})
+    grey8 = DigitsOptions(image_size=8, channels=1, max_pixel=16.0, augment={})
+    old = FeatureSpec("digits", ["px"], "label", 10, "", "id", "", labels=["0", "1"])
+    new = replace(old, labels=["5", "6"])
     assert incomparable_specs(new, old) == "its labels are ['0', '1'], the candidate's ['5', '6']"
-    rgb = replace(old, options={"labels": ["0", "1"], "image_size": 8, "channels": 3})
-    grey = replace(rgb, options={**rgb.options, "channels": 1})
-    assert incomparable_specs(rgb, grey) == "its channels is 1, the candidate's 3"
-    assert incomparable_specs(old, replace(old, options={"labels": ["0", "1"]})) is None
+    grey = replace(old, options=grey8)
+    rgb = replace(old, options=replace(grey8, channels=3))
+    task = DigitsTask()
+    assert incomparable_specs(rgb, grey, task) == "its channels is 1, the candidate's 3"
+    assert incomparable_specs(grey, replace(grey, labels=["0", "1"]), task) is None

@@ -3,12 +3,14 @@ import pandas as pd
 import pytest
 import torch
 
-from loopline.config import TrainParams, TuneParams, parse_params
+from loopline.config import TrainParams, parse_params
 from loopline.errors import ParityError
 from loopline.export import check_parity, export_onnx, onnx_session, run_onnx
 from loopline.features import FeatureSpec
 from loopline.labeling import Examples
+from loopline.tasks.solar import SolarTask
 from loopline.tasks.solar.model import Forecaster, Predictor
+from loopline.tasks.solar.task import SolarHyperparameters
 from loopline.train import fit, plot_learning_curves, seed_everything
 from loopline.tune import grid_values, run_study
 
@@ -49,7 +51,7 @@ def train_once(seed=0, epochs=5, patience=2, checkpoint=None, on_epoch=None):
         toy_examples(64, 1),
         toy_examples(32, 2),
         SPEC,
-        HP,
+        SolarHyperparameters.from_dict(HP),
         TrainParams(max_epochs=epochs, patience=patience),
         seed=seed,
         checkpoint=checkpoint,
@@ -103,7 +105,7 @@ def test_early_stopping_records_the_overfitting_onset():
         train,
         opposite,
         SPEC,
-        {**HP, "learning_rate": 0.05},
+        SolarHyperparameters.from_dict({**HP, "learning_rate": 0.05}),
         TrainParams(max_epochs=50, patience=2),
         seed=0,
     )
@@ -120,7 +122,7 @@ def test_learning_curve_plot_is_a_png(tmp_path):
 
 
 def test_grid_values_spread_ranges():
-    space = TuneParams().search_space
+    space = SolarTask().default_space()
     assert grid_values(space["cell"], 3) == ["lstm", "gru"]
     lr = grid_values(space["learning_rate"], 3)
     assert lr[0] == pytest.approx(1e-3) and lr[-1] == pytest.approx(1e-2)

@@ -25,7 +25,7 @@ from loopline.evaluate import evaluate_classifier
 from loopline.features import FeatureSpec
 from loopline.labeling import Examples
 from loopline.split import labeled_set
-from loopline.tasks.base import Hyperparameters, Task
+from loopline.tasks.base import FeatureOptions, Hyperparameters, Task
 from loopline.tasks.digits.images import FORMATS, pixel_columns, to_array
 from loopline.validate import Rule
 
@@ -35,8 +35,8 @@ BUILTIN_SIZE = 8
 
 def images(frame: pd.DataFrame, spec: FeatureSpec) -> np.ndarray:
     """Rows as model-ready images: float32 (N, channels, size, size) scaled to 0..1."""
-    size, channels = int(spec.options["image_size"]), int(spec.options["channels"])
-    values = frame[spec.feature_columns].to_numpy(dtype=np.float32) / spec.options["max_pixel"]
+    size, channels = spec.options.image_size, spec.options.channels
+    values = frame[spec.feature_columns].to_numpy(dtype=np.float32) / spec.options.max_pixel
     # Columns run row by row, then column, then channel (see `images.pixel_columns`).
     return np.ascontiguousarray(
         values.reshape(len(frame), size, size, channels).transpose(0, 3, 1, 2)
@@ -45,7 +45,7 @@ def images(frame: pd.DataFrame, spec: FeatureSpec) -> np.ndarray:
 
 def class_ids(values: pd.Series, spec: FeatureSpec, target_set: str) -> np.ndarray:
     """Digit labels as the model's class ids (positions in the spec's label set)."""
-    labels = spec.options["labels"]
+    labels = spec.labels
     index = {label: i for i, label in enumerate(labels)}
     names = [str(int(v)) for v in values]
     unknown = sorted(set(names) - set(index))
@@ -59,7 +59,7 @@ def class_ids(values: pd.Series, spec: FeatureSpec, target_set: str) -> np.ndarr
 
 def _scaled_as(champion: FeatureSpec, candidate: FeatureSpec) -> FeatureSpec:
     return replace(
-        champion, options={**champion.options, "max_pixel": candidate.options["max_pixel"]}
+        champion, options=replace(champion.options, max_pixel=candidate.options.max_pixel)
     )
 
 
@@ -92,6 +92,17 @@ class DigitsParams(Section):
     saliency_patch: Positive = 2
 
 
+@dataclass(frozen=True)
+class DigitsOptions(FeatureOptions):
+    """How pixel columns become images, saved with the model: the square size, the
+    channel count, the source's white value, and the training augmentation."""
+
+    image_size: int
+    channels: int
+    max_pixel: float
+    augment: dict[str, float]
+
+
 @dataclass(frozen=True, kw_only=True)
 class DigitsHyperparameters(Hyperparameters):
     """The CNN's width (filters of the first block), its head and its regularisation."""
@@ -104,6 +115,7 @@ class DigitsHyperparameters(Hyperparameters):
 class DigitsTask(Task):
     Settings: ClassVar[type[Section]] = DigitsParams
     Hyperparameters: ClassVar[type[Hyperparameters]] = DigitsHyperparameters
+    Options: ClassVar[type[FeatureOptions]] = DigitsOptions
     architecture: ClassVar[tuple[str, ...]] = ("channels", "hidden_size")
     name: ClassVar[str] = "digits"
     schema: ClassVar[dict[str, str]] = {
@@ -187,13 +199,13 @@ class DigitsTask(Task):
             freq="",
             group_column="id",
             time_column="",
-            options={
-                "image_size": size,
-                "channels": channels,
-                "max_pixel": params.digits.max_pixel,
-                "labels": list(CLASSES),
-                "augment": params.digits.augment.model_dump(),
-            },
+            labels=list(CLASSES),
+            options=DigitsOptions(
+                image_size=size,
+                channels=channels,
+                max_pixel=params.digits.max_pixel,
+                augment=params.digits.augment.model_dump(),
+            ),
         )
 
     def add_features(self, frame: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
@@ -209,7 +221,7 @@ class DigitsTask(Task):
         if not len(values):
             raise ValueError("the training split holds no labeled image")
         labels = [str(int(v)) for v in sorted(values)]
-        return replace(spec, options={**spec.options, "labels": labels})
+        return replace(spec, labels=labels)
 
     def configure(self, spec: FeatureSpec, hparams: DigitsHyperparameters) -> FeatureSpec:
         return spec
@@ -221,7 +233,7 @@ class DigitsTask(Task):
         """Shifts, rotations, noise and contrast on training images (`digits.augment`)."""
         from loopline.tasks.digits.augment import ImageAugment
 
-        augment = ImageAugment(**spec.options.get("augment", {}))
+        augment = ImageAugment(**spec.options.augment)
         return augment if augment.active else None
 
     def examples(self, frame: pd.DataFrame, spec: FeatureSpec, target_set: str) -> Examples:
@@ -236,13 +248,22 @@ class DigitsTask(Task):
         from loopline.tasks.digits.model import ImageClassifier
 
         return ImageClassifier(
-            n_classes=len(spec.options["labels"]),
-            image_size=int(spec.options["image_size"]),
-            in_channels=int(spec.options["channels"]),
+            n_classes=len(spec.labels),
+            image_size=spec.options.image_size,
+            in_channels=spec.options.channels,
             channels=hparams.channels,
             hidden_size=hparams.hidden_size,
             dropout=hparams.dropout,
         )
+
+    def incomparable(self, candidate: FeatureSpec, champion: FeatureSpec) -> str | None:
+        """An image model reads images of one size and channel count: the test rows hold
+        the candidate's."""
+        for name in ("image_size", "channels"):
+            mine, theirs = getattr(candidate.options, name), getattr(champion.options, name)
+            if mine != theirs:
+                return f"its {name} is {theirs!r}, the candidate's {mine!r}"
+        return None
 
     def evaluate(self, frame, spec: FeatureSpec, model, params: Params, champion=None):
         """The CNN, a logistic regression on raw pixels (trained here on the same training
@@ -259,7 +280,7 @@ class DigitsTask(Task):
             raise ValueError("the test split holds no labeled image: nothing to evaluate on")
         flat = LogisticRegression(max_iter=2000, random_state=params.seed)
         flat.fit(train.x.reshape(len(train), -1), train.y)
-        baseline = np.zeros((len(test), len(spec.options["labels"])))
+        baseline = np.zeros((len(test), len(spec.labels)))
         baseline[:, flat.classes_] = flat.predict_proba(test.x.reshape(len(test), -1))
         return evaluate_classifier(
             test.y,
@@ -282,7 +303,7 @@ class DigitsTask(Task):
 
         test = self.examples(frame, spec, "test")
         predicted = predict(model, test.x).argmax(axis=1)
-        labels = spec.options["labels"]
+        labels = spec.labels
         matrix = confusion_matrix(test.y, predicted, labels=range(len(labels)))
         fig, ax = new_figure((6, 5.5))
         ax.imshow(matrix, cmap="Blues")
@@ -341,4 +362,4 @@ def image_from_bytes(data: bytes, spec: FeatureSpec, max_side: int, ink: str) ->
             f"image has {bands} channel(s) ({image.mode}); send grey (1 channel) or RGB (3)"
         )
     # Grey and RGB uploads both work: each is converted to the channels the model reads.
-    return to_array(image, int(spec.options["image_size"]), int(spec.options["channels"]), ink)
+    return to_array(image, spec.options.image_size, spec.options.channels, ink)

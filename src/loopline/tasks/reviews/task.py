@@ -28,7 +28,7 @@ from loopline.evaluate import evaluate_classifier
 from loopline.features import FeatureSpec
 from loopline.labeling import Examples
 from loopline.split import labeled_set
-from loopline.tasks.base import Hyperparameters, Task
+from loopline.tasks.base import FeatureOptions, Hyperparameters, Task
 from loopline.tasks.reviews.text import Vocabulary, tokenize
 from loopline.validate import Rule
 
@@ -37,15 +37,15 @@ LABELS = ("negative", "positive")  # class 0, class 1
 
 def vocabulary(spec: FeatureSpec) -> Vocabulary:
     """The spec's fitted vocabulary (raises when the spec was never fitted)."""
-    if "vocabulary" not in spec.options:
+    if spec.options.vocabulary is None:
         raise ValueError("the feature spec has no vocabulary: fit it on a training split first")
-    return Vocabulary.from_json(spec.options["vocabulary"])
+    return Vocabulary.from_json(spec.options.vocabulary)
 
 
 def encode(texts: list[str], spec: FeatureSpec, vocab: Vocabulary | None = None) -> np.ndarray:
     """Token ids (rows padded with 0) of `texts`, as the model reads them."""
     vocab = vocab or vocabulary(spec)
-    return vocab.encode(texts, int(spec.options["max_length"]))[0]
+    return vocab.encode(texts, spec.options.max_length)[0]
 
 
 class ReviewsParams(Section):
@@ -70,6 +70,22 @@ class ReviewsParams(Section):
     pretrain_mask_rate: Annotated[float, Field(gt=0, lt=1)] = 0.15
 
 
+@dataclass(frozen=True)
+class ReviewsOptions(FeatureOptions):
+    """How texts become tokens, saved with the model: the text column, the token limits,
+    the vocabulary fitted on the training split (JSON), and the pretrained encoder."""
+
+    text_column: str
+    key_column: str
+    max_length: int
+    max_repeat: int
+    min_count: int
+    max_vocab: int
+    pretrained_encoder: str | None = None
+    fine_tuning: str = "none"
+    vocabulary: str | None = None  # fitted on the training split only
+
+
 @dataclass(frozen=True, kw_only=True)
 class ReviewsHyperparameters(Hyperparameters):
     """The text classifier's encoder shape, its n-gram bag and its regularisation."""
@@ -85,6 +101,7 @@ class ReviewsHyperparameters(Hyperparameters):
 class ReviewsTask(Task):
     Settings: ClassVar[type[Section]] = ReviewsParams
     Hyperparameters: ClassVar[type[Hyperparameters]] = ReviewsHyperparameters
+    Options: ClassVar[type[FeatureOptions]] = ReviewsOptions
     architecture: ClassVar[tuple[str, ...]] = (
         "embed_size",
         "hidden_size",
@@ -153,17 +170,17 @@ class ReviewsTask(Task):
             freq="",
             group_column="movie_id",
             time_column="",
-            options={
-                "text_column": self.text_column,
-                "key_column": "id",
-                "max_length": section.max_length,
-                "max_repeat": section.max_repeat,
-                "min_count": section.min_count,
-                "max_vocab": section.max_vocab,
-                "labels": list(LABELS),
-                "pretrained_encoder": section.pretrained_encoder,
-                "fine_tuning": section.fine_tuning,
-            },
+            labels=list(LABELS),
+            options=ReviewsOptions(
+                text_column=self.text_column,
+                key_column="id",
+                max_length=section.max_length,
+                max_repeat=section.max_repeat,
+                min_count=section.min_count,
+                max_vocab=section.max_vocab,
+                pretrained_encoder=section.pretrained_encoder,
+                fine_tuning=section.fine_tuning,
+            ),
         )
 
     def add_features(self, frame: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
@@ -181,7 +198,7 @@ class ReviewsTask(Task):
         from loopline.human_labels import merge_human_labels
 
         return merge_human_labels(
-            frame, human, "id", spec.target_column, spec.options["text_column"], "movie_id"
+            frame, human, "id", spec.target_column, spec.options.text_column, "movie_id"
         )
 
     def unlabeled_pool(self, rows: pd.DataFrame) -> pd.DataFrame:
@@ -209,25 +226,25 @@ class ReviewsTask(Task):
         """The syllable vocabulary of the training split only (or, fine-tuning, the one the
         pretrained encoder learned its embeddings for)."""
         options = spec.options
-        if options.get("pretrained_encoder"):
+        if options.pretrained_encoder:
             from loopline.tasks.reviews.pretrain import load_encoder
 
-            vocab = load_encoder(Path(options["pretrained_encoder"]))[1]
-            return replace(spec, options={**options, "vocabulary": vocab.to_json()})
+            vocab = load_encoder(Path(options.pretrained_encoder))[1]
+            return replace(spec, options=replace(options, vocabulary=vocab.to_json()))
         vocab = Vocabulary.build(
-            train_rows[options["text_column"]].astype(str),
-            min_count=options["min_count"],
-            max_size=options["max_vocab"],
-            max_repeat=options["max_repeat"],
+            train_rows[options.text_column].astype(str),
+            min_count=options.min_count,
+            max_size=options.max_vocab,
+            max_repeat=options.max_repeat,
         )
-        return replace(spec, options={**options, "vocabulary": vocab.to_json()})
+        return replace(spec, options=replace(options, vocabulary=vocab.to_json()))
 
     def configure(self, spec: FeatureSpec, hparams: ReviewsHyperparameters) -> FeatureSpec:
         return spec
 
     def examples(self, frame: pd.DataFrame, spec: FeatureSpec, target_set: str) -> Examples:
         rows = labeled_set(frame, target_set, spec.target_column)
-        texts = rows[spec.options["text_column"]].astype(str).tolist()
+        texts = rows[spec.options.text_column].astype(str).tolist()
         x = encode(texts, spec) if texts else np.zeros((0, 1), np.int64)
         y = rows[spec.target_column].to_numpy(dtype=np.int64)
         keys = pd.DataFrame({"id": rows["id"].astype(str).to_numpy()})
@@ -237,16 +254,16 @@ class ReviewsTask(Task):
         from loopline.tasks.reviews.model import TextClassifier
 
         encoder = None
-        if spec.options.get("pretrained_encoder"):
+        if spec.options.pretrained_encoder:
             from loopline.tasks.reviews.pretrain import ENCODER_KEYS, load_encoder
 
-            encoder = load_encoder(Path(spec.options["pretrained_encoder"]))[0]
+            encoder = load_encoder(Path(spec.options.pretrained_encoder))[0]
             # The encoder fixes its own shape; the search tunes the rest.
             shape = {k: encoder.hparams[k] for k in ENCODER_KEYS if k != "dropout"}
             hparams = replace(hparams, **shape)
         model = TextClassifier(
             vocab_size=len(vocabulary(spec)),
-            n_classes=len(spec.options["labels"]),
+            n_classes=len(spec.labels),
             embed_size=hparams.embed_size,
             hidden_size=hparams.hidden_size,
             kernel_size=hparams.kernel_size,
@@ -267,14 +284,14 @@ class ReviewsTask(Task):
         """How a pretrained encoder is fine-tuned: `reviews.fine_tuning` names the strategy,
         `train.transfer` sets its knobs (the same strategies as `train.init_from`'s); None
         from scratch."""
-        if not spec.options.get("pretrained_encoder"):
+        if not spec.options.pretrained_encoder:
             return None
         from loopline.transfer import make_strategy
 
         # The mode is the task's (it belongs to the encoder the spec names); the knobs are
         # read at training time, so changing one retrains without refitting features.
         return make_strategy(
-            spec.options.get("fine_tuning", "none"),
+            spec.options.fine_tuning,
             decay=transfer.lr_decay,
             unfreeze_every=transfer.unfreeze_every,
             freeze=transfer.freeze,
@@ -287,7 +304,7 @@ class ReviewsTask(Task):
         from loopline.tasks.reviews.baseline import train_text_baseline
         from loopline.train import predict
 
-        text = spec.options["text_column"]
+        text = spec.options.text_column
         test = labeled_set(frame, "test", spec.target_column)
         train = labeled_set(frame, "train", spec.target_column)
         if test.empty:
@@ -322,7 +339,7 @@ class ReviewsTask(Task):
         if n == 0:
             return []
         picked = test.sample(n=n, random_state=params.seed)
-        texts = picked[spec.options["text_column"]].astype(str).tolist()
+        texts = picked[spec.options.text_column].astype(str).tolist()
         explained = explain_texts(model, spec, texts)
         truth = picked[spec.target_column].to_numpy(dtype=np.int64)
         path = folder / "attention.html"
@@ -357,7 +374,7 @@ def explanations(
     cut at the same `max_length` the model read. Without `weights` the texts are not
     tokenized again (a plain prediction needs no tokens).
     """
-    labels = spec.options["labels"]
+    labels = spec.labels
     max_repeat = (vocab or vocabulary(spec)).max_repeat if weights is not None else 0
     out = []
     for i, text in enumerate(texts):
@@ -367,7 +384,7 @@ def explanations(
             "probabilities": {name: float(v) for name, v in zip(labels, p, strict=True)},
         }
         if weights is not None:
-            tokens = tokenize(text, max_repeat)[: int(spec.options["max_length"])]
+            tokens = tokenize(text, max_repeat)[: spec.options.max_length]
             item["tokens"] = [
                 {"token": t, "weight": float(w)}
                 for t, w in zip(tokens, weights[i][: len(tokens)], strict=False)
@@ -378,7 +395,7 @@ def explanations(
 
 def attention_html(explained: list[dict[str, Any]], truth: np.ndarray, spec: FeatureSpec) -> str:
     """A self-contained page: one review per row, syllables shaded by attention weight."""
-    labels = spec.options["labels"]
+    labels = spec.labels
     rows = []
     for item, label in zip(explained, truth, strict=True):
         top = max((t["weight"] for t in item["tokens"]), default=1.0) or 1.0

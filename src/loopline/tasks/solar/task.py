@@ -23,7 +23,7 @@ from loopline.evaluate import evaluate_candidate, plot_per_step_rmse
 from loopline.features import FeatureSpec, fit_normalization
 from loopline.labeling import Examples, add_forecast_labels, make_windows, shifted_values
 from loopline.split import evaluation_view
-from loopline.tasks.base import Hyperparameters, Task
+from loopline.tasks.base import FeatureOptions, Hyperparameters, Task
 from loopline.validate import Rule
 
 # pvlib's bundled TMY3 files; locations come from each file's own header.
@@ -169,6 +169,17 @@ class SolarParams(Section):
         return sites
 
 
+@dataclass(frozen=True)
+class SolarOptions(FeatureOptions):
+    """What the features need beyond the spec: lags and clear-sky leads (steps), each
+    site's location, and the PV system whose clear-sky power they compute."""
+
+    lags: list[int]
+    clearsky_leads: list[int]
+    sites: dict[str, dict[str, float]]
+    system: dict[str, float]
+
+
 @dataclass(frozen=True, kw_only=True)
 class SolarHyperparameters(Hyperparameters):
     """The forecaster's shape and regularisation, and the input window it reads."""
@@ -183,6 +194,7 @@ class SolarHyperparameters(Hyperparameters):
 class SolarTask(Task):
     Settings: ClassVar[type[Section]] = SolarParams
     Hyperparameters: ClassVar[type[Hyperparameters]] = SolarHyperparameters
+    Options: ClassVar[type[FeatureOptions]] = SolarOptions
     architecture: ClassVar[tuple[str, ...]] = ("hidden_size", "num_layers", "cell")
     name: ClassVar[str] = "solar"
     schema: ClassVar[dict[str, str]] = {
@@ -268,21 +280,21 @@ class SolarTask(Task):
             freq=params.features.freq,
             group_column="site_id",
             time_column="timestamp",
-            options={
-                "lags": list(params.features.lags),
-                "clearsky_leads": list(params.features.clearsky_leads),
-                "sites": site_locations(params),
-                "system": params.solar.system.model_dump(),
-            },
+            options=SolarOptions(
+                lags=list(params.features.lags),
+                clearsky_leads=list(params.features.clearsky_leads),
+                sites=site_locations(params),
+                system=params.solar.system.model_dump(),
+            ),
         )
 
     def add_features(self, frame: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
         """Feature columns for raw rows; pure in (rows, spec), shared with the service."""
         frame = frame.sort_values(["site_id", "timestamp"]).reset_index(drop=True)
-        sites, system = spec.options["sites"], spec.options["system"]
+        sites, system = spec.options.sites, spec.options.system
         step = pd.Timedelta(spec.freq)
         clearsky = np.full(len(frame), np.nan)
-        leads = {k: np.full(len(frame), np.nan) for k in spec.options["clearsky_leads"]}
+        leads = {k: np.full(len(frame), np.nan) for k in spec.options.clearsky_leads}
         unknown = sorted(set(frame["site_id"].unique()) - set(sites))
         if unknown:
             raise ValueError(f"site {unknown[0]!r} has no location in the feature spec")
@@ -313,7 +325,7 @@ class SolarTask(Task):
             "doy_sin": np.sin(2 * np.pi * doy / 365.25),
             "doy_cos": np.cos(2 * np.pi * doy / 365.25),
         }
-        for k in spec.options["lags"]:
+        for k in spec.options.lags:
             columns[f"power_lag_{k}"] = shifted_values(
                 frame, "power_w", -k, "site_id", "timestamp", spec.freq
             )
