@@ -1,12 +1,15 @@
-# Loopline serving image: the BentoML service (serving/service.py) on the locked dependencies,
-# serving the registry's champion on port 3000 (/predict /stream /metadata /livez /readyz
-# /metrics). Build and run:
+# Loopline serving image: the one BentoML service (serving/service.py) on the locked
+# dependencies, serving the registry's champion of any task on port 3000 (/predict, /stream
+# where the task streams, /explain where it explains, /metadata /livez /readyz /metrics).
+# Build and run:
 #   docker build -t loopline-serve .
 #   docker build --build-arg RUNTIME=cuda -t loopline-serve:cuda .
 #   docker run -p 3000:3000 -e MLFLOW_TRACKING_URI=http://mlflow:5000 loopline-serve
 # (GPU: docker run --gpus all ... loopline-serve:cuda). Settings: params.yaml's `serve:`
 # section, overridden per container with LOOPLINE_SERVE_<KEY>, e.g. -e LOOPLINE_SERVE_ALIAS=
-# challenger or -e LOOPLINE_SERVE_PREDICTION_LOG=postgresql+psycopg://...
+# challenger or -e LOOPLINE_SERVE_PREDICTION_LOG=postgresql+psycopg://... The task is the
+# served model's (its registry lineage; -e LOOPLINE_SERVE_MODEL=reviews serves the review
+# classifier), or -e LOOPLINE_TASK=<name or package.module:Class> to name it.
 #
 # RUNTIME picks the base: cpu (python:3.11-slim, onnxruntime) or cuda (CUDA + cuDNN runtime,
 # onnxruntime-gpu in place of onnxruntime). onnxruntime-gpu 1.31.1 on PyPI is built for
@@ -65,5 +68,6 @@ USER 10001:10001
 EXPOSE 3000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:3000/livez', timeout=4)"]
-# `loopline serve` execs `bentoml serve serving.service:Forecaster`: signals reach the server.
+# `loopline serve` execs `bentoml serve serving.service:Loopline` for the served model's task
+# (LOOPLINE_TASK): signals reach the server.
 CMD ["loopline", "serve", "--host", "0.0.0.0", "--port", "3000"]

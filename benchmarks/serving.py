@@ -12,7 +12,8 @@ the same raw windows of the greensboro site, one after the other:
 
   PyTorch eager           the model's torch module on prepared inputs (and + features)
   (a) onnxruntime alone   `session.run` on prepared inputs: the model call only
-  (b) in-process library  `loopline.online.forecast_windows(task, model, windows)`: the
+  (b) in-process library  `forecast_windows(task, model, windows)` (the forecasting
+                          task's serving code, `loopline.tasks.solar.serving`): the
                           task's features (pandas) + onnxruntime, what a user embedding the
                           model runs; the same work the service does, without HTTP
   service predict         POST /predict over HTTP (httpx, pooled), N windows per request
@@ -92,7 +93,15 @@ def publish_model(root: Path):
     frame = task.add_features(raw, spec)
     spec = fit_normalization(spec, frame).with_window(WINDOW)
     torch.manual_seed(SEED)
-    hparams = {"hidden_size": HIDDEN, "num_layers": 1, "dropout": 0.0, "cell": "gru"}
+    hparams = task.Hyperparameters(
+        learning_rate=1e-3,
+        batch_size=64,
+        hidden_size=HIDDEN,
+        num_layers=1,
+        dropout=0.0,
+        window=WINDOW,
+        cell="gru",
+    )
     model = task.build_model(hparams, spec)
     golden = make_windows(task.add_labels(frame, spec), spec, WINDOW).x[:8]
     scratch = paths.state / "bench-model"
@@ -645,12 +654,12 @@ def main() -> None:
     from loopline import registry
     from loopline.config import load_params, serve_env_overrides
     from loopline.export import run_onnx
-    from loopline.online import (
+    from loopline.online import default_threads, load_version
+    from loopline.tasks.solar.serving import (
         Window,
-        default_threads,
         forecast_windows,
-        load_version,
         readings_columns,
+        required_readings,
         window_inputs,
     )
 
@@ -674,7 +683,7 @@ def main() -> None:
             paths.state / "bench-cache",
             threads,
         )
-        required = model.required_readings
+        required = required_readings(model.spec)
         readings = site_readings(root)
         columns = [c for c in task.schema if c != task.key_columns[0]]
         # The same raw windows everywhere: 256 windows of `required` consecutive readings

@@ -1,10 +1,11 @@
-"""What every Loopline service shares: follow the registry's alias, serve what it names.
+"""What the one service shares with every task: follow the registry's alias, serve what it
+names, log and count what it answers.
 
-A service class (the forecaster, the review classifier) inherits `ChampionService` and adds
-its APIs. The base loads the champion at start-up, re-resolves the alias every
+`ChampionService` loads the champion at start-up, re-resolves the alias every
 `serve.poll_interval_s` and hot-swaps a new version after it loaded, warmed and passed its
 golden-batch check (off the request path; requests keep the model they started with), says
-why it is not ready, writes every prediction to the prediction log and keeps the metrics.
+why it is not ready, runs the task's serving adapter on a batch (`answer`), writes every
+prediction to the prediction log and keeps the metrics. `serving/service.py` adds the APIs.
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 import bentoml
 from starlette.exceptions import HTTPException
 
-from loopline.config import apply_overrides, load_params, parse_params, serve_env_overrides
+from loopline.config import Params, apply_overrides, load_params, parse_params, serve_env_overrides
 from loopline.online import (
     LoadedModel,
     ModelDownloadError,
@@ -30,12 +33,29 @@ from loopline.online import (
 )
 from loopline.paths import ProjectPaths, find_project_root
 from loopline.predlog import PredictionLog, PredictionRecord
+from loopline.serving_adapter import Answer, Serving
 
 log = logging.getLogger("loopline.serving")
 
-# Decorator arguments are read when a service module is imported, so they come from the
-# environment only (`loopline serve` exports the `serve:` section there).
-BOOT = parse_params(apply_overrides({}, serve_env_overrides(dict(os.environ)))).serve
+# The task a service runs comes from here when set (`loopline serve` sets it to the task of
+# the model it serves), else from the project's params.yaml.
+TASK_ENV = "LOOPLINE_TASK"
+
+
+def boot_params(environ: dict[str, str] | None = None) -> Params:
+    """The params a service process runs with: the project's params.yaml (`LOOPLINE_PROJECT`,
+    else the working folder) with the environment's overrides (`LOOPLINE_SERVE_<KEY>`,
+    `LOOPLINE_TASK`). Read when the service module is imported: the task's request types
+    and the decorator arguments (workers, batching) come from them."""
+    environ = dict(os.environ if environ is None else environ)
+    overrides = serve_env_overrides(environ)
+    if environ.get(TASK_ENV):
+        overrides.append(f"task={environ[TASK_ENV]}")
+    params_file = ProjectPaths.at(find_project_root(environ.get("LOOPLINE_PROJECT"))).params_file
+    if params_file.is_file():
+        return load_params(params_file, overrides)
+    return parse_params(apply_overrides({}, overrides))
+
 
 _METRICS: dict[str, Any] = {}
 
@@ -79,27 +99,22 @@ def service_metrics() -> dict[str, Any]:
 
 
 class ChampionService:
-    """The alias-following lifecycle; subclasses set `task_name` (or None: params' task)."""
+    """The alias-following lifecycle of the model of one task (`params`, set by the service
+    class that inherits it)."""
 
-    task_name: str | None = None
+    params: ClassVar[Params]
 
     def __init__(self) -> None:
         root = find_project_root(os.environ.get("LOOPLINE_PROJECT"))
         self.paths = ProjectPaths.at(root)
         self.paths.state.mkdir(parents=True, exist_ok=True)
-        overrides = serve_env_overrides(dict(os.environ))
-        if self.task_name is not None:
-            overrides.append(f"task={self.task_name}")
-        if self.paths.params_file.is_file():
-            params = load_params(self.paths.params_file, overrides)
-        else:
-            params = parse_params(apply_overrides({}, overrides))
-        self.params = params
+        params = self.params
         self.settings = params.serve
         self.model_name = params.served_model
         self.alias = self.settings.alias
         self.tracking_uri = self.paths.tracking_uri()
         self.task = params.plugin
+        self.serving: Serving = self.task.Serving(self.task, params)
         self.threads = self.settings.threads or default_threads(self.settings.workers)
         self.cache = self.paths.state / "serving-cache"
         self.model: LoadedModel | None = None
@@ -210,7 +225,7 @@ class ChampionService:
         return {
             "ready": model is not None,
             "not_ready_reason": None if model else self.not_ready_reason,
-            "model": model.describe() if model else None,
+            "model": model.describe(self.serving) if model else None,
             "tracking_uri": redacted(self.tracking_uri),
             "watching": {
                 "name": self.model_name,
@@ -221,6 +236,37 @@ class ChampionService:
             "last_poll_error": self.last_poll_error,
             "prediction_log": self.predictions.stats(),
         }
+
+    def answer(
+        self,
+        api: str,
+        model: LoadedModel,
+        items: list[Any],
+        call: Callable[[LoadedModel, list[Any]], list[Answer]],
+    ) -> list[Answer]:
+        """Run the adapter's `call` (predict, explain) on a batch; log and count what it
+        answered (error answers are not predictions)."""
+        started = time.perf_counter()
+        answers = call(model, items)
+        seconds = time.perf_counter() - started
+        answered = [a for a in answers if not a.error]
+        if answered:
+            per_item = seconds * 1000 / len(answered)
+            records = [
+                PredictionRecord(
+                    model_name=model.name,
+                    model_version=model.version,
+                    api=api,
+                    key=a.key,
+                    origin=a.origin,
+                    inputs=a.inputs,
+                    output=a.output,
+                    latency_ms=per_item,
+                )
+                for a in answered
+            ]
+            self.record(api, model, records, seconds)
+        return answers
 
     def record(self, api: str, model: LoadedModel, records: list[PredictionRecord], seconds):
         """Log the predictions of one model call and count them in the metrics."""

@@ -1,284 +1,307 @@
-"""The online process: serve the registry's champion for live forecasts, and follow its alias.
+"""The online process: one service that serves the registry's champion of any task.
 
-Run it with `loopline serve` (which runs `bentoml serve serving.service:Forecaster`), or in a
-container (see the Dockerfile). Settings come from the project's params.yaml `serve:` section;
-`LOOPLINE_SERVE_<KEY>` environment variables and `MLFLOW_TRACKING_URI` override them at run
-time. Everything the service computes comes from `loopline.online`, the same code and the
-same feature spec the offline process used.
+Run it with `loopline serve` (which runs `bentoml serve serving.service:Loopline` for the
+task of the model it serves), or in a container (see the Dockerfile). The task comes from
+the project's params.yaml, or `LOOPLINE_TASK`; settings from its `serve:` section,
+overridden by `LOOPLINE_SERVE_<KEY>` environment variables (and `MLFLOW_TRACKING_URI`).
+
+The service's APIs are the same for every task; the task's serving adapter
+(`loopline.serving_adapter`, the task's `Serving`) says what a request item is and how it is
+answered:
+
+- `POST /predict` `{<input_name>: [item, ...]}`: one answer per item, batched adaptively;
+  the OpenAPI spec types the items with the task's `Request`, the answers with `Response`.
+- `POST /stream` (where the task streams): NDJSON lines in, NDJSON answers out, full duplex.
+- `POST /explain` (where the task explains): the answer and why.
+- `POST /predict_<kind>`, `/explain_<kind>` (where the task takes files): one upload.
+- `GET /metadata`, `/livez`, `/readyz`, `/metrics`: the model, health, Prometheus.
+
+Everything else (alias following, hot swap, readiness, prediction log, metrics) is the
+shared lifecycle in `serving.champion`.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: BentoML and FastAPI read the APIs' annotations,
+# which name the task's types, local to `service_for`.
 
 import asyncio
 import json
-import time
-from datetime import UTC, datetime
+from http import HTTPStatus
 from typing import Annotated, Any
 
 import bentoml
+from bentoml.exceptions import BentoMLException
 from bentoml.validators import ContentType
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from fastapi import FastAPI, File, Query, Request, UploadFile
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, Field, ValidationError, create_model, model_validator
 
-from loopline.online import (
-    LoadedModel,
-    StreamWindows,
-    Window,
-    error_event,
-    forecast_windows,
-    plain_value,
-    readings_columns,
-    window_problem,
-)
-from loopline.predlog import PredictionRecord
+from loopline.config import Params
+from loopline.online import LoadedModel
+from loopline.serving_adapter import Answer, BadInput, Explaining, FileInput, Serving, StreamState
 from serving.asgi import BodySizeLimit, DuplexStreamingResponse
-from serving.champion import BOOT, ChampionService, describe_validation, ndjson_batches
-
-# ----------------------------------------------------------------------------- API types
-
-Finite = Annotated[float, Field(allow_inf_nan=False)]
+from serving.champion import ChampionService, boot_params, describe_validation, ndjson_batches
 
 
-class Reading(BaseModel):
-    """One measurement of a site: weather and the AC power it produced."""
+def service_for(params: Params) -> bentoml.Service:
+    """The BentoML service class serving `params`' task (its APIs typed by the task's
+    serving adapter)."""
+    adapter: type[Serving] = params.plugin.Serving
+    boot, running = params.serve, params
+    # The adapter and model this worker serves, for the per-item check that runs while a
+    # request body is validated (one service instance per worker process).
+    served: dict[str, Any] = {}
+    body = _request_body(adapter, served)
+    # The content type is declared because BentoML otherwise derives it by generating the
+    # output's JSON schema on every response (~1.7 ms per request, measured).
+    answers = Annotated[list[adapter.Response], ContentType("application/json")]
+    explains, takes_files = issubclass(adapter, Explaining), issubclass(adapter, FileInput)
+    explained = (adapter.Explanation if explains else None) or adapter.Response
+    explanations = Annotated[list[explained], ContentType("application/json")]
+    kind = adapter.file_kind if takes_files else None
+    app = FastAPI(title=f"Loopline: {params.task_name}")
 
-    model_config = ConfigDict(extra="forbid")
-    timestamp: datetime = Field(description="Start of the reading's interval; UTC if no zone")
-    ghi: Finite = Field(description="Global horizontal irradiance, W/m²")
-    dni: Finite = Field(description="Direct normal irradiance, W/m²")
-    dhi: Finite = Field(description="Diffuse horizontal irradiance, W/m²")
-    temp_air: Finite = Field(description="Air temperature, °C")
-    wind_speed: Finite = Field(description="Wind speed, m/s")
-    power_w: Finite = Field(description="AC power measured over the interval, W")
+    @bentoml.service(
+        name="loopline",
+        workers=boot.workers,
+        traffic={"timeout": 3600},  # a stream stays open as long as its client sends lines
+    )
+    @bentoml.asgi_app(app, path="/")
+    class Loopline(ChampionService):
+        """Live answers from the registry's champion, for any task."""
 
+        params = running  # (a class body cannot read `params` of the function around it)
 
-class SiteReading(Reading):
-    """A reading in a stream: one NDJSON line."""
+        def on_swap(self, model: LoadedModel) -> None:
+            served.update(serving=self.serving, model=model)
 
-    site_id: str = Field(min_length=1)
+        # -------------------------------------------------------------- predict, explain
 
+        @bentoml.api(
+            input_spec=body,
+            batchable=True,
+            max_batch_size=boot.max_batch_size,
+            max_latency_ms=boot.max_latency_ms,
+        )
+        def predict(self, items) -> answers:
+            """Answer each item (see `/metadata` for what the served model needs). Requests
+            are batched adaptively."""
+            model = self._serving()
+            found = self._answer("predict", model, items, self.serving.predict)
+            return [adapter.Response.model_construct(**a.response) for a in found]
 
-class ForecastWindow(BaseModel):
-    """Consecutive readings of one site, oldest first, ending at the forecast origin."""
+        def _answer(self, api: str, model: LoadedModel, items, call) -> list[Answer]:
+            try:
+                return self.answer(api, model, items, call)
+            except BadInput as error:  # the batch as a whole cannot be answered
+                raise BentoMLException(str(error), error_code=HTTPStatus(error.status)) from None
 
-    model_config = ConfigDict(extra="forbid")
-    site_id: str = Field(min_length=1)
-    readings: list[Reading] = Field(min_length=1)
+        if explains:
 
-    @model_validator(mode="after")
-    def _complete_for_the_served_model(self) -> ForecastWindow:
-        # The length a window needs depends on the model being served, which can change at
-        # any poll: check against the current one here, per request, before batching.
-        model = _SERVED.get("model")
-        if model is None:
-            return self
-        if self.site_id not in model.spec.options.get("sites", {}):
-            raise ValueError(
-                f"site_id {self.site_id!r} is unknown to {model.name} v{model.version} "
-                f"(known: {sorted(model.spec.options.get('sites', {}))})"
-            )
-        times = [_utc(r.timestamp) for r in self.readings]
-        problem = window_problem(times, model.spec.freq, model.required_readings)
-        if problem:
-            raise ValueError(f"readings: {problem}")
-        return self
+            @bentoml.api(input_spec=body)
+            def explain(self, **fields) -> explanations:
+                """Answer each item and say why (what the answer rests on)."""
+                model = self._serving()
+                items = fields[adapter.input_name]  # not batched: called with the body's fields
+                found = self._answer("explain", model, items, self.serving.explain)
+                return [explained.model_construct(**a.response) for a in found]
 
+        # -------------------------------------------------------------- metadata
 
-# Times go out as the ISO strings the library already made: declared `date-time` for the
-# OpenAPI spec, but not parsed back into datetimes only to be printed again.
-IsoTime = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
+        @app.get("/metadata")
+        def metadata(self) -> dict[str, Any]:
+            """The model being served and the state of the alias watch."""
+            return self.status()
 
+        # -------------------------------------------------------------- stream
 
-class ForecastOut(BaseModel):
-    site_id: str
-    origin: IsoTime = Field(description="Time of the last reading the forecast starts from")
-    model_version: str
-    timestamps: list[IsoTime]
-    forecast: list[float] = Field(description="AC power, W, one per timestamp")
+        if adapter.StreamLine is not None:
 
-
-class StreamLine(BaseModel):
-    """One NDJSON line of the stream's answer: a forecast, an error or a notice."""
-
-    line: int | None = Field(None, description="The input line this answers")
-    site_id: str | None = None
-    origin: datetime | None = None
-    model_version: str | None = None
-    timestamps: list[datetime] | None = None
-    forecast: list[float] | None = None
-    error: str | None = None
-    notice: str | None = None
-
-
-# The model a worker serves, for the request validators above (one service per worker).
-_SERVED: dict[str, LoadedModel | None] = {"model": None}
-
-
-# The content type is declared on `predict`'s output because BentoML otherwise derives it by
-# generating the output's JSON schema on every response (~1.7 ms per request, measured).
-stream_app = FastAPI(title="Loopline streaming")
-
-
-@bentoml.service(
-    name="loopline",
-    workers=BOOT.workers,
-    traffic={"timeout": 3600},  # a stream stays open as long as its client sends readings
-)
-@bentoml.asgi_app(stream_app, path="/")
-class Forecaster(ChampionService):
-    """Live solar power forecasts from the registry's champion."""
-
-    task_name = "solar"
-
-    def on_swap(self, model: LoadedModel) -> None:
-        _SERVED["model"] = model
-
-    def _log(self, api: str, model: LoadedModel, windows, forecasts, seconds: float) -> None:
-        per_item = seconds * 1000 / max(1, len(forecasts))
-        records = [
-            PredictionRecord(
-                model_name=model.name,
-                model_version=model.version,
-                api=api,
-                key=window.site_id,
-                origin=forecast.origin.to_pydatetime(),
-                inputs={
-                    "readings": len(window),
-                    "first": plain_value(window.rows["timestamp"][0]),
-                    "last": window.last(),
+            @app.post(
+                "/stream",
+                response_class=StreamingResponse,
+                openapi_extra={
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/x-ndjson": {
+                                "schema": adapter.StreamLine.model_json_schema()
+                            }
+                        },
+                        "description": "One item per line (NDJSON).",
+                    }
                 },
-                output=[round(float(v), 3) for v in forecast.values],
-                latency_ms=per_item,
+                responses={
+                    200: {
+                        "content": {
+                            "application/x-ndjson": {
+                                "schema": _stream_reply(adapter.Response).model_json_schema()
+                            }
+                        },
+                        "description": "One line per answer (as soon as it is ready, in "
+                        "order), per rejected line, and per notice.",
+                    }
+                },
             )
-            for window, forecast in zip(windows, forecasts, strict=True)
-        ]
-        self.record(api, model, records, seconds)
+            async def stream(self, request: Request):
+                """Live streaming inference: items in, answers out, as they happen."""
+                if self.model is None:
+                    return JSONResponse({"error": f"not ready: {self.not_ready_reason}"}, 503)
+                lines = self._stream(request)
+                return DuplexStreamingResponse(lines, media_type="application/x-ndjson")
 
-    def _forecast(self, api: str, model: LoadedModel, windows: list[Window]):
-        started = time.perf_counter()
-        forecasts = forecast_windows(self.task, model, windows)
-        self._log(api, model, windows, forecasts, time.perf_counter() - started)
-        return forecasts
+        async def _stream(self, request: Request):
+            model = self.model
+            state = self.serving.open_stream(model)
+            async for batch in ndjson_batches(request, self.settings.max_line_bytes):
+                # Between chunks a stream moves to a hot-swapped model, keeping its state.
+                current = self.model or model
+                if current is not model:
+                    model = current
+                    state.follow(model)
+                yield await asyncio.to_thread(self._stream_lines, state, model, batch)
 
-    # ------------------------------------------------------------------ APIs
+        def _stream_lines(self, state: StreamState, model: LoadedModel, batch) -> str:
+            """The answer lines for one chunk of input lines, in line order (what a line
+            made ready is answered after that line's own events)."""
+            out: list[tuple[int, int, dict[str, Any]]] = []
+            ready: list[tuple[int, Any]] = []
+            for line, raw in batch:
+                if raw is None:
+                    limit = self.settings.max_line_bytes
+                    message = f"line longer than {limit} bytes (serve.max_line_bytes)"
+                    out.append((line, 0, {"line": line, "error": message}))
+                    self.metrics["stream_errors"].labels("too_long").inc()
+                    continue
+                if not raw.strip():
+                    continue
+                try:
+                    item = adapter.StreamLine.model_validate_json(raw)
+                except ValidationError as error:
+                    out.append((line, 0, {"line": line, "error": describe_validation(error)}))
+                    self.metrics["stream_errors"].labels("malformed").inc()
+                    continue
+                items, events = state.push(line, item)
+                for event in events:
+                    out.append((line, 0, {"line": line, **event}))
+                    if "error" in event:
+                        self.metrics["stream_errors"].labels("rejected").inc()
+                ready += items
+            if ready:
+                items = [item for _, item in ready]
+                try:
+                    found = self.answer("stream", model, items, self.serving.predict)
+                    replies = [(a.response, a.error) for a in found]
+                except BadInput as error:  # the batch as a whole: each of its lines says so
+                    replies = [({"error": str(error)}, True)] * len(ready)
+                for (line, _), (response, error) in zip(ready, replies, strict=True):
+                    out.append((line, 1, {"line": line, **response}))
+                    if error:
+                        self.metrics["stream_errors"].labels("bad_input").inc()
+            out.sort(key=lambda a: (a[0], a[1]))
+            return "".join(
+                json.dumps(payload, ensure_ascii=False, separators=(",", ":")) + "\n"
+                for _, _, payload in out
+            )
 
-    @bentoml.api(
-        batchable=True,
-        max_batch_size=BOOT.max_batch_size,
-        max_latency_ms=BOOT.max_latency_ms,
-    )
-    def predict(
-        self, windows: list[ForecastWindow]
-    ) -> Annotated[list[ForecastOut], ContentType("application/json")]:
-        """Forecast complete windows: each holds the site's last `required_readings`
-        consecutive readings (see `/metadata`). Requests are batched adaptively."""
-        model = self._serving()
-        schema = self.task.schema
-        items = [
-            Window(w.site_id, readings_columns([r.__dict__ for r in w.readings], schema))
-            for w in windows
-        ]
-        try:
-            forecasts = self._forecast("predict", model, items)
-        except ValueError as error:
-            raise bentoml.exceptions.InvalidArgument(str(error)) from None
-        return [ForecastOut.model_construct(**f.to_dict()) for f in forecasts]
+        # -------------------------------------------------------------- uploads
 
-    @stream_app.get("/metadata")
-    def metadata(self) -> dict[str, Any]:
-        """The model being served and the state of the alias watch."""
-        return self.status()
+        if takes_files:
 
-    @stream_app.post(
-        "/stream",
-        response_class=StreamingResponse,
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {"application/x-ndjson": {"schema": SiteReading.model_json_schema()}},
-                "description": "One reading per line (NDJSON), for any number of sites.",
-            }
-        },
-        responses={
-            200: {
-                "content": {"application/x-ndjson": {"schema": StreamLine.model_json_schema()}},
-                "description": "One line per forecast (as soon as a site's window is "
-                "complete, per site in order), per rejected reading, and per notice.",
-            }
-        },
-    )
-    async def stream(self, request: Request):
-        """Live streaming inference: readings in, forecasts out, as they happen."""
-        if self.model is None:
-            return JSONResponse({"error": f"not ready: {self.not_ready_reason}"}, 503)
-        return DuplexStreamingResponse(self._answer(request), media_type="application/x-ndjson")
+            @app.post(f"/predict_{kind}")
+            async def predict_file(self, file: UploadFile = File(...)):  # noqa: B008 - FastAPI idiom
+                """Answer one uploaded file (multipart field `file`)."""
+                read = await self._upload(file)
+                if isinstance(read, JSONResponse):
+                    return read
+                model, item = read
+                return self._file_answer(f"predict_{kind}", model, item, self.serving.predict)
 
-    async def _answer(self, request: Request):
-        model = self.model
-        state = StreamWindows(self.task, model.spec, model.required_readings)
-        async for batch in ndjson_batches(request, self.settings.max_line_bytes):
-            model = self._follow(state, model)
-            yield "".join(await asyncio.to_thread(self._answer_lines, state, model, batch))
+            if explains:
 
-    def _follow(self, state: StreamWindows, model: LoadedModel) -> LoadedModel:
-        """Between chunks a stream moves to a hot-swapped model, keeping its readings."""
-        current = self.model or model
-        if current is not model:
-            state.resize(current.spec, current.required_readings)
-        return current
+                @app.post(f"/explain_{kind}")
+                async def explain_file(
+                    self,
+                    file: UploadFile = File(...),  # noqa: B008 - FastAPI idiom
+                    format: str = Query("png", pattern="^(png|json)$"),
+                ):
+                    """Why the answer for one uploaded file is what it is: a picture (the
+                    answer in `X-Loopline-*` headers) or, with `?format=json`, numbers."""
+                    read = await self._upload(file)
+                    if isinstance(read, JSONResponse):
+                        return read
+                    model, item = read
+                    api, call = f"explain_{kind}", self.serving.explain
+                    return self._file_answer(api, model, item, call, picture=format == "png")
 
-    def _answer_lines(self, state: StreamWindows, model: LoadedModel, batch) -> list[str]:
-        answers: list[tuple[int, int, dict[str, Any]]] = []
-        ready: list[tuple[int, Window]] = []
-        for line, raw in batch:
-            if raw is None:
-                limit = self.settings.max_line_bytes
-                too_long = f"line longer than {limit} bytes (serve.max_line_bytes)"
-                answers.append((line, 0, _error(line, too_long)))
-                self.metrics["stream_errors"].labels("too_long").inc()
-                continue
-            if not raw.strip():
-                continue
+        async def _upload(self, file: UploadFile):
+            """The serving model and the item the upload stands for, or the 4xx/503
+            response to send."""
+            model = self.model
+            if model is None:
+                return JSONResponse({"error": f"not ready: {self.not_ready_reason}"}, 503)
+            data = await file.read()
             try:
-                reading = SiteReading.model_validate_json(raw)
-            except ValidationError as error:
-                answers.append((line, 0, _error(line, describe_validation(error))))
-                self.metrics["stream_errors"].labels("malformed").inc()
-                continue
-            if reading.site_id not in model.spec.options.get("sites", {}):
-                message = f"site_id {reading.site_id!r} is unknown to {model.name} v{model.version}"
-                answers.append((line, 0, error_event(line, message, reading.site_id).payload))
-                self.metrics["stream_errors"].labels("unknown_site").inc()
-                continue
-            values = reading.model_dump()
-            values["timestamp"] = _utc(values["timestamp"])
-            window, event = state.push(values, line)
-            if event is not None:
-                answers.append((line, 0, event.payload))
-                if event.kind == "error":
-                    self.metrics["stream_errors"].labels("order").inc()
-            if window is not None:
-                ready.append((line, window))
-        if ready:
-            windows = [window for _, window in ready]
+                return model, self.serving.item_from_file(data, model)
+            except BadInput as error:
+                return JSONResponse({"error": f"{file.filename}: {error}"}, error.status)
+
+        def _file_answer(self, api, model, item, call, picture: bool = False):
             try:
-                forecasts = self._forecast("stream", model, windows)
-                for (line, _), forecast in zip(ready, forecasts, strict=True):
-                    answers.append((line, 1, {"line": line, **forecast.to_dict()}))
-            except ValueError as error:
-                for line, window in ready:
-                    answers.append((line, 1, error_event(line, str(error), window.site_id).payload))
-        answers.sort(key=lambda a: (a[0], a[1]))
-        return [json.dumps(payload, separators=(",", ":")) + "\n" for _, _, payload in answers]
+                (found,) = self.answer(api, model, [item], call)
+            except BadInput as error:
+                return JSONResponse({"error": str(error)}, error.status)
+            if found.error:
+                return JSONResponse(found.response, 400)
+            if picture and found.picture is not None:
+                return Response(found.picture, media_type="image/png", headers=_headers(found))
+            return found.response
+
+    Loopline.add_asgi_middleware(BodySizeLimit, limit=boot.max_body_bytes, skip_paths=("/stream",))
+    return Loopline
 
 
-Forecaster.add_asgi_middleware(BodySizeLimit, limit=BOOT.max_body_bytes, skip_paths=("/stream",))
+def _request_body(adapter: type[Serving], served: dict[str, Any]) -> type[BaseModel]:
+    """The JSON body of `/predict` and `/explain`: `{input_name: [Request, ...]}`, each item
+    checked against the served model while the body is validated (a bad one is a 400
+    naming it). BentoML names body fields after an API's parameters; given as the API's
+    input spec, the field takes the adapter's name (`windows`, `texts`, ...)."""
+    item = adapter.Request
+    if adapter.check is not Serving.check:
+
+        def served_model_check(value):
+            if served:
+                served["serving"].check(value, served["model"])
+            return value
+
+        check = model_validator(mode="after")(served_model_check)
+        item = create_model(
+            item.__name__,
+            __base__=item,
+            __module__=item.__module__,
+            __validators__={"served_model_check": check},
+        )
+    field = (list[item], Field(description=f"The {adapter.input_name} to answer"))
+    return create_model(
+        "Input", __base__=bentoml.IODescriptor, __module__=__name__, **{adapter.input_name: field}
+    )
 
 
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+def _stream_reply(response: type[BaseModel]) -> type[BaseModel]:
+    """One NDJSON line of `/stream`'s answer, for the OpenAPI spec: an answer (the
+    `Response` fields), an error or a notice, with the input line it is about."""
+    fields: dict[str, Any] = {"line": (int | None, Field(None, description="The input line"))}
+    fields |= {name: (f.annotation | None, None) for name, f in response.model_fields.items()}
+    fields |= {"error": (str | None, None), "notice": (str | None, None)}
+    return create_model("StreamReply", **fields)
 
 
-def _error(line: int, message: str) -> dict[str, Any]:
-    return error_event(line, message).payload
+def _headers(answer: Answer) -> dict[str, str]:
+    """The answer's plain fields as `X-Loopline-<Field>` headers (next to a picture)."""
+    return {
+        "X-Loopline-" + "-".join(p.capitalize() for p in name.split("_")): str(value)
+        for name, value in answer.response.items()
+        if isinstance(value, str | int | float)
+    }
+
+
+Loopline = service_for(boot_params())

@@ -154,30 +154,34 @@ def models(
                 )
 
 
-# The BentoML service of each task's models.
-SERVICES = {
-    "solar": "serving.service:Forecaster",
-    "reviews": "serving.reviews:ReviewClassifier",
-    "digits": "serving.digits:DigitClassifier",
-}
-
-
 def served_task(paths, params) -> str:
-    """The task of the model `serve.model` names: from its registered versions' lineage,
-    else the task of that name, else params' task."""
-    from loopline import registry
+    """The task reference of the model `serve.model` names: `LOOPLINE_TASK` when set, else
+    the task its registered versions' lineage names (params' own reference when that is
+    params' task), else params' task."""
+    import os
 
+    from loopline import registry
+    from loopline.tasks import BUILTIN
+
+    chosen = os.environ.get("LOOPLINE_TASK")
+    if chosen:
+        return chosen
     name = params.served_model
     try:
         latest = registry.latest_version(paths.tracking_uri(), name)
     except Exception:  # the registry may be down at start: the service reports that itself
         latest = None
     task = (latest.tags or {}).get("loopline.task") if latest is not None else None
-    if task is None:
-        task = name if name in SERVICES else params.task_name
-    if task not in SERVICES:
-        raise LooplineError(f"model {name} is a {task} model: no service serves that task")
-    return task
+    if task is None and name in BUILTIN:
+        task = name  # a built-in task's default model name is the task's name
+    if task is None or task == params.task_name:
+        return params.task
+    if task in BUILTIN:
+        return task
+    raise LooplineError(
+        f"model {name} is a {task} model and params.yaml's task is {params.task_name}: set "
+        f"task: (or LOOPLINE_TASK) to the reference of task {task} to serve it"
+    )
 
 
 @app.command()
@@ -214,17 +218,18 @@ def serve(
     env["LOOPLINE_PROJECT"] = str(paths.root)
     env.setdefault("BENTOML_HOME", str(paths.state / "bentoml"))
     env.setdefault("BENTOML_DO_NOT_TRACK", "true")
-    bentoml = shutil.which("bentoml") or str(Path(sys.executable).with_name("bentoml"))
-    service_dir = Path(__file__).resolve().parents[2]
     try:
-        service = SERVICES[served_task(paths, params)]
+        env["LOOPLINE_TASK"] = served_task(paths, params)
     except LooplineError as error:
         _fail(error)
-    command = [bentoml, "serve", service, "--host", host, "--port", str(port)]
+    bentoml = shutil.which("bentoml") or str(Path(sys.executable).with_name("bentoml"))
+    service_dir = Path(__file__).resolve().parents[2]
+    command = [bentoml, "serve", "serving.service:Loopline", "--host", host, "--port", str(port)]
     if (service_dir / "serving" / "service.py").is_file():
         command += ["--working-dir", str(service_dir)]
     console.print(
-        f"[bold]Serving[/] {params.served_model}@{params.serve.alias} from "
+        f"[bold]Serving[/] {params.served_model}@{params.serve.alias} "
+        f"(task {env['LOOPLINE_TASK']}) from "
         f"{paths.tracking_uri()} on http://{host}:{port}"
     )
     # exec: the server gets signals (Ctrl-C, docker stop) directly and shuts down cleanly.

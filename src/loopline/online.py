@@ -1,32 +1,31 @@
-"""The online process: load a registered model, turn live readings into its inputs, forecast.
+"""The online process's generic part: load a registered model, warm and check it, serve it.
 
-Everything here is plain Python on plain data so the BentoML service (`serving/`) stays a thin
-shell: it resolves the alias, holds a `LoadedModel`, and calls `forecast_windows` and
-`StreamWindows`. Features are computed by the task's own `add_features` and `normalize` from
-the feature spec saved with the model, the very code the offline process trained with.
+Plain Python on plain data, so the BentoML service (`serving/`) stays a thin shell: it
+resolves the alias, holds a `LoadedModel`, and hands requests to the task's serving adapter
+(`loopline.serving_adapter`), which turns them into model inputs and outputs into answers.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import os
 import shutil
 import tempfile
-from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from loopline.errors import LooplineError
-from loopline.features import FeatureSpec, normalize
+from loopline.features import FeatureSpec
 from loopline.registry import GOLDEN_FILE
+
+if TYPE_CHECKING:
+    from loopline.serving_adapter import Serving
 
 log = logging.getLogger(__name__)
 
@@ -92,16 +91,9 @@ class LoadedModel:
     run_id: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
 
-    @property
-    def lags(self) -> int:
-        return max(getattr(self.spec.options, "lags", None) or [0])
-
-    @property
-    def required_readings(self) -> int:
-        """Consecutive readings one forecast needs: the window plus the longest lag."""
-        return self.spec.window + self.lags
-
-    def describe(self) -> dict[str, Any]:
+    def describe(self, serving: Serving | None = None) -> dict[str, Any]:
+        """What `/metadata` says of the model: its lineage, and what a request must hold
+        for it (the task's serving adapter says)."""
         return {
             "name": self.name,
             "version": self.version,
@@ -113,30 +105,7 @@ class LoadedModel:
             "metrics": self.metrics,
             "loaded_at": self.loaded_at,
             "providers": self.providers,
-            **self._inputs(),
-        }
-
-    def _inputs(self) -> dict[str, Any]:
-        """What a request must hold for this model."""
-        options = self.spec.options
-        if "image_size" in options:  # an image model
-            return {
-                "labels": options.get("labels"),
-                "image_size": options["image_size"],
-                "channels": options.get("channels"),
-            }
-        if "vocabulary" in options:  # a text model
-            return {
-                "labels": options.get("labels"),
-                "max_length": options.get("max_length"),
-                "vocabulary_size": len(json.loads(options["vocabulary"])["tokens"]),
-            }
-        return {
-            "window": self.spec.window,
-            "required_readings": self.required_readings,
-            "horizon": self.spec.horizon,
-            "freq": self.spec.freq,
-            "sites": sorted(options.get("sites", {})),
+            **(serving.describe(self) if serving is not None else {}),
         }
 
 
@@ -270,228 +239,3 @@ def load_version(
     finally:
         # The session holds the model in memory; the files are not needed after loading.
         shutil.rmtree(dest, ignore_errors=True)
-
-
-# --------------------------------------------------------------------------- inference
-
-
-@dataclass(frozen=True)
-class Window:
-    """Consecutive raw readings of one site, oldest first, ending at the forecast origin.
-
-    `rows` holds one numpy array per raw column (timestamps as naive-UTC datetime64[ns]),
-    not a DataFrame: a frame per window costs more than the model call itself.
-    """
-
-    site_id: str
-    rows: dict[str, np.ndarray]
-
-    def __len__(self) -> int:
-        return len(next(iter(self.rows.values()))) if self.rows else 0
-
-    def tail(self, n: int) -> Window:
-        return Window(self.site_id, {c: v[-n:] for c, v in self.rows.items()})
-
-    def last(self) -> dict[str, Any]:
-        """The newest reading, as plain JSON-ready values."""
-        return {c: plain_value(v[-1]) for c, v in self.rows.items()}
-
-
-def plain_value(value: Any) -> Any:
-    if isinstance(value, np.datetime64):
-        return pd.Timestamp(value).tz_localize("UTC").isoformat()
-    return value.item() if isinstance(value, np.generic) else value
-
-
-@dataclass(frozen=True)
-class Forecast:
-    site_id: str
-    origin: pd.Timestamp
-    times: list[pd.Timestamp]
-    values: np.ndarray
-    version: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "site_id": self.site_id,
-            "origin": self.origin.isoformat(),
-            "model_version": self.version,
-            "timestamps": [t.isoformat() for t in self.times],
-            "forecast": [round(float(v), 3) for v in self.values],
-        }
-
-
-def window_inputs(task, spec: FeatureSpec, windows: list[Window], window: int) -> np.ndarray:
-    """Model inputs (N, window, features) for raw windows, in one feature pass.
-
-    Each window becomes its own group (`<site>#<i>`) located where its site is, so lags
-    never reach into another window, and the task's `add_features` runs once for the batch.
-    """
-    sites = spec.options.sites
-    located = {}
-    for i, item in enumerate(windows):
-        if item.site_id not in sites:
-            raise ValueError(f"site {item.site_id!r} has no location in the model's feature spec")
-        located[f"{item.site_id}#{i}"] = sites[item.site_id]
-    n_rows = len(windows[0])
-    # One frame for the whole batch, built from concatenated columns.
-    columns = {c: np.concatenate([w.rows[c] for w in windows]) for c in windows[0].rows}
-    columns[spec.group_column] = np.repeat(list(located), n_rows)
-    batch_spec = replace(spec, options=replace(spec.options, sites=located))
-    features = task.add_features(pd.DataFrame(columns), batch_spec)
-    x = normalize(features, spec)
-    # add_features sorts by (group, time); groups sort as strings, so index them by key.
-    order = {key: n for n, key in enumerate(sorted(located))}
-    x = x.reshape(len(windows), n_rows, -1)[:, -window:]
-    ranks = [order[f"{w.site_id}#{i}"] for i, w in enumerate(windows)]
-    return np.ascontiguousarray(x[ranks])
-
-
-def forecast_windows(task, model: LoadedModel, windows: list[Window]) -> list[Forecast]:
-    """Forecast each window (all of `model.required_readings` rows) with the ONNX session."""
-    from loopline.export import run_onnx
-
-    if not windows:
-        return []
-    spec, required = model.spec, model.required_readings
-    if any(len(w) < required for w in windows):
-        raise ValueError(f"v{model.version} needs {required} consecutive readings per window")
-    windows = [w.tail(required) for w in windows]
-    x = window_inputs(task, spec, windows, spec.window)
-    finite = np.isfinite(x).all(axis=(1, 2))
-    if not finite.all():
-        bad = sorted({w.site_id for w, ok in zip(windows, finite, strict=True) if not ok})
-        raise ValueError(f"windows of {bad} give non-finite features (missing or bad values)")
-    values = run_onnx(model.session, x)
-    step = pd.Timedelta(spec.freq)
-    out = []
-    for item, row in zip(windows, values, strict=True):
-        origin = pd.Timestamp(item.rows[spec.time_column][-1]).tz_localize("UTC")
-        times = [origin + step * h for h in range(1, spec.horizon + 1)]
-        out.append(Forecast(item.site_id, origin, times, row, model.version))
-    return out
-
-
-def window_problem(times: list[datetime], freq: str, required: int) -> str | None:
-    """Why readings at `times` (oldest first) are not a complete window (None when they are).
-
-    Plain datetimes, not pandas: this runs on every request before it is batched.
-    """
-    if len(times) < required:
-        return f"needs {required} consecutive readings, got {len(times)}"
-    step = pd.Timedelta(freq).to_pytimedelta()
-    for n, (before, after) in enumerate(itertools.pairwise(times), start=1):
-        if after <= before:
-            return f"readings must be in strictly increasing time order (reading {n})"
-        if after - before != step:
-            return f"readings must be consecutive, one every {freq} (gap before reading {n})"
-    return None
-
-
-# --------------------------------------------------------------------------- streaming
-
-
-@dataclass
-class StreamEvent:
-    """One line of a stream's answer: a forecast, an error about a reading, or a notice."""
-
-    kind: str  # "forecast" | "error" | "notice"
-    payload: dict[str, Any]
-
-
-class StreamWindows:
-    """Per-site window state of one stream: readings in, complete windows out, per site in
-    order. A reading that is malformed, duplicated or out of order gets an error and is not
-    kept; a gap restarts that site's window (with a notice), because a window must be
-    consecutive readings."""
-
-    def __init__(self, task, spec: FeatureSpec, required: int):
-        self.task, self.spec, self.required = task, spec, required
-        self.schema = task.schema
-        self.step = pd.Timedelta(spec.freq)
-        self.buffers: dict[str, deque[dict[str, Any]]] = {}
-        self.last: dict[str, pd.Timestamp] = {}
-
-    def resize(self, spec: FeatureSpec, required: int) -> None:
-        """Follow a hot-swapped model: keep the readings, change the window length."""
-        self.spec, self.required, self.step = spec, required, pd.Timedelta(spec.freq)
-        for site, buffer in self.buffers.items():
-            self.buffers[site] = deque(buffer, maxlen=required)
-
-    def push(self, reading: dict[str, Any], line: int) -> tuple[Window | None, StreamEvent | None]:
-        """Add one parsed reading; returns (a complete window or None, an event or None)."""
-        site = reading[self.spec.group_column]
-        time = pd.Timestamp(reading[self.spec.time_column])
-        last = self.last.get(site)
-        if last is not None and time == last:
-            message = f"duplicate reading for site {site!r} at {time.isoformat()}"
-            return None, error_event(line, message, site)
-        if last is not None and time < last:
-            return None, error_event(
-                line,
-                f"out of order: site {site!r} reading at {time.isoformat()} is before the "
-                f"last one at {last.isoformat()}",
-                site,
-            )
-        buffer = self.buffers.setdefault(site, deque(maxlen=self.required))
-        notice = None
-        if last is not None and time - last != self.step:
-            notice = StreamEvent(
-                "notice",
-                {
-                    "line": line,
-                    "site_id": site,
-                    "notice": f"gap of {time - last} before {time.isoformat()}: "
-                    f"the window restarts and needs {self.required} consecutive readings",
-                },
-            )
-            buffer.clear()
-        buffer.append(reading)
-        self.last[site] = time
-        if len(buffer) < self.required:
-            return None, notice
-        columns = {
-            column: [r[column] for r in buffer]
-            for column in self.schema
-            if column != self.spec.group_column
-        }
-        return Window(site, typed_columns(columns, self.schema)), notice
-
-
-def error_event(line: int, message: str, site: str | None = None) -> StreamEvent:
-    payload: dict[str, Any] = {"line": line, "error": message}
-    if site is not None:
-        payload["site_id"] = site
-    return StreamEvent("error", payload)
-
-
-def readings_columns(
-    readings: list[Mapping[str, Any]], schema: Mapping[str, str]
-) -> dict[str, np.ndarray]:
-    """Raw readings (dicts) as typed column arrays of the task's columns present."""
-    present = [c for c in schema if not readings or c in readings[0]]
-    return typed_columns({c: [r[c] for r in readings] for c in present}, schema)
-
-
-def typed_columns(
-    columns: Mapping[str, list[Any]], schema: Mapping[str, str]
-) -> dict[str, np.ndarray]:
-    """Column lists as numpy arrays; times become naive-UTC datetime64[ns]."""
-    typed = {}
-    for column, values in columns.items():
-        kind = schema.get(column)
-        if kind == "datetime":
-            typed[column] = utc_datetime64(values)
-        elif kind == "float":
-            typed[column] = np.asarray(values, dtype=np.float64)
-        else:
-            typed[column] = np.asarray(values, dtype=object)
-    return typed
-
-
-def utc_datetime64(values: list[Any]) -> np.ndarray:
-    """Datetimes (aware: converted; naive: taken as UTC) or ISO strings → datetime64[ns]."""
-    if values and all(isinstance(v, datetime) for v in values):
-        naive = [v.astimezone(UTC).replace(tzinfo=None) if v.tzinfo else v for v in values]
-        return np.array(naive, dtype="datetime64[ns]")
-    return pd.to_datetime(values, utc=True).tz_convert(None).to_numpy(dtype="datetime64[ns]")

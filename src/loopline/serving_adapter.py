@@ -4,6 +4,15 @@ The service (`serving/service.py`) owns HTTP, adaptive batching, hot swap, readi
 metrics and the prediction log; a task's `Serving` subclass says only what one request item
 is, how a batch of items becomes model input and outputs become answers, and, where the
 task streams, what per-key state a stream keeps. Plain Python: no web framework here.
+
+What each API of the service asks of the adapter:
+
+- `POST /predict` (adaptive batching): `Request` (one item; the body is `{input_name:
+  [item, ...]}`), `check` (per item, before batching), `predict`, `Response` (one answer);
+- `POST /stream` (NDJSON, only with a `StreamLine`): `open_stream` → a `StreamState`;
+- `POST /explain` (only with the `Explaining` ability): `explain`, `Explanation`;
+- `POST /predict_<file_kind>`, `/explain_<file_kind>` (only with `FileInput`): uploads;
+- `GET /metadata`: `describe`.
 """
 
 from __future__ import annotations
@@ -20,7 +29,9 @@ if TYPE_CHECKING:
 
 
 class BadInput(ValueError):
-    """One item (or upload) the model cannot answer; `status` is the HTTP status it gets."""
+    """Input the model cannot answer; `status` is the HTTP status it gets. Raised by `check`
+    (one item: the request is refused), `item_from_file` (an upload), or `predict` when a
+    whole batch cannot be answered."""
 
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
@@ -31,12 +42,13 @@ class BadInput(ValueError):
 class Answer:
     """One answered item: what the client gets, and what the prediction log keeps."""
 
-    response: dict[str, Any]
-    key: str | None = None
-    origin: datetime | None = None
-    inputs: Any = None
-    output: Any = None
-    error: bool = False  # the response is an error message: nothing to log
+    response: dict[str, Any]  # the `Response` (or `Explanation`) fields, JSON-ready
+    key: str | None = None  # the log's key: the group the prediction is for (a site, an id)
+    origin: datetime | None = None  # the log's origin, where there is one (a forecast's)
+    inputs: Any = None  # the inputs' key fields, for the log
+    output: Any = None  # the output, for the log
+    error: bool = False  # `response` is an error message: the item is not logged
+    picture: bytes | None = None  # explanations: a PNG a person opens
 
 
 class Serving:
@@ -53,52 +65,62 @@ class Serving:
     def __init__(self, task: Any, params: Params) -> None:
         self.task, self.params = task, params
 
-    def check(self, item: BaseModel, model: LoadedModel) -> None:
-        """Raise BadInput naming what is wrong with `item` for the served model (runs per
-        request, before batching)."""
+    def check(self, item: Any, model: LoadedModel) -> None:
+        """Raise BadInput naming what is wrong with `item` for the served model. Runs per
+        request item while the body is validated, before batching: a bad item refuses its
+        request (400) without touching the batch it would have joined."""
 
-    def predict(self, model: LoadedModel, items: list[BaseModel]) -> list[Answer]:
-        """Answer every item (one model call for the batch where possible); a bad item gets
-        an error answer and never fails the others."""
+    def predict(self, model: LoadedModel, items: list[Any]) -> list[Answer]:
+        """Answer every item, in order (one model call for the batch where possible): the
+        items are `Request`s, or what a `StreamState` made ready. An item that cannot be
+        answered gets an error answer and never fails the others."""
         raise NotImplementedError
 
     def describe(self, model: LoadedModel) -> dict[str, Any]:
-        """What a request must hold for this model (`/metadata`)."""
+        """What a request must hold for this model (merged into `/metadata`'s model)."""
         return {}
 
     def open_stream(self, model: LoadedModel) -> StreamState:
         """The state of one `/stream` connection (default: each line is one item)."""
-        return StreamState(self)
+        return StreamState(self, model)
 
 
 class StreamState:
     """Per-connection stream state. The default answers each line as one item; a task that
     needs history (say, a window of readings per key) overrides `push` and `follow`."""
 
-    def __init__(self, serving: Serving) -> None:
-        self.serving = serving
+    def __init__(self, serving: Serving, model: LoadedModel) -> None:
+        self.serving, self.model = serving, model
 
-    def push(self, line: int, item: BaseModel) -> tuple[list[tuple[int, BaseModel]], list[dict]]:
-        """Take one parsed line; return the items now ready to answer (with their line) and
-        any events to send back at once (errors, notices)."""
+    def push(self, line: int, item: Any) -> tuple[list[tuple[int, Any]], list[dict[str, Any]]]:
+        """Take one parsed `StreamLine`; return the items now ready for `predict` (with
+        their line) and events to send back for this line (`{"error": ...}` counts as a
+        rejected line, anything else, say `{"notice": ...}`, is told as is)."""
         return [(line, item)], []
 
     def follow(self, model: LoadedModel) -> None:
-        """The service hot-swapped `model` in: adapt (say, a new window length)."""
+        """The service hot-swapped `model` in between two chunks: adapt (say, a new window
+        length), keeping what the stream holds."""
+        self.model = model
 
 
 class Explaining:
     """A serving ability: `/explain` answers with why (attention, saliency)."""
 
-    def explain(self, model: LoadedModel, items: list[BaseModel]) -> list[Answer]:
+    # The type of one `/explain` answer; None: the same as `Response`.
+    Explanation: ClassVar[type[BaseModel] | None] = None
+
+    def explain(self, model: LoadedModel, items: list[Any]) -> list[Answer]:
         raise NotImplementedError
 
 
 class FileInput:
-    """A serving ability: `/predict_file` (and `/explain_file` with Explaining) take one
-    uploaded file (an image, a document)."""
+    """A serving ability: `/predict_<file_kind>` (and `/explain_<file_kind>` with
+    Explaining) take one uploaded file (multipart field `file`: an image, a document)."""
 
-    def item_from_file(self, data: bytes, filename: str, model: LoadedModel) -> BaseModel:
-        """The request item an upload stands for; raise BadInput (415, 413, 400) naming
-        the problem."""
+    file_kind: ClassVar[str] = "file"
+
+    def item_from_file(self, data: bytes, model: LoadedModel) -> Any:
+        """The item an upload stands for (what `predict` takes); raise BadInput (415, 413,
+        400) naming the problem (the service puts the file's name in front)."""
         raise NotImplementedError

@@ -36,9 +36,16 @@ def publish_tiny_model(root: Path, seed: int, promote: bool = True, hidden: int 
     frame, spec = training_frame(params)
     spec = fit_normalization(spec, frame).with_window(24)
     torch.manual_seed(seed)
-    model = task.build_model(
-        {"hidden_size": hidden, "num_layers": 1, "dropout": 0.0, "cell": "gru"}, spec
+    hparams = task.Hyperparameters(
+        learning_rate=1e-3,
+        batch_size=64,
+        hidden_size=hidden,
+        num_layers=1,
+        dropout=0.0,
+        window=24,
+        cell="gru",
     )
+    model = task.build_model(hparams, spec)
     golden = make_windows(task.add_labels(frame, spec), spec, 24).x[:8]
     scratch = paths.state / "fixture" / str(seed)
     scratch.mkdir(parents=True, exist_ok=True)
@@ -109,8 +116,9 @@ def raw_readings(start: str, hours: int, site: str = SITE):
     return rows
 
 
-def service_app(service=None):
-    """A fresh ASGI app of the service for one TestClient.
+def service_app():
+    """A fresh ASGI app of the one service for one TestClient, serving the task of the
+    project `LOOPLINE_PROJECT` names (read now, as a service process reads it at start).
 
     Each TestClient runs its own event loop, and BentoML's adaptive-batching dispatcher
     binds to the loop that first uses it, so every client needs its own app. BentoML also
@@ -120,14 +128,15 @@ def service_app(service=None):
     """
     import prometheus_client
 
+    from serving.champion import boot_params
+    from serving.service import service_for
+
     registry = prometheus_client.REGISTRY
     for collector in list(registry._collector_to_names):
         names = registry._collector_to_names[collector]
         if any(name.startswith("bentoml_") for name in names):
             registry.unregister(collector)
-    if service is None:
-        from serving.service import Forecaster as service
-    return service.to_asgi()
+    return service_for(boot_params()).to_asgi()
 
 
 @contextlib.contextmanager

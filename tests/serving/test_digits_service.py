@@ -31,10 +31,8 @@ def digits_root(tmp_path_factory, prefect_harness):
 def client(digits_root, monkeypatch):
     from starlette.testclient import TestClient
 
-    from serving.digits import DigitClassifier
-
     monkeypatch.setenv("LOOPLINE_PROJECT", str(digits_root))
-    with TestClient(service_app(DigitClassifier)) as test_client:
+    with TestClient(service_app()) as test_client:
         yield test_client
 
 
@@ -100,7 +98,24 @@ def test_predict_takes_arrays_and_names_a_wrong_shape(client):
     assert out.status_code == 200, out.text
     assert [a["label"] for a in out.json()] == [str(t) for t in digits.target[:5]]
     bad = client.post("/predict", json={"images": [images[0], [[0.0] * 7] * 8]})
-    assert bad.status_code == 400 and "images[1] is 8×7; the model reads 8×8" in bad.text
+    assert bad.status_code == 400 and "image is 8×7; the model reads 8×8" in bad.text
+    assert [d["loc"] for d in bad.json()["detail"]] == [["images", 1]]
+
+
+def test_explain_takes_arrays_too_and_the_api_is_the_tasks(client):
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    out = client.post("/explain", json={"images": (digits.images[:2] / 16.0).tolist()})
+    assert out.status_code == 200, out.text
+    answers = out.json()
+    assert [a["label"] for a in answers] == [str(t) for t in digits.target[:2]]
+    assert np.array(answers[0]["saliency"]).shape == (8, 8) and 0 < answers[0]["probability"] <= 1
+    paths = client.get("/docs.json").json()["paths"]
+    assert {"/predict", "/explain", "/predict_image", "/explain_image", "/metadata"} <= set(paths)
+    assert "/stream" not in paths  # the task does not stream
+    meta = client.get("/metadata").json()["model"]
+    assert meta["task"] == "digits" and meta["image_size"] == 8 and meta["channels"] == 1
 
 
 def test_explain_image_returns_a_saliency_picture_of_the_ink(client):

@@ -298,13 +298,19 @@ def test_bentoml_build_stores_the_service_code(bento):
 
     path = bento["path"]
     info = (path / "bento.yaml").read_text()
-    assert "service: serving.service:Forecaster" in info
+    assert "service: serving.service:Loopline" in info
     src = path / "src"
     assert (src / "serving" / "service.py").is_file()
     assert (src / "serving" / "asgi.py").is_file()
-    # src/loopline lands as loopline/ at the Bento's root (is_src_layout), next to serving/.
+    # src/loopline lands as loopline/ at the Bento's root (is_src_layout), next to serving/,
+    # with every built-in task's serving adapter: the one service serves any of them.
     assert (src / "loopline" / "online.py").is_file()
-    assert (src / "loopline" / "tasks" / "solar.py").is_file()
+    assert (src / "loopline" / "serving_adapter.py").is_file()
+    from loopline.tasks import BUILTIN
+
+    for reference in BUILTIN.values():
+        package = reference.split(":")[0].split(".")
+        assert (src.joinpath(*package) / "serving.py").is_file(), package
     assert (src / "params.yaml").read_text() == (REPO / "params.yaml").read_text()
     shipped = {p.relative_to(src).parts[0] for p in src.rglob("*") if p.is_file()}
     assert shipped <= {"serving", "loopline", "params.yaml", "bentofile.yaml"}, shipped

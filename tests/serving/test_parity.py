@@ -24,6 +24,7 @@ def test_service_matches_the_offline_model_on_the_test_split(served_project):
     from loopline.paths import ProjectPaths
     from loopline.registry import champion_version
     from loopline.tasks import get_task
+    from loopline.tasks.solar.serving import required_readings
 
     paths = ProjectPaths.at(served_project)
     params = load_params(paths.params_file)
@@ -36,7 +37,7 @@ def test_service_matches_the_offline_model_on_the_test_split(served_project):
     readings = raw_readings("2021-02-10", 24 * 10)
     raw = task.load_builtin(params)
     raw = raw[(raw["site_id"] == SITE) & (raw["timestamp"] >= "2021-02-10")].head(24 * 10)
-    split = np.where(np.arange(len(raw)) < model.required_readings, "gap", "test")
+    split = np.where(np.arange(len(raw)) < required_readings(spec), "gap", "test")
     keys, offline = onnx_forecasts(task, raw.assign(split=split), spec, model.session)
     assert len(keys) > 100
     offline_by_origin = {
@@ -45,7 +46,7 @@ def test_service_matches_the_offline_model_on_the_test_split(served_project):
 
     with TestClient(service_app()) as client:
         # predict: one window per origin, every 5th origin, in one request
-        required = model.required_readings
+        required = required_readings(spec)
         windows = []
         for end in range(required, len(readings) + 1, 5):
             rows = [

@@ -41,11 +41,9 @@ def reviews_root(tmp_path_factory, prefect_harness):
 def client(reviews_root, monkeypatch):
     from starlette.testclient import TestClient
 
-    from serving.reviews import ReviewClassifier
-
     monkeypatch.setenv("LOOPLINE_PROJECT", str(reviews_root))
     monkeypatch.setenv("LOOPLINE_SERVE_LOG_FLUSH_INTERVAL_S", "0.05")
-    with TestClient(service_app(ReviewClassifier)) as test_client:
+    with TestClient(service_app()) as test_client:
         yield test_client
 
 
@@ -142,6 +140,16 @@ def test_metadata_describes_the_text_model(client):
     assert model["task"] == "reviews" and model["labels"] == ["negative", "positive"]
     assert model["max_length"] == 32 and model["vocabulary_size"] > 10
     assert "test_accuracy" in model["metrics"]
+
+
+def test_the_one_service_offers_the_tasks_apis_typed(client):
+    spec = client.get("/docs.json").json()
+    assert {"/predict", "/explain", "/stream", "/metadata"} <= set(spec["paths"])
+    assert not any(path.startswith("/predict_") for path in spec["paths"])  # takes no files
+    body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
+    assert body["schema"]["required"] == ["texts"]
+    answers = spec["paths"]["/explain"]["post"]["responses"]["200"]["content"]
+    assert answers["application/json"]["schema"]["items"]["$ref"].endswith("/Classified")
 
 
 def test_loopline_serve_model_reviews_serves_the_review_champion(reviews_root, tmp_path):

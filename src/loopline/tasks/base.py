@@ -312,7 +312,7 @@ def abilities(task: Task) -> list[str]:
     return [kind.__name__ for kind in kinds if isinstance(task, kind)]
 
 
-REQUIRED = ("name", "schema", "key_columns", "target_column", "Hyperparameters")
+REQUIRED = ("name", "schema", "key_columns", "target_column", "Hyperparameters", "Serving")
 
 
 def contract_problems(cls: type) -> list[str]:

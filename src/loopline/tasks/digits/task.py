@@ -27,6 +27,7 @@ from loopline.labeling import Examples
 from loopline.split import labeled_set
 from loopline.tasks.base import FeatureOptions, Hyperparameters, Task
 from loopline.tasks.digits.images import FORMATS, pixel_columns, to_array
+from loopline.tasks.digits.serving import DigitsServing
 from loopline.validate import Rule
 
 CLASSES = tuple(str(d) for d in range(10))
@@ -116,6 +117,7 @@ class DigitsTask(Task):
     Settings: ClassVar[type[Section]] = DigitsParams
     Hyperparameters: ClassVar[type[Hyperparameters]] = DigitsHyperparameters
     Options: ClassVar[type[FeatureOptions]] = DigitsOptions
+    Serving: ClassVar[type] = DigitsServing
     architecture: ClassVar[tuple[str, ...]] = ("channels", "hidden_size")
     name: ClassVar[str] = "digits"
     schema: ClassVar[dict[str, str]] = {

@@ -29,6 +29,7 @@ from loopline.features import FeatureSpec
 from loopline.labeling import Examples
 from loopline.split import labeled_set
 from loopline.tasks.base import FeatureOptions, Hyperparameters, Task
+from loopline.tasks.reviews.serving import ReviewsServing
 from loopline.tasks.reviews.text import Vocabulary, tokenize
 from loopline.validate import Rule
 
@@ -102,6 +103,7 @@ class ReviewsTask(Task):
     Settings: ClassVar[type[Section]] = ReviewsParams
     Hyperparameters: ClassVar[type[Hyperparameters]] = ReviewsHyperparameters
     Options: ClassVar[type[FeatureOptions]] = ReviewsOptions
+    Serving: ClassVar[type] = ReviewsServing
     architecture: ClassVar[tuple[str, ...]] = (
         "embed_size",
         "hidden_size",

@@ -24,6 +24,7 @@ from loopline.features import FeatureSpec, fit_normalization
 from loopline.labeling import Examples, add_forecast_labels, make_windows, shifted_values
 from loopline.split import evaluation_view
 from loopline.tasks.base import FeatureOptions, Hyperparameters, Task
+from loopline.tasks.solar.serving import SolarServing
 from loopline.validate import Rule
 
 # pvlib's bundled TMY3 files; locations come from each file's own header.
@@ -195,6 +196,7 @@ class SolarTask(Task):
     Settings: ClassVar[type[Section]] = SolarParams
     Hyperparameters: ClassVar[type[Hyperparameters]] = SolarHyperparameters
     Options: ClassVar[type[FeatureOptions]] = SolarOptions
+    Serving: ClassVar[type] = SolarServing
     architecture: ClassVar[tuple[str, ...]] = ("hidden_size", "num_layers", "cell")
     name: ClassVar[str] = "solar"
     schema: ClassVar[dict[str, str]] = {
