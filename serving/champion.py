@@ -265,17 +265,13 @@ class ChampionService:
                 )
                 for a in answered
             ]
-            self.record(api, model, records, seconds)
+            for record in records:
+                self.predictions.put(record)
+            self.metrics["predictions"].labels(api, model.version).inc(len(records))
+            self.metrics["batch_size"].labels(api).observe(len(records))
+            self.metrics["latency"].labels(api).observe(seconds)
+            self.metrics["log_dropped"].set(self.predictions.dropped)
         return answers
-
-    def record(self, api: str, model: LoadedModel, records: list[PredictionRecord], seconds):
-        """Log the predictions of one model call and count them in the metrics."""
-        for item in records:
-            self.predictions.put(item)
-        self.metrics["predictions"].labels(api, model.version).inc(len(records))
-        self.metrics["batch_size"].labels(api).observe(len(records))
-        self.metrics["latency"].labels(api).observe(seconds)
-        self.metrics["log_dropped"].set(self.predictions.dropped)
 
 
 async def ndjson_batches(request, max_line_bytes: int):
