@@ -82,14 +82,15 @@ def onnx_session(path: Path | bytes, threads: int = 0):
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
-def embedded_spec(session):
-    """The FeatureSpec stored in an ONNX model's metadata at export."""
+def embedded_spec(session, task=None):
+    """The FeatureSpec stored in an ONNX model's metadata at export (typed by `task`, which
+    must be the model's; default: the task the spec names)."""
     from loopline.features import FeatureSpec
 
     metadata = session.get_modelmeta().custom_metadata_map
     if SPEC_KEY not in metadata:
         raise ValueError(f"the ONNX model carries no {SPEC_KEY!r} metadata")
-    return FeatureSpec.from_json(metadata[SPEC_KEY])
+    return FeatureSpec.from_json(metadata[SPEC_KEY], task)
 
 
 _ONNX_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64}
