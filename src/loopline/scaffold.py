@@ -13,10 +13,13 @@ refused before anything is written; a step that fails later removes what was mad
 from __future__ import annotations
 
 import keyword
+import logging
 import os
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,23 +158,40 @@ def _init_git_and_dvc(root: Path) -> None:
     from dvc.repo import Repo
 
     from loopline.datastore import track_data
-    from loopline.paths import ProjectPaths, apply_environment
+    from loopline.paths import ProjectPaths
 
     paths = ProjectPaths.at(root)
-    apply_environment(paths)  # DVC's site cache and analytics off, inside the state folder
     _git(root, "-c", "init.defaultBranch=main", "init", "--quiet")
     dvcignore = (root / ".dvcignore").read_text() if (root / ".dvcignore").exists() else None
-    Repo.init(str(root))
-    if dvcignore is not None:  # the template's, not DVC's empty one
-        (root / ".dvcignore").write_text(dvcignore)
-    with Repo(str(root)) as repo, repo.config.edit() as config:
-        config["core"]["remote"] = "local"
-        config["core"]["autostage"] = "false"
-        # DVC stores a relative path relative to .dvc/ (it reads it from the working
-        # directory): a moved or cloned project keeps its remote.
-        config["remote"]["local"] = {"url": os.path.relpath(paths.dvc_remote)}
-    paths.data.mkdir(exist_ok=True)
-    track_data(root, paths.data, push=False)
+    logging.getLogger("dvc").setLevel(logging.WARNING)  # its "now commit" hints are noise
+    with _dvc_environment(paths):
+        Repo.init(str(root))
+        if dvcignore is not None:  # the template's, not DVC's empty one
+            (root / ".dvcignore").write_text(dvcignore)
+        with Repo(str(root)) as repo, repo.config.edit() as config:
+            config["core"]["remote"] = "local"
+            config["core"]["autostage"] = "false"
+            # DVC stores a relative path relative to .dvc/ (it reads it from the working
+            # directory): a moved or cloned project keeps its remote.
+            config["remote"]["local"] = {"url": os.path.relpath(paths.dvc_remote)}
+        paths.data.mkdir(exist_ok=True)
+        track_data(root, paths.data, push=False)
+
+
+@contextmanager
+def _dvc_environment(paths) -> Iterator[None]:
+    """DVC's analytics off and its site cache in the project's state folder (else it writes
+    under /var/tmp), unless the user set them; the process's environment is left as it was."""
+    from loopline.paths import orchestrator_environment
+
+    wanted = orchestrator_environment(paths)
+    added = [key for key in ("DVC_NO_ANALYTICS", "DVC_SITE_CACHE_DIR") if key not in os.environ]
+    os.environ.update({key: wanted[key] for key in added})
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
 
 
 def _commit(root: Path, message: str) -> None:
