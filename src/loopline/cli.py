@@ -43,6 +43,50 @@ def _fail(error: Exception) -> None:
 
 
 @app.command()
+def init(
+    name: Annotated[
+        str | None,
+        typer.Argument(help="The project's name: its new folder (and a custom task's name)."),
+    ] = None,
+    template: Annotated[
+        str | None, typer.Option("--template", "-t", help="What the project starts from.")
+    ] = None,
+    list_templates: Annotated[
+        bool, typer.Option("--list", help="Show the templates and exit.")
+    ] = False,
+) -> None:
+    """Make a project from a template: params.yaml, data.dvc, README, tests; git and DVC
+    initialised. `--template custom` adds a task module of the project's own."""
+    from loopline.scaffold import ScaffoldError, init_project, templates
+
+    if list_templates:
+        _print_templates(templates())
+        return
+    known = ", ".join(t.name for t in templates())
+    if name is None:
+        _fail(ScaffoldError(f"give the project's NAME: loopline init NAME --template ({known})"))
+    if template is None:
+        _fail(ScaffoldError(f"choose a template with --template: {known} (see --list)"))
+    try:
+        project = init_project(name, template)
+    except ScaffoldError as error:
+        _fail(error)
+    console.print(f"[bold green]created[/] {project.root} from template {project.template}")
+    console.print(f"task: {project.task} · {len(project.files)} files · git and DVC initialised")
+    console.print(f"next: cd {project.root.name} && loopline run && pytest")
+
+
+def _print_templates(found) -> None:
+    table = Table(title="loopline init NAME --template T")
+    table.add_column("template")
+    table.add_column("what it is")
+    for template in found:
+        table.add_row(template.name, template.description)
+    out = Console()
+    (out if out.is_terminal else Console(width=200)).print(table)
+
+
+@app.command()
 def run(
     project: ProjectOption = None,
     task: Annotated[str | None, typer.Option(help="Task to run (overrides params `task`).")] = None,
