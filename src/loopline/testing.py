@@ -424,7 +424,7 @@ class _ContractRun:
         _require(not empty, f"the split leaves {empty} empty ({dict(counts)})")
         _require(isinstance(spec, FeatureSpec), "fit_features() gave no FeatureSpec")
         _require(
-            FeatureSpec.from_json(spec.to_json()) == spec,
+            FeatureSpec.from_json(spec.to_json(), self.task) == spec,
             "the fitted feature spec changes through JSON (it travels inside the ONNX model)",
         )
         self.frame, self.spec = frame, spec
@@ -545,7 +545,10 @@ class _ContractRun:
             params.export.parity_rtol,
         )
         self.session = onnx_session(path)
-        _require(embedded_spec(self.session) == self.spec, "the exported spec reads back changed")
+        _require(
+            embedded_spec(self.session, self.task) == self.spec,
+            "the exported spec reads back changed",
+        )
         return f"parity max |diff| {parity.max_abs_diff:.2g} on {parity.rows} rows"
 
     # -------------------------------------------------------------- serving

@@ -12,7 +12,8 @@ from pydantic import ValidationError
 from loopline.features import FeatureSpec
 from loopline.online import LoadedModel
 from loopline.tasks.base import contract_problems
-from loopline.tasks.rows import RowTask, row_options
+from loopline.tasks.rows import RowTask
+from loopline.tasks.rows.task import RowOptions
 
 
 class Machines(RowTask):
@@ -83,7 +84,8 @@ def fitted_spec(task) -> FeatureSpec:
         freq="",
         group_column="id",
         time_column="",
-        options={"labels": ["ok", "worn"], "standardize": True},
+        labels=["ok", "worn"],
+        options=RowOptions(standardize=True),
     )
     rows = pd.DataFrame({"temperature": [50.0, 70.0], "oil pressure": [4.0, 5.0], "state": "ok"})
     return task().fit_features(spec, rows)
@@ -131,7 +133,7 @@ def test_standardisation_is_fitted_on_training_rows_and_can_be_turned_off():
     rows = pd.DataFrame({"temperature": [50.0, 70.0], "oil pressure": [4.0, 5.0], "state": "ok"})
     refitted = Machines().fit_features(plain, rows)
     assert refitted.mean == {"temperature": 0.0, "oil pressure": 0.0}
-    assert row_options(refitted).standardize is False
+    assert refitted.options.standardize is False
 
 
 def test_the_baselines_ignore_the_features():

@@ -10,7 +10,6 @@ from loopline.tasks.rows.task import (
     RowOptions,
     RowSettings,
     RowTask,
-    row_options,
 )
 
 __all__ = [
@@ -19,6 +18,5 @@ __all__ = [
     "RowServing",
     "RowSettings",
     "RowTask",
-    "row_options",
     "serving_for",
 ]

@@ -16,7 +16,6 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from loopline.features import normalize
 from loopline.serving_adapter import Answer, BadInput, Serving
-from loopline.tasks.rows.task import row_options
 
 if TYPE_CHECKING:
     from loopline.online import LoadedModel
@@ -53,13 +52,13 @@ class RowServing(Serving):
         if good:
             rows = pd.DataFrame([self._values(items[p]) for p in good])
             outputs = run_onnx(model.session, normalize(rows, model.spec))
-            labels = row_options(model.spec).labels
+            labels = model.spec.labels
             for position, output in zip(good, outputs, strict=True):
                 answers[position] = self._answer(items[position], output, labels)
         return [a for a in answers if a is not None]
 
     def describe(self, model: LoadedModel) -> dict[str, Any]:
-        labels = row_options(model.spec).labels
+        labels = model.spec.labels
         return {
             "id": self.id_field,
             "features": list(model.spec.feature_columns),

@@ -70,16 +70,9 @@ class RowHyperparameters(Hyperparameters):
 
 @dataclass(frozen=True)
 class RowOptions(FeatureOptions):
-    """What a row model's feature spec carries beyond its columns and scaling."""
+    """What a row model's feature spec carries beyond its columns, scaling and labels."""
 
-    labels: list[str] | None = None  # class names in the model's output order; None: a value
     standardize: bool = True
-
-
-def row_options(spec: FeatureSpec) -> RowOptions:
-    """The spec's options, typed (a spec read from JSON holds them as a plain mapping)."""
-    options = spec.options
-    return options if isinstance(options, RowOptions) else RowOptions.from_dict(dict(options))
 
 
 class RowTask(Task):
@@ -160,10 +153,6 @@ class RowTask(Task):
     # ------------------------------------------------------------------ features and labels
 
     def new_feature_spec(self, params: Params) -> FeatureSpec:
-        options = RowOptions(
-            labels=list(self.classes) if self.is_classifier else None,
-            standardize=self.settings(params).standardize,
-        )
         return FeatureSpec(
             task=self.name,
             feature_columns=list(self.features),
@@ -172,14 +161,15 @@ class RowTask(Task):
             freq="",
             group_column=self.id_column,
             time_column="",
-            options=options.to_dict(),
+            labels=list(self.classes) if self.is_classifier else None,
+            options=RowOptions(standardize=self.settings(params).standardize),
         )
 
     def fit_features(self, spec: FeatureSpec, train_rows: pd.DataFrame) -> FeatureSpec:
         """Each feature's mean and standard deviation on the training split (0 and 1 when
         not standardising), and a regression target's, which the model learns scaled."""
         mean, std = {}, {}
-        standardize = row_options(spec).standardize
+        standardize = spec.options.standardize
         for column in spec.feature_columns:
             values = _finite(train_rows[column])
             if not values.size:
@@ -187,7 +177,7 @@ class RowTask(Task):
             mean[column] = float(values.mean()) if standardize else 0.0
             std[column] = (float(values.std()) or 1.0) if standardize else 1.0
         target_mean, target_std = 0.0, 1.0
-        if row_options(spec).labels is None:
+        if spec.labels is None:
             target = _finite(train_rows[spec.target_column])
             if not target.size:
                 raise ValueError(f"target {spec.target_column!r}: no value in the training split")
@@ -200,7 +190,7 @@ class RowTask(Task):
 
     def targets(self, rows: pd.DataFrame, spec: FeatureSpec, target_set: str) -> np.ndarray:
         """Class ids (N,) of a classifier's rows, or the values (N, 1) of a regression."""
-        labels = row_options(spec).labels
+        labels = spec.labels
         if labels is None:
             return rows[[spec.target_column]].to_numpy(dtype=np.float32)
         index = {label: i for i, label in enumerate(labels)}
@@ -223,7 +213,7 @@ class RowTask(Task):
     def build_model(self, hparams: RowHyperparameters, spec: FeatureSpec):
         from loopline.tasks.rows.model import RowMLP
 
-        labels = row_options(spec).labels
+        labels = spec.labels
         return RowMLP(
             n_features=len(spec.feature_columns),
             n_outputs=len(labels) if labels is not None else 1,
@@ -256,7 +246,7 @@ class RowTask(Task):
             reason = incomparable_specs(spec, own) or self.incomparable(spec, own)
             if reason is None:  # the champion reads the rows with its own scaling
                 outputs["champion"] = run_onnx(session, self.inputs(test_rows, own))
-        if row_options(spec).labels is not None:
+        if spec.labels is not None:
             scores = {name: score_classes(truth, p) for name, p in outputs.items()}
             return judge(scores, params, reason, metric="accuracy", higher_is_better=True)
         scores = {name: score(truth, np.asarray(v).reshape(-1, 1)) for name, v in outputs.items()}
@@ -265,7 +255,7 @@ class RowTask(Task):
     def baselines(self, train_truth: np.ndarray, rows: int, spec: FeatureSpec) -> dict:
         """Answers that ignore the features, learned from the training labels: the class
         frequencies (whose best guess is the majority class), or the mean."""
-        labels = row_options(spec).labels
+        labels = spec.labels
         if labels is None:
             mean = float(np.mean(train_truth)) if len(train_truth) else 0.0
             return {"training_mean_baseline": np.full((rows, 1), mean)}
