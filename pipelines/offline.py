@@ -4,7 +4,9 @@ ingest → validate → snapshot → features → labeling → split → tune �
 export → publish.
 
 Run it with `loopline run` (or `make run`). Each task reads its params section and calls one
-library function; retries only on stages that do I/O.
+library function; retries only on stages that do I/O. `_offline` is the table of contents,
+its phases follow it; the registry's rules (nothing new, a version's tags, the champion's
+move) live in `loopline.publishing`.
 
 Stages are cached by Prefect under keys from `loopline.caching` (data version, their params
 section, code version), their results stored in the project's state folder: rerunning after
@@ -15,9 +17,8 @@ the same flow run, which also finds its MLflow run (tagged with the flow run id)
 
 from __future__ import annotations
 
-import json
-import uuid
-from datetime import UTC, datetime
+import functools
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,25 +27,25 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run as flow_run_context
 from prefect.states import Completed
 
-from loopline import caching, datastore, registry
+from loopline import batch, caching, datastore, publishing, registry, tracking
 from loopline.config import Params, load_params
 from loopline.errors import is_transient
 from loopline.evaluate import Evaluation
-from loopline.export import SPEC_KEY, export_and_check
+from loopline.export import Exported, export_model
 from loopline.features import FeatureSpec, build_features
-from loopline.human_labels import LabelStore
-from loopline.ingest import batch_watermarks, fetch_new_rows, untimed_fingerprints
 from loopline.lineage import git_commit
 from loopline.notify import notify, run_summary
 from loopline.paths import ProjectPaths
 from loopline.split import split_and_fit, training_view
-from loopline.tracking import RunTracker, lineage_tags, scratch_dir
-from loopline.train import TrainResult, plot_learning_curves, save_checkpoint, train_model
+from loopline.tracking import RunTracker
+from loopline.train import TrainResult, train_model
 from loopline.transfer import SourceModel, load_source
 from loopline.tune import TuneResult, tune_model
-from loopline.validate import ValidationReport, check_bad_fraction, validate_rows
+from loopline.validate import ValidationReport
 from pipelines.progress import note, stage
 from pipelines.tuning import optuna_storage, tune_on_dask
+
+# ---------------------------------------------------------------------- caching and retries
 
 
 def _by_stage_key(context, inputs: dict[str, Any]) -> str:
@@ -66,10 +67,6 @@ def run_stage(stage_task, paths: ProjectPaths, *args, **kwargs):
     return state.result()
 
 
-FLOW_RUN_TAG = "loopline.flow_run_id"  # the Prefect flow run an MLflow pipeline run belongs to
-BATCH_TAG = "loopline.batch_id"
-
-
 def _retry_transient(task, task_run, state) -> bool:
     """Retry an I/O stage only for failures a retry can fix (a database or network that is
     briefly away); a missing file or a bad value fails at once with its message."""
@@ -84,42 +81,19 @@ IO_RETRIES = {
     "retry_condition_fn": _retry_transient,
 }
 
+# ---------------------------------------------------------------------- stages
+
 
 @task(name="ingest", **CACHED, **IO_RETRIES)
 def ingest(params: Params, paths: ProjectPaths, stage_key: str):
-    plugin = params.plugin
-    store = datastore.SnapshotStore(paths.snapshots(params.task_name))
-    # A source without times has no watermark: its rows already in the snapshot are known
-    # by key instead.
-    known = store.known_keys(plugin.key_columns) if plugin.time_column is None else set()
-    return fetch_new_rows(
-        params, plugin, paths.root, store.watermarks(), store.untimed_quarantined(), known
-    )
+    return batch.new_rows(params, paths)
 
 
 @task(name="validate", **CACHED)
 def validate(
     params: Params, rows, paths: ProjectPaths, tracker: RunTracker, batch_id: str, stage_key: str
 ) -> ValidationReport:
-    plugin = params.plugin
-    report = validate_rows(
-        rows, plugin.schema_for(params), plugin.rules(params), suite_name=params.task_name
-    )
-    where = datastore.write_quarantine(report.bad, paths.quarantine / params.task_name, batch_id)
-    tracker.log_dict(
-        {**report.summary(), "quarantine": str(where) if where else None}, "validation/summary.json"
-    )
-    tracker.log_metrics(
-        {
-            "validate_rows": report.total,
-            "validate_bad_rows": len(report.bad),
-            "validate_bad_fraction": report.bad_fraction,
-        }
-    )
-    if where is not None:
-        tracker.log_file(where, "validation")
-    check_bad_fraction(report, params.validate_.max_bad_fraction, str(where))
-    return report
+    return batch.validate_batch(params, rows, paths, batch_id, tracker)
 
 
 @task(name="snapshot", **CACHED, **IO_RETRIES)
@@ -130,32 +104,19 @@ def snapshot(
     paths: ProjectPaths,
     batch_id: str,
     stage_key: str,
-) -> tuple[datastore.Commit, str, str]:
-    plugin = params.plugin
-    store = datastore.SnapshotStore(paths.snapshots(params.task_name))
-    info = {
-        "batch_id": batch_id,
-        "quarantined": len(report.bad),
-        "untimed_quarantined": untimed_fingerprints(report.bad, plugin),
-        "source": params.ingest.source,
-    }
-    commit = store.commit(report.good, batch_watermarks(rows, plugin), info)
-    datastore.ensure_dvc_repo(paths.root, paths.dvc_remote)
-    return commit, datastore.track_data(paths.root, paths.data), store.version()
+) -> batch.Committed:
+    return batch.commit_batch(params, rows, report, paths, batch_id)
 
 
 @task(name="features", **CACHED)
 def features(params: Params, paths: ProjectPaths, stage_key: str):
-    plugin = params.plugin
-    snapshot_rows = datastore.SnapshotStore(paths.snapshots(params.task_name)).load()
-    return build_features(plugin, snapshot_rows, params)
+    return build_features(params.plugin, batch.snapshot_rows(params, paths), params)
 
 
 @task(name="labeling", **CACHED)
 def labeling(params: Params, frame, spec: FeatureSpec, paths: ProjectPaths, stage_key: str):
     # People's labels are part of the data version (and so of this stage's key).
-    human = LabelStore(paths.labels(params.task_name)).load()
-    return params.plugin.add_labels(frame, spec, human)
+    return params.plugin.add_labels(frame, spec, batch.human_labels(params, paths))
 
 
 @task(name="split", **CACHED)
@@ -164,10 +125,7 @@ def split(params: Params, frame, spec: FeatureSpec, stage_key: str):
 
 
 def log_trial(tracker: RunTracker, trial) -> None:
-    child = tracker.child(f"trial-{trial.number}", {"loopline.trial_state": trial.state})
-    child.log_params(trial.hparams)
-    child.log_metrics({"val_loss": trial.value, "epochs": trial.epochs})
-    child.end("FINISHED" if trial.state != "FAIL" else "FAILED")
+    tracking.record_trial(tracker, trial)
     value = f"{trial.value:.4g}" if trial.value is not None else "-"
     note(
         f"trial {trial.number}: {trial.state.lower():8s} val_loss {value:>8s} "
@@ -180,8 +138,7 @@ def record_trials(result: TuneResult, tracker: RunTracker, stage_key: str) -> Tu
     """Log trials run elsewhere (Dask workers) as nested runs, from the shared study."""
     for trial in result.trials:
         log_trial(tracker, trial)
-    tracker.log_params({"best": result.best_hparams})
-    tracker.log_metrics({"tune_best_val_loss": result.best_value})
+    tracking.record_tuning(tracker, result)
     return result
 
 
@@ -211,14 +168,13 @@ def tune(
         frame,
         spec,
         params,
-        on_trial=lambda t: log_trial(tracker, t),
+        on_trial=functools.partial(log_trial, tracker),
         storage=optuna_storage(params, paths),
         study_name=stage_key,
         resume=True,
         source=source,
     )
-    tracker.log_params({"best": result.best_hparams})
-    tracker.log_metrics({"tune_best_val_loss": result.best_value})
+    tracking.record_tuning(tracker, result)
     return result
 
 
@@ -234,9 +190,7 @@ def train(
     source: SourceModel | None = None,
 ) -> tuple[TrainResult, FeatureSpec]:
     def log_epoch(epoch) -> None:
-        tracker.log_metrics(
-            {"train_loss": epoch.train_loss, "val_loss": epoch.val_loss}, step=epoch.epoch
-        )
+        tracking.record_epoch(tracker, epoch)
         note(
             f"epoch {epoch.epoch:3d}/{params.train.max_epochs}  train {epoch.train_loss:.4f}"
             f"  val {epoch.val_loss:.4f}"
@@ -261,41 +215,17 @@ def record_training(
     source: SourceModel | None = None,
 ) -> None:
     """What this MLflow run shows of its training, whether the train stage ran now or was
-    reused from an earlier run with the same key: curves, summary, weights, provenance."""
-    if not tracker.client.get_metric_history(tracker.run_id, "train_loss"):
-        for epoch in result.history:  # reused: the epochs were logged to another run
-            tracker.log_metrics(
-                {"train_loss": epoch.train_loss, "val_loss": epoch.val_loss}, step=epoch.epoch
-            )
+    reused from an earlier run with the same key."""
+    mode = params.train.transfer.mode
     if result.started is not None:
         started = result.started
         note(
             f"started from {source.resolved}: copied {', '.join(started.copied) or 'nothing'}"
             + (f"; fresh {', '.join(started.fresh)} ({started.reason})" if started.fresh else "")
-            + f"; fine-tuning: {params.train.transfer.mode}"
+            + f"; fine-tuning: {mode}"
         )
-        tracker.set_tags(
-            {
-                "loopline.transfer.copied": ",".join(started.copied),
-                "loopline.transfer.fresh": ",".join(started.fresh),
-                "loopline.transfer.mode": params.train.transfer.mode,
-            }
-        )
-    tracker.log_metrics(
-        {
-            "best_epoch": result.best_epoch,
-            "best_val_loss": result.best_val_loss,
-            "epochs_run": len(result.history),
-            "overfitting_onset_epoch": result.overfitting_onset or 0,
-        }
-    )
-    curves = plot_learning_curves(
-        result, scratch / "learning_curves.png", f"{params.task_name}: learning curves"
-    )
-    tracker.log_figure_file(curves)
-    # The PyTorch weights travel with every run: parity can be re-checked and later runs
-    # can start from them (`train.init_from`).
-    tracker.log_file(save_checkpoint(result, spec, scratch / "model.pt"), "torch")
+    title = f"{params.task_name}: learning curves"
+    tracking.record_training(tracker, result, spec, scratch, title, mode)
 
 
 @task(name="evaluate", **CACHED)
@@ -304,126 +234,38 @@ def evaluate(
     frame,
     spec: FeatureSpec,
     result: TrainResult,
-    paths: ProjectPaths,
     tracker: RunTracker,
     scratch: Path,
     stage_key: str,
 ) -> Evaluation:
-    plugin = params.plugin
-    champion = registry.load_champion(paths.tracking_uri(), params.model_name, scratch / "champ")
-    champion_model = (champion[0], champion[1]) if champion else None
-    evaluation = plugin.evaluate(frame, spec, result.model, params, champion_model)
-    tracker.log_metrics(evaluation.metrics())
-    for report in plugin.evaluation_report(evaluation, frame, spec, result.model, params, scratch):
-        tracker.log_file(report, "plots" if report.suffix == ".png" else "evaluation")
-    tracker.log_dict(
-        {
-            "decision": evaluation.decision.to_dict(),
-            "champion_version": champion[2].version if champion else None,
-            "scores": {k: v.to_dict() for k, v in evaluation.scores.items()},
-        },
-        "evaluation/decision.json",
+    return publishing.score_against_champion(
+        params.plugin, frame, spec, result.model, params, tracker, scratch
     )
-    return evaluation
 
 
 @task(name="export", **CACHED)
 def export(
     params: Params, frame, spec: FeatureSpec, result: TrainResult, scratch: Path, stage_key: str
-):
-    # The golden batch comes from validation examples: the test set is evaluate's alone.
-    golden = params.plugin.examples(frame, spec, "val").x[: params.export.golden_batch]
-    path = scratch / "model.onnx"
-    parity = export_and_check(
-        result.model,
-        golden,
-        path,
-        {SPEC_KEY: spec.to_json()},
-        params.export.parity_atol,
-        params.export.parity_rtol,
-    )
-    # The model's bytes, not its path: a cached export outlives the run folder it was made in.
-    return path.read_bytes(), parity, golden
+) -> Exported:
+    return export_model(params.plugin, frame, spec, result.model, params.export, scratch)
 
 
-# Not cached but idempotent per pipeline run: a resumed run that registered its version
-# before the crash completes that version (tags, the gate) rather than registering another.
+# Not cached but idempotent per pipeline run (see `publishing.publish`).
 @task(name="publish", cache_policy=NO_CACHE, **IO_RETRIES)
 def publish(
     params: Params,
-    paths: ProjectPaths,
-    onnx_model: bytes,
-    spec: FeatureSpec,
-    golden,
+    candidate: Exported,
     evaluation: Evaluation,
     lineage: dict[str, str],
     tracker: RunTracker,
     scratch: Path,
 ) -> tuple[registry.Published, dict | None]:
-    from mlflow.models import infer_signature
-
-    from loopline.export import onnx_session, run_onnx
-
-    onnx_path = scratch / "model.onnx"
-    onnx_path.write_bytes(onnx_model)
-    golden_out = run_onnx(onnx_session(onnx_path), golden)
-    signature = infer_signature(golden, golden_out)
-    files = registry.write_model_files(scratch, spec, params.to_dict(), golden, golden_out)
-    metrics = evaluation.metrics()
-    tags = {
-        **lineage,
-        "loopline.pipeline_run_id": tracker.run_id,
-        "loopline.params": json.dumps(params.to_dict(), separators=(",", ":"))[:5000],
-        "loopline.gate": "promote" if evaluation.decision.promote else "hold",
-        **{f"loopline.metric.{k}": f"{v:.6g}" for k, v in metrics.items()},
-    }
-    published = registry.log_onnx_model(
-        paths.tracking_uri(),
-        tracker.run_id,
-        onnx_path,
-        params.model_name,
-        files,
-        metadata={"feature_spec": json.loads(spec.to_json()), **lineage},
-        signature=signature,
-        tags=tags,
+    return publishing.publish(
+        tracker, params.model_name, candidate, evaluation, params.to_dict(), lineage, scratch
     )
-    moved = None
-    champion = registry.champion_version(paths.tracking_uri(), params.model_name)
-    already = champion is not None and str(champion.version) == published.version
-    if already:  # promoted before the crash this run resumes from
-        moved = {"to": published.version, "already": True}
-    elif evaluation.decision.promote:
-        moved = registry.move_champion(
-            paths.tracking_uri(),
-            params.model_name,
-            published.version,
-            reason="; ".join(evaluation.decision.reasons),
-            who=f"pipeline run {tracker.run_id}",
-        )
-    registry.mark_published(paths.tracking_uri(), published)
-    return published, moved
 
 
-def nothing_new(
-    paths: ProjectPaths, params: Params, snapshot_version: str, init_from: str | None = None
-) -> Any | None:
-    """The version already published from this snapshot with these params (and started
-    from the same pinned model, `init_from`), if any.
-
-    Only a fully published version counts: one whose publish step was cut off before the gate
-    was carried out is trained again, so the gate's decision is never lost.
-    """
-    latest = registry.latest_version(paths.tracking_uri(), params.model_name)
-    if latest is None:
-        return None
-    tags = latest.tags or {}
-    same = (
-        tags.get(registry.PUBLISH_COMPLETE) == "true"
-        and tags.get("loopline.snapshot_version") == snapshot_version
-        and tags.get("loopline.params_hash") == params.fingerprint()
-        and tags.get("loopline.init_from") == init_from
-    )
-    return latest if same else None
+# ---------------------------------------------------------------------- the flow
 
 
 def _notify(flow, flow_run, state) -> None:
@@ -461,220 +303,258 @@ def offline_flow(root: str = ".", overrides: list[str] | None = None) -> dict[st
 
 
 def _offline(paths: ProjectPaths, params: Params) -> dict[str, Any] | Completed:
-    commit, dirty = git_commit(paths.root)
+    run = open_run(paths, params)
+    try:
+        committed = take_in_data(run)
+        version, lineage = record_lineage(run, committed)
+        source, lineage = starting_model(run, lineage)
+        pinned = source.resolved if source else None
+        # The pinned source counts too: a moved alias means something new to start from.
+        done = publishing.nothing_new(
+            paths.tracking_uri(), params.model_name, version, params.fingerprint(), pinned
+        )
+        if done is not None:
+            return finish_nothing_new(run, committed, done)
+        keys = caching.stage_keys(params, version, pinned)
+        frame, training_rows, spec = prepare_examples(run, keys)
+        result, spec = train_candidate(run, training_rows, spec, keys, source)
+        evaluation = evaluate_candidate(run, frame, spec, result, keys)
+        candidate = export_candidate(run, training_rows, spec, result, keys)
+        return finish_published(run, committed, candidate, evaluation, lineage)
+    except BaseException:
+        tracking.end_pipeline_run(run.tracker, "failed")
+        raise
+
+
+# ---------------------------------------------------------------------- the flow's phases
+
+
+@dataclass(frozen=True)
+class Run:
+    """What every phase of one pipeline run shares."""
+
+    paths: ProjectPaths
+    params: Params
+    tracker: RunTracker
+    batch_id: str
+    scratch: Path  # the run's working folder
+    code: tuple[str, bool]  # (git commit, dirty) when the run started
+
+    def summary(self, committed: batch.Committed, **more: Any) -> dict[str, Any]:
+        return {
+            "run_id": self.tracker.run_id,
+            "task": self.params.task_name,
+            "tracking_uri": self.paths.tracking_uri(),
+            "data_version": committed.data_version,
+            "new_rows": committed.commit.rows,
+            **more,
+        }
+
+
+def open_run(paths: ProjectPaths, params: Params) -> Run:
+    """Start the pipeline run, or continue the one a resumed flow run started."""
+    code = git_commit(paths.root)  # before this run writes data.dvc and .gitignore
     flow_run_id = str(flow_run_context.id)
     note(f"flow run {flow_run_id}")
-    # A resumed flow run continues its own MLflow run and batch.
-    tracker = RunTracker.reopen(
-        paths.tracking_uri(), params.experiment_name, FLOW_RUN_TAG, flow_run_id
+    tracker, batch_id, resumed = tracking.open_pipeline_run(
+        paths.tracking_uri(),
+        params.experiment_name,
+        paths.local_artifact_root(),
+        params.task_name,
+        flow_run_id,
     )
-    if tracker is not None:
-        batch_id = tracker.tags()[BATCH_TAG]
+    if resumed:
         note(f"resuming MLflow run {tracker.run_id} (batch {batch_id})")
-    else:
-        batch_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
-        tracker = RunTracker.start(
-            paths.tracking_uri(),
-            params.experiment_name,
-            paths.local_artifact_root(),
-            run_name=f"offline-{batch_id}",
-            tags={
-                "loopline.task": params.task_name,
-                FLOW_RUN_TAG: flow_run_id,
-                BATCH_TAG: batch_id,
-            },
-        )
-    scratch = scratch_dir(paths.runs, tracker.run_id)
     tracker.log_params(params.to_dict())
-    summary: dict[str, Any] = {
-        "run_id": tracker.run_id,
-        "task": params.task_name,
-        "tracking_uri": paths.tracking_uri(),
-    }
-    try:
-        with stage("ingest", params.ingest.source):
-            rows, source_rows = run_stage(
-                ingest, paths, params, paths, stage_key=caching.batch_key(batch_id, "ingest")
-            )
-            note(
-                f"{len(rows)} new rows ({source_rows - len(rows)} of the source's {source_rows} "
-                "at or before the watermark, skipped)"
-            )
-        with stage("validate"):
-            report = run_stage(
-                validate,
-                paths,
-                params,
-                rows,
-                paths,
-                tracker,
-                batch_id,
-                stage_key=caching.batch_key(batch_id, "validate"),
-            )
-            note(f"{len(report.good)} good, {len(report.bad)} quarantined")
-        with stage("snapshot"):
-            committed, data_version, snapshot_version = run_stage(
-                snapshot,
-                paths,
-                params,
-                rows,
-                report,
-                paths,
-                batch_id,
-                stage_key=caching.batch_key(batch_id, "snapshot"),
-            )
-            note(
-                f"{committed.rows} rows added, {committed.total_rows} in snapshot; "
-                f"data version {data_version}"
-            )
-        # People's labels (`loopline label import`) are data too: new labels, new version.
-        labels_version = LabelStore(paths.labels(params.task_name)).version()
-        if labels_version is not None:
-            snapshot_version = f"{snapshot_version}+labels-{labels_version}"
-        lineage = lineage_tags(
-            params.task_name, data_version, snapshot_version, commit, dirty, params.fingerprint()
+    return Run(
+        paths, params, tracker, batch_id, tracking.scratch_dir(paths.runs, tracker.run_id), code
+    )
+
+
+def take_in_data(run: Run) -> batch.Committed:
+    """Ingest, validate and snapshot this run's batch (keyed on the batch: a resumed run
+    does not take its rows in twice)."""
+    paths, params, batch_id = run.paths, run.params, run.batch_id
+    with stage("ingest", params.ingest.source):
+        rows, source_rows = run_stage(
+            ingest, paths, params, paths, stage_key=caching.batch_key(batch_id, "ingest")
         )
-        tracker.set_tags(lineage)
-        summary.update(data_version=data_version, new_rows=committed.rows)
-        source = None
-        if params.train.transfer.mode != "none" and not params.train.init_from:
-            note(
-                f"train.transfer.mode is {params.train.transfer.mode} but train.init_from is "
-                "not set: training from scratch"
-            )
-        if params.train.init_from:
-            with stage("init from", params.train.init_from):
-                source = init_from(params, paths, scratch)
-                note(f"starting from {source.resolved}")
-            lineage = {**lineage, "loopline.init_from": source.resolved}
-            tracker.set_tags(lineage)
-        # The pinned source counts too: a moved alias means something new to start from.
-        done = nothing_new(paths, params, snapshot_version, source.resolved if source else None)
-        if done is not None:
-            message = (
-                f"nothing new: data version {data_version} and params "
-                f"{params.fingerprint()} match {params.model_name} v{done.version}; "
-                "not training"
-            )
-            note(message)
-            tracker.set_tags({"loopline.outcome": "nothing new", "loopline.skipped": "true"})
-            tracker.end()
-            # A Completed state of its own name and message, so the run history (and a
-            # scheduled run's notification) says "nothing new" rather than a bare Completed.
-            return Completed(
-                name="Nothing new",
-                message=message,
-                data={
-                    **summary,
-                    "status": "nothing new",
-                    "message": message,
-                    "version": str(done.version),
-                },
-            )
-        keys = caching.stage_keys(params, snapshot_version, source.resolved if source else None)
-        with stage("features"):
-            frame, spec = run_stage(features, paths, params, paths, stage_key=keys["features"])
-        with stage("labeling"):
-            frame = run_stage(
-                labeling, paths, params, frame, spec, paths, stage_key=keys["labeling"]
-            )
-        with stage("split"):
-            frame, spec = run_stage(split, paths, params, frame, spec, stage_key=keys["split"])
-            counts = frame["split"].value_counts().to_dict()
-            note(f"rows per set: {counts}")
-            plugin = params.plugin
-            training_rows = training_view(plugin, frame, spec)
-        with stage("tune", f"{params.tune.sampler}, {params.tune.n_trials} trials"):
-            if params.tune.parallel.engine == "dask":
-                tuned = run_stage(
-                    record_trials,
-                    paths,
-                    tune_on_dask(params, paths, training_rows, spec, scratch, keys["tune"], source),
-                    tracker,
-                    stage_key=keys["tune"],
-                )
-            else:
-                tuned = run_stage(
-                    tune,
-                    paths,
-                    params,
-                    training_rows,
-                    spec,
-                    tracker,
-                    paths,
-                    stage_key=keys["tune"],
-                    source=source,
-                )
-            note(f"best {tuned.best_hparams} (val_loss {tuned.best_value:.4g})")
-        with stage("train"):
-            result, spec = run_stage(
-                train,
-                paths,
-                params,
-                training_rows,
-                spec,
-                tuned.best_hparams,
-                tracker,
-                paths,
-                stage_key=keys["train"],
-                source=source,
-            )
-            record_training(params, result, spec, tracker, scratch, source)
-            note(f"best epoch {result.best_epoch}, val_loss {result.best_val_loss:.4g}")
-        with stage("evaluate"):
-            champion = registry.champion_version(paths.tracking_uri(), params.model_name)
-            evaluation = run_stage(
-                evaluate,
-                paths,
-                params,
-                frame,
-                spec,
-                result,
-                paths,
-                tracker,
-                scratch,
-                stage_key=caching.evaluate_key(
-                    keys["train"], params, str(champion.version) if champion else None
-                ),
-            )
-            for line in evaluation.headlines():
-                note(line)
-            for reason in evaluation.decision.reasons:
-                note(reason)
-        with stage("export"):
-            onnx_model, parity, golden = run_stage(
-                export,
-                paths,
-                params,
-                training_rows,
-                spec,
-                result,
-                scratch,
-                stage_key=keys["export"],
-            )
-            note(f"parity max |diff| {parity.max_abs_diff:.2e} on {parity.rows} rows")
-            tracker.log_metrics({"parity_max_abs_diff": parity.max_abs_diff})
-        with stage("publish"):
-            published, moved = publish(
-                params, paths, onnx_model, spec, golden, evaluation, lineage, tracker, scratch
-            )
-            note(
-                f"{published.name} v{published.version} registered as challenger"
-                + ("; now champion" if moved else "; champion unchanged")
-            )
-        tracker.set_tags(
-            {"loopline.outcome": "published", "loopline.model_version": published.version}
+        skipped = source_rows - len(rows)
+        note(
+            f"{len(rows)} new rows ({skipped} of the source's {source_rows} at or before the "
+            "watermark, skipped)"
         )
-        tracker.end()
-        return {
-            **summary,
-            "status": "published",
-            "version": published.version,
-            "promoted": bool(moved),
-            "metrics": evaluation.metrics(),
-            "decision": evaluation.decision.to_dict(),
-        }
-    except BaseException:
-        tracker.set_tags({"loopline.outcome": "failed"})
-        tracker.end("FAILED")
-        raise
+    with stage("validate"):
+        key = caching.batch_key(batch_id, "validate")
+        report = run_stage(
+            validate, paths, params, rows, paths, run.tracker, batch_id, stage_key=key
+        )
+        note(f"{len(report.good)} good, {len(report.bad)} quarantined")
+    with stage("snapshot"):
+        key = caching.batch_key(batch_id, "snapshot")
+        committed = run_stage(snapshot, paths, params, rows, report, paths, batch_id, stage_key=key)
+        note(
+            f"{committed.commit.rows} rows added, {committed.commit.total_rows} in snapshot; "
+            f"data version {committed.data_version}"
+        )
+    return committed
+
+
+def record_lineage(run: Run, committed: batch.Committed) -> tuple[str, dict[str, str]]:
+    """(the version models are trained from, the lineage tags), set on the pipeline run."""
+    params = run.params
+    version = batch.training_version(params, run.paths, committed.snapshot_version)
+    lineage = tracking.lineage_tags(
+        params.task_name, committed.data_version, version, *run.code, params.fingerprint()
+    )
+    run.tracker.set_tags(lineage)
+    return version, lineage
+
+
+def starting_model(run: Run, lineage: dict[str, str]) -> tuple[SourceModel | None, dict[str, str]]:
+    """The pinned model training starts from (`train.init_from`), if any, and the lineage
+    that names it."""
+    train_params = run.params.train
+    if train_params.transfer.mode != "none" and not train_params.init_from:
+        note(
+            f"train.transfer.mode is {train_params.transfer.mode} but train.init_from is "
+            "not set: training from scratch"
+        )
+    if not train_params.init_from:
+        return None, lineage
+    with stage("init from", train_params.init_from):
+        source = init_from(run.params, run.paths, run.scratch)
+        note(f"starting from {source.resolved}")
+    lineage = {**lineage, tracking.INIT_FROM_TAG: source.resolved}
+    run.tracker.set_tags(lineage)
+    return source, lineage
+
+
+def prepare_examples(run: Run, keys: dict[str, str]) -> tuple[Any, Any, FeatureSpec]:
+    """(the split frame, the rows training sees, the fitted feature spec)."""
+    paths, params = run.paths, run.params
+    with stage("features"):
+        frame, spec = run_stage(features, paths, params, paths, stage_key=keys["features"])
+    with stage("labeling"):
+        frame = run_stage(labeling, paths, params, frame, spec, paths, stage_key=keys["labeling"])
+    with stage("split"):
+        frame, spec = run_stage(split, paths, params, frame, spec, stage_key=keys["split"])
+        note(f"rows per set: {frame['split'].value_counts().to_dict()}")
+    return frame, training_view(params.plugin, frame, spec), spec
+
+
+def tune_candidates(
+    run: Run, rows, spec: FeatureSpec, key: str, source: SourceModel | None
+) -> TuneResult:
+    """The hyperparameter search, in this process or on Dask (`tune.parallel.engine`)."""
+    paths, params = run.paths, run.params
+    if params.tune.parallel.engine == "dask":
+        searched = tune_on_dask(params, paths, rows, spec, run.scratch, key, source)
+        return run_stage(record_trials, paths, searched, run.tracker, stage_key=key)
+    return run_stage(
+        tune, paths, params, rows, spec, run.tracker, paths, stage_key=key, source=source
+    )
+
+
+def train_candidate(
+    run: Run, rows, spec: FeatureSpec, keys: dict[str, str], source: SourceModel | None
+) -> tuple[TrainResult, FeatureSpec]:
+    """Tune, then train the model with the best hyperparameters, and record its training."""
+    paths, params, tracker = run.paths, run.params, run.tracker
+    with stage("tune", f"{params.tune.sampler}, {params.tune.n_trials} trials"):
+        tuned = tune_candidates(run, rows, spec, keys["tune"], source)
+        note(f"best {tuned.best_hparams} (val_loss {tuned.best_value:.4g})")
+    with stage("train"):
+        result, spec = run_stage(
+            train,
+            paths,
+            params,
+            rows,
+            spec,
+            tuned.best_hparams,
+            tracker,
+            paths,
+            stage_key=keys["train"],
+            source=source,
+        )
+        record_training(params, result, spec, tracker, run.scratch, source)
+        note(f"best epoch {result.best_epoch}, val_loss {result.best_val_loss:.4g}")
+    return result, spec
+
+
+def evaluate_candidate(
+    run: Run, frame, spec: FeatureSpec, result: TrainResult, keys: dict[str, str]
+) -> Evaluation:
+    """Score the model beside the baselines and the current champion; the gate decides."""
+    paths, params = run.paths, run.params
+    with stage("evaluate"):
+        champion = registry.champion_version(paths.tracking_uri(), params.model_name)
+        key = caching.evaluate_key(
+            keys["train"], params, str(champion.version) if champion else None
+        )
+        evaluation = run_stage(
+            evaluate, paths, params, frame, spec, result, run.tracker, run.scratch, stage_key=key
+        )
+        for line in [*evaluation.headlines(), *evaluation.decision.reasons]:
+            note(line)
+    return evaluation
+
+
+def export_candidate(
+    run: Run, rows, spec: FeatureSpec, result: TrainResult, keys: dict[str, str]
+) -> Exported:
+    """The model as ONNX, checked for parity with the trained one."""
+    with stage("export"):
+        candidate = run_stage(
+            export, run.paths, run.params, rows, spec, result, run.scratch, stage_key=keys["export"]
+        )
+        parity = candidate.parity
+        note(f"parity max |diff| {parity.max_abs_diff:.2e} on {parity.rows} rows")
+        run.tracker.log_metrics({"parity_max_abs_diff": parity.max_abs_diff})
+    return candidate
+
+
+def finish_published(
+    run: Run,
+    committed: batch.Committed,
+    candidate: Exported,
+    evaluation: Evaluation,
+    lineage: dict[str, str],
+) -> dict[str, Any]:
+    """Publish the candidate (the champion moves as the gate decided) and close the run."""
+    with stage("publish"):
+        published, moved = publish(
+            run.params, candidate, evaluation, lineage, run.tracker, run.scratch
+        )
+        note(
+            f"{published.name} v{published.version} registered as challenger"
+            + ("; now champion" if moved else "; champion unchanged")
+        )
+    tracking.end_pipeline_run(
+        run.tracker, "published", {"loopline.model_version": published.version}
+    )
+    return run.summary(
+        committed,
+        status="published",
+        version=published.version,
+        promoted=bool(moved),
+        metrics=evaluation.metrics(),
+        decision=evaluation.decision.to_dict(),
+    )
+
+
+def finish_nothing_new(run: Run, committed: batch.Committed, done) -> Completed:
+    """Close a run that would only repeat version `done`: same data, params and start."""
+    params = run.params
+    message = (
+        f"nothing new: data version {committed.data_version} and params "
+        f"{params.fingerprint()} match {params.model_name} v{done.version}; not training"
+    )
+    note(message)
+    tracking.end_pipeline_run(run.tracker, "nothing new", {"loopline.skipped": "true"})
+    # A Completed state of its own name and message, so the run history (and a scheduled
+    # run's notification) says "nothing new" rather than a bare Completed.
+    summary = run.summary(
+        committed, status="nothing new", message=message, version=str(done.version)
+    )
+    return Completed(name="Nothing new", message=message, data=summary)

@@ -43,6 +43,50 @@ def _fail(error: Exception) -> None:
 
 
 @app.command()
+def init(
+    name: Annotated[
+        str | None,
+        typer.Argument(help="The project's name: its new folder (and a custom task's name)."),
+    ] = None,
+    template: Annotated[
+        str | None, typer.Option("--template", "-t", help="What the project starts from.")
+    ] = None,
+    list_templates: Annotated[
+        bool, typer.Option("--list", help="Show the templates and exit.")
+    ] = False,
+) -> None:
+    """Make a project from a template: params.yaml, data.dvc, README, tests; git and DVC
+    initialised. `--template custom` adds a task module of the project's own."""
+    from loopline.scaffold import ScaffoldError, init_project, templates
+
+    if list_templates:
+        _print_templates(templates())
+        return
+    known = ", ".join(t.name for t in templates())
+    if name is None:
+        _fail(ScaffoldError(f"give the project's NAME: loopline init NAME --template ({known})"))
+    if template is None:
+        _fail(ScaffoldError(f"choose a template with --template: {known} (see --list)"))
+    try:
+        project = init_project(name, template)
+    except ScaffoldError as error:
+        _fail(error)
+    console.print(f"[bold green]created[/] {project.root} from template {project.template}")
+    console.print(f"task: {project.task} · {len(project.files)} files · git and DVC initialised")
+    console.print(f"next: cd {project.root.name} && loopline run && pytest")
+
+
+def _print_templates(found) -> None:
+    table = Table(title="loopline init NAME --template T")
+    table.add_column("template")
+    table.add_column("what it is")
+    for template in found:
+        table.add_row(template.name, template.description)
+    out = Console()
+    (out if out.is_terminal else Console(width=200)).print(table)
+
+
+@app.command()
 def run(
     project: ProjectOption = None,
     task: Annotated[str | None, typer.Option(help="Task to run (overrides params `task`).")] = None,
@@ -413,33 +457,37 @@ def stream(
 
 @app.command()
 def explain(
-    image: Annotated[Path, typer.Argument(help="A PNG or JPEG of a digit.", exists=True)],
-    model: Annotated[str, typer.Option(help="Registered image model.")] = "digits",
+    file: Annotated[
+        Path, typer.Argument(help="A file the model reads (say, an image).", exists=True)
+    ],
+    model: Annotated[str | None, typer.Option(help="Registered model (default: params).")] = None,
     version: Annotated[
         str | None, typer.Option(help="Model version (default: the champion).")
     ] = None,
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Where to write the map (PNG).")
+        Path | None, typer.Option("--out", "-o", help="Where to write the picture (PNG).")
     ] = None,
     project: ProjectOption = None,
 ) -> None:
-    """Why an image model answers what it does: its label for IMAGE and an occlusion
-    saliency map (red: pixels that support the answer, blue: against), as a PNG."""
+    """Why a model answers what it does for FILE: its answer and a picture of what the
+    answer rests on (for an image: red pixels support it, blue ones speak against it)."""
     import tempfile
 
     from mlflow.exceptions import MlflowException
 
     from loopline import registry
     from loopline.config import load_params
-    from loopline.export import embedded_spec, onnx_session, run_onnx
-    from loopline.tasks.digits.saliency import occlusion_saliency, saliency_png
-    from loopline.tasks.digits.task import BadImage, image_from_bytes
+    from loopline.export import embedded_spec, onnx_session
+    from loopline.tasks.base import Explaining
 
     paths = _paths(project)
     try:
         params = load_params(paths.params_file)
     except LooplineError as error:
         _fail(error)
+    task, model = params.plugin, model or params.model_name
+    if not isinstance(task, Explaining):
+        _fail(LooplineError(f"task {task.name} has no explanations (the Explaining ability)"))
     reference = f"models:/{model}/{version}" if version else f"models:/{model}@champion"
     with tempfile.TemporaryDirectory() as scratch:
         try:
@@ -447,36 +495,17 @@ def explain(
         except (MlflowException, OSError) as error:
             _fail(ValueError(f"cannot load {reference} from {paths.tracking_uri()}: {error}"))
         session = onnx_session(folder / "model.onnx")
-    spec = embedded_spec(session)
-    if "image_size" not in spec.options:
-        _fail(ValueError(f"{reference} is a {spec.task} model, not an image model"))
-    settings = params.digits
     try:
-        pixels = image_from_bytes(
-            image.read_bytes(), spec, settings.max_upload_side, settings.upload_ink
-        )
-    except BadImage as error:
-        _fail(ValueError(f"{image}: {error}"))
-    saliency = occlusion_saliency(
-        lambda batch: run_onnx(session, batch), pixels, settings.saliency_patch
-    )
-    target = out or image.with_name(f"{image.stem}.saliency.png")
-    target.write_bytes(saliency_png(pixels, saliency.map))
-    label = spec.options["labels"][saliency.target]
-    console.print(
-        f"[bold]{image.name}[/]: {label} (p={saliency.probability:.3f}, {reference}); "
-        f"saliency map → {target}"
-    )
-    typer.echo(
-        json.dumps(
-            {
-                "label": label,
-                "probability": saliency.probability,
-                "model": reference,
-                "saliency_png": str(target),
-            }
-        )
-    )
+        spec = embedded_spec(session, task)
+        explained = task.explain_file(file.read_bytes(), session, spec, params)
+    except ValueError as error:
+        _fail(ValueError(f"{file}: {error}"))
+    target = out or file.with_name(f"{file.stem}.saliency.png")
+    if explained.picture is not None:
+        target.write_bytes(explained.picture)
+    answer = explained.answer
+    console.print(f"[bold]{file.name}[/]: {answer} ({reference}); picture → {target}")
+    typer.echo(json.dumps({**answer, "model": reference, "saliency_png": str(target)}))
 
 
 def _move(project, model: str, version: str | None, reason: str, action: str) -> None:
@@ -496,7 +525,7 @@ def _move(project, model: str, version: str | None, reason: str, action: str) ->
 
 @app.command()
 def rollback(
-    model: Annotated[str, typer.Argument(help="Registered model name, e.g. solar.")],
+    model: Annotated[str, typer.Argument(help="Registered model name.")],
     to: Annotated[str | None, typer.Option("--to", help="Version to roll back to.")] = None,
     reason: Annotated[str, typer.Option(help="Why (kept in the history).")] = "manual rollback",
     project: ProjectOption = None,
@@ -507,7 +536,7 @@ def rollback(
 
 @app.command()
 def promote(
-    model: Annotated[str, typer.Argument(help="Registered model name, e.g. solar.")],
+    model: Annotated[str, typer.Argument(help="Registered model name.")],
     version: Annotated[str, typer.Argument(help="Version to make champion.")],
     reason: Annotated[str, typer.Option(help="Why (kept in the history).")] = "manual promotion",
     project: ProjectOption = None,
@@ -525,60 +554,60 @@ def pretrain(
     ] = None,
     device: Annotated[str, typer.Option(help="cpu, or cuda where a GPU is present.")] = "cpu",
 ) -> None:
-    """Pretrain the reviews encoder on the snapshot's unlabeled text (masked syllables) and
-    register it as model `<model>-encoder`; fine-tune from it with reviews.pretrained_encoder."""
+    """Pretrain the task's model on the snapshot's rows, labels unused (where the task can,
+    say masked tokens of a text) and register it as model `<model>-encoder`; the printed
+    override fine-tunes from it."""
+    import shutil
+    import tempfile
     import time
 
     from loopline import registry
     from loopline.config import load_params
     from loopline.datastore import SnapshotStore
-    from loopline.tasks.reviews.pretrain import pretrain_for_task, save_encoder
+    from loopline.tasks.base import Pretraining
 
     paths = _paths(project)
     try:
-        params = load_params(paths.params_file, [*(param or []), "task=reviews"])
+        params = load_params(paths.params_file, list(param or []))
     except LooplineError as error:
         _fail(error)
-    rows = SnapshotStore(paths.snapshots("reviews")).load()
+    task = params.plugin
+    if not isinstance(task, Pretraining):
+        _fail(LooplineError(f"task {task.name} has no pretraining (the Pretraining ability)"))
+    store = SnapshotStore(paths.snapshots(task.name))
+    rows = store.load()
     if rows.empty:
-        _fail(LooplineError("no reviews snapshot yet: run `loopline run --task reviews` first"))
+        _fail(LooplineError(f"no {task.name} snapshot yet: run `loopline run` first"))
     uri, name = paths.tracking_uri(), f"{params.model_name}-encoder"
     experiment = registry.ensure_experiment(
         uri, f"{params.experiment_name}-pretraining", paths.local_artifact_root()
     )
     mlflow_client = registry.client(uri)
-    run_id = mlflow_client.create_run(experiment, run_name="pretrain-encoder").info.run_id
-    section = params.section("reviews")
-    for key in ("max_length", "min_count", "max_vocab", "pretrain_epochs", "pretrain_mask_rate"):
-        mlflow_client.log_param(run_id, key, section[key])
+    run_id = mlflow_client.create_run(experiment, run_name="pretrain").info.run_id
     started = time.perf_counter()
 
-    def show(epoch) -> None:
-        mlflow_client.log_metric(run_id, "mlm_val_loss", epoch.val_loss, step=epoch.epoch)
-        mlflow_client.log_metric(run_id, "mlm_val_accuracy", epoch.val_accuracy, step=epoch.epoch)
-        console.print(
-            f"  epoch {epoch.epoch}/{params.reviews.pretrain_epochs}  masked-syllable loss "
-            f"{epoch.val_loss:.4f}  accuracy {epoch.val_accuracy:.3f}  "
-            f"({time.perf_counter() - started:.0f}s)"
-        )
+    def show(epoch: int, epochs: int, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            mlflow_client.log_metric(run_id, key, value, step=epoch)
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        console.print(f"  epoch {epoch}/{epochs}  {shown}  ({time.perf_counter() - started:.0f}s)")
 
-    try:
-        result, vocab = pretrain_for_task(rows, params, on_epoch=show, device=device)
-    except (LooplineError, ValueError) as error:
-        mlflow_client.set_terminated(run_id, "FAILED")
-        _fail(error)
-    path = paths.state / "encoders" / f"{name}-{run_id}.pt"
-    save_encoder(result, vocab, path)
-    version = registry.register_file(
-        uri,
-        run_id,
-        path,
-        name,
-        {"loopline.snapshot_version": SnapshotStore(paths.snapshots("reviews")).version()},
-    )
+    with tempfile.TemporaryDirectory() as scratch:
+        try:
+            result = task.pretrain(rows, params, Path(scratch), show, device)
+        except (LooplineError, ValueError) as error:
+            mlflow_client.set_terminated(run_id, "FAILED")
+            _fail(error)
+        path = paths.state / "encoders" / f"{name}-{run_id}{result.path.suffix}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(result.path, path)
+    for key, value in result.params.items():
+        mlflow_client.log_param(run_id, key, value)
+    tags = {"loopline.snapshot_version": store.version()}
+    version = registry.register_file(uri, run_id, path, name, tags)
     mlflow_client.set_terminated(run_id)
-    console.print(f"[bold green]registered:[/] {name} v{version} ({result.n_train} texts)")
-    console.print(f"fine-tune from it: -P reviews.pretrained_encoder={path}")
+    console.print(f"[bold green]registered:[/] {name} v{version} ({result.metrics})")
+    console.print(f"fine-tune from it: -P {result.override.format(path=path)}")
     typer.echo(json.dumps({"model": name, "version": version, "path": str(path)}))
 
 

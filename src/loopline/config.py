@@ -148,7 +148,7 @@ class TuneParams(Section):
     # Points per numeric range when the sampler is `grid`.
     grid_points: Annotated[int, Field(ge=2)] = 2
     # Training rows a trial sees (a seeded sample; None = all): a search ranks settings, and
-    # on 100k+ reviews a sample ranks them as well at a fraction of the time. The final
+    # on 100k+ rows a sample ranks them as well at a fraction of the time. The final
     # training always uses every training row.
     max_train_rows: Positive | None = None
     # The running task's axes (its `Hyperparameters`; default: the task's own space); in

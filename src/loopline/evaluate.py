@@ -197,7 +197,7 @@ class Evaluation:
 
     `scores` maps "model", each baseline and "champion" (when there is one) to a scores
     object with `rows` and a `to_dict()`; `skill` is given for forecasters (1 - RMSE ratio).
-    `examples` is what the task's report shows (e.g. highlighted test reviews).
+    `examples` is what the task's report shows (e.g. highlighted test texts).
     """
 
     scores: dict[str, Any]

@@ -10,6 +10,7 @@ import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -82,14 +83,15 @@ def onnx_session(path: Path | bytes, threads: int = 0):
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
-def embedded_spec(session):
-    """The FeatureSpec stored in an ONNX model's metadata at export."""
+def embedded_spec(session, task=None):
+    """The FeatureSpec stored in an ONNX model's metadata at export (typed by `task`, which
+    must be the model's; default: the task the spec names)."""
     from loopline.features import FeatureSpec
 
     metadata = session.get_modelmeta().custom_metadata_map
     if SPEC_KEY not in metadata:
         raise ValueError(f"the ONNX model carries no {SPEC_KEY!r} metadata")
-    return FeatureSpec.from_json(metadata[SPEC_KEY])
+    return FeatureSpec.from_json(metadata[SPEC_KEY], task)
 
 
 _ONNX_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64}
@@ -157,3 +159,28 @@ def export_and_check(
     module, dynamic_axes, output_names = model.exportable()
     export_onnx(module, golden, path, metadata, dynamic_axes, output_names)
     return check_parity(module, path, golden, atol, rtol)
+
+
+@dataclass(frozen=True)
+class Exported:
+    """A model ready to publish: its ONNX bytes (not a path: a cached export outlives the
+    folder it was written in), its feature spec, and the golden batch parity was checked on."""
+
+    onnx_model: bytes
+    spec: Any
+    golden: np.ndarray
+    parity: Parity
+
+
+def export_model(
+    task: Any, frame, spec: Any, model: torch.nn.Module, settings: Any, folder: Path
+) -> Exported:
+    """Export `model` to `folder`/model.onnx with its spec embedded, and check parity on a
+    golden batch (`settings`: the `export` params section)."""
+    # The golden batch comes from validation examples: the test set is evaluate's alone.
+    golden = task.examples(frame, spec, "val").x[: settings.golden_batch]
+    path = folder / "model.onnx"
+    parity = export_and_check(
+        model, golden, path, {SPEC_KEY: spec.to_json()}, settings.parity_atol, settings.parity_rtol
+    )
+    return Exported(path.read_bytes(), spec, golden, parity)

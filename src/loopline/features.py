@@ -61,6 +61,8 @@ class FeatureSpec:
         if "labels" in options and data.get("labels") is None:
             data["labels"] = options.pop("labels")  # saved before labels were a field
         options.pop("labels", None)
+        if task is not None and task.name != data["task"]:
+            raise ValueError(f"a {data['task']} model, not a {task.name} one")
         plugin = task if task is not None else task_named(data["task"])
         return cls(**data, options=plugin.Options.from_dict(options))
 

@@ -26,6 +26,7 @@ import pandas as pd
 
 from loopline.datastore import atomic_write, atomic_write_text
 from loopline.errors import LooplineError
+from loopline.tasks.base import HumanLabels
 
 LABELS_COLUMNS = ["id", "label", "text", "origin", "source_file", "imported_at"]
 
@@ -320,7 +321,7 @@ def labeling_pool(task, paths, params, rows: pd.DataFrame | None = None) -> pd.D
     from loopline.datastore import SnapshotStore
     from loopline.errors import ConfigError
 
-    if not hasattr(task, "unlabeled_pool"):
+    if not isinstance(task, HumanLabels):
         raise ConfigError(
             f"task {task.name} takes no labels from people: its labels come from the data"
         )

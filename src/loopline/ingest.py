@@ -16,6 +16,7 @@ import pandas as pd
 from loopline.config import IngestParams, Params
 from loopline.errors import SourceError
 from loopline.tasks import Task
+from loopline.tasks.base import FolderSource
 
 
 def _mask_url(url: str) -> str:
@@ -86,10 +87,10 @@ def read_source(params: Params, task: Task, root: Path) -> pd.DataFrame:
         frame = read_sql(source, params.ingest.query)
     elif (root / source).is_dir():  # an absolute `source` stays itself under `/`
         folder = root / source
-        if not hasattr(task, "load_folder"):
+        if not isinstance(task, FolderSource):
             raise SourceError(
                 f"ingest.source {source!r} is a folder; task {task.name!r} reads files "
-                "(CSV/TSV/Parquet) or a database, only image tasks read folders"
+                "(CSV/TSV/Parquet) or a database, not folders (the FolderSource ability)"
             )
         frame = task.load_folder(folder, params)
     else:

@@ -76,9 +76,9 @@ def grouped_split(
 ) -> pd.DataFrame:
     """Shuffled split in which every group (say, a movie) falls in one set only.
 
-    Reviews of one movie share its title, actors and vocabulary: with a row split, the test
-    set holds movies the model has seen, and accuracy is overstated. The shares are of rows,
-    met as closely as whole groups allow."""
+    Rows of one group share names and vocabulary (say, texts about one movie): with a row
+    split, the test set holds groups the model has seen, and accuracy is overstated. The
+    shares are of rows, met as closely as whole groups allow."""
     from sklearn.model_selection import GroupShuffleSplit
 
     if group_column not in frame.columns:

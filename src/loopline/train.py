@@ -82,7 +82,7 @@ def summed_loss(model: nn.Module, output: torch.Tensor, target: torch.Tensor) ->
 def batch_inputs(model: nn.Module, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """Rows `index` of `x`, trimmed by the model when it knows how (a text model drops the
     padding columns no row of this batch needs: padded to the longest text of the whole
-    set, a batch of short reviews would cost several times its compute)."""
+    set, a batch of short texts would cost several times its compute)."""
     rows = x[index]
     return model.trim(rows) if hasattr(model, "trim") else rows
 

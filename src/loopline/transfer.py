@@ -1,7 +1,7 @@
 """Transfer learning: start a model from another one's weights and fine-tune it (notes, ch. 7).
 
 Any task's training can start from a trained model (`train.init_from`): a registered version
-(`models:/digits@champion`, `models:/digits/3`), a pipeline run (`runs:/<run id>`, whose
+(`models:/<name>@champion`, `models:/<name>/3`), a pipeline run (`runs:/<run id>`, whose
 `torch/model.pt` every run logs) or a checkpoint file. `load_source` fetches it;
 `start_from` copies every layer whose name and shape match into the new model and leaves the
 head fresh when the label set changed, so the new head is sized for the new labels.
@@ -18,8 +18,8 @@ model's `layer_groups()` (top group first, the one closest to the output):
   layers hold general features (strokes, syllables) that need only a nudge.
 
 Each strategy implements `train.FineTuning`, so `fit` runs it and a resumed fit picks up
-the same schedule (it depends on the epoch number only). The reviews task's masked-LM
-encoder (`loopline.tasks.reviews.pretrain`) is fine-tuned with these same strategies.
+the same schedule (it depends on the epoch number only). A task that pretrains its own
+encoder (the `Pretraining` ability) fine-tunes it with these same strategies.
 """
 
 from __future__ import annotations

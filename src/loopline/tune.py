@@ -265,7 +265,7 @@ def tune_model(
 
     from loopline.train import fit, initial_model
 
-    # Examples are built once per input spec (say, per window length for solar); a caller
+    # Examples are built once per input spec (say, per input window length); a caller
     # running many searches on the same rows (a Dask worker running one trial per task)
     # passes its own cache to keep them across calls.
     windows = {} if windows is None else windows

@@ -104,7 +104,7 @@ def test_transfer_from_a_registered_champion_to_new_digits(tmp_path, monkeypatch
     before = load_source(f"runs:/{source_run['run_id']}", uri, tmp_path / "s").state_dict
     after_source = load_source(f"runs:/{target_run['run_id']}", uri, tmp_path / "t")
     after = after_source.state_dict
-    assert after_source.spec.options["labels"] == ["5", "6", "7", "8", "9"]
+    assert after_source.spec.labels == ["5", "6", "7", "8", "9"]
     assert after["head.5.weight"].shape[0] == 5
     # The frozen first block is the champion's, weights and batch-norm statistics alike;
     # the second block learned.
@@ -176,7 +176,7 @@ def test_an_image_folder_is_read_resized_in_rgb_and_bad_files_quarantined(tmp_pa
     folder = registry.download_model(paths.tracking_uri(), reference, tmp_path / "m")
     session = onnx_session(folder / "model.onnx")
     spec = embedded_spec(session)
-    assert (spec.options["image_size"], spec.options["channels"]) == (12, 3)
+    assert (spec.options.image_size, spec.options.channels) == (12, 3)
     assert session.get_inputs()[0].shape[1:] == [3, 12, 12]
     upload = (root / "images" / "scans" / "0005.png").read_bytes()
     assert image_from_bytes(upload, spec, 1024, "dark").shape == (3, 12, 12)

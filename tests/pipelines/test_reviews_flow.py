@@ -92,7 +92,7 @@ def test_the_published_onnx_model_reads_any_batch_and_length(reviews_project, tm
     root, _, _ = reviews_project
     paths = ProjectPaths.at(root)
     session, spec, _ = registry.load_champion(paths.tracking_uri(), "reviews", tmp_path)
-    assert embedded_spec(session).options["vocabulary"]  # the vocabulary travels with it
+    assert embedded_spec(session).options.vocabulary  # the vocabulary travels with it
     for texts in (["안 재밌다"], ["재밌다", "주말에 봤는데 안 지루하다 ㅋㅋ", "별로다 👍"]):
         probabilities, attention = run_onnx_outputs(session, encode(texts, spec))
         assert probabilities.shape == (len(texts), 2)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
 
 from loopline.config import Section
@@ -255,8 +255,6 @@ class HumanLabels(Protocol):
     """People label rows (`loopline label export/import`, active learning)."""
 
     class_names: ClassVar[tuple[str, ...]]
-    # The column people read to label a row (a text; or an id when nothing is readable).
-    label_view_column: ClassVar[str]
 
     def unlabeled_pool(self, rows: pd.DataFrame) -> pd.DataFrame: ...
 
@@ -276,18 +274,23 @@ class Pretraining(Protocol):
     result the task fine-tunes from (its own params section says where it is)."""
 
     def pretrain(
-        self, rows: pd.DataFrame, params: Params, folder: Path, on_epoch: Any
-    ) -> PretrainResult: ...
+        self, rows: pd.DataFrame, params: Params, folder: Path, on_epoch: Any, device: str
+    ) -> PretrainResult:
+        """Pretrain into a file under `folder`; `on_epoch(epoch, epochs, metrics)` shows
+        progress."""
+        ...
 
 
 @dataclass
 class PretrainResult:
-    """What `Pretraining.pretrain` made: a file to fine-tune from, its metrics, and the
-    params override that points the task at it."""
+    """What `Pretraining.pretrain` made: a file to fine-tune from, its metrics and the
+    settings it ran with, and the params override (`{path}` stands for the registered
+    file's path) that points the task at it."""
 
     path: Path
     metrics: dict[str, float]
     override: str
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 @runtime_checkable

@@ -25,7 +25,7 @@ from loopline.evaluate import evaluate_classifier
 from loopline.features import FeatureSpec
 from loopline.labeling import Examples
 from loopline.split import labeled_set
-from loopline.tasks.base import FeatureOptions, Hyperparameters, Task
+from loopline.tasks.base import Explanation, FeatureOptions, Hyperparameters, Task
 from loopline.tasks.digits.images import FORMATS, pixel_columns, to_array
 from loopline.tasks.digits.serving import DigitsServing
 from loopline.validate import Rule
@@ -266,6 +266,20 @@ class DigitsTask(Task):
             if mine != theirs:
                 return f"its {name} is {theirs!r}, the candidate's {mine!r}"
         return None
+
+    def explain_file(self, data: bytes, session, spec: FeatureSpec, params: Params) -> Explanation:
+        """Why the model answers what it does for one uploaded image: an occlusion
+        saliency map (red: pixels that support the answer, blue: against) as a PNG."""
+        from loopline.export import run_onnx
+        from loopline.tasks.digits.saliency import occlusion_saliency, saliency_png
+
+        settings = params.digits
+        pixels = image_from_bytes(data, spec, settings.max_upload_side, settings.upload_ink)
+        saliency = occlusion_saliency(
+            lambda batch: run_onnx(session, batch), pixels, settings.saliency_patch
+        )
+        answer = {"label": spec.labels[saliency.target], "probability": saliency.probability}
+        return Explanation(answer, saliency_png(pixels, saliency.map), saliency.map)
 
     def evaluate(self, frame, spec: FeatureSpec, model, params: Params, champion=None):
         """The CNN, a logistic regression on raw pixels (trained here on the same training

@@ -28,7 +28,7 @@ from loopline.evaluate import evaluate_classifier
 from loopline.features import FeatureSpec
 from loopline.labeling import Examples
 from loopline.split import labeled_set
-from loopline.tasks.base import FeatureOptions, Hyperparameters, Task
+from loopline.tasks.base import FeatureOptions, Hyperparameters, PretrainResult, Task
 from loopline.tasks.reviews.serving import ReviewsServing
 from loopline.tasks.reviews.text import Vocabulary, tokenize
 from loopline.validate import Rule
@@ -297,6 +297,32 @@ class ReviewsTask(Task):
             decay=transfer.lr_decay,
             unfreeze_every=transfer.unfreeze_every,
             freeze=transfer.freeze,
+        )
+
+    def pretrain(
+        self, rows: pd.DataFrame, params: Params, folder: Path, on_epoch, device: str = "cpu"
+    ) -> PretrainResult:
+        """Masked-syllable pretraining of the encoder on the snapshot's text; the saved
+        encoder is what `reviews.pretrained_encoder` fine-tunes from."""
+        from loopline.tasks.reviews.pretrain import pretrain_for_task, save_encoder
+
+        section = params.reviews
+
+        def each_epoch(epoch) -> None:
+            on_epoch(
+                epoch.epoch,
+                section.pretrain_epochs,
+                {"mlm_val_loss": epoch.val_loss, "mlm_val_accuracy": epoch.val_accuracy},
+            )
+
+        result, vocab = pretrain_for_task(rows, params, on_epoch=each_epoch, device=device)
+        path = save_encoder(result, vocab, folder / "encoder.pt")
+        logged = ("max_length", "min_count", "max_vocab", "pretrain_epochs", "pretrain_mask_rate")
+        return PretrainResult(
+            path=path,
+            metrics={"texts": float(result.n_train)},
+            override="reviews.pretrained_encoder={path}",
+            params={k: getattr(section, k) for k in logged},
         )
 
     def evaluate(self, frame, spec: FeatureSpec, model, params: Params, champion=None):

@@ -1,0 +1,172 @@
+"""Publishing rules: when a run has nothing new, what a published version carries, and when
+the champion moves.
+
+The rules are pure functions (`trained_alike`, `version_tags`, `champion_move`), tested
+without a registry; `nothing_new`, `score_against_champion` and `publish` carry them out on
+the MLflow registry. The gate itself (`evaluate.should_promote`) is pure too: the task's
+evaluation scores the candidate beside the champion and decides.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from loopline import registry
+from loopline.registry import TAG
+from loopline.tracking import (
+    INIT_FROM_TAG,
+    PARAMS_HASH_TAG,
+    SNAPSHOT_TAG,
+    RunTracker,
+    record_evaluation,
+)
+
+PIPELINE_RUN_TAG = f"{TAG}pipeline_run_id"
+PARAMS_TAG = f"{TAG}params"
+GATE_TAG = f"{TAG}gate"
+METRIC_TAG = f"{TAG}metric."
+PARAMS_TAG_LIMIT = 5000  # MLflow's limit on a tag's value
+
+Move = Literal["already", "promote", "hold"]
+
+
+def trained_alike(
+    tags: Mapping[str, str], snapshot_version: str, params_hash: str, init_from: str | None
+) -> bool:
+    """Whether a version with `tags` was fully published from this snapshot with these params
+    and started from the same pinned model (`init_from`, None when trained from scratch).
+
+    Only a fully published version counts: one whose publish step was cut off before the
+    gate was carried out is trained again, so the gate's decision is never lost.
+    """
+    return (
+        tags.get(registry.PUBLISH_COMPLETE) == "true"
+        and tags.get(SNAPSHOT_TAG) == snapshot_version
+        and tags.get(PARAMS_HASH_TAG) == params_hash
+        and tags.get(INIT_FROM_TAG) == init_from
+    )
+
+
+def nothing_new(
+    tracking_uri: str,
+    model_name: str,
+    snapshot_version: str,
+    params_hash: str,
+    init_from: str | None = None,
+) -> Any | None:
+    """The newest version of `model_name` when it was trained alike (`trained_alike`): this
+    run would only repeat it. None when there is something new to train."""
+    latest = registry.latest_version(tracking_uri, model_name)
+    if latest is None:
+        return None
+    return (
+        latest
+        if trained_alike(latest.tags or {}, snapshot_version, params_hash, init_from)
+        else None
+    )
+
+
+def version_tags(
+    lineage: Mapping[str, str],
+    pipeline_run_id: str,
+    params: dict[str, Any],
+    promote: bool,
+    metrics: Mapping[str, float],
+) -> dict[str, str]:
+    """The tags a published version carries: its lineage (data, code, params hash, start
+    model), the pipeline run that made it, its params, the gate's verdict and its metrics."""
+    return {
+        **lineage,
+        PIPELINE_RUN_TAG: pipeline_run_id,
+        PARAMS_TAG: json.dumps(params, separators=(",", ":"))[:PARAMS_TAG_LIMIT],
+        GATE_TAG: "promote" if promote else "hold",
+        **{f"{METRIC_TAG}{name}": f"{value:.6g}" for name, value in metrics.items()},
+    }
+
+
+def champion_move(promote: bool, champion: str | None, published: str) -> Move:
+    """What publishing does with the `champion` alias once `published` is registered.
+
+    "already" when the published version holds it: the run promoted it before a crash and
+    is now resumed, so the move is neither repeated nor logged twice. Otherwise "promote"
+    when the gate says so, else "hold".
+    """
+    if champion is not None and str(champion) == str(published):
+        return "already"
+    return "promote" if promote else "hold"
+
+
+def score_against_champion(
+    plugin: Any,
+    frame,
+    spec: Any,
+    model: Any,
+    params: Any,
+    tracker: RunTracker,
+    folder: Path,
+):
+    """The task's evaluation of `model` beside the current champion (downloaded into
+    `folder`), with the gate's decision, recorded on the pipeline run."""
+    champion = registry.load_champion(tracker.tracking_uri, params.model_name, folder / "champ")
+    evaluation = plugin.evaluate(frame, spec, model, params, champion[:2] if champion else None)
+    reports = plugin.evaluation_report(evaluation, frame, spec, model, params, folder)
+    record_evaluation(tracker, evaluation, reports, champion[2].version if champion else None)
+    return evaluation
+
+
+def publish(
+    tracker: RunTracker,
+    model_name: str,
+    candidate: Any,
+    evaluation: Any,
+    params: dict[str, Any],
+    lineage: Mapping[str, str],
+    folder: Path,
+) -> tuple[registry.Published, dict[str, Any] | None]:
+    """Register `candidate` (an `export.Exported`) as the challenger with its tags and
+    files, move the champion as the gate decided, then mark the version fully published.
+
+    Idempotent per pipeline run: a resumed run that registered its version before a crash
+    completes that version (tags, the gate) rather than registering another. Returns the
+    version and the champion move made (None when the champion stayed).
+    """
+    from mlflow.models import infer_signature
+
+    from loopline.export import onnx_session, run_onnx
+
+    uri = tracker.tracking_uri
+    onnx_path = folder / "model.onnx"
+    onnx_path.write_bytes(candidate.onnx_model)
+    golden_out = run_onnx(onnx_session(onnx_path), candidate.golden)
+    files = registry.write_model_files(folder, candidate.spec, params, candidate.golden, golden_out)
+    decision = evaluation.decision
+    published = registry.log_onnx_model(
+        uri,
+        tracker.run_id,
+        onnx_path,
+        model_name,
+        files,
+        metadata={"feature_spec": json.loads(candidate.spec.to_json()), **lineage},
+        signature=infer_signature(candidate.golden, golden_out),
+        tags=version_tags(lineage, tracker.run_id, params, decision.promote, evaluation.metrics()),
+    )
+    champion = registry.champion_version(uri, model_name)
+    move = champion_move(
+        decision.promote, champion.version if champion else None, published.version
+    )
+    moved = None
+    if move == "already":
+        moved = {"to": published.version, "already": True}
+    elif move == "promote":
+        moved = registry.move_champion(
+            uri,
+            model_name,
+            published.version,
+            reason="; ".join(decision.reasons),
+            who=f"pipeline run {tracker.run_id}",
+        )
+    registry.mark_published(uri, published)
+    return published, moved

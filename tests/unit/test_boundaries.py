@@ -1,0 +1,63 @@
+"""Boundaries the code style promises, tested: shared code never names a task, and the
+library never imports the orchestrator or the serving framework."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from loopline.tasks import BUILTIN
+
+ROOT = Path(__file__).resolve().parents[2]
+LIBRARY = ROOT / "src" / "loopline"
+# Shared code: the library outside the task packages and the project templates, the flows
+# and the service.
+SHARED = [LIBRARY, ROOT / "pipelines", ROOT / "serving"]
+EXEMPT = [LIBRARY / "tasks", LIBRARY / "templates"]
+
+
+def shared_files() -> list[Path]:
+    files = []
+    for folder in SHARED:
+        for path in sorted(folder.rglob("*")):
+            if path.suffix not in (".py", ".yaml", ".yml") or "__pycache__" in path.parts:
+                continue
+            if not any(path.is_relative_to(exempt) for exempt in EXEMPT):
+                files.append(path)
+    return files
+
+
+def test_no_task_name_appears_in_shared_code():
+    names = re.compile(r"\b(" + "|".join(BUILTIN) + r")\b", re.IGNORECASE)
+    found = [
+        f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+        for path in shared_files()
+        for number, line in enumerate(path.read_text().splitlines(), start=1)
+        if names.search(line)
+    ]
+    assert len(shared_files()) > 30  # the scan reads the shared code, not nothing
+    assert not found, "task names in shared code:\n" + "\n".join(found)
+
+
+def test_the_library_never_imports_prefect_or_bentoml():
+    """Every module of the library, imported in a fresh interpreter."""
+    code = """
+import importlib, json, pkgutil, sys
+import loopline
+names = [m.name for m in pkgutil.walk_packages(loopline.__path__, "loopline.")
+         if ".templates" not in m.name]
+for name in names:
+    importlib.import_module(name)
+print(json.dumps({"modules": len(names),
+                  "leaked": sorted({m.split(".")[0] for m in sys.modules}
+                                   & {"prefect", "bentoml"})}))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["modules"] > 40
+    assert result["leaked"] == []
