@@ -17,13 +17,17 @@ What each API of the service asks of the adapter:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
 from pydantic import BaseModel
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from loopline.config import Params
     from loopline.online import LoadedModel
 
@@ -84,6 +88,17 @@ class Serving:
         """The state of one `/stream` connection (default: each line is one item)."""
         return StreamState(self, model)
 
+    def requests(self, rows: pd.DataFrame, model: LoadedModel) -> list[Any]:
+        """The `/predict` items a client would send for raw rows of the task's data (the
+        contract kit's serving round trip). Default: one item per row, each field from the
+        column of its name (or alias)."""
+        return items_from_rows(self.Request, rows)
+
+    def stream_lines(self, rows: pd.DataFrame) -> list[Any]:
+        """The `/stream` lines a client would send for raw rows, in order. Default: one
+        line per row, as `requests` makes items."""
+        return items_from_rows(self.StreamLine, rows) if self.StreamLine is not None else []
+
 
 class StreamState:
     """Per-connection stream state. The default answers each line as one item; a task that
@@ -124,3 +139,25 @@ class FileInput:
         """The item an upload stands for (what `predict` takes); raise BadInput (415, 413,
         400) naming the problem (the service puts the file's name in front)."""
         raise NotImplementedError
+
+
+def items_from_rows(kind: type[BaseModel], rows: pd.DataFrame) -> list[Any]:
+    """Items of type `kind` from raw rows: each field takes the row's column of its name (or
+    alias); columns it does not name are left out."""
+    names = [field.alias or name for name, field in kind.model_fields.items()]
+    present = [name for name in names if name in rows.columns]
+    return [
+        kind.model_validate(dict(zip(present, map(_plain, row), strict=True)))
+        for row in rows[present].itertuples(index=False, name=None)
+    ]
+
+
+def _plain(value: Any) -> Any:
+    """A cell as a JSON value: numpy → Python, timestamps → ISO text, NaN → None."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, datetime):  # a missing time (NaT) is a datetime unequal to itself
+        return value.isoformat() if value == value else None
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value

@@ -60,7 +60,8 @@ FAST: dict[str, Any] = {
     "train": {"max_epochs": 1, "patience": 1, "threads": 1},
     "export": {"golden_batch": 8},
 }
-SERVED_ROWS = 16  # test rows sent through the serving adapter
+SERVED_ROWS = 16  # request items sent through the serving adapter
+STREAMED_ROWS = 200  # test rows streamed (and made into request items) at most
 
 
 # ---------------------------------------------------------------------- the report
@@ -246,20 +247,9 @@ def first_point(space: dict[str, Dimension]) -> dict[str, Any]:
 def request_items(request: type, rows: pd.DataFrame) -> list[Any]:
     """Request items of type `request` (a pydantic model) from raw rows: each field takes
     the row's column of its name (or alias); columns it does not name are left out."""
-    names = {(f.alias or name): name for name, f in request.model_fields.items()}
-    items = []
-    for _, row in rows.iterrows():
-        values = {key: _plain(row[key]) for key in names if key in row.index}
-        items.append(request.model_validate(values))
-    return items
+    from loopline.serving_adapter import items_from_rows
 
-
-def _plain(value: Any) -> Any:
-    if value is None or (not isinstance(value, str | bytes) and pd.isna(value)):
-        return None
-    if isinstance(value, pd.Timestamp):
-        return value.isoformat()
-    return value.item() if isinstance(value, np.generic) else value
+    return items_from_rows(request, rows)
 
 
 # ---------------------------------------------------------------------- the checks
@@ -575,14 +565,18 @@ class _ContractRun:
         serving = adapter(self.task, self.params)
         rows = self.frame[self.frame["split"] == "test"]
         rows = rows[[c for c in self.task.schema_for(self.params) if c in rows.columns]]
-        rows = rows.head(SERVED_ROWS)
         try:
-            items = self.items(rows) if self.items else request_items(adapter.Request, rows)
+            if self.items:
+                items = self.items(rows.head(SERVED_ROWS))
+            else:  # the adapter says what clients send for rows (say, windows of them)
+                items = serving.requests(rows.head(STREAMED_ROWS), model)[:SERVED_ROWS]
+            lines = serving.stream_lines(rows.head(STREAMED_ROWS))
         except Exception as error:
             raise _Broken(
                 f"cannot build {adapter.Request.__name__} items from test rows "
                 f"({_explain(error)}); pass check_task(items=...) to build them"
             ) from None
+        _require(items, "no request item from the test rows (Serving.requests made none)")
         for item in items:
             serving.check(item, model)
         answers = serving.predict(model, items)
@@ -591,7 +585,7 @@ class _ContractRun:
         if adapter.StreamLine is not None:
             state = serving.open_stream(model)
             ready = []
-            for line, item in enumerate(items):
+            for line, item in enumerate(lines, start=1):
                 now, _events = state.push(line, item)
                 ready += [item for _, item in now]
             if ready:

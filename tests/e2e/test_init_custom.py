@@ -85,8 +85,60 @@ def test_the_projects_own_tests_pass(custom_project):
 
 
 def test_serve_and_rollback_the_custom_task(custom_project):
-    """SERVE AND ROLLBACK: to be written after the one-service merge (issue 13, item 3):
-    `loopline serve` on this project, `/predict` with rows of sample/rows.csv (and
-    `/stream`, one NDJSON line per item), then a second `loopline run` and `loopline
-    rollback` back to version 1."""
-    pytest.skip("the one service (any task through its Serving adapter) is not merged yet")
+    """`loopline serve` on the project (the one service, through the task's own serving
+    adapter): `/predict` with rows of sample/rows.csv and `/stream`, one NDJSON line per
+    item; then a second version, and `loopline rollback` back to version 1, which the running
+    service follows."""
+    import csv
+
+    import httpx
+
+    from loopline.health import free_port
+    from tests.serving.conftest import serve_process
+
+    root, env = custom_project
+    with (root / "sample" / "rows.csv").open() as rows:
+        sample = list(csv.DictReader(rows))[:6]
+    features = ("temperature", "vibration", "pressure")
+    items = [{"id": r["id"], **{k: float(r[k]) for k in features}} for r in sample]
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [str(BIN / "loopline"), "serve", "--port", str(port), "--poll-interval", "1"]
+    with serve_process(command, root, root / ".loopline" / "serve.log", url, env):
+        meta = httpx.get(f"{url}/metadata").json()
+        assert meta["model"]["task"] == "my_task" and meta["model"]["version"] == "1", meta
+        answers = httpx.post(f"{url}/predict", json={"items": items}, timeout=30).json()
+        assert [a["id"] for a in answers] == [i["id"] for i in items], answers
+        assert all(a["label"] in ("ok", "worn", "faulty") for a in answers)
+        assert abs(sum(answers[0]["probabilities"].values()) - 1) < 1e-4
+        lines = "".join(json.dumps(item) + "\n" for item in items)
+        streamed = httpx.post(
+            f"{url}/stream", content=lines, headers={"content-type": "application/x-ndjson"}
+        )
+        replies = [json.loads(line) for line in streamed.text.splitlines()]
+        assert [r["line"] for r in replies] == list(range(1, len(items) + 1)), replies
+        assert [r["label"] for r in replies] == [a["label"] for a in answers]
+
+        # A second version (another seed: not "nothing new"), champion, then rolled back.
+        done = sh(str(BIN / "loopline"), "run", *FAST, "-P", "seed=7", cwd=root, env=env)
+        summary = json.loads(done.stdout.strip().splitlines()[-1])
+        assert summary["version"] == "2", summary
+        loopline = str(BIN / "loopline")
+        if not summary["promoted"]:
+            sh(loopline, "promote", "my_task", "2", "--reason", "e2e", cwd=root, env=env)
+        wait_for_version(url, "2")
+        sh(loopline, "rollback", "my_task", "--reason", "e2e", cwd=root, env=env)
+        wait_for_version(url, "1")
+        answer = httpx.post(f"{url}/predict", json={"items": items[:1]}, timeout=30).json()
+        assert answer[0]["label"] == answers[0]["label"]
+
+
+def wait_for_version(url: str, version: str, timeout_s: float = 60.0) -> None:
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while (served := httpx.get(f"{url}/metadata").json()["model"]["version"]) != version:
+        assert time.monotonic() < deadline, f"still serving v{served}, not v{version}"
+        time.sleep(0.5)

@@ -140,7 +140,9 @@ def service_app():
 
 
 @contextlib.contextmanager
-def serve_process(command: list[str], cwd: Path, log_path: Path, url: str):
+def serve_process(
+    command: list[str], cwd: Path, log_path: Path, url: str, env: dict[str, str] | None = None
+):
     """A `loopline serve` process, ready (`/readyz`) on entry, SIGTERMed on exit."""
     import signal
     import subprocess
@@ -148,7 +150,7 @@ def serve_process(command: list[str], cwd: Path, log_path: Path, url: str):
     from loopline.health import NotHealthy, wait_until_ok
 
     log = open(log_path, "wb")  # noqa: SIM115 - closed below
-    process = subprocess.Popen(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         try:
             wait_until_ok(f"{url}/readyz", process)

@@ -20,6 +20,8 @@ from pydantic import BaseModel, RootModel
 from loopline.serving_adapter import Answer, BadInput, Explaining, FileInput, Serving
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from loopline.features import FeatureSpec
     from loopline.online import LoadedModel
 
@@ -96,6 +98,14 @@ class DigitsServing(Serving, Explaining, FileInput):
             return image_from_bytes(data, model.spec, settings.max_upload_side, settings.upload_ink)
         except BadImage as error:
             raise BadInput(str(error), error.status) from None
+
+    def requests(self, rows: pd.DataFrame, model: LoadedModel) -> list[Image]:
+        from loopline.tasks.digits.task import images
+
+        arrays = images(rows, model.spec)  # (N, channels, size, size)
+        if model.spec.options.channels == 1:
+            arrays = arrays[:, 0]  # a grey image is sent as its rows
+        return [Image(array.tolist()) for array in arrays]
 
     def describe(self, model: LoadedModel) -> dict[str, Any]:
         return {

@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel
 from loopline.serving_adapter import Answer, Explaining, Serving
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from loopline.online import LoadedModel
 
 
@@ -64,6 +66,13 @@ class ReviewsServing(Serving, Explaining):
             "max_length": options.max_length,
             "vocabulary_size": len(json.loads(options.vocabulary)["tokens"]),
         }
+
+    def requests(self, rows: pd.DataFrame, model: LoadedModel) -> list[Text]:
+        return [Text(text) for text in rows[self.task.text_column]]
+
+    def stream_lines(self, rows: pd.DataFrame) -> list[ReviewLine]:
+        ids, texts = rows[self.task.key_columns[0]], rows[self.task.text_column]
+        return [ReviewLine(id=key, text=text) for key, text in zip(ids, texts, strict=True)]
 
     def _classify(self, model: LoadedModel, items: list, explain: bool) -> list[Answer]:
         """One answer per item; bad items get their error, the rest one model call."""

@@ -19,7 +19,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from loopline.features import FeatureSpec, normalize
-from loopline.serving_adapter import Answer, BadInput, Serving, StreamState
+from loopline.serving_adapter import Answer, BadInput, Serving, StreamState, items_from_rows
 
 if TYPE_CHECKING:
     from loopline.online import LoadedModel
@@ -300,6 +300,23 @@ class SolarServing(Serving):
 
     def open_stream(self, model: LoadedModel) -> StreamWindows:
         return StreamWindows(self, model)
+
+    def requests(self, rows: pd.DataFrame, model: LoadedModel) -> list[ForecastWindow]:
+        """A window ending at every reading with enough consecutive ones before it."""
+        required = required_readings(model.spec)
+        site_column, time_column = model.spec.group_column, model.spec.time_column
+        windows = []
+        for site, readings in rows.sort_values(time_column).groupby(site_column, sort=True):
+            lines = items_from_rows(Reading, readings)
+            windows += [
+                ForecastWindow(site_id=site, readings=lines[end - required : end])
+                for end in range(required, len(lines) + 1)
+            ]
+        return windows
+
+    def stream_lines(self, rows: pd.DataFrame) -> list[SiteReading]:
+        """One reading per line, in time order."""
+        return items_from_rows(SiteReading, rows.sort_values(self.task.time_column))
 
 
 class StreamWindows(StreamState):
