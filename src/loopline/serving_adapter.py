@@ -77,7 +77,9 @@ class Serving:
     def predict(self, model: LoadedModel, items: list[Any]) -> list[Answer]:
         """Answer every item, in order (one model call for the batch where possible): the
         items are `Request`s, or what a `StreamState` made ready. An item that cannot be
-        answered gets an error answer and never fails the others."""
+        answered gets an error answer and never fails the others; BadInput is for a batch
+        that cannot be answered as a whole (`/predict` answers with its status, `/stream`
+        with an error line for each of the batch's lines)."""
         raise NotImplementedError
 
     def describe(self, model: LoadedModel) -> dict[str, Any]:

@@ -187,9 +187,11 @@ def test_dockerignore_keeps_state_out_and_the_copied_sources_in():
 
     lines = (REPO / ".dockerignore").read_text().splitlines()
     patterns = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
-    for must in (".venv", ".loopline", "data", ".git", "*.onnx", "mlruns"):
+    for must in (".venv", ".loopline", "/data", ".git", "*.onnx", "mlruns"):
         assert must in patterns, f".dockerignore does not exclude {must}"
     ignored = pathspec.PathSpec.from_lines("gitwildmatch", patterns)
+    for left_out in ("data/raw/readings.csv", "tests/unit/test_config.py", "benchmarks/a.py"):
+        assert ignored.match_file(left_out), left_out
     final = dockerfile_stages()[-1]["instructions"]
     sources = [
         w for kw, args in final if kw == "COPY" for w in args.split()[:-1] if not w.startswith("--")
