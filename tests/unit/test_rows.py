@@ -129,7 +129,7 @@ def test_standardisation_is_fitted_on_training_rows_and_can_be_turned_off():
     spec = fitted_spec(Machines)
     assert spec.mean == {"temperature": 60.0, "oil pressure": 4.5}
     assert spec.std == {"temperature": 10.0, "oil pressure": 0.5}
-    plain = replace(spec, options={**spec.options, "standardize": False}, mean={}, std={})
+    plain = replace(spec, options=RowOptions(standardize=False), mean={}, std={})
     rows = pd.DataFrame({"temperature": [50.0, 70.0], "oil pressure": [4.0, 5.0], "state": "ok"})
     refitted = Machines().fit_features(plain, rows)
     assert refitted.mean == {"temperature": 0.0, "oil pressure": 0.0}
@@ -140,6 +140,6 @@ def test_the_baselines_ignore_the_features():
     spec = fitted_spec(Machines)
     shares = Machines().baselines(np.array([0, 0, 0, 1]), 2, spec)["majority_class_baseline"]
     assert shares.tolist() == [[0.75, 0.25], [0.75, 0.25]]
-    prices = replace(spec, options={"labels": None, "standardize": True})
+    prices = replace(spec, labels=None)
     mean = Prices().baselines(np.array([[1.0], [3.0]]), 1, prices)["training_mean_baseline"]
     assert mean.tolist() == [[2.0]]
