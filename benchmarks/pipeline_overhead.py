@@ -45,7 +45,7 @@ def plain_pipeline(root: Path, overrides: list[str]) -> dict:
     from loopline.ingest import batch_watermarks, fetch_new_rows
     from loopline.labeling import make_windows
     from loopline.paths import ProjectPaths
-    from loopline.split import evaluation_history, split_and_fit, test_view, without_test
+    from loopline.split import split_and_fit, test_view, without_test
     from loopline.train import plot_learning_curves, train_model
     from loopline.tune import tune_model
     from loopline.validate import check_bad_fraction, validate_rows
@@ -70,7 +70,7 @@ def plain_pipeline(root: Path, overrides: list[str]) -> dict:
     plot_learning_curves(result, paths.runs / "curves.png")
     evaluation = evaluate_candidate(
         task,
-        test_view(frame, spec.time_column, spec.freq, evaluation_history(params)),
+        test_view(frame, spec.time_column, spec.freq, task.history_steps(params)),
         spec,
         result.model,
         params,

@@ -87,7 +87,7 @@ def service_for(params: Params) -> bentoml.Service:
             are batched adaptively."""
             model = self._serving()
             found = self._answer("predict", model, items, self.serving.predict)
-            return [adapter.Response.model_construct(**a.response) for a in found]
+            return [_reply(adapter.Response, a) for a in found]
 
         def _answer(self, api: str, model: LoadedModel, items, call) -> list[Answer]:
             try:
@@ -103,7 +103,7 @@ def service_for(params: Params) -> bentoml.Service:
                 model = self._serving()
                 items = fields[adapter.input_name]  # not batched: called with the body's fields
                 found = self._answer("explain", model, items, self.serving.explain)
-                return [explained.model_construct(**a.response) for a in found]
+                return [_reply(explained, a) for a in found]
 
         # -------------------------------------------------------------- metadata
 
@@ -305,3 +305,12 @@ def _headers(answer: Answer) -> dict[str, str]:
 
 
 Loopline = service_for(boot_params())
+
+
+def _reply(kind: type[BaseModel], answer: Answer) -> BaseModel:
+    """One answer as the API's type; an error answer its type cannot carry is refused
+    rather than sent as an empty answer."""
+    if answer.error and "error" not in kind.model_fields:
+        message = answer.response.get("error", "the item cannot be answered")
+        raise BentoMLException(str(message), error_code=HTTPStatus.BAD_REQUEST)
+    return kind.model_construct(**answer.response)

@@ -20,7 +20,8 @@ from loopline.config import Params
 
 # Stages in order, with the params sections each one reads (beyond the stage before it).
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
-    "features": ("task", "seed", "features"),
+    # A spec may hold the labels' shape (a forecast horizon), so features read `labeling`.
+    "features": ("task", "seed", "features", "labeling"),
     "labeling": ("labeling",),
     "split": ("split",),
     "tune": ("tune", "train"),  # trials train models: the train knobs shape their losses
@@ -104,6 +105,9 @@ def stage_keys(
         if stage == "features":
             # The task's own section defines what its features mean.
             own[params.task_name] = values.get(params.task_name)
+        if stage == "split":
+            # Gaps between chronological sets follow the windows the search may pick.
+            own["search_space"] = values["tune"]["search_space"]
         if stage == "tune" and init_from is not None:
             own["init_from"] = init_from
         keys[stage] = upstream = f"{stage}-{_digest(upstream, own, code)}"

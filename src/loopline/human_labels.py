@@ -341,7 +341,12 @@ def labeling_pool(task, paths, params, rows: pd.DataFrame | None = None) -> pd.D
 def known_texts(task, paths, params) -> pd.DataFrame:
     """Every id an answer may name: all of the task's rows and the labeling pool."""
     from loopline.datastore import SnapshotStore
+    from loopline.errors import ConfigError
 
+    if not isinstance(task, HumanLabels):
+        raise ConfigError(
+            f"task {task.name} takes no labels from people: its labels come from the data"
+        )
     rows = SnapshotStore(paths.snapshots(task.name)).load()
     data = task.unlabeled_pool(rows.assign(**{task.target_column: np.nan}))
     return pd.concat([data, labeling_pool(task, paths, params, rows)]).drop_duplicates("id")

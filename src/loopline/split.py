@@ -99,14 +99,6 @@ def grouped_split(
     return out
 
 
-def split_gap(params) -> int:
-    """Steps between sets: the longest input window the search may pick, and at least the
-    horizon, so neither a window's inputs nor its labels reach into a neighbouring set."""
-    windows = params.tune.search_space["window"]
-    longest = max(windows.choices) if windows.choices else int(windows.high)
-    return max(int(longest), params.labeling.horizon)
-
-
 def split_and_fit(
     task, frame: pd.DataFrame, spec: FeatureSpec, params
 ) -> tuple[pd.DataFrame, FeatureSpec]:
@@ -118,7 +110,7 @@ def split_and_fit(
     """
     if task.split_kind == "chronological":
         out = chronological_split(
-            frame, params.split, spec.time_column, spec.freq, split_gap(params)
+            frame, params.split, spec.time_column, spec.freq, task.split_gap(params)
         )
     else:
         labeled = frame[spec.target_column].notna()
@@ -142,7 +134,7 @@ def training_view(task, frame: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
 def evaluation_view(task, frame: pd.DataFrame, spec: FeatureSpec, params) -> pd.DataFrame:
     """Rows evaluation reads: the test set, plus the history a forecaster may look back on."""
     if task.split_kind == "chronological":
-        return test_view(frame, spec.time_column, spec.freq, evaluation_history(params))
+        return test_view(frame, spec.time_column, spec.freq, task.history_steps(params))
     return frame[frame["split"] == "test"]
 
 
@@ -162,11 +154,6 @@ def test_view(frame: pd.DataFrame, time_column: str, freq: str, history: int) ->
     if pd.isna(test_start):
         return frame
     return frame[frame[time_column] >= test_start - pd.Timedelta(freq) * history]
-
-
-def evaluation_history(params) -> int:
-    """Steps of history evaluation reads before the test set: a window plus the longest lag."""
-    return split_gap(params) + max(params.features.lags, default=0)
 
 
 def labeled_set(frame: pd.DataFrame, target_set: str, target_column: str) -> pd.DataFrame:

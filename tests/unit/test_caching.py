@@ -110,3 +110,17 @@ def test_a_built_in_task_adds_no_root_of_its_own():
     params = parse_params(TINY)
     assert caching.code_roots(params.plugin) == caching.code_roots()
     assert caching.code_version(params.plugin) == caching.code_version()
+
+
+def test_stages_are_keyed_on_every_section_they_read():
+    """The spec holds the forecast horizon (labeling) and the split's gaps follow the
+    search space's windows: changing either gives new keys from that stage on."""
+    from loopline.config import parse_params
+
+    base = caching.stage_keys(parse_params({}), "v1", code="c")
+    horizon = caching.stage_keys(parse_params({"labeling": {"horizon": 12}}), "v1", code="c")
+    assert horizon["features"] != base["features"]
+    space = parse_params({}).tune.search_space
+    windows = {k: v.model_dump() for k, v in space.items()} | {"window": {"choices": [96]}}
+    wider = caching.stage_keys(parse_params({"tune": {"search_space": windows}}), "v1", code="c")
+    assert wider["features"] == base["features"] and wider["split"] != base["split"]

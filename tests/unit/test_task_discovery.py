@@ -101,3 +101,31 @@ def test_other_built_in_sections_may_stay_in_the_file(project):
 def test_built_ins_pass_the_contract_check():
     for name in ("solar", "reviews", "digits"):
         assert get_task(name).name == name
+
+
+def test_a_task_name_that_would_clash_is_refused(project):
+    (project / "clash.py").write_text(
+        textwrap.dedent(
+            """
+            from loopline.tasks.solar import SolarTask
+
+            class Fingerprint(SolarTask):
+                name = "fingerprint"
+
+            class Impostor(SolarTask):
+                name = "solar"
+            """
+        )
+    )
+    with pytest.raises(ConfigError, match="task name 'fingerprint' is taken"):
+        load_params(write_params(project, "task: clash:Fingerprint\n"))
+    with pytest.raises(ConfigError, match="takes the built-in task's name 'solar'"):
+        load_params(write_params(project, "task: clash:Impostor\n"))
+    del sys.modules["clash"]
+
+
+def test_a_models_metadata_never_chooses_what_is_imported():
+    from loopline.tasks import task_named
+
+    with pytest.raises(ConfigError, match="not loaded in this process"):
+        task_named("os:system")

@@ -36,8 +36,9 @@ _LOADED: dict[str, Task] = {}
 def _import(reference: str, root: Path | None) -> type:
     module_name, _, attribute = reference.partition(":")
     if root is not None and str(root) not in sys.path:
-        # The project folder is importable, so a task module of its own is found.
-        sys.path.insert(0, str(root))
+        # The project folder is importable (last: it never hides Loopline's own packages),
+        # so a task module of its own is found.
+        sys.path.append(str(root))
     try:
         module = importlib.import_module(module_name)
     except Exception as error:
@@ -85,6 +86,10 @@ def get_task(reference: str, root: str | Path | None = None) -> Task:
         raise ConfigError(
             f"task {reference!r} ({path}) breaks the task contract: " + "; ".join(problems)
         )
+    if cls.name in BUILTIN and path != BUILTIN[cls.name]:
+        raise ConfigError(
+            f"task {reference!r} ({path}) takes the built-in task's name {cls.name!r}"
+        )
     task = cls()
     _LOADED[task.name] = task
     return task
@@ -96,6 +101,8 @@ def task_named(name: str) -> Task:
     if name in _LOADED:
         return _LOADED[name]
     try:
+        if ":" in name:  # a model's metadata names a task; it never chooses what is imported
+            raise ConfigError(name)
         return get_task(name)
     except ConfigError:
         raise ConfigError(

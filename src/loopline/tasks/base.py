@@ -16,6 +16,7 @@ with its own shape of data subclasses `Task` and fills in the methods marked abs
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
@@ -172,6 +173,17 @@ class Task:
         """The data contract beyond column types: rows breaking a rule are quarantined."""
         raise NotImplementedError
 
+    def split_gap(self, params: Params) -> int:
+        """Steps left out between chronological sets, so that no example's inputs or labels
+        reach into a neighbouring set (say, the longest input window); 0 for one-row
+        examples."""
+        return 0
+
+    def history_steps(self, params: Params) -> int:
+        """Steps before the test set that evaluating a chronological task reads (say, a
+        window plus the longest lag)."""
+        return self.split_gap(params)
+
     # ------------------------------------------------------------------ features and labels
 
     def new_feature_spec(self, params: Params) -> FeatureSpec:
@@ -318,12 +330,37 @@ def abilities(task: Task) -> list[str]:
 REQUIRED = ("name", "schema", "key_columns", "target_column", "Hyperparameters", "Serving")
 
 
+NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+# Folders of the data store beside the tasks' own (`data/<task name>`).
+RESERVED_NAMES = frozenset({"labels", "quarantine", "snapshots"})
+
+
+def task_name_problem(name: Any) -> str | None:
+    """Why `name` cannot name a task (None when it can): it becomes a params section, a
+    model name and a data folder."""
+    from loopline.config import SHARED_SECTIONS, Params
+
+    if not isinstance(name, str) or not NAME.match(name):
+        return f"task name {name!r} must be lower-case letters, digits and '_', from a letter"
+    if name in SHARED_SECTIONS or name in RESERVED_NAMES or hasattr(Params, name):
+        return f"task name {name!r} is taken (a params section, a data folder or a Params field)"
+    return None
+
+
 def contract_problems(cls: type) -> list[str]:
     """What `cls` misses of the contract (empty when it is complete)."""
+    from loopline.serving_adapter import Serving
+
     problems = []
     if not (isinstance(cls, type) and issubclass(cls, Task)):
         return [f"{cls!r} is not a subclass of loopline.tasks.base.Task"]
     problems += [f"class attribute {a!r} is not set" for a in REQUIRED if not hasattr(cls, a)]
+    name_problem = task_name_problem(getattr(cls, "name", None)) if hasattr(cls, "name") else None
+    if name_problem:
+        problems.append(name_problem)
+    serving = getattr(cls, "Serving", None)
+    if serving is not None and not (isinstance(serving, type) and issubclass(serving, Serving)):
+        problems.append("Serving must subclass loopline.serving_adapter.Serving")
     for method in ("rules", "new_feature_spec", "examples", "build_model", "evaluate"):
         if getattr(cls, method) is getattr(Task, method):
             problems.append(f"method {method}() is not implemented")

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from loopline.features import normalize
 from loopline.serving_adapter import Answer, BadInput, Serving
 
 if TYPE_CHECKING:
@@ -51,7 +50,9 @@ class RowServing(Serving):
                 answers[position] = Answer({"error": str(error)}, key=self._key(item), error=True)
         if good:
             rows = pd.DataFrame([self._values(items[p]) for p in good])
-            outputs = run_onnx(model.session, normalize(rows, model.spec))
+            # The task's own input code, as in training (a subclass may override it).
+            rows = self.task.add_features(rows, model.spec)
+            outputs = run_onnx(model.session, self.task.inputs(rows, model.spec))
             labels = model.spec.labels
             for position, output in zip(good, outputs, strict=True):
                 answers[position] = self._answer(items[position], output, labels)
@@ -107,6 +108,9 @@ def _field_names(columns: list[str], taken: set[str]) -> dict[str, str]:
     return names
 
 
+REFUSED = "Why this item was not answered (the others are)."
+
+
 def serving_for(task: type[RowTask]) -> type[RowServing]:
     """The serving adapter of one RowTask class, with its typed request and answer."""
     key = task.id_column
@@ -124,15 +128,17 @@ def serving_for(task: type[RowTask]) -> type[RowServing]:
             f"{task.__name__}Response",
             __doc__=f"The class of one {task.name} row and each class's probability.",
             **{key: (str | None, None)},
-            label=(str, Field(description=f"One of {list(task.classes)}.")),
-            probabilities=(dict[str, float], ...),
+            label=(str | None, Field(None, description=f"One of {list(task.classes)}.")),
+            probabilities=(dict[str, float] | None, None),
+            error=(str | None, Field(None, description=REFUSED)),
         )
     else:
         response = create_model(
             f"{task.__name__}Response",
             __doc__=f"The predicted {task.target} of one {task.name} row.",
             **{key: (str | None, None)},
-            value=(float, ...),
+            value=(float | None, None),
+            error=(str | None, Field(None, description=REFUSED)),
         )
     return type(
         f"{task.__name__}Serving",

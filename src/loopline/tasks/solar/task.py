@@ -222,6 +222,16 @@ class SolarTask(Task):
             "cell": Dimension(choices=["lstm", "gru"]),
         }
 
+    def split_gap(self, params: Params) -> int:
+        """The longest input window the search may pick, and at least the horizon."""
+        windows = params.tune.search_space["window"]
+        longest = max(windows.choices) if windows.choices else int(windows.high)
+        return max(int(longest), params.labeling.horizon)
+
+    def history_steps(self, params: Params) -> int:
+        """A window plus the longest lag."""
+        return self.split_gap(params) + max(params.features.lags, default=0)
+
     def schema_for(self, params: Params) -> dict[str, str]:
         return self.schema  # fixed columns
 
