@@ -384,17 +384,24 @@ def _replay_rows(paths, source: str | None, warmup: int, limit: int | None):
     overrides = [f"ingest.source={source}"] if source else []
     params = load_params(paths.params_file, overrides)
     task = params.plugin
+    if task.time_column is None or task.Serving.StreamLine is None:
+        raise LooplineError(
+            f"loopline stream replays a time-ordered source to a streaming service; task "
+            f"{task.name} has no time column or does not stream"
+        )
+    # Each stream key (say, a site) gets its own warm-up readings.
+    keys = [c for c in task.key_columns if c != task.time_column]
     frame = read_source(params, task, paths.root)
     frame = chronological_split(frame, params.split, task.time_column, params.features.freq, 0)
     test_start = frame.loc[frame["split"] == "test", task.time_column].min()
     parts = []
-    for _, rows in frame.groupby("site_id", sort=True):
+    for _, rows in frame.groupby(keys, sort=True):
         rows = rows.sort_values(task.time_column)
         before = rows[rows[task.time_column] < test_start].tail(warmup)
         parts += [before, rows[rows[task.time_column] >= test_start]]
     import pandas as pd
 
-    replay = pd.concat(parts).sort_values([task.time_column, "site_id"])
+    replay = pd.concat(parts).sort_values([task.time_column, *keys])
     replay = replay[list(task.schema)]
     if limit:
         replay = replay.head(limit)
