@@ -1,10 +1,11 @@
 """`loopline init`: a new project folder from a template, with git and DVC initialised.
 
-Templates live in `loopline/templates/` (one folder each, rendered by copier; `copier.yml`
-lists them with a line saying what each is). After rendering, the project gets a git
-repository, DVC with its local remote in the project's state folder, a `data.dvc` pointer
-for its (still empty) data folder, and a first commit, so `loopline run` and `pytest` work
-in it at once.
+A built-in task's template lives in its own package (`tasks/<name>/template/`), the `custom`
+one in `loopline/templates/`, beside copier's `copier.yml` and the files every project
+shares (`_shared/`); each template's `template.yml` says in a line what it is. After
+rendering, the project gets a git repository, DVC with its local remote in the project's
+state folder, a `data.dvc` pointer for its (still empty) data folder, and a first commit,
+so `loopline run` and `pytest` work in it at once.
 
 Bad input (an unknown template, an invalid name, a folder that is not empty, no git) is
 refused before anything is written; a step that fails later removes what was made.
@@ -18,6 +19,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -52,14 +54,26 @@ class Project:
     files: list[str]
 
 
-def templates() -> list[Template]:
-    """The templates `loopline init` knows, in the order copier.yml lists them."""
-    config = yaml.safe_load((TEMPLATES / "copier.yml").read_text())
-    found = []
-    for label, name in config["template"]["choices"].items():
-        _, _, description = str(label).partition(": ")
-        found.append(Template(str(name), description or str(label)))
+def template_folders() -> dict[str, Path]:
+    """Each template's folder: the built-in tasks' (in their packages), then the library's
+    own (`custom`)."""
+    from loopline.tasks import BUILTIN
+
+    tasks = Path(__file__).parent / "tasks"
+    found = {name: tasks / name / "template" for name in BUILTIN}
+    found = {name: folder for name, folder in found.items() if folder.is_dir()}
+    for folder in sorted(TEMPLATES.iterdir()):
+        if folder.is_dir() and not folder.name.startswith(("_", ".")):
+            found[folder.name] = folder
     return found
+
+
+def templates() -> list[Template]:
+    """The templates `loopline init` knows, each with the line its template.yml gives."""
+    return [
+        Template(name, yaml.safe_load((folder / "template.yml").read_text())["description"])
+        for name, folder in template_folders().items()
+    ]
 
 
 def task_names(project_name: str) -> tuple[str, str]:
@@ -137,20 +151,26 @@ def _render(name: str, template: str, destination: Path) -> None:
     import copier
 
     task, class_name = task_names(name)
-    copier.run_copy(
-        str(TEMPLATES),
-        destination,
-        data={
-            "template": template,
-            "project_name": name,
-            "task_name": task,
-            "class_name": class_name,
-        },
-        defaults=True,
-        quiet=True,
-        unsafe=False,
-        cleanup_on_error=False,  # undone by init_project, which knows what was there
-    )
+    with tempfile.TemporaryDirectory(prefix="loopline-template-") as scratch:
+        # copier renders one root: the chosen template beside copier.yml and _shared/.
+        root = Path(scratch)
+        shutil.copy2(TEMPLATES / "copier.yml", root / "copier.yml")
+        shutil.copytree(TEMPLATES / "_shared", root / "_shared")
+        shutil.copytree(template_folders()[template], root / template)
+        copier.run_copy(
+            str(root),
+            destination,
+            data={
+                "template": template,
+                "project_name": name,
+                "task_name": task,
+                "class_name": class_name,
+            },
+            defaults=True,
+            quiet=True,
+            unsafe=False,
+            cleanup_on_error=False,  # undone by init_project, which knows what was there
+        )
 
 
 def _init_git_and_dvc(root: Path) -> None:

@@ -13,17 +13,20 @@ from loopline.tasks import BUILTIN
 
 ROOT = Path(__file__).resolve().parents[2]
 LIBRARY = ROOT / "src" / "loopline"
-# Shared code: the library outside the task packages and the project templates, the flows
-# and the service.
+# Shared code: the library outside the task packages (the library's own template, `custom`,
+# included), the flows and the service.
 SHARED = [LIBRARY, ROOT / "pipelines", ROOT / "serving"]
-EXEMPT = [LIBRARY / "tasks", LIBRARY / "templates"]
+EXEMPT = [LIBRARY / "tasks"]
 
 
 def shared_files() -> list[Path]:
     files = []
     for folder in SHARED:
         for path in sorted(folder.rglob("*")):
-            if path.suffix not in (".py", ".yaml", ".yml") or "__pycache__" in path.parts:
+            if (
+                path.suffix not in (".py", ".yaml", ".yml", ".jinja", ".md")
+                or "__pycache__" in path.parts
+            ):
                 continue
             if not any(path.is_relative_to(exempt) for exempt in EXEMPT):
                 files.append(path)

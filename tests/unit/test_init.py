@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -51,6 +52,8 @@ def test_list_shows_every_template_with_what_it_is():
 
 def test_every_template_folder_is_listed_and_every_listed_one_exists():
     folders = {p.name for p in TEMPLATES.iterdir() if p.is_dir() and not p.name.startswith("_")}
+    tasks = Path(TEMPLATES).parent / "tasks"
+    folders |= {p.parent.name for p in tasks.glob("*/template") if p.is_dir()}
     assert {t.name for t in templates()} == folders
 
 
