@@ -19,6 +19,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     create_model,
     field_validator,
@@ -313,35 +314,53 @@ class Params(Section):
     schedule: ScheduleParams = ScheduleParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-    # The running task (set on each per-task subclass) and the project folder it came from.
-    plugin: ClassVar[Any] = None
+    # The running task as discovered (set on each per-task subclass), the project folder it
+    # came from, and the task bound to this instance's own section (`plugin`).
+    discovered: ClassVar[Any] = None
     root: ClassVar[str | None] = None
+    _bound: Any = PrivateAttr(default=None)
 
     @model_validator(mode="before")
     @classmethod
     def _space_of_the_task(cls, raw: Any) -> Any:
         """Pick the running task's search space; default it to the task's own."""
-        if not isinstance(raw, dict) or cls.plugin is None:
+        if not isinstance(raw, dict) or cls.discovered is None:
             return raw
         tune = raw.get("tune")
         tune = dict(tune) if isinstance(tune, dict) else {}
         space = tune.get("search_space")
-        if isinstance(space, dict) and space and set(space) <= _task_sections(cls.plugin):
-            space = space.get(cls.plugin.name)
+        if isinstance(space, dict) and space and set(space) <= _task_sections(cls.discovered):
+            space = space.get(cls.discovered.name)
         if space is None:
-            space = {k: v.model_dump() for k, v in cls.plugin.default_space().items()}
+            space = {k: v.model_dump() for k, v in cls.discovered.default_space().items()}
         tune["search_space"] = space
         return {**raw, "tune": tune}
 
     @model_validator(mode="after")
     def _space_fits_the_task(self) -> Params:
-        if self.plugin is None:
+        if self.discovered is None:
             return self
         try:
-            check_space(self.plugin.Hyperparameters, self.tune.search_space)
+            check_space(self.discovered.Hyperparameters, self.tune.search_space)
         except ValueError as error:
             raise ValueError(f"tune.search_space: {error}") from None
         return self
+
+    @model_validator(mode="after")
+    def _bind_the_task(self) -> Params:
+        """The task configured by its own section (a family task takes its columns from
+        it); a section it cannot work with is refused here, before any work."""
+        if self.discovered is not None:
+            try:
+                self._bound = self.discovered.bind(self.task_params)
+            except ValueError as error:
+                raise ValueError(f"{self.discovered.name}: {error}") from None
+        return self
+
+    @property
+    def plugin(self) -> Any:
+        """The running task, bound to this params' own section (`Task.bind`)."""
+        return self._bound if self._bound is not None else self.discovered
 
     def __reduce__(self):
         # Per-task classes are made at run time: rebuild from plain values (Dask workers,
@@ -351,12 +370,12 @@ class Params(Section):
     @property
     def task_name(self) -> str:
         """The running task's name (`task` may be an import path)."""
-        return self.plugin.name
+        return self.discovered.name
 
     @property
     def task_params(self) -> Any:
         """The running task's own section."""
-        return getattr(self, self.plugin.name)
+        return getattr(self, self.discovered.name)
 
     @property
     def model_name(self) -> str:
@@ -421,7 +440,7 @@ def params_model(plugin: Any, root: str | None = None) -> type[Params]:
         model = create_model(
             f"Params_{plugin.name}", __base__=Params, **{plugin.name: section}, **others
         )
-        model.plugin, model.root = plugin, root
+        model.discovered, model.root = plugin, root
         _MODELS[key] = model
     return _MODELS[key]
 

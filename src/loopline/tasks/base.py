@@ -151,6 +151,17 @@ class Task:
         """This task's own params section (an instance of `Settings`)."""
         return params.task_params
 
+    def bind(self, settings: Any) -> Task:
+        """This task configured by its own params section (`params.plugin` is the result).
+
+        A task whose data contract is fixed returns itself. A family configured without
+        code (say, any table's target and feature columns) returns an instance whose
+        `schema`, `key_columns`, `time_column`, `target_column` and `split_kind` come from
+        `settings`; raise ValueError, naming the key, for settings it cannot work with.
+        Everything a served model needs of them belongs in its feature spec: the service
+        reads the model's spec, never today's params."""
+        return self
+
     def default_space(self) -> dict[str, Dimension]:
         """The search space tuning uses when params.yaml gives none: every hyperparameter."""
         raise NotImplementedError
