@@ -1,7 +1,9 @@
 """Export: torch → ONNX with a dynamic batch axis, and a parity check that gates publishing.
 
 The feature spec is embedded in the ONNX file's metadata, so the model file alone says how
-to compute its inputs.
+to compute its inputs. A model whose served graph is not a torch program (`ExportsItself`:
+say, scikit-learn trees converted by skl2onnx) writes its ONNX model itself; its parity is
+checked like any other's.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -38,7 +40,6 @@ def export_onnx(
     """
     import inspect
 
-    import onnx
     from torch.export import Dim
 
     # dynamic_shapes is keyed by the name of forward's (single) input argument.
@@ -63,13 +64,33 @@ def export_onnx(
             external_data=False,
             verbose=False,
         )
-    model = program.model_proto
+    return save_onnx(program.model_proto, path, metadata)
+
+
+def save_onnx(model, path: Path, metadata: dict[str, str]) -> Path:
+    """Write the ONNX `model` (a ModelProto) to `path` with `metadata`, checked first."""
+    import onnx
+
     onnx.helper.set_model_props(model, metadata)
     onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     onnx.save_model(model, tmp)
     tmp.replace(path)
     return path
+
+
+@runtime_checkable
+class ExportsItself(Protocol):
+    """A model that makes its own ONNX graph instead of `torch.onnx.export` (say, a
+    scikit-learn estimator converted by skl2onnx).
+
+    `onnx_model(example)` returns a ModelProto whose one input is `INPUT_NAME` (float32,
+    dynamic batch axis, as `example`) and whose outputs are what `exportable()`'s module
+    returns, in order and by its output names. `exportable()` stays the reference: parity
+    is checked between that module and the ONNX model, as for every model."""
+
+    def onnx_model(self, example: np.ndarray) -> Any: ...
 
 
 def onnx_session(path: Path | bytes, threads: int = 0):
@@ -155,9 +176,13 @@ def export_and_check(
     rtol: float,
 ) -> Parity:
     """Export what the model says it serves (`model.exportable()`: a forecaster's forecasts in
-    watts, a classifier's probabilities and attention) and check parity on `golden`."""
+    watts, a classifier's probabilities and attention) and check parity on `golden`; a model
+    that `ExportsItself` writes the ONNX graph itself."""
     module, dynamic_axes, output_names = model.exportable()
-    export_onnx(module, golden, path, metadata, dynamic_axes, output_names)
+    if isinstance(model, ExportsItself):
+        save_onnx(model.onnx_model(golden), path, metadata)
+    else:
+        export_onnx(module, golden, path, metadata, dynamic_axes, output_names)
     return check_parity(module, path, golden, atol, rtol)
 
 

@@ -2,17 +2,22 @@
 
 Every epoch's training and validation loss is reported through `on_epoch`, so the caller
 can log curves (MLflow) or report progress (CLI) without the loop knowing about either.
+
+A model that fits itself (`FitsItself`: say, scikit-learn trees wrapped in an `nn.Module`)
+skips the loop: `fit` hands it the same examples and scores it with the same loss, so
+tuning can weigh it against a gradient-trained model trial by trial.
 """
 
 from __future__ import annotations
 
 import copy
 import os
+import pickle
 import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -104,6 +109,60 @@ class FineTuning(Protocol):
     def param_groups(self, model: nn.Module, learning_rate: float) -> list[dict[str, Any]]: ...
 
     def before_epoch(self, model: nn.Module, epoch: int) -> None: ...
+
+
+@runtime_checkable
+class FitsItself(Protocol):
+    """A model that trains itself instead of by the gradient loop: say, a scikit-learn
+    estimator held by an `nn.Module` whose `forward` runs it on NumPy.
+
+    `fit` calls `fit_examples` once with the tensors the loop would see (inputs; class ids,
+    or a regression's scaled target) and then scores the model exactly as it scores a
+    gradient-trained one (`eval_loss`: its `loss`, or MSE, on `forward`'s outputs), so a
+    tuning trial of either kind is judged on one scale. The history is that one "epoch".
+
+    The fitted state travels in the module's `state_dict` through `get_extra_state` /
+    `set_extra_state` (`pickled_state` / `unpickled_state`: a uint8 tensor, which
+    `torch.load(weights_only=True)` accepts), so checkpoints, `torch/model.pt`,
+    `load_checkpoint`, `predict` and the parity check work unchanged. Unpickling runs code:
+    load only checkpoints this project wrote (its own runs). Such a model cannot start from
+    another's weights (`train.init_from`) and takes no fine-tuning or augmentation.
+    """
+
+    def fit_examples(
+        self,
+        x_train: torch.Tensor,
+        y_train: torch.Tensor,
+        x_val: torch.Tensor,
+        y_val: torch.Tensor,
+        seed: int,
+    ) -> None: ...
+
+
+def pickled_state(value: Any) -> torch.Tensor:
+    """`value` pickled into a uint8 tensor: a `FitsItself` model's `get_extra_state`."""
+    return torch.frombuffer(bytearray(pickle.dumps(value)), dtype=torch.uint8)
+
+
+def unpickled_state(state: torch.Tensor) -> Any:
+    """What `pickled_state` stored (a `FitsItself` model's `set_extra_state`)."""
+    return pickle.loads(state.numpy().tobytes())
+
+
+def _fit_itself(
+    model: nn.Module,
+    train: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor],
+    hparams: Hyperparameters,
+    seed: int,
+    on_epoch: Callable[[Epoch], None] | None,
+) -> TrainResult:
+    model.fit_examples(*train, *val, seed)
+    record = Epoch(1, eval_loss(model, *train), eval_loss(model, *val))
+    if on_epoch is not None:
+        on_epoch(record)
+    model.eval()
+    return TrainResult(model, [record], 1, record.val_loss, False, hparams.to_dict())
 
 
 BUCKET_BATCHES = 50  # batches per length bucket
@@ -212,6 +271,11 @@ def fit(
     set_threads(params.threads)
     x_train, y_train = to_tensors(train, spec)
     x_val, y_val = to_tensors(val, spec)
+    if isinstance(model, FitsItself):
+        if fine_tuning is not None or augment is not None:
+            raise ValueError(f"{type(model).__name__} fits itself: no fine-tuning or augmentation")
+        # One fit, quick to redo: a resumed run fits again rather than reading a checkpoint.
+        return _fit_itself(model, (x_train, y_train), (x_val, y_val), hparams, seed, on_epoch)
     learning_rate = hparams.learning_rate
     groups = (
         fine_tuning.param_groups(model, learning_rate)
@@ -372,6 +436,11 @@ def initial_model(task, spec: FeatureSpec, hparams: dict[str, Any], params, sour
     spec = task.configure(spec, typed)
     seed_everything(params.seed)  # the initial weights are drawn here
     model = task.build_model(typed, spec)
+    if source is not None and isinstance(model, FitsItself):
+        raise ValueError(
+            f"{type(model).__name__} fits itself: train.init_from cannot start it from another "
+            "model's weights"
+        )
     if source is None:
         return Start(model, spec, typed, task.fine_tuning(spec, params.train.transfer))
     started = transfer.start_from(model, source, spec)

@@ -2,7 +2,10 @@
 meta-learner (TPE), pruning trials whose validation loss lags behind.
 
 The objective is given by the caller (it trains one model and reports validation loss per
-epoch); this module only owns the search: samplers, the search space and pruning.
+epoch); this module only owns the search: samplers, the search space and pruning. A search
+may choose the algorithm too: a task's categorical hyperparameter (say, `algorithm`) lets
+its `build_model` return a gradient-trained module or one that fits itself
+(`train.FitsItself`); both report the same validation loss, so the trials compare.
 """
 
 from __future__ import annotations
