@@ -319,7 +319,6 @@ class _ContractRun:
             self.task = given if isinstance(given, Task) else cls()
         task = self.task
         problems = contract_problems(type(task))
-        problems += _schema_problems(task)
         if not isinstance(task.name, str) or task.name in SHARED_SECTIONS:
             problems.append(f"name {task.name!r} must be a text that is no shared section")
         try:
@@ -367,6 +366,11 @@ class _ContractRun:
             isinstance(settings, Section),
             f"settings(params) gave {type(settings).__name__}, not the task's Settings",
         )
+        # From here on the task is the one these params configure (`Task.bind`): a family
+        # takes its columns from its section, so its data contract is checked only now.
+        self.task = self.params.plugin
+        problems = _schema_problems(self.task)
+        _require(not problems, "; ".join(problems))
         return ""
 
     # -------------------------------------------------------------- data

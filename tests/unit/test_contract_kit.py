@@ -173,3 +173,18 @@ def test_sample_rows_follow_the_schema_and_rules():
     assert pixels.min() >= 0 and pixels.max() <= 16
     assert rows["id"].is_unique
     assert np.issubdtype(pixels.dtype, np.floating)
+
+
+def test_a_family_is_checked_as_its_section_configures_it():
+    # A family's columns come from its params section (Task.bind): checked by name, the
+    # kit binds it to the params given before it reads the data contract.
+    section = {
+        "target": "churned",
+        "id_column": "customer",
+        "numeric": ["tenure", "spend"],
+        "categorical": ["plan"],
+        "kind": "classification",
+        "labels": ["no", "yes"],
+    }
+    report = check_task("tabular", params={"tabular": section}, rows=120)
+    assert report.passed, report
