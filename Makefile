@@ -25,8 +25,12 @@ setup: $(STAMP) ## Create .venv with the locked dependencies
 run: setup ## Run the offline flow on the default task (params.yaml)
 	$(BIN)/loopline run
 
-test: setup ## Run the test suite
-	$(BIN)/pytest
+# Tests run on this many pytest-xdist workers (CI has two cores); a module's tests stay on
+# one worker (--dist loadscope), so its module-scoped fixtures run once.
+TEST_WORKERS ?= 2
+
+test: setup ## Run the test suite (in parallel; TEST_WORKERS=0: in this process)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadscope
 
 test-fast: setup ## Tests without the end-to-end ones
 	$(BIN)/pytest -m "not e2e"

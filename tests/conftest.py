@@ -34,6 +34,14 @@ TINY = {
 }
 
 
+def pytest_configure(config) -> None:
+    # Under pytest-xdist each worker holds one of CI's two cores: torch (and the flows and
+    # services a test starts, which inherit the variable) take one thread each, or two
+    # workers' thread pools fight over both cores and training runs many times slower.
+    if hasattr(config, "workerinput"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+
+
 def stop(process, sig: int) -> None:
     """Ask a started process to stop with `sig`; kill it if it has not within 30 s."""
     import subprocess
