@@ -26,10 +26,15 @@ class StreamFailed(LooplineError):
 @dataclass
 class StreamStats:
     sent: int = 0
-    answers: int = 0
-    forecasts: int = 0
+    lines: int = 0  # every answer line: answers, errors and notices
+    answers: int = 0  # lines that answer a reading (neither an error nor a notice)
     errors: int = 0
-    versions: list[str] = field(default_factory=list)  # model version of each forecast
+    versions: list[str] = field(default_factory=list)  # model version of each answer, if told
+
+    @property
+    def forecasts(self) -> int:
+        """A forecaster's answers (the name benchmarks and older callers read)."""
+        return self.answers
 
 
 def parse_rate(text: str) -> float:
@@ -140,10 +145,16 @@ async def stream_readings(
     return stats
 
 
+def is_answer(line: dict[str, Any]) -> bool:
+    """An answer line of `/stream`: the task's `Response` fields, not an error or notice."""
+    return "error" not in line and "notice" not in line
+
+
 def _count(stats: StreamStats, answer: dict[str, Any]) -> None:
-    stats.answers += 1
-    if "forecast" in answer:
-        stats.forecasts += 1
-        stats.versions.append(str(answer.get("model_version")))
-    elif "error" in answer:
+    stats.lines += 1
+    if "error" in answer:
         stats.errors += 1
+    elif is_answer(answer):
+        stats.answers += 1
+        if "model_version" in answer:
+            stats.versions.append(str(answer["model_version"]))
