@@ -48,7 +48,7 @@ class Answer:
 
     response: dict[str, Any]  # the `Response` (or `Explanation`) fields, JSON-ready
     key: str | None = None  # the log's key: the group the prediction is for (a site, an id)
-    origin: datetime | None = None  # the log's origin, where there is one (a forecast's)
+    origin: datetime | None = None  # the log's origin, where there is one (a time series')
     inputs: Any = None  # the inputs' key fields, for the log
     output: Any = None  # the output, for the log
     error: bool = False  # `response` is an error message: the item is not logged

@@ -152,7 +152,7 @@ def without_test(frame: pd.DataFrame, time_column: str) -> pd.DataFrame:
 def test_view(frame: pd.DataFrame, time_column: str, freq: str, history: int) -> pd.DataFrame:
     """Test rows plus `history` steps before them: past readings a forecaster may read.
 
-    Forecast windows still end (and their labels lie) in the test set; the history lets a
+    Input windows still end (and their labels lie) in the test set; the history lets a
     champion recompute its own lagged features for the very first test origins too.
     """
     test_start = frame.loc[frame["split"] == "test", time_column].min()

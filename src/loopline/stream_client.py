@@ -1,7 +1,7 @@
-"""A full-duplex NDJSON client for the service's `/stream`: send readings, read forecasts.
+"""A full-duplex NDJSON client for the service's `/stream`: send readings, read answers.
 
 HTTP clients such as httpx upload the whole request body before they read the response, so a
-live stream would see no forecast until it ended. This client speaks HTTP/1.1 through h11's
+live stream would see no answer until it ended. This client speaks HTTP/1.1 through h11's
 protocol state machine over an asyncio connection: one task writes chunked readings at a
 given rate while another reads answer lines as they arrive.
 """
