@@ -362,6 +362,8 @@ class _ContractRun:
         except ValidationError as error:
             problems = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()]
             raise _Broken("params do not validate: " + "; ".join(problems)) from None
+        # A family configured by its section is checked as bound to it (`Task.bind`).
+        self.task = self.params.plugin
         settings = self.task.settings(self.params)
         _require(
             isinstance(settings, Section),
@@ -547,7 +549,7 @@ class _ContractRun:
         from loopline.online import LoadedModel
         from loopline.serving_adapter import Answer
 
-        adapter = getattr(type(self.task), "Serving", None)
+        adapter = getattr(self.task, "Serving", None)  # a bound family: its own types
         if adapter is None:
             raise _Skip(
                 f"task {self.task.name!r} declares no `Serving` adapter (a "

@@ -83,7 +83,7 @@ def _serving(entity: str | None, time: str, target: str, covariates: tuple[str, 
 def calendar(stamps: pd.DatetimeIndex) -> dict[str, np.ndarray]:
     """Time of day and day of week as points on circles (UTC): daily and weekly cycles."""
     hour = (stamps.hour + stamps.minute / 60).to_numpy()
-    day = (stamps.dayofweek + hour / 24).to_numpy()
+    day = (stamps.day_of_week + hour / 24).to_numpy()
     return {
         "hour_sin": np.sin(2 * np.pi * hour / 24),
         "hour_cos": np.cos(2 * np.pi * hour / 24),
@@ -183,8 +183,9 @@ class ForecastTask(Task):
         return max(int(longest), self.knobs(params).horizon)
 
     def history_steps(self, params: Params) -> int:
-        """A window plus the longest lag."""
-        return self.split_gap(params) + max(self.knobs(params).lags, default=0)
+        """A window plus the longest lag or season (a baseline reads that far back)."""
+        knobs = self.knobs(params)
+        return self.split_gap(params) + max([*knobs.lags, *knobs.season], default=0)
 
     def rules(self, params: Params) -> list[Rule]:
         entity = [c for c in self.key_columns if c != self.time_column]
