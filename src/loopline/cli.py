@@ -377,12 +377,15 @@ def schedule(
 def _replay_rows(params, task, root, warmup: int, limit: int | None):
     """Held-out rows of the source (the test share of a chronological split), each stream
     key's last `warmup` earlier readings first so answers start at the held-out period."""
-    from loopline.ingest import read_source
+    from loopline.ingest import parsed_times, read_source
     from loopline.split import chronological_split
 
     # Each stream key (say, a site) gets its own warm-up readings; a single series is one.
     keys = [c for c in task.key_columns if c != task.time_column]
     frame = read_source(params, task, root)
+    # A file's times are text until validation types them: the replay orders by time.
+    frame[task.time_column] = parsed_times(frame, task.time_column)
+    frame = frame[frame[task.time_column].notna()]
     frame = chronological_split(frame, params.split, task.time_column)
     test_start = frame.loc[frame["split"] == "test", task.time_column].min()
     parts = []

@@ -98,10 +98,14 @@ async def stream_readings(
     )
 
     async def upload() -> None:
-        async for line in _paced(readings, rate):
-            send(h11.Data(data=line))
-            await writer.drain()
-            stats.sent += 1
+        try:
+            async for line in _paced(readings, rate):
+                send(h11.Data(data=line))
+                await writer.drain()
+                stats.sent += 1
+        except Exception:
+            writer.close()  # the readings failed: end the exchange, and say why below
+            raise
         send(h11.EndOfMessage())
         await writer.drain()
 
@@ -137,7 +141,9 @@ async def stream_readings(
     try:
         await download()
         await uploader
-    except h11.RemoteProtocolError as error:
+    except (h11.RemoteProtocolError, OSError) as error:
+        if uploader.done() and not uploader.cancelled() and uploader.exception() is not None:
+            raise uploader.exception() from None
         raise StreamFailed(f"protocol error: {error}") from None
     finally:
         uploader.cancel()
