@@ -61,7 +61,7 @@ def test_an_unknown_template_is_named_with_the_known_ones(here):
     done = init("plant", "--template", "solr")
     assert done.exit_code == 1
     assert "unknown template 'solr'" in done.output
-    assert "solar, reviews, digits, custom" in done.output
+    assert "solar, reviews, digits, forecast, custom" in done.output
     assert entries(here) == []
 
 
