@@ -431,8 +431,12 @@ def stream(
     ] = "20/s",
     limit: Annotated[int | None, typer.Option(help="Stop after this many readings.")] = None,
     warmup: Annotated[
-        int, typer.Option(help="Readings per stream key before the held-out part.")
-    ] = 72,
+        int | None,
+        typer.Option(
+            help="Readings per stream key before the held-out part (default: the history "
+            "the task's evaluation reads, enough for a first answer)."
+        ),
+    ] = None,
 ) -> None:
     """Replay the source's held-out readings to a running service; print live answers."""
     import asyncio
@@ -459,6 +463,8 @@ def stream(
             else:
                 out.print(f"[yellow]line {answer.get('line')}: {answer.get('notice')}[/]")
 
+        if warmup is None:
+            warmup = task.history_steps(params)
         rows = _replay_rows(params, task, paths.root, warmup, limit)
         stats = asyncio.run(stream_readings(url, rows, show, rate=per_second))
     except (LooplineError, ValueError) as error:
