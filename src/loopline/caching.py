@@ -20,7 +20,7 @@ from loopline.config import Params
 
 # Stages in order, with the params sections each one reads (beyond the stage before it).
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
-    # A spec may hold the labels' shape (a forecast horizon), so features read `labeling`.
+    # A spec may hold the labels' shape (steps ahead), so features read `labeling`.
     "features": ("task", "seed", "features", "labeling"),
     "labeling": ("labeling",),
     "split": ("split",),

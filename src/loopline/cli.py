@@ -374,28 +374,22 @@ def schedule(
         prefect_serve(deployment, print_starting_message=False)
 
 
-def _replay_rows(paths, source: str | None, warmup: int, limit: int | None):
-    """Held-out rows of the source (the test share of a chronological split), each site's
-    last `warmup` earlier readings first so forecasts start at the held-out period."""
-    from loopline.config import load_params
-    from loopline.ingest import read_source
+def _replay_rows(params, task, root, warmup: int, limit: int | None):
+    """Held-out rows of the source (the test share of a chronological split), each stream
+    key's last `warmup` earlier readings first so answers start at the held-out period."""
+    from loopline.ingest import parsed_times, read_source
     from loopline.split import chronological_split
 
-    overrides = [f"ingest.source={source}"] if source else []
-    params = load_params(paths.params_file, overrides)
-    task = params.plugin
-    if task.time_column is None or task.Serving.StreamLine is None:
-        raise LooplineError(
-            f"loopline stream replays a time-ordered source to a streaming service; task "
-            f"{task.name} has no time column or does not stream"
-        )
-    # Each stream key (say, a site) gets its own warm-up readings.
+    # Each stream key (say, a site) gets its own warm-up readings; a single series is one.
     keys = [c for c in task.key_columns if c != task.time_column]
-    frame = read_source(params, task, paths.root)
-    frame = chronological_split(frame, params.split, task.time_column, params.features.freq, 0)
+    frame = read_source(params, task, root)
+    # A file's times are text until validation types them: the replay orders by time.
+    frame[task.time_column] = parsed_times(frame, task.time_column)
+    frame = frame[frame[task.time_column].notna()]
+    frame = chronological_split(frame, params.split, task.time_column)
     test_start = frame.loc[frame["split"] == "test", task.time_column].min()
     parts = []
-    for _, rows in frame.groupby(keys, sort=True):
+    for _, rows in frame.groupby(keys, sort=True) if keys else [(None, frame)]:
         rows = rows.sort_values(task.time_column)
         before = rows[rows[task.time_column] < test_start].tail(warmup)
         parts += [before, rows[rows[task.time_column] >= test_start]]
@@ -410,6 +404,21 @@ def _replay_rows(paths, source: str | None, warmup: int, limit: int | None):
         yield record
 
 
+def _streaming_task(paths, source: str | None):
+    """The params and the bound task of a project whose task streams, time-ordered."""
+    from loopline.config import load_params
+
+    overrides = [f"ingest.source={source}"] if source else []
+    params = load_params(paths.params_file, overrides)
+    task = params.plugin
+    if task.time_column is None or task.Serving.StreamLine is None:
+        raise LooplineError(
+            f"loopline stream replays a time-ordered source to a streaming service; task "
+            f"{task.name} has no time column or does not stream"
+        )
+    return params, task
+
+
 @app.command()
 def stream(
     project: ProjectOption = None,
@@ -421,12 +430,18 @@ def stream(
         str, typer.Option(help="Readings per second: 20/s, 600/min, 0 = max.")
     ] = "20/s",
     limit: Annotated[int | None, typer.Option(help="Stop after this many readings.")] = None,
-    warmup: Annotated[int, typer.Option(help="Readings per site before the held-out part.")] = 72,
+    warmup: Annotated[
+        int | None,
+        typer.Option(
+            help="Readings per stream key before the held-out part (default: the history "
+            "the task's evaluation reads, enough for a first answer)."
+        ),
+    ] = None,
 ) -> None:
-    """Replay the source's held-out readings to a running service; print live forecasts."""
+    """Replay the source's held-out readings to a running service; print live answers."""
     import asyncio
 
-    from loopline.stream_client import parse_rate, stream_readings
+    from loopline.stream_client import is_answer, parse_rate, stream_readings
 
     paths = _paths(project)
     try:
@@ -436,29 +451,28 @@ def stream(
     out = Console()
     out = out if out.is_terminal else Console(width=200)
 
-    def show(answer: dict) -> None:
-        if "forecast" in answer:
-            values = answer["forecast"]
-            peak = max(range(len(values)), key=values.__getitem__)
-            out.print(
-                f"{answer['site_id']:<12} {answer['origin'][:16]}  v{answer['model_version']}  "
-                f"next 6 h: {' '.join(f'{v:5.0f}' for v in values[:6])} W  "
-                f"peak {values[peak]:.0f} W at {answer['timestamps'][peak][11:16]}"
-            )
-        elif "error" in answer:
-            out.print(f"[red]line {answer.get('line')}: {answer['error']}[/]")
-        else:
-            out.print(f"[yellow]line {answer.get('line')}: {answer.get('notice')}[/]")
-
     try:
-        rows = _replay_rows(paths, source, warmup, limit)
+        params, task = _streaming_task(paths, source)
+        serving = task.Serving(task, params)
+
+        def show(answer: dict) -> None:
+            if "error" in answer:
+                out.print(f"[red]line {answer.get('line')}: {answer['error']}[/]")
+            elif is_answer(answer):
+                out.print(serving.summary(answer), markup=False, highlight=False)
+            else:
+                out.print(f"[yellow]line {answer.get('line')}: {answer.get('notice')}[/]")
+
+        if warmup is None:
+            warmup = task.history_steps(params)
+        rows = _replay_rows(params, task, paths.root, warmup, limit)
         stats = asyncio.run(stream_readings(url, rows, show, rate=per_second))
     except (LooplineError, ValueError) as error:
         _fail(error)
     versions = sorted(set(stats.versions), key=lambda v: int(v) if v.isdigit() else 0)
     console.print(
-        f"sent {stats.sent} readings · {stats.forecasts} forecasts · {stats.errors} errors · "
-        f"model versions {', '.join(versions) or '-'}"
+        f"sent {stats.sent} readings · {stats.answers} {serving.answers_are} · "
+        f"{stats.errors} errors · model versions {', '.join(versions) or '-'}"
     )
 
 

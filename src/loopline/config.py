@@ -73,17 +73,11 @@ class ValidateParams(Section):
 
 
 class FeaturesParams(Section):
-    freq: str = "1h"
-    # Power lags (steps) added as inputs: 24 = the same hour yesterday.
-    lags: list[Positive] = [24]
-    # Clear-sky power `lead` steps ahead, known from the clock alone; with a window of at least
-    # the horizon the model sees the whole clear-sky profile of the day it forecasts.
-    clearsky_leads: list[Positive] = [24]
+    """Shared feature knobs: none yet. What a task's features read (a forecaster's step,
+    lags and horizon, a vocabulary's size) is typed in the task's own section."""
 
 
 class LabelingParams(Section):
-    # Forecasting tasks: steps ahead each example is labeled with.
-    horizon: Positive = 24
     # Active learning (`loopline label export`): how the next batch for people is chosen
     # from the unlabeled pool, how many rows, and for `committee`, how many of the last
     # registered versions vote.
@@ -185,8 +179,6 @@ class TrainParams(Section):
 class EvaluateParams(Section):
     # Relative RMSE improvement a candidate needs over the champion (0.0 = any improvement).
     min_improvement: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    # Steps of history behind smart persistence's clear-sky index.
-    smart_persistence_window: Positive = 24
 
 
 class ExportParams(Section):
@@ -332,7 +324,8 @@ class Params(Section):
         if isinstance(space, dict) and space and set(space) <= _task_sections(cls.discovered):
             space = space.get(cls.discovered.name)
         if space is None:
-            space = {k: v.model_dump() for k, v in cls.discovered.default_space().items()}
+            default = _configured(cls.discovered, raw).default_space()
+            space = {k: v.model_dump() for k, v in default.items()}
         tune["search_space"] = space
         return {**raw, "tune": tune}
 
@@ -413,6 +406,16 @@ def _default_task() -> str:
     return DEFAULT_TASK
 
 
+def _configured(plugin: Any, raw: dict[str, Any]) -> Any:
+    """The task bound to its raw section where that section is valid (its default search
+    space may follow its settings, say a forecaster's input windows); else the task as
+    discovered (the section's errors are reported with every other)."""
+    try:
+        return plugin.bind(plugin.Settings.model_validate(raw.get(plugin.name) or {}))
+    except (ValidationError, ValueError):
+        return plugin
+
+
 def _task_sections(plugin: Any) -> set[str]:
     """Top-level keys that are tasks' own sections: the running task's, and the built-ins'
     (a project may keep several and switch with `-P task=...`)."""
@@ -475,9 +478,13 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return data
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _describe(error: dict[str, Any], plugin: Any = None) -> str:
     where = ".".join(str(p) for p in error["loc"]) or "(top level)"
     if error["type"] == "extra_forbidden":
+        # A key the task's own section took over says where it went.
+        moved = plugin.moved_keys.get(where) if plugin is not None else None
+        if moved:
+            return f"{where}: moved to {plugin.name}.{moved}"
         return f"{where}: unknown key"
     value = error.get("input")
     shown = "" if isinstance(value, dict) else f" (got {value!r})"
@@ -504,7 +511,7 @@ def parse_params(
     try:
         return params_model(plugin, root).model_validate(raw)
     except ValidationError as exc:
-        lines = "\n  ".join(_describe(e) for e in exc.errors())
+        lines = "\n  ".join(_describe(e, plugin) for e in exc.errors())
         raise ConfigError(f"{origin} is invalid:\n  {lines}") from None
 
 

@@ -76,10 +76,10 @@ def score_classes(labels: np.ndarray, probabilities: np.ndarray) -> ClassScores:
 def score(y_true: np.ndarray, y_pred: np.ndarray) -> Scores:
     """RMSE and MAE overall and RMSE per horizon step, on rows where both are finite."""
     if y_true.shape != y_pred.shape:
-        raise ValueError(f"shape mismatch: truth {y_true.shape} vs forecast {y_pred.shape}")
+        raise ValueError(f"shape mismatch: truth {y_true.shape} vs predicted {y_pred.shape}")
     ok = np.isfinite(y_true).all(axis=1) & np.isfinite(y_pred).all(axis=1)
     if not ok.any():
-        raise ValueError("no test row has both a finite truth and a finite forecast")
+        raise ValueError("no test row has both a finite truth and a finite prediction")
     err = y_pred[ok].astype(np.float64) - y_true[ok].astype(np.float64)
     return Scores(
         rmse=float(np.sqrt(np.mean(err**2))),
@@ -90,7 +90,7 @@ def score(y_true: np.ndarray, y_pred: np.ndarray) -> Scores:
 
 
 def skill(model: Scores, baseline: Scores) -> float:
-    """Forecast skill: 1 - RMSE / baseline RMSE (> 0 means better than the baseline)."""
+    """Skill: 1 - RMSE / baseline RMSE (> 0 means better than the baseline)."""
     return 1.0 - model.rmse / baseline.rmse if baseline.rmse > 0 else 0.0
 
 
@@ -263,7 +263,7 @@ def onnx_forecasts(task, test_frame, spec, session):
 def evaluate_candidate(task, test_frame, spec, model, params, champion=None) -> Evaluation:
     """Score the candidate, the task's baselines and the champion on the same test rows.
 
-    `champion` is (onnx session, its feature spec) or None. Rows are the forecast origins all
+    `champion` is (onnx session, its feature spec) or None. Rows are the window origins all
     forecasters can serve, so a champion with a longer window is compared fairly.
     """
     import pandas as pd

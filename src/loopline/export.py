@@ -20,7 +20,7 @@ import torch
 from loopline.errors import ParityError
 
 INPUT_NAME = "x"
-OUTPUT_NAME = "forecast"
+OUTPUT_NAME = "output"  # a task names its outputs itself (`exportable()`)
 SPEC_KEY = "loopline.feature_spec"
 
 

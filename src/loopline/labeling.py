@@ -37,7 +37,7 @@ def shifted_values(
     if frame.empty:
         return out
     # numpy per group instead of pandas: the service computes a batch of windows as one
-    # group each, and pandas' per-call overhead would then dominate each forecast.
+    # group each, and pandas' per-call overhead would then dominate each answer.
     codes, uniques = pd.factorize(frame[group].to_numpy())
     stamps = utc_values(frame[time]).astype(np.int64)
     values = frame[column].to_numpy(dtype=np.float64)
@@ -70,7 +70,7 @@ def add_forecast_labels(frame: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
 @dataclass
 class Examples:
     """Model-ready windows: inputs `x` (N, window, features), labels `y` (N, horizon) in
-    target units, and `keys` (group, origin time) naming each window's forecast origin."""
+    target units, and `keys` (group, origin time) naming each window's origin."""
 
     x: np.ndarray
     y: np.ndarray
@@ -90,7 +90,7 @@ def make_windows(
     target_set: str | None = None,
     history_sets: tuple[str, ...] = (),
 ) -> Examples:
-    """Cut sliding windows ending at each valid forecast origin.
+    """Cut sliding windows ending at each valid origin (the last input time).
 
     A window is valid when its input rows and its label rows are consecutive readings of one
     group, all finite. With `target_set`, the origin and its labels must lie in that split set

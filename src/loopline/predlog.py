@@ -32,7 +32,7 @@ def predictions_table(metadata):
         Column("model_version", String(50), nullable=False, index=True),
         Column("api", String(50), nullable=False),
         Column("key", String(200)),  # the group the prediction is for (a site, a review id)
-        Column("origin", DateTime(timezone=True)),  # the forecast origin, where there is one
+        Column("origin", DateTime(timezone=True)),  # a time series' origin, where there is one
         Column("inputs", JSON),  # the inputs' key fields
         Column("output", JSON, nullable=False),
         Column("latency_ms", Float),

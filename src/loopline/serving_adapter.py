@@ -48,7 +48,7 @@ class Answer:
 
     response: dict[str, Any]  # the `Response` (or `Explanation`) fields, JSON-ready
     key: str | None = None  # the log's key: the group the prediction is for (a site, an id)
-    origin: datetime | None = None  # the log's origin, where there is one (a forecast's)
+    origin: datetime | None = None  # the log's origin, where there is one (a time series')
     inputs: Any = None  # the inputs' key fields, for the log
     output: Any = None  # the output, for the log
     error: bool = False  # `response` is an error message: the item is not logged
@@ -65,6 +65,8 @@ class Serving:
     input_name: ClassVar[str] = "items"
     # One NDJSON line of `/stream`; None: the task does not stream.
     StreamLine: ClassVar[type[BaseModel] | None] = None
+    # What `loopline stream` calls the answers it counts ("sent 60 readings · 13 forecasts").
+    answers_are: ClassVar[str] = "answers"
 
     def __init__(self, task: Any, params: Params) -> None:
         self.task, self.params = task, params
@@ -85,6 +87,10 @@ class Serving:
     def describe(self, model: LoadedModel) -> dict[str, Any]:
         """What a request must hold for this model (merged into `/metadata`'s model)."""
         return {}
+
+    def summary(self, answer: dict[str, Any]) -> str:
+        """One console line for an answer `loopline stream` prints (its `Response` fields)."""
+        return " ".join(f"{k}={v}" for k, v in answer.items() if k != "line")
 
     def open_stream(self, model: LoadedModel) -> StreamState:
         """The state of one `/stream` connection (default: each line is one item)."""

@@ -18,12 +18,17 @@ SETS = ("train", "val", "test")
 
 
 def chronological_split(
-    frame: pd.DataFrame, ratios: SplitParams, time_column: str, freq: str, gap: int
+    frame: pd.DataFrame,
+    ratios: SplitParams,
+    time_column: str,
+    freq: str | None = None,
+    gap: int = 0,
 ) -> pd.DataFrame:
     """Return `frame` with a `split` column: train, val, test or gap.
 
-    Ratios apply to the distinct timestamps; the `gap` steps before the start of val and of test
-    are marked `gap` (history a forecaster may read, never a label it learns from).
+    Ratios apply to the distinct timestamps; the `gap` steps of `freq` (the model's step,
+    from its feature spec) before the start of val and of test are marked `gap` (history a
+    forecaster may read, never a label it learns from).
     """
     times = np.sort(frame[time_column].unique())
     if len(times) == 0:
@@ -32,7 +37,7 @@ def chronological_split(
     span = end - start
     val_start = start + span * ratios.train
     test_start = start + span * (ratios.train + ratios.val)
-    gap_span = pd.Timedelta(freq) * gap
+    gap_span = pd.Timedelta(freq) * gap if gap else pd.Timedelta(0)
     t = frame[time_column]
     split = np.where(t >= test_start, "test", np.where(t >= val_start, "val", "train"))
     in_gap = ((t >= val_start - gap_span) & (t < val_start)) | (
@@ -147,7 +152,7 @@ def without_test(frame: pd.DataFrame, time_column: str) -> pd.DataFrame:
 def test_view(frame: pd.DataFrame, time_column: str, freq: str, history: int) -> pd.DataFrame:
     """Test rows plus `history` steps before them: past readings a forecaster may read.
 
-    Forecast windows still end (and their labels lie) in the test set; the history lets a
+    Input windows still end (and their labels lie) in the test set; the history lets a
     champion recompute its own lagged features for the very first test origins too.
     """
     test_start = frame.loc[frame["split"] == "test", time_column].min()

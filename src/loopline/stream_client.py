@@ -1,7 +1,7 @@
-"""A full-duplex NDJSON client for the service's `/stream`: send readings, read forecasts.
+"""A full-duplex NDJSON client for the service's `/stream`: send readings, read answers.
 
 HTTP clients such as httpx upload the whole request body before they read the response, so a
-live stream would see no forecast until it ended. This client speaks HTTP/1.1 through h11's
+live stream would see no answer until it ended. This client speaks HTTP/1.1 through h11's
 protocol state machine over an asyncio connection: one task writes chunked readings at a
 given rate while another reads answer lines as they arrive.
 """
@@ -26,10 +26,15 @@ class StreamFailed(LooplineError):
 @dataclass
 class StreamStats:
     sent: int = 0
-    answers: int = 0
-    forecasts: int = 0
+    lines: int = 0  # every answer line: answers, errors and notices
+    answers: int = 0  # lines that answer a reading (neither an error nor a notice)
     errors: int = 0
-    versions: list[str] = field(default_factory=list)  # model version of each forecast
+    versions: list[str] = field(default_factory=list)  # model version of each answer, if told
+
+    @property
+    def forecasts(self) -> int:
+        """A forecaster's answers (the name benchmarks and older callers read)."""
+        return self.answers
 
 
 def parse_rate(text: str) -> float:
@@ -93,10 +98,14 @@ async def stream_readings(
     )
 
     async def upload() -> None:
-        async for line in _paced(readings, rate):
-            send(h11.Data(data=line))
-            await writer.drain()
-            stats.sent += 1
+        try:
+            async for line in _paced(readings, rate):
+                send(h11.Data(data=line))
+                await writer.drain()
+                stats.sent += 1
+        except Exception:
+            writer.close()  # the readings failed: end the exchange, and say why below
+            raise
         send(h11.EndOfMessage())
         await writer.drain()
 
@@ -132,7 +141,9 @@ async def stream_readings(
     try:
         await download()
         await uploader
-    except h11.RemoteProtocolError as error:
+    except (h11.RemoteProtocolError, OSError) as error:
+        if uploader.done() and not uploader.cancelled() and uploader.exception() is not None:
+            raise uploader.exception() from None
         raise StreamFailed(f"protocol error: {error}") from None
     finally:
         uploader.cancel()
@@ -140,10 +151,16 @@ async def stream_readings(
     return stats
 
 
+def is_answer(line: dict[str, Any]) -> bool:
+    """An answer line of `/stream`: the task's `Response` fields, not an error or notice."""
+    return "error" not in line and "notice" not in line
+
+
 def _count(stats: StreamStats, answer: dict[str, Any]) -> None:
-    stats.answers += 1
-    if "forecast" in answer:
-        stats.forecasts += 1
-        stats.versions.append(str(answer.get("model_version")))
-    elif "error" in answer:
+    stats.lines += 1
+    if "error" in answer:
         stats.errors += 1
+    elif is_answer(answer):
+        stats.answers += 1
+        if "model_version" in answer:
+            stats.versions.append(str(answer["model_version"]))

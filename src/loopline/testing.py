@@ -551,7 +551,7 @@ class _ContractRun:
         from loopline.online import LoadedModel
         from loopline.serving_adapter import Answer
 
-        adapter = getattr(type(self.task), "Serving", None)
+        adapter = getattr(self.task, "Serving", None)  # a bound family: its own types
         if adapter is None:
             raise _Skip(
                 f"task {self.task.name!r} declares no `Serving` adapter (a "

@@ -93,7 +93,7 @@ def batch_inputs(model: nn.Module, x: torch.Tensor, index: torch.Tensor) -> torc
 
 
 def _per_row(target: torch.Tensor) -> int:
-    # Losses are reported per target value: per step of a forecast, per label of a class.
+    # Losses are reported per target value: per predicted step, per label of a class.
     return int(target[0].numel()) if len(target) else 1
 
 

@@ -52,7 +52,7 @@ def test_repository_params_yaml_is_valid():
     from pathlib import Path
 
     params = load_params(Path(__file__).resolve().parents[2] / "params.yaml")
-    assert params.task == "solar" and params.labeling.horizon == 24
+    assert params.task == "solar" and params.solar.horizon == 24
 
 
 def test_time_bounds_accept_yaml_dates_and_reject_nonsense():

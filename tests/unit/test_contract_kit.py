@@ -19,7 +19,7 @@ from tests.reviews_data import reviews_frame
 # Small models: the contract, not the accuracy, is checked.
 SMALL_SOLAR = [
     "solar.sites=[greensboro]",
-    "labeling.horizon=6",
+    "solar.horizon=6",
     "tune.search_space={hidden_size: {choices: [8]}, num_layers: {choices: [1]}, "
     "dropout: {choices: [0.0]}, learning_rate: {choices: [0.003]}, batch_size: {choices: [64]}, "
     "window: {choices: [12]}, cell: {choices: [gru]}}",

@@ -63,7 +63,7 @@ def test_an_unknown_template_is_named_with_the_known_ones(here):
     assert "unknown template 'solr'" in done.output
     # Every template, the built-in tasks' (one line each in tasks.BUILTIN) and the library's.
     known = done.output.split("the templates are: ")[1]
-    assert {"solar", "reviews", "digits", "tabular", "custom"} <= set(known.split(", "))
+    assert {"solar", "reviews", "digits", "tabular", "forecast", "custom"} <= set(known.split(", "))
     assert entries(here) == []
 
 

@@ -22,7 +22,7 @@ def january(params):
 def test_builtin_source_is_real_weather_turned_into_power(january, params):
     assert list(january.columns) == list(SOLAR.schema)
     assert (january.power_w >= 0).all()
-    assert january.power_w.max() <= params.solar.system.pdc0_w
+    assert january.power_w.max() <= params.solar.sites[0].system.pdc0_w
     night = january[january.ghi == 0]
     assert (night.power_w == 0).all()
     assert january.loc[january.ghi > 300, "power_w"].mean() > 1000
@@ -64,7 +64,7 @@ def test_baselines(january, params):
 
 
 def test_persistence_never_reads_the_future_past_one_day(january, params):
-    long = parse_params({"solar": {"sites": ["greensboro"]}, "labeling": {"horizon": 30}})
+    long = parse_params({"solar": {"sites": ["greensboro"], "horizon": 30}})
     spec = SOLAR.new_feature_spec(long)
     frame = SOLAR.add_features(january, spec)
     keys = frame[["site_id", "timestamp"]].iloc[[100]].reset_index(drop=True)

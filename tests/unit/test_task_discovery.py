@@ -55,7 +55,7 @@ def test_an_import_path_loads_the_projects_own_task_with_its_own_section(project
     )
     params = load_params(path)
     assert params.task_name == "plant" and params.model_name == "plant"
-    assert params.task_params.sites == ["greensboro"]
+    assert [site.name for site in params.task_params.sites] == ["greensboro"]
     assert params.experiment_name == "loopline-plant"
     with pytest.raises(ConfigError, match=r"plant\.sitez: unknown key"):
         load_params(path, ["plant.sitez=[x]"])

@@ -24,6 +24,7 @@ BUILTIN = {
     "solar": "loopline.tasks.solar:SolarTask",
     "reviews": "loopline.tasks.reviews:ReviewsTask",
     "digits": "loopline.tasks.digits:DigitsTask",
+    "forecast": "loopline.tasks.forecast:ForecastTask",
     "tabular": "loopline.tasks.tabular:TabularTask",
 }
 DEFAULT_TASK = "solar"

@@ -136,6 +136,9 @@ class Task:
     transferred_features: ClassVar[tuple[str, ...]] = ()
     # The task's own section of params.yaml, under `name` (validated with everything else).
     Settings: ClassVar[type[Section]] = NoParams
+    # Keys of shared sections this task's section took over ("features.freq": "freq"): an
+    # old params.yaml that still holds one is told where it moved.
+    moved_keys: ClassVar[dict[str, str]] = {}
     # Typed hyperparameters; `architecture` names those that shape the weights (a model
     # started from another takes them from it, and tuning searches the others only).
     Hyperparameters: ClassVar[type[Hyperparameters]]

@@ -1,8 +1,11 @@
 """Solar power forecasting: day-ahead AC power of PV systems from weather and the clock.
 
-The built-in source is real weather: the TMY3 files that ship inside pvlib (Greensboro, NC and
-Sand Point, AK), turned into the AC power of a configured PV system by pvlib's physical model
-chain. Features are the clock (time of day, season), the weather, lagged power and the
+Solar is the forecast family (`loopline.tasks.forecast`) with fixed columns plus pvlib
+physics. Sites are named, each with its coordinates, time zone and PV system
+(`solar.sites`); the built-in source turns each site's weather into the AC power of its
+system by pvlib's physical model chain: the TMY3 files that ship inside pvlib for the two
+built-in sites (Greensboro, NC and Sand Point, AK), a CSV of a team's own (`weather:`) for
+any other. Features are the clock (time of day, season), the weather, lagged power and the
 clear-sky power of the system, which is known ahead from the sun's position alone.
 """
 
@@ -10,26 +13,32 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
-from pydantic import Field, field_validator
 
-from loopline.config import Dimension, Params, Section
-from loopline.evaluate import evaluate_candidate, plot_per_step_rmse
-from loopline.features import FeatureSpec, fit_normalization
-from loopline.labeling import Examples, add_forecast_labels, make_windows, shifted_values
-from loopline.split import evaluation_view
-from loopline.tasks.base import FeatureOptions, Hyperparameters, Task
+from loopline.config import Params, Section
+from loopline.features import FeatureSpec
+from loopline.labeling import shifted_values
+from loopline.tasks.base import FeatureOptions
+from loopline.tasks.forecast import ForecastHyperparameters, ForecastTask, seasonal_naive
 from loopline.tasks.solar.serving import SolarServing
+from loopline.tasks.solar.sites import (
+    WEATHER,
+    PVSystemParams,
+    SolarParams,
+    SolarSite,
+    read_weather_file,
+)
 from loopline.validate import Rule
 
-# pvlib's bundled TMY3 files; locations come from each file's own header.
+# pvlib's bundled TMY3 files (the built-in sites' weather).
 BUILTIN_SITES = {"greensboro": "723170TYA.CSV", "sand_point": "703165TY.csv"}
-WEATHER = ["ghi", "dni", "dhi", "temp_air", "wind_speed"]
+# Older names, kept importable.
+SolarHyperparameters = ForecastHyperparameters
 
 
 def _pvlib_data_dir() -> Path:
@@ -140,65 +149,40 @@ def read_builtin_site(name: str, year: int) -> tuple[pd.DataFrame, dict[str, Any
     return weather, site
 
 
-def site_locations(params: Params) -> dict[str, dict[str, Any]]:
-    return {name: read_builtin_site(name, params.solar.year)[1] for name in params.solar.sites}
-
-
-class PVSystemParams(Section):
-    surface_tilt: Annotated[float, Field(ge=0, le=90)] = 30.0
-    surface_azimuth: Annotated[float, Field(ge=0, lt=360)] = 180.0
-    pdc0_w: Annotated[float, Field(gt=0)] = 5000.0
-    gamma_pdc: Annotated[float, Field(ge=-0.02, le=0)] = -0.004
-    inverter_efficiency: Annotated[float, Field(gt=0, le=1)] = 0.96
-
-
-SolarSite = Literal["greensboro", "sand_point"]
-
-
-class SolarParams(Section):
-    """The built-in solar source: TMY3 weather shipped with pvlib → AC power of a PV system."""
-
-    sites: list[SolarSite] = Field(default_factory=lambda: ["greensboro", "sand_point"])
-    year: Annotated[int, Field(ge=1990, le=2100)] = 2021
-    system: PVSystemParams = PVSystemParams()
-
-    @field_validator("sites")
-    @classmethod
-    def _sites_unique(cls, sites: list[str]) -> list[str]:
-        if not sites or len(set(sites)) != len(sites):
-            raise ValueError("solar.sites must list at least one site, each once")
-        return sites
+def site_weather(site: SolarSite, year: int, root: str | None) -> pd.DataFrame:
+    """A site's weather, indexed by UTC time: its own file, or a built-in TMY3 file."""
+    if site.weather is not None:
+        return read_weather_file(site, root)
+    if site.name in BUILTIN_SITES:
+        return read_builtin_site(site.name, year)[0]
+    raise ValueError(
+        f"solar.sites.{site.name}: no weather to make power from; give `weather:` (a CSV of "
+        f"timestamp, {', '.join(WEATHER)}) or point ingest.source at its readings"
+    )
 
 
 @dataclass(frozen=True)
 class SolarOptions(FeatureOptions):
     """What the features need beyond the spec: lags and clear-sky leads (steps), each
-    site's location, and the PV system whose clear-sky power they compute."""
+    site's location and PV system (`systems`; a site without one, as in models made before
+    sites had their own, uses `system`), and the season of the persistence baseline."""
 
     lags: list[int]
     clearsky_leads: list[int]
     sites: dict[str, dict[str, float]]
     system: dict[str, float]
+    systems: dict[str, dict[str, float]] = field(default_factory=dict)
+    season: list[int] = field(default_factory=lambda: [24])
+
+    def system_of(self, site: str) -> dict[str, float]:
+        return self.systems.get(site, self.system)
 
 
-@dataclass(frozen=True, kw_only=True)
-class SolarHyperparameters(Hyperparameters):
-    """The forecaster's shape and regularisation, and the input window it reads."""
-
-    hidden_size: int
-    num_layers: int
-    dropout: float
-    window: int
-    cell: Literal["lstm", "gru"]
-
-
-class SolarTask(Task):
+class SolarTask(ForecastTask):
+    name: ClassVar[str] = "solar"
     Settings: ClassVar[type[Section]] = SolarParams
-    Hyperparameters: ClassVar[type[Hyperparameters]] = SolarHyperparameters
     Options: ClassVar[type[FeatureOptions]] = SolarOptions
     Serving: ClassVar[type] = SolarServing
-    architecture: ClassVar[tuple[str, ...]] = ("hidden_size", "num_layers", "cell")
-    name: ClassVar[str] = "solar"
     schema: ClassVar[dict[str, str]] = {
         "site_id": "string",
         "timestamp": "datetime",
@@ -208,46 +192,27 @@ class SolarTask(Task):
     key_columns: ClassVar[list[str]] = ["site_id", "timestamp"]
     time_column: ClassVar[str | None] = "timestamp"
     target_column: ClassVar[str] = "power_w"
-    split_kind: ClassVar[Literal["chronological", "stratified", "grouped"]] = "chronological"
-    transferred_features: ClassVar[tuple[str, ...]] = ("mean", "std", "target_mean", "target_std")
-
-    def default_space(self) -> dict[str, Dimension]:
-        return {
-            "hidden_size": Dimension(choices=[32, 64]),
-            "num_layers": Dimension(choices=[1, 2]),
-            "dropout": Dimension(low=0.0, high=0.3),
-            "learning_rate": Dimension(low=1e-3, high=1e-2, log=True),
-            "batch_size": Dimension(choices=[64, 128]),
-            "window": Dimension(choices=[24, 48]),
-            "cell": Dimension(choices=["lstm", "gru"]),
-        }
-
-    def split_gap(self, params: Params) -> int:
-        """The longest input window the search may pick, and at least the horizon."""
-        windows = params.tune.search_space["window"]
-        longest = max(windows.choices) if windows.choices else int(windows.high)
-        return max(int(longest), params.labeling.horizon)
-
-    def history_steps(self, params: Params) -> int:
-        """A window plus the longest lag."""
-        return self.split_gap(params) + max(params.features.lags, default=0)
 
     def schema_for(self, params: Params) -> dict[str, str]:
         return self.schema  # fixed columns
 
     def load_builtin(self, params: Params) -> pd.DataFrame:
+        """Each site's weather (its file, or pvlib's TMY3 for a built-in site) turned into
+        the AC power of its PV system."""
         frames = []
-        for name in params.solar.sites:
-            weather, site = read_builtin_site(name, params.solar.year)
-            power = ac_power(weather, site, params.solar.system)
+        for site in params.solar.sites:
+            weather = site_weather(site, params.solar.year, params.root)
+            power = ac_power(weather, site.location(), site.system)
             frames.append(
-                weather.assign(power_w=power, site_id=name).rename_axis("timestamp").reset_index()
+                weather.assign(power_w=power, site_id=site.name)
+                .rename_axis("timestamp")
+                .reset_index()
             )
         frame = pd.concat(frames, ignore_index=True)
         return frame[list(self.schema)]
 
     def rules(self, params: Params) -> list[Rule]:
-        capacity = params.solar.system.pdc0_w * 1.2
+        capacity = max(site.system.pdc0_w for site in params.solar.sites) * 1.2
         ranges = {
             "ghi": (0, 1500),
             "dni": (0, 1400),
@@ -256,13 +221,14 @@ class SolarTask(Task):
             "wind_speed": (0, 75),
             "power_w": (0, capacity),
         }
+        names = tuple(site.name for site in params.solar.sites)
         rules = [Rule(f"{c}_not_null", "not_null", column=c) for c in self.schema]
         rules += [
             Rule(f"{c}_in_range", "between", column=c, min=lo, max=hi)
             for c, (lo, hi) in ranges.items()
         ]
         rules += [
-            Rule("site_id_known", "in_set", column="site_id", values=tuple(params.solar.sites)),
+            Rule("site_id_known", "in_set", column="site_id", values=names),
             Rule("reading_not_duplicated", "unique", columns=("site_id", "timestamp")),
             Rule("timestamp_in_order", "in_order", column="timestamp", group="site_id"),
             Rule("timestamp_not_in_future", "not_future", column="timestamp"),
@@ -270,8 +236,9 @@ class SolarTask(Task):
         return rules
 
     def new_feature_spec(self, params: Params) -> FeatureSpec:
-        lags = [f"power_lag_{k}" for k in params.features.lags]
-        leads = [f"clearsky_lead_{k}" for k in params.features.clearsky_leads]
+        s: SolarParams = params.solar
+        lags = [f"power_lag_{k}" for k in s.lags]
+        leads = [f"clearsky_lead_{k}" for k in s.clearsky_leads]
         columns = [
             *WEATHER,
             "power_w",
@@ -288,36 +255,62 @@ class SolarTask(Task):
             task=self.name,
             feature_columns=columns,
             target_column="power_w",
-            horizon=params.labeling.horizon,
-            freq=params.features.freq,
+            horizon=s.horizon,
+            freq=s.freq,
             group_column="site_id",
             time_column="timestamp",
             options=SolarOptions(
-                lags=list(params.features.lags),
-                clearsky_leads=list(params.features.clearsky_leads),
-                sites=site_locations(params),
-                system=params.solar.system.model_dump(),
+                lags=list(s.lags),
+                clearsky_leads=list(s.clearsky_leads),
+                sites={site.name: site.location() for site in s.sites},
+                system=PVSystemParams().model_dump(),
+                systems={site.name: site.system.model_dump() for site in s.sites},
+                season=list(s.season),
             ),
         )
+
+    def model_columns(self, spec: FeatureSpec) -> list[str]:
+        return [c for c in self.schema if c != "site_id"]
+
+    def batch_spec(self, spec: FeatureSpec, groups: dict[str, str]) -> FeatureSpec:
+        """Each group of a serving batch is located where its site is, with its system."""
+        options = spec.options
+        for key in groups.values():
+            if key not in options.sites:
+                raise ValueError(f"site {key!r} has no location in the model's feature spec")
+        sites = {g: options.sites[key] for g, key in groups.items()}
+        systems = {g: options.system_of(key) for g, key in groups.items()}
+        return replace(spec, options=replace(options, sites=sites, systems=systems))
+
+    def nonnegative(self, spec: FeatureSpec) -> bool:
+        return True  # a PV system never makes negative power
+
+    def unit(self, spec: FeatureSpec) -> str:
+        return "W"
 
     def add_features(self, frame: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
         """Feature columns for raw rows; pure in (rows, spec), shared with the service."""
         frame = frame.sort_values(["site_id", "timestamp"]).reset_index(drop=True)
-        sites, system = spec.options.sites, spec.options.system
+        options = spec.options
+        sites = options.sites
         step = pd.Timedelta(spec.freq)
         clearsky = np.full(len(frame), np.nan)
-        leads = {k: np.full(len(frame), np.nan) for k in spec.options.clearsky_leads}
+        leads = {k: np.full(len(frame), np.nan) for k in options.clearsky_leads}
         unknown = sorted(set(frame["site_id"].unique()) - set(sites))
         if unknown:
             raise ValueError(f"site {unknown[0]!r} has no location in the feature spec")
-        # One clear-sky lookup per location, not per site id: the service passes a batch of
-        # windows as one group each, all at the same few locations.
-        locations = {s: json.dumps(loc, sort_keys=True) for s, loc in sites.items()}
-        codes, keys = pd.factorize(frame["site_id"].map(locations).to_numpy())
+        # One clear-sky lookup per location and system, not per site id: the service passes
+        # a batch of windows as one group each, all at the same few sites.
+        located = {
+            s: json.dumps({"site": loc, "system": options.system_of(s)}, sort_keys=True)
+            for s, loc in sites.items()
+        }
+        codes, keys = pd.factorize(frame["site_id"].map(located).to_numpy())
         stamps = pd.DatetimeIndex(frame["timestamp"])
         for code, location in enumerate(keys):
             where = np.flatnonzero(codes == code)
-            site = json.loads(location)
+            place = json.loads(location)
+            site, system = place["site"], place["system"]
             clearsky[where] = clearsky_power(stamps[where], site, system, spec.freq)
             for k in leads:
                 leads[k][where] = clearsky_power(stamps[where] + step * k, site, system, spec.freq)
@@ -337,89 +330,37 @@ class SolarTask(Task):
             "doy_sin": np.sin(2 * np.pi * doy / 365.25),
             "doy_cos": np.cos(2 * np.pi * doy / 365.25),
         }
-        for k in spec.options.lags:
+        for k in options.lags:
             columns[f"power_lag_{k}"] = shifted_values(
                 frame, "power_w", -k, "site_id", "timestamp", spec.freq
             )
         for k, values in leads.items():
             columns[f"clearsky_lead_{k}"] = values
         # One concat, not a column insert per feature (pandas' per-insert cost adds up).
-        out = pd.concat([frame, pd.DataFrame(columns, index=frame.index)], axis=1)
-        return out
-
-    def add_labels(
-        self, frame: pd.DataFrame, spec: FeatureSpec, human: pd.DataFrame | None = None
-    ) -> pd.DataFrame:
-        """Each row's next `horizon` readings: the data labels itself (no human labels)."""
-        return add_forecast_labels(frame, spec)
-
-    def fit_features(self, spec: FeatureSpec, train_rows: pd.DataFrame) -> FeatureSpec:
-        return fit_normalization(spec, train_rows)
-
-    def augmentation(self, spec: FeatureSpec):
-        return None  # no augmentation
-
-    def fine_tuning(self, spec: FeatureSpec, transfer):
-        return None  # trained from scratch
-
-    def configure(self, spec: FeatureSpec, hparams: SolarHyperparameters) -> FeatureSpec:
-        """The input window is a hyperparameter: the spec records the one chosen."""
-        return spec.with_window(hparams.window)
-
-    def examples(self, frame: pd.DataFrame, spec: FeatureSpec, target_set: str) -> Examples:
-        """Windows whose forecast origin and labels lie in `target_set`; validation and test
-        windows may read the gap rows before their set (past readings a forecaster sees)."""
-        history = () if target_set == "train" else ("gap",)
-        return make_windows(frame, spec, spec.window, target_set=target_set, history_sets=history)
-
-    def evaluate(self, frame, spec: FeatureSpec, model, params: Params, champion=None):
-        test_rows = evaluation_view(self, frame, spec, params)
-        return evaluate_candidate(self, test_rows, spec, model, params, champion)
-
-    def evaluation_report(self, evaluation, test_rows, spec, model, params, folder: Path):
-        return [plot_per_step_rmse(evaluation.scores, folder / "rmse_per_horizon_step.png")]
-
-    def build_model(self, hparams: SolarHyperparameters, spec: FeatureSpec):
-        from loopline.tasks.solar.model import Forecaster
-
-        return Forecaster(
-            n_features=len(spec.feature_columns),
-            horizon=spec.horizon,
-            hidden_size=hparams.hidden_size,
-            num_layers=hparams.num_layers,
-            dropout=hparams.dropout,
-            cell=hparams.cell,
-            target_mean=spec.target_mean,
-            target_std=spec.target_std,
-        )
+        return pd.concat([frame, pd.DataFrame(columns, index=frame.index)], axis=1)
 
     def baselines(
         self, frame: pd.DataFrame, keys: pd.DataFrame, spec: FeatureSpec, params: Params
     ) -> dict[str, np.ndarray]:
         """Persistence and smart persistence forecasts at each key's origin.
 
-        persistence: the same hour one day earlier (the day-ahead naive forecast);
+        persistence: seasonal naive over the first `season` (default 24 steps: the same
+        hour one day earlier, the day-ahead naive forecast);
         smart persistence: the clear-sky index of the last `smart_persistence_window` steps
         times the clear-sky power ahead.
         """
-        horizon, history = spec.horizon, params.evaluate.smart_persistence_window
-        day = int(pd.Timedelta("1D") / pd.Timedelta(spec.freq))
+        season = (spec.options.season or [int(pd.Timedelta("1D") / pd.Timedelta(spec.freq))])[0]
+        history = params.solar.smart_persistence_window
+        persistence = seasonal_naive(frame, keys, spec, season)
         indexed = frame.set_index(["site_id", "timestamp"]).sort_index()
-        persistence = np.full((len(keys), horizon), np.nan)
-        smart = np.full((len(keys), horizon), np.nan)
+        smart = np.full((len(keys), spec.horizon), np.nan)
         step = pd.Timedelta(spec.freq)
         for site_id, rows in keys.groupby("site_id", sort=False):
             site = indexed.loc[site_id]
             power, cs = site["power_w"], site["clearsky_w"]
             origins = pd.DatetimeIndex(rows["timestamp"])
-            for h in range(1, horizon + 1):
-                # The same time of day on the latest day already observed at the origin.
-                days_back = -(-h // day)  # ceil(h / day)
-                persistence[rows.index, h - 1] = power.reindex(
-                    origins + step * (h - day * days_back)
-                ).to_numpy()
-                smart_cs = cs.reindex(origins + step * h).to_numpy()
-                smart[rows.index, h - 1] = smart_cs
+            for h in range(1, spec.horizon + 1):
+                smart[rows.index, h - 1] = cs.reindex(origins + step * h).to_numpy()
             past_power = np.zeros(len(origins))
             past_cs = np.zeros(len(origins))
             for lag in range(history):

@@ -8,7 +8,7 @@ from loopline.testing import check_task
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 # A small forecaster over a short horizon: the contract, not the accuracy, is tested here.
 SMALL = [
-    "labeling.horizon=6",
+    "solar.horizon=6",
     "tune.search_space={hidden_size: {choices: [8]}, num_layers: {choices: [1]}, "
     "dropout: {choices: [0.0]}, learning_rate: {choices: [0.003]}, batch_size: {choices: [64]}, "
     "window: {choices: [12]}, cell: {choices: [gru]}}",
