@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from loopline.tasks.reviews.text import MASK, PAD, SPACE, UNK, Vocabulary, normalize, tokenize
+from loopline.tasks.text.tokens import MASK, PAD, SPACE, UNK, Vocabulary, normalize, tokenize
 
 
 def test_each_hangul_syllable_is_a_token_and_spaces_are_one_boundary():

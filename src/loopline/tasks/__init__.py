@@ -24,6 +24,7 @@ BUILTIN = {
     "solar": "loopline.tasks.solar:SolarTask",
     "reviews": "loopline.tasks.reviews:ReviewsTask",
     "digits": "loopline.tasks.digits:DigitsTask",
+    "text": "loopline.tasks.text:TextTask",
 }
 DEFAULT_TASK = "solar"
 ENTRY_POINT_GROUP = "loopline.tasks"

@@ -6,7 +6,7 @@ hidden syllables, BERT's masked-LM task: about 15% of the real syllables are pic
 those 80% become `<mask>`, 10% a random syllable and 10% stay, and the model must name the
 original at each picked position. A convolution sees both sides of a position, so without
 masking the answer would be in its input. The pretrained encoder is then copied into a
-fresh classifier (`load_pretrained`) and fine-tuned on the labeled reviews with one of
+fresh classifier (`load_pretrained`) and fine-tuned on the labeled texts with one of
 ULMFiT's strategies (`make_fine_tuning`), which `train.fit` takes as `fine_tuning`.
 
 The encoder is saved with its hyperparameters and its vocabulary (`save_encoder`): ids mean
@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from loopline.tasks.reviews.model import TextClassifier
-from loopline.tasks.reviews.text import MASK, SPECIALS, Vocabulary
+from loopline.tasks.text.model import TextClassifier
+from loopline.tasks.text.tokens import MASK, SPECIALS, Vocabulary
 from loopline.train import batches, seed_everything
 from loopline.transfer import (  # noqa: F401 - re-exported: fine-tuning a pretrained encoder
     TRANSFER_MODES,
@@ -205,7 +205,7 @@ def encoder_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
 def build_classifier(
     vocab_size: int, hparams: dict[str, Any], n_classes: int = 2
 ) -> TextClassifier:
-    """A fresh classifier with the encoder shape of `hparams` (as the reviews task builds
+    """A fresh classifier with the encoder shape of `hparams` (as the text task builds
     it, n-gram bag included when `ngram_buckets` is given: that part is never pretrained)."""
     return TextClassifier(
         vocab_size,
@@ -529,30 +529,35 @@ def check_vocabulary(encoder_vocab: Vocabulary, vocab: Vocabulary) -> None:
 
 
 def pretraining_texts(rows, params) -> list[str]:
-    """The review texts pretraining may read: every row but the test split's.
+    """The texts pretraining may read: every row but the test split's.
 
-    Labels are not used, so unlabeled rows count too; test reviews are left out so that the
+    Labels are not used, so unlabeled rows count too; test texts are left out so that the
     encoder never saw the texts the fine-tuned model is scored on (with the same data and
-    seed, the split here equals the pipeline's).
+    seed, the split here equals the pipeline's: the running text task's own columns and
+    split kind).
     """
-    from loopline.split import grouped_split
+    from loopline.split import grouped_split, stratified_split
 
-    text, target, group = "document", "label", "movie_id"
+    task = params.plugin
+    text, target, key = task.text_column, task.target_column, task.key_columns[0]
     labeled = rows[rows[target].notna()]
     test_ids = set()
     if len(labeled):
-        split = grouped_split(labeled, params.split, group, params.seed)
-        test_ids = set(split.loc[split["split"] == "test", "id"].astype(str))
-    keep = ~rows["id"].astype(str).isin(test_ids)
+        if task.split_kind == "grouped":
+            split = grouped_split(labeled, params.split, task.group_column, params.seed)
+        else:
+            split = stratified_split(labeled, params.split, target, params.seed)
+        test_ids = set(split.loc[split["split"] == "test", key].astype(str))
+    keep = ~rows[key].astype(str).isin(test_ids)
     return rows.loc[keep, text].astype(str).tolist()
 
 
 def pretrain_for_task(
     rows, params, on_epoch: Callable[[PretrainEpoch], None] | None = None, device: str = "cpu"
 ) -> tuple[PretrainResult, Vocabulary]:
-    """Pretrain the reviews encoder on the snapshot's text with `reviews.*` settings; the
-    encoder's shape is the search space's first choice of each encoder axis."""
-    section = params.reviews
+    """Pretrain the text encoder on the snapshot's text with the task's own section's
+    settings; the encoder's shape is the search space's first choice of each encoder axis."""
+    section = params.task_params
     texts = pretraining_texts(rows, params)
     if not texts:
         raise ValueError("no text to pretrain on: run the pipeline first to snapshot the data")

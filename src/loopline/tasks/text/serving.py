@@ -1,8 +1,9 @@
-"""How the review classifier is served: texts in, a label with probabilities out.
+"""How a text classifier is served: texts in, a label with probabilities out.
 
-Texts are tokenized with the vocabulary inside the served model. Each item is answered on
-its own: a bad one (empty, not a string, longer than `reviews.max_text_chars`) gets an
-`error` naming the problem while the others are classified. `/explain` adds each token with
+Texts are tokenized with the vocabulary inside the served model, and checked against the
+limits saved with it. Each item is answered on its own: a bad one (empty, not a string,
+longer than the model's `max_text_chars`) gets an `error` naming the problem while the
+others are classified. `/explain` adds each token with
 its attention weight; `/stream` takes NDJSON lines `{"id": ..., "text": ...}`.
 """
 
@@ -22,15 +23,15 @@ if TYPE_CHECKING:
 
 
 class Text(RootModel[Any]):
-    """One review: a string (anything else is answered with an error naming it)."""
+    """One text: a string (anything else is answered with an error naming it)."""
 
 
-class ReviewLine(BaseModel):
-    """One NDJSON line of a review stream."""
+class TextLine(BaseModel):
+    """One NDJSON line of a text stream."""
 
     model_config = ConfigDict(extra="forbid")
-    id: str | int | None = Field(None, description="Your id for the review, echoed back")
-    text: Any = Field(description="The review")
+    id: str | int | None = Field(None, description="Your id for the text, echoed back")
+    text: Any = Field(description="The text")
 
 
 class Classified(BaseModel):
@@ -45,18 +46,18 @@ class Classified(BaseModel):
     error: str | None = None
 
 
-class ReviewsServing(Serving, Explaining):
+class TextServing(Serving, Explaining):
     Request: ClassVar[type[BaseModel]] = Text
     Response: ClassVar[type[BaseModel]] = Classified
     input_name: ClassVar[str] = "texts"
-    StreamLine: ClassVar[type[BaseModel] | None] = ReviewLine
+    StreamLine: ClassVar[type[BaseModel] | None] = TextLine
 
-    def predict(self, model: LoadedModel, items: list[Text | ReviewLine]) -> list[Answer]:
+    def predict(self, model: LoadedModel, items: list[Text | TextLine]) -> list[Answer]:
         return self._classify(model, items, explain=False)
 
-    def explain(self, model: LoadedModel, items: list[Text | ReviewLine]) -> list[Answer]:
+    def explain(self, model: LoadedModel, items: list[Text | TextLine]) -> list[Answer]:
         """Which syllables each prediction rests on: every token with its attention weight
-        (they sum to 1 per review)."""
+        (they sum to 1 per text)."""
         return self._classify(model, items, explain=True)
 
     def describe(self, model: LoadedModel) -> dict[str, Any]:
@@ -68,28 +69,27 @@ class ReviewsServing(Serving, Explaining):
         }
 
     def requests(self, rows: pd.DataFrame, model: LoadedModel) -> list[Text]:
-        return [Text(text) for text in rows[self.task.text_column]]
+        return [Text(text) for text in rows[model.spec.options.text_column]]
 
-    def stream_lines(self, rows: pd.DataFrame) -> list[ReviewLine]:
+    def stream_lines(self, rows: pd.DataFrame) -> list[TextLine]:
         ids, texts = rows[self.task.key_columns[0]], rows[self.task.text_column]
-        return [ReviewLine(id=key, text=text) for key, text in zip(ids, texts, strict=True)]
+        return [TextLine(id=key, text=text) for key, text in zip(ids, texts, strict=True)]
 
     def _classify(self, model: LoadedModel, items: list, explain: bool) -> list[Answer]:
         """One answer per item; bad items get their error, the rest one model call."""
         # Imported here: the task module imports this one (for its `Serving`).
         from loopline.predlog import text_id
-        from loopline.tasks.reviews.task import classify, explanations, text_problem
+        from loopline.tasks.text.task import classify, explanations, text_problem
 
-        limit = self.task.settings(self.params).max_text_chars
         # A stream line carries its id (echoed back, and the log's key); a /predict item not.
         lines = [
-            (item.text, item.id) if isinstance(item, ReviewLine) else (item.root, None)
+            (item.text, item.id) if isinstance(item, TextLine) else (item.root, None)
             for item in items
         ]
         answers: list[Answer | None] = []
         good = []
         for i, (text, _) in enumerate(lines):
-            problem = text_problem(text, limit)
+            problem = text_problem(text, model.spec)
             if problem is None:
                 good.append(i)
                 answers.append(None)
@@ -120,6 +120,6 @@ class ReviewsServing(Serving, Explaining):
         return answers
 
 
-def _with_id(item: Text | ReviewLine, response: dict[str, Any]) -> dict[str, Any]:
+def _with_id(item: Text | TextLine, response: dict[str, Any]) -> dict[str, Any]:
     """A stream's answer echoes the line's id first."""
-    return {"id": item.id, **response} if isinstance(item, ReviewLine) else response
+    return {"id": item.id, **response} if isinstance(item, TextLine) else response

@@ -1,12 +1,15 @@
-"""Korean-ready text tokenization: one token per Hangul syllable, built for review text.
+"""Text tokenization for any script: one token per Hangul syllable or CJK character, one per
+word of an alphabet (Latin, Cyrillic, Greek, ...), one per emoji.
 
-Syllables (가, 나, …) are the unit: Korean words inflect by attaching syllables, so a
-syllable vocabulary of a few thousand covers almost any review with no morphological
-analyser, and a typo or a new word still maps to known syllables. Around them:
+Syllables (가, 나, …) are the unit of Korean: words inflect by attaching syllables, so a
+syllable vocabulary of a few thousand covers almost any text with no morphological
+analyser, and a typo or a new word still maps to known syllables. Han characters and kana
+(中, 文, か) are each a token for the same reason: they are written without spaces and a
+character carries meaning. Around them:
 
 - spaces become one boundary token (`▁`): Korean spacing carries meaning (`안 돼` / `안돼`);
-- Latin words are one token each, lower-cased (`cgv`, `marvel`): a syllable-level split of
-  English would be letters, which say little;
+- words of an alphabet are one token each, lower-cased, accents kept (`cgv`, `marvel`,
+  `café`, `привет`, `λόγος`): a split into letters would say little;
 - digits are one token each (`10점` → `1 0 점`): a handful of tokens covers every number;
 - an emoji (a whole grapheme cluster, skin tones and ZWJ sequences included) is one token,
   as is each punctuation mark or symbol;
@@ -38,7 +41,7 @@ SPACE = "▁"
 _TOKEN = regex.compile(
     r"""
     (?P<space>\s+)
-  | (?P<latin>[a-z]+)
+  | (?P<word>(?:[\p{Latin}\p{Cyrillic}\p{Greek}\p{Armenian}\p{Georgian}]\p{M}*)+)
   | (?P<digit>\d)
   | (?P<hangul>[\p{Script=Hangul}])
   | (?P<other>\X)
