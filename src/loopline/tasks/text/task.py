@@ -74,11 +74,11 @@ class TextSettings(TextModelSettings):
     """The text family's section (`text:`): which columns hold what, and the label set."""
 
     key_column: str = "id"  # one row, one text: a unique id
-    text_column: ClassVar[str] = "text"
+    text_column: str = "text"
     label_column: str = "label"
     # Texts of one group (an author, a product, a customer) fall in one set only; None:
     # sets are stratified by label.
-    group_column: ClassVar[str | None] = None
+    group_column: str | None = None
     # The classes: None takes the training split's sorted distinct labels; a list fixes
     # them (strings or integers; rows with another label are quarantined).
     labels: list[StrictInt | str] | None = None
