@@ -25,6 +25,7 @@ BUILTIN = {
     "reviews": "loopline.tasks.reviews:ReviewsTask",
     "digits": "loopline.tasks.digits:DigitsTask",
     "text": "loopline.tasks.text:TextTask",
+    "image": "loopline.tasks.image:ImageTask",
 }
 DEFAULT_TASK = "solar"
 ENTRY_POINT_GROUP = "loopline.tasks"

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-log = logging.getLogger("loopline.tasks.digits.images")
+log = logging.getLogger("loopline.tasks.image.images")
 
 # MPO: the JPEG variant many phone cameras write (a JPEG with extra frames).
 FORMATS = ("PNG", "JPEG", "MPO")
@@ -65,7 +65,7 @@ def read_image_folder(
     if not table.is_file():
         raise SourceError(
             f"image folder {folder} has no {labels_file} (columns file,label; "
-            "digits.labels_file names it)"
+            "labels_file in the task's section names it)"
         )
     listing = pd.read_csv(table, dtype=str, keep_default_na=True)
     missing = [c for c in ("file", "label") if c not in listing.columns]

@@ -1,4 +1,4 @@
-"""How the digit classifier is served: images in, class probabilities out.
+"""How an image classifier is served: images in, class probabilities out.
 
 - `POST /predict` {"images": [[[...]]]}: images as arrays (size × size for a grey model,
   channels × size × size for an RGB one; values 0..1, ink high); an image of the wrong shape
@@ -6,7 +6,7 @@
 - `POST /predict_image`: one PNG or JPEG upload (multipart field `file`); not an image, too
   large or of an unsupported channel count is a 4xx naming the problem.
 - `POST /explain_image` (and `/explain` for arrays): the answer with its occlusion saliency
-  map (`loopline.tasks.digits.saliency`, on the ONNX model): red pixels support the answer,
+  map (`loopline.tasks.image.saliency`, on the ONNX model): red pixels support the answer,
   blue ones speak against it.
 """
 
@@ -31,13 +31,13 @@ class Image(RootModel[list[list[Any]]]):
     rows for an RGB one."""
 
 
-class Digit(BaseModel):
+class ImageAnswer(BaseModel):
     label: str
     probabilities: dict[str, float]
     model_version: str
 
 
-class DigitExplanation(Digit):
+class ImageExplanation(ImageAnswer):
     probability: float  # of the label, on the whole image
     saliency: list[list[float]]  # per pixel: how much covering it lowers the answer (nats)
 
@@ -52,11 +52,11 @@ def _shown(shape: tuple[int, ...]) -> str:
     return "×".join(map(str, shape))
 
 
-class DigitsServing(Serving, Explaining, FileInput):
+class ImageServing(Serving, Explaining, FileInput):
     Request: ClassVar[type[BaseModel]] = Image
-    Response: ClassVar[type[BaseModel]] = Digit
+    Response: ClassVar[type[BaseModel]] = ImageAnswer
     input_name: ClassVar[str] = "images"
-    Explanation: ClassVar[type[BaseModel] | None] = DigitExplanation
+    Explanation: ClassVar[type[BaseModel] | None] = ImageExplanation
     file_kind: ClassVar[str] = "image"
 
     def check(self, item: Image, model: LoadedModel) -> None:
@@ -75,7 +75,7 @@ class DigitsServing(Serving, Explaining, FileInput):
     def explain(self, model: LoadedModel, items: list[Image | np.ndarray]) -> list[Answer]:
         """Each answer with its occlusion saliency map, as numbers and as a PNG."""
         from loopline.export import run_onnx
-        from loopline.tasks.digits.saliency import occlusion_saliency, saliency_png
+        from loopline.tasks.image.saliency import occlusion_saliency, saliency_png
 
         patch = self.task.settings(self.params).saliency_patch
         answers = []
@@ -91,16 +91,18 @@ class DigitsServing(Serving, Explaining, FileInput):
 
     def item_from_file(self, data: bytes, model: LoadedModel) -> np.ndarray:
         # Imported here: the task module imports this one (for its `Serving`).
-        from loopline.tasks.digits.task import BadImage, image_from_bytes
+        from loopline.tasks.image.task import BadImage, image_from_bytes
 
         settings = self.task.settings(self.params)
         try:
-            return image_from_bytes(data, model.spec, settings.max_upload_side, settings.upload_ink)
+            return image_from_bytes(
+                data, model.spec, settings.max_upload_side, settings.upload_ink, self.task.name
+            )
         except BadImage as error:
             raise BadInput(str(error), error.status) from None
 
     def requests(self, rows: pd.DataFrame, model: LoadedModel) -> list[Image]:
-        from loopline.tasks.digits.task import images
+        from loopline.tasks.image.task import images
 
         arrays = images(rows, model.spec)  # (N, channels, size, size)
         if model.spec.options.channels == 1:
