@@ -173,6 +173,13 @@ class ImageTask(Task):
     def schema_for(self, params: Params) -> dict[str, str]:
         return self._schema(self.settings(params))
 
+    def load_builtin(self, params: Params) -> pd.DataFrame:
+        raise ValueError(
+            f"task {self.name} has no built-in data: point ingest.source at a folder of "
+            "PNG/JPEG images with a labels CSV (columns file,label), or at a CSV/Parquet of "
+            "pixel rows (id, label, px_<row>_<col>)"
+        )
+
     def load_folder(self, folder: Path, params: Params) -> pd.DataFrame:
         """A folder of PNG/JPEG images with a labels CSV (`<section>.labels_file`)."""
         from loopline.tasks.image.images import read_image_folder
