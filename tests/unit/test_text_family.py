@@ -156,3 +156,18 @@ def test_reviews_is_the_text_family_on_the_nsmc_columns():
     names = reviews.label_names(pd.Series([0.0, 1.0, np.nan]))
     assert names.tolist()[:2] == ["negative", "positive"] and names.isna().tolist()[2]
     assert reviews.label_values(["positive", "negative"]) == [1.0, 0.0]
+
+
+def test_peoples_labels_join_as_label_names_of_the_column():
+    p = params(labels=["billing", "bug", "account"], group_column="customer")
+    task = p.plugin
+    spec = task.new_feature_spec(p)
+    rows = tickets(["bug", None]).assign(customer=["c1", "c2"])
+    human = pd.DataFrame({"id": ["t1", "outside-1"], "label": [2, 0], "text": ["x", "환불"]})
+    merged = task.add_labels(rows, spec, human)
+    assert merged["team"].tolist() == ["bug", "account", "billing"]
+    assert merged["customer"].tolist() == ["c1", "c2", "labeled:outside-1"]
+    pool = task.unlabeled_pool(rows)
+    assert pool["id"].tolist() == ["t1"] and pool["origin"].tolist() == ["data"]
+    with pytest.raises(ValueError, match="text.labels is null"):
+        params().plugin.unlabeled_pool(rows)
