@@ -169,5 +169,5 @@ def test_peoples_labels_join_as_label_names_of_the_column():
     assert merged["customer"].tolist() == ["c1", "c2", "labeled:outside-1"]
     pool = task.unlabeled_pool(rows)
     assert pool["id"].tolist() == ["t1"] and pool["origin"].tolist() == ["data"]
-    with pytest.raises(ValueError, match="text.labels is null"):
+    with pytest.raises(ValueError, match=r"text\.labels is null"):
         params().plugin.unlabeled_pool(rows)
