@@ -19,6 +19,18 @@ def test_latin_words_stay_whole_and_lower_case_digits_split():
     ]  # fmt: skip
 
 
+def test_words_of_any_alphabet_stay_whole_and_cjk_characters_are_tokens():
+    assert tokenize("Café crème, très bon!") == [
+        "café", SPACE, "crème", ",", SPACE, "très", SPACE, "bon", "!",
+    ]  # fmt: skip
+    assert tokenize("Привет, МИР") == ["привет", ",", SPACE, "мир"]
+    assert tokenize("Ελληνικά") == ["ελληνικά"]
+    assert tokenize("e\u0301tude") == ["étude"]  # a combining accent joins its letter
+    assert tokenize("中文很好 日本語です") == [
+        "中", "文", "很", "好", SPACE, "日", "本", "語", "で", "す",
+    ]  # fmt: skip
+
+
 def test_repeated_characters_are_cut_to_the_limit():
     assert tokenize("ㅋㅋㅋㅋㅋㅋ 최고!!!!!") == ["ㅋ", "ㅋ", SPACE, "최", "고", "!", "!"]
     assert tokenize("ㅠㅠㅠㅠ", max_repeat=3) == ["ㅠ", "ㅠ", "ㅠ"]
