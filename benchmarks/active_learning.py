@@ -20,7 +20,7 @@ least_confidence, margin, entropy (the learner's probabilities on the pool) and 
 classes, least_confidence, margin and entropy all rank by |p - 0.5| and, with the same
 tie-break seed, pick the same rows: their columns are identical by construction.
 
-The learner is the text baseline's (`loopline.tasks.reviews.baseline.train_text_baseline`): char_wb
+The learner is the text baseline's (`loopline.tasks.text.baseline.train_text_baseline`): char_wb
 (1-3)-gram TF-IDF (sublinear tf, min_df 2, 200,000 features) + logistic regression (C 4,
 lbfgs, 1,000 iterations). For speed the TF-IDF vocabulary and idf weights are fitted ONCE
 on all the pool's texts, which is unsupervised (no label is read) and what a team would do
@@ -49,7 +49,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared/data/reviews_dev.tsv"
 DEFAULT_OUT = Path("/tmp/loopline-bench/active_learning")
 STRATEGIES = ("random", "least_confidence", "margin", "entropy", "committee")
-# The baseline's learner (loopline.tasks.reviews.baseline.train_text_baseline),
+# The baseline's learner (loopline.tasks.text.baseline.train_text_baseline),
 # kept in step by hand.
 VECTORIZER = {
     "analyzer": "char_wb",

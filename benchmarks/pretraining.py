@@ -12,7 +12,7 @@ empty document dropped, split movie-disjoint by `loopline.split.grouped_split` (
 movie_id, seed 42). The syllable vocabulary is built on the training texts only
 (`Vocabulary.build`, min_count 2, max_size 6000); texts are read to 128 syllables.
 
-1. Pretraining (`loopline.tasks.reviews.pretrain.pretrain_encoder`): the encoder (embed 64,
+1. Pretraining (`loopline.tasks.text.pretrain.pretrain_encoder`): the encoder (embed 64,
    hidden 128,
    2 conv layers, kernel 3, dropout 0.2) learns to guess masked syllables (15%, BERT's
    80/10/10) on the training texts with their labels ignored (5% of them held out for the
@@ -115,7 +115,7 @@ def examples(rows, vocab):
 def train_one(train, val, test, vocab_size, mode, encoder_state, params):
     """One classifier: fitted (from scratch when `mode` is None) and scored on test."""
     from loopline.features import FeatureSpec
-    from loopline.tasks.reviews.pretrain import build_classifier, load_pretrained, make_fine_tuning
+    from loopline.tasks.text.pretrain import build_classifier, load_pretrained, make_fine_tuning
     from loopline.train import fit, predict, seed_everything
 
     spec = FeatureSpec("reviews", [], "label", 1, "", "movie_id", "")  # labels are ids
@@ -208,8 +208,8 @@ def main() -> None:
 
     from loopline.config import SplitParams, TrainParams
     from loopline.split import grouped_split
-    from loopline.tasks.reviews.pretrain import pretrain_encoder, save_encoder
-    from loopline.tasks.reviews.text import Vocabulary
+    from loopline.tasks.text.pretrain import pretrain_encoder, save_encoder
+    from loopline.tasks.text.tokens import Vocabulary
 
     torch.set_num_threads(args.threads)
     HPARAMS["ngram_buckets"] = args.ngram_buckets  # classifiers only: never pretrained

@@ -8,7 +8,7 @@ Run: .venv/bin/python benchmarks/transfer.py [--seeds 0 1 2] [--labels 10 50 0] 
 Data: scikit-learn's 1,797 digits (`builtin:digits`). Per seed, a stratified 30% of every
 digit is the test set; the rest is the pool labels are drawn from.
 
-1. Source: the digits CNN (`loopline.tasks.digits.task`, channels 16, hidden 64, dropout 0.2,
+1. Source: the digits CNN (`loopline.tasks.image.task`, channels 16, hidden 64, dropout 0.2,
    lr 3e-3, batch 32, the task's default augmentation) trained on pool images of 0-4 (80%
    train, 20% validation for early stopping) by `loopline.train.train_model`, exactly as
    the pipeline trains; saved with `save_checkpoint` as a run logs it.

@@ -36,16 +36,23 @@ class ClassScores:
     f1: float  # of the positive class (1) with two classes; macro-averaged with more
     log_loss: float
     rows: int
+    # More than two classes: the F1 of each class, averaged (every class counts the same,
+    # however rare); None with two.
+    macro_f1: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def headline(self) -> str:
-        return f"accuracy {self.accuracy:.4f}  F1 {self.f1:.4f}  log loss {self.log_loss:.4f}"
+        macro = f"  macro F1 {self.macro_f1:.4f}" if self.macro_f1 is not None else ""
+        return (
+            f"accuracy {self.accuracy:.4f}  F1 {self.f1:.4f}{macro}  log loss {self.log_loss:.4f}"
+        )
 
 
 def score_classes(labels: np.ndarray, probabilities: np.ndarray) -> ClassScores:
-    """Accuracy, positive-class F1 and log loss of predicted class probabilities."""
+    """Accuracy, F1 (positive-class; macro with more than two classes, also given as
+    `macro_f1`) and log loss of predicted class probabilities."""
     from sklearn.metrics import f1_score
     from sklearn.metrics import log_loss as cross_entropy
 
@@ -57,19 +64,21 @@ def score_classes(labels: np.ndarray, probabilities: np.ndarray) -> ClassScores:
     if not len(labels):
         raise ValueError("no labeled test row to score")
     predicted = p.argmax(axis=1)
+    f1 = float(
+        f1_score(
+            labels,
+            predicted,
+            labels=range(p.shape[1]),
+            average="binary" if p.shape[1] == 2 else "macro",
+            zero_division=0.0,
+        )
+    )
     return ClassScores(
         accuracy=float((predicted == labels).mean()),
-        f1=float(
-            f1_score(
-                labels,
-                predicted,
-                labels=range(p.shape[1]),
-                average="binary" if p.shape[1] == 2 else "macro",
-                zero_division=0.0,
-            )
-        ),
+        f1=f1,
         log_loss=float(cross_entropy(labels, p, labels=range(p.shape[1]))),
         rows=len(labels),
+        macro_f1=f1 if p.shape[1] > 2 else None,
     )
 
 

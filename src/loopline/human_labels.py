@@ -289,27 +289,29 @@ def merge_human_labels(
     key_column: str,
     target_column: str,
     text_column: str,
-    group_column: str,
+    group_column: str | None,
 ) -> pd.DataFrame:
     """Rows with people's labels filled in; labeled texts from outside the data (the
-    service's prediction log) join as rows of their own (each its own group)."""
+    service's prediction log) join as rows of their own (each its own group, where the
+    task groups rows). `labels["label"]` holds values of the target column's own kind."""
     if labels.empty:
         return frame
     by_id = labels.drop_duplicates("id", keep="last").set_index("id")["label"]
     keys = frame[key_column].astype(str)
     out = frame.copy()
     found = keys.isin(by_id.index)
-    out.loc[found, target_column] = keys[found].map(by_id).astype(float).to_numpy()
+    out.loc[found, target_column] = keys[found].map(by_id).to_numpy()
     outside = labels[~labels["id"].astype(str).isin(set(keys))]
     if len(outside):
         extra = pd.DataFrame(
             {
                 key_column: outside["id"].astype(str).to_numpy(),
                 text_column: outside["text"].astype(str).to_numpy(),
-                target_column: outside["label"].astype(float).to_numpy(),
-                group_column: ("labeled:" + outside["id"].astype(str)).to_numpy(),
+                target_column: outside["label"].to_numpy(),
             }
         )
+        if group_column is not None:
+            extra[group_column] = ("labeled:" + outside["id"].astype(str)).to_numpy()
         out = pd.concat([out, extra], ignore_index=True)
     return out
 

@@ -361,6 +361,8 @@ class _ContractRun:
         except ValidationError as error:
             problems = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()]
             raise _Broken("params do not validate: " + "; ".join(problems)) from None
+        # From here on, the task bound to its own section (a family's columns and labels).
+        self.task = self.params.plugin
         settings = self.task.settings(self.params)
         _require(
             isinstance(settings, Section),

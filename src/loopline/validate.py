@@ -32,7 +32,9 @@ class Rule:
     (`column` no later than a day from now: a mistyped year would otherwise become the
     watermark and hide every later reading); `not_blank` (a text with something besides
     whitespace); `complete` (every one of `columns` holds a value: one reason for a row,
-    say an image, whose many columns are empty together).
+    say an image, whose many columns are empty together). With `show_value`, an `in_set`
+    reason names the value too (`label_in_labels: label='refund'`), for a set the user
+    configured.
     """
 
     name: str
@@ -45,6 +47,7 @@ class Rule:
     min: float | None = None
     max: float | None = None
     values: tuple[Any, ...] = ()
+    show_value: bool = False
 
 
 @dataclass
@@ -178,6 +181,7 @@ def validate_rows(
     checked = typed.assign(**_derived_columns(typed, rules))
     checked[ROW_ID] = np.arange(len(checked))
     failures: Counter[str] = Counter()
+    shown_values = {rule.name: rule.column for rule in rules if rule.show_value}
     for reasons in problems.values():
         failures.update(r.split("=")[0] for r in reasons)
     ge_success, statistics = True, {}
@@ -191,8 +195,12 @@ def validate_rows(
             rule = outcome.expectation_config.meta.get("rule", outcome.expectation_config.type)
             ids = [row[ROW_ID] for row in outcome.result.get("unexpected_index_list", [])]
             failures[rule] += len(ids)
+            shown = shown_values.get(rule)
             for row_id in ids:
-                problems[int(row_id)].append(rule)
+                reason = rule
+                if shown is not None:  # the configured set's column: name the value too
+                    reason = f"{rule}: {shown}={raw.iloc[int(row_id)][shown]!r}"
+                problems[int(row_id)].append(reason)
     bad_positions = sorted(problems)
     bad = raw.iloc[bad_positions].astype("string").copy()
     bad[REASONS] = ["; ".join(dict.fromkeys(problems[p])) for p in bad_positions]

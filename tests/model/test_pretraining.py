@@ -16,8 +16,8 @@ from loopline.config import TrainParams
 from loopline.features import FeatureSpec
 from loopline.labeling import Examples
 from loopline.tasks.base import Hyperparameters
-from loopline.tasks.reviews.model import TextClassifier
-from loopline.tasks.reviews.pretrain import (
+from loopline.tasks.text.model import TextClassifier
+from loopline.tasks.text.pretrain import (
     IGNORE,
     DiscriminativeLR,
     MaskedSyllableModel,
@@ -30,7 +30,7 @@ from loopline.tasks.reviews.pretrain import (
     pretrain_encoder,
     save_encoder,
 )
-from loopline.tasks.reviews.text import Vocabulary
+from loopline.tasks.text.tokens import Vocabulary
 from loopline.train import fit
 
 # Made-up words of 2-4 syllables: inside a word each syllable is fixed by its neighbours,

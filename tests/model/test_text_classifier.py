@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from loopline.export import export_onnx, onnx_session
-from loopline.tasks.reviews.model import ClassifierPredictor, TextClassifier
-from loopline.tasks.reviews.text import Vocabulary
+from loopline.tasks.text.model import ClassifierPredictor, TextClassifier
+from loopline.tasks.text.tokens import Vocabulary
 
 POSITIVE, NEGATIVE = ["최고", "좋아", "재밌어"], ["별로", "지루해", "최악"]
 FILLER = ["영화", "배우", "오늘", "극장", "그냥", "정말"]
@@ -117,7 +117,7 @@ def test_an_even_kernel_is_refused_by_name():
 def test_the_ngram_bag_learns_phrases_and_exports_with_parity(tmp_path):
     """Hashed n-grams in the graph: a word only its bigram decides, and ONNX agrees."""
     from loopline.export import check_parity, export_and_check
-    from loopline.tasks.reviews.model import NgramBag
+    from loopline.tasks.text.model import NgramBag
 
     # Same syllables, different pairs: "재미" vs "미재" (the bag needs bigrams to tell).
     texts = ["영화 재미 그냥", "배우 미재 그냥", "재미 오늘", "미재 오늘"] * 50

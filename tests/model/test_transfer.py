@@ -11,8 +11,9 @@ import torch
 
 from loopline.config import TrainParams, parse_params
 from loopline.labeling import Examples
-from loopline.tasks.digits.model import ImageClassifier
-from loopline.tasks.digits.task import DigitsHyperparameters, DigitsTask
+from loopline.tasks.digits.task import DigitsTask
+from loopline.tasks.image.model import ImageClassifier
+from loopline.tasks.image.task import ImageHyperparameters as DigitsHyperparameters
 from loopline.train import fit, initial_model, save_checkpoint
 from loopline.transfer import (
     Freeze,

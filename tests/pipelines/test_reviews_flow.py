@@ -87,7 +87,7 @@ def test_reviews_run_publishes_a_champion_beside_its_baseline(reviews_project):
 
 def test_the_published_onnx_model_reads_any_batch_and_length(reviews_project, tmp_path):
     from loopline.export import embedded_spec
-    from loopline.tasks.reviews.task import encode
+    from loopline.tasks.text.task import encode
 
     root, _, _ = reviews_project
     paths = ProjectPaths.at(root)
@@ -215,8 +215,8 @@ def test_pretrained_encoder_is_registered_and_a_run_fine_tunes_from_it(reviews_p
         "reviews.fine_tuning=gradual_unfreeze",
     )
     assert summary["status"] == "published", summary
-    from loopline.tasks.reviews.pretrain import load_encoder
-    from loopline.tasks.reviews.task import vocabulary
+    from loopline.tasks.text.pretrain import load_encoder
+    from loopline.tasks.text.task import vocabulary
 
     published = registry.latest_version(paths.tracking_uri(), "reviews")
     params = json.loads(published.tags["loopline.params"])

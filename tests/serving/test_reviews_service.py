@@ -50,7 +50,7 @@ def client(reviews_root, monkeypatch):
 def offline_probabilities(root, texts):
     from loopline import registry
     from loopline.paths import ProjectPaths
-    from loopline.tasks.reviews.task import classify
+    from loopline.tasks.text.task import classify
 
     paths = ProjectPaths.at(root)
     session, spec, _ = registry.load_champion(paths.tracking_uri(), "reviews", root / "tmp")

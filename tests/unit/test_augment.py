@@ -9,8 +9,8 @@ import torch
 from loopline.config import TrainParams
 from loopline.labeling import Examples
 from loopline.tasks.base import Hyperparameters
-from loopline.tasks.digits.augment import ImageAugment
-from loopline.tasks.digits.model import ImageClassifier
+from loopline.tasks.image.augment import ImageAugment
+from loopline.tasks.image.model import ImageClassifier
 from loopline.train import fit
 
 

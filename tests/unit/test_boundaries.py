@@ -33,8 +33,23 @@ def shared_files() -> list[Path]:
     return files
 
 
+# Family tasks named by ordinary words (`text`, `image`): shared code says "text" and
+# "image" in their plain sense, so for them only a reference to the task is looked for
+# (`tasks.text`, `tasks/image`, `params.text`).
+WORDS = {"text", "image", "forecast", "tabular"}
+
+
+def task_name_pattern() -> re.Pattern[str]:
+    names = [name for name in BUILTIN if name not in WORDS]
+    words = [name for name in BUILTIN if name in WORDS]
+    alternatives = [r"\b(" + "|".join(names) + r")\b"]
+    if words:
+        alternatives.append(r"\b(?:tasks|params)[./](" + "|".join(words) + r")\b")
+    return re.compile("|".join(alternatives), re.IGNORECASE)
+
+
 def test_no_task_name_appears_in_shared_code():
-    names = re.compile(r"\b(" + "|".join(BUILTIN) + r")\b", re.IGNORECASE)
+    names = task_name_pattern()
     found = [
         f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
         for path in shared_files()

@@ -79,7 +79,7 @@ def test_a_champion_with_another_label_set_is_not_scored_against_the_candidate()
     from loopline.evaluate import incomparable_specs
     from loopline.features import FeatureSpec
     from loopline.tasks.digits import DigitsTask
-    from loopline.tasks.digits.task import DigitsOptions
+    from loopline.tasks.image.task import ImageOptions as DigitsOptions
 
     grey8 = DigitsOptions(image_size=8, channels=1, max_pixel=16.0, augment={})
     old = FeatureSpec("digits", ["px"], "label", 10, "", "id", "", labels=["0", "1"])

@@ -1,4 +1,4 @@
-"""Occlusion saliency (`loopline.tasks.digits.saliency`): a pixel the answer rests on lights up."""
+"""Occlusion saliency (`loopline.tasks.image.saliency`): a pixel the answer rests on lights up."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from loopline.tasks.digits.saliency import occlusion_saliency, saliency_png
+from loopline.tasks.image.saliency import occlusion_saliency, saliency_png
 
 
 def pixel_detector(batch: np.ndarray) -> np.ndarray:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from loopline.tasks.reviews.text import MASK, PAD, SPACE, UNK, Vocabulary, normalize, tokenize
+from loopline.tasks.text.tokens import MASK, PAD, SPACE, UNK, Vocabulary, normalize, tokenize
 
 
 def test_each_hangul_syllable_is_a_token_and_spaces_are_one_boundary():
@@ -16,6 +16,18 @@ def test_each_hangul_syllable_is_a_token_and_spaces_are_one_boundary():
 def test_latin_words_stay_whole_and_lower_case_digits_split():
     assert tokenize("CGV에서 Marvel 10점") == [
         "cgv", "에", "서", SPACE, "marvel", SPACE, "1", "0", "점",
+    ]  # fmt: skip
+
+
+def test_words_of_any_alphabet_stay_whole_and_cjk_characters_are_tokens():
+    assert tokenize("Café crème, très bon!") == [
+        "café", SPACE, "crème", ",", SPACE, "très", SPACE, "bon", "!",
+    ]  # fmt: skip
+    assert tokenize("Привет, МИР") == ["привет", ",", SPACE, "мир"]
+    assert tokenize("Ελληνικά") == ["ελληνικά"]
+    assert tokenize("e\u0301tude") == ["étude"]  # a combining accent joins its letter
+    assert tokenize("中文很好 日本語です") == [
+        "中", "文", "很", "好", SPACE, "日", "本", "語", "で", "す",
     ]  # fmt: skip
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from loopline.config import SplitParams
 from loopline.split import grouped_split
-from loopline.tasks.reviews.baseline import train_text_baseline
+from loopline.tasks.text.baseline import train_text_baseline
 
 GOOD = ["정말 재밌어요", "최고의 영화 ㅋㅋ", "배우 연기 좋네요", "또 보고 싶다"]
 BAD = ["너무 지루해요", "최악의 영화 ㅡㅡ", "돈 아깝다", "시간 낭비였네요"]

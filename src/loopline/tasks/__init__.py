@@ -25,6 +25,8 @@ BUILTIN = {
     "reviews": "loopline.tasks.reviews:ReviewsTask",
     "digits": "loopline.tasks.digits:DigitsTask",
     "forecast": "loopline.tasks.forecast:ForecastTask",
+    "text": "loopline.tasks.text:TextTask",
+    "image": "loopline.tasks.image:ImageTask",
     "tabular": "loopline.tasks.tabular:TabularTask",
 }
 DEFAULT_TASK = "solar"

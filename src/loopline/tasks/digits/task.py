@@ -1,150 +1,51 @@
 """Handwritten digits: small grey images → the digit shown (0-9).
 
-The built-in source is scikit-learn's digits (1,797 images of 8×8 pixels, values 0..16,
-from 43 writers); a user's source is any folder of PNG/JPEG images with a labels CSV
-(`loopline.tasks.digits.images`), read at `digits.image_size` with `digits.channels`
-(1 grey, 3 RGB).
-A row is one image: an `id`, its `label` and one column per pixel value
-(`px_<row>_<col>[_<channel>]`), so images travel through ingest, validation (pixel range,
-readable, label domain, unique ids) and the snapshot like any other rows. Pixels are scaled
-to 0..1 by `digits.max_pixel`; the model reads (batch, channels, size, size) images.
+The image family (`loopline.tasks.image`) with built-in arrays: scikit-learn's digits
+(1,797 images of 8×8 pixels, values 0..16, from 43 writers). A user's source is any folder
+of PNG/JPEG images with a labels CSV, read at `digits.image_size` with `digits.channels`.
+Labels are digits: a label that is not one is quarantined; the model's classes are the
+digits the training split holds.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, ClassVar
 
-import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from loopline.config import Dimension, Params, Positive, Section
-from loopline.evaluate import evaluate_classifier
-from loopline.features import FeatureSpec
-from loopline.labeling import Examples
-from loopline.split import labeled_set
-from loopline.tasks.base import Explanation, FeatureOptions, Hyperparameters, Task
-from loopline.tasks.digits.images import FORMATS, pixel_columns, to_array
-from loopline.tasks.digits.serving import DigitsServing
+from loopline.config import Params, Section
+from loopline.tasks.image.images import pixel_columns
+from loopline.tasks.image.task import ImageCommonSettings, ImageTask
 from loopline.validate import Rule
 
 CLASSES = tuple(str(d) for d in range(10))
 BUILTIN_SIZE = 8
 
 
-def images(frame: pd.DataFrame, spec: FeatureSpec) -> np.ndarray:
-    """Rows as model-ready images: float32 (N, channels, size, size) scaled to 0..1."""
-    size, channels = spec.options.image_size, spec.options.channels
-    values = frame[spec.feature_columns].to_numpy(dtype=np.float32) / spec.options.max_pixel
-    # Columns run row by row, then column, then channel (see `images.pixel_columns`).
-    return np.ascontiguousarray(
-        values.reshape(len(frame), size, size, channels).transpose(0, 3, 1, 2)
-    )
-
-
-def class_ids(values: pd.Series, spec: FeatureSpec, target_set: str) -> np.ndarray:
-    """Digit labels as the model's class ids (positions in the spec's label set)."""
-    labels = spec.labels
-    index = {label: i for i, label in enumerate(labels)}
-    names = [str(int(v)) for v in values]
-    unknown = sorted(set(names) - set(index))
-    if unknown:
-        raise ValueError(
-            f"digit(s) {unknown} in the {target_set} split are not among the training "
-            f"split's labels {labels}: too few images of them to split"
-        )
-    return np.array([index[n] for n in names], dtype=np.int64)
-
-
-def _scaled_as(champion: FeatureSpec, candidate: FeatureSpec) -> FeatureSpec:
-    return replace(
-        champion, options=replace(champion.options, max_pixel=candidate.options.max_pixel)
-    )
-
-
-class AugmentParams(Section):
-    """Random changes to training images (training split only); 0 turns one off."""
-
-    shift_px: Annotated[float, Field(ge=0, le=4)] = 1.0
-    rotate_deg: Annotated[float, Field(ge=0, le=45)] = 10.0
-    noise: Annotated[float, Field(ge=0, le=0.5)] = 0.02
-    contrast: Annotated[float, Field(ge=0, lt=1)] = 0.2
-
-
-class DigitsParams(Section):
+class DigitsParams(ImageCommonSettings):
     """The digits task: small grey images of handwritten digits → the digit (0-9)."""
 
     max_pixel: Annotated[float, Field(gt=0)] = 16.0  # the source's white (sklearn: 16)
     # Images are read at this square size (the built-in digits are 8): at least 4, since
     # the CNN halves it twice.
     image_size: Annotated[int, Field(ge=4, le=256)] = 8
-    channels: Literal[1, 3] = 1  # 1: grey, 3: RGB (notes ch. 3)
-    # An image-folder source (`ingest.source: path/to/folder`): the CSV of file,label in it.
-    labels_file: str = "labels.csv"
-    # Uploads to the service: the largest side accepted. Uploads and image folders: whether
-    # strokes are darker than the paper ("dark": a scan or photo) or lighter ("light": like
-    # the built-in data).
-    augment: AugmentParams = AugmentParams()
-    max_upload_side: Positive = 1024
-    upload_ink: Literal["dark", "light"] = "dark"
-    # Explanations (`/explain_image`, `loopline explain`): the side of the occluding square.
-    saliency_patch: Positive = 2
 
 
-@dataclass(frozen=True)
-class DigitsOptions(FeatureOptions):
-    """How pixel columns become images, saved with the model: the square size, the
-    channel count, the source's white value, and the training augmentation."""
-
-    image_size: int
-    channels: int
-    max_pixel: float
-    augment: dict[str, float]
-
-
-@dataclass(frozen=True, kw_only=True)
-class DigitsHyperparameters(Hyperparameters):
-    """The CNN's width (filters of the first block), its head and its regularisation."""
-
-    channels: int
-    hidden_size: int
-    dropout: float
-
-
-class DigitsTask(Task):
+class DigitsTask(ImageTask):
     Settings: ClassVar[type[Section]] = DigitsParams
-    Hyperparameters: ClassVar[type[Hyperparameters]] = DigitsHyperparameters
-    Options: ClassVar[type[FeatureOptions]] = DigitsOptions
-    Serving: ClassVar[type] = DigitsServing
-    architecture: ClassVar[tuple[str, ...]] = ("channels", "hidden_size")
     name: ClassVar[str] = "digits"
     schema: ClassVar[dict[str, str]] = {
         "id": "string",
         "label": "float",
         **dict.fromkeys(pixel_columns(BUILTIN_SIZE), "float"),
     }
-    key_columns: ClassVar[list[str]] = ["id"]
-    time_column: ClassVar[str | None] = None
-    target_column: ClassVar[str] = "label"
-    split_kind: ClassVar[Literal["chronological", "stratified", "grouped"]] = "stratified"
+    label_type: ClassVar[str] = "float"
     class_names: ClassVar[tuple[str, ...]] = CLASSES
-    # The label set is the training data's (a new head for new digits); pixels need nothing.
-    transferred_features: ClassVar[tuple[str, ...]] = ()
+    spec_horizon: ClassVar[int] = len(CLASSES)  # what digits models have always saved
 
-    def default_space(self) -> dict[str, Dimension]:
-        return {
-            "channels": Dimension(choices=[16, 32]),
-            "hidden_size": Dimension(choices=[64]),
-            "dropout": Dimension(low=0.1, high=0.4),
-            "learning_rate": Dimension(low=1e-3, high=1e-2, log=True),
-            "batch_size": Dimension(choices=[32]),
-        }
-
-    def schema_for(self, params: Params) -> dict[str, str]:
-        columns = pixel_columns(params.digits.image_size, params.digits.channels)
-        return {"id": "string", "label": "float", **dict.fromkeys(columns, "float")}
+    def bind(self, settings: DigitsParams) -> DigitsTask:
+        return self  # the labels are digits; the pixel columns follow `schema_for`
 
     def load_builtin(self, params: Params) -> pd.DataFrame:
         from sklearn.datasets import load_digits
@@ -164,218 +65,11 @@ class DigitsTask(Task):
         frame.insert(0, "id", [f"sklearn-{i}" for i in range(len(frame))])
         return frame
 
-    def load_folder(self, folder: Path, params: Params) -> pd.DataFrame:
-        """A folder of PNG/JPEG images with a labels CSV (`digits.labels_file`)."""
-        from loopline.tasks.digits.images import read_image_folder
-
-        settings = params.digits
-        return read_image_folder(
-            folder,
-            settings.labels_file,
-            settings.image_size,
-            settings.channels,
-            settings.upload_ink,
-            settings.max_pixel,
+    def label_rule(self, params: Params) -> Rule:
+        return Rule(
+            "label_is_a_digit", "in_set", column="label", values=tuple(map(float, range(10)))
         )
 
-    def rules(self, params: Params) -> list[Rule]:
-        top = params.digits.max_pixel
-        columns = pixel_columns(params.digits.image_size, params.digits.channels)
-        return [
-            Rule("id_not_null", "not_null", column="id"),
-            Rule("image_not_duplicated", "unique", columns=("id",)),
-            Rule("label_is_a_digit", "in_set", column="label", values=tuple(map(float, range(10)))),
-            # Every pixel present: a file that could not be read has none.
-            Rule("image_readable", "complete", columns=tuple(columns)),
-            # One rule over all pixels (one reason per image, and one check, not thousands).
-            Rule("pixels_in_range", "between", columns=tuple(columns), min=0, max=top),
-        ]
-
-    def new_feature_spec(self, params: Params) -> FeatureSpec:
-        size, channels = params.digits.image_size, params.digits.channels
-        return FeatureSpec(
-            task=self.name,
-            feature_columns=pixel_columns(size, channels),
-            target_column=self.target_column,
-            horizon=len(CLASSES),
-            freq="",
-            group_column="id",
-            time_column="",
-            labels=list(CLASSES),
-            options=DigitsOptions(
-                image_size=size,
-                channels=channels,
-                max_pixel=params.digits.max_pixel,
-                augment=params.digits.augment.model_dump(),
-            ),
-        )
-
-    def add_features(self, frame: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
-        return frame  # the pixels are the features
-
-    def add_labels(self, frame: pd.DataFrame, spec: FeatureSpec, human=None) -> pd.DataFrame:
-        return frame  # the label is a column of the data
-
-    def fit_features(self, spec: FeatureSpec, train_rows: pd.DataFrame) -> FeatureSpec:
-        """The label set: the digits the training split holds (the model's classes, in
-        order). Pixels have a fixed scale: nothing else is learned from the data."""
-        values = train_rows[spec.target_column].dropna().unique()
-        if not len(values):
-            raise ValueError("the training split holds no labeled image")
-        labels = [str(int(v)) for v in sorted(values)]
-        return replace(spec, labels=labels)
-
-    def configure(self, spec: FeatureSpec, hparams: DigitsHyperparameters) -> FeatureSpec:
-        return spec
-
-    def fine_tuning(self, spec: FeatureSpec, transfer):
-        return None
-
-    def augmentation(self, spec: FeatureSpec):
-        """Shifts, rotations, noise and contrast on training images (`digits.augment`)."""
-        from loopline.tasks.digits.augment import ImageAugment
-
-        augment = ImageAugment(**spec.options.augment)
-        return augment if augment.active else None
-
-    def examples(self, frame: pd.DataFrame, spec: FeatureSpec, target_set: str) -> Examples:
-        rows = labeled_set(frame, target_set, spec.target_column)
-        return Examples(
-            images(rows, spec),
-            class_ids(rows[spec.target_column], spec, target_set),
-            pd.DataFrame({"id": rows["id"].astype(str)}),
-        )
-
-    def build_model(self, hparams: DigitsHyperparameters, spec: FeatureSpec):
-        from loopline.tasks.digits.model import ImageClassifier
-
-        return ImageClassifier(
-            n_classes=len(spec.labels),
-            image_size=spec.options.image_size,
-            in_channels=spec.options.channels,
-            channels=hparams.channels,
-            hidden_size=hparams.hidden_size,
-            dropout=hparams.dropout,
-        )
-
-    def incomparable(self, candidate: FeatureSpec, champion: FeatureSpec) -> str | None:
-        """An image model reads images of one size and channel count: the test rows hold
-        the candidate's."""
-        for name in ("image_size", "channels"):
-            mine, theirs = getattr(candidate.options, name), getattr(champion.options, name)
-            if mine != theirs:
-                return f"its {name} is {theirs!r}, the candidate's {mine!r}"
-        return None
-
-    def explain_file(self, data: bytes, session, spec: FeatureSpec, params: Params) -> Explanation:
-        """Why the model answers what it does for one uploaded image: an occlusion
-        saliency map (red: pixels that support the answer, blue: against) as a PNG."""
-        from loopline.export import run_onnx
-        from loopline.tasks.digits.saliency import occlusion_saliency, saliency_png
-
-        settings = params.digits
-        pixels = image_from_bytes(data, spec, settings.max_upload_side, settings.upload_ink)
-        saliency = occlusion_saliency(
-            lambda batch: run_onnx(session, batch), pixels, settings.saliency_patch
-        )
-        answer = {"label": spec.labels[saliency.target], "probability": saliency.probability}
-        return Explanation(answer, saliency_png(pixels, saliency.map), saliency.map)
-
-    def evaluate(self, frame, spec: FeatureSpec, model, params: Params, champion=None):
-        """The CNN, a logistic regression on raw pixels (trained here on the same training
-        rows) and the champion, on the same test images."""
-        from sklearn.linear_model import LogisticRegression
-
-        from loopline.export import run_onnx
-        from loopline.train import predict
-
-        test_rows = labeled_set(frame, "test", spec.target_column)
-        test = self.examples(frame, spec, "test")
-        train = self.examples(frame, spec, "train")
-        if not len(test):
-            raise ValueError("the test split holds no labeled image: nothing to evaluate on")
-        flat = LogisticRegression(max_iter=2000, random_state=params.seed)
-        flat.fit(train.x.reshape(len(train), -1), train.y)
-        baseline = np.zeros((len(test), len(spec.labels)))
-        baseline[:, flat.classes_] = flat.predict_proba(test.x.reshape(len(test), -1))
-        return evaluate_classifier(
-            test.y,
-            {"model": predict(model, test.x), "pixel_logistic_baseline": baseline},
-            spec,
-            champion,
-            # The test rows hold this data's pixel values: scaled by this data's white.
-            lambda session, own: run_onnx(session, images(test_rows, _scaled_as(own, spec))),
-            params,
-        )
-
-    def evaluation_report(
-        self, evaluation, frame, spec: FeatureSpec, model, params: Params, folder: Path
-    ) -> list[Path]:
-        """The confusion matrix of the test images, as a picture."""
-        from sklearn.metrics import confusion_matrix
-
-        from loopline.plots import new_figure, save_figure
-        from loopline.train import predict
-
-        test = self.examples(frame, spec, "test")
-        predicted = predict(model, test.x).argmax(axis=1)
-        labels = spec.labels
-        matrix = confusion_matrix(test.y, predicted, labels=range(len(labels)))
-        fig, ax = new_figure((6, 5.5))
-        ax.imshow(matrix, cmap="Blues")
-        for (i, j), count in np.ndenumerate(matrix):
-            if count:
-                ax.text(j, i, str(count), ha="center", va="center", fontsize=8)
-        ax.set_xticks(range(len(labels)), labels)
-        ax.set_yticks(range(len(labels)), labels)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        ax.set_title("digits: test confusion matrix")
-        return [save_figure(fig, ax, folder / "confusion_matrix.png")]
-
-
-class BadImage(ValueError):
-    """An upload that cannot be read as a digit image; the message names the problem and
-    `status` is the HTTP status a service answers with."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def image_from_bytes(data: bytes, spec: FeatureSpec, max_side: int, ink: str) -> np.ndarray:
-    """An uploaded PNG/JPEG as one model-ready image (channels, size, size) in 0..1.
-
-    Grey (1 channel) and RGB (3 channels) are read and converted to what the model reads;
-    the image is resized to the model's size. `ink`: "dark" for dark strokes on light
-    paper (inverted, since the training images store ink as the high value), "light" for
-    light strokes on dark.
-    """
-    import io
-
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
-    except UnidentifiedImageError:
-        raise BadImage("not a PNG or JPEG image (no image format recognised)", 415) from None
-    except OSError as error:  # a known format, but truncated or corrupt
-        raise BadImage(f"not a PNG or JPEG image ({error})", 415) from None
-    if image.format not in FORMATS:
-        raise BadImage(f"image format {image.format} is not accepted: send PNG or JPEG", 415)
-    width, height = image.size
-    if max(width, height) > max_side or min(width, height) < 1:
-        raise BadImage(
-            f"image is {width}×{height} pixels; the limit is {max_side} per side "
-            "(digits.max_upload_side)",
-            413,
-        )
-    channels = {"L": 1, "RGB": 3, "I;16": 1}.get(image.mode)
-    if channels is None:
-        bands = len(image.getbands())
-        raise BadImage(
-            f"image has {bands} channel(s) ({image.mode}); send grey (1 channel) or RGB (3)"
-        )
-    # Grey and RGB uploads both work: each is converted to the channels the model reads.
-    return to_array(image, spec.options.image_size, spec.options.channels, ink)
+    def label_names(self, values: pd.Series) -> pd.Series:
+        """1.0 → "1" (the data's labels are numbers)."""
+        return values.map(lambda v: str(int(v)) if pd.notna(v) else pd.NA).astype("string")

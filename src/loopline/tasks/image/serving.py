@@ -1,0 +1,149 @@
+"""How an image classifier is served: images in, class probabilities out.
+
+- `POST /predict` {"images": [[[...]]]}: images as arrays (size × size for a grey model,
+  channels × size × size for an RGB one; values 0..1, ink high); an image of the wrong shape
+  is a 400 naming it.
+- `POST /predict_image`: one PNG or JPEG upload (multipart field `file`); not an image, too
+  large or of an unsupported channel count is a 4xx naming the problem.
+- `POST /explain_image` (and `/explain` for arrays): the answer with its occlusion saliency
+  map (`loopline.tasks.image.saliency`, on the ONNX model): red pixels support the answer,
+  blue ones speak against it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, RootModel
+
+from loopline.serving_adapter import Answer, BadInput, Explaining, FileInput, Serving
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from loopline.features import FeatureSpec
+    from loopline.online import LoadedModel
+
+
+class Image(RootModel[list[list[Any]]]):
+    """One image (0..1, ink high): rows of pixel values for a grey model, or channels of
+    rows for an RGB one."""
+
+
+class ImageAnswer(BaseModel):
+    label: str
+    probabilities: dict[str, float]
+    model_version: str
+
+
+class ImageExplanation(ImageAnswer):
+    probability: float  # of the label, on the whole image
+    saliency: list[list[float]]  # per pixel: how much covering it lowers the answer (nats)
+
+
+def image_shape(spec: FeatureSpec) -> tuple[int, ...]:
+    """The shape an image array must have for the model."""
+    size, channels = spec.options.image_size, spec.options.channels
+    return (size, size) if channels == 1 else (channels, size, size)
+
+
+def _shown(shape: tuple[int, ...]) -> str:
+    return "×".join(map(str, shape))
+
+
+class ImageServing(Serving, Explaining, FileInput):
+    Request: ClassVar[type[BaseModel]] = Image
+    Response: ClassVar[type[BaseModel]] = ImageAnswer
+    input_name: ClassVar[str] = "images"
+    Explanation: ClassVar[type[BaseModel] | None] = ImageExplanation
+    file_kind: ClassVar[str] = "image"
+
+    def check(self, item: Image, model: LoadedModel) -> None:
+        self._array(item, model.spec)
+
+    def predict(self, model: LoadedModel, items: list[Image | np.ndarray]) -> list[Answer]:
+        from loopline.export import run_onnx
+
+        if not items:
+            return []
+        images = np.stack([self._array(item, model.spec) for item in items])
+        probabilities = run_onnx(model.session, images)
+        shape = list(images.shape[1:])
+        return [self._answer(model, p, shape) for p in probabilities]
+
+    def explain(self, model: LoadedModel, items: list[Image | np.ndarray]) -> list[Answer]:
+        """Each answer with its occlusion saliency map, as numbers and as a PNG."""
+        from loopline.export import run_onnx
+        from loopline.tasks.image.saliency import occlusion_saliency, saliency_png
+
+        patch = self.task.settings(self.params).saliency_patch
+        answers = []
+        for answer, image in zip(
+            self.predict(model, items), (self._array(i, model.spec) for i in items), strict=True
+        ):
+            saliency = occlusion_saliency(lambda b: run_onnx(model.session, b), image, patch)
+            answer.response["probability"] = round(saliency.probability, 6)
+            answer.response["saliency"] = np.round(saliency.map, 6).tolist()
+            answer.picture = saliency_png(image, saliency.map)
+            answers.append(answer)
+        return answers
+
+    def item_from_file(self, data: bytes, model: LoadedModel) -> np.ndarray:
+        # Imported here: the task module imports this one (for its `Serving`).
+        from loopline.tasks.image.task import BadImage, image_from_bytes
+
+        settings = self.task.settings(self.params)
+        try:
+            return image_from_bytes(
+                data, model.spec, settings.max_upload_side, settings.upload_ink, self.task.name
+            )
+        except BadImage as error:
+            raise BadInput(str(error), error.status) from None
+
+    def requests(self, rows: pd.DataFrame, model: LoadedModel) -> list[Image]:
+        from loopline.tasks.image.task import images
+
+        arrays = images(rows, model.spec)  # (N, channels, size, size)
+        if model.spec.options.channels == 1:
+            arrays = arrays[:, 0]  # a grey image is sent as its rows
+        return [Image(array.tolist()) for array in arrays]
+
+    def describe(self, model: LoadedModel) -> dict[str, Any]:
+        return {
+            "labels": model.spec.labels,
+            "image_size": model.spec.options.image_size,
+            "channels": model.spec.options.channels,
+        }
+
+    def _array(self, item: Image | np.ndarray, spec: FeatureSpec) -> np.ndarray:
+        """The (channels, size, size) float32 array of one image; BadInput naming a wrong
+        shape."""
+        expected = image_shape(spec)
+        size, channels = spec.options.image_size, spec.options.channels
+        if isinstance(item, np.ndarray):  # an upload, read at the shape of the model then
+            array = item
+            if array.shape != (channels, size, size):
+                raise BadInput("the served model changed while the upload was read: send again")
+        else:
+            try:
+                array = np.asarray(item.root, dtype=np.float32)
+            except (ValueError, TypeError):
+                array = None  # ragged rows or non-numbers
+            if array is None or array.shape != expected:
+                shape = "ragged" if array is None else _shown(array.shape)
+                raise BadInput(f"image is {shape}; the model reads {_shown(expected)}")
+        return array.astype(np.float32, copy=False).reshape(channels, size, size)
+
+    def _answer(self, model: LoadedModel, p: np.ndarray, shape: list[int]) -> Answer:
+        labels = model.spec.labels
+        label = labels[int(p.argmax())]
+        return Answer(
+            {
+                "label": label,
+                "probabilities": {k: round(float(v), 6) for k, v in zip(labels, p, strict=True)},
+                "model_version": model.version,
+            },
+            inputs={"shape": shape},
+            output={"label": label},
+        )

@@ -1,0 +1,125 @@
+"""How a text classifier is served: texts in, a label with probabilities out.
+
+Texts are tokenized with the vocabulary inside the served model, and checked against the
+limits saved with it. Each item is answered on its own: a bad one (empty, not a string,
+longer than the model's `max_text_chars`) gets an `error` naming the problem while the
+others are classified. `/explain` adds each token with
+its attention weight; `/stream` takes NDJSON lines `{"id": ..., "text": ...}`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, RootModel
+
+from loopline.serving_adapter import Answer, Explaining, Serving
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from loopline.online import LoadedModel
+
+
+class Text(RootModel[Any]):
+    """One text: a string (anything else is answered with an error naming it)."""
+
+
+class TextLine(BaseModel):
+    """One NDJSON line of a text stream."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str | int | None = Field(None, description="Your id for the text, echoed back")
+    text: Any = Field(description="The text")
+
+
+class Classified(BaseModel):
+    """The answer for one item: a label with probabilities, or an error."""
+
+    label: str | None = None
+    probabilities: dict[str, float] | None = None
+    model_version: str | None = None
+    tokens: list[dict[str, Any]] | None = Field(
+        None, description="explain only: each token and its attention weight"
+    )
+    error: str | None = None
+
+
+class TextServing(Serving, Explaining):
+    Request: ClassVar[type[BaseModel]] = Text
+    Response: ClassVar[type[BaseModel]] = Classified
+    input_name: ClassVar[str] = "texts"
+    StreamLine: ClassVar[type[BaseModel] | None] = TextLine
+
+    def predict(self, model: LoadedModel, items: list[Text | TextLine]) -> list[Answer]:
+        return self._classify(model, items, explain=False)
+
+    def explain(self, model: LoadedModel, items: list[Text | TextLine]) -> list[Answer]:
+        """Which syllables each prediction rests on: every token with its attention weight
+        (they sum to 1 per text)."""
+        return self._classify(model, items, explain=True)
+
+    def describe(self, model: LoadedModel) -> dict[str, Any]:
+        options = model.spec.options
+        return {
+            "labels": model.spec.labels,
+            "max_length": options.max_length,
+            "vocabulary_size": len(json.loads(options.vocabulary)["tokens"]),
+        }
+
+    def requests(self, rows: pd.DataFrame, model: LoadedModel) -> list[Text]:
+        return [Text(text) for text in rows[model.spec.options.text_column]]
+
+    def stream_lines(self, rows: pd.DataFrame) -> list[TextLine]:
+        ids, texts = rows[self.task.key_columns[0]], rows[self.task.text_column]
+        return [TextLine(id=key, text=text) for key, text in zip(ids, texts, strict=True)]
+
+    def _classify(self, model: LoadedModel, items: list, explain: bool) -> list[Answer]:
+        """One answer per item; bad items get their error, the rest one model call."""
+        # Imported here: the task module imports this one (for its `Serving`).
+        from loopline.predlog import text_id
+        from loopline.tasks.text.task import classify, explanations, text_problem
+
+        # A stream line carries its id (echoed back, and the log's key); a /predict item not.
+        lines = [
+            (item.text, item.id) if isinstance(item, TextLine) else (item.root, None)
+            for item in items
+        ]
+        answers: list[Answer | None] = []
+        good = []
+        for i, (text, _) in enumerate(lines):
+            problem = text_problem(text, model.spec)
+            if problem is None:
+                good.append(i)
+                answers.append(None)
+            else:
+                answers.append(Answer(_with_id(items[i], {"error": problem}), error=True))
+        if not good:
+            return answers
+        texts = [lines[i][0] for i in good]
+        probabilities, attention = classify(model.session, model.spec, texts)
+        explained = explanations(texts, model.spec, probabilities, attention if explain else None)
+        for i, text, item in zip(good, texts, explained, strict=True):
+            response = {
+                "label": item["label"],
+                "probabilities": {k: round(v, 6) for k, v in item["probabilities"].items()},
+                "model_version": model.version,
+            }
+            if explain:
+                response["tokens"] = [
+                    {"token": t["token"], "weight": round(t["weight"], 6)} for t in item["tokens"]
+                ]
+            key = lines[i][1]
+            answers[i] = Answer(
+                _with_id(items[i], response),
+                key=str(key if key is not None else text_id(text)),
+                inputs={"text": text},
+                output={"label": response["label"], "probabilities": response["probabilities"]},
+            )
+        return answers
+
+
+def _with_id(item: Text | TextLine, response: dict[str, Any]) -> dict[str, Any]:
+    """A stream's answer echoes the line's id first."""
+    return {"id": item.id, **response} if isinstance(item, TextLine) else response
