@@ -308,11 +308,12 @@ def test_bentoml_build_stores_the_service_code(bento):
     # with every built-in task's serving adapter: the one service serves any of them.
     assert (src / "loopline" / "online.py").is_file()
     assert (src / "loopline" / "serving_adapter.py").is_file()
-    from loopline.tasks import BUILTIN
+    from loopline.tasks import BUILTIN, get_task
 
-    for reference in BUILTIN.values():
-        package = reference.split(":")[0].split(".")
-        assert (src.joinpath(*package) / "serving.py").is_file(), package
+    for name in BUILTIN:  # the module of each task's class and of its serving adapter
+        task = type(get_task(name))
+        for module in (task.__module__, task.Serving.__module__):
+            assert src.joinpath(*module.split(".")).with_suffix(".py").is_file(), module
     assert (src / "params.yaml").read_text() == (REPO / "params.yaml").read_text()
     shipped = {p.relative_to(src).parts[0] for p in src.rglob("*") if p.is_file()}
     assert shipped <= {"serving", "loopline", "params.yaml", "bentofile.yaml"}, shipped
