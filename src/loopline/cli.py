@@ -264,6 +264,11 @@ def serve(
     env["LOOPLINE_PROJECT"] = str(paths.root)
     env.setdefault("BENTOML_HOME", str(paths.state / "bentoml"))
     env.setdefault("BENTOML_DO_NOT_TRACK", "true")
+    from loopline.online import use_service_deadlines
+
+    # Short registry deadlines for this process's own look-up and for the service it becomes.
+    use_service_deadlines(env)
+    os.environ.update({k: env[k] for k in use_service_deadlines(env)})
     try:
         env["LOOPLINE_TASK"] = served_task(paths, params)
     except LooplineError as error:
