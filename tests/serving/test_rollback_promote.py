@@ -106,6 +106,8 @@ def test_cli_says_what_it_skipped_and_when_nothing_moved(served_project):
     )
     assert done.returncode == 1  # rich wraps long lines: compare words
     assert "skipped v1 refused: model.onnx" in " ".join(done.stderr.split())
+    done = subprocess.run([LOOPLINE, "models"], cwd=served_project, capture_output=True, text=True)
+    assert "refused" in done.stdout and "model.onnx is not" in done.stdout, done.stdout
     done = subprocess.run(
         [LOOPLINE, "promote", "solar", "1", "--retry"],
         cwd=served_project,
