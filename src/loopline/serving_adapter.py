@@ -26,10 +26,13 @@ import numpy as np
 from pydantic import BaseModel
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     import pandas as pd
 
     from loopline.config import Params
     from loopline.online import LoadedModel
+    from loopline.validate import Broken, ServingContract
 
 
 class BadInput(ValueError):
@@ -53,6 +56,35 @@ class Answer:
     output: Any = None  # the output, for the log
     error: bool = False  # `response` is an error message: the item is not logged
     picture: bytes | None = None  # explanations: a PNG a person opens
+    # The data-contract rules the item broke (validation's names), counted per rule.
+    refused: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Refused:
+    """An item already known to be unanswerable (say, a stream reading that breaks the
+    data contract), with its error answer: the service answers it and the adapter never
+    sees it, so a `StreamState` can hand it over in line order like any ready item."""
+
+    answer: Answer
+
+
+def refusal(broken: list[Broken], where: str = "", named: dict[str, Any] | None = None) -> Answer:
+    """The error answer of an item whose row(s) broke the data contract: each rule named
+    with its column and value (`where` says which row of the item, say `readings[3]`)."""
+    prefix = f"{where}." if where else ""
+    message = "; ".join(f"{prefix}{b}" for b in broken)
+    return Answer(
+        {**(named or {}), "error": f"refused by the data contract: {message}"},
+        key=None,
+        error=True,
+        refused=tuple(dict.fromkeys(b.rule for b in broken)),
+    )
+
+
+def nonfinite_items(values: np.ndarray) -> np.ndarray:
+    """Which items (first axis) of an array hold a NaN or an infinity."""
+    return ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
 
 
 class Serving:
@@ -70,6 +102,17 @@ class Serving:
 
     def __init__(self, task: Any, params: Params) -> None:
         self.task, self.params = task, params
+        self._contracts: dict[tuple[str, ...], ServingContract] = {}
+
+    def contract(self, columns: Iterable[str]) -> ServingContract:
+        """The task's data contract (`task.rules`, validation's rule names) as it applies to
+        request rows holding `columns`: what each adapter checks its items against."""
+        key = tuple(columns)
+        if key not in self._contracts:
+            from loopline.validate import ServingContract
+
+            self._contracts[key] = ServingContract(self.task.rules(self.params), key)
+        return self._contracts[key]
 
     def check(self, item: Any, model: LoadedModel) -> None:
         """Raise BadInput naming what is wrong with `item` for the served model. Runs per
@@ -79,9 +122,11 @@ class Serving:
     def predict(self, model: LoadedModel, items: list[Any]) -> list[Answer]:
         """Answer every item, in order (one model call for the batch where possible): the
         items are `Request`s, or what a `StreamState` made ready. An item that cannot be
-        answered gets an error answer and never fails the others; BadInput is for a batch
-        that cannot be answered as a whole (`/predict` answers with its status, `/stream`
-        with an error line for each of the batch's lines)."""
+        answered gets an error answer and never fails the others: one that breaks the data
+        contract (`contract`, `refusal`), or whose features or outputs are not finite
+        (`nonfinite_items`), each error naming the field. BadInput is only for a batch that
+        cannot be answered as a whole (`/predict` answers with its status, `/stream` with
+        an error line for each of the batch's lines)."""
         raise NotImplementedError
 
     def describe(self, model: LoadedModel) -> dict[str, Any]:

@@ -8,8 +8,10 @@ configured maximum. Great Expectations is imported lazily (it costs ~10 s).
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import numpy as np
@@ -225,3 +227,129 @@ def check_bad_fraction(report: ValidationReport, max_bad_fraction: float, where:
             f"contract, above validate.max_bad_fraction={max_bad_fraction:g} ({top}). "
             f"The failing rows are in {where}; the data snapshot was not updated."
         )
+
+
+# ----------------------------------------------------------------------------- serving time
+
+# Kinds that compare a row with other rows of a dataset: a request holds a few rows of one
+# client, so they are not checked at serving time (a stream's own duplicate and order
+# checks, and a window's, stand in for them).
+DATASET_KINDS = frozenset({"unique", "in_order"})
+
+
+@dataclass(frozen=True)
+class Broken:
+    """One rule one row broke: the rule's name (as validation quarantines under), the
+    column and the value that broke it."""
+
+    rule: str
+    column: str
+    value: Any
+
+    def __str__(self) -> str:
+        return f"{self.column}={_shown(self.value)} breaks {self.rule}"
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, float | np.floating):
+        return f"{float(value):g}"
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
+class ServingContract:
+    """A task's data contract applied to request rows, in plain numpy (no Great
+    Expectations on the request path). The same rule names as validation; rules on columns
+    a request does not hold (say, the label) and rules across a dataset (`DATASET_KINDS`)
+    are skipped, listed in `skipped`."""
+
+    def __init__(self, rules: list[Rule], columns: Any) -> None:
+        present = set(columns)
+        self.rules: list[Rule] = []
+        self.skipped: dict[str, str] = {}
+        for rule in rules:
+            needed = [rule.column] if rule.column else list(rule.columns)
+            if rule.kind in DATASET_KINDS:
+                self.skipped[rule.name] = "compares rows across a dataset"
+            elif not needed or any(c not in present for c in needed):
+                self.skipped[rule.name] = "a request does not hold its column(s)"
+            else:
+                self.rules.append(rule)
+
+    def check(self, columns: Any) -> dict[int, list[Broken]]:
+        """The rules each row of `columns` (column → values, one per row; a DataFrame
+        works) broke, by row position; rows that broke none are left out."""
+        found: dict[int, list[Broken]] = defaultdict(list)
+        for rule in self.rules:
+            for column in [rule.column] if rule.column else rule.columns:
+                values = np.asarray(columns[column])
+                for row in np.flatnonzero(_breaks(rule, values)):
+                    if not any(b.rule == rule.name for b in found[row]):  # one per rule
+                        found[int(row)].append(Broken(rule.name, column, values[row]))
+        return {row: broken for row, broken in sorted(found.items()) if broken}
+
+    def check_row(self, row: Any) -> list[Broken]:
+        """The rules one row (column → value) broke: plain Python, for one reading of a
+        stream, where numpy's per-call cost would be most of the work."""
+        broken = []
+        for rule in self.rules:
+            for column in [rule.column] if rule.column else rule.columns:
+                if _value_breaks(rule, row[column]):
+                    broken.append(Broken(rule.name, column, row[column]))
+                    break
+        return broken
+
+
+def _utc(value: Any) -> datetime:
+    """A time as an aware datetime (naive ones are UTC, as everywhere in the project)."""
+    if not isinstance(value, datetime):
+        value = pd.Timestamp(value).to_pydatetime()
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+def _missing(values: np.ndarray) -> np.ndarray:
+    if values.dtype.kind in "fc":
+        return np.isnan(values)
+    if values.dtype.kind == "M":
+        return np.isnat(values)
+    return pd.isna(values)
+
+
+def _breaks(rule: Rule, values: np.ndarray) -> np.ndarray:
+    """Rows of one column that break `rule` (a missing value breaks only `not_null` and
+    `complete`, as in validation)."""
+    missing = _missing(values)
+    if rule.kind in ("not_null", "complete"):
+        return missing
+    present = ~missing
+    if rule.kind == "between":
+        low = -np.inf if rule.min is None else rule.min
+        high = np.inf if rule.max is None else rule.max
+        numbers = values.astype(np.float64)
+        return present & ~((numbers >= low) & (numbers <= high))
+    if rule.kind == "in_set":
+        return present & ~np.isin(values, np.asarray(rule.values, dtype=object))
+    if rule.kind == "not_blank":
+        return present & np.array([not str(v).strip() for v in values], dtype=bool)
+    if rule.kind == "not_future":
+        limit = pd.Timestamp.now(tz="UTC") + pd.Timedelta("1D")
+        times = pd.to_datetime(pd.Series(values), utc=True)
+        return present & (times > limit).to_numpy()
+    raise ValueError(f"rule {rule.name!r}: kind {rule.kind!r} is not checked at serving time")
+
+
+def _value_breaks(rule: Rule, value: Any) -> bool:
+    """`_breaks` for one value."""
+    missing = value is None or value is pd.NaT or (isinstance(value, float) and value != value)
+    if rule.kind in ("not_null", "complete") or missing:
+        return missing and rule.kind in ("not_null", "complete")
+    if rule.kind == "between":
+        low = -math.inf if rule.min is None else rule.min
+        high = math.inf if rule.max is None else rule.max
+        return not low <= float(value) <= high
+    if rule.kind == "in_set":
+        return value not in rule.values
+    if rule.kind == "not_blank":
+        return not str(value).strip()
+    if rule.kind == "not_future":
+        return _utc(value) > datetime.now(UTC) + timedelta(days=1)
+    raise ValueError(f"rule {rule.name!r}: kind {rule.kind!r} is not checked at serving time")
