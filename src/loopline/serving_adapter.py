@@ -26,7 +26,7 @@ import numpy as np
 from pydantic import BaseModel
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
 
     import pandas as pd
 
@@ -85,6 +85,45 @@ def refusal(broken: list[Broken], where: str = "", named: dict[str, Any] | None 
 def nonfinite_items(values: np.ndarray) -> np.ndarray:
     """Which items (first axis) of an array hold a NaN or an infinity."""
     return ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+
+
+@dataclass
+class Outputs:
+    """A model's outputs for a batch whose items' inputs were checked one by one."""
+
+    values: np.ndarray  # one row per item; NaN where the model was not run
+    bad_inputs: np.ndarray  # items whose inputs were not finite (the model never saw them)
+    bad_outputs: np.ndarray  # items whose outputs are not finite
+
+    def problem(self, n: int, inputs: np.ndarray, names: list[str], raw: dict) -> str | None:
+        """Why item `n` has no answer (None: it has one), naming the input (`names`: the
+        first inputs' columns) and its raw value."""
+        if self.bad_inputs[n]:
+            return input_problem(inputs[n], names, raw)
+        if self.bad_outputs[n]:
+            return f"the model's output is not finite: {self.values[n].tolist()}"
+        return None
+
+
+def run_finite(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> Outputs:
+    """`run` (a model call) on the items of `x` whose inputs are all finite: one item's
+    absurd value costs only that item its answer."""
+    bad = nonfinite_items(x) if x.dtype.kind == "f" else np.zeros(len(x), dtype=bool)
+    if bad.all():
+        values = np.full((len(x), 1), np.nan)
+    else:
+        found = run(x if not bad.any() else x[~bad])
+        values = found if not bad.any() else np.full((len(x), *found.shape[1:]), np.nan)
+        values[~bad] = found
+    return Outputs(values, bad, nonfinite_items(values) & ~bad)
+
+
+def input_problem(inputs: np.ndarray, names: list[str], raw: dict) -> str:
+    """The first non-finite model input of one item, by its column and raw value."""
+    where = int(np.flatnonzero(~np.isfinite(inputs.reshape(-1)))[0])
+    name = names[where] if where < len(names) else f"model input {where}"
+    value = f"={raw[name]!r}" if name in raw else ""
+    return f"{name}{value} gives a non-finite model input (out of any plausible range)"
 
 
 class Serving:

@@ -251,6 +251,8 @@ class Broken:
 
 
 def _shown(value: Any) -> str:
+    if isinstance(value, np.datetime64 | datetime):
+        return pd.Timestamp(value).isoformat()
     if isinstance(value, float | np.floating):
         return f"{float(value):g}"
     return repr(value.item() if isinstance(value, np.generic) else value)
@@ -277,15 +279,17 @@ class ServingContract:
 
     def check(self, columns: Any) -> dict[int, list[Broken]]:
         """The rules each row of `columns` (column → values, one per row; a DataFrame
-        works) broke, by row position; rows that broke none are left out."""
+        works) broke, by row position, each with the first column that broke it; rows that
+        broke none are left out. Vectorised: one numpy pass per rule."""
         found: dict[int, list[Broken]] = defaultdict(list)
         for rule in self.rules:
-            for column in [rule.column] if rule.column else rule.columns:
-                values = np.asarray(columns[column])
-                for row in np.flatnonzero(_breaks(rule, values)):
-                    if not any(b.rule == rule.name for b in found[row]):  # one per rule
-                        found[int(row)].append(Broken(rule.name, column, values[row]))
-        return {row: broken for row, broken in sorted(found.items()) if broken}
+            names = [rule.column] if rule.column else list(rule.columns)
+            block = _block(columns, names)
+            broken = _breaks(rule, block)
+            for row in np.flatnonzero(broken.any(axis=1)):
+                column = int(broken[row].argmax())
+                found[int(row)].append(Broken(rule.name, names[column], block[row, column]))
+        return dict(sorted(found.items()))
 
     def check_row(self, row: Any) -> list[Broken]:
         """The rules one row (column → value) broke: plain Python, for one reading of a
@@ -306,6 +310,13 @@ def _utc(value: Any) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
+def _block(columns: Any, names: list[str]) -> np.ndarray:
+    """(rows, len(names)) values of the named columns."""
+    if isinstance(columns, pd.DataFrame):
+        return columns[names].to_numpy()
+    return np.column_stack([np.asarray(columns[name]) for name in names])
+
+
 def _missing(values: np.ndarray) -> np.ndarray:
     if values.dtype.kind in "fc":
         return np.isnan(values)
@@ -315,7 +326,7 @@ def _missing(values: np.ndarray) -> np.ndarray:
 
 
 def _breaks(rule: Rule, values: np.ndarray) -> np.ndarray:
-    """Rows of one column that break `rule` (a missing value breaks only `not_null` and
+    """Which values (rows × columns) break `rule` (a missing value breaks only `not_null` and
     `complete`, as in validation)."""
     missing = _missing(values)
     if rule.kind in ("not_null", "complete"):
@@ -329,11 +340,12 @@ def _breaks(rule: Rule, values: np.ndarray) -> np.ndarray:
     if rule.kind == "in_set":
         return present & ~np.isin(values, np.asarray(rule.values, dtype=object))
     if rule.kind == "not_blank":
-        return present & np.array([not str(v).strip() for v in values], dtype=bool)
+        blank = np.frompyfunc(lambda v: not str(v).strip(), 1, 1)(values).astype(bool)
+        return present & blank
     if rule.kind == "not_future":
         limit = pd.Timestamp.now(tz="UTC") + pd.Timedelta("1D")
-        times = pd.to_datetime(pd.Series(values), utc=True)
-        return present & (times > limit).to_numpy()
+        times = pd.to_datetime(pd.Series(values.ravel()), utc=True)
+        return present & (times > limit).to_numpy().reshape(values.shape)
     raise ValueError(f"rule {rule.name!r}: kind {rule.kind!r} is not checked at serving time")
 
 
