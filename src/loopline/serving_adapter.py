@@ -145,12 +145,14 @@ class Serving:
 
     def contract(self, columns: Iterable[str]) -> ServingContract:
         """The task's data contract (`task.rules`, validation's rule names) as it applies to
-        request rows holding `columns`: what each adapter checks its items against."""
+        request rows holding `columns`: what each adapter checks its items against (none
+        for an adapter made without params, as a unit test makes one)."""
         key = tuple(columns)
         if key not in self._contracts:
             from loopline.validate import ServingContract
 
-            self._contracts[key] = ServingContract(self.task.rules(self.params), key)
+            rules = self.task.rules(self.params) if self.params is not None else []
+            self._contracts[key] = ServingContract(rules, key)
         return self._contracts[key]
 
     def check(self, item: Any, model: LoadedModel) -> None:
