@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
@@ -58,8 +59,9 @@ class RowServing(Serving):
         if good:
             values = [self._values(items[p]) for p in good]
             # The task's own input code, as in training (a subclass may override it).
-            rows = self.task.add_features(pd.DataFrame(values), model.spec)
-            x = self.task.inputs(rows, model.spec)
+            with np.errstate(over="ignore", invalid="ignore"):  # told per item below
+                rows = self.task.add_features(pd.DataFrame(values), model.spec)
+                x = self.task.inputs(rows, model.spec)
             outputs = run_finite(lambda b: run_onnx(model.session, b), x)
             labels, names = model.spec.labels, list(model.spec.feature_columns)
             for n, position in enumerate(good):

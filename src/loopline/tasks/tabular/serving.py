@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -79,7 +80,8 @@ class TabularServing(Serving):
                 good.append(position)
         if good:
             frame = pd.DataFrame(rows, columns=spec.feature_columns)
-            x = self.task.inputs(frame, spec)
+            with np.errstate(over="ignore", invalid="ignore"):  # told per item below
+                x = self.task.inputs(frame, spec)
             outputs = run_finite(lambda b: run_onnx(model.session, b), x)
             novel = unseen(frame, spec.options.vocabulary)
             numeric = list(spec.options.numeric)  # the first inputs, in this order
