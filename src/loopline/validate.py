@@ -314,6 +314,8 @@ def _block(columns: Any, names: list[str]) -> np.ndarray:
     """(rows, len(names)) values of the named columns."""
     if isinstance(columns, pd.DataFrame):
         return columns[names].to_numpy()
+    if len(names) == 1:
+        return np.asarray(columns[names[0]])[:, None]
     return np.column_stack([np.asarray(columns[name]) for name in names])
 
 
@@ -338,12 +340,18 @@ def _breaks(rule: Rule, values: np.ndarray) -> np.ndarray:
         numbers = values.astype(np.float64)
         return present & ~((numbers >= low) & (numbers <= high))
     if rule.kind == "in_set":
-        return present & ~np.isin(values, np.asarray(rule.values, dtype=object))
+        if values.dtype.kind == "O":  # texts: a set lookup each beats numpy's object isin
+            allowed = set(rule.values)
+            inside = np.fromiter((v in allowed for v in values.ravel()), bool, values.size)
+            return present & ~inside.reshape(values.shape)
+        return present & ~np.isin(values, np.asarray(rule.values))
     if rule.kind == "not_blank":
         blank = np.frompyfunc(lambda v: not str(v).strip(), 1, 1)(values).astype(bool)
         return present & blank
     if rule.kind == "not_future":
-        limit = pd.Timestamp.now(tz="UTC") + pd.Timedelta("1D")
+        limit = datetime.now(UTC) + timedelta(days=1)
+        if values.dtype.kind == "M":  # naive UTC, as the service's columns hold times
+            return present & (values > np.datetime64(limit.replace(tzinfo=None), "ns"))
         times = pd.to_datetime(pd.Series(values.ravel()), utc=True)
         return present & (times > limit).to_numpy().reshape(values.shape)
     raise ValueError(f"rule {rule.name!r}: kind {rule.kind!r} is not checked at serving time")
