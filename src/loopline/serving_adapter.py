@@ -109,11 +109,13 @@ def run_finite(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> Output
     """`run` (a model call) on the items of `x` whose inputs are all finite: one item's
     absurd value costs only that item its answer."""
     bad = nonfinite_items(x) if x.dtype.kind == "f" else np.zeros(len(x), dtype=bool)
-    if bad.all():
+    if not bad.any():
+        values = run(x)
+    elif bad.all():
         values = np.full((len(x), 1), np.nan)
     else:
-        found = run(x if not bad.any() else x[~bad])
-        values = found if not bad.any() else np.full((len(x), *found.shape[1:]), np.nan)
+        found = run(x[~bad])
+        values = np.full((len(x), *found.shape[1:]), np.nan)
         values[~bad] = found
     return Outputs(values, bad, nonfinite_items(values) & ~bad)
 
