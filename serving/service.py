@@ -311,14 +311,6 @@ class _Refusal:
         self.message = message
 
 
-def _reply(kind: type[BaseModel], answer: Answer) -> BaseModel | _Refusal:
-    """One answer as the API's type; an error answer its type cannot carry refuses its
-    request rather than being sent as an empty answer."""
-    if answer.error and "error" not in kind.model_fields:
-        return _Refusal(str(answer.response.get("error", "the item cannot be answered")))
-    return kind.model_construct(**answer.response)
-
-
 def _answers_spec(kind: type[BaseModel]) -> type[bentoml.IODescriptor]:
     """The output of `/predict` and `/explain`: a list of `kind`; a request one of whose
     items was refused (`_Refusal`) gets a 400 `{"error": ...}` naming it instead, while the
@@ -344,3 +336,11 @@ def _answers_spec(kind: type[BaseModel]) -> type[bentoml.IODescriptor]:
 
 
 Loopline = service_for(boot_params())
+
+
+def _reply(kind: type[BaseModel], answer: Answer) -> BaseModel | _Refusal:
+    """One answer as the API's type; an error answer its type cannot carry refuses its
+    request rather than being sent as an empty answer."""
+    if answer.error and "error" not in kind.model_fields:
+        return _Refusal(str(answer.response.get("error", "the item cannot be answered")))
+    return kind.model_construct(**answer.response)
