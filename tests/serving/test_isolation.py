@@ -77,7 +77,9 @@ def test_a_bad_window_in_a_request_refuses_that_request_only_naming_each_rule(cl
 def test_a_stream_chunk_with_one_bad_reading_forecasts_everything_else(client):
     rows = raw_readings("2021-02-01", REQUIRED + 6)
     rows[REQUIRED + 2] = dict(rows[REQUIRED + 2], power_w=-1e12)
+    before = refused_count("power_w_in_range")
     answers = lines_of(post_stream(client, [json.dumps(r) for r in rows]))
+    assert refused_count("power_w_in_range") == before + 1
     forecasts = [a["line"] for a in answers if "forecast" in a]
     errors = {a["line"]: a["error"] for a in answers if "error" in a}
     bad_line = REQUIRED + 3
