@@ -71,6 +71,7 @@ def test_a_bad_window_in_a_request_refuses_that_request_only_naming_each_rule(cl
     error = response.json()["error"]
     assert "readings[3].dni=5000 breaks dni_in_range" in error
     assert "readings[3].power_w=-1e+12 breaks power_w_in_range" in error
+    assert error.endswith("(and 1 more reading)")  # readings[9]: the first one is named
     assert client.post("/predict", json={"windows": [window()]}).status_code == 200
 
 

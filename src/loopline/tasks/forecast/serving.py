@@ -12,7 +12,7 @@ entity column (`site_id` for solar); a single series has none.
 from __future__ import annotations
 
 import itertools
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -379,16 +379,21 @@ class ForecastServing(Serving):
         if self.entity:
             rows[self.entity] = np.repeat([w.key for w in windows], lengths)
         starts = np.cumsum([0, *lengths])
-        found: dict[int, tuple[int, list, set[str]]] = {}
+        first: dict[int, tuple[int, list]] = {}  # window → its first bad reading
+        bad_readings: dict[int, int] = defaultdict(int)
+        rules: dict[int, set[str]] = defaultdict(set)
         for row, broken in contract.check(rows).items():
             n = int(np.searchsorted(starts, row, side="right")) - 1
-            found.setdefault(n, (row - int(starts[n]), broken, set()))[2].update(
-                b.rule for b in broken
-            )
+            first.setdefault(n, (row - int(starts[n]), broken))
+            bad_readings[n] += 1
+            rules[n].update(b.rule for b in broken)
         out = {}
-        for n, (first, broken, rules) in found.items():
-            answer = refusal(broken, f"readings[{first}]", self.series(windows[n].key))
-            answer.refused = tuple(sorted(rules))
+        for n, (reading, broken) in first.items():
+            answer = refusal(broken, f"readings[{reading}]", self.series(windows[n].key))
+            more = bad_readings[n] - 1
+            if more:
+                answer.response["error"] += f" (and {more} more reading{'s' * (more > 1)})"
+            answer.refused = tuple(sorted(rules[n]))
             out[positions[n]] = answer
         return out
 
