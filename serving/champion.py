@@ -40,7 +40,7 @@ from loopline.online import (
 )
 from loopline.paths import ProjectPaths, find_project_root
 from loopline.predlog import PredictionLog, PredictionRecord
-from loopline.serving_adapter import Answer, Serving
+from loopline.serving_adapter import Answer, Refused, Serving
 
 log = logging.getLogger("loopline.serving")
 
@@ -84,6 +84,11 @@ def service_metrics() -> dict[str, Any]:
             poll_errors=Counter("loopline_registry_poll_errors", "Failed alias polls"),
             predictions=Counter("loopline_predictions", "Predictions served", ["api", "version"]),
             stream_errors=Counter("loopline_stream_errors", "Rejected stream lines", ["kind"]),
+            refused=Counter(
+                "loopline_refused_inputs",
+                "Items refused by the data contract, per rule broken (validation's names)",
+                ["rule"],
+            ),
             batch_size=Histogram(
                 "loopline_batch_size",
                 "Items per model call",
@@ -334,10 +339,15 @@ class ChampionService:
         call: Callable[[LoadedModel, list[Any]], list[Answer]],
     ) -> list[Answer]:
         """Run the adapter's `call` (predict, explain) on a batch; log and count what it
-        answered (error answers are not predictions)."""
+        answered (error answers are not predictions), and count each item refused by the
+        data contract per rule. Items already `Refused` (by a stream's state) are answered
+        here, in place, without the adapter."""
         started = time.perf_counter()
-        answers = call(model, items)
+        answers = _answer_refused(items, call, model)
         seconds = time.perf_counter() - started
+        refused = self.metrics["refused"]
+        for rule in (rule for a in answers for rule in a.refused):
+            refused.labels(rule).inc()
         answered = [a for a in answers if not a.error]
         if answered:
             per_item = seconds * 1000 / len(answered)
@@ -361,6 +371,15 @@ class ChampionService:
             self.metrics["latency"].labels(api).observe(seconds)
             self.metrics["log_dropped"].set(self.predictions.dropped)
         return answers
+
+
+def _answer_refused(items: list[Any], call, model: LoadedModel) -> list[Answer]:
+    """`call`'s answers for the items, with `Refused` ones answered by their own error."""
+    if not any(isinstance(item, Refused) for item in items):
+        return call(model, items)
+    asked = [item for item in items if not isinstance(item, Refused)]
+    answered = iter(call(model, asked) if asked else [])
+    return [item.answer if isinstance(item, Refused) else next(answered) for item in items]
 
 
 async def ndjson_batches(request, max_line_bytes: int):
