@@ -459,8 +459,8 @@ def corrupt_champion(root: Path, base: Path, body: bytes, config) -> Row:
 
 async def hold_streams(url: str, count: int, hold_s: float) -> dict[str, Any]:
     """Open `count` /stream requests that each send half a line and wait; then close all at
-    once. Returns how many were accepted (no answer yet), refused (an HTTP status), failed
-    to connect."""
+    once. Returns how many were held open (no answer yet, or a 200 stream started),
+    refused (503, 408, 413, 429), answered otherwise, failed to connect."""
     host, port = url.removeprefix("http://").split(":")
     head = (
         f"POST /stream HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/x-ndjson\r\n"
@@ -494,6 +494,8 @@ async def hold_streams(url: str, count: int, hold_s: float) -> dict[str, Any]:
         code = int(status[0]) if status and status[0].isdigit() else 0
         if code in (503, 408, 413, 429):
             outcome["refused"] += 1
+        elif code == 200:  # the answer started (a duplex stream answers as lines come)
+            outcome["open"] += 1
         else:
             outcome[f"status_{code}"] = outcome.get(f"status_{code}", 0) + 1
 
