@@ -509,6 +509,7 @@ def idle_streams(root: Path, base: Path, body: bytes, config) -> Row:
     import httpx
 
     row = Row(f"{config['streams']:,} idle streams")
+    before = logged_rows(root)
     service = Service(root, base / "streams.log")
     try:
         service.wait_ready()
@@ -523,6 +524,7 @@ def idle_streams(root: Path, base: Path, body: bytes, config) -> Row:
         row.notes.append(f"server log {len(log) // 1024} KB, {log.count('Traceback')} tracebacks")
         alive = httpx.get(f"{service.url}/livez", timeout=10).status_code
         row.notes.append(f"/livez after: {alive}")
+        row.logged = settle_log(root, before + row.answered) - before
     finally:
         service.stop()
     return row
