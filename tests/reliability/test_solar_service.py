@@ -87,7 +87,6 @@ def test_multipart_without_a_boundary_is_400(client):
 # ------------------------------------------------------------------ isolation, data contract
 
 
-@pytest.mark.xfail(strict=False, reason="issue 15 (1): one poisoned window fails its batch")
 def test_a_poisoned_request_among_concurrent_valid_ones_fails_alone(client):
     poisoned = {"windows": [window(power_w=1e300, ghi=1e300)]}
     valid = {"windows": [window(start="2021-02-03")]}
@@ -102,7 +101,6 @@ def test_a_poisoned_request_among_concurrent_valid_ones_fails_alone(client):
         assert answer.get("error") is None and len(answer["forecast"]) == 24
 
 
-@pytest.mark.xfail(strict=False, reason="issue 15 (1): data contract not applied at serving")
 @pytest.mark.parametrize(("field", "value"), [("ghi", -1e6), ("power_w", -1e12)])
 def test_physically_impossible_readings_are_refused_naming_the_rule(client, field, value):
     response = client.post("/predict", json={"windows": [window(**{field: value})]})
@@ -246,7 +244,6 @@ def refused_champion(served_project):
     return served_project, uri
 
 
-@pytest.mark.xfail(strict=False, reason="issue 15 (4): a refused champion means no service")
 def test_a_service_started_on_a_refused_champion_serves_the_last_good_one(refused_champion):
     from starlette.testclient import TestClient
 
@@ -259,7 +256,6 @@ def test_a_service_started_on_a_refused_champion_serves_the_last_good_one(refuse
         assert answer.status_code == 200 and answer.json()[0]["model_version"] == "2"
 
 
-@pytest.mark.xfail(strict=False, reason="issue 15 (4): refused versions are not marked/skipped")
 def test_promote_and_rollback_refuse_a_version_a_service_refused(refused_champion):
     from starlette.testclient import TestClient
 
@@ -283,7 +279,6 @@ def test_promote_and_rollback_refuse_a_version_a_service_refused(refused_champio
         registry.move_champion(uri, "solar", "3", reason="try again")
 
 
-@pytest.mark.xfail(strict=False, reason="issue 15 (4): a no-op promote is recorded as a move")
 def test_promoting_the_champion_records_nothing(served_project):
     from typer.testing import CliRunner
 
