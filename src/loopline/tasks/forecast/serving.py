@@ -23,6 +23,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from loopline.features import FeatureSpec, normalize
+from loopline.tasks.forecast.arrays import normalized, stack_windows
 from loopline.serving_adapter import Answer, BadInput, Serving, StreamState, items_from_rows
 
 if TYPE_CHECKING:
@@ -137,7 +138,17 @@ class Forecast:
 
 
 def window_inputs(task, spec: FeatureSpec, windows: list[Window], window: int) -> np.ndarray:
-    """Model inputs (N, window, features) for raw windows, in one feature pass.
+    """Model inputs (N, window, features) for raw windows, in one feature pass: on column
+    arrays (`task.window_features`) when the windows are complete and consecutive, as
+    `/predict` checks and a stream keeps them, else through the offline `add_features`."""
+    batch = stack_windows(windows, spec.time_column, spec.freq)
+    if batch is not None and window == spec.window and batch.times.shape[1] >= required_readings(spec):
+        return normalized(task.window_features(batch, spec), spec)
+    return frame_inputs(task, spec, windows, window)
+
+
+def frame_inputs(task, spec: FeatureSpec, windows: list[Window], window: int) -> np.ndarray:
+    """Model inputs for raw windows through the offline `add_features` (a DataFrame).
 
     Each window becomes its own group (`<key>#<i>`), so lags never reach into another
     window, and the task's `add_features` runs once for the batch (`task.batch_spec` says
