@@ -37,7 +37,9 @@ class WindowBatch:
 
     def last(self, n: int) -> WindowBatch:
         """The last `n` readings of every window."""
-        return WindowBatch(self.keys, self.times[:, -n:], {c: v[:, -n:] for c, v in self.values.items()})
+        return WindowBatch(
+            self.keys, self.times[:, -n:], {c: v[:, -n:] for c, v in self.values.items()}
+        )
 
     def lagged(self, column: str, k: int, n: int) -> np.ndarray:
         """`column` k readings before each of the last `n` readings (needs R >= n + k)."""
@@ -85,13 +87,27 @@ def day_of_year(ns: np.ndarray) -> np.ndarray:
     return days - year_start.astype(np.int64) + 1
 
 
+_ISO: dict[int, str] = {}  # ISO text per instant: forecasts of many windows share hours
+_ISO_LIMIT = 200_000
+
+
 def iso_utc(ns: np.ndarray) -> list[str]:
     """UTC nanoseconds as the ISO strings `pd.Timestamp(...).isoformat()` writes."""
-    ns = np.asarray(ns, dtype=np.int64)
+    flat = np.asarray(ns, dtype=np.int64).ravel().tolist()
+    known = _ISO
+    missing = [v for v in dict.fromkeys(flat) if v not in known]
+    if missing:
+        if len(known) > _ISO_LIMIT:
+            known.clear()
+        known.update(zip(missing, _iso_texts(np.array(missing, dtype=np.int64)), strict=True))
+    return [known[v] for v in flat]
+
+
+def _iso_texts(ns: np.ndarray) -> list[str]:
     if (ns % NS_PER_S == 0).all():  # whole seconds: numpy formats them all at once
-        text = np.datetime_as_string(ns.astype("datetime64[s]"), unit="s")
-        return [t + "+00:00" for t in text.ravel().tolist()]
-    return [pd.Timestamp(int(v), tz="UTC").isoformat() for v in ns.ravel().tolist()]
+        text = np.datetime_as_string((ns // NS_PER_S).astype("datetime64[s]"), unit="s")
+        return [t + "+00:00" for t in text.tolist()]
+    return [pd.Timestamp(v, tz="UTC").isoformat() for v in ns.tolist()]
 
 
 # ----------------------------------------------------------------------------- model inputs

@@ -23,8 +23,8 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from loopline.features import FeatureSpec, normalize
-from loopline.tasks.forecast.arrays import normalized, stack_windows
 from loopline.serving_adapter import Answer, BadInput, Serving, StreamState, items_from_rows
+from loopline.tasks.forecast.arrays import iso_utc, normalized, stack_windows
 
 if TYPE_CHECKING:
     from loopline.online import LoadedModel
@@ -122,18 +122,26 @@ def plain_value(value: Any) -> Any:
 class Forecast:
     key: str
     origin: pd.Timestamp
-    times: list[pd.Timestamp]
+    timestamps: list[str]  # ISO, UTC: one per step ahead
     values: np.ndarray
     version: str
 
-    def to_dict(self, entity: str | None) -> dict[str, Any]:
+    @property
+    def times(self) -> list[pd.Timestamp]:
+        return [pd.Timestamp(t) for t in self.timestamps]
+
+    def rounded(self) -> list[float]:
+        """The values to 1 mW (Python's `round`, as answers and the log always had)."""
+        return [round(v, 3) for v in self.values.tolist()]
+
+    def to_dict(self, entity: str | None, rounded: list[float] | None = None) -> dict[str, Any]:
         named = {entity: self.key} if entity else {}
         return {
             **named,
             "origin": self.origin.isoformat(),
             "model_version": self.version,
-            "timestamps": [t.isoformat() for t in self.times],
-            "forecast": [round(float(v), 3) for v in self.values],
+            "timestamps": self.timestamps,
+            "forecast": self.rounded() if rounded is None else rounded,
         }
 
 
@@ -142,7 +150,11 @@ def window_inputs(task, spec: FeatureSpec, windows: list[Window], window: int) -
     arrays (`task.window_features`) when the windows are complete and consecutive, as
     `/predict` checks and a stream keeps them, else through the offline `add_features`."""
     batch = stack_windows(windows, spec.time_column, spec.freq)
-    if batch is not None and window == spec.window and batch.times.shape[1] >= required_readings(spec):
+    if (
+        batch is not None
+        and window == spec.window
+        and batch.times.shape[1] >= required_readings(spec)
+    ):
         return normalized(task.window_features(batch, spec), spec)
     return frame_inputs(task, spec, windows, window)
 
@@ -179,20 +191,38 @@ def forecast_windows(task, model: LoadedModel, windows: list[Window]) -> list[Fo
     required = required_readings(spec)
     if any(len(w) < required for w in windows):
         raise ValueError(f"v{model.version} needs {required} consecutive readings per window")
-    windows = [w.tail(required) for w in windows]
+    windows = [w if len(w) == required else w.tail(required) for w in windows]
     x = window_inputs(task, spec, windows, spec.window)
     finite = np.isfinite(x).all(axis=(1, 2))
     if not finite.all():
         bad = sorted({w.key for w, ok in zip(windows, finite, strict=True) if not ok})
         raise ValueError(f"windows of {bad} give non-finite features (missing or bad values)")
     values = run_onnx(model.session, x)
-    step = pd.Timedelta(spec.freq)
-    out = []
-    for item, row in zip(windows, values, strict=True):
-        origin = pd.Timestamp(item.rows[spec.time_column][-1]).tz_localize("UTC")
-        times = [origin + step * h for h in range(1, spec.horizon + 1)]
-        out.append(Forecast(item.key, origin, times, row, model.version))
-    return out
+    return forecasts_of(windows, values, spec, model.version)
+
+
+def forecasts_of(
+    windows: list[Window], values: np.ndarray, spec: FeatureSpec, version: str
+) -> list[Forecast]:
+    """One `Forecast` per window: its steps' times from the origin, as ISO text made for the
+    whole batch at once (a pandas Timestamp per step cost more than the model call)."""
+    step = pd.Timedelta(spec.freq).value
+    origins = np.array(
+        [w.rows[spec.time_column][-1] for w in windows], dtype="datetime64[ns]"
+    ).view(np.int64)
+    ahead = origins[:, None] + step * np.arange(1, spec.horizon + 1, dtype=np.int64)
+    texts = iso_utc(ahead)
+    horizon = spec.horizon
+    return [
+        Forecast(
+            item.key,
+            pd.Timestamp(int(origin), tz="UTC"),
+            texts[n * horizon : (n + 1) * horizon],
+            row,
+            version,
+        )
+        for n, (item, origin, row) in enumerate(zip(windows, origins.tolist(), values, strict=True))
+    ]
 
 
 def window_problem(times: list[datetime], freq: str, required: int) -> str | None:
@@ -317,19 +347,24 @@ class ForecastServing(Serving):
         except ValueError as error:  # the batch's features: say which series
             raise BadInput(str(error)) from None
         return [
-            Answer(
-                response=forecast.to_dict(self.entity),
-                key=window.key,
-                origin=forecast.origin.to_pydatetime(),
-                inputs={
-                    "readings": len(window),
-                    "first": plain_value(window.rows[model.spec.time_column][0]),
-                    "last": window.last(),
-                },
-                output=[round(float(v), 3) for v in forecast.values],
-            )
+            self.answer_of(window, forecast, model.spec)
             for window, forecast in zip(windows, forecasts, strict=True)
         ]
+
+    def answer_of(self, window: Window, forecast: Forecast, spec: FeatureSpec) -> Answer:
+        """One window's answer and the prediction log's record of it."""
+        rounded = forecast.rounded()
+        return Answer(
+            response=forecast.to_dict(self.entity, rounded),
+            key=window.key,
+            origin=forecast.origin.to_pydatetime(),
+            inputs={
+                "readings": len(window),
+                "first": plain_value(window.rows[spec.time_column][0]),
+                "last": window.last(),
+            },
+            output=rounded,
+        )
 
     def describe(self, model: LoadedModel) -> dict[str, Any]:
         spec = model.spec

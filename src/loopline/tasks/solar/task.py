@@ -153,8 +153,7 @@ class ClearSkyTable:
         if found is None:
             self._add(flat)
             found = self._find(flat)
-        times, values = self.table
-        return values[found].reshape(np.shape(ns))
+        return self.table[1][found].reshape(np.shape(ns))
 
     def _find(self, flat: np.ndarray) -> np.ndarray | None:
         times, _ = self.table
@@ -166,11 +165,16 @@ class ClearSkyTable:
     def _add(self, flat: np.ndarray) -> None:
         months = flat.astype("datetime64[ns]").astype("datetime64[M]").astype("datetime64[ns]")
         month_ns = months.astype(np.int64)
-        phases = (flat - month_ns) % self.step
+        step = self.step
+        phases = (flat - month_ns) % step
         times, values = [self.table[0]], [self.table[1]]
         for month, phase in np.unique(np.stack([month_ns, phases], axis=1), axis=0):
-            block = _clearsky_month(self.site_key, self.system_key, int(month), int(phase), self.step)
-            times.append(int(month) + int(phase) + self.step * np.arange(len(block), dtype=np.int64))
+            block = _clearsky_month(
+                self.site_key, self.system_key, int(month), int(phase), self.step
+            )
+            times.append(
+                int(month) + int(phase) + self.step * np.arange(len(block), dtype=np.int64)
+            )
             values.append(block)
         all_times, first = np.unique(np.concatenate(times), return_index=True)
         self.table = (all_times, np.concatenate(values)[first])
