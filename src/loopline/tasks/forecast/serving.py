@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from loopline.features import FeatureSpec, normalize
 from loopline.serving_adapter import Answer, BadInput, Serving, StreamState, items_from_rows
@@ -46,6 +46,29 @@ class ForecastTypes:
     StreamLine: type[BaseModel]
     Window: type[BaseModel]
     Response: type[BaseModel]
+    ColumnWindow: type[BaseModel] | None = None
+
+
+def columns_model(name: str, time: str, numbers: list[str]) -> type[BaseModel]:
+    """A window's readings as columns: one list per field, all of one length (the columnar
+    form of a `/predict` item: ~10x less to parse than a reading object per row)."""
+    fields = {
+        time: (list[datetime], Field(min_length=1, description="Oldest first; UTC if no zone"))
+    }
+    fields |= {c: (list[Finite], Field(min_length=1)) for c in numbers}
+
+    def same_length(self):
+        lengths = {c: len(getattr(self, c)) for c in type(self).model_fields}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"every column needs one value per reading, got lengths {lengths}")
+        return self
+
+    return create_model(
+        name,
+        __config__=ConfigDict(extra="forbid"),
+        __validators__={"same_length": model_validator(mode="after")(same_length)},
+        **fields,
+    )
 
 
 def types_for(
@@ -69,6 +92,13 @@ def types_for(
         **key,
         readings=(list[reading], Field(min_length=1, description="Oldest first")),
     )
+    columns = columns_model(f"{title}Columns", time, [*covariates, target])
+    column_window = create_model(
+        f"{title}ColumnWindow",
+        __config__=strict,
+        **key,
+        columns=(columns, Field(description="The window's readings, one list per field")),
+    )
     response = create_model(
         f"{title}Forecast",
         **{entity: (str, ...)} if entity else {},
@@ -77,7 +107,7 @@ def types_for(
         timestamps=(list[IsoTime], ...),
         forecast=(list[float], Field(description=f"{target}, one per timestamp")),
     )
-    return ForecastTypes(reading, line, window, response)
+    return ForecastTypes(reading, line, window, response, column_window)
 
 
 # ----------------------------------------------------------------------------- options
@@ -322,10 +352,28 @@ class ForecastServing(Serving):
         missing = self.missing_columns(model.spec)
         if missing:
             raise BadInput(f"the served model reads column(s) {missing}, which readings lack")
-        times = [utc(getattr(r, self.time_field)) for r in item.readings]
-        problem = window_problem(times, model.spec.freq, required_readings(model.spec))
+        problem = window_problem(
+            self.times_of(item), model.spec.freq, required_readings(model.spec)
+        )
         if problem:
-            raise BadInput(f"readings: {problem}")
+            raise BadInput(f"{'columns' if is_columnar(item) else 'readings'}: {problem}")
+
+    def times_of(self, item: BaseModel) -> list[datetime]:
+        """The UTC times of a window's readings, either form."""
+        if is_columnar(item):
+            return [utc(t) for t in getattr(item.columns, self.time_field)]
+        return [utc(getattr(r, self.time_field)) for r in item.readings]
+
+    def window_of(self, item: BaseModel | Window) -> Window:
+        """A `/predict` item (readings or columns) as numpy columns."""
+        if isinstance(item, Window):
+            return item
+        schema = self.task.schema
+        if is_columnar(item):
+            return Window(self.key_of(item), typed_columns(item.columns.__dict__, schema))
+        return Window(
+            self.key_of(item), readings_columns([r.__dict__ for r in item.readings], schema)
+        )
 
     def missing_columns(self, spec: FeatureSpec) -> list[str]:
         """Raw columns the served model reads that a reading of this service lacks."""
@@ -333,15 +381,7 @@ class ForecastServing(Serving):
         return [c for c in self.task.model_columns(spec) if c not in fields]
 
     def predict(self, model: LoadedModel, items: list[BaseModel | Window]) -> list[Answer]:
-        schema = self.task.schema
-        windows = [
-            item
-            if isinstance(item, Window)
-            else Window(
-                self.key_of(item), readings_columns([r.__dict__ for r in item.readings], schema)
-            )
-            for item in items
-        ]
+        windows = [self.window_of(item) for item in items]
         try:
             forecasts = forecast_windows(self.task, model, windows)
         except ValueError as error:  # the batch's features: say which series
@@ -416,6 +456,11 @@ class ForecastServing(Serving):
         return items_from_rows(self.StreamLine, rows.sort_values(self.time_field))
 
 
+def is_columnar(item: Any) -> bool:
+    """Whether a `/predict` item is the columnar form (`columns`, not `readings`)."""
+    return "columns" in type(item).model_fields if isinstance(item, BaseModel) else False
+
+
 def serving_for(types: ForecastTypes, entity: str | None, time: str) -> type[ForecastServing]:
     """The serving adapter of one forecast configuration."""
     return type(
@@ -423,6 +468,7 @@ def serving_for(types: ForecastTypes, entity: str | None, time: str) -> type[For
         (ForecastServing,),
         {
             "Request": types.Window,
+            "ColumnarRequest": types.ColumnWindow,
             "Reading": types.Reading,
             "Response": types.Response,
             "StreamLine": types.StreamLine,
