@@ -11,8 +11,8 @@ entity column (`site_id` for solar); a single series has none.
 
 from __future__ import annotations
 
+import calendar
 import itertools
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -478,67 +478,116 @@ def serving_for(types: ForecastTypes, entity: str | None, time: str) -> type[For
     )
 
 
+class SeriesBuffer:
+    """The latest readings of one series as arrays: epoch nanoseconds and one row of
+    numbers per reading, appended in place (a frame or a dict per reading cost more than
+    the forecast). Twice the window's room, moved back to the front when full."""
+
+    def __init__(self, required: int, width: int):
+        self.required = required
+        self.times = np.empty(2 * required, dtype=np.int64)
+        self.values = np.empty((2 * required, width))
+        self.size = 0  # readings held, at most `required`
+        self.end = 0  # one past the newest
+
+    def clear(self) -> None:
+        self.size = self.end = 0
+
+    def append(self, ns: int, row: list[float]) -> None:
+        if self.end == len(self.times):  # full: keep the newest required - 1 at the front
+            keep = self.required - 1
+            self.times[:keep] = self.times[self.end - keep : self.end]
+            self.values[:keep] = self.values[self.end - keep : self.end]
+            self.end = keep
+        self.times[self.end] = ns
+        self.values[self.end] = row
+        self.end += 1
+        self.size = min(self.size + 1, self.required)
+
+    def resized(self, required: int) -> SeriesBuffer:
+        """The same newest readings (as many as fit) in a buffer for `required`."""
+        out = SeriesBuffer(required, self.values.shape[1])
+        keep = min(self.size, required)
+        out.times[:keep] = self.times[self.end - keep : self.end]
+        out.values[:keep] = self.values[self.end - keep : self.end]
+        out.size = out.end = keep
+        return out
+
+    def window(self) -> tuple[np.ndarray, np.ndarray]:
+        """Copies of the newest `required` readings (later appends may move the buffer)."""
+        start = self.end - self.required
+        return self.times[start : self.end].copy(), self.values[start : self.end].copy()
+
+
+def epoch_ns(value: datetime) -> int:
+    """A datetime (naive: UTC) as integer UTC nanoseconds since the epoch, exactly."""
+    value = utc(value)
+    return calendar.timegm(value.utctimetuple()) * 1_000_000_000 + value.microsecond * 1000
+
+
 class StreamWindows(StreamState):
     """Per-series window state of one stream: readings in, complete windows out, per series
     in order. A reading of an unknown series, duplicated or out of order gets an error and
     is not kept; a gap restarts that series' window (with a notice), because a window must
-    be consecutive readings."""
+    be consecutive readings. State is arrays per series (`SeriesBuffer`)."""
 
     def __init__(self, serving: ForecastServing, model: LoadedModel):
         super().__init__(serving, model)
-        self.schema = serving.task.schema
-        self.buffers: dict[str, deque[dict[str, Any]]] = {}
-        self.last: dict[str, pd.Timestamp] = {}
+        schema = serving.task.schema
+        self.time_column = serving.time_field
+        self.numbers = [c for c, kind in schema.items() if kind == "float"]
+        self.buffers: dict[str, SeriesBuffer] = {}
+        self.last: dict[str, int] = {}
         self._sizes(model)
 
     def _sizes(self, model: LoadedModel) -> None:
         self.spec, self.required = model.spec, required_readings(model.spec)
-        self.step = pd.Timedelta(model.spec.freq)
+        self.step = pd.Timedelta(model.spec.freq).value
+        self.known = self.serving.known_keys(model.spec)
 
     def follow(self, model: LoadedModel) -> None:
         """Keep the readings, change the window length."""
         super().follow(model)
         self._sizes(model)
         for key, buffer in self.buffers.items():
-            self.buffers[key] = deque(buffer, maxlen=self.required)
+            self.buffers[key] = buffer.resized(self.required)
 
     def push(self, line: int, item: BaseModel):
         serving: ForecastServing = self.serving
         key = serving.key_of(item)
         named = {serving.entity: key} if serving.entity else {}
-        problem = serving.unknown(key, self.model)
-        if problem:
-            return [], [{"error": problem, **named}]
-        reading = item.model_dump()
-        time_column = serving.time_field
-        reading[time_column] = utc(reading[time_column])
-        time = pd.Timestamp(reading[time_column])
+        if self.known is not None and key not in self.known:
+            return [], [{"error": serving.unknown(key, self.model), **named}]
+        ns = epoch_ns(getattr(item, self.time_column))
         last = self.last.get(key)
-        if last is not None and time == last:
-            message = f"duplicate reading for {key!r} at {time.isoformat()}"
-            return [], [{"error": message, **named}]
-        if last is not None and time < last:
-            message = (
-                f"out of order: {key!r} reading at {time.isoformat()} is before the "
-                f"last one at {last.isoformat()}"
-            )
-            return [], [{"error": message, **named}]
-        buffer = self.buffers.setdefault(key, deque(maxlen=self.required))
+        if last is not None and ns <= last:
+            return [], [{"error": self._disorder(key, ns, last), **named}]
+        buffer = self.buffers.get(key)
+        if buffer is None:
+            buffer = self.buffers[key] = SeriesBuffer(self.required, len(self.numbers))
         events = []
-        if last is not None and time - last != self.step:
+        if last is not None and ns - last != self.step:
             notice = (
-                f"gap of {time - last} before {time.isoformat()}: the window restarts and "
+                f"gap of {pd.Timedelta(ns - last)} before {iso(ns)}: the window restarts and "
                 f"needs {self.required} consecutive readings"
             )
             events.append({**named, "notice": notice})
             buffer.clear()
-        buffer.append(reading)
-        self.last[key] = time
-        if len(buffer) < self.required:
+        buffer.append(ns, [getattr(item, c) for c in self.numbers])
+        self.last[key] = ns
+        if buffer.size < self.required:
             return [], events
-        columns = {
-            column: [r[column] for r in buffer]
-            for column in self.schema
-            if column != serving.entity
-        }
-        return [(line, Window(key, typed_columns(columns, self.schema)))], events
+        times, values = buffer.window()
+        rows = {self.time_column: times.view("datetime64[ns]")}
+        rows |= {c: values[:, n] for n, c in enumerate(self.numbers)}
+        return [(line, Window(key, rows))], events
+
+    @staticmethod
+    def _disorder(key: str, ns: int, last: int) -> str:
+        if ns == last:
+            return f"duplicate reading for {key!r} at {iso(ns)}"
+        return f"out of order: {key!r} reading at {iso(ns)} is before the last one at {iso(last)}"
+
+
+def iso(ns: int) -> str:
+    return pd.Timestamp(ns, tz="UTC").isoformat()
