@@ -11,11 +11,10 @@ entity column (`site_id` for solar); a single series has none.
 
 from __future__ import annotations
 
-import calendar
 import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import numpy as np
@@ -295,11 +294,16 @@ def typed_columns(
     return typed
 
 
+_EPOCH, _EPOCH_NAIVE = datetime(1970, 1, 1, tzinfo=UTC), datetime(1970, 1, 1)
+_MICROSECOND = timedelta(microseconds=1)
+
+
 def utc_datetime64(values: list[Any]) -> np.ndarray:
     """Datetimes (aware: converted; naive: taken as UTC) or ISO strings → datetime64[ns]."""
     if values and all(isinstance(v, datetime) for v in values):
-        naive = [v.astimezone(UTC).replace(tzinfo=None) if v.tzinfo else v for v in values]
-        return np.array(naive, dtype="datetime64[ns]")
+        # Exact integer microseconds since the epoch: no timezone conversion per value.
+        micros = [(v - (_EPOCH if v.tzinfo else _EPOCH_NAIVE)) // _MICROSECOND for v in values]
+        return (np.array(micros, dtype=np.int64) * 1000).view("datetime64[ns]")
     return pd.to_datetime(values, utc=True).tz_convert(None).to_numpy(dtype="datetime64[ns]")
 
 
@@ -521,8 +525,7 @@ class SeriesBuffer:
 
 def epoch_ns(value: datetime) -> int:
     """A datetime (naive: UTC) as integer UTC nanoseconds since the epoch, exactly."""
-    value = utc(value)
-    return calendar.timegm(value.utctimetuple()) * 1_000_000_000 + value.microsecond * 1000
+    return (value - (_EPOCH if value.tzinfo else _EPOCH_NAIVE)) // _MICROSECOND * 1000
 
 
 class StreamWindows(StreamState):
