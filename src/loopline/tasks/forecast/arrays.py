@@ -103,6 +103,12 @@ def iso_utc(ns: np.ndarray) -> list[str]:
     return [known[v] for v in flat]
 
 
+def iso_instant(ns: int) -> str:
+    """One instant (UTC nanoseconds) as `iso_utc` writes it."""
+    text = _ISO.get(ns)
+    return text if text is not None else iso_utc(np.array([ns], dtype=np.int64))[0]
+
+
 def _iso_texts(ns: np.ndarray) -> list[str]:
     if (ns % NS_PER_S == 0).all():  # whole seconds: numpy formats them all at once
         text = np.datetime_as_string((ns // NS_PER_S).astype("datetime64[s]"), unit="s")

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from loopline.features import FeatureSpec, normalize
 from loopline.serving_adapter import Answer, BadInput, Serving, StreamState, items_from_rows
-from loopline.tasks.forecast.arrays import iso_utc, normalized, stack_windows
+from loopline.tasks.forecast.arrays import iso_instant, iso_utc, normalized, stack_windows
 
 if TYPE_CHECKING:
     from loopline.online import LoadedModel
@@ -143,7 +143,7 @@ class Window:
 
 def plain_value(value: Any) -> Any:
     if isinstance(value, np.datetime64):
-        return pd.Timestamp(value).tz_localize("UTC").isoformat()
+        return iso_instant(int(value.astype("datetime64[ns]").astype(np.int64)))
     return value.item() if isinstance(value, np.generic) else value
 
 
