@@ -96,3 +96,21 @@ def test_the_clock_from_epoch_integers_is_pandas_clock():
     assert iso_utc(ns[:3]) == [t.isoformat() for t in stamps[:3]]
     odd = ns[:2] + 500_000_000
     assert iso_utc(odd) == [pd.Timestamp(v, tz="UTC").isoformat() for v in odd]
+
+
+def test_request_times_become_exact_utc_nanoseconds():
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from loopline.tasks.forecast.serving import utc_datetime64
+
+    east = timezone(timedelta(hours=9))
+    aware = [
+        datetime(2021, 3, 1, 12, 30, 0, 123457, tzinfo=east),
+        datetime(2099, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+    ]
+    naive = [datetime(1999, 1, 1, 0, 0, 0, 1), datetime(2021, 3, 1, 3, 30)]
+    for values in (aware, naive, aware + naive):
+        expected = pd.to_datetime(
+            [v.astimezone(UTC).replace(tzinfo=None) if v.tzinfo else v for v in values]
+        ).as_unit("ns")
+        np.testing.assert_array_equal(utc_datetime64(values), expected.to_numpy())

@@ -54,15 +54,18 @@ def stack_windows(windows, time_column: str, freq: str) -> WindowBatch | None:
     would not be lags by time, and the frame path answers)."""
     if not windows:
         return None
-    width = len(windows[0])
-    if any(len(w) != width for w in windows):
+    count, width = len(windows), len(windows[0])
+    stamps = [w.rows[time_column] for w in windows]
+    if any(len(t) != width for t in stamps):
         return None
-    times = np.stack([w.rows[time_column] for w in windows]).astype("datetime64[ns]")
-    times = times.view(np.int64)
+    # concatenate + reshape: np.stack costs an expand_dims per window
+    times = np.concatenate(stamps).astype("datetime64[ns]").view(np.int64).reshape(count, width)
     if width > 1 and not (np.diff(times, axis=1) == pd.Timedelta(freq).value).all():
         return None
     numeric = [c for c, v in windows[0].rows.items() if c != time_column and v.dtype.kind == "f"]
-    values = {c: np.stack([w.rows[c] for w in windows]) for c in numeric}
+    values = {
+        c: np.concatenate([w.rows[c] for w in windows]).reshape(count, width) for c in numeric
+    }
     return WindowBatch([w.key for w in windows], times, values)
 
 

@@ -150,10 +150,17 @@ def plain_value(value: Any) -> Any:
 @dataclass(frozen=True)
 class Forecast:
     key: str
-    origin: pd.Timestamp
+    origin_ns: int  # the forecast origin, UTC nanoseconds since the epoch
     timestamps: list[str]  # ISO, UTC: one per step ahead
     values: np.ndarray
     version: str
+
+    @property
+    def origin(self) -> pd.Timestamp:
+        return pd.Timestamp(self.origin_ns, tz="UTC")
+
+    def origin_datetime(self) -> datetime:
+        return _EPOCH + timedelta(microseconds=self.origin_ns // 1000)
 
     @property
     def times(self) -> list[pd.Timestamp]:
@@ -167,7 +174,7 @@ class Forecast:
         named = {entity: self.key} if entity else {}
         return {
             **named,
-            "origin": self.origin.isoformat(),
+            "origin": iso_instant(self.origin_ns),
             "model_version": self.version,
             "timestamps": self.timestamps,
             "forecast": self.rounded() if rounded is None else rounded,
@@ -218,9 +225,12 @@ def forecast_windows(task, model: LoadedModel, windows: list[Window]) -> list[Fo
         return []
     spec = model.spec
     required = required_readings(spec)
-    if any(len(w) < required for w in windows):
+    lengths = [len(w) for w in windows]
+    if min(lengths) < required:
         raise ValueError(f"v{model.version} needs {required} consecutive readings per window")
-    windows = [w if len(w) == required else w.tail(required) for w in windows]
+    windows = [
+        w if n == required else w.tail(required) for w, n in zip(windows, lengths, strict=True)
+    ]
     x = window_inputs(task, spec, windows, spec.window)
     finite = np.isfinite(x).all(axis=(1, 2))
     if not finite.all():
@@ -245,7 +255,7 @@ def forecasts_of(
     return [
         Forecast(
             item.key,
-            pd.Timestamp(int(origin), tz="UTC"),
+            origin,
             texts[n * horizon : (n + 1) * horizon],
             row,
             version,
@@ -300,6 +310,13 @@ _MICROSECOND = timedelta(microseconds=1)
 
 def utc_datetime64(values: list[Any]) -> np.ndarray:
     """Datetimes (aware: converted; naive: taken as UTC) or ISO strings → datetime64[ns]."""
+    if values and all(isinstance(v, datetime) and v.tzinfo is not None for v in values):
+        # Aware (what requests parse to): `timestamp()` in C; whole seconds exactly by
+        # rounding once the microseconds are taken off, which are added back as integers.
+        micros = np.array([v.microsecond for v in values], dtype=np.int64)
+        stamps = np.array([v.timestamp() for v in values]) - micros / 1e6
+        seconds = np.rint(stamps).astype(np.int64)
+        return (seconds * 1_000_000_000 + micros * 1000).view("datetime64[ns]")
     if values and all(isinstance(v, datetime) for v in values):
         # Exact integer microseconds since the epoch: no timezone conversion per value.
         micros = [(v - (_EPOCH if v.tzinfo else _EPOCH_NAIVE)) // _MICROSECOND for v in values]
@@ -401,7 +418,7 @@ class ForecastServing(Serving):
         return Answer(
             response=forecast.to_dict(self.entity, rounded),
             key=window.key,
-            origin=forecast.origin.to_pydatetime(),
+            origin=forecast.origin_datetime(),
             inputs={
                 "readings": len(window),
                 "first": plain_value(window.rows[spec.time_column][0]),
