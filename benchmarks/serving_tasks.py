@@ -21,6 +21,7 @@ throughput ratio and p50 overhead against (b), with the forecaster's yardsticks 
 from __future__ import annotations
 
 import argparse
+import collections
 import importlib.util
 import io
 import json
@@ -113,6 +114,15 @@ def measure_task(bench, task_name: str, params: dict[str, Any], base: Path, conf
     service = bench.Service(root, base / f"{task_name}.log")
     rows = []
     seconds, warmup = config["seconds"], config["warmup"]
+    statuses: collections.Counter[int] = collections.Counter()
+    refused: list[str] = []
+
+    def counted(response) -> bool:
+        statuses[response.status_code] += 1
+        if response.status_code != 200 and not refused:
+            refused.append(f"HTTP {response.status_code}: {response.text[:300]}")
+        return response.status_code == 200
+
     try:
         print(f"[{task_name}] service ready after {service.wait_ready():.1f}s", flush=True)
         client = httpx.Client(base_url=service.url, timeout=120)
@@ -129,7 +139,7 @@ def measure_task(bench, task_name: str, params: dict[str, Any], base: Path, conf
                 response = client.post(
                     "/predict", content=body, headers={"content-type": "application/json"}
                 )
-                return BATCH_TEXTS if response.status_code == 200 else 0
+                return BATCH_TEXTS if counted(response) else 0
 
             batch, label = BATCH_TEXTS, f"{BATCH_TEXTS} texts"
             inputs_b, inputs_s = items, bodies
@@ -141,7 +151,7 @@ def measure_task(bench, task_name: str, params: dict[str, Any], base: Path, conf
 
             def served(data: bytes) -> int:
                 files = {"file": ("digit.png", data, "image/png")}
-                return 1 if client.post("/predict_image", files=files).status_code == 200 else 0
+                return 1 if counted(client.post("/predict_image", files=files)) else 0
 
             batch, label = 1, "1 PNG upload"
             inputs_b, inputs_s = uploads, uploads
@@ -149,8 +159,13 @@ def measure_task(bench, task_name: str, params: dict[str, Any], base: Path, conf
             row = bench.Row("inproc", f"{task_name}: (b) in-process, {label}", batch, conc)
             rows.append(bench.measure(row, in_process, inputs_b, seconds, warmup))
             row = bench.Row("predict", f"{task_name}: service over HTTP, {label}", batch, conc)
-            rows.append(bench.measure(row, served, inputs_s, seconds, warmup, service))
+            rows.append(
+                bench.measure(row, served, inputs_s, seconds, warmup, service, statuses.clear)
+            )
+            row.notes["statuses"] = {str(k): v for k, v in sorted(statuses.items())}
         client.close()
+        if refused:
+            print(f"[{task_name}] first refused request: {refused[0]}")
     finally:
         service.stop()
     return rows
