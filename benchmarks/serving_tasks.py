@@ -165,7 +165,7 @@ def measure_task(bench, task_name: str, params: dict[str, Any], base: Path, conf
             row.notes["statuses"] = {str(k): v for k, v in sorted(statuses.items())}
         client.close()
         if refused:
-            print(f"[{task_name}] first refused request: {refused[0]}")
+            print(f"[{task_name}] first refused request: {refused[0]}\n{service.tail(40)}")
     finally:
         service.stop()
     return rows
