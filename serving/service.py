@@ -310,15 +310,21 @@ def _request_body(adapter: type[Serving], served: dict[str, Any]) -> type[BaseMo
             ]
         ]
         item.__name__ = f"{forms[0].__name__}Or{forms[1].__name__}"
+        _EITHER_FORM.add(item)
     field = (list[item], Field(description=f"The {adapter.input_name} to answer"))
     return create_model(
         "Input", __base__=bentoml.IODescriptor, __module__=__name__, **{adapter.input_name: field}
     )
 
 
+# The wrappers of two request forms `_request_body` made (a task's own Request may itself
+# be a root model, as a text is: only these are unwrapped).
+_EITHER_FORM: set[type] = set()
+
+
 def _item(value: Any) -> Any:
     """A body item as the adapter takes it (either form's model, not their wrapper)."""
-    return value.root if isinstance(value, RootModel) else value
+    return value.root if type(value) in _EITHER_FORM else value
 
 
 def _item_form(value: Any) -> str:
