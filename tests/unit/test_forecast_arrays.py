@@ -114,3 +114,29 @@ def test_request_times_become_exact_utc_nanoseconds():
             [v.astimezone(UTC).replace(tzinfo=None) if v.tzinfo else v for v in values]
         ).as_unit("ns")
         np.testing.assert_array_equal(utc_datetime64(values), expected.to_numpy())
+
+
+def test_stream_windows_stay_the_latest_consecutive_readings_past_the_buffer_wrap():
+    from types import SimpleNamespace
+
+    params = parse_params(
+        {"task": "forecast", "forecast": {"entity": "meter", "target": "kw", "lags": [2]}}
+    )
+    task = params.plugin
+    spec = task.new_feature_spec(params).with_window(3)  # 5 readings per window
+    state = task.Serving(task, params).open_stream(SimpleNamespace(spec=spec, version="1"))
+    line = task.Serving.StreamLine
+    at = pd.date_range("2024-01-01", periods=40, freq="1h", tz="UTC")
+    windows = []
+    for n, t in enumerate(at):
+        if n == 20:  # a gap: the window restarts
+            continue
+        ready, _ = state.push(n, line(meter="a", timestamp=t.to_pydatetime(), kw=float(n)))
+        windows += [w for _, w in ready]
+    kept = [n for n in range(40) if n != 20]
+    ends = [n for n in kept if n >= 4 and (n < 20 or n >= 25)]
+    assert len(windows) == len(ends)
+    for window, end in zip(windows, ends, strict=True):
+        np.testing.assert_array_equal(window.rows["kw"], np.arange(end - 4, end + 1, dtype=float))
+        expected = at[end - 4 : end + 1].tz_convert(None).as_unit("ns").to_numpy()
+        np.testing.assert_array_equal(window.rows["timestamp"], expected)
