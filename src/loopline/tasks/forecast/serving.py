@@ -176,7 +176,7 @@ class Forecast:
             **named,
             "origin": iso_instant(self.origin_ns),
             "model_version": self.version,
-            "timestamps": self.timestamps,
+            "timestamps": list(self.timestamps),  # a copy: the cached list is shared
             "forecast": self.rounded() if rounded is None else rounded,
         }
 
@@ -249,19 +249,26 @@ def forecasts_of(
     origins = np.array(
         [w.rows[spec.time_column][-1] for w in windows], dtype="datetime64[ns]"
     ).view(np.int64)
-    ahead = origins[:, None] + step * np.arange(1, spec.horizon + 1, dtype=np.int64)
-    texts = iso_utc(ahead)
-    horizon = spec.horizon
     return [
-        Forecast(
-            item.key,
-            origin,
-            texts[n * horizon : (n + 1) * horizon],
-            row,
-            version,
-        )
-        for n, (item, origin, row) in enumerate(zip(windows, origins.tolist(), values, strict=True))
+        Forecast(item.key, origin, step_times(origin, step, spec.horizon), row, version)
+        for item, origin, row in zip(windows, origins.tolist(), values, strict=True)
     ]
+
+
+_STEP_TIMES: dict[tuple[int, int, int], list[str]] = {}
+
+
+def step_times(origin: int, step: int, horizon: int) -> list[str]:
+    """The ISO times of the `horizon` steps after `origin` (UTC nanoseconds), cached per
+    origin: every series forecast from the same hour shares them."""
+    key = (origin, step, horizon)
+    times = _STEP_TIMES.get(key)
+    if times is None:
+        if len(_STEP_TIMES) > 50_000:
+            _STEP_TIMES.clear()
+        times = iso_utc(origin + step * np.arange(1, horizon + 1, dtype=np.int64))
+        _STEP_TIMES[key] = times
+    return times
 
 
 def window_problem(times: list[datetime], freq: str, required: int) -> str | None:
