@@ -33,7 +33,16 @@ from bentoml.exceptions import BentoMLException
 from bentoml.validators import ContentType
 from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, Field, ValidationError, create_model, model_validator
+from pydantic import (
+    BaseModel,
+    Discriminator,
+    Field,
+    RootModel,
+    Tag,
+    ValidationError,
+    create_model,
+    model_validator,
+)
 
 from loopline.config import Params
 from loopline.online import LoadedModel
@@ -62,6 +71,9 @@ def service_for(params: Params) -> bentoml.Service:
         name="loopline",
         workers=boot.workers,
         traffic={"timeout": 3600},  # a stream stays open as long as its client sends lines
+        # BentoML's access log formats a line per request (~0.5 ms of a ~4 ms request,
+        # profiled): the prediction log and the metrics keep what serving needs.
+        logging={"access": {"enabled": False}},
     )
     @bentoml.asgi_app(app, path="/")
     class Loopline(ChampionService):
@@ -85,6 +97,7 @@ def service_for(params: Params) -> bentoml.Service:
             """Answer each item (see `/metadata` for what the served model needs). Requests
             are batched adaptively."""
             model = self._serving()
+            items = [_item(item) for item in items]
             found = self._answer("predict", model, items, self.serving.predict)
             return [_reply(adapter.Response, a) for a in found]
 
@@ -100,7 +113,8 @@ def service_for(params: Params) -> bentoml.Service:
             def explain(self, **fields):
                 """Answer each item and say why (what the answer rests on)."""
                 model = self._serving()
-                items = fields[adapter.input_name]  # not batched: called with the body's fields
+                # not batched: called with the body's fields
+                items = [_item(item) for item in fields[adapter.input_name]]
                 found = self._answer("explain", model, items, self.serving.explain)
                 return [_reply(explained, a) for a in found]
 
@@ -264,7 +278,9 @@ def _request_body(adapter: type[Serving], served: dict[str, Any]) -> type[BaseMo
     checked against the served model while the body is validated (a bad one is a 400
     naming it). BentoML names body fields after an API's parameters; given as the API's
     input spec, the field takes the adapter's name (`windows`, `texts`, ...)."""
-    item = adapter.Request
+    forms = [adapter.Request]
+    if adapter.ColumnarRequest is not None:
+        forms.append(adapter.ColumnarRequest)
     if adapter.check is not Serving.check:
 
         def served_model_check(value):
@@ -273,16 +289,47 @@ def _request_body(adapter: type[Serving], served: dict[str, Any]) -> type[BaseMo
             return value
 
         check = model_validator(mode="after")(served_model_check)
-        item = create_model(
-            item.__name__,
-            __base__=item,
-            __module__=item.__module__,
-            __validators__={"served_model_check": check},
-        )
+        forms = [
+            create_model(
+                form.__name__,
+                __base__=form,
+                __module__=form.__module__,
+                __validators__={"served_model_check": check},
+            )
+            for form in forms
+        ]
+    item = forms[0]
+    if len(forms) == 2:  # told apart by a `columns` key, not by trying one then the other
+        # A root model: BentoML re-patches the annotations of a body's fields, which a bare
+        # discriminated union does not survive. `_item` unwraps it for the adapter.
+        item = RootModel[
+            Annotated[
+                Annotated[forms[0], Tag("readings")] | Annotated[forms[1], Tag("columns")],
+                Discriminator(_item_form),
+            ]
+        ]
+        item.__name__ = f"{forms[0].__name__}Or{forms[1].__name__}"
+        _EITHER_FORM.add(item)
     field = (list[item], Field(description=f"The {adapter.input_name} to answer"))
     return create_model(
         "Input", __base__=bentoml.IODescriptor, __module__=__name__, **{adapter.input_name: field}
     )
+
+
+# The wrappers of two request forms `_request_body` made (a task's own Request may itself
+# be a root model, as a text is: only these are unwrapped).
+_EITHER_FORM: set[type] = set()
+
+
+def _item(value: Any) -> Any:
+    """A body item as the adapter takes it (either form's model, not their wrapper)."""
+    return value.root if type(value) in _EITHER_FORM else value
+
+
+def _item_form(value: Any) -> str:
+    if isinstance(value, dict):
+        return "columns" if "columns" in value else "readings"
+    return "columns" if "columns" in type(value).model_fields else "readings"
 
 
 def _stream_reply(response: type[BaseModel]) -> type[BaseModel]:

@@ -204,7 +204,10 @@ class ServeParams(Section):
     # /readyz says "not ready: loading" until it is in (0 = do not wait).
     startup_wait_s: Annotated[float, Field(ge=0)] = 0.0
     workers: Positive = 1
-    threads: Annotated[int, Field(ge=0)] = 0  # onnxruntime threads per worker; 0 = cores/workers
+    # onnxruntime threads per worker; 0 = cores/workers. 1 by default: on 2 cores a second
+    # spinning intra-op thread made batch-32 forecasts 3-6x slower whenever anything else
+    # ran (benchmarks/serving.py, issue 15); raise it for big models on idle machines.
+    threads: Annotated[int, Field(ge=0)] = 1
     max_batch_size: Positive = 64  # adaptive batching of `predict`
     # Adaptive batching sheds requests it expects to finish later than this (503): with
     # features at ~3 ms per window, a tight bound rejects most requests under load.

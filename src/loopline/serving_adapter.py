@@ -136,6 +136,10 @@ class Serving:
     Request: ClassVar[type[BaseModel]]
     Response: ClassVar[type[BaseModel]]
     input_name: ClassVar[str] = "items"
+    # Another form of one `/predict` item, told apart by holding a `columns` field (a
+    # window as one list per field rather than an object per reading: far less to parse);
+    # `check` and `predict` take either. None: `Request` only.
+    ColumnarRequest: ClassVar[type[BaseModel] | None] = None
     # One NDJSON line of `/stream`; None: the task does not stream.
     StreamLine: ClassVar[type[BaseModel] | None] = None
     # What `loopline stream` calls the answers it counts ("sent 60 readings · 13 forecasts").

@@ -292,3 +292,32 @@ def test_metrics_and_openapi(client):
     spec = client.get("/docs.json").json()
     assert {"/predict", "/stream", "/metadata"} <= set(spec["paths"])
     assert "application/x-ndjson" in spec["paths"]["/stream"]["post"]["requestBody"]["content"]
+
+
+def columnar(item):
+    """A per-reading window in the columnar form (one list per field)."""
+    fields = item["readings"][0].keys()
+    return {
+        "site_id": item["site_id"],
+        "columns": {f: [r[f] for r in item["readings"]] for f in fields},
+    }
+
+
+def test_the_columnar_form_answers_as_the_per_reading_one(client):
+    readings = [window(), window(start="2021-02-03")]
+    body = {"windows": [readings[0], columnar(readings[1]), columnar(readings[0])]}
+    response = client.post("/predict", json=body)
+    assert response.status_code == 200, response.text
+    out = response.json()
+    assert out[0] == out[2] and out[1]["origin"].startswith("2021-02-04T23:30")
+    short = columnar(window(hours=REQUIRED - 1))
+    response = client.post("/predict", json={"windows": [short]})
+    assert response.status_code == 400 and "columns: needs 48" in response.text
+    ragged = columnar(window())
+    ragged["columns"]["ghi"].pop()
+    response = client.post("/predict", json={"windows": [ragged]})
+    assert response.status_code == 400 and "one value per reading" in response.text
+    spec = client.get("/docs.json").json()
+    schemas = spec["components"]["schemas"]
+    assert {"ForecastWindow", "ForecastColumns", "ReadingColumns"} <= set(schemas)
+    assert schemas["ForecastWindow"]["required"] == ["site_id", "readings"]

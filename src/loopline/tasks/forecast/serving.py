@@ -12,15 +12,15 @@ entity column (`site_id` for solar); a single series has none.
 from __future__ import annotations
 
 import itertools
-from collections import defaultdict, deque
+from collections import defaultdict
 from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from loopline.features import FeatureSpec, normalize
 from loopline.serving_adapter import (
@@ -33,6 +33,7 @@ from loopline.serving_adapter import (
     nonfinite_items,
     refusal,
 )
+from loopline.tasks.forecast.arrays import iso_instant, iso_utc, normalized, stack_windows
 
 if TYPE_CHECKING:
     from loopline.online import LoadedModel
@@ -54,6 +55,29 @@ class ForecastTypes:
     StreamLine: type[BaseModel]
     Window: type[BaseModel]
     Response: type[BaseModel]
+    ColumnWindow: type[BaseModel] | None = None
+
+
+def columns_model(name: str, time: str, numbers: list[str]) -> type[BaseModel]:
+    """A window's readings as columns: one list per field, all of one length (the columnar
+    form of a `/predict` item: ~10x less to parse than a reading object per row)."""
+    fields = {
+        time: (list[datetime], Field(min_length=1, description="Oldest first; UTC if no zone"))
+    }
+    fields |= {c: (list[Finite], Field(min_length=1)) for c in numbers}
+
+    def same_length(self):
+        lengths = {c: len(getattr(self, c)) for c in type(self).model_fields}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"every column needs one value per reading, got lengths {lengths}")
+        return self
+
+    return create_model(
+        name,
+        __config__=ConfigDict(extra="forbid"),
+        __validators__={"same_length": model_validator(mode="after")(same_length)},
+        **fields,
+    )
 
 
 def types_for(
@@ -77,6 +101,13 @@ def types_for(
         **key,
         readings=(list[reading], Field(min_length=1, description="Oldest first")),
     )
+    columns = columns_model(f"{title}Columns", time, [*covariates, target])
+    column_window = create_model(
+        f"{title}ColumnWindow",
+        __config__=strict,
+        **key,
+        columns=(columns, Field(description="The window's readings, one list per field")),
+    )
     response = create_model(
         f"{title}Forecast",
         **{entity: (str, ...)} if entity else {},
@@ -85,7 +116,7 @@ def types_for(
         timestamps=(list[IsoTime], ...),
         forecast=(list[float], Field(description=f"{target}, one per timestamp")),
     )
-    return ForecastTypes(reading, line, window, response)
+    return ForecastTypes(reading, line, window, response, column_window)
 
 
 # ----------------------------------------------------------------------------- options
@@ -122,33 +153,62 @@ class Window:
 
 def plain_value(value: Any) -> Any:
     if isinstance(value, np.datetime64):
-        return pd.Timestamp(value).tz_localize("UTC").isoformat()
+        return iso_instant(int(value.astype("datetime64[ns]").astype(np.int64)))
     return value.item() if isinstance(value, np.generic) else value
 
 
 @dataclass(frozen=True)
 class Forecast:
     key: str
-    origin: pd.Timestamp
-    times: list[pd.Timestamp]
+    origin_ns: int  # the forecast origin, UTC nanoseconds since the epoch
+    timestamps: list[str]  # ISO, UTC: one per step ahead
     values: np.ndarray
     version: str
     # Why this window has no forecast (non-finite features or outputs); `values` are NaN.
     problem: str | None = None
 
-    def to_dict(self, entity: str | None) -> dict[str, Any]:
+    @property
+    def origin(self) -> pd.Timestamp:
+        return pd.Timestamp(self.origin_ns, tz="UTC")
+
+    def origin_datetime(self) -> datetime:
+        return _EPOCH + timedelta(microseconds=self.origin_ns // 1000)
+
+    @property
+    def times(self) -> list[pd.Timestamp]:
+        return [pd.Timestamp(t) for t in self.timestamps]
+
+    def rounded(self) -> list[float]:
+        """The values to 1 mW (Python's `round`, as answers and the log always had)."""
+        return [round(v, 3) for v in self.values.tolist()]
+
+    def to_dict(self, entity: str | None, rounded: list[float] | None = None) -> dict[str, Any]:
         named = {entity: self.key} if entity else {}
         return {
             **named,
-            "origin": self.origin.isoformat(),
+            "origin": iso_instant(self.origin_ns),
             "model_version": self.version,
-            "timestamps": [t.isoformat() for t in self.times],
-            "forecast": [round(float(v), 3) for v in self.values],
+            "timestamps": list(self.timestamps),  # a copy: the cached list is shared
+            "forecast": self.rounded() if rounded is None else rounded,
         }
 
 
 def window_inputs(task, spec: FeatureSpec, windows: list[Window], window: int) -> np.ndarray:
-    """Model inputs (N, window, features) for raw windows, in one feature pass.
+    """Model inputs (N, window, features) for raw windows, in one feature pass: on column
+    arrays (`task.window_features`) when the windows are complete and consecutive, as
+    `/predict` checks and a stream keeps them, else through the offline `add_features`."""
+    batch = stack_windows(windows, spec.time_column, spec.freq)
+    if (
+        batch is not None
+        and window == spec.window
+        and batch.times.shape[1] >= required_readings(spec)
+    ):
+        return normalized(task.window_features(batch, spec), spec)
+    return frame_inputs(task, spec, windows, window)
+
+
+def frame_inputs(task, spec: FeatureSpec, windows: list[Window], window: int) -> np.ndarray:
+    """Model inputs for raw windows through the offline `add_features` (a DataFrame).
 
     Each window becomes its own group (`<key>#<i>`), so lags never reach into another
     window, and the task's `add_features` runs once for the batch (`task.batch_spec` says
@@ -178,9 +238,12 @@ def forecast_windows(task, model: LoadedModel, windows: list[Window]) -> list[Fo
         return []
     spec = model.spec
     required = required_readings(spec)
-    if any(len(w) < required for w in windows):
+    lengths = [len(w) for w in windows]
+    if min(lengths) < required:
         raise ValueError(f"v{model.version} needs {required} consecutive readings per window")
-    windows = [w.tail(required) for w in windows]
+    windows = [
+        w if n == required else w.tail(required) for w, n in zip(windows, lengths, strict=True)
+    ]
     with np.errstate(over="ignore", invalid="ignore"):  # an absurd reading: told per window
         x = window_inputs(task, spec, windows, spec.window)
     # One window's absurd (finite) reading must not cost the batch its forecasts.
@@ -189,18 +252,46 @@ def forecast_windows(task, model: LoadedModel, windows: list[Window]) -> list[Fo
     if answered.any():
         values[answered] = run_onnx(model.session, x if answered.all() else x[answered])
     outputs_bad = nonfinite_items(values)
-    step = pd.Timedelta(spec.freq)
-    out = []
-    for n, (item, row) in enumerate(zip(windows, values, strict=True)):
-        origin = pd.Timestamp(item.rows[spec.time_column][-1]).tz_localize("UTC")
-        times = [origin + step * h for h in range(1, spec.horizon + 1)]
-        problem = None
-        if not answered[n]:
-            problem = feature_problem(item, x[n], spec)
-        elif outputs_bad[n]:
-            problem = f"the model's forecast is not finite (v{model.version}): {row.tolist()}"
-        out.append(Forecast(item.key, origin, times, row, model.version, problem))
-    return out
+    forecasts = forecasts_of(windows, values, spec, model.version)
+    for n in np.flatnonzero(~answered | outputs_bad):
+        problem = (
+            feature_problem(windows[n], x[n], spec)
+            if not answered[n]
+            else f"the model's forecast is not finite (v{model.version}): {values[n].tolist()}"
+        )
+        forecasts[n] = replace(forecasts[n], problem=problem)
+    return forecasts
+
+
+def forecasts_of(
+    windows: list[Window], values: np.ndarray, spec: FeatureSpec, version: str
+) -> list[Forecast]:
+    """One `Forecast` per window: its steps' times from the origin, as ISO text made for the
+    whole batch at once (a pandas Timestamp per step cost more than the model call)."""
+    step = pd.Timedelta(spec.freq).value
+    origins = np.array(
+        [w.rows[spec.time_column][-1] for w in windows], dtype="datetime64[ns]"
+    ).view(np.int64)
+    return [
+        Forecast(item.key, origin, step_times(origin, step, spec.horizon), row, version)
+        for item, origin, row in zip(windows, origins.tolist(), values, strict=True)
+    ]
+
+
+_STEP_TIMES: dict[tuple[int, int, int], list[str]] = {}
+
+
+def step_times(origin: int, step: int, horizon: int) -> list[str]:
+    """The ISO times of the `horizon` steps after `origin` (UTC nanoseconds), cached per
+    origin: every series forecast from the same hour shares them."""
+    key = (origin, step, horizon)
+    times = _STEP_TIMES.get(key)
+    if times is None:
+        if len(_STEP_TIMES) > 50_000:
+            _STEP_TIMES.clear()
+        times = iso_utc(origin + step * np.arange(1, horizon + 1, dtype=np.int64))
+        _STEP_TIMES[key] = times
+    return times
 
 
 def feature_problem(window: Window, x: np.ndarray, spec: FeatureSpec) -> str:
@@ -262,11 +353,23 @@ def typed_columns(
     return typed
 
 
+_EPOCH, _EPOCH_NAIVE = datetime(1970, 1, 1, tzinfo=UTC), datetime(1970, 1, 1)
+_MICROSECOND = timedelta(microseconds=1)
+
+
 def utc_datetime64(values: list[Any]) -> np.ndarray:
     """Datetimes (aware: converted; naive: taken as UTC) or ISO strings → datetime64[ns]."""
+    if values and all(isinstance(v, datetime) and v.tzinfo is not None for v in values):
+        # Aware (what requests parse to): `timestamp()` in C; whole seconds exactly by
+        # rounding once the microseconds are taken off, which are added back as integers.
+        micros = np.array([v.microsecond for v in values], dtype=np.int64)
+        stamps = np.array([v.timestamp() for v in values]) - micros / 1e6
+        seconds = np.rint(stamps).astype(np.int64)
+        return (seconds * 1_000_000_000 + micros * 1000).view("datetime64[ns]")
     if values and all(isinstance(v, datetime) for v in values):
-        naive = [v.astimezone(UTC).replace(tzinfo=None) if v.tzinfo else v for v in values]
-        return np.array(naive, dtype="datetime64[ns]")
+        # Exact integer microseconds since the epoch: no timezone conversion per value.
+        micros = [(v - (_EPOCH if v.tzinfo else _EPOCH_NAIVE)) // _MICROSECOND for v in values]
+        return (np.array(micros, dtype=np.int64) * 1000).view("datetime64[ns]")
     return pd.to_datetime(values, utc=True).tz_convert(None).to_numpy(dtype="datetime64[ns]")
 
 
@@ -319,10 +422,28 @@ class ForecastServing(Serving):
         missing = self.missing_columns(model.spec)
         if missing:
             raise BadInput(f"the served model reads column(s) {missing}, which readings lack")
-        times = [utc(getattr(r, self.time_field)) for r in item.readings]
-        problem = window_problem(times, model.spec.freq, required_readings(model.spec))
+        problem = window_problem(
+            self.times_of(item), model.spec.freq, required_readings(model.spec)
+        )
         if problem:
-            raise BadInput(f"readings: {problem}")
+            raise BadInput(f"{'columns' if is_columnar(item) else 'readings'}: {problem}")
+
+    def times_of(self, item: BaseModel) -> list[datetime]:
+        """The UTC times of a window's readings, either form."""
+        if is_columnar(item):
+            return [utc(t) for t in getattr(item.columns, self.time_field)]
+        return [utc(getattr(r, self.time_field)) for r in item.readings]
+
+    def window_of(self, item: BaseModel | Window) -> Window:
+        """A `/predict` item (readings or columns) as numpy columns."""
+        if isinstance(item, Window):
+            return item
+        schema = self.task.schema
+        if is_columnar(item):
+            return Window(self.key_of(item), typed_columns(item.columns.__dict__, schema))
+        return Window(
+            self.key_of(item), readings_columns([r.__dict__ for r in item.readings], schema)
+        )
 
     def missing_columns(self, spec: FeatureSpec) -> list[str]:
         """Raw columns the served model reads that a reading of this service lacks."""
@@ -333,15 +454,7 @@ class ForecastServing(Serving):
         """Each window's forecast; a window that breaks the data contract, is too short for
         the model (swapped since `check`), or gives non-finite features or outputs gets its
         own error answer, and the others are forecast all the same."""
-        schema = self.task.schema
-        windows = [
-            item
-            if isinstance(item, Window)
-            else Window(
-                self.key_of(item), readings_columns([r.__dict__ for r in item.readings], schema)
-            )
-            for item in items
-        ]
+        windows = [self.window_of(item) for item in items]
         # Stream windows (`Window`s) were checked reading by reading as they came in.
         requested = [n for n, item in enumerate(items) if not isinstance(item, Window)]
         answers: dict[int, Answer] = self.refusals([windows[n] for n in requested], requested)
@@ -353,7 +466,7 @@ class ForecastServing(Serving):
         asked = [n for n in range(len(windows)) if n not in answers]
         forecasts = forecast_windows(self.task, model, [windows[n] for n in asked])
         for n, forecast in zip(asked, forecasts, strict=True):
-            answers[n] = self.forecast_answer(windows[n], forecast, model)
+            answers[n] = self.forecast_answer(windows[n], forecast, model.spec)
         return [answers[n] for n in range(len(windows))]
 
     def series(self, key: str) -> dict[str, Any]:
@@ -397,19 +510,25 @@ class ForecastServing(Serving):
             out[positions[n]] = answer
         return out
 
-    def forecast_answer(self, window: Window, forecast: Forecast, model: LoadedModel) -> Answer:
+    def forecast_answer(self, window: Window, forecast: Forecast, spec: FeatureSpec) -> Answer:
+        """A window's error answer when it has no forecast, else its answer."""
         if forecast.problem is not None:
             return Answer(self.named(window.key, forecast.problem), key=window.key, error=True)
+        return self.answer_of(window, forecast, spec)
+
+    def answer_of(self, window: Window, forecast: Forecast, spec: FeatureSpec) -> Answer:
+        """One window's answer and the prediction log's record of it."""
+        rounded = forecast.rounded()
         return Answer(
-            response=forecast.to_dict(self.entity),
+            response=forecast.to_dict(self.entity, rounded),
             key=window.key,
-            origin=forecast.origin.to_pydatetime(),
+            origin=forecast.origin_datetime(),
             inputs={
                 "readings": len(window),
-                "first": plain_value(window.rows[model.spec.time_column][0]),
+                "first": plain_value(window.rows[spec.time_column][0]),
                 "last": window.last(),
             },
-            output=[round(float(v), 3) for v in forecast.values],
+            output=rounded,
         )
 
     def describe(self, model: LoadedModel) -> dict[str, Any]:
@@ -462,6 +581,11 @@ class ForecastServing(Serving):
         return items_from_rows(self.StreamLine, rows.sort_values(self.time_field))
 
 
+def is_columnar(item: Any) -> bool:
+    """Whether a `/predict` item is the columnar form (`columns`, not `readings`)."""
+    return "columns" in type(item).model_fields if isinstance(item, BaseModel) else False
+
+
 def serving_for(types: ForecastTypes, entity: str | None, time: str) -> type[ForecastServing]:
     """The serving adapter of one forecast configuration."""
     return type(
@@ -469,6 +593,7 @@ def serving_for(types: ForecastTypes, entity: str | None, time: str) -> type[For
         (ForecastServing,),
         {
             "Request": types.Window,
+            "ColumnarRequest": types.ColumnWindow,
             "Reading": types.Reading,
             "Response": types.Response,
             "StreamLine": types.StreamLine,
@@ -478,70 +603,120 @@ def serving_for(types: ForecastTypes, entity: str | None, time: str) -> type[For
     )
 
 
+class SeriesBuffer:
+    """The latest readings of one series as arrays: epoch nanoseconds and one row of
+    numbers per reading, appended in place (a frame or a dict per reading cost more than
+    the forecast). Twice the window's room, moved back to the front when full."""
+
+    def __init__(self, required: int, width: int):
+        self.required = required
+        self.times = np.empty(2 * required, dtype=np.int64)
+        self.values = np.empty((2 * required, width))
+        self.size = 0  # readings held, at most `required`
+        self.end = 0  # one past the newest
+
+    def clear(self) -> None:
+        self.size = self.end = 0
+
+    def append(self, ns: int, row: list[float]) -> None:
+        if self.end == len(self.times):  # full: keep the newest required - 1 at the front
+            keep = self.required - 1
+            self.times[:keep] = self.times[self.end - keep : self.end]
+            self.values[:keep] = self.values[self.end - keep : self.end]
+            self.end = keep
+        self.times[self.end] = ns
+        self.values[self.end] = row
+        self.end += 1
+        self.size = min(self.size + 1, self.required)
+
+    def resized(self, required: int) -> SeriesBuffer:
+        """The same newest readings (as many as fit) in a buffer for `required`."""
+        out = SeriesBuffer(required, self.values.shape[1])
+        keep = min(self.size, required)
+        out.times[:keep] = self.times[self.end - keep : self.end]
+        out.values[:keep] = self.values[self.end - keep : self.end]
+        out.size = out.end = keep
+        return out
+
+    def window(self) -> tuple[np.ndarray, np.ndarray]:
+        """Copies of the newest `required` readings (later appends may move the buffer)."""
+        start = self.end - self.required
+        return self.times[start : self.end].copy(), self.values[start : self.end].copy()
+
+
+def epoch_ns(value: datetime) -> int:
+    """A datetime (naive: UTC) as integer UTC nanoseconds since the epoch, exactly."""
+    return (value - (_EPOCH if value.tzinfo else _EPOCH_NAIVE)) // _MICROSECOND * 1000
+
+
 class StreamWindows(StreamState):
     """Per-series window state of one stream: readings in, complete windows out, per series
     in order. A reading of an unknown series, duplicated or out of order gets an error and
     is not kept; a gap restarts that series' window (with a notice), because a window must
-    be consecutive readings."""
+    be consecutive readings. State is arrays per series (`SeriesBuffer`)."""
 
     def __init__(self, serving: ForecastServing, model: LoadedModel):
         super().__init__(serving, model)
-        self.schema = serving.task.schema
-        self.buffers: dict[str, deque[dict[str, Any]]] = {}
-        self.last: dict[str, pd.Timestamp] = {}
+        schema = serving.task.schema
+        self.time_column = serving.time_field
+        self.numbers = [c for c, kind in schema.items() if kind == "float"]
+        self.buffers: dict[str, SeriesBuffer] = {}
+        self.last: dict[str, int] = {}
         self._sizes(model)
 
     def _sizes(self, model: LoadedModel) -> None:
         self.spec, self.required = model.spec, required_readings(model.spec)
-        self.step = pd.Timedelta(model.spec.freq)
+        self.step = pd.Timedelta(model.spec.freq).value
+        self.known = self.serving.known_keys(model.spec)
 
     def follow(self, model: LoadedModel) -> None:
         """Keep the readings, change the window length."""
         super().follow(model)
         self._sizes(model)
         for key, buffer in self.buffers.items():
-            self.buffers[key] = deque(buffer, maxlen=self.required)
+            self.buffers[key] = buffer.resized(self.required)
 
     def push(self, line: int, item: BaseModel):
         serving: ForecastServing = self.serving
         key = serving.key_of(item)
         named = {serving.entity: key} if serving.entity else {}
-        problem = serving.unknown(key, self.model)
-        if problem:
-            return [], [{"error": problem, **named}]
+        if self.known is not None and key not in self.known:
+            return [], [{"error": serving.unknown(key, self.model), **named}]
         reading = item.model_dump()
-        time_column = serving.time_field
-        reading[time_column] = utc(reading[time_column])
+        reading[self.time_column] = utc(reading[self.time_column])
         broken = serving.contract(reading).check_row(reading)
         if broken:  # answered in line order, and kept out of the window
             return [(line, Refused(refusal(broken, named=named)))], []
-        time = pd.Timestamp(reading[time_column])
+        ns = epoch_ns(getattr(item, self.time_column))
         last = self.last.get(key)
-        if last is not None and time == last:
-            message = f"duplicate reading for {key!r} at {time.isoformat()}"
-            return [], [{"error": message, **named}]
-        if last is not None and time < last:
-            message = (
-                f"out of order: {key!r} reading at {time.isoformat()} is before the "
-                f"last one at {last.isoformat()}"
-            )
-            return [], [{"error": message, **named}]
-        buffer = self.buffers.setdefault(key, deque(maxlen=self.required))
+        if last is not None and ns <= last:
+            return [], [{"error": self._disorder(key, ns, last), **named}]
+        buffer = self.buffers.get(key)
+        if buffer is None:
+            buffer = self.buffers[key] = SeriesBuffer(self.required, len(self.numbers))
         events = []
-        if last is not None and time - last != self.step:
+        if last is not None and ns - last != self.step:
             notice = (
-                f"gap of {time - last} before {time.isoformat()}: the window restarts and "
+                f"gap of {pd.Timedelta(ns - last)} before {iso(ns)}: the window restarts and "
                 f"needs {self.required} consecutive readings"
             )
             events.append({**named, "notice": notice})
             buffer.clear()
-        buffer.append(reading)
-        self.last[key] = time
-        if len(buffer) < self.required:
+        buffer.append(ns, [getattr(item, c) for c in self.numbers])
+        self.last[key] = ns
+        if buffer.size < self.required:
             return [], events
-        columns = {
-            column: [r[column] for r in buffer]
-            for column in self.schema
-            if column != serving.entity
-        }
-        return [(line, Window(key, typed_columns(columns, self.schema)))], events
+        times, values = buffer.window()
+        rows = {self.time_column: times.view("datetime64[ns]")}
+        rows |= {c: values[:, n] for n, c in enumerate(self.numbers)}
+        return [(line, Window(key, rows))], events
+
+    @staticmethod
+    def _disorder(key: str, ns: int, last: int) -> str:
+        if ns == last:
+            return f"duplicate reading for {key!r} at {iso(ns)}"
+        return f"out of order: {key!r} reading at {iso(ns)} is before the last one at {iso(last)}"
+
+
+def iso(ns: int) -> str:
+    return pd.Timestamp(ns, tz="UTC").isoformat()

@@ -31,6 +31,7 @@ from loopline.features import FeatureSpec, fit_normalization
 from loopline.labeling import Examples, add_forecast_labels, make_windows, shifted_values
 from loopline.split import evaluation_view
 from loopline.tasks.base import FeatureOptions, Hyperparameters, Task
+from loopline.tasks.forecast.arrays import WindowBatch, day_of_week, hour_of_day
 from loopline.tasks.forecast.serving import ForecastServing, serving_for, types_for
 from loopline.tasks.forecast.settings import (
     CALENDAR,
@@ -84,6 +85,16 @@ def calendar(stamps: pd.DatetimeIndex) -> dict[str, np.ndarray]:
     """Time of day and day of week as points on circles (UTC): daily and weekly cycles."""
     hour = (stamps.hour + stamps.minute / 60).to_numpy()
     day = (stamps.day_of_week + hour / 24).to_numpy()
+    return circles(hour, day)
+
+
+def calendar_of_epochs(ns: np.ndarray) -> dict[str, np.ndarray]:
+    """`calendar` from UTC epoch nanoseconds (any shape): integer arithmetic, no pandas."""
+    hour = hour_of_day(ns)
+    return circles(hour, day_of_week(ns) + hour / 24)
+
+
+def circles(hour: np.ndarray, day: np.ndarray) -> dict[str, np.ndarray]:
     return {
         "hour_sin": np.sin(2 * np.pi * hour / 24),
         "hour_cos": np.cos(2 * np.pi * hour / 24),
@@ -255,6 +266,18 @@ class ForecastTask(Task):
                 frame, spec.target_column, -k, group, time, spec.freq
             )
         return pd.concat([frame, pd.DataFrame(columns, index=frame.index)], axis=1)
+
+    def window_features(self, batch: WindowBatch, spec: FeatureSpec) -> dict[str, np.ndarray]:
+        """`add_features`' columns for the last `spec.window` readings of each window of a
+        serving batch, on arrays (each (N, window)); equal to `add_features` on the same
+        rows (tests/unit/test_forecast_arrays.py). Lags are readings k places back."""
+        n = spec.window
+        last = batch.last(n)
+        columns = dict(last.values)
+        columns.update(calendar_of_epochs(last.times))
+        for k in spec.options.lags or []:
+            columns[lag_column(k)] = batch.lagged(spec.target_column, k, n)
+        return columns
 
     def add_labels(
         self, frame: pd.DataFrame, spec: FeatureSpec, human: pd.DataFrame | None = None

@@ -14,6 +14,7 @@ from loopline.tasks.forecast.serving import (
     ForecastServing,
     IsoTime,
     Window,
+    columns_model,
     forecast_windows,
     readings_columns,
     required_readings,
@@ -52,6 +53,24 @@ class ForecastWindow(BaseModel):
     readings: list[Reading] = Field(min_length=1)
 
 
+ReadingColumns = columns_model(
+    "ReadingColumns", "timestamp", ["ghi", "dni", "dhi", "temp_air", "wind_speed", "power_w"]
+)
+ReadingColumns.__doc__ = (
+    "A site's readings as columns: one list per field of `Reading`, one value per reading, "
+    "oldest first."
+)
+
+
+class ForecastColumns(BaseModel):
+    """A window in columns (the columnar form of a `/predict` item: the same readings as
+    `ForecastWindow`, far less to parse)."""
+
+    model_config = ConfigDict(extra="forbid")
+    site_id: str = Field(min_length=1)
+    columns: ReadingColumns
+
+
 class ForecastOut(BaseModel):
     site_id: str
     origin: IsoTime = Field(description="Time of the last reading the forecast starts from")
@@ -70,6 +89,7 @@ class SolarServing(ForecastServing):
     line, keeps a window per site and forecasts as soon as one is complete."""
 
     Request: ClassVar[type[BaseModel]] = ForecastWindow
+    ColumnarRequest: ClassVar[type[BaseModel] | None] = ForecastColumns
     Response: ClassVar[type[BaseModel]] = ForecastOut
     Reading: ClassVar[type[BaseModel]] = Reading
     StreamLine: ClassVar[type[BaseModel] | None] = SiteReading
@@ -82,9 +102,11 @@ class SolarServing(ForecastServing):
 
 
 __all__ = [
+    "ForecastColumns",
     "ForecastOut",
     "ForecastWindow",
     "Reading",
+    "ReadingColumns",
     "SiteReading",
     "SolarServing",
     "Window",

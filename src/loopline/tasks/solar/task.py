@@ -25,6 +25,7 @@ from loopline.features import FeatureSpec
 from loopline.labeling import shifted_values
 from loopline.tasks.base import FeatureOptions
 from loopline.tasks.forecast import ForecastHyperparameters, ForecastTask, seasonal_naive
+from loopline.tasks.forecast.arrays import WindowBatch, day_of_year, hour_of_day
 from loopline.tasks.solar.serving import SolarServing
 from loopline.tasks.solar.sites import (
     WEATHER,
@@ -129,6 +130,66 @@ def clearsky_power(
         block = _clearsky_month(site_key, system_key, int(month), int(phase), step)
         out[where] = block[(ns[where] - month - phase) // step]
     return out
+
+
+class ClearSkyTable:
+    """Clear-sky power of one site and system at the instants asked so far: the very month
+    blocks `clearsky_power` reads (`_clearsky_month`), flattened into sorted epoch
+    nanoseconds, so a serving batch looks its times up with one binary search instead of
+    grouping them by month. Blocks are added on a miss; the (times, values) pair is
+    replaced as one, so threads reading it never see half an update."""
+
+    def __init__(self, site: dict[str, Any], system: Any, freq: str):
+        system = PVSystemParams.model_validate(system).model_dump()
+        self.site_key = json.dumps(site, sort_keys=True)
+        self.system_key = json.dumps(system, sort_keys=True)
+        self.step = pd.Timedelta(freq).value
+        self.table = (np.empty(0, dtype=np.int64), np.empty(0))
+
+    def at(self, ns: np.ndarray) -> np.ndarray:
+        """Clear-sky power (W) at UTC epoch nanoseconds `ns` (any shape)."""
+        flat = np.ascontiguousarray(ns, dtype=np.int64).ravel()
+        found = self._find(flat)
+        if found is None:
+            self._add(flat)
+            found = self._find(flat)
+        return self.table[1][found].reshape(np.shape(ns))
+
+    def _find(self, flat: np.ndarray) -> np.ndarray | None:
+        times, _ = self.table
+        if not len(times):
+            return None
+        found = np.minimum(np.searchsorted(times, flat), len(times) - 1)
+        return found if (times[found] == flat).all() else None
+
+    def _add(self, flat: np.ndarray) -> None:
+        months = flat.astype("datetime64[ns]").astype("datetime64[M]").astype("datetime64[ns]")
+        month_ns = months.astype(np.int64)
+        step = self.step
+        phases = (flat - month_ns) % step
+        times, values = [self.table[0]], [self.table[1]]
+        for month, phase in np.unique(np.stack([month_ns, phases], axis=1), axis=0):
+            block = _clearsky_month(
+                self.site_key, self.system_key, int(month), int(phase), self.step
+            )
+            times.append(
+                int(month) + int(phase) + self.step * np.arange(len(block), dtype=np.int64)
+            )
+            values.append(block)
+        all_times, first = np.unique(np.concatenate(times), return_index=True)
+        self.table = (all_times, np.concatenate(values)[first])
+
+
+_TABLES: dict[tuple, ClearSkyTable] = {}
+
+
+def clearsky_table(site: dict[str, Any], system: dict[str, Any], freq: str) -> ClearSkyTable:
+    """The process's clear-sky table of a site and system (one per location, system, step)."""
+    key = (tuple(sorted(site.items())), tuple(sorted(system.items())), freq)
+    table = _TABLES.get(key)
+    if table is None:
+        table = _TABLES.setdefault(key, ClearSkyTable(site, system, freq))
+    return table
 
 
 def read_builtin_site(name: str, year: int) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -338,6 +399,43 @@ class SolarTask(ForecastTask):
             columns[f"clearsky_lead_{k}"] = values
         # One concat, not a column insert per feature (pandas' per-insert cost adds up).
         return pd.concat([frame, pd.DataFrame(columns, index=frame.index)], axis=1)
+
+    def window_features(self, batch: WindowBatch, spec: FeatureSpec) -> dict[str, np.ndarray]:
+        """`add_features`' columns for the last `spec.window` readings of each window of a
+        serving batch, on arrays: the clock from epoch integers, clear-sky power from the
+        site's cached table, lags by index (equal to `add_features` on the same rows)."""
+        n, options = spec.window, spec.options
+        last = batch.last(n)
+        step = pd.Timedelta(spec.freq).value
+        clearsky = np.empty(last.times.shape)
+        leads = {k: np.empty(last.times.shape) for k in options.clearsky_leads}
+        keys = np.asarray(batch.keys)
+        for key in dict.fromkeys(batch.keys):
+            if key not in options.sites:
+                raise ValueError(f"site {key!r} has no location in the feature spec")
+            rows = keys == key
+            table = clearsky_table(options.sites[key], options.system_of(key), spec.freq)
+            times = last.times[rows]
+            clearsky[rows] = table.at(times)
+            for k, values in leads.items():
+                values[rows] = table.at(times + step * k)
+        hour, doy = hour_of_day(last.times), day_of_year(last.times)
+        power = last.values["power_w"]
+        index = np.where(clearsky >= 50.0, power / np.maximum(clearsky, 50.0), 0.0)
+        columns = {
+            **last.values,
+            "clearsky_w": clearsky,
+            "clearsky_index": np.clip(index, 0.0, 1.5),
+            "hour_sin": np.sin(2 * np.pi * hour / 24),
+            "hour_cos": np.cos(2 * np.pi * hour / 24),
+            "doy_sin": np.sin(2 * np.pi * doy / 365.25),
+            "doy_cos": np.cos(2 * np.pi * doy / 365.25),
+        }
+        for k in options.lags:
+            columns[f"power_lag_{k}"] = batch.lagged("power_w", k, n)
+        for k, values in leads.items():
+            columns[f"clearsky_lead_{k}"] = values
+        return columns
 
     def baselines(
         self, frame: pd.DataFrame, keys: pd.DataFrame, spec: FeatureSpec, params: Params
