@@ -33,6 +33,7 @@ from loopline.online import (
 )
 from loopline.paths import ProjectPaths, find_project_root
 from loopline.predlog import PredictionLog, PredictionRecord
+from loopline.redaction import redact
 from loopline.serving_adapter import Answer, Serving
 
 log = logging.getLogger("loopline.serving")
@@ -158,7 +159,7 @@ class ChampionService:
             if current is None:
                 self.not_ready_reason = (
                     f"no version of {self.model_name!r} has alias {self.alias!r} yet in "
-                    f"{redacted(self.tracking_uri)} (run `loopline run` to publish one)"
+                    f"{redact(self.tracking_uri)} (run `loopline run` to publish one)"
                 )
             return
         version = str(found.version)
@@ -210,13 +211,17 @@ class ChampionService:
         if self.model is None:
             # Raised rather than returned so /readyz says *why* (BentoML's own message for
             # False does not).
-            raise HTTPException(status_code=503, detail=f"not ready: {self.not_ready_reason}")
+            raise HTTPException(
+                status_code=503, detail=redact(f"not ready: {self.not_ready_reason}")
+            )
         return True
 
     def _serving(self) -> LoadedModel:
         model = self.model
         if model is None:
-            raise bentoml.exceptions.ServiceUnavailable(f"not ready: {self.not_ready_reason}")
+            raise bentoml.exceptions.ServiceUnavailable(
+                redact(f"not ready: {self.not_ready_reason}")
+            )
         return model
 
     def status(self) -> dict[str, Any]:
@@ -226,7 +231,7 @@ class ChampionService:
             "ready": model is not None,
             "not_ready_reason": None if model else self.not_ready_reason,
             "model": model.describe(self.serving) if model else None,
-            "tracking_uri": redacted(self.tracking_uri),
+            "tracking_uri": redact(self.tracking_uri),
             "watching": {
                 "name": self.model_name,
                 "alias": self.alias,
@@ -315,12 +320,3 @@ def describe_validation(error) -> str:
         where = ".".join(str(p) for p in item["loc"])
         problems.append(f"{where}: {item['msg']}" if where else item["msg"])
     return "; ".join(problems)
-
-
-def redacted(uri: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(uri).render_as_string(hide_password=True)
-    except Exception:
-        return uri.split("@")[-1] if "@" in uri else uri

@@ -25,6 +25,7 @@ shared lifecycle in `serving.champion`.
 
 import asyncio
 import json
+import os
 from http import HTTPStatus
 from typing import Annotated, Any
 
@@ -37,6 +38,7 @@ from pydantic import BaseModel, Field, ValidationError, create_model, model_vali
 
 from loopline.config import Params
 from loopline.online import LoadedModel
+from loopline.redaction import redact, redact_data, redact_logs, remember_url_secrets
 from loopline.serving_adapter import Answer, BadInput, Explaining, FileInput, Serving, StreamState
 from serving.asgi import BodySizeLimit, DuplexStreamingResponse
 from serving.champion import ChampionService, boot_params, describe_validation, ndjson_batches
@@ -46,6 +48,11 @@ def service_for(params: Params) -> bentoml.Service:
     """The BentoML service class serving `params`' task (its APIs typed by the task's
     serving adapter)."""
     adapter: type[Serving] = params.plugin.Serving
+    # Every log line of this process (MLflow's and SQLAlchemy's errors included) and every
+    # answer below go through one redaction: no password in a URI leaves the process.
+    redact_logs()
+    remember_url_secrets(os.environ.get("MLFLOW_TRACKING_URI"))
+    remember_url_secrets(params.serve.prediction_log)
     boot, running = params.serve, params
     # The adapter and model this worker serves, for the per-item check that runs while a
     # request body is validated (one service instance per worker process).
@@ -110,7 +117,7 @@ def service_for(params: Params) -> bentoml.Service:
         @app.get("/metadata")
         def metadata(self) -> dict[str, Any]:
             """The model being served and the state of the alias watch."""
-            return self.status()
+            return redact_data(self.status())
 
         # -------------------------------------------------------------- stream
 
@@ -145,7 +152,7 @@ def service_for(params: Params) -> bentoml.Service:
             async def stream(self, request: Request):
                 """Live streaming inference: items in, answers out, as they happen."""
                 if self.model is None:
-                    return JSONResponse({"error": f"not ready: {self.not_ready_reason}"}, 503)
+                    return self._not_ready()
                 lines = self._stream(request)
                 return DuplexStreamingResponse(lines, media_type="application/x-ndjson")
 
@@ -238,12 +245,15 @@ def service_for(params: Params) -> bentoml.Service:
             response to send."""
             model = self.model
             if model is None:
-                return JSONResponse({"error": f"not ready: {self.not_ready_reason}"}, 503)
+                return self._not_ready()
             data = await file.read()
             try:
                 return model, self.serving.item_from_file(data, model)
             except BadInput as error:
                 return JSONResponse({"error": f"{file.filename}: {error}"}, error.status)
+
+        def _not_ready(self) -> JSONResponse:
+            return JSONResponse({"error": redact(f"not ready: {self.not_ready_reason}")}, 503)
 
         def _file_answer(self, api, model, item, call, picture: bool = False):
             try:

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from loopline.redaction import redact
+
 log = logging.getLogger(__name__)
 
 
@@ -114,7 +116,7 @@ class PredictionLog:
                 self.written += len(batch)
                 return
             except Exception as error:  # the database may be briefly away: retry, then report
-                self.last_error = f"{type(error).__name__}: {error}"[:500]
+                self.last_error = redact(f"{type(error).__name__}: {error}")[:500]
                 time.sleep(0.2 * (attempt + 1))
         self.failed_batches += 1
         self.dropped += len(batch)
@@ -150,7 +152,7 @@ class PredictionLog:
 
     def stats(self) -> dict[str, Any]:
         return {
-            "url": self.engine.url.render_as_string(hide_password=True),
+            "url": redact(self.url),
             "queued": self.queue.qsize(),
             "written": self.written,
             "dropped": self.dropped,
