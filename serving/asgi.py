@@ -1,4 +1,5 @@
-"""ASGI pieces of the service: a body size limit (413) and a full-duplex NDJSON response."""
+"""ASGI pieces of the service: a body size limit (413), multipart checks (400) and a
+full-duplex NDJSON response."""
 
 from __future__ import annotations
 
@@ -55,17 +56,37 @@ class BodySizeLimit:
                 await self._refuse(send)
 
     async def _refuse(self, send):
-        body = json.dumps(
-            {"error": f"request body larger than {self.limit} bytes (serve.max_body_bytes)"}
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [(b"content-type", b"application/json")],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        message = f"request body larger than {self.limit} bytes (serve.max_body_bytes)"
+        await send_json(send, 413, {"error": message})
+
+
+class MultipartNeedsBoundary:
+    """ASGI middleware: a multipart body declared without its boundary is a 400 (BentoML's
+    own API handler would answer 500 for the parser's error)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            kind = dict(scope.get("headers") or []).get(b"content-type", b"").lower()
+            if kind.startswith(b"multipart/") and b"boundary=" not in kind:
+                message = "multipart body without a boundary (Content-Type: ...; boundary=...)"
+                return await send_json(send, 400, {"error": message})
+        return await self.app(scope, receive, send)
+
+
+async def send_json(send, status: int, payload: dict) -> None:
+    """Answer an ASGI request with a JSON body."""
+    body = json.dumps(payload).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 class DuplexStreamingResponse(StreamingResponse):

@@ -40,7 +40,7 @@ from loopline.config import Params
 from loopline.online import LoadedModel
 from loopline.redaction import redact, redact_data, redact_logs, remember_url_secrets
 from loopline.serving_adapter import Answer, BadInput, Explaining, FileInput, Serving, StreamState
-from serving.asgi import BodySizeLimit, DuplexStreamingResponse
+from serving.asgi import BodySizeLimit, DuplexStreamingResponse, MultipartNeedsBoundary
 from serving.champion import ChampionService, boot_params, describe_validation, ndjson_batches
 
 
@@ -77,6 +77,7 @@ def service_for(params: Params) -> bentoml.Service:
         """Live answers from the registry's champion, for any task."""
 
         params = running  # (a class body cannot read `params` of the function around it)
+        _heavy_slots: asyncio.Semaphore | None = None
 
         def on_swap(self, model: LoadedModel) -> None:
             served.update(serving=self.serving, model=model)
@@ -221,7 +222,8 @@ def service_for(params: Params) -> bentoml.Service:
                 if isinstance(read, JSONResponse):
                     return read
                 model, item = read
-                return self._file_answer(f"predict_{kind}", model, item, self.serving.predict)
+                api, call = f"predict_{kind}", self.serving.predict
+                return await self._heavy(self._file_answer, api, model, item, call)
 
             if explains:
 
@@ -238,7 +240,8 @@ def service_for(params: Params) -> bentoml.Service:
                         return read
                     model, item = read
                     api, call = f"explain_{kind}", self.serving.explain
-                    return self._file_answer(api, model, item, call, picture=format == "png")
+                    picture = format == "png"
+                    return await self._heavy(self._file_answer, api, model, item, call, picture)
 
         async def _upload(self, file: UploadFile):
             """The serving model and the item the upload stands for, or the 4xx/503
@@ -248,9 +251,17 @@ def service_for(params: Params) -> bentoml.Service:
                 return self._not_ready()
             data = await file.read()
             try:
-                return model, self.serving.item_from_file(data, model)
+                return model, await self._heavy(self.serving.item_from_file, data, model)
             except BadInput as error:
                 return JSONResponse({"error": f"{file.filename}: {error}"}, error.status)
+
+        async def _heavy(self, work, *args):
+            """Run CPU-heavy `work` (decoding an upload, an explanation) in a thread, at most
+            `serve.max_heavy_requests` at once: the event loop keeps answering meanwhile."""
+            if self._heavy_slots is None:  # made on the loop that serves the requests
+                self._heavy_slots = asyncio.Semaphore(self.settings.max_heavy_requests)
+            async with self._heavy_slots:
+                return await asyncio.to_thread(work, *args)
 
         def _not_ready(self) -> JSONResponse:
             return JSONResponse({"error": redact(f"not ready: {self.not_ready_reason}")}, 503)
@@ -267,6 +278,7 @@ def service_for(params: Params) -> bentoml.Service:
             return found.response
 
     Loopline.add_asgi_middleware(BodySizeLimit, limit=boot.max_body_bytes, skip_paths=("/stream",))
+    Loopline.add_asgi_middleware(MultipartNeedsBoundary)
     return Loopline
 
 

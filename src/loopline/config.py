@@ -207,6 +207,9 @@ class ServeParams(Section):
     max_latency_ms: Positive = 2000
     max_body_bytes: Positive = 8 * 1024 * 1024  # larger request bodies get 413
     max_line_bytes: Positive = 64 * 1024  # longer NDJSON lines in `stream` get an error line
+    # Uploads decoded (and explanations computed) at once per worker, off the event loop;
+    # more wait their turn, so a burst of large images cannot stall health checks.
+    max_heavy_requests: Positive = 2
     prediction_log: str | None = None  # SQLAlchemy URL; default: SQLite in the state folder
     log_batch_size: Positive = 256
     log_flush_interval_s: Annotated[float, Field(gt=0)] = 1.0
