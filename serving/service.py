@@ -41,7 +41,13 @@ from loopline.online import LoadedModel
 from loopline.redaction import redact, redact_data, redact_logs, remember_url_secrets
 from loopline.serving_adapter import Answer, BadInput, Explaining, FileInput, Serving, StreamState
 from serving.asgi import BodySizeLimit, DuplexStreamingResponse, MultipartNeedsBoundary
-from serving.champion import ChampionService, boot_params, describe_validation, ndjson_batches
+from serving.champion import (
+    ChampionService,
+    boot_params,
+    describe_validation,
+    ndjson_batches,
+    use_own_metrics_folder,
+)
 
 
 def service_for(params: Params) -> bentoml.Service:
@@ -53,6 +59,7 @@ def service_for(params: Params) -> bentoml.Service:
     redact_logs()
     remember_url_secrets(os.environ.get("MLFLOW_TRACKING_URI"))
     remember_url_secrets(params.serve.prediction_log)
+    use_own_metrics_folder(params.served_model)
     boot, running = params.serve, params
     # The adapter and model this worker serves, for the per-item check that runs while a
     # request body is validated (one service instance per worker process).

@@ -265,6 +265,9 @@ def serve(
     env["LOOPLINE_PROJECT"] = str(paths.root)
     env.setdefault("BENTOML_HOME", str(paths.state / "bentoml"))
     env.setdefault("BENTOML_DO_NOT_TRACK", "true")
+    # Each service its own Prometheus folder (BentoML wipes the folder at every start).
+    metrics = paths.state / "metrics" / f"{params.served_model}-{port}"
+    env.setdefault("LOOPLINE_METRICS_DIR", str(metrics))
     try:
         env["LOOPLINE_TASK"] = served_task(paths, params)
     except LooplineError as error:

@@ -67,6 +67,9 @@ def test_no_endpoint_or_log_line_shows_a_uri_password(served_project, tmp_path):
                 seen.append(f"{path}: {client.post(path, json=body).text}")
             lines = "".join(json.dumps(r) + "\n" for r in readings)
             seen.append(f"/stream: {client.post('/stream', content=lines).text}")
+        # (The same start shows the service's own Prometheus folder in use: one per port.)
+        metrics = served_project / ".loopline" / "metrics" / f"solar-{port}"
+        assert list(metrics.glob("*.db")), "the service's metrics are not in its own folder"
     seen.append(log_path.read_text())
     everything = "\n".join(seen)
     assert "not ready" in everything and "u:***@127.0.0.1" in everything  # it did say why
