@@ -38,9 +38,22 @@ from pydantic import BaseModel, Field, ValidationError, create_model, model_vali
 
 from loopline.config import Params
 from loopline.online import LoadedModel
-from loopline.redaction import redact, redact_data, redact_logs, remember_url_secrets
+from loopline.redaction import (
+    redact,
+    redact_data,
+    redact_logs,
+    remember_secret,
+    remember_url_secrets,
+    without_paths,
+)
 from loopline.serving_adapter import Answer, BadInput, Explaining, FileInput, Serving, StreamState
-from serving.asgi import BodySizeLimit, DuplexStreamingResponse, MultipartNeedsBoundary
+from serving.asgi import (
+    AUTHENTICATED,
+    BodySizeLimit,
+    DuplexStreamingResponse,
+    MultipartNeedsBoundary,
+    TokenAuth,
+)
 from serving.champion import (
     ChampionService,
     boot_params,
@@ -59,6 +72,7 @@ def service_for(params: Params) -> bentoml.Service:
     redact_logs()
     remember_url_secrets(os.environ.get("MLFLOW_TRACKING_URI"))
     remember_url_secrets(params.serve.prediction_log)
+    remember_secret(params.serve.token)
     use_own_metrics_folder(params.served_model)
     boot, running = params.serve, params
     # The adapter and model this worker serves, for the per-item check that runs while a
@@ -123,9 +137,13 @@ def service_for(params: Params) -> bentoml.Service:
         # -------------------------------------------------------------- metadata
 
         @app.get("/metadata")
-        def metadata(self) -> dict[str, Any]:
-            """The model being served and the state of the alias watch."""
-            return redact_data(self.status())
+        def metadata(self, request: Request) -> dict[str, Any]:
+            """The model being served and the state of the alias watch (internal paths
+            only for an authenticated client)."""
+            status = redact_data(self.status())
+            if request.scope.get("state", {}).get(AUTHENTICATED):
+                return status
+            return without_paths(status)
 
         # -------------------------------------------------------------- stream
 
@@ -286,6 +304,7 @@ def service_for(params: Params) -> bentoml.Service:
 
     Loopline.add_asgi_middleware(BodySizeLimit, limit=boot.max_body_bytes, skip_paths=("/stream",))
     Loopline.add_asgi_middleware(MultipartNeedsBoundary)
+    Loopline.add_asgi_middleware(TokenAuth, token=boot.token)
     return Loopline
 
 

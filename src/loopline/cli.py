@@ -282,6 +282,11 @@ def serve(
         f"(task {env['LOOPLINE_TASK']}) from "
         f"{redact(paths.tracking_uri())} on http://{host}:{port}"
     )
+    if not params.serve.token and host not in ("127.0.0.1", "::1", "localhost"):
+        console.print(
+            f"[yellow]no token:[/] anyone who reaches {host}:{port} can predict and write the "
+            "prediction log; set LOOPLINE_SERVE_TOKEN for production"
+        )
     # exec: the server gets signals (Ctrl-C, docker stop) directly and shuts down cleanly.
     os.execvpe(command[0], command, env)
 

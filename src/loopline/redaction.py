@@ -25,6 +25,9 @@ _QUERY_SECRET = re.compile(
     re.IGNORECASE,
 )
 _known: set[str] = set()
+# An absolute filesystem path (two segments or more: `/predict` is an endpoint, not a path).
+_PATH = re.compile(r"(?:\b[A-Za-z]:)?(?:[/\\][\w.~\-]+){2,}[/\\]?")
+PATH_MASK = "<path>"
 
 
 def remember_secret(value: str | None) -> None:
@@ -68,6 +71,18 @@ def redact_data(value: Any) -> Any:
         return {k: redact_data(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [redact_data(v) for v in value]
+    return value
+
+
+def without_paths(value: Any) -> Any:
+    """A JSON-ready structure with every filesystem path in its strings masked (what an
+    unauthenticated client may see of the service's state)."""
+    if isinstance(value, str):
+        return _PATH.sub(PATH_MASK, value)
+    if isinstance(value, dict):
+        return {k: without_paths(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [without_paths(v) for v in value]
     return value
 
 

@@ -54,3 +54,43 @@ def test_loopline_serve_names_a_metrics_folder_per_model_and_port(served_project
         str(served_project / ".loopline" / "metrics" / "solar-3100"),
         str(served_project / ".loopline" / "metrics" / "solar-3101"),
     ]
+
+
+TOKEN = "t0ken-for-tests"
+
+
+@pytest.fixture
+def token_client(served_project, monkeypatch):
+    from starlette.testclient import TestClient
+
+    from tests.serving.conftest import service_app
+
+    monkeypatch.setenv("LOOPLINE_SERVE_TOKEN", TOKEN)
+    with TestClient(service_app()) as client:
+        yield client
+
+
+def test_a_token_guards_predictions_but_not_health_or_metrics(token_client):
+    from tests.serving.test_service_api import window
+
+    body = {"windows": [window()]}
+    refused = token_client.post("/predict", json=body)
+    assert refused.status_code == 401 and "Bearer" in refused.json()["error"]
+    assert refused.headers["www-authenticate"] == "Bearer"
+    wrong = {"Authorization": "Bearer not-it"}
+    assert token_client.post("/predict", json=body, headers=wrong).status_code == 401
+    assert token_client.post("/stream", content=b"{}\n").status_code == 401
+    right = {"Authorization": f"Bearer {TOKEN}"}
+    assert token_client.post("/predict", json=body, headers=right).status_code == 200
+    for path in ("/livez", "/readyz", "/docs.json"):  # (/metrics: the real service, test_secrets)
+        assert token_client.get(path).status_code == 200, path
+
+
+def test_metadata_shows_internal_paths_only_when_authenticated(token_client, served_project):
+    anonymous = token_client.get("/metadata")
+    assert anonymous.status_code == 200 and anonymous.json()["model"]["version"] == "2"
+    assert str(served_project) not in anonymous.text and "<path>" in anonymous.text
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    operator = token_client.get("/metadata", headers=headers).json()
+    assert str(served_project) in operator["tracking_uri"]
+    assert TOKEN not in token_client.get("/metadata", headers=headers).text
