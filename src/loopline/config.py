@@ -212,7 +212,7 @@ class ServeParams(Section):
     max_heavy_requests: Positive = 2
     # Bearer token for prediction and operator endpoints (set it by LOOPLINE_SERVE_TOKEN, not
     # in a committed file). Unset: no token asked, internal paths shown to loopback only.
-    token: str | None = Field(None, repr=False)
+    token: str | None = Field(None, repr=False, exclude=True)  # never dumped: not in MLflow
     prediction_log: str | None = None  # SQLAlchemy URL; default: SQLite in the state folder
     log_batch_size: Positive = 256
     log_flush_interval_s: Annotated[float, Field(gt=0)] = 1.0
