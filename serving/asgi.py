@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
+import time
 
 from starlette.requests import ClientDisconnect
 from starlette.responses import StreamingResponse
+
+log = logging.getLogger("loopline.serving")
 
 
 class BodyTooLarge(Exception):
@@ -142,7 +146,29 @@ class DuplexStreamingResponse(StreamingResponse):
     async def __call__(self, scope, receive, send):
         try:
             await self.stream_response(send)
-        except OSError:
-            raise ClientDisconnect() from None
+        except (OSError, ClientDisconnect):  # the client went away: nothing to answer
+            disconnects.note(scope)
+            return
+        finally:
+            await self.body_iterator.aclose()  # its `finally` runs now, not at collection
         if self.background is not None:
             await self.background()
+
+
+class QuietDisconnects:
+    """Client disconnects are routine for a stream: one INFO line per `every_s` seconds
+    saying how many there were, instead of a traceback per disconnect."""
+
+    def __init__(self, every_s: float = 10.0):
+        self.every_s, self.count, self.last = every_s, 0, 0.0
+
+    def note(self, scope) -> None:
+        self.count += 1
+        now = time.monotonic()
+        if now - self.last >= self.every_s:
+            path = scope.get("path", "?")
+            log.info("%d client(s) disconnected mid-stream (last on %s)", self.count, path)
+            self.count, self.last = 0, now
+
+
+disconnects = QuietDisconnects()

@@ -303,26 +303,41 @@ class ChampionService:
         return answers
 
 
-async def ndjson_batches(request, max_line_bytes: int):
+class LineTimeout(Exception):
+    """A line was begun and not finished within the line timeout."""
+
+
+async def ndjson_batches(request, max_line_bytes: int, line_timeout_s: float | None = None):
     """The request body's NDJSON lines as they arrive: one list of (line number, bytes) per
-    chunk; a line longer than `max_line_bytes` comes as (line number, None) and the rest
-    of it is skipped, so one bad line never ends a stream."""
+    chunk. A line longer than `max_line_bytes` comes once, as (its line number, None), and
+    the rest of it is skipped: one bad line never ends a stream nor shifts the numbers of
+    the lines after it. A line begun and left unfinished for `line_timeout_s` raises
+    LineTimeout (a client between lines may wait as long as it likes)."""
+    chunks = request.stream().__aiter__()
     pending, line_no, skipping = b"", 0, False
-    async for chunk in request.stream():
-        pending += chunk
-        lines = pending.split(b"\n")
-        pending = lines.pop()
+    while True:
+        partial = bool(pending) or skipping
+        try:
+            chunk = await asyncio.wait_for(anext(chunks), line_timeout_s if partial else None)
+        except StopAsyncIteration:
+            break
+        except TimeoutError:
+            raise LineTimeout(line_no + 1) from None
         batch: list[tuple[int, bytes | None]] = []
-        for raw in lines:
-            line_no += 1
-            if skipping:  # the rest of an over-long line
+        *ends, rest = chunk.split(b"\n")
+        for piece in ends:
+            if skipping:  # the end of the over-long line, already answered
                 skipping = False
                 continue
-            batch.append((line_no, raw))
-        if len(pending) > max_line_bytes:
+            line, pending = pending + piece, b""
             line_no += 1
-            batch.append((line_no, None))
-            pending, skipping = b"", True
+            batch.append((line_no, line if len(line) <= max_line_bytes else None))
+        if not skipping:
+            pending += rest
+            if len(pending) > max_line_bytes:
+                line_no += 1
+                batch.append((line_no, None))
+                pending, skipping = b"", True
         if batch:
             yield batch
     if pending.strip() and not skipping:

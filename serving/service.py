@@ -56,6 +56,7 @@ from serving.asgi import (
 )
 from serving.champion import (
     ChampionService,
+    LineTimeout,
     boot_params,
     describe_validation,
     ndjson_batches,
@@ -99,6 +100,7 @@ def service_for(params: Params) -> bentoml.Service:
 
         params = running  # (a class body cannot read `params` of the function around it)
         _heavy_slots: asyncio.Semaphore | None = None
+        _open_streams = 0
 
         def on_swap(self, model: LoadedModel) -> None:
             served.update(serving=self.serving, model=model)
@@ -179,19 +181,36 @@ def service_for(params: Params) -> bentoml.Service:
                 """Live streaming inference: items in, answers out, as they happen."""
                 if self.model is None:
                     return self._not_ready()
+                limit = self.settings.max_streams
+                if self._open_streams >= limit:
+                    message = f"{limit} streams already open (serve.max_streams): retry later"
+                    return JSONResponse({"error": message}, 503, headers={"Retry-After": "1"})
                 lines = self._stream(request)
                 return DuplexStreamingResponse(lines, media_type="application/x-ndjson")
 
         async def _stream(self, request: Request):
             model = self.model
             state = self.serving.open_stream(model)
-            async for batch in ndjson_batches(request, self.settings.max_line_bytes):
-                # Between chunks a stream moves to a hot-swapped model, keeping its state.
-                current = self.model or model
-                if current is not model:
-                    model = current
-                    state.follow(model)
-                yield await asyncio.to_thread(self._stream_lines, state, model, batch)
+            settings = self.settings
+            self._open_streams += 1
+            try:
+                batches = ndjson_batches(request, settings.max_line_bytes, settings.line_timeout_s)
+                async for batch in batches:
+                    # Between chunks a stream moves to a hot-swapped model, keeping its state.
+                    current = self.model or model
+                    if current is not model:
+                        model = current
+                        state.follow(model)
+                    yield await asyncio.to_thread(self._stream_lines, state, model, batch)
+            except LineTimeout as timeout:
+                self.metrics["stream_errors"].labels("timeout").inc()
+                message = (
+                    f"line {timeout.args[0]} unfinished for {settings.line_timeout_s} s "
+                    "(serve.line_timeout_s): stream closed"
+                )
+                yield json.dumps({"line": timeout.args[0], "error": message}) + "\n"
+            finally:
+                self._open_streams -= 1
 
         def _stream_lines(self, state: StreamState, model: LoadedModel, batch) -> str:
             """The answer lines for one chunk of input lines, in line order (what a line

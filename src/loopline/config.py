@@ -210,6 +210,10 @@ class ServeParams(Section):
     # Uploads decoded (and explanations computed) at once per worker, off the event loop;
     # more wait their turn, so a burst of large images cannot stall health checks.
     max_heavy_requests: Positive = 2
+    max_streams: Positive = 1000  # open `/stream` connections per worker; more get 503
+    # A stream line begun and not finished within this many seconds closes the stream (a
+    # client between lines may wait as long as it likes).
+    line_timeout_s: Annotated[float, Field(gt=0)] = 30.0
     # Bearer token for prediction and operator endpoints (set it by LOOPLINE_SERVE_TOKEN, not
     # in a committed file). Unset: no token asked, internal paths shown to loopback only.
     token: str | None = Field(None, repr=False, exclude=True)  # never dumped: not in MLflow

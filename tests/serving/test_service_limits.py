@@ -94,3 +94,51 @@ def test_metadata_shows_internal_paths_only_when_authenticated(token_client, ser
     operator = token_client.get("/metadata", headers=headers).json()
     assert str(served_project) in operator["tracking_uri"]
     assert TOKEN not in token_client.get("/metadata", headers=headers).text
+
+
+def body_of(chunks: list[bytes], then_wait: bool = False):
+    """A Starlette request whose body arrives in `chunks` (then, with `then_wait`, nothing
+    more: a client that stopped mid-line)."""
+    import asyncio
+
+    from starlette.requests import Request
+
+    messages = [{"type": "http.request", "body": c, "more_body": True} for c in chunks]
+
+    async def receive():
+        if messages:
+            return messages.pop(0)
+        if then_wait:
+            await asyncio.sleep(3600)
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    return Request({"type": "http", "method": "POST", "path": "/stream", "headers": []}, receive)
+
+
+def lines_of(chunks: list[bytes], limit: int = 64, then_wait: bool = False, timeout=None):
+    import asyncio
+
+    from serving.champion import ndjson_batches
+
+    async def collect():
+        request = body_of(chunks, then_wait)
+        return [b async for b in ndjson_batches(request, limit, timeout)]
+
+    return [line for batch in asyncio.run(collect()) for line in batch]
+
+
+def test_an_over_long_line_is_one_error_and_later_lines_keep_their_numbers():
+    chunks = [b'{"a":1}\n' + b"x" * 50, b"x" * 50, b"x" * 50, b"x\n" + b'{"b":2}\n{"c"', b":3}\n"]
+    assert lines_of(chunks) == [(1, b'{"a":1}'), (2, None), (3, b'{"b":2}'), (4, b'{"c":3}')]
+    # A whole over-long line in one chunk, and one at the very end without a newline.
+    assert lines_of([b"y" * 100 + b"\n{}\n", b"z" * 100]) == [(1, None), (2, b"{}"), (3, None)]
+
+
+def test_a_line_left_unfinished_times_out_and_a_quiet_client_does_not():
+    from serving.champion import LineTimeout
+
+    with pytest.raises(LineTimeout) as stopped:
+        lines_of([b"{}\n", b'{"half'], then_wait=True, timeout=0.2)
+    assert stopped.value.args == (2,)
+    # Between lines nothing times out (the body's end comes after the chunks here).
+    assert lines_of([b"{}\n", b"{}\n"], timeout=0.2) == [(1, b"{}"), (2, b"{}")]
