@@ -153,6 +153,7 @@ class ChampionService:
             batch_size=self.settings.log_batch_size,
             flush_interval_s=self.settings.log_flush_interval_s,
             queue_size=self.settings.log_queue_size,
+            spool_dir=self.paths.state / "spool" / self.model_name,
         )
         self._poller: asyncio.Task | None = None
         self.refresh()
@@ -294,8 +295,7 @@ class ChampionService:
                 )
                 for a in answered
             ]
-            for record in records:
-                self.predictions.put(record)
+            self.predictions.put_many(records)  # one spool write per batch
             self.metrics["predictions"].labels(api, model.version).inc(len(records))
             self.metrics["batch_size"].labels(api).observe(len(records))
             self.metrics["latency"].labels(api).observe(seconds)
