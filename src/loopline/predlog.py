@@ -151,7 +151,13 @@ class PredictionLog:
     def _replay(self, segments: list[Path]) -> int:
         """Write the records of dead processes' spool segments; delete each once written."""
         replayed = 0
-        for segment in segments:
+        for n, orphan in enumerate(segments):
+            # Claimed by renaming: of workers starting together, one replays each segment.
+            segment = orphan.with_name(f"{os.getpid()}-replaying-{n}.ndjson")
+            try:
+                orphan.rename(segment)
+            except FileNotFoundError:
+                continue
             records = []
             for line in segment.read_text(encoding="utf-8", errors="replace").splitlines():
                 try:
