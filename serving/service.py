@@ -208,7 +208,8 @@ def service_for(params: Params) -> bentoml.Service:
                     f"line {timeout.args[0]} unfinished for {settings.line_timeout_s} s "
                     "(serve.line_timeout_s): stream closed"
                 )
-                yield json.dumps({"line": timeout.args[0], "error": message}) + "\n"
+                yield json.dumps({"line": timeout.args[0], "error": message}, separators=(",", ":"))
+                yield "\n"
             finally:
                 self._open_streams -= 1
 

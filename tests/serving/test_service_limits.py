@@ -142,3 +142,56 @@ def test_a_line_left_unfinished_times_out_and_a_quiet_client_does_not():
     assert stopped.value.args == (2,)
     # Between lines nothing times out (the body's end comes after the chunks here).
     assert lines_of([b"{}\n", b"{}\n"], timeout=0.2) == [(1, b"{}"), (2, b"{}")]
+
+
+def open_stream(port: int, first: bytes):
+    """A raw `/stream` connection (chunked body) that has sent `first`."""
+    import socket
+
+    conn = socket.create_connection(("127.0.0.1", port), timeout=30)
+    head = (
+        "POST /stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ndjson\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n"
+    )
+    conn.sendall(head.encode() + f"{len(first):x}\r\n".encode() + first + b"\r\n")
+    return conn
+
+
+def test_streams_are_capped_timed_out_and_their_disconnects_quiet(served_project, tmp_path):
+    """The real service: `serve.max_streams` open streams, the next one a 503; a half line
+    closes its stream after `serve.line_timeout_s`; clients that vanish mid-stream leave
+    no traceback in the log."""
+    import sys
+    import time
+    from pathlib import Path
+
+    import httpx
+
+    from loopline.health import free_port
+    from tests.serving.conftest import serve_process
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = dict(os.environ)
+    env |= {"LOOPLINE_SERVE_MAX_STREAMS": "2", "LOOPLINE_SERVE_LINE_TIMEOUT_S": "1"}
+    command = [str(Path(sys.executable).parent / "loopline"), "serve", "--port", str(port)]
+    log_path = tmp_path / "serve.log"
+    with serve_process(command, served_project, log_path, url, env):
+        quiet = open_stream(port, b"\n")
+        half = open_stream(port, b'{"site_id": "greens')
+        time.sleep(0.5)
+        third = httpx.post(f"{url}/stream", content=b"\n", timeout=30)
+        assert third.status_code == 503 and "serve.max_streams" in third.json()["error"]
+        answer = b""
+        while b"serve.line_timeout_s" not in answer:  # the half line: closed after ~1 s
+            answer += half.recv(65536) or b"#closed"
+            assert b"#closed" not in answer, answer
+        assert b'"line":1' in answer
+        half.close()
+        quiet.close()  # gone mid-stream, without ending its body
+        time.sleep(1.0)
+        again = httpx.post(f"{url}/stream", content=b"\n", timeout=30)
+        assert again.status_code == 200  # the closed streams no longer count
+        assert httpx.get(f"{url}/livez").status_code == 200
+    output = log_path.read_text()
+    assert "Traceback" not in output and "ClientDisconnect" not in output, output[-3000:]
