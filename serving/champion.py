@@ -1,11 +1,16 @@
 """What the one service shares with every task: follow the registry's alias, serve what it
 names, log and count what it answers.
 
-`ChampionService` loads the champion at start-up, re-resolves the alias every
-`serve.poll_interval_s` and hot-swaps a new version after it loaded, warmed and passed its
-golden-batch check (off the request path; requests keep the model they started with), says
-why it is not ready, runs the task's serving adapter on a batch (`answer`), writes every
-prediction to the prediction log and keeps the metrics. `serving/service.py` adds the APIs.
+`ChampionService` loads the champion in the background at start-up (probes answer at once
+whatever the registry does), re-resolves the alias every `serve.poll_interval_s` and
+hot-swaps a new version after it loaded, warmed and passed its golden-batch check (off the
+request path; requests keep the model they started with), says why it is not ready, runs the
+task's serving adapter on a batch (`answer`), writes every prediction to the prediction log
+and keeps the metrics. `serving/service.py` adds the APIs.
+
+A version that fails to load or its check is marked refused in the registry (rollbacks skip
+it); a service whose champion is refused serves the last good champion of the history and
+says so in `/readyz` and `/metadata` until the alias moves or the version is retried.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any, ClassVar
 import bentoml
 from starlette.exceptions import HTTPException
 
+from loopline import registry
 from loopline.config import Params, apply_overrides, load_params, parse_params, serve_env_overrides
 from loopline.online import (
     LoadedModel,
@@ -30,11 +36,12 @@ from loopline.online import (
     default_threads,
     load_version,
     resolve_alias,
+    use_service_deadlines,
 )
 from loopline.paths import ProjectPaths, find_project_root
 from loopline.predlog import PredictionLog, PredictionRecord
 from loopline.redaction import redact
-from loopline.serving_adapter import Answer, Serving
+from loopline.serving_adapter import Answer, Refused, Serving
 
 log = logging.getLogger("loopline.serving")
 
@@ -102,6 +109,11 @@ def service_metrics() -> dict[str, Any]:
             poll_errors=Counter("loopline_registry_poll_errors", "Failed alias polls"),
             predictions=Counter("loopline_predictions", "Predictions served", ["api", "version"]),
             stream_errors=Counter("loopline_stream_errors", "Rejected stream lines", ["kind"]),
+            refused=Counter(
+                "loopline_refused_inputs",
+                "Items refused by the data contract, per rule broken (validation's names)",
+                ["rule"],
+            ),
             batch_size=Histogram(
                 "loopline_batch_size",
                 "Items per model call",
@@ -121,6 +133,11 @@ def service_metrics() -> dict[str, Any]:
             ),
         )
     return _METRICS
+
+
+class WrongTask(ModelLoadError):
+    """The version is fine, but of another task: this service's configuration, not the
+    version, is wrong (so it is not marked refused)."""
 
 
 class ChampionService:
@@ -143,10 +160,12 @@ class ChampionService:
         self.threads = self.settings.threads or default_threads(self.settings.workers)
         self.cache = self.paths.state / "serving-cache"
         self.model: LoadedModel | None = None
-        self.not_ready_reason = "starting"
+        self.not_ready_reason = "loading: the first look at the registry is under way"
         self.last_swap_error: dict[str, Any] | None = None
         self.last_poll_error: dict[str, Any] | None = None
-        self.failed_versions: set[str] = set()
+        # Set while serving an earlier version because the champion was refused.
+        self.fallback: dict[str, Any] | None = None
+        self.registry_deadlines = use_service_deadlines()
         self.metrics = service_metrics()
         self.predictions = PredictionLog(
             self.paths.prediction_log_url(params),
@@ -156,7 +175,6 @@ class ChampionService:
             spool_dir=self.paths.state / "spool" / self.model_name,
         )
         self._poller: asyncio.Task | None = None
-        self.refresh()
 
     # ------------------------------------------------------------------ model lifecycle
 
@@ -166,8 +184,8 @@ class ChampionService:
     def refresh(self) -> None:
         """Re-resolve the alias; load, warm and check a new version, then swap it in.
 
-        Runs off the request path (start-up, then the poller's thread). Requests hold their
-        own reference to the model they started with, so in-flight ones finish on it.
+        Runs off the request path (the poller's thread). Requests hold their own reference
+        to the model they started with, so in-flight ones finish on it.
         """
         current = self.model
         try:
@@ -189,34 +207,98 @@ class ChampionService:
             return
         version = str(found.version)
         if current is not None and current.version == version:
+            self.fallback = None  # the alias came to the version being served
             return
-        if version in self.failed_versions:
+        mark = registry.refusal(found)
+        if mark is not None:  # by this service or another: do not try it again
+            self._champion_refused(
+                version, registry.describe_refusal(self.model_name, version, mark)
+            )
             return
         try:
-            loaded = load_version(self.tracking_uri, found, self.alias, self.cache, self.threads)
-            if loaded.spec.task != self.task.name:
-                raise ModelLoadError(
-                    f"{self.model_name} v{version} is a {loaded.spec.task} model; this "
-                    f"service serves {self.task.name} models"
-                )
+            loaded = self._load(found)
         except ModelLoadError as error:
-            if not isinstance(error, ModelDownloadError):  # a broken file stays broken
-                self.failed_versions.add(version)
             self.metrics["swaps"].labels("failed").inc()
             self.last_swap_error = {"version": version, "error": str(error), "at": now()}
-            if current is None:
-                self.not_ready_reason = f"{self.model_name} v{version} failed to load: {error}"
             log.error("not swapping to v%s, still serving %s: %s", version, _label(current), error)
+            if isinstance(error, ModelDownloadError | WrongTask):  # not the version's fault
+                if current is None:
+                    self.not_ready_reason = f"{self.model_name} v{version} failed to load: {error}"
+                return
+            self._mark_refused(version, str(error))
+            self._champion_refused(version, f"{self.model_name} v{version} was refused: {error}")
             return
+        self._swap(loaded)
+
+    def _load(self, model_version) -> LoadedModel:
+        loaded = load_version(
+            self.tracking_uri, model_version, self.alias, self.cache, self.threads
+        )
+        if loaded.spec.task != self.task.name:
+            raise WrongTask(
+                f"{self.model_name} v{loaded.version} is a {loaded.spec.task} model; this "
+                f"service serves {self.task.name} models"
+            )
+        return loaded
+
+    def _swap(self, loaded: LoadedModel, fallback: dict[str, Any] | None = None) -> None:
         self.model = loaded
+        self.fallback = fallback
         self.on_swap(loaded)
         self.metrics["swaps"].labels("ok").inc()
-        self.metrics["model_version"].labels(self.model_name, self.alias).set(float(version))
-        log.warning("serving %s v%s (%s)", loaded.name, version, ", ".join(loaded.providers))
+        self.metrics["model_version"].labels(self.model_name, self.alias).set(float(loaded.version))
+        log.warning("serving %s v%s (%s)", loaded.name, loaded.version, ", ".join(loaded.providers))
+
+    def _mark_refused(self, version: str, reason: str) -> None:
+        """Tag the version in the registry so rollbacks and other services skip it."""
+        try:
+            registry.mark_refused(self.tracking_uri, self.model_name, version, reason)
+        except Exception as error:  # the registry may fail now: the next poll tries again
+            log.error("could not mark v%s refused in the registry: %s", version, error)
+
+    def _champion_refused(self, version: str, why: str) -> None:
+        """Keep serving what is served; with nothing yet, serve the last good champion."""
+        if self.model is not None:  # keep serving it, and say it is not the champion
+            since = (self.fallback or {}).get("since") or now()
+            self.fallback = {"champion": version, "why": why, "since": since}
+            return
+        self.not_ready_reason = why
+        try:
+            candidates = registry.last_good_versions(
+                self.tracking_uri, self.model_name, exclude={version}
+            )
+        except Exception as error:  # whatever the registry's transport raises
+            self.not_ready_reason = f"{why}; the history could not be read: {error}"
+            return
+        for candidate in candidates:
+            try:
+                loaded = self._load(candidate)
+            except (ModelDownloadError, WrongTask):
+                continue
+            except ModelLoadError as error:
+                self._mark_refused(str(candidate.version), str(error))
+                continue
+            log.warning(
+                "champion v%s refused; serving v%s from the history", version, loaded.version
+            )
+            self._swap(loaded, fallback={"champion": version, "why": why, "since": now()})
+            return
+        self.not_ready_reason = (
+            f"{why}; no earlier champion in the history loads either "
+            f"(promote a good version: `loopline promote {self.model_name} VERSION`)"
+        )
 
     @bentoml.on_startup
     async def _start_polling(self) -> None:
+        # The first load runs in the background: the server answers /livez at once,
+        # /readyz says why it is not ready until a model is in.
+        first = asyncio.create_task(asyncio.to_thread(self.refresh))
+
         async def poll() -> None:
+            try:
+                await first
+            except Exception:
+                log.exception("first alias look crashed")
             while True:
                 await asyncio.sleep(self.settings.poll_interval_s)
                 try:
@@ -225,6 +307,8 @@ class ChampionService:
                     log.exception("alias poll crashed")
 
         self._poller = asyncio.create_task(poll())
+        if self.settings.startup_wait_s > 0:
+            await asyncio.wait([first], timeout=self.settings.startup_wait_s)
 
     @bentoml.on_shutdown
     async def _stop(self) -> None:
@@ -238,6 +322,16 @@ class ChampionService:
             # False does not).
             raise HTTPException(
                 status_code=503, detail=redact(f"not ready: {self.not_ready_reason}")
+            )
+        fallback = self.fallback
+        if fallback is not None:
+            # Ready (200), but an operator reading /readyz must see it is not the champion.
+            raise HTTPException(
+                status_code=200,
+                detail=redact(
+                    f"ready: serving v{self.model.version}, a good earlier champion, not "
+                    f"the champion v{fallback['champion']}: {fallback['why']}"
+                ),
             )
         return True
 
@@ -262,8 +356,10 @@ class ChampionService:
                 "alias": self.alias,
                 "poll_interval_s": self.settings.poll_interval_s,
             },
+            "fallback": self.fallback,
             "last_swap_error": self.last_swap_error,
             "last_poll_error": self.last_poll_error,
+            "registry_deadlines": self.registry_deadlines,
             "prediction_log": self.predictions.stats(),
         }
 
@@ -275,10 +371,15 @@ class ChampionService:
         call: Callable[[LoadedModel, list[Any]], list[Answer]],
     ) -> list[Answer]:
         """Run the adapter's `call` (predict, explain) on a batch; log and count what it
-        answered (error answers are not predictions)."""
+        answered (error answers are not predictions), and count each item refused by the
+        data contract per rule. Items already `Refused` (by a stream's state) are answered
+        here, in place, without the adapter."""
         started = time.perf_counter()
-        answers = call(model, items)
+        answers = _answer_refused(items, call, model)
         seconds = time.perf_counter() - started
+        refused = self.metrics["refused"]
+        for rule in (rule for a in answers for rule in a.refused):
+            refused.labels(rule).inc()
         answered = [a for a in answers if not a.error]
         if answered:
             per_item = seconds * 1000 / len(answered)
@@ -301,6 +402,15 @@ class ChampionService:
             self.metrics["latency"].labels(api).observe(seconds)
             self.metrics["log_dropped"].set(self.predictions.dropped)
         return answers
+
+
+def _answer_refused(items: list[Any], call, model: LoadedModel) -> list[Answer]:
+    """`call`'s answers for the items, with `Refused` ones answered by their own error."""
+    if not any(isinstance(item, Refused) for item in items):
+        return call(model, items)
+    asked = [item for item in items if not isinstance(item, Refused)]
+    answered = iter(call(model, asked) if asked else [])
+    return [item.answer if isinstance(item, Refused) else next(answered) for item in items]
 
 
 class LineTimeout(Exception):

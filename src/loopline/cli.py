@@ -174,6 +174,7 @@ def models(
         "smart pers. RMSE",
         "data version",
         "commit",
+        "refused",
     ):
         table.add_column(column)
     for r in rows:
@@ -187,6 +188,7 @@ def models(
             f"{m['smart_persistence_rmse']:.1f}" if "smart_persistence_rmse" in m else "-",
             (r["data_version"] or "-")[:12],
             (r["git_commit"] or "-")[:10],
+            (registry.refusal_in(r["tags"]) or {}).get("why", "")[:40],
         )
     out = Console()
     # Piped output has no terminal width; do not squeeze the table into 80 columns.
@@ -268,6 +270,11 @@ def serve(
     # Each service its own Prometheus folder (BentoML wipes the folder at every start).
     metrics = paths.state / "metrics" / f"{params.served_model}-{port}"
     env.setdefault("LOOPLINE_METRICS_DIR", str(metrics))
+    from loopline.online import use_service_deadlines
+
+    # Short registry deadlines for this process's own look-up and for the service it becomes.
+    use_service_deadlines(env)
+    os.environ.update({k: env[k] for k in use_service_deadlines(env)})
     try:
         env["LOOPLINE_TASK"] = served_task(paths, params)
     except LooplineError as error:
@@ -540,19 +547,38 @@ def explain(
     typer.echo(json.dumps({**answer, "model": reference, "saliency_png": str(target)}))
 
 
-def _move(project, model: str, version: str | None, reason: str, action: str) -> None:
+def _move(
+    project, model: str, version: str | None, reason: str, action: str, retry: bool = False
+) -> None:
     from loopline import registry
 
     paths = _paths(project)
     try:
         entry = registry.move_champion(
-            paths.tracking_uri(), model, version, reason=reason, action=action
+            paths.tracking_uri(), model, version, reason=reason, action=action, retry=retry
         )
     except LooplineError as error:
         _fail(error)
-    before = f"v{entry['from']}" if entry["from"] else "(none)"
-    console.print(f"[bold green]{model}[/] champion {before} → v{entry['to']} ({action})")
+    for passed in entry.get("skipped", []):
+        console.print(f"skipped v{passed['version']}: refused by a service: {passed['why']}")
+    if entry.get("retried"):
+        console.print(f"cleared the refusal mark of v{entry['to']}: services will try it again")
+    if entry.get("noop"):
+        console.print(f"[bold]{model}[/] v{entry['to']} is already champion: nothing recorded")
+    else:
+        before = f"v{entry['from']}" if entry["from"] else "(none)"
+        console.print(f"[bold green]{model}[/] champion {before} → v{entry['to']} ({action})")
     typer.echo(json.dumps(entry))
+
+
+RetryOption = Annotated[
+    bool,
+    typer.Option(
+        "--retry",
+        help="The version was refused by a service and has been repaired: clear its mark "
+        "and make it champion again (services try it once more).",
+    ),
+]
 
 
 @app.command()
@@ -560,10 +586,14 @@ def rollback(
     model: Annotated[str, typer.Argument(help="Registered model name.")],
     to: Annotated[str | None, typer.Option("--to", help="Version to roll back to.")] = None,
     reason: Annotated[str, typer.Option(help="Why (kept in the history).")] = "manual rollback",
+    retry: RetryOption = False,
     project: ProjectOption = None,
 ) -> None:
-    """Move `champion` back to the previous champion (or --to VERSION); services follow."""
-    _move(project, model, to, reason, "rollback_to" if to else "rollback")
+    """Move `champion` back to the previous champion (or --to VERSION), skipping versions a
+    service refused; services follow."""
+    if retry and to is None:
+        _fail(LooplineError("--retry needs --to VERSION: the version that was repaired"))
+    _move(project, model, to, reason, "rollback_to" if to else "rollback", retry)
 
 
 @app.command()
@@ -571,10 +601,12 @@ def promote(
     model: Annotated[str, typer.Argument(help="Registered model name.")],
     version: Annotated[str, typer.Argument(help="Version to make champion.")],
     reason: Annotated[str, typer.Option(help="Why (kept in the history).")] = "manual promotion",
+    retry: RetryOption = False,
     project: ProjectOption = None,
 ) -> None:
-    """Make any registered version the champion; services follow within their poll interval."""
-    _move(project, model, version, reason, "promote")
+    """Make any registered version the champion; services follow within their poll interval.
+    A version a service refused needs --retry once it is repaired."""
+    _move(project, model, version, reason, "promote", retry)
 
 
 @app.command()

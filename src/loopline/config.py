@@ -199,6 +199,10 @@ class ServeParams(Section):
     model: str | None = None  # registered model to serve; default: publish.model_name
     alias: str = "champion"
     poll_interval_s: Annotated[float, Field(gt=0)] = 5.0  # how often the alias is re-resolved
+    # How long start-up waits for the first model before answering probes: the first load
+    # runs in the background, so /livez answers at once whatever the registry does, and
+    # /readyz says "not ready: loading" until it is in (0 = do not wait).
+    startup_wait_s: Annotated[float, Field(ge=0)] = 0.0
     workers: Positive = 1
     threads: Annotated[int, Field(ge=0)] = 0  # onnxruntime threads per worker; 0 = cores/workers
     max_batch_size: Positive = 64  # adaptive batching of `predict`

@@ -188,6 +188,28 @@ def load_model_folder(
     )
 
 
+# MLflow's HTTP client waits up to 120 s per request and retries 7 times with backoff
+# (~4 minutes before a failure surfaces): right for a pipeline riding out a rate limit, an
+# outage for a service whose polls must report a dead registry at the next poll. A service
+# process sets these (an operator's own values in the environment win); the offline flow
+# keeps MLflow's defaults. The names are MLflow 3's `mlflow.environment_variables`.
+SERVICE_REGISTRY_DEADLINES = {
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",  # seconds per connect / read
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
+}
+
+
+def use_service_deadlines(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Give a service process's registry calls short deadlines (see above); returns the
+    settings in force. MLflow reads them at each call, so this applies from the next one."""
+    target = os.environ if environ is None else environ
+    for key, value in SERVICE_REGISTRY_DEADLINES.items():
+        target.setdefault(key, value)
+    return {key: target[key] for key in SERVICE_REGISTRY_DEADLINES}
+
+
 def resolve_alias(tracking_uri: str, name: str, alias: str):
     """The ModelVersion `alias` points at, None when there is none yet.
 

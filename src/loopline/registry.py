@@ -4,6 +4,15 @@ Aliases, not stages: every new version gets `challenger`; only the gate (or an o
 promote / rollback) moves `champion`. Each champion move is appended to the history as its
 own registered-model tag keyed by time and a random suffix, so concurrent writers never
 overwrite each other's entries.
+
+Safe versions: a version a service refused (it failed to load or its golden-batch check) is
+tagged `loopline.refused` with the reason. Promote and `rollback --to` refuse it, a plain
+rollback skips it, and a service that starts on it serves the last good champion of the
+history instead. "Repaired" is an operator's word, not a guess: after fixing the cause
+(re-uploading the artifact, a new onnxruntime), `loopline promote NAME VERSION --retry`
+clears the mark and makes services try the version again (a service that still cannot load
+it marks it again). A move to the version that is already champion changes nothing and
+records nothing.
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ import getpass
 import hashlib
 import json
 import os
+import socket
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +37,7 @@ CHALLENGER = "challenger"
 HISTORY_PREFIX = "champion_history/"
 TAG = "loopline."  # prefix of every tag Loopline writes
 PUBLISH_COMPLETE = f"{TAG}publish_complete"  # set last, once the gate has been carried out
+REFUSED = f"{TAG}refused"  # version tag: a service refused to serve it (JSON: why, by, at)
 
 
 def client(tracking_uri: str):
@@ -257,11 +268,83 @@ def champion_lineage(history: list[dict[str, Any]]) -> list[str]:
         if entry.get("action") == "rollback":
             if stack:
                 stack.pop()
+            # A rollback that skipped refused versions went back more than one step.
+            skipped = {str(s["version"]) for s in entry.get("skipped", [])}
+            while stack and stack[-1] in skipped:
+                stack.pop()
             if not stack or stack[-1] != entry["to"]:
                 stack.append(entry["to"])
         else:
             stack.append(str(entry["to"]))
     return stack
+
+
+def refusal(model_version: Any) -> dict[str, Any] | None:
+    """The refusal mark of a ModelVersion (why, by, at), None when it has none."""
+    return refusal_in(getattr(model_version, "tags", None) or {})
+
+
+def refusal_in(tags: dict[str, str]) -> dict[str, Any] | None:
+    """The refusal mark in a version's tags, None when it has none."""
+    raw = tags.get(REFUSED)
+    if not raw:
+        return None
+    try:
+        mark = json.loads(raw)
+    except ValueError:  # written by hand: the text is the reason
+        return {"why": raw}
+    return mark if isinstance(mark, dict) else {"why": str(mark)}
+
+
+def mark_refused(
+    tracking_uri: str, name: str, version: str, reason: str, by: str | None = None
+) -> dict[str, Any]:
+    """Tag `version` as refused by a service (so rollbacks skip it), with the reason."""
+    mark = {
+        "why": reason,
+        "by": by or f"{getpass.getuser()}@{socket.gethostname()}",
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    client(tracking_uri).set_model_version_tag(name, str(version), REFUSED, json.dumps(mark))
+    return mark
+
+
+def clear_refused(tracking_uri: str, name: str, version: str) -> dict[str, Any] | None:
+    """Remove `version`'s refusal mark (it was repaired); returns the mark it had."""
+    mlflow_client = client(tracking_uri)
+    mark = refusal(mlflow_client.get_model_version(name, str(version)))
+    if mark is not None:
+        mlflow_client.delete_model_version_tag(name, str(version), REFUSED)
+    return mark
+
+
+def describe_refusal(name: str, version: str, mark: dict[str, Any]) -> str:
+    by = ", ".join(str(mark[k]) for k in ("by", "at") if mark.get(k))
+    return f"{name} v{version} was refused by a service{f' ({by})' if by else ''}: {mark['why']}"
+
+
+def last_good_versions(tracking_uri: str, name: str, exclude: set[str]) -> list[Any]:
+    """ModelVersions a service may fall back to, the most recent champion first: the
+    rollback lineage, then every other version the history names, none refused or in
+    `exclude`."""
+    from mlflow.exceptions import MlflowException
+
+    mlflow_client = client(tracking_uri)
+    history = [entry for _, entry in _history_tags(mlflow_client, name)]
+    named = [*champion_lineage(history)]
+    named = named[::-1] + [str(e["to"]) for e in reversed(history)]
+    out, seen = [], set(exclude)
+    for version in named:
+        if version in seen:
+            continue
+        seen.add(version)
+        try:
+            found = mlflow_client.get_model_version(name, version)
+        except MlflowException:  # deleted since
+            continue
+        if refusal(found) is None:
+            out.append(found)
+    return out
 
 
 def move_champion(
@@ -271,12 +354,16 @@ def move_champion(
     reason: str,
     who: str | None = None,
     action: str = "promote",
+    retry: bool = False,
 ) -> dict[str, Any]:
     """Point `champion` at `version` and append the move to the history, atomically.
 
     `action` is "promote", "rollback" (to the previous champion: `version` None) or
-    "rollback_to" (to a given version). Raises RegistryError for an unknown model or version
-    or when there is nothing to roll back to.
+    "rollback_to" (to a given version). A plain rollback skips refused versions (the entry
+    lists them under "skipped"); promote and rollback_to refuse one unless `retry` (the
+    operator repaired it), which clears its mark first. Moving to the current champion
+    changes and records nothing: the entry says "noop". Raises RegistryError for an unknown
+    model or version, a refused one, or when there is nothing to roll back to.
     """
     from mlflow.exceptions import MlflowException
 
@@ -289,47 +376,87 @@ def move_champion(
         tags = _history_tags(mlflow_client, name)
         previous = champion_version(tracking_uri, name)
         current = str(previous.version) if previous is not None else None
+        skipped: list[dict[str, Any]] = []
         if action == "rollback":
-            lineage = champion_lineage([entry for _, entry in tags])
-            if lineage and lineage[-1] == current:
-                lineage.pop()
-            if not lineage:
-                raise RegistryError(
-                    f"{name!r} has no earlier champion to roll back to (champion: v{current})"
-                )
-            version = lineage[-1]
+            version, skipped = _rollback_target(mlflow_client, name, tags, current)
         if version is None:
             raise RegistryError("a version is needed to promote")
-        try:
-            mlflow_client.get_model_version(name, str(version))
-        except MlflowException:
-            known = ", ".join(
-                sorted(
-                    (str(v.version) for v in mlflow_client.search_model_versions(f"name='{name}'")),
-                    key=int,
-                )
-            )
+        target = _existing_version(mlflow_client, name, str(version))
+        mark = refusal(target)
+        if mark is not None and not retry:
             raise RegistryError(
-                f"model {name!r} has no version {version!r} (versions: {known or 'none'})"
-            ) from None
-        now = datetime.now(UTC)
-        if tags:
-            # Keys order the history: keep them increasing even if clocks disagree.
-            stamp = tags[-1][0][len(HISTORY_PREFIX) :].split("-")[0]
-            last = datetime.strptime(stamp, "%Y%m%dT%H%M%S%f")
-            now = max(now, last.replace(tzinfo=UTC) + timedelta(microseconds=1))
+                f"{describe_refusal(name, str(version), mark)}. Repair it, then run `loopline "
+                f"promote {name} {version} --retry` to clear the mark and try it again"
+            )
+        if mark is not None:
+            mlflow_client.delete_model_version_tag(name, str(version), REFUSED)
         entry = {
-            "when": now.isoformat(),
             "who": who or getpass.getuser(),
             "from": current,
             "to": str(version),
             "why": reason,
             "action": action,
         }
+        if mark is not None:
+            entry["retried"] = mark
+        if str(version) == current:
+            return {**entry, "noop": True}  # nothing moved: nothing to record
+        if skipped:
+            entry["skipped"] = skipped
+        now = _next_stamp(tags)
+        entry = {"when": now.isoformat(), **entry}
         mlflow_client.set_registered_model_alias(name, CHAMPION, str(version))
         key = f"{HISTORY_PREFIX}{now:%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}"
         mlflow_client.set_registered_model_tag(name, key, json.dumps(entry))
     return entry
+
+
+def _rollback_target(
+    mlflow_client, name: str, tags: list[tuple[str, dict[str, Any]]], current: str | None
+) -> tuple[str, list[dict[str, Any]]]:
+    """The champion before `current` that no service refused, and the refused ones passed."""
+    lineage = champion_lineage([entry for _, entry in tags])
+    skipped: list[dict[str, Any]] = []
+    while lineage:
+        candidate = lineage[-1]
+        if candidate != current:  # a recorded v1 -> v1 move (older histories) is no step back
+            mark = refusal(_existing_version(mlflow_client, name, candidate))
+            if mark is None:
+                return candidate, skipped
+            skipped.append({"version": candidate, **mark})
+        lineage.pop()
+    passed = "; ".join(f"v{s['version']} refused: {s['why']}" for s in skipped)
+    raise RegistryError(
+        f"{name!r} has no earlier champion to roll back to (champion: v{current})"
+        + (f"; skipped {passed}" if passed else "")
+    )
+
+
+def _existing_version(mlflow_client, name: str, version: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow_client.get_model_version(name, version)
+    except MlflowException:
+        known = ", ".join(
+            sorted(
+                (str(v.version) for v in mlflow_client.search_model_versions(f"name='{name}'")),
+                key=int,
+            )
+        )
+        raise RegistryError(
+            f"model {name!r} has no version {version!r} (versions: {known or 'none'})"
+        ) from None
+
+
+def _next_stamp(tags: list[tuple[str, dict[str, Any]]]) -> datetime:
+    now = datetime.now(UTC)
+    if tags:
+        # Keys order the history: keep them increasing even if clocks disagree.
+        stamp = tags[-1][0][len(HISTORY_PREFIX) :].split("-")[0]
+        last = datetime.strptime(stamp, "%Y%m%dT%H%M%S%f")
+        now = max(now, last.replace(tzinfo=UTC) + timedelta(microseconds=1))
+    return now
 
 
 def champion_history(tracking_uri: str, name: str) -> list[dict[str, Any]]:

@@ -26,10 +26,13 @@ import numpy as np
 from pydantic import BaseModel
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
     import pandas as pd
 
     from loopline.config import Params
     from loopline.online import LoadedModel
+    from loopline.validate import Broken, ServingContract
 
 
 class BadInput(ValueError):
@@ -53,6 +56,76 @@ class Answer:
     output: Any = None  # the output, for the log
     error: bool = False  # `response` is an error message: the item is not logged
     picture: bytes | None = None  # explanations: a PNG a person opens
+    # The data-contract rules the item broke (validation's names), counted per rule.
+    refused: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Refused:
+    """An item already known to be unanswerable (say, a stream reading that breaks the
+    data contract), with its error answer: the service answers it and the adapter never
+    sees it, so a `StreamState` can hand it over in line order like any ready item."""
+
+    answer: Answer
+
+
+def refusal(broken: list[Broken], where: str = "", named: dict[str, Any] | None = None) -> Answer:
+    """The error answer of an item whose row(s) broke the data contract: each rule named
+    with its column and value (`where` says which row of the item, say `readings[3]`)."""
+    prefix = f"{where}." if where else ""
+    message = "; ".join(f"{prefix}{b}" for b in broken)
+    return Answer(
+        {**(named or {}), "error": f"refused by the data contract: {message}"},
+        key=None,
+        error=True,
+        refused=tuple(dict.fromkeys(b.rule for b in broken)),
+    )
+
+
+def nonfinite_items(values: np.ndarray) -> np.ndarray:
+    """Which items (first axis) of an array hold a NaN or an infinity."""
+    return ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+
+
+@dataclass
+class Outputs:
+    """A model's outputs for a batch whose items' inputs were checked one by one."""
+
+    values: np.ndarray  # one row per item; NaN where the model was not run
+    bad_inputs: np.ndarray  # items whose inputs were not finite (the model never saw them)
+    bad_outputs: np.ndarray  # items whose outputs are not finite
+
+    def problem(self, n: int, inputs: np.ndarray, names: list[str], raw: dict) -> str | None:
+        """Why item `n` has no answer (None: it has one), naming the input (`names`: the
+        first inputs' columns) and its raw value."""
+        if self.bad_inputs[n]:
+            return input_problem(inputs[n], names, raw)
+        if self.bad_outputs[n]:
+            return f"the model's output is not finite: {self.values[n].tolist()}"
+        return None
+
+
+def run_finite(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> Outputs:
+    """`run` (a model call) on the items of `x` whose inputs are all finite: one item's
+    absurd value costs only that item its answer."""
+    bad = nonfinite_items(x) if x.dtype.kind == "f" else np.zeros(len(x), dtype=bool)
+    if not bad.any():
+        values = run(x)
+    elif bad.all():
+        values = np.full((len(x), 1), np.nan)
+    else:
+        found = run(x[~bad])
+        values = np.full((len(x), *found.shape[1:]), np.nan)
+        values[~bad] = found
+    return Outputs(values, bad, nonfinite_items(values) & ~bad)
+
+
+def input_problem(inputs: np.ndarray, names: list[str], raw: dict) -> str:
+    """The first non-finite model input of one item, by its column and raw value."""
+    where = int(np.flatnonzero(~np.isfinite(inputs.reshape(-1)))[0])
+    name = names[where] if where < len(names) else f"model input {where}"
+    value = f"={raw[name]!r}" if name in raw else ""
+    return f"{name}{value} gives a non-finite model input (out of any plausible range)"
 
 
 class Serving:
@@ -70,6 +143,19 @@ class Serving:
 
     def __init__(self, task: Any, params: Params) -> None:
         self.task, self.params = task, params
+        self._contracts: dict[tuple[str, ...], ServingContract] = {}
+
+    def contract(self, columns: Iterable[str]) -> ServingContract:
+        """The task's data contract (`task.rules`, validation's rule names) as it applies to
+        request rows holding `columns`: what each adapter checks its items against (none
+        for an adapter made without params, as a unit test makes one)."""
+        key = tuple(columns)
+        if key not in self._contracts:
+            from loopline.validate import ServingContract
+
+            rules = self.task.rules(self.params) if self.params is not None else []
+            self._contracts[key] = ServingContract(rules, key)
+        return self._contracts[key]
 
     def check(self, item: Any, model: LoadedModel) -> None:
         """Raise BadInput naming what is wrong with `item` for the served model. Runs per
@@ -79,9 +165,11 @@ class Serving:
     def predict(self, model: LoadedModel, items: list[Any]) -> list[Answer]:
         """Answer every item, in order (one model call for the batch where possible): the
         items are `Request`s, or what a `StreamState` made ready. An item that cannot be
-        answered gets an error answer and never fails the others; BadInput is for a batch
-        that cannot be answered as a whole (`/predict` answers with its status, `/stream`
-        with an error line for each of the batch's lines)."""
+        answered gets an error answer and never fails the others: one that breaks the data
+        contract (`contract`, `refusal`), or whose features or outputs are not finite
+        (`nonfinite_items`), each error naming the field. BadInput is only for a batch that
+        cannot be answered as a whole (`/predict` answers with its status, `/stream` with
+        an error line for each of the batch's lines)."""
         raise NotImplementedError
 
     def describe(self, model: LoadedModel) -> dict[str, Any]:

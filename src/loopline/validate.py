@@ -8,8 +8,11 @@ configured maximum. Great Expectations is imported lazily (it costs ~10 s).
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import numpy as np
@@ -225,3 +228,157 @@ def check_bad_fraction(report: ValidationReport, max_bad_fraction: float, where:
             f"contract, above validate.max_bad_fraction={max_bad_fraction:g} ({top}). "
             f"The failing rows are in {where}; the data snapshot was not updated."
         )
+
+
+# ----------------------------------------------------------------------------- serving time
+
+# Kinds that compare a row with other rows of a dataset: a request holds a few rows of one
+# client, so they are not checked at serving time (a stream's own duplicate and order
+# checks, and a window's, stand in for them).
+DATASET_KINDS = frozenset({"unique", "in_order"})
+
+
+@dataclass(frozen=True)
+class Broken:
+    """One rule one row broke: the rule's name (as validation quarantines under), the
+    column and the value that broke it."""
+
+    rule: str
+    column: str
+    value: Any
+
+    def __str__(self) -> str:
+        return f"{self.column}={_shown(self.value)} breaks {self.rule}"
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, np.datetime64 | datetime):
+        return pd.Timestamp(value).isoformat()
+    if isinstance(value, float | np.floating):
+        return f"{float(value):g}"
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
+class ServingContract:
+    """A task's data contract applied to request rows, in plain numpy (no Great
+    Expectations on the request path). The same rule names as validation; rules on columns
+    a request does not hold (say, the label) and rules across a dataset (`DATASET_KINDS`)
+    are skipped, listed in `skipped`."""
+
+    def __init__(self, rules: list[Rule], columns: Any) -> None:
+        present = set(columns)
+        self.rules: list[Rule] = []
+        self.skipped: dict[str, str] = {}
+        for rule in rules:
+            needed = [rule.column] if rule.column else list(rule.columns)
+            if rule.kind in DATASET_KINDS:
+                self.skipped[rule.name] = "compares rows across a dataset"
+            elif not needed or any(c not in present for c in needed):
+                self.skipped[rule.name] = "a request does not hold its column(s)"
+            else:
+                self.rules.append(rule)
+        self._row_tests = [
+            (rule, [rule.column] if rule.column else list(rule.columns), _value_test(rule))
+            for rule in self.rules
+        ]
+
+    def check(self, columns: Any) -> dict[int, list[Broken]]:
+        """The rules each row of `columns` (column → values, one per row; a DataFrame
+        works) broke, by row position, each with the first column that broke it; rows that
+        broke none are left out. Vectorised: one numpy pass per rule."""
+        found: dict[int, list[Broken]] = defaultdict(list)
+        for rule in self.rules:
+            names = [rule.column] if rule.column else list(rule.columns)
+            block = _block(columns, names)
+            broken = _breaks(rule, block)
+            for row in np.flatnonzero(broken.any(axis=1)):
+                column = int(broken[row].argmax())
+                found[int(row)].append(Broken(rule.name, names[column], block[row, column]))
+        return dict(sorted(found.items()))
+
+    def check_row(self, row: Any) -> list[Broken]:
+        """The rules one row (column → value) broke: plain Python, for one reading of a
+        stream, where numpy's per-call cost would be most of the work."""
+        broken = []
+        for rule, columns, breaks in self._row_tests:
+            for column in columns:
+                if breaks(row[column]):
+                    broken.append(Broken(rule.name, column, row[column]))
+                    break
+        return broken
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or value is pd.NaT or (isinstance(value, float) and value != value)
+
+
+def _utc(value: Any) -> datetime:
+    """A time as an aware datetime (naive ones are UTC, as everywhere in the project)."""
+    if not isinstance(value, datetime):
+        value = pd.Timestamp(value).to_pydatetime()
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+def _block(columns: Any, names: list[str]) -> np.ndarray:
+    """(rows, len(names)) values of the named columns."""
+    if isinstance(columns, pd.DataFrame):
+        return columns[names].to_numpy()
+    if len(names) == 1:
+        return np.asarray(columns[names[0]])[:, None]
+    return np.column_stack([np.asarray(columns[name]) for name in names])
+
+
+def _missing(values: np.ndarray) -> np.ndarray:
+    if values.dtype.kind in "fc":
+        return np.isnan(values)
+    if values.dtype.kind == "M":
+        return np.isnat(values)
+    return pd.isna(values)
+
+
+def _breaks(rule: Rule, values: np.ndarray) -> np.ndarray:
+    """Which values (rows × columns) break `rule` (a missing value breaks only `not_null` and
+    `complete`, as in validation)."""
+    missing = _missing(values)
+    if rule.kind in ("not_null", "complete"):
+        return missing
+    present = ~missing
+    if rule.kind == "between":
+        low = -np.inf if rule.min is None else rule.min
+        high = np.inf if rule.max is None else rule.max
+        numbers = values.astype(np.float64)
+        return present & ~((numbers >= low) & (numbers <= high))
+    if rule.kind == "in_set":
+        if values.dtype.kind == "O":  # texts: a set lookup each beats numpy's object isin
+            allowed = set(rule.values)
+            inside = np.fromiter((v in allowed for v in values.ravel()), bool, values.size)
+            return present & ~inside.reshape(values.shape)
+        return present & ~np.isin(values, np.asarray(rule.values))
+    if rule.kind == "not_blank":
+        blank = np.frompyfunc(lambda v: not str(v).strip(), 1, 1)(values).astype(bool)
+        return present & blank
+    if rule.kind == "not_future":
+        limit = datetime.now(UTC) + timedelta(days=1)
+        if values.dtype.kind == "M":  # naive UTC, as the service's columns hold times
+            return present & (values > np.datetime64(limit.replace(tzinfo=None), "ns"))
+        times = pd.to_datetime(pd.Series(values.ravel()), utc=True)
+        return present & (times > limit).to_numpy().reshape(values.shape)
+    raise ValueError(f"rule {rule.name!r}: kind {rule.kind!r} is not checked at serving time")
+
+
+def _value_test(rule: Rule) -> Callable[[Any], bool]:
+    """`_breaks` for one value, made once per rule (a stream checks every reading)."""
+    if rule.kind in ("not_null", "complete"):
+        return _is_missing
+    if rule.kind == "between":
+        low = -math.inf if rule.min is None else rule.min
+        high = math.inf if rule.max is None else rule.max
+        return lambda v: not _is_missing(v) and not low <= float(v) <= high
+    if rule.kind == "in_set":
+        allowed = set(rule.values)
+        return lambda v: not _is_missing(v) and v not in allowed
+    if rule.kind == "not_blank":
+        return lambda v: not _is_missing(v) and not str(v).strip()
+    if rule.kind == "not_future":
+        return lambda v: not _is_missing(v) and _utc(v) > datetime.now(UTC) + timedelta(days=1)
+    raise ValueError(f"rule {rule.name!r}: kind {rule.kind!r} is not checked at serving time")

@@ -57,14 +57,14 @@ def test_publish_and_champion_history_on_postgresql(
     run = registry.client(postgres_db).get_run(summary["run_id"])
     assert run.info.artifact_uri.startswith((project / ".loopline" / "mlartifacts").as_uri())
 
-    # A manual move appends to the same history, in order.
-    registry.move_champion(
+    # Re-affirming the champion is no move: it says so and the history stays as it was.
+    entry = registry.move_champion(
         postgres_db, "solar", summary["version"], reason="re-affirmed", who="test"
     )
+    assert entry["noop"] and entry["from"] == entry["to"] == summary["version"]
     history = registry.champion_history(postgres_db, "solar")
-    assert [h["to"] for h in history] == [summary["version"]] * 2
-    assert history[0]["from"] is None and history[1]["from"] == summary["version"]
-    assert history[1]["who"] == "test" and history[1]["why"] == "re-affirmed"
+    assert [h["to"] for h in history] == [summary["version"]]
+    assert history[0]["from"] is None
 
     with pytest.raises(Exception, match="no version '99'"):
         registry.move_champion(postgres_db, "solar", "99", reason="typo")

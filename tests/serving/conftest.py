@@ -116,9 +116,12 @@ def raw_readings(start: str, hours: int, site: str = SITE):
     return rows
 
 
-def service_app():
+def service_app(startup_wait_s: float = 120.0):
     """A fresh ASGI app of the one service for one TestClient, serving the task of the
     project `LOOPLINE_PROJECT` names (read now, as a service process reads it at start).
+
+    The service loads its first model in the background; tests wait for it at start-up
+    (`startup_wait_s`, `serve.startup_wait_s`) so a client is ready once entered.
 
     Each TestClient runs its own event loop, and BentoML's adaptive-batching dispatcher
     binds to the loop that first uses it, so every client needs its own app. BentoML also
@@ -136,7 +139,10 @@ def service_app():
         names = registry._collector_to_names[collector]
         if any(name.startswith("bentoml_") for name in names):
             registry.unregister(collector)
-    return service_for(boot_params()).to_asgi()
+    import os
+
+    environ = {**os.environ, "LOOPLINE_SERVE_STARTUP_WAIT_S": str(startup_wait_s)}
+    return service_for(boot_params(environ)).to_asgi()
 
 
 @contextlib.contextmanager

@@ -102,6 +102,28 @@ def test_predict_takes_arrays_and_names_a_wrong_shape(client):
     assert [d["loc"] for d in bad.json()["detail"]] == [["images", 1]]
 
 
+def test_an_impossible_image_among_concurrent_ones_fails_alone_naming_its_pixel(client):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sklearn.datasets import load_digits
+
+    from tests.serving.test_isolation import refused_count
+
+    images = (load_digits().images[:8] / 16.0).tolist()
+    poisoned = [row[:] for row in images[0]]
+    poisoned[2][3] = 7.5  # ink is 0..1: 7.5 is 120 on the data's 0..16 scale
+    bodies = [{"images": [image]} for image in images]
+    bodies[4] = {"images": [poisoned]}
+    before = refused_count("pixels_in_range")
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda body: client.post("/predict", json=body), bodies))
+    bad = responses.pop(4)
+    assert bad.status_code == 400 and "breaks pixels_in_range" in bad.json()["error"]
+    assert "=120 " in bad.json()["error"]
+    assert [r.status_code for r in responses] == [200] * 7
+    assert refused_count("pixels_in_range") == before + 1
+
+
 def test_explain_takes_arrays_too_and_the_api_is_the_tasks(client):
     from sklearn.datasets import load_digits
 

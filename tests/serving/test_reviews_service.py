@@ -77,6 +77,24 @@ def test_predict_answers_each_item_and_errors_name_the_problem(client, reviews_r
     assert [o["label"] for o in good] == ["positive", "negative"]
 
 
+def test_a_bad_text_in_concurrent_lists_fails_alone_and_is_counted_under_its_rule(client):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.serving.test_isolation import refused_count
+
+    bodies = [{"texts": [TEXTS[n % 3], TEXTS[(n + 1) % 3]]} for n in range(12)]
+    bodies[5] = {"texts": [TEXTS[0], " \t ", TEXTS[2]]}
+    before = refused_count("document_not_blank")
+    with ThreadPoolExecutor(6) as pool:
+        responses = list(pool.map(lambda body: client.post("/predict", json=body), bodies))
+    assert [r.status_code for r in responses] == [200] * 12
+    answers = [a for r in responses for a in r.json()]
+    errors = [a["error"] for a in answers if a["error"] is not None]
+    assert errors == ["text is empty"]  # the client's word for it, counted under the rule
+    assert sum(a["label"] is not None for a in answers) == 2 * 12
+    assert refused_count("document_not_blank") == before + 1
+
+
 def test_explain_gives_each_token_its_attention(client):
     out = client.post("/explain", json={"texts": [TEXTS[1], ""]}).json()
     tokens = out[0]["tokens"]

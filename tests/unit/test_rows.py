@@ -14,6 +14,7 @@ from loopline.online import LoadedModel
 from loopline.tasks.base import contract_problems
 from loopline.tasks.rows import RowTask
 from loopline.tasks.rows.task import RowOptions
+from loopline.validate import Rule
 
 
 class Machines(RowTask):
@@ -123,6 +124,38 @@ def test_a_model_reading_a_feature_requests_lack_gets_error_answers_not_a_crash(
     item = Machines.Serving.Request.model_validate({"temperature": 1, "oil pressure": 2})
     (answer,) = serving.predict(loaded(wider), [item])
     assert answer.error and "humidity" in answer.response["error"]
+
+
+class PlausibleMachines(Machines):
+    """Machines whose data contract bounds the temperature."""
+
+    def rules(self, params):
+        bound = Rule("temperature_plausible", "between", column="temperature", min=-50, max=500)
+        return [*super().rules(params), bound]
+
+
+def test_a_bad_item_fails_alone_naming_its_rule_or_its_non_finite_input():
+    spec = fitted_spec(Machines)
+    # A row task's rules read no params: any stands in for the service's.
+    serving = PlausibleMachines.Serving(PlausibleMachines(), params="the service's params")
+    request = Machines.Serving.Request.model_validate
+    items = [
+        request({"id": "m1", "temperature": 80, "oil pressure": 4}),
+        request({"id": "m2", "temperature": 900, "oil pressure": 4}),
+        request({"id": "m3", "temperature": 40, "oil pressure": 1e300}),
+        request({"id": "m4", "temperature": 40, "oil pressure": 4}),
+    ]
+    answers = serving.predict(loaded(spec), items)
+    assert [a.error for a in answers] == [False, True, True, False]
+    assert answers[1].response == {
+        "id": "m2",
+        "error": "refused by the data contract: temperature=900 breaks temperature_plausible",
+    }
+    assert answers[1].refused == ("temperature_plausible",)
+    assert answers[2].response["error"] == (
+        "oil pressure=1e+300 gives a non-finite model input (out of any plausible range)"
+    )
+    assert [a.response["label"] for a in (answers[0], answers[3])] == ["worn", "ok"]
 
 
 def test_standardisation_is_fitted_on_training_rows_and_can_be_turned_off():

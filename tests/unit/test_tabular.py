@@ -197,6 +197,17 @@ def test_serving_answers_an_unseen_category_and_says_so():
     assert serving.describe(model)["categorical"] == {"plan": ["basic", "plus", "pro"]}
 
 
+def test_serving_answers_the_others_when_one_items_number_overflows_the_model_input():
+    serving, model = served_model()
+    items = [item(), item(customer_id="c2", spend=1e300), item(customer_id="c3")]
+    first, bad, third = serving.predict(model, items)
+    assert bad.error and bad.response == {
+        "id": "c2",
+        "error": "spend=1e+300 gives a non-finite model input (out of any plausible range)",
+    }
+    assert first.response["label"] in ("no", "yes") and third.response["id"] == "c3"
+
+
 def test_the_linear_baseline_and_the_feature_blind_one_are_scored_beside_the_model():
     from loopline.train import train_model
 

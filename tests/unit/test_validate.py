@@ -100,3 +100,22 @@ def test_image_rules_give_one_reason_per_image():
     assert list(report.good["id"]) == ["ok"]
     reasons = dict(zip(report.bad["id"], report.bad["_reasons"], strict=True))
     assert reasons == {"bright": "pixels_in_range", "unreadable": "image_readable"}
+
+
+def test_the_serving_contract_refuses_what_validation_quarantines_under_the_same_names():
+    from loopline.validate import ServingContract, coerce_types
+
+    frame = readings()
+    frame.loc[1, "ghi"] = "-1000000"
+    frame.loc[2, "power_w"] = "-1e12"
+    frame.loc[3, "site_id"] = "atlantis"
+    frame.loc[4, "temp_air"] = None
+    frame.loc[5, "timestamp"] = "2999-01-01T00:00:00+00:00"
+    rules = SOLAR.rules(PARAMS)
+    report = validate_rows(frame, SOLAR.schema, rules, "solar")
+    typed, _ = coerce_types(frame, SOLAR.schema)
+    served = ServingContract(rules, typed.columns).check(typed)
+    assert [{b.rule for b in broken} for broken in served.values()] == [
+        set(reasons.split("; ")) for reasons in report.bad["_reasons"]
+    ]
+    assert list(served) == [1, 2, 3, 4, 5]

@@ -12,7 +12,7 @@ entity column (`site_id` for solar); a single series has none.
 from __future__ import annotations
 
 import itertools
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,7 +23,16 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from loopline.features import FeatureSpec, normalize
-from loopline.serving_adapter import Answer, BadInput, Serving, StreamState, items_from_rows
+from loopline.serving_adapter import (
+    Answer,
+    BadInput,
+    Refused,
+    Serving,
+    StreamState,
+    items_from_rows,
+    nonfinite_items,
+    refusal,
+)
 
 if TYPE_CHECKING:
     from loopline.online import LoadedModel
@@ -124,6 +133,8 @@ class Forecast:
     times: list[pd.Timestamp]
     values: np.ndarray
     version: str
+    # Why this window has no forecast (non-finite features or outputs); `values` are NaN.
+    problem: str | None = None
 
     def to_dict(self, entity: str | None) -> dict[str, Any]:
         named = {entity: self.key} if entity else {}
@@ -159,7 +170,8 @@ def window_inputs(task, spec: FeatureSpec, windows: list[Window], window: int) -
 
 def forecast_windows(task, model: LoadedModel, windows: list[Window]) -> list[Forecast]:
     """Forecast each window (all of the model's `required_readings` rows) with the ONNX
-    session; raises ValueError when one cannot be forecast."""
+    session. A window whose features or forecast are not finite gets a `problem` naming
+    the feature and reading, and the others are forecast all the same."""
     from loopline.export import run_onnx
 
     if not windows:
@@ -169,19 +181,45 @@ def forecast_windows(task, model: LoadedModel, windows: list[Window]) -> list[Fo
     if any(len(w) < required for w in windows):
         raise ValueError(f"v{model.version} needs {required} consecutive readings per window")
     windows = [w.tail(required) for w in windows]
-    x = window_inputs(task, spec, windows, spec.window)
-    finite = np.isfinite(x).all(axis=(1, 2))
-    if not finite.all():
-        bad = sorted({w.key for w, ok in zip(windows, finite, strict=True) if not ok})
-        raise ValueError(f"windows of {bad} give non-finite features (missing or bad values)")
-    values = run_onnx(model.session, x)
+    with np.errstate(over="ignore", invalid="ignore"):  # an absurd reading: told per window
+        x = window_inputs(task, spec, windows, spec.window)
+    # One window's absurd (finite) reading must not cost the batch its forecasts.
+    answered = ~nonfinite_items(x)
+    values = np.full((len(windows), spec.horizon), np.nan, dtype=np.float32)
+    if answered.any():
+        values[answered] = run_onnx(model.session, x if answered.all() else x[answered])
+    outputs_bad = nonfinite_items(values)
     step = pd.Timedelta(spec.freq)
     out = []
-    for item, row in zip(windows, values, strict=True):
+    for n, (item, row) in enumerate(zip(windows, values, strict=True)):
         origin = pd.Timestamp(item.rows[spec.time_column][-1]).tz_localize("UTC")
         times = [origin + step * h for h in range(1, spec.horizon + 1)]
-        out.append(Forecast(item.key, origin, times, row, model.version))
+        problem = None
+        if not answered[n]:
+            problem = feature_problem(item, x[n], spec)
+        elif outputs_bad[n]:
+            problem = f"the model's forecast is not finite (v{model.version}): {row.tolist()}"
+        out.append(Forecast(item.key, origin, times, row, model.version, problem))
     return out
+
+
+def feature_problem(window: Window, x: np.ndarray, spec: FeatureSpec) -> str:
+    """Which feature of a window (its model input `x`, the last `spec.window` readings) is
+    not finite, at which reading, with that reading's raw value(s)."""
+    step, column = (int(i) for i in np.argwhere(~np.isfinite(x))[0])
+    feature = spec.feature_columns[column]
+    reading = len(window) - len(x) + step
+    when = plain_value(window.rows[spec.time_column][reading])
+    raw = (
+        [feature]
+        if feature in window.rows
+        else [c for c, v in window.rows.items() if v.dtype.kind == "f"]
+    )
+    values = ", ".join(f"{c}={window.rows[c][reading]:g}" for c in raw)
+    return (
+        f"feature {feature!r} is not finite for the reading at {when} ({values}): "
+        "a value out of any plausible range"
+    )
 
 
 def window_problem(times: list[datetime], freq: str, required: int) -> str | None:
@@ -292,6 +330,9 @@ class ForecastServing(Serving):
         return [c for c in self.task.model_columns(spec) if c not in fields]
 
     def predict(self, model: LoadedModel, items: list[BaseModel | Window]) -> list[Answer]:
+        """Each window's forecast; a window that breaks the data contract, is too short for
+        the model (swapped since `check`), or gives non-finite features or outputs gets its
+        own error answer, and the others are forecast all the same."""
         schema = self.task.schema
         windows = [
             item
@@ -301,24 +342,75 @@ class ForecastServing(Serving):
             )
             for item in items
         ]
-        try:
-            forecasts = forecast_windows(self.task, model, windows)
-        except ValueError as error:  # the batch's features: say which series
-            raise BadInput(str(error)) from None
-        return [
-            Answer(
-                response=forecast.to_dict(self.entity),
-                key=window.key,
-                origin=forecast.origin.to_pydatetime(),
-                inputs={
-                    "readings": len(window),
-                    "first": plain_value(window.rows[model.spec.time_column][0]),
-                    "last": window.last(),
-                },
-                output=[round(float(v), 3) for v in forecast.values],
-            )
-            for window, forecast in zip(windows, forecasts, strict=True)
-        ]
+        # Stream windows (`Window`s) were checked reading by reading as they came in.
+        requested = [n for n, item in enumerate(items) if not isinstance(item, Window)]
+        answers: dict[int, Answer] = self.refusals([windows[n] for n in requested], requested)
+        required = required_readings(model.spec)
+        for n, window in enumerate(windows):
+            if n not in answers and len(window) < required:
+                message = f"readings: v{model.version} needs {required} consecutive readings"
+                answers[n] = Answer(self.named(window.key, message), error=True)
+        asked = [n for n in range(len(windows)) if n not in answers]
+        forecasts = forecast_windows(self.task, model, [windows[n] for n in asked])
+        for n, forecast in zip(asked, forecasts, strict=True):
+            answers[n] = self.forecast_answer(windows[n], forecast, model)
+        return [answers[n] for n in range(len(windows))]
+
+    def series(self, key: str) -> dict[str, Any]:
+        """The answer's field naming the series (none for a single series)."""
+        return {self.entity: key} if self.entity else {}
+
+    def named(self, key: str, message: str) -> dict[str, Any]:
+        """An error response naming the series."""
+        return {**self.series(key), "error": message}
+
+    def refusals(self, windows: list[Window], positions: list[int]) -> dict[int, Answer]:
+        """Error answers (by position) of the windows whose readings break the data
+        contract: the first bad reading named by its place in the window, with each rule,
+        field and value; counted under every rule any of its readings broke."""
+        if not windows:
+            return {}
+        columns = [*windows[0].rows, *([self.entity] if self.entity else [])]
+        contract = self.contract(columns)
+        if not contract.rules:
+            return {}
+        lengths = [len(w) for w in windows]
+        rows = {c: np.concatenate([w.rows[c] for w in windows]) for c in windows[0].rows}
+        if self.entity:
+            rows[self.entity] = np.repeat([w.key for w in windows], lengths)
+        starts = np.cumsum([0, *lengths])
+        first: dict[int, tuple[int, list]] = {}  # window → its first bad reading
+        bad_readings: dict[int, int] = defaultdict(int)
+        rules: dict[int, set[str]] = defaultdict(set)
+        for row, broken in contract.check(rows).items():
+            n = int(np.searchsorted(starts, row, side="right")) - 1
+            first.setdefault(n, (row - int(starts[n]), broken))
+            bad_readings[n] += 1
+            rules[n].update(b.rule for b in broken)
+        out = {}
+        for n, (reading, broken) in first.items():
+            answer = refusal(broken, f"readings[{reading}]", self.series(windows[n].key))
+            more = bad_readings[n] - 1
+            if more:
+                answer.response["error"] += f" (and {more} more reading{'s' * (more > 1)})"
+            answer.refused = tuple(sorted(rules[n]))
+            out[positions[n]] = answer
+        return out
+
+    def forecast_answer(self, window: Window, forecast: Forecast, model: LoadedModel) -> Answer:
+        if forecast.problem is not None:
+            return Answer(self.named(window.key, forecast.problem), key=window.key, error=True)
+        return Answer(
+            response=forecast.to_dict(self.entity),
+            key=window.key,
+            origin=forecast.origin.to_pydatetime(),
+            inputs={
+                "readings": len(window),
+                "first": plain_value(window.rows[model.spec.time_column][0]),
+                "last": window.last(),
+            },
+            output=[round(float(v), 3) for v in forecast.values],
+        )
 
     def describe(self, model: LoadedModel) -> dict[str, Any]:
         spec = model.spec
@@ -420,6 +512,9 @@ class StreamWindows(StreamState):
         reading = item.model_dump()
         time_column = serving.time_field
         reading[time_column] = utc(reading[time_column])
+        broken = serving.contract(reading).check_row(reading)
+        if broken:  # answered in line order, and kept out of the window
+            return [(line, Refused(refusal(broken, named=named)))], []
         time = pd.Timestamp(reading[time_column])
         last = self.last.get(key)
         if last is not None and time == last:

@@ -17,7 +17,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, RootModel
 
-from loopline.serving_adapter import Answer, BadInput, Explaining, FileInput, Serving
+from loopline.serving_adapter import (
+    Answer,
+    BadInput,
+    Explaining,
+    FileInput,
+    Serving,
+    refusal,
+    run_finite,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -63,14 +71,52 @@ class ImageServing(Serving, Explaining, FileInput):
         self._array(item, model.spec)
 
     def predict(self, model: LoadedModel, items: list[Image | np.ndarray]) -> list[Answer]:
+        """Each image's answer; an image of the wrong shape (the model swapped since
+        `check`), breaking the data contract, or whose inputs or outputs are not finite
+        gets its own error and the others are answered."""
         from loopline.export import run_onnx
 
-        if not items:
-            return []
-        images = np.stack([self._array(item, model.spec) for item in items])
-        probabilities = run_onnx(model.session, images)
-        shape = list(images.shape[1:])
-        return [self._answer(model, p, shape) for p in probabilities]
+        answers: dict[int, Answer] = {}
+        arrays = {}
+        for n, item in enumerate(items):
+            try:
+                arrays[n] = self._array(item, model.spec)
+            except BadInput as error:
+                answers[n] = Answer({"error": str(error)}, error=True)
+        answers |= self._refusals(arrays, model.spec)
+        good = [n for n in arrays if n not in answers]
+        if good:
+            images = np.stack([arrays[n] for n in good])
+            outputs = run_finite(lambda b: run_onnx(model.session, b), images)
+            shape = list(images.shape[1:])
+            for k, n in enumerate(good):
+                problem = outputs.problem(k, images, [], {})
+                answers[n] = (
+                    Answer({"error": f"image: {problem}"}, error=True)
+                    if problem
+                    else self._answer(model, outputs.values[k], shape)
+                )
+        return [answers[n] for n in range(len(items))]
+
+    def _refusals(self, arrays: dict[int, np.ndarray], spec: FeatureSpec) -> dict[int, Answer]:
+        """Error answers of the images breaking the data contract, checked on the raw
+        pixel columns the rules name (an image is sent scaled to 0..1)."""
+        import pandas as pd
+
+        contract = self.contract(spec.feature_columns)
+        if not arrays or not contract.rules:
+            return {}
+        positions = list(arrays)
+        # Columns run row by row, then column, then channel (`images.pixel_columns`).
+        raw = np.stack([arrays[n].transpose(1, 2, 0).reshape(-1) for n in positions])
+        rows = pd.DataFrame(raw * spec.options.max_pixel, columns=spec.feature_columns)
+        scale = f" (pixels are sent as raw / {spec.options.max_pixel:g})"
+        out = {}
+        for row, broken in contract.check(rows).items():
+            answer = refusal(broken)
+            answer.response["error"] += scale
+            out[positions[row]] = answer
+        return out
 
     def explain(self, model: LoadedModel, items: list[Image | np.ndarray]) -> list[Answer]:
         """Each answer with its occlusion saliency map, as numbers and as a PNG."""
@@ -79,14 +125,15 @@ class ImageServing(Serving, Explaining, FileInput):
 
         patch = self.task.settings(self.params).saliency_patch
         answers = []
-        for answer, image in zip(
-            self.predict(model, items), (self._array(i, model.spec) for i in items), strict=True
-        ):
+        for answer, item in zip(self.predict(model, items), items, strict=True):
+            answers.append(answer)
+            if answer.error:
+                continue
+            image = self._array(item, model.spec)
             saliency = occlusion_saliency(lambda b: run_onnx(model.session, b), image, patch)
             answer.response["probability"] = round(saliency.probability, 6)
             answer.response["saliency"] = np.round(saliency.map, 6).tolist()
             answer.picture = saliency_png(image, saliency.map)
-            answers.append(answer)
         return answers
 
     def item_from_file(self, data: bytes, model: LoadedModel) -> np.ndarray:

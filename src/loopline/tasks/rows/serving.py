@@ -11,10 +11,11 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from loopline.serving_adapter import Answer, BadInput, Serving
+from loopline.serving_adapter import Answer, BadInput, Serving, refusal, run_finite
 
 if TYPE_CHECKING:
     from loopline.online import LoadedModel
@@ -37,26 +38,44 @@ class RowServing(Serving):
             )
 
     def predict(self, model: LoadedModel, items: list[BaseModel]) -> list[Answer]:
-        """One model call for every item that passes `check`; the others get an error."""
+        """One model call for every item that passes `check` and the data contract; the
+        others, and those whose inputs or outputs are not finite, get an error."""
         from loopline.export import run_onnx
 
         answers: list[Answer | None] = [None] * len(items)
         good = []
+        contract = self.contract(self.feature_fields)
         for position, item in enumerate(items):
             try:
                 self.check(item, model)
-                good.append(position)
             except BadInput as error:
-                answers[position] = Answer({"error": str(error)}, key=self._key(item), error=True)
+                answers[position] = self._error(item, str(error))
+                continue
+            broken = contract.check_row(self._values(item))
+            if broken:
+                answers[position] = refusal(broken, named={self.id_field: self._key(item)})
+            else:
+                good.append(position)
         if good:
-            rows = pd.DataFrame([self._values(items[p]) for p in good])
+            values = [self._values(items[p]) for p in good]
             # The task's own input code, as in training (a subclass may override it).
-            rows = self.task.add_features(rows, model.spec)
-            outputs = run_onnx(model.session, self.task.inputs(rows, model.spec))
-            labels = model.spec.labels
-            for position, output in zip(good, outputs, strict=True):
-                answers[position] = self._answer(items[position], output, labels)
+            with np.errstate(over="ignore", invalid="ignore"):  # told per item below
+                rows = self.task.add_features(pd.DataFrame(values), model.spec)
+                x = self.task.inputs(rows, model.spec)
+            outputs = run_finite(lambda b: run_onnx(model.session, b), x)
+            labels, names = model.spec.labels, list(model.spec.feature_columns)
+            for n, position in enumerate(good):
+                problem = outputs.problem(n, x, names, values[n])
+                answers[position] = (
+                    self._error(items[position], problem)
+                    if problem
+                    else self._answer(items[position], outputs.values[n], labels)
+                )
         return [a for a in answers if a is not None]
+
+    def _error(self, item: BaseModel, message: str) -> Answer:
+        key = self._key(item)
+        return Answer({self.id_field: key, "error": message}, key=key, error=True)
 
     def describe(self, model: LoadedModel) -> dict[str, Any]:
         labels = model.spec.labels

@@ -14,10 +14,11 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from loopline.serving_adapter import Answer, BadInput, Serving, _plain
+from loopline.serving_adapter import Answer, BadInput, Serving, _plain, refusal, run_finite
 
 if TYPE_CHECKING:
     from loopline.online import LoadedModel
@@ -55,25 +56,43 @@ class TabularServing(Serving):
         row_values(item, model.spec)
 
     def predict(self, model: LoadedModel, items: list[BaseModel]) -> list[Answer]:
-        """One model call for every item that passes `check`; the others get an error."""
+        """One model call for every item that passes `check` and the data contract; the
+        others, and those whose inputs or outputs are not finite, get an error."""
         from loopline.export import run_onnx
         from loopline.tasks.tabular.encoding import unseen
 
         spec = model.spec
         answers: list[Answer | None] = [None] * len(items)
         good, rows = [], []
+        contract = self.contract(spec.feature_columns)
         for position, item in enumerate(items):
+            key = _key(item, spec)
             try:
-                rows.append(row_values(item, spec))
-                good.append(position)
+                row = row_values(item, spec)
             except BadInput as error:
-                answers[position] = Answer({"error": str(error)}, key=_key(item, spec), error=True)
+                answers[position] = Answer({"id": key, "error": str(error)}, key=key, error=True)
+                continue
+            broken = contract.check_row(row)
+            if broken:
+                answers[position] = refusal(broken, named={"id": key})
+            else:
+                rows.append(row)
+                good.append(position)
         if good:
             frame = pd.DataFrame(rows, columns=spec.feature_columns)
-            outputs = run_onnx(model.session, self.task.inputs(frame, spec))
+            with np.errstate(over="ignore", invalid="ignore"):  # told per item below
+                x = self.task.inputs(frame, spec)
+            outputs = run_finite(lambda b: run_onnx(model.session, b), x)
             novel = unseen(frame, spec.options.vocabulary)
-            for position, row, output, new in zip(good, rows, outputs, novel, strict=True):
-                answers[position] = _answer(_key(items[position], spec), row, output, new, spec)
+            numeric = list(spec.options.numeric)  # the first inputs, in this order
+            for n, (position, row, new) in enumerate(zip(good, rows, novel, strict=True)):
+                key = _key(items[position], spec)
+                problem = outputs.problem(n, x, numeric, row)
+                answers[position] = (
+                    Answer({"id": key, "error": problem}, key=key, error=True)
+                    if problem
+                    else _answer(key, row, outputs.values[n], new, spec)
+                )
         return [a for a in answers if a is not None]
 
     def describe(self, model: LoadedModel) -> dict[str, Any]:

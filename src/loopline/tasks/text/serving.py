@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
-from loopline.serving_adapter import Answer, Explaining, Serving
+from loopline.serving_adapter import Answer, Explaining, Serving, nonfinite_items, refusal
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -79,26 +79,31 @@ class TextServing(Serving, Explaining):
         """One answer per item; bad items get their error, the rest one model call."""
         # Imported here: the task module imports this one (for its `Serving`).
         from loopline.predlog import text_id
-        from loopline.tasks.text.task import classify, explanations, text_problem
+        from loopline.tasks.text.task import classify, explanations
 
         # A stream line carries its id (echoed back, and the log's key); a /predict item not.
         lines = [
             (item.text, item.id) if isinstance(item, TextLine) else (item.root, None)
             for item in items
         ]
-        answers: list[Answer | None] = []
-        good = []
-        for i, (text, _) in enumerate(lines):
-            problem = text_problem(text, model.spec)
-            if problem is None:
-                good.append(i)
-                answers.append(None)
-            else:
-                answers.append(Answer(_with_id(items[i], {"error": problem}), error=True))
+        answers: list[Answer | None] = [
+            self._refused(items[i], text, model) for i, (text, _) in enumerate(lines)
+        ]
+        good = [i for i, answer in enumerate(answers) if answer is None]
         if not good:
             return answers
         texts = [lines[i][0] for i in good]
         probabilities, attention = classify(model.session, model.spec, texts)
+        # One text's non-finite output (say, a broken model) costs only that text.
+        bad = nonfinite_items(probabilities)
+        for i, wrong in zip(good, bad, strict=True):
+            if wrong:
+                message = f"the model's output is not finite (v{model.version})"
+                answers[i] = Answer(_with_id(items[i], {"error": message}), error=True)
+        keep = [n for n, wrong in enumerate(bad) if not wrong]
+        if len(keep) < len(good):
+            good, texts = [good[n] for n in keep], [texts[n] for n in keep]
+            probabilities, attention = probabilities[keep], attention[keep]
         explained = explanations(texts, model.spec, probabilities, attention if explain else None)
         for i, text, item in zip(good, texts, explained, strict=True):
             response = {
@@ -118,6 +123,22 @@ class TextServing(Serving, Explaining):
                 output={"label": response["label"], "probabilities": response["probabilities"]},
             )
         return answers
+
+    def _refused(self, item: Text | TextLine, text: Any, model: LoadedModel) -> Answer | None:
+        """The error answer of a text the model cannot classify (None: it can). A problem
+        keeps `text_problem`'s wording (a client sends texts, not the data's columns) and
+        is counted under the data-contract rules the text breaks (say, `document_not_blank`)."""
+        from loopline.tasks.text.task import text_problem
+
+        column = self.task.text_column
+        broken = self.contract([column]).check_row({column: text}) if isinstance(text, str) else []
+        problem = text_problem(text, model.spec)
+        if problem is None and not broken:
+            return None
+        if problem is None:
+            return refusal(broken, named=_with_id(item, {}))
+        refused = tuple(dict.fromkeys(b.rule for b in broken))
+        return Answer(_with_id(item, {"error": problem}), error=True, refused=refused)
 
 
 def _with_id(item: Text | TextLine, response: dict[str, Any]) -> dict[str, Any]:
