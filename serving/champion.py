@@ -65,22 +65,20 @@ def boot_params(environ: dict[str, str] | None = None) -> Params:
     return parse_params(apply_overrides({}, overrides))
 
 
-# The Prometheus multiprocess folder of this service (`loopline serve` names one per model and
-# port, under the state folder): BentoML's default is one per BENTOML_HOME, wiped by every
-# start, so two services of one project would share and wipe each other's series.
-METRICS_DIR_ENV = "LOOPLINE_METRICS_DIR"
+# The Prometheus multiprocess folder of this service: `PROMETHEUS_MULTIPROC_DIR`, which
+# `loopline serve` sets to one per model and port under the state folder. BentoML itself
+# ignores that variable and uses one folder per BENTOML_HOME, wiped by every start, so two
+# services of one project would share and wipe each other's series.
 
 
-def use_own_metrics_folder(model_name: str, environ: dict[str, str] | None = None) -> str | None:
-    """Point BentoML's multiprocess metrics folder at this service's own; returns it (None in
-    a worker, which BentoML's main process already gave the folder through the
-    environment). Called when the service module is imported: before BentoML creates it."""
+def use_own_metrics_folder(model_name: str, environ: dict[str, str] | None = None) -> str:
+    """Point BentoML's multiprocess metrics folder at this service's own and return it.
+    Called when the service module is imported, before BentoML's main process creates
+    (and wipes) the folder and hands it to its workers through the same variable."""
     from bentoml._internal.configuration.containers import BentoMLContainer
 
     environ = os.environ if environ is None else environ
-    if "PROMETHEUS_MULTIPROC_DIR" in environ:
-        return None
-    folder = environ.get(METRICS_DIR_ENV) or os.path.join(
+    folder = environ.get("PROMETHEUS_MULTIPROC_DIR") or os.path.join(
         BentoMLContainer.bentoml_home.get(),
         "prometheus_multiproc_dir",
         f"{model_name}-{os.getpid()}",

@@ -267,9 +267,9 @@ def serve(
     env["LOOPLINE_PROJECT"] = str(paths.root)
     env.setdefault("BENTOML_HOME", str(paths.state / "bentoml"))
     env.setdefault("BENTOML_DO_NOT_TRACK", "true")
-    # Each service its own Prometheus folder (BentoML wipes the folder at every start).
+    # Each service its own Prometheus folder (the server wipes it at every start).
     metrics = paths.state / "metrics" / f"{params.served_model}-{port}"
-    env.setdefault("LOOPLINE_METRICS_DIR", str(metrics))
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics)
     from loopline.online import use_service_deadlines
 
     # Short registry deadlines for this process's own look-up and for the service it becomes.

@@ -254,7 +254,7 @@ def test_an_image_bomb_is_refused_from_its_header_before_decoding(client):
     assert explained.status_code == 413
     # Past Pillow's own bomb limit (2 × 89 M pixels): a 413 too, not a 500.
     response = upload(client, declared_png(20000, 20000, rows=1), "huge.png")
-    assert response.status_code == 413 and "huge.png" in response.json()["error"]
+    assert response.status_code == 413 and "huge.png: image is 20000×20000" in response.text
 
 
 def test_multipart_without_a_boundary_is_a_400(client):

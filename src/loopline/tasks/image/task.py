@@ -388,6 +388,22 @@ class BadImage(ValueError):
         self.status = status
 
 
+def _declared_size(data: bytes) -> str:
+    """The size a PNG or JPEG header declares, read without Pillow's bomb check (which
+    `Image.open` applies, and refuses to say the size in)."""
+    import io
+
+    from PIL import JpegImagePlugin, PngImagePlugin
+
+    for kind in (PngImagePlugin.PngImageFile, JpegImagePlugin.JpegImageFile):
+        try:
+            width, height = kind(io.BytesIO(data)).size
+            return f"{width}×{height}"
+        except Exception:  # not this format
+            continue
+    return "too many"
+
+
 def image_from_bytes(
     data: bytes, spec: FeatureSpec, max_side: int, ink: str, section: str = "image"
 ) -> np.ndarray:
@@ -415,8 +431,8 @@ def image_from_bytes(
         image.load()
     except UnidentifiedImageError:
         raise BadImage("not a PNG or JPEG image (no image format recognised)", 415) from None
-    except Image.DecompressionBombError as error:  # declared beyond Pillow's own limit
-        raise BadImage(f"{error}; {too_large}", 413) from None
+    except Image.DecompressionBombError:  # declared beyond Pillow's own limit
+        raise BadImage(f"image is {_declared_size(data)} pixels; {too_large}", 413) from None
     except OSError as error:  # a known format, but truncated or corrupt
         raise BadImage(f"not a PNG or JPEG image ({error})", 415) from None
     channels = {"L": 1, "RGB": 3, "I;16": 1}.get(image.mode)
