@@ -40,6 +40,7 @@ from loopline.online import (
 )
 from loopline.paths import ProjectPaths, find_project_root
 from loopline.predlog import PredictionLog, PredictionRecord
+from loopline.redaction import redact
 from loopline.serving_adapter import Answer, Refused, Serving
 
 log = logging.getLogger("loopline.serving")
@@ -62,6 +63,28 @@ def boot_params(environ: dict[str, str] | None = None) -> Params:
     if params_file.is_file():
         return load_params(params_file, overrides)
     return parse_params(apply_overrides({}, overrides))
+
+
+# The Prometheus multiprocess folder of this service: `PROMETHEUS_MULTIPROC_DIR`, which
+# `loopline serve` sets to one per model and port under the state folder. BentoML itself
+# ignores that variable and uses one folder per BENTOML_HOME, wiped by every start, so two
+# services of one project would share and wipe each other's series.
+
+
+def use_own_metrics_folder(model_name: str, environ: dict[str, str] | None = None) -> str:
+    """Point BentoML's multiprocess metrics folder at this service's own and return it.
+    Called when the service module is imported, before BentoML's main process creates
+    (and wipes) the folder and hands it to its workers through the same variable."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    environ = os.environ if environ is None else environ
+    folder = environ.get("PROMETHEUS_MULTIPROC_DIR") or os.path.join(
+        BentoMLContainer.bentoml_home.get(),
+        "prometheus_multiproc_dir",
+        f"{model_name}-{os.getpid()}",
+    )
+    BentoMLContainer.prometheus_multiproc_dir.set(folder)
+    return folder
 
 
 _METRICS: dict[str, Any] = {}
@@ -147,6 +170,7 @@ class ChampionService:
             batch_size=self.settings.log_batch_size,
             flush_interval_s=self.settings.log_flush_interval_s,
             queue_size=self.settings.log_queue_size,
+            spool_dir=self.paths.state / "spool" / self.model_name,
         )
         self._poller: asyncio.Task | None = None
 
@@ -176,7 +200,7 @@ class ChampionService:
             if current is None:
                 self.not_ready_reason = (
                     f"no version of {self.model_name!r} has alias {self.alias!r} yet in "
-                    f"{redacted(self.tracking_uri)} (run `loopline run` to publish one)"
+                    f"{redact(self.tracking_uri)} (run `loopline run` to publish one)"
                 )
             return
         version = str(found.version)
@@ -294,21 +318,27 @@ class ChampionService:
         if self.model is None:
             # Raised rather than returned so /readyz says *why* (BentoML's own message for
             # False does not).
-            raise HTTPException(status_code=503, detail=f"not ready: {self.not_ready_reason}")
+            raise HTTPException(
+                status_code=503, detail=redact(f"not ready: {self.not_ready_reason}")
+            )
         fallback = self.fallback
         if fallback is not None:
             # Ready (200), but an operator reading /readyz must see it is not the champion.
             raise HTTPException(
                 status_code=200,
-                detail=f"ready: serving v{self.model.version}, a good earlier champion, not "
-                f"the champion v{fallback['champion']}: {fallback['why']}",
+                detail=redact(
+                    f"ready: serving v{self.model.version}, a good earlier champion, not "
+                    f"the champion v{fallback['champion']}: {fallback['why']}"
+                ),
             )
         return True
 
     def _serving(self) -> LoadedModel:
         model = self.model
         if model is None:
-            raise bentoml.exceptions.ServiceUnavailable(f"not ready: {self.not_ready_reason}")
+            raise bentoml.exceptions.ServiceUnavailable(
+                redact(f"not ready: {self.not_ready_reason}")
+            )
         return model
 
     def status(self) -> dict[str, Any]:
@@ -318,7 +348,7 @@ class ChampionService:
             "ready": model is not None,
             "not_ready_reason": None if model else self.not_ready_reason,
             "model": model.describe(self.serving) if model else None,
-            "tracking_uri": redacted(self.tracking_uri),
+            "tracking_uri": redact(self.tracking_uri),
             "watching": {
                 "name": self.model_name,
                 "alias": self.alias,
@@ -364,8 +394,7 @@ class ChampionService:
                 )
                 for a in answered
             ]
-            for record in records:
-                self.predictions.put(record)
+            self.predictions.put_many(records)  # one spool write per batch
             self.metrics["predictions"].labels(api, model.version).inc(len(records))
             self.metrics["batch_size"].labels(api).observe(len(records))
             self.metrics["latency"].labels(api).observe(seconds)
@@ -382,26 +411,41 @@ def _answer_refused(items: list[Any], call, model: LoadedModel) -> list[Answer]:
     return [item.answer if isinstance(item, Refused) else next(answered) for item in items]
 
 
-async def ndjson_batches(request, max_line_bytes: int):
+class LineTimeout(Exception):
+    """A line was begun and not finished within the line timeout."""
+
+
+async def ndjson_batches(request, max_line_bytes: int, line_timeout_s: float | None = None):
     """The request body's NDJSON lines as they arrive: one list of (line number, bytes) per
-    chunk; a line longer than `max_line_bytes` comes as (line number, None) and the rest
-    of it is skipped, so one bad line never ends a stream."""
+    chunk. A line longer than `max_line_bytes` comes once, as (its line number, None), and
+    the rest of it is skipped: one bad line never ends a stream nor shifts the numbers of
+    the lines after it. A line begun and left unfinished for `line_timeout_s` raises
+    LineTimeout (a client between lines may wait as long as it likes)."""
+    chunks = request.stream().__aiter__()
     pending, line_no, skipping = b"", 0, False
-    async for chunk in request.stream():
-        pending += chunk
-        lines = pending.split(b"\n")
-        pending = lines.pop()
+    while True:
+        partial = bool(pending) or skipping
+        try:
+            chunk = await asyncio.wait_for(anext(chunks), line_timeout_s if partial else None)
+        except StopAsyncIteration:
+            break
+        except TimeoutError:
+            raise LineTimeout(line_no + 1) from None
         batch: list[tuple[int, bytes | None]] = []
-        for raw in lines:
-            line_no += 1
-            if skipping:  # the rest of an over-long line
+        *ends, rest = chunk.split(b"\n")
+        for piece in ends:
+            if skipping:  # the end of the over-long line, already answered
                 skipping = False
                 continue
-            batch.append((line_no, raw))
-        if len(pending) > max_line_bytes:
+            line, pending = pending + piece, b""
             line_no += 1
-            batch.append((line_no, None))
-            pending, skipping = b"", True
+            batch.append((line_no, line if len(line) <= max_line_bytes else None))
+        if not skipping:
+            pending += rest
+            if len(pending) > max_line_bytes:
+                line_no += 1
+                batch.append((line_no, None))
+                pending, skipping = b"", True
         if batch:
             yield batch
     if pending.strip() and not skipping:
@@ -423,12 +467,3 @@ def describe_validation(error) -> str:
         where = ".".join(str(p) for p in item["loc"])
         problems.append(f"{where}: {item['msg']}" if where else item["msg"])
     return "; ".join(problems)
-
-
-def redacted(uri: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(uri).render_as_string(hide_password=True)
-    except Exception:
-        return uri.split("@")[-1] if "@" in uri else uri

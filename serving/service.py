@@ -25,6 +25,7 @@ shared lifecycle in `serving.champion`.
 
 import asyncio
 import json
+import os
 from http import HTTPStatus
 from typing import Annotated, Any
 
@@ -46,15 +47,43 @@ from pydantic import (
 
 from loopline.config import Params
 from loopline.online import LoadedModel
+from loopline.redaction import (
+    redact,
+    redact_data,
+    redact_logs,
+    remember_secret,
+    remember_url_secrets,
+    without_paths,
+)
 from loopline.serving_adapter import Answer, BadInput, Explaining, FileInput, Serving, StreamState
-from serving.asgi import BodySizeLimit, DuplexStreamingResponse
-from serving.champion import ChampionService, boot_params, describe_validation, ndjson_batches
+from serving.asgi import (
+    AUTHENTICATED,
+    BodySizeLimit,
+    DuplexStreamingResponse,
+    MultipartNeedsBoundary,
+    TokenAuth,
+)
+from serving.champion import (
+    ChampionService,
+    LineTimeout,
+    boot_params,
+    describe_validation,
+    ndjson_batches,
+    use_own_metrics_folder,
+)
 
 
 def service_for(params: Params) -> bentoml.Service:
     """The BentoML service class serving `params`' task (its APIs typed by the task's
     serving adapter)."""
     adapter: type[Serving] = params.plugin.Serving
+    # Every log line of this process (MLflow's and SQLAlchemy's errors included) and every
+    # answer below go through one redaction: no password in a URI leaves the process.
+    redact_logs()
+    remember_url_secrets(os.environ.get("MLFLOW_TRACKING_URI"))
+    remember_url_secrets(params.serve.prediction_log)
+    remember_secret(params.serve.token)
+    use_own_metrics_folder(params.served_model)
     boot, running = params.serve, params
     # The adapter and model this worker serves, for the per-item check that runs while a
     # request body is validated (one service instance per worker process).
@@ -80,6 +109,8 @@ def service_for(params: Params) -> bentoml.Service:
         """Live answers from the registry's champion, for any task."""
 
         params = running  # (a class body cannot read `params` of the function around it)
+        _heavy_slots: asyncio.Semaphore | None = None
+        _open_streams = 0
 
         def on_swap(self, model: LoadedModel) -> None:
             served.update(serving=self.serving, model=model)
@@ -121,9 +152,13 @@ def service_for(params: Params) -> bentoml.Service:
         # -------------------------------------------------------------- metadata
 
         @app.get("/metadata")
-        def metadata(self) -> dict[str, Any]:
-            """The model being served and the state of the alias watch."""
-            return self.status()
+        def metadata(self, request: Request) -> dict[str, Any]:
+            """The model being served and the state of the alias watch (internal paths
+            only for an authenticated client)."""
+            status = redact_data(self.status())
+            if request.scope.get("state", {}).get(AUTHENTICATED):
+                return status
+            return without_paths(status)
 
         # -------------------------------------------------------------- stream
 
@@ -158,20 +193,38 @@ def service_for(params: Params) -> bentoml.Service:
             async def stream(self, request: Request):
                 """Live streaming inference: items in, answers out, as they happen."""
                 if self.model is None:
-                    return JSONResponse({"error": f"not ready: {self.not_ready_reason}"}, 503)
+                    return self._not_ready()
+                limit = self.settings.max_streams
+                if self._open_streams >= limit:
+                    message = f"{limit} streams already open (serve.max_streams): retry later"
+                    return JSONResponse({"error": message}, 503, headers={"Retry-After": "1"})
                 lines = self._stream(request)
                 return DuplexStreamingResponse(lines, media_type="application/x-ndjson")
 
         async def _stream(self, request: Request):
             model = self.model
             state = self.serving.open_stream(model)
-            async for batch in ndjson_batches(request, self.settings.max_line_bytes):
-                # Between chunks a stream moves to a hot-swapped model, keeping its state.
-                current = self.model or model
-                if current is not model:
-                    model = current
-                    state.follow(model)
-                yield await asyncio.to_thread(self._stream_lines, state, model, batch)
+            settings = self.settings
+            self._open_streams += 1
+            try:
+                batches = ndjson_batches(request, settings.max_line_bytes, settings.line_timeout_s)
+                async for batch in batches:
+                    # Between chunks a stream moves to a hot-swapped model, keeping its state.
+                    current = self.model or model
+                    if current is not model:
+                        model = current
+                        state.follow(model)
+                    yield await asyncio.to_thread(self._stream_lines, state, model, batch)
+            except LineTimeout as timeout:
+                self.metrics["stream_errors"].labels("timeout").inc()
+                message = (
+                    f"line {timeout.args[0]} unfinished for {settings.line_timeout_s} s "
+                    "(serve.line_timeout_s): stream closed"
+                )
+                yield json.dumps({"line": timeout.args[0], "error": message}, separators=(",", ":"))
+                yield "\n"
+            finally:
+                self._open_streams -= 1
 
         def _stream_lines(self, state: StreamState, model: LoadedModel, batch) -> str:
             """The answer lines for one chunk of input lines, in line order (what a line
@@ -227,7 +280,8 @@ def service_for(params: Params) -> bentoml.Service:
                 if isinstance(read, JSONResponse):
                     return read
                 model, item = read
-                return self._file_answer(f"predict_{kind}", model, item, self.serving.predict)
+                api, call = f"predict_{kind}", self.serving.predict
+                return await self._heavy(self._file_answer, api, model, item, call)
 
             if explains:
 
@@ -244,19 +298,31 @@ def service_for(params: Params) -> bentoml.Service:
                         return read
                     model, item = read
                     api, call = f"explain_{kind}", self.serving.explain
-                    return self._file_answer(api, model, item, call, picture=format == "png")
+                    picture = format == "png"
+                    return await self._heavy(self._file_answer, api, model, item, call, picture)
 
         async def _upload(self, file: UploadFile):
             """The serving model and the item the upload stands for, or the 4xx/503
             response to send."""
             model = self.model
             if model is None:
-                return JSONResponse({"error": f"not ready: {self.not_ready_reason}"}, 503)
+                return self._not_ready()
             data = await file.read()
             try:
-                return model, self.serving.item_from_file(data, model)
+                return model, await self._heavy(self.serving.item_from_file, data, model)
             except BadInput as error:
                 return JSONResponse({"error": f"{file.filename}: {error}"}, error.status)
+
+        async def _heavy(self, work, *args):
+            """Run CPU-heavy `work` (decoding an upload, an explanation) in a thread, at most
+            `serve.max_heavy_requests` at once: the event loop keeps answering meanwhile."""
+            if self._heavy_slots is None:  # made on the loop that serves the requests
+                self._heavy_slots = asyncio.Semaphore(self.settings.max_heavy_requests)
+            async with self._heavy_slots:
+                return await asyncio.to_thread(work, *args)
+
+        def _not_ready(self) -> JSONResponse:
+            return JSONResponse({"error": redact(f"not ready: {self.not_ready_reason}")}, 503)
 
         def _file_answer(self, api, model, item, call, picture: bool = False):
             try:
@@ -270,6 +336,8 @@ def service_for(params: Params) -> bentoml.Service:
             return found.response
 
     Loopline.add_asgi_middleware(BodySizeLimit, limit=boot.max_body_bytes, skip_paths=("/stream",))
+    Loopline.add_asgi_middleware(MultipartNeedsBoundary)
+    Loopline.add_asgi_middleware(TokenAuth, token=boot.token)
     return Loopline
 
 

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from loopline.errors import LooplineError
+from loopline.redaction import redact
 
 app = typer.Typer(
     help="Loopline: from raw data to a gated ONNX champion, and back.",
@@ -38,7 +39,7 @@ def _paths(project: Path | None):
 
 
 def _fail(error: Exception) -> None:
-    console.print(f"[bold red]error:[/] {error}")
+    console.print(f"[bold red]error:[/] {redact(error)}")
     raise typer.Exit(code=1)
 
 
@@ -117,7 +118,7 @@ def run(
     except LooplineError as error:
         _fail(error)
     console.print(f"[bold]Loopline offline flow[/] · project {paths.root}")
-    console.print(f"MLflow {paths.tracking_uri()}")
+    console.print(f"MLflow {redact(paths.tracking_uri())}")
     try:
         if resume:
             from pipelines.resume import resume_offline_run
@@ -154,14 +155,16 @@ def models(
     if as_json:
         typer.echo(
             json.dumps(
-                {"tracking_uri": uri, "versions": rows, "history": histories}, indent=1, default=str
+                {"tracking_uri": redact(uri), "versions": rows, "history": histories},
+                indent=1,
+                default=str,
             )
         )
         return
     if not rows:
-        console.print(f"No registered models in {uri}. Run `loopline run` first.")
+        console.print(f"No registered models in {redact(uri)}. Run `loopline run` first.")
         return
-    table = Table(title=f"Registered models · {uri}")
+    table = Table(title=f"Registered models · {redact(uri)}")
     for column in (
         "model",
         "version",
@@ -264,6 +267,9 @@ def serve(
     env["LOOPLINE_PROJECT"] = str(paths.root)
     env.setdefault("BENTOML_HOME", str(paths.state / "bentoml"))
     env.setdefault("BENTOML_DO_NOT_TRACK", "true")
+    # Each service its own Prometheus folder (the server wipes it at every start).
+    metrics = paths.state / "metrics" / f"{params.served_model}-{port}"
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics)
     from loopline.online import use_service_deadlines
 
     # Short registry deadlines for this process's own look-up and for the service it becomes.
@@ -281,8 +287,13 @@ def serve(
     console.print(
         f"[bold]Serving[/] {params.served_model}@{params.serve.alias} "
         f"(task {env['LOOPLINE_TASK']}) from "
-        f"{paths.tracking_uri()} on http://{host}:{port}"
+        f"{redact(paths.tracking_uri())} on http://{host}:{port}"
     )
+    if not params.serve.token and host not in ("127.0.0.1", "::1", "localhost"):
+        console.print(
+            f"[yellow]no token:[/] anyone who reaches {host}:{port} can predict and write the "
+            "prediction log; set LOOPLINE_SERVE_TOKEN for production"
+        )
     # exec: the server gets signals (Ctrl-C, docker stop) directly and shuts down cleanly.
     os.execvpe(command[0], command, env)
 

@@ -214,6 +214,16 @@ class ServeParams(Section):
     max_latency_ms: Positive = 2000
     max_body_bytes: Positive = 8 * 1024 * 1024  # larger request bodies get 413
     max_line_bytes: Positive = 64 * 1024  # longer NDJSON lines in `stream` get an error line
+    # Uploads decoded (and explanations computed) at once per worker, off the event loop;
+    # more wait their turn, so a burst of large images cannot stall health checks.
+    max_heavy_requests: Positive = 2
+    max_streams: Positive = 1000  # open `/stream` connections per worker; more get 503
+    # A stream line begun and not finished within this many seconds closes the stream (a
+    # client between lines may wait as long as it likes).
+    line_timeout_s: Annotated[float, Field(gt=0)] = 30.0
+    # Bearer token for prediction and operator endpoints (set it by LOOPLINE_SERVE_TOKEN, not
+    # in a committed file). Unset: no token asked, internal paths shown to loopback only.
+    token: str | None = Field(None, repr=False, exclude=True)  # never dumped: not in MLflow
     prediction_log: str | None = None  # SQLAlchemy URL; default: SQLite in the state folder
     log_batch_size: Positive = 256
     log_flush_interval_s: Annotated[float, Field(gt=0)] = 1.0

@@ -22,6 +22,7 @@ import numpy as np
 
 from loopline.errors import LooplineError
 from loopline.features import FeatureSpec
+from loopline.redaction import redact
 from loopline.registry import GOLDEN_FILE
 
 if TYPE_CHECKING:
@@ -225,9 +226,9 @@ def resolve_alias(tracking_uri: str, name: str, alias: str):
     except MlflowException as error:
         if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             return None
-        raise RegistryUnavailable(f"registry {tracking_uri}: {error.message}") from None
+        raise RegistryUnavailable(redact(f"registry {tracking_uri}: {error.message}")) from None
     except Exception as error:  # connection refused, timeouts: whatever the transport raises
-        raise RegistryUnavailable(f"registry {tracking_uri}: {error}") from None
+        raise RegistryUnavailable(redact(f"registry {tracking_uri}: {error}")) from None
 
 
 def load_version(
@@ -248,7 +249,7 @@ def load_version(
         try:
             folder = download_model(tracking_uri, f"models:/{name}/{version}", dest)
         except Exception as error:  # whatever the artifact store's transport raises
-            message = f"{name} v{version} could not be downloaded: {error}"
+            message = redact(f"{name} v{version} could not be downloaded: {error}")
             raise ModelDownloadError(message) from None
         try:
             return load_model_folder(

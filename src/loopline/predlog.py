@@ -5,17 +5,29 @@ record on a bounded in-memory queue; one background thread writes batches throug
 SQLAlchemy (SQLite by default, any URL such as PostgreSQL by config) and `close()` flushes
 what is left on a graceful shutdown. When the database falls behind so far that the queue is
 full, records are counted as dropped rather than slowing every request down.
+
+With a spool folder, every queued record is first appended to a local file (one `write` to
+the operating system per answered batch, no fsync: a killed process loses nothing the OS
+has, only a machine crash could), and a segment is deleted once all its records are in the
+database. A new PredictionLog replays the segments of processes that are gone (kill -9,
+a crash, a database that stayed away) before it takes new records.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import queue
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
+
+from loopline.redaction import redact
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +63,20 @@ class PredictionRecord:
     latency_ms: float | None = None
     logged_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
+    def spooled(self) -> str:
+        """The record as one JSON line (for the spool)."""
+        row = self.row()
+        for key in ("logged_at", "origin"):
+            row[key] = row[key].isoformat() if row[key] is not None else None
+        return json.dumps(row, separators=(",", ":"), default=str) + "\n"
+
+    @classmethod
+    def from_spool(cls, line: str) -> PredictionRecord:
+        row = json.loads(line)
+        for key in ("logged_at", "origin"):
+            row[key] = datetime.fromisoformat(row[key]) if row[key] else None
+        return cls(**row)
+
     def row(self) -> dict[str, Any]:
         return {
             "logged_at": self.logged_at,
@@ -74,6 +100,8 @@ class PredictionLog:
         batch_size: int = 256,
         flush_interval_s: float = 1.0,
         queue_size: int = 100_000,
+        spool_dir: Path | None = None,
+        spool_segment_bytes: int = 8 * 1024 * 1024,
     ):
         from sqlalchemy import MetaData, create_engine
 
@@ -89,36 +117,83 @@ class PredictionLog:
         self.dropped = 0
         self.failed_batches = 0
         self.last_error: str | None = None
+        self.replayed = 0
+        self.spool = Spool(spool_dir, spool_segment_bytes) if spool_dir else None
+        if self.spool is not None:
+            self.replayed = self._replay(self.spool.orphans())
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._closed = threading.Event()
         self._thread.start()
 
     def put(self, record: PredictionRecord) -> bool:
         """Queue one record without blocking; False (and counted) when the queue is full."""
-        if self._closed.is_set():
-            return False
-        try:
-            self.queue.put_nowait(record)
-            return True
-        except queue.Full:
-            self.dropped += 1
-            return False
+        return self.put_many([record]) == 1
 
-    def _write(self, batch: list[PredictionRecord]) -> None:
+    def put_many(self, records: list[PredictionRecord]) -> int:
+        """Queue records (spooled first, in one write); returns how many were taken."""
+        if self._closed.is_set():
+            return 0
+        room = self.queue.maxsize - self.queue.qsize() if self.queue.maxsize else len(records)
+        taken = records[: max(0, room)]
+        self.dropped += len(records) - len(taken)
+        if self.spool is None or not taken:
+            self._enqueue(taken)
+            return len(taken)
+        with self.spool.lock:  # the spool's order is the queue's: segments empty in order
+            self.spool.append(taken)
+            self._enqueue(taken)
+        return len(taken)
+
+    def _enqueue(self, records: list[PredictionRecord]) -> None:
+        for record in records:  # room was checked: only the writer takes from the queue
+            self.queue.put_nowait(record)
+
+    def _replay(self, segments: list[Path]) -> int:
+        """Write the records of dead processes' spool segments; delete each once written."""
+        replayed = 0
+        for n, orphan in enumerate(segments):
+            # Claimed by renaming: of workers starting together, one replays each segment.
+            segment = orphan.with_name(f"{os.getpid()}-replaying-{n}.ndjson")
+            try:
+                orphan.rename(segment)
+            except FileNotFoundError:
+                continue
+            records = []
+            for line in segment.read_text(encoding="utf-8", errors="replace").splitlines():
+                try:
+                    records.append(PredictionRecord.from_spool(line))
+                except (ValueError, TypeError, KeyError):  # a line cut short by the crash
+                    continue
+            for start in range(0, len(records), self.batch_size):
+                if not self._write(records[start : start + self.batch_size], spooled=False):
+                    log.error("prediction log: spool %s kept for the next start", segment)
+                    return replayed
+            replayed += len(records)
+            segment.unlink(missing_ok=True)
+        if replayed:
+            log.warning("prediction log: %d records replayed from the spool", replayed)
+        return replayed
+
+    def _write(self, batch: list[PredictionRecord], spooled: bool = True) -> bool:
         if not batch:
-            return
+            return True
         for attempt in range(3):
             try:
                 with self.engine.begin() as connection:
                     connection.execute(self.table.insert(), [r.row() for r in batch])
                 self.written += len(batch)
-                return
+                if spooled and self.spool is not None:
+                    self.spool.written(len(batch))
+                return True
             except Exception as error:  # the database may be briefly away: retry, then report
-                self.last_error = f"{type(error).__name__}: {error}"[:500]
+                self.last_error = redact(f"{type(error).__name__}: {error}")[:500]
                 time.sleep(0.2 * (attempt + 1))
         self.failed_batches += 1
         self.dropped += len(batch)
         log.error("prediction log: %d records not written: %s", len(batch), self.last_error)
+        if spooled and self.spool is not None:  # kept on disk: the next start replays them
+            self.spool.keep(batch)
+        return False
 
     def _run(self) -> None:
         batch: list[PredictionRecord] = []
@@ -146,16 +221,104 @@ class PredictionLog:
         self._closed.set()
         self.queue.put(None)
         self._thread.join(timeout_s)
+        if self.spool is not None:
+            self.spool.close()
         self.engine.dispose()
 
     def stats(self) -> dict[str, Any]:
         return {
-            "url": self.engine.url.render_as_string(hide_password=True),
+            "url": redact(self.url),
             "queued": self.queue.qsize(),
             "written": self.written,
             "dropped": self.dropped,
+            "replayed": self.replayed,
             "last_error": self.last_error,
         }
+
+
+class Spool:
+    """This process's write-ahead files: segments `<pid>-<n>.ndjson` in `folder`, each
+    deleted once every record in it is in the database (records are written in the order
+    they were spooled, so the oldest segment empties first)."""
+
+    def __init__(self, folder: Path, segment_bytes: int):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.segment_bytes = segment_bytes
+        self.lock = threading.Lock()
+        self.segments: deque[list] = deque()  # [path, file, records not yet written]
+        self.count = 0
+        self._open_segment()
+
+    def _open_segment(self) -> None:
+        self.count += 1
+        path = self.folder / f"{os.getpid()}-{self.count}.ndjson"
+        self.segments.append([path, open(path, "ab", buffering=0), 0])  # noqa: SIM115
+
+    def orphans(self) -> list[Path]:
+        """Segments of processes that no longer run (oldest first)."""
+        found = []
+        for path in sorted(self.folder.glob("*.ndjson"), key=lambda p: p.stat().st_mtime):
+            pid = int(path.name.split("-")[0]) if path.name.split("-")[0].isdigit() else 0
+            if pid != os.getpid() and not _alive(pid):
+                found.append(path)
+        return found
+
+    def append(self, records: list[PredictionRecord]) -> None:
+        """Spool `records` (the caller holds `lock`)."""
+        data = "".join(r.spooled() for r in records).encode()
+        current = self.segments[-1]
+        if current[1].tell() > self.segment_bytes:
+            self._open_segment()
+            current = self.segments[-1]
+        current[1].write(data)  # unbuffered: in the OS once this returns
+        current[2] += len(records)
+
+    def written(self, n: int) -> None:
+        """`n` more records (the oldest spooled) are in the database."""
+        with self.lock:
+            while n > 0 and self.segments:
+                oldest = self.segments[0]
+                done = min(n, oldest[2])
+                oldest[2] -= done
+                n -= done
+                if oldest[2] == 0:
+                    if len(self.segments) > 1:
+                        oldest[1].close()
+                        oldest[0].unlink(missing_ok=True)
+                        self.segments.popleft()
+                    elif oldest[1].tell():  # the current one: emptied in place
+                        oldest[1].truncate(0)
+                        oldest[1].seek(0)
+
+    def keep(self, records: list[PredictionRecord]) -> None:
+        """`records` could not be written: moved to a file of their own, which this process
+        never touches again and the next start replays."""
+        with self.lock:
+            self.count += 1
+            kept = self.folder / f"{os.getpid()}-kept-{self.count}.ndjson"
+            kept.write_text("".join(r.spooled() for r in records), encoding="utf-8")
+        self.written(len(records))
+
+    def close(self) -> None:
+        with self.lock:
+            for path, file, pending in self.segments:
+                file.close()
+                if pending == 0:
+                    path.unlink(missing_ok=True)
+            self.segments.clear()
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
 
 
 def read_predictions(url: str, limit: int | None = None) -> list[dict[str, Any]]:

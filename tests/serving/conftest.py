@@ -147,9 +147,14 @@ def service_app(startup_wait_s: float = 120.0):
 
 @contextlib.contextmanager
 def serve_process(
-    command: list[str], cwd: Path, log_path: Path, url: str, env: dict[str, str] | None = None
+    command: list[str],
+    cwd: Path,
+    log_path: Path,
+    url: str,
+    env: dict[str, str] | None = None,
+    wait_for: str = "/readyz",
 ):
-    """A `loopline serve` process, ready (`/readyz`) on entry, SIGTERMed on exit."""
+    """A `loopline serve` process, answering `wait_for` on entry, SIGTERMed on exit."""
     import signal
     import subprocess
 
@@ -159,7 +164,7 @@ def serve_process(
     process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         try:
-            wait_until_ok(f"{url}/readyz", process)
+            wait_until_ok(f"{url}{wait_for}", process)
         except NotHealthy as error:
             log.flush()
             pytest.fail(f"{error}:\n{log_path.read_text()}")

@@ -225,3 +225,40 @@ def test_loopline_serve_model_digits_answers_a_png_upload(digits_root, tmp_path)
         answer = httpx.post(f"{url}/predict_image", files=files, timeout=30).json()
         assert answer["label"] == str(label), answer
         assert httpx.get(f"{url}/metadata").json()["model"]["task"] == "digits"
+
+
+def declared_png(width: int, height: int, rows: int | None = None) -> bytes:
+    """A small PNG that declares `width`×`height` grey pixels (all zero): tens of KB that
+    decode to width×height bytes (only its first `rows` rows when given: a truncated file)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    packer = zlib.compressobj(9)
+    row = bytes(width + 1)  # filter byte + pixels
+    pixels = b"".join(packer.compress(row) for _ in range(rows or height)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grey
+    chunks = chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + chunks
+
+
+def test_an_image_bomb_is_refused_from_its_header_before_decoding(client):
+    bomb = declared_png(9000, 9000)
+    response = upload(client, bomb, "bomb.png")
+    assert response.status_code == 413
+    assert "9000×9000 pixels; the limit is 1024 per side" in response.json()["error"]
+    explained = client.post("/explain_image", files={"file": ("bomb.png", bomb, "image/png")})
+    assert explained.status_code == 413
+    # Past Pillow's own bomb limit (2 × 89 M pixels): a 413 too, not a 500.
+    response = upload(client, declared_png(20000, 20000, rows=1), "huge.png")
+    assert response.status_code == 413 and "huge.png: image is 20000×20000" in response.text
+
+
+def test_multipart_without_a_boundary_is_a_400(client):
+    response = client.post(
+        "/predict", content=b"--x\r\n", headers={"content-type": "multipart/form-data"}
+    )
+    assert response.status_code == 400, response.text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from datetime import UTC, datetime
 
@@ -87,3 +88,55 @@ def test_the_log_writes_to_postgresql():
         with admin.connect() as connection:
             connection.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def test_records_of_a_killed_process_are_replayed_from_the_spool(tmp_path):
+    """A process queues 3,000 records and is killed (SIGKILL) before its writer wrote them:
+    the next PredictionLog on the same spool writes every one, once."""
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    url = f"sqlite:///{tmp_path / 'predictions.db'}"
+    spool = tmp_path / "spool"
+    child = textwrap.dedent(
+        f"""
+        import os, signal, sys
+        sys.path[:0] = {sys.path!r}
+        from tests.serving.test_prediction_log import record
+        from loopline.predlog import PredictionLog
+        log = PredictionLog({url!r}, flush_interval_s=3600, batch_size=10**6,
+                            spool_dir={str(spool)!r}, spool_segment_bytes=200_000)
+        for start in range(0, 3000, 30):
+            log.put_many([record(n) for n in range(start, start + 30)])
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True, timeout=120)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    assert len(list(spool.glob("*.ndjson"))) > 1  # several segments
+    assert read_predictions(url) == []
+
+    log = PredictionLog(url, spool_dir=spool)
+    assert log.stats()["replayed"] == 3000
+    log.put(record(3000))
+    log.close()
+    rows = read_predictions(url)
+    assert [r["output"][0] for r in rows] == [float(n) for n in range(3001)]
+    assert rows[5]["origin"] == record(5).origin.replace(tzinfo=None)  # SQLite drops the zone
+    assert list(spool.glob("*.ndjson")) == []  # all written: nothing left to replay
+
+
+def test_the_spool_is_emptied_as_records_are_written(tmp_path):
+    url = f"sqlite:///{tmp_path / 'predictions.db'}"
+    log = PredictionLog(url, batch_size=50, flush_interval_s=0.05, spool_dir=tmp_path / "spool")
+    for n in range(200):
+        log.put(record(n))
+    deadline = time.monotonic() + 20
+    while log.written < 200 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    segments = list((tmp_path / "spool").glob("*.ndjson"))
+    assert len(segments) == 1 and segments[0].stat().st_size == 0
+    log.close()
+    assert len(read_predictions(url)) == 200

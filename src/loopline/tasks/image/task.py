@@ -388,6 +388,22 @@ class BadImage(ValueError):
         self.status = status
 
 
+def _declared_size(data: bytes) -> str:
+    """The size a PNG or JPEG header declares, read without Pillow's bomb check (which
+    `Image.open` applies, and refuses to say the size in)."""
+    import io
+
+    from PIL import JpegImagePlugin, PngImagePlugin
+
+    for kind in (PngImagePlugin.PngImageFile, JpegImagePlugin.JpegImageFile):
+        try:
+            width, height = kind(io.BytesIO(data)).size
+            return f"{width}×{height}"
+        except Exception:  # not this format
+            continue
+    return "too many"
+
+
 def image_from_bytes(
     data: bytes, spec: FeatureSpec, max_side: int, ink: str, section: str = "image"
 ) -> np.ndarray:
@@ -402,22 +418,23 @@ def image_from_bytes(
 
     from PIL import Image, UnidentifiedImageError
 
+    too_large = f"the limit is {max_side} per side ({section}.max_upload_side)"
     try:
+        # `open` reads only the header: format and declared size are checked before a
+        # single pixel is decoded (a small PNG may declare 9000×9000 pixels, 310 MB).
         image = Image.open(io.BytesIO(data))
+        if image.format not in FORMATS:
+            raise BadImage(f"image format {image.format} is not accepted: send PNG or JPEG", 415)
+        width, height = image.size
+        if max(width, height) > max_side or min(width, height) < 1:
+            raise BadImage(f"image is {width}×{height} pixels; {too_large}", 413)
         image.load()
     except UnidentifiedImageError:
         raise BadImage("not a PNG or JPEG image (no image format recognised)", 415) from None
+    except Image.DecompressionBombError:  # declared beyond Pillow's own limit
+        raise BadImage(f"image is {_declared_size(data)} pixels; {too_large}", 413) from None
     except OSError as error:  # a known format, but truncated or corrupt
         raise BadImage(f"not a PNG or JPEG image ({error})", 415) from None
-    if image.format not in FORMATS:
-        raise BadImage(f"image format {image.format} is not accepted: send PNG or JPEG", 415)
-    width, height = image.size
-    if max(width, height) > max_side or min(width, height) < 1:
-        raise BadImage(
-            f"image is {width}×{height} pixels; the limit is {max_side} per side "
-            f"({section}.max_upload_side)",
-            413,
-        )
     channels = {"L": 1, "RGB": 3, "I;16": 1}.get(image.mode)
     if channels is None:
         bands = len(image.getbands())
