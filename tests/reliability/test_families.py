@@ -85,7 +85,6 @@ def upload(client, data: bytes, name: str = "big.png"):
     return client.post("/predict_image", files={"file": (name, data, "image/png")})
 
 
-@pytest.mark.xfail(strict=False, reason="issue 15 (3): uploads are decoded before the size check")
 def test_an_image_declaring_9000x9000_is_413_before_it_is_decoded(digits):
     from PIL import Image
 
@@ -98,7 +97,6 @@ def test_an_image_declaring_9000x9000_is_413_before_it_is_decoded(digits):
     assert Image.core.get_stats()["allocated_blocks"] == before, "the upload was decoded"
 
 
-@pytest.mark.xfail(strict=False, reason="issue 15 (3): above Pillow's bomb limit the answer is 500")
 def test_an_image_above_pillows_bomb_limit_is_413_not_500(digits):
     response = upload(digits, png_declaring(20000, 20000, rows=2))
     assert response.status_code == 413, response.text
@@ -113,18 +111,7 @@ def test_a_real_oversized_image_is_still_413_and_a_small_one_answers(digits):
     assert answer.status_code == 200 and answer.json()["label"] == str(label)
 
 
-@pytest.mark.parametrize(
-    "path",
-    [
-        "/predict_image",
-        pytest.param(
-            "/predict",
-            marks=pytest.mark.xfail(
-                strict=False, reason="issue 15: multipart without a boundary answers 500"
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("path", ["/predict_image", "/predict"])
 def test_multipart_without_a_boundary_is_400(digits, path):
     response = digits.post(
         path, content=b"--x\r\n\r\n", headers={"content-type": "multipart/form-data"}

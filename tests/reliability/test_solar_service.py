@@ -76,7 +76,6 @@ def test_every_4xx_is_documented_and_matches_its_schema(fuzzed):
     assert not summary(fuzzed, "4xx"), summary(fuzzed, "4xx")
 
 
-@pytest.mark.xfail(strict=False, reason="issue 15: multipart without a boundary answers 500")
 def test_multipart_without_a_boundary_is_400(client):
     response = client.post(
         "/predict", content=b"--x\r\n\r\n", headers={"content-type": "multipart/form-data"}
@@ -126,7 +125,6 @@ def stream_answers(client, lines: list[str]) -> list[dict]:
 # ------------------------------------------------------------------ the stream's line numbers
 
 
-@pytest.mark.xfail(strict=False, reason="issue 15 (3): an over-long line shifts line numbers")
 def test_an_over_long_line_gets_one_error_and_later_lines_keep_their_numbers(client):
     readings = [json.dumps(r) for r in raw_readings("2021-02-01", REQUIRED + 3)]
     long_line = json.dumps({"site_id": SITE, "pad": "x" * 300_000})  # > 64 KB
@@ -148,7 +146,6 @@ def test_an_over_long_line_gets_one_error_and_later_lines_keep_their_numbers(cli
 # ------------------------------------------------------------------ secrets, auth, metadata
 
 
-@pytest.mark.xfail(strict=False, reason="issue 15 (2): the password leaks (readyz, logs, ...)")
 def test_the_registry_password_is_in_no_response_and_no_log(
     solar_root, monkeypatch, captured_logs, tmp_path
 ):
@@ -182,13 +179,11 @@ def test_the_registry_password_is_in_no_response_and_no_log(
     assert not leaks, leaks
 
 
-@pytest.mark.xfail(strict=False, reason="issue 15 (7): /metadata shows internal paths")
 def test_metadata_shows_no_internal_paths(client, solar_root):
     text = client.get("/metadata").text
     assert str(solar_root) not in text and "/tmp" not in text, text
 
 
-@pytest.mark.xfail(strict=False, reason="issue 15 (7): no token authentication")
 def test_a_configured_token_is_required_for_predictions_and_operator_endpoints(
     env, solar_root, monkeypatch
 ):
@@ -298,7 +293,6 @@ def test_promoting_the_champion_records_nothing(served_project):
 # ------------------------------------------------------------------ metrics folders
 
 
-@pytest.mark.xfail(strict=False, reason="issue 15 (6): services share one metrics folder")
 def test_two_services_of_one_project_get_their_own_metrics_folders(solar_root, monkeypatch):
     """What `loopline serve` hands the server: BentoML wipes its multiprocess folder at
     start (`PROMETHEUS_MULTIPROC_DIR`, else `$BENTOML_HOME/prometheus_multiproc_dir`), so
