@@ -394,10 +394,14 @@ def _item(value: Any) -> Any:
     return value.root if type(value) in _EITHER_FORM else value
 
 
-def _item_form(value: Any) -> str:
+def _item_form(value: Any) -> str | None:
+    """Which request form an item is; None (a 400 naming the item) for anything that is
+    neither an object nor a model, say a list where a window belongs."""
     if isinstance(value, dict):
         return "columns" if "columns" in value else "readings"
-    return "columns" if "columns" in type(value).model_fields else "readings"
+    if isinstance(value, BaseModel):
+        return "columns" if "columns" in type(value).model_fields else "readings"
+    return None
 
 
 def _stream_reply(response: type[BaseModel]) -> type[BaseModel]:
