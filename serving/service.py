@@ -30,7 +30,6 @@ from http import HTTPStatus
 from typing import Annotated, Any
 
 import bentoml
-from bentoml.exceptions import BentoMLException
 from bentoml.validators import ContentType
 from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -58,6 +57,7 @@ from loopline.redaction import (
 from loopline.serving_adapter import Answer, BadInput, Explaining, FileInput, Serving, StreamState
 from serving.asgi import (
     AUTHENTICATED,
+    OPEN_PATHS,
     BodySizeLimit,
     DuplexStreamingResponse,
     MultipartNeedsBoundary,
@@ -129,14 +129,17 @@ def service_for(params: Params) -> bentoml.Service:
             are batched adaptively."""
             model = self._serving()
             items = [_item(item) for item in items]
-            found = self._answer("predict", model, items, self.serving.predict)
-            return [_reply(adapter.Response, a) for a in found]
+            return self._replies("predict", adapter.Response, model, items, self.serving.predict)
 
-        def _answer(self, api: str, model: LoadedModel, items, call) -> list[Answer]:
+        def _replies(self, api: str, kind, model: LoadedModel, items, call) -> list:
+            """Each item's answer as `kind`, or its refusal."""
             try:
-                return self.answer(api, model, items, call)
+                found = self.answer(api, model, items, call)
             except BadInput as error:  # the batch as a whole cannot be answered
-                raise BentoMLException(str(error), error_code=HTTPStatus(error.status)) from None
+                # Each request of it is refused with `{"error": ...}` (BentoML's own body
+                # for an exception with a 4xx code is a list, which no schema describes).
+                return [_Refusal(str(error), error.status)] * len(items)
+            return [_reply(kind, a) for a in found]
 
         if explains:
 
@@ -146,8 +149,7 @@ def service_for(params: Params) -> bentoml.Service:
                 model = self._serving()
                 # not batched: called with the body's fields
                 items = [_item(item) for item in fields[adapter.input_name]]
-                found = self._answer("explain", model, items, self.serving.explain)
-                return [_reply(explained, a) for a in found]
+                return self._replies("explain", explained, model, items, self.serving.explain)
 
         # -------------------------------------------------------------- metadata
 
@@ -338,7 +340,121 @@ def service_for(params: Params) -> bentoml.Service:
     Loopline.add_asgi_middleware(BodySizeLimit, limit=boot.max_body_bytes, skip_paths=("/stream",))
     Loopline.add_asgi_middleware(MultipartNeedsBoundary)
     Loopline.add_asgi_middleware(TokenAuth, token=boot.token)
+    _answer_errors_with_one_schema(app)
+    uploads = {f"/predict_{kind}", f"/explain_{kind}"} if takes_files else set()
+    Loopline.__class__ = _publishing_errors(type(Loopline), uploads)
     return Loopline
+
+
+# ------------------------------------------------------------------ error bodies, published
+
+# Every 4xx/5xx body the service sends is `{"error": message}`, with `detail` (one entry per
+# problem) where a request failed validation: BentoML's 400s, FastAPI's 422s, our refusals
+# and the ASGI middlewares' answers. The published spec documents each status an operation
+# really answers with this one schema.
+ERROR_SCHEMA = {
+    "title": "Error",
+    "type": "object",
+    "description": "Why the request was not answered.",
+    "required": ["error"],
+    "properties": {
+        "error": {"title": "Message", "type": "string"},
+        "detail": {
+            "title": "Error Detail",
+            "description": "Where a request failed validation: one entry per problem.",
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["loc", "msg", "type"],
+                "properties": {
+                    "loc": {
+                        "type": "array",
+                        "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]},
+                    },
+                    "msg": {"type": "string"},
+                    "type": {"type": "string"},
+                },
+            },
+        },
+    },
+}
+_ERROR_REF = {"$ref": "#/components/schemas/Error"}
+
+
+def _answer_errors_with_one_schema(app: FastAPI) -> None:
+    """FastAPI's errors as `{"error", "detail"}`: its validation errors (the upload
+    routes' 422) and its HTTP errors (a multipart body it cannot parse: 400)."""
+    from fastapi.encoders import jsonable_encoder
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException):
+        return JSONResponse({"error": str(error.detail)}, error.status_code, error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError):
+        problems = error.errors()
+        message = f"{len(problems)} validation error{'s' * (len(problems) != 1)} for request"
+        return JSONResponse(
+            {"error": message, "detail": jsonable_encoder(problems)},
+            HTTPStatus.UNPROCESSABLE_ENTITY,
+        )
+
+
+def _error_statuses(path: str, method: str, uploads: set[str]) -> set[int]:
+    """The error statuses the service answers `method path` with, besides those its
+    framework documents already (FastAPI's 422, BentoML's 400/404/500)."""
+    if path in OPEN_PATHS or method != "post":
+        return set()
+    statuses = {400, 401, 503}  # bad body or multipart; no token (serve.token); not ready
+    if path != "/stream":  # (limited per line, not per body)
+        statuses.add(413)
+    if path in uploads:
+        statuses |= {413, 415, 422}  # too many pixels; not an image the model reads
+    return statuses
+
+
+def _document_errors(spec: Any, uploads: set[str]) -> Any:
+    """`spec` (BentoML's `OpenAPISpecification`, changed in place) with every error status
+    of every operation documented, each with `ERROR_SCHEMA`."""
+    from bentoml._internal.service.openapi.specification import Schema
+
+    components = spec.components  # (BentoML's generator gives a dict)
+    schemas = components["schemas"] if isinstance(components, dict) else components.schemas
+    schemas["Error"] = Schema(**ERROR_SCHEMA)
+    for path, item in spec.paths.items():
+        for method in ("get", "put", "post", "delete", "patch"):
+            operation = getattr(item, method, None)
+            if operation is None:
+                continue
+            responses = (
+                operation["responses"] if isinstance(operation, dict) else operation.responses
+            )
+            statuses = {int(s) for s in responses if str(s).isdigit() and int(s) >= 400}
+            for status in sorted(statuses | _error_statuses(path, method, uploads)):
+                responses.pop(str(status), None)
+                responses[status] = {
+                    "description": HTTPStatus(status).phrase,
+                    "content": {"application/json": {"schema": dict(_ERROR_REF)}},
+                }
+    return spec
+
+
+def _publishing_errors(service_class: type, uploads: set[str]) -> type:
+    """`service_class` whose OpenAPI spec (`/docs.json`, a bento's `openapi.yaml`) documents
+    the errors as the service answers them: BentoML's generator gives its APIs a fixed set
+    (400/404/500 with `detail` a string) and knows nothing of the ASGI middlewares."""
+
+    class Published(service_class):
+        __slots__ = ()
+
+        @property
+        def openapi_spec(self):
+            return _document_errors(super().openapi_spec, uploads)
+
+    Published.__name__ = Published.__qualname__ = service_class.__name__
+    return Published
 
 
 def _request_body(adapter: type[Serving], served: dict[str, Any]) -> type[BaseModel]:
@@ -426,8 +542,8 @@ class _Refusal:
     """An item's error that its answer type cannot carry: its request is answered 400 by
     `_answers_spec`, on its own (an adaptive batch mixes many clients' requests)."""
 
-    def __init__(self, message: str) -> None:
-        self.message = message
+    def __init__(self, message: str, status: int = HTTPStatus.BAD_REQUEST) -> None:
+        self.message, self.status = message, status
 
 
 def _answers_spec(kind: type[BaseModel]) -> type[bentoml.IODescriptor]:
@@ -444,9 +560,10 @@ def _answers_spec(kind: type[BaseModel]) -> type[bentoml.IODescriptor]:
     class Answers(base):
         @classmethod
         async def to_http_response(cls, obj: Any, serde: Any) -> Response:
-            refused = [a.message for a in obj if isinstance(a, _Refusal)]
+            refused = [a for a in obj if isinstance(a, _Refusal)]
             if refused:
-                return JSONResponse({"error": "; ".join(refused)}, HTTPStatus.BAD_REQUEST)
+                message = "; ".join(dict.fromkeys(a.message for a in refused))
+                return JSONResponse({"error": message}, refused[0].status)
             return await super().to_http_response(obj, serde)
 
     Answers.media_type = base.media_type

@@ -63,7 +63,6 @@ def test_reviews_generated_requests_never_get_a_5xx(reviews_fuzzed):
     assert not summary(reviews_fuzzed, "5xx"), summary(reviews_fuzzed, "5xx")
 
 
-@pytest.mark.xfail(strict=False, reason="issue 15: 400 bodies do not match the OpenAPI schema")
 def test_reviews_every_4xx_is_documented_and_matches_its_schema(reviews_fuzzed):
     assert not summary(reviews_fuzzed, "4xx"), summary(reviews_fuzzed, "4xx")
 
@@ -73,7 +72,6 @@ def test_digits_generated_requests_never_get_a_5xx(digits_fuzzed):
     assert not summary(digits_fuzzed, "5xx"), summary(digits_fuzzed, "5xx")
 
 
-@pytest.mark.xfail(strict=False, reason="issue 15: 4xx bodies do not match the OpenAPI schema")
 def test_digits_every_4xx_is_documented_and_matches_its_schema(digits_fuzzed):
     assert not summary(digits_fuzzed, "4xx"), summary(digits_fuzzed, "4xx")
 

@@ -70,7 +70,6 @@ def test_generated_requests_never_get_a_5xx(fuzzed):
     assert not summary(fuzzed, "5xx"), summary(fuzzed, "5xx")
 
 
-@pytest.mark.xfail(strict=False, reason="issue 15: 400 bodies do not match the OpenAPI schema")
 def test_every_4xx_is_documented_and_matches_its_schema(fuzzed):
     assert any(400 <= f.status < 500 for f in fuzzed)
     assert not summary(fuzzed, "4xx"), summary(fuzzed, "4xx")
