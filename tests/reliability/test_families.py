@@ -2,7 +2,7 @@
 schemathesis over each one's OpenAPI, and the image uploads' bounded work.
 
 One champion per task for the module, published by the real offline flow (the serving
-tests' fixtures, imported). Tests marked xfail wait for a fix of issue 15.
+tests' fixtures, imported).
 """
 
 from __future__ import annotations

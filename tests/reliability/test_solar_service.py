@@ -1,8 +1,7 @@
 """Issue 15's acceptance cases on the solar forecaster (the forecast family), in-process.
 
 One served project for the module (a copy of the serving fixtures' registry: v1, v2 with
-v2 the champion); tests that move the champion take their own copy. Tests marked xfail
-wait for a fix of issue 15 (the reason names it); the lead removes the marks as they land.
+v2 the champion); tests that move the champion take their own copy.
 """
 
 from __future__ import annotations
