@@ -19,7 +19,9 @@ import dataclasses
 import re
 import typing
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Protocol, runtime_checkable
+
+from pydantic import AfterValidator, StrictInt
 
 from loopline.config import Section
 
@@ -38,6 +40,23 @@ if TYPE_CHECKING:
 
 class NoParams(Section):
     """A task without a params section of its own."""
+
+
+def _two_distinct_labels(labels: list[Any] | None) -> list[Any] | None:
+    if labels is None:
+        return None
+    names = [str(label) for label in labels]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"labels {repeated} are given more than once")
+    if len(names) < 2:
+        raise ValueError(f"a classifier needs two labels or more, got {names}")
+    return labels
+
+
+# A settings field naming a classifier's classes: None takes the training split's sorted
+# distinct labels; a list (strings or integers, two or more, each once) fixes them.
+LabelSet = Annotated[list[StrictInt | str] | None, AfterValidator(_two_distinct_labels)]
 
 
 def _cast(value: Any, annotation: Any, where: str) -> Any:

@@ -19,18 +19,18 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import Field, StrictInt, field_validator
+from pydantic import Field
 
 from loopline.config import Dimension, Params, Positive, Section
 from loopline.evaluate import evaluate_classifier
 from loopline.features import FeatureSpec
 from loopline.labeling import Examples
 from loopline.split import labeled_set
-from loopline.tasks.base import Explanation, FeatureOptions, Hyperparameters, Task
+from loopline.tasks.base import Explanation, FeatureOptions, Hyperparameters, LabelSet, Task
 from loopline.tasks.image.images import FORMATS, pixel_columns, to_array
 from loopline.tasks.image.serving import ImageServing
 from loopline.tasks.text.task import label_order
@@ -86,20 +86,7 @@ class ImageSettings(ImageCommonSettings):
     image_size: Annotated[int, Field(ge=4, le=256)] = 16
     # The classes: None takes the training split's sorted distinct labels; a list fixes
     # them (strings or integers; images with another label are quarantined).
-    labels: list[StrictInt | str] | None = None
-
-    @field_validator("labels")
-    @classmethod
-    def _two_distinct_labels(cls, labels: list[Any] | None) -> list[Any] | None:
-        if labels is None:
-            return None
-        names = [str(label) for label in labels]
-        repeated = sorted({name for name in names if names.count(name) > 1})
-        if repeated:
-            raise ValueError(f"labels {repeated} are given more than once")
-        if len(names) < 2:
-            raise ValueError(f"a classifier needs two labels or more, got {names}")
-        return labels
+    labels: LabelSet = None
 
 
 @dataclass(frozen=True)

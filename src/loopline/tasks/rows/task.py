@@ -210,12 +210,16 @@ class RowTask(Task):
 
     # ------------------------------------------------------------------ model
 
+    def input_width(self, spec: FeatureSpec) -> int:
+        """Model inputs per row (one per feature; an encoding may make more)."""
+        return len(spec.feature_columns)
+
     def build_model(self, hparams: RowHyperparameters, spec: FeatureSpec):
         from loopline.tasks.rows.model import RowMLP
 
         labels = spec.labels
         return RowMLP(
-            n_features=len(spec.feature_columns),
+            n_features=self.input_width(spec),
             n_outputs=len(labels) if labels is not None else 1,
             hidden_size=hparams.hidden_size,
             layers=hparams.layers,

@@ -382,15 +382,7 @@ class SolarTask(ForecastTask):
         # Measured / clear-sky power: the cloudiness the notes' smart persistence carries
         # forward. Below 50 W of clear-sky power (dawn, dusk, night) the ratio is noise: 0.
         power = frame["power_w"].to_numpy(dtype=np.float64)
-        index = np.where(clearsky >= 50.0, power / np.maximum(clearsky, 50.0), 0.0)
-        columns = {
-            "clearsky_w": clearsky,
-            "clearsky_index": np.clip(index, 0.0, 1.5),
-            "hour_sin": np.sin(2 * np.pi * hour / 24),
-            "hour_cos": np.cos(2 * np.pi * hour / 24),
-            "doy_sin": np.sin(2 * np.pi * doy / 365.25),
-            "doy_cos": np.cos(2 * np.pi * doy / 365.25),
-        }
+        columns = sun_and_clock(clearsky, power, hour, doy)
         for k in options.lags:
             columns[f"power_lag_{k}"] = shifted_values(
                 frame, "power_w", -k, "site_id", "timestamp", spec.freq
@@ -421,16 +413,7 @@ class SolarTask(ForecastTask):
                 values[rows] = table.at(times + step * k)
         hour, doy = hour_of_day(last.times), day_of_year(last.times)
         power = last.values["power_w"]
-        index = np.where(clearsky >= 50.0, power / np.maximum(clearsky, 50.0), 0.0)
-        columns = {
-            **last.values,
-            "clearsky_w": clearsky,
-            "clearsky_index": np.clip(index, 0.0, 1.5),
-            "hour_sin": np.sin(2 * np.pi * hour / 24),
-            "hour_cos": np.cos(2 * np.pi * hour / 24),
-            "doy_sin": np.sin(2 * np.pi * doy / 365.25),
-            "doy_cos": np.cos(2 * np.pi * doy / 365.25),
-        }
+        columns = {**last.values, **sun_and_clock(clearsky, power, hour, doy)}
         for k in options.lags:
             columns[f"power_lag_{k}"] = batch.lagged("power_w", k, n)
         for k, values in leads.items():
@@ -468,3 +451,20 @@ class SolarTask(ForecastTask):
             index = np.where(past_cs > 1e-6, past_power / np.maximum(past_cs, 1e-6), 1.0)
             smart[rows.index] *= np.clip(index, 0.0, 1.5)[:, None]
         return {"persistence": persistence, "smart_persistence": smart}
+
+
+def sun_and_clock(
+    clearsky: np.ndarray, power: np.ndarray, hour: np.ndarray, doy: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Clear-sky power and index, and the clock as sines and cosines: one formula for the
+    offline frame (`add_features`) and the serving arrays (`window_features`), which must
+    stay equal. Below 50 W of clear-sky power (dawn, dusk, night) the index is noise: 0."""
+    index = np.where(clearsky >= 50.0, power / np.maximum(clearsky, 50.0), 0.0)
+    return {
+        "clearsky_w": clearsky,
+        "clearsky_index": np.clip(index, 0.0, 1.5),
+        "hour_sin": np.sin(2 * np.pi * hour / 24),
+        "hour_cos": np.cos(2 * np.pi * hour / 24),
+        "doy_sin": np.sin(2 * np.pi * doy / 365.25),
+        "doy_cos": np.cos(2 * np.pi * doy / 365.25),
+    }

@@ -248,12 +248,14 @@ class TabularTask(RowTask):
 
     # ------------------------------------------------------------------ model
 
+    def input_width(self, spec: FeatureSpec) -> int:
+        """Standardised numbers and one-hot categories, each with its "other" input."""
+        return len(encoding.input_names(spec.options.numeric, spec.options.vocabulary))
+
     def build_model(self, hparams: TabularHyperparameters, spec: FeatureSpec):
-        from loopline.tasks.rows.model import RowMLP
         from loopline.tasks.tabular.model import GradientBoosted
 
         labels = spec.labels
-        n_inputs = len(encoding.input_names(spec.options.numeric, spec.options.vocabulary))
         n_outputs = len(labels) if labels is not None else 1
         if hparams.algorithm == "gbm":
             return GradientBoosted(
@@ -265,16 +267,7 @@ class TabularTask(RowTask):
                 spec.target_mean,
                 spec.target_std,
             )
-        return RowMLP(
-            n_features=n_inputs,
-            n_outputs=n_outputs,
-            hidden_size=hparams.hidden_size,
-            layers=hparams.layers,
-            dropout=hparams.dropout,
-            classify=labels is not None,
-            target_mean=spec.target_mean,
-            target_std=spec.target_std,
-        )
+        return super().build_model(hparams, spec)
 
     # ------------------------------------------------------------------ evaluation
 

@@ -31,14 +31,14 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import Field, StrictInt, field_validator
+from pydantic import Field
 
 from loopline.config import Dimension, Params, Positive, Section
 from loopline.evaluate import evaluate_classifier
 from loopline.features import FeatureSpec
 from loopline.labeling import Examples
 from loopline.split import labeled_set
-from loopline.tasks.base import FeatureOptions, Hyperparameters, PretrainResult, Task
+from loopline.tasks.base import FeatureOptions, Hyperparameters, LabelSet, PretrainResult, Task
 from loopline.tasks.text.serving import TextServing
 from loopline.tasks.text.tokens import Vocabulary, tokenize
 from loopline.validate import Rule
@@ -81,20 +81,7 @@ class TextSettings(TextModelSettings):
     group_column: str | None = None
     # The classes: None takes the training split's sorted distinct labels; a list fixes
     # them (strings or integers; rows with another label are quarantined).
-    labels: list[StrictInt | str] | None = None
-
-    @field_validator("labels")
-    @classmethod
-    def _two_distinct_labels(cls, labels: list[Any] | None) -> list[Any] | None:
-        if labels is None:
-            return None
-        names = [str(label) for label in labels]
-        repeated = sorted({name for name in names if names.count(name) > 1})
-        if repeated:
-            raise ValueError(f"labels {repeated} are given more than once")
-        if len(names) < 2:
-            raise ValueError(f"a classifier needs two labels or more, got {names}")
-        return labels
+    labels: LabelSet = None
 
 
 @dataclass(frozen=True)
