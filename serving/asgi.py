@@ -1,8 +1,10 @@
-"""ASGI pieces of the service: a bearer token (401), a body size limit (413), multipart
-checks (400) and a full-duplex NDJSON response."""
+"""ASGI pieces of the service: a bearer token (401), body size and read-time limits (413,
+408), multipart checks (400) and a full-duplex NDJSON response."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import json
 import logging
@@ -18,16 +20,23 @@ class BodyTooLarge(Exception):
     pass
 
 
-class BodySizeLimit:
-    """ASGI middleware: refuse request bodies over `limit` bytes with 413.
+class BodyTooSlow(Exception):
+    pass
+
+
+class BoundedBody:
+    """ASGI middleware: refuse request bodies over `limit` bytes with 413, and bodies still
+    unfinished `timeout_s` seconds after their last chunk with 408 (a client that sends half
+    a body would otherwise hold a connection and its request for BentoML's hour).
 
     Checks Content-Length up front and counts the bytes of chunked bodies as they arrive.
     `skip_paths` (the NDJSON stream, which is unbounded by design and limited per line
     instead) pass through.
     """
 
-    def __init__(self, app, limit: int, skip_paths: tuple[str, ...] = ()):
-        self.app, self.limit, self.skip_paths = app, limit, tuple(skip_paths)
+    def __init__(self, app, limit: int, timeout_s: float, skip_paths: tuple[str, ...] = ()):
+        self.app, self.limit, self.timeout_s = app, limit, timeout_s
+        self.skip_paths = tuple(skip_paths)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"].startswith(self.skip_paths):
@@ -35,34 +44,56 @@ class BodySizeLimit:
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
-            return await self._refuse(send)
-        seen = 0
-        started = False
+            return await self._refuse(send, 413, self._too_large())
+        seen, done, started, refused = 0, False, False, False
 
-        async def counted_receive():
-            nonlocal seen
-            message = await receive()
+        async def refuse(status: int, message: str, error: type[Exception]):
+            # Answered here, before the app hears of it: BentoML's handler turns any error
+            # raised from reading the body into a 500 of its own, which is then dropped.
+            nonlocal refused
+            if not started:
+                refused = True
+                await self._refuse(send, status, message)
+            raise error
+
+        async def bounded_receive():
+            nonlocal seen, done
+            if done:  # after the body only a disconnect can come: wait as long as it takes
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.timeout_s)
+            except TimeoutError:
+                await refuse(408, self._too_slow(), BodyTooSlow)
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
+                done = not message.get("more_body", False)
                 if seen > self.limit:
-                    raise BodyTooLarge
+                    await refuse(413, self._too_large(), BodyTooLarge)
             return message
 
         async def tracked_send(message):
             nonlocal started
+            if refused:
+                return
             if message["type"] == "http.response.start":
                 started = True
             await send(message)
 
-        try:
-            await self.app(scope, counted_receive, tracked_send)
-        except BodyTooLarge:
-            if not started:
-                await self._refuse(send)
+        with contextlib.suppress(BodyTooLarge, BodyTooSlow):  # answered in `refuse`
+            await self.app(scope, bounded_receive, tracked_send)
 
-    async def _refuse(self, send):
-        message = f"request body larger than {self.limit} bytes (serve.max_body_bytes)"
-        await send_json(send, 413, {"error": message})
+    def _too_slow(self) -> str:
+        return (
+            f"request body unfinished {self.timeout_s:g} s after its last bytes "
+            "(serve.body_timeout_s)"
+        )
+
+    def _too_large(self) -> str:
+        return f"request body larger than {self.limit} bytes (serve.max_body_bytes)"
+
+    async def _refuse(self, send, status: int, message: str):
+        # `connection: close`: the rest of the body, if it ever comes, is not read.
+        await send_json(send, status, {"error": message}, [(b"connection", b"close")])
 
 
 # What stays open whatever the token: health, metrics, the API description, and /metadata
@@ -147,7 +178,7 @@ class DuplexStreamingResponse(StreamingResponse):
         try:
             await self.stream_response(send)
         except (OSError, ClientDisconnect):  # the client went away: nothing to answer
-            disconnects.note(scope)
+            disconnects.note(scope.get("path", "?"))
             return
         finally:
             await self.body_iterator.aclose()  # its `finally` runs now, not at collection
@@ -155,20 +186,47 @@ class DuplexStreamingResponse(StreamingResponse):
             await self.background()
 
 
-class QuietDisconnects:
-    """Client disconnects are routine for a stream: one INFO line per `every_s` seconds
-    saying how many there were, instead of a traceback per disconnect."""
+class QuietCount:
+    """Routine client trouble (a stream's client going away, a body that fails validation)
+    as one INFO line per `every_s` seconds saying how many there were, instead of a
+    traceback each: a client cannot flood the log or slow the loop with them."""
 
-    def __init__(self, every_s: float = 10.0):
-        self.every_s, self.count, self.last = every_s, 0, 0.0
+    def __init__(self, what: str, every_s: float = 10.0):
+        self.what, self.every_s, self.count, self.last = what, every_s, 0, 0.0
 
-    def note(self, scope) -> None:
+    def note(self, path: str) -> None:
         self.count += 1
         now = time.monotonic()
         if now - self.last >= self.every_s:
-            path = scope.get("path", "?")
-            log.info("%d client(s) disconnected mid-stream (last on %s)", self.count, path)
+            log.info("%d %s (last on %s)", self.count, self.what, path)
             self.count, self.last = 0, now
 
 
-disconnects = QuietDisconnects()
+disconnects = QuietCount("client(s) disconnected mid-stream")
+refusals = QuietCount("request(s) refused: invalid, too large or too slow bodies")
+
+
+class QuietClientErrors(logging.Filter):
+    """BentoML logs a traceback at ERROR for every request body that fails validation or is
+    cut off by `BoundedBody` (a 4xx): counted by `refusals` instead. Server errors are
+    logged as they were."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from bentoml.exceptions import BentoMLException
+        from pydantic import ValidationError
+
+        error = record.exc_info[1] if record.exc_info else None
+        client_error = isinstance(error, ValidationError | BodyTooLarge | BodyTooSlow) or (
+            isinstance(error, BentoMLException) and error.error_code < 500
+        )
+        if client_error:
+            path = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            refusals.note(str(path))
+        return not client_error
+
+
+def quiet_client_errors() -> None:
+    """Install `QuietClientErrors` on the logger of BentoML's API handler (once)."""
+    handler_log = logging.getLogger("bentoml._internal.server.http_app")
+    if not any(isinstance(f, QuietClientErrors) for f in handler_log.filters):
+        handler_log.addFilter(QuietClientErrors())

@@ -15,7 +15,6 @@ a crash, a database that stayed away) before it takes new records.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import queue
@@ -27,9 +26,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from loopline.redaction import redact
 
 log = logging.getLogger(__name__)
+
+# A spool line: one record per line, numpy scalars as numbers.
+_SPOOL_OPTIONS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+
+
+def json_text(value: Any) -> str:
+    """`value` as JSON text, the way the prediction log's JSON columns store it."""
+    return orjson.dumps(value, default=str, option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
 
 def predictions_table(metadata):
@@ -68,11 +77,11 @@ class PredictionRecord:
         row = self.row()
         for key in ("logged_at", "origin"):
             row[key] = row[key].isoformat() if row[key] is not None else None
-        return json.dumps(row, separators=(",", ":"), default=str) + "\n"
+        return orjson.dumps(row, default=str, option=_SPOOL_OPTIONS).decode()
 
     @classmethod
     def from_spool(cls, line: str) -> PredictionRecord:
-        row = json.loads(line)
+        row = orjson.loads(line)
         for key in ("logged_at", "origin"):
             row[key] = datetime.fromisoformat(row[key]) if row[key] else None
         return cls(**row)
@@ -108,7 +117,8 @@ class PredictionLog:
         self.url = url
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
-        self.engine = create_engine(url, pool_pre_ping=True)
+        # orjson for the JSON columns: the stdlib encoder was a fifth of a bulk stream's CPU.
+        self.engine = create_engine(url, pool_pre_ping=True, json_serializer=json_text)
         metadata = MetaData()
         self.table = predictions_table(metadata)
         metadata.create_all(self.engine)

@@ -226,3 +226,21 @@ def test_the_service_checks_items_against_the_served_model(served):
 
     meta = httpx.get(f"{url}/metadata").json()["model"]
     assert meta["categorical"]["plan"] == ["basic", "plus", "pro"], meta
+
+
+@pytest.mark.reliability
+def test_the_tabular_service_holds_generated_requests(served, monkeypatch):
+    """Issue 15's fuzz on this family's service too (its OpenAPI is built from the team's
+    columns): no 5xx, every 4xx documented and matching its schema."""
+    from tests.reliability.conftest import fuzz
+    from tests.reliability.conftest import summary as findings_of
+    from tests.serving.conftest import service_app
+
+    for var in ("MLFLOW_TRACKING_URI", "LOOPLINE_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("LOOPLINE_PROJECT", str(served["roots"]["churn"]))
+    monkeypatch.setenv("LOOPLINE_SERVE_LOG_FLUSH_INTERVAL_S", "0.05")
+    findings = fuzz(service_app())
+    assert len(findings) > 50
+    assert not findings_of(findings, "5xx"), findings_of(findings, "5xx")
+    assert not findings_of(findings, "4xx"), findings_of(findings, "4xx")

@@ -156,10 +156,26 @@ def open_stream(port: int, first: bytes):
     return conn
 
 
+def half_sent_predict(port: int) -> bytes:
+    """What the service answers a `/predict` whose body stops halfway (read until it
+    closes the connection)."""
+    import socket
+
+    conn = socket.create_connection(("127.0.0.1", port), timeout=30)
+    head = "POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    conn.sendall(f"{head}Content-Length: 1000\r\n\r\n".encode() + b'{"windows": [')
+    answer = b""
+    while chunk := conn.recv(65536):
+        answer += chunk
+    conn.close()
+    return answer
+
+
 def test_streams_are_capped_timed_out_and_their_disconnects_quiet(served_project, tmp_path):
     """The real service: `serve.max_streams` open streams, the next one a 503; a half line
-    closes its stream after `serve.line_timeout_s`; clients that vanish mid-stream leave
-    no traceback in the log."""
+    closes its stream after `serve.line_timeout_s`, a half body gets 408 after
+    `serve.body_timeout_s`; clients that vanish mid-stream and bodies that fail validation
+    leave no traceback in the log."""
     import sys
     import time
     from pathlib import Path
@@ -173,6 +189,7 @@ def test_streams_are_capped_timed_out_and_their_disconnects_quiet(served_project
     url = f"http://127.0.0.1:{port}"
     env = dict(os.environ)
     env |= {"LOOPLINE_SERVE_MAX_STREAMS": "2", "LOOPLINE_SERVE_LINE_TIMEOUT_S": "1"}
+    env |= {"LOOPLINE_SERVE_BODY_TIMEOUT_S": "1"}
     command = [str(Path(sys.executable).parent / "loopline"), "serve", "--port", str(port)]
     log_path = tmp_path / "serve.log"
     with serve_process(command, served_project, log_path, url, env):
@@ -192,5 +209,12 @@ def test_streams_are_capped_timed_out_and_their_disconnects_quiet(served_project
         again = httpx.post(f"{url}/stream", content=b"\n", timeout=30)
         assert again.status_code == 200  # the closed streams no longer count
         assert httpx.get(f"{url}/livez").status_code == 200
+        started = time.monotonic()
+        answer = half_sent_predict(port)
+        assert answer.startswith(b"HTTP/1.1 408"), answer
+        assert b"serve.body_timeout_s" in answer and time.monotonic() - started < 10
+        for _ in range(3):  # invalid bodies: 400s, counted, not logged as tracebacks
+            bad = httpx.post(f"{url}/predict", json={"windows": [{"site_id": 1}]}, timeout=30)
+            assert bad.status_code == 400
     output = log_path.read_text()
     assert "Traceback" not in output and "ClientDisconnect" not in output, output[-3000:]
