@@ -15,6 +15,7 @@ a crash, a database that stayed away) before it takes new records.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -38,7 +39,10 @@ _SPOOL_OPTIONS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_SERIALIZE_NUMPY | orjson
 
 def json_text(value: Any) -> str:
     """`value` as JSON text, the way the prediction log's JSON columns store it."""
-    return orjson.dumps(value, default=str, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+    try:
+        return orjson.dumps(value, default=str, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+    except TypeError:  # what orjson cannot write (an integer past 64 bits)
+        return json.dumps(value, default=str)
 
 
 def predictions_table(metadata):
@@ -77,11 +81,14 @@ class PredictionRecord:
         row = self.row()
         for key in ("logged_at", "origin"):
             row[key] = row[key].isoformat() if row[key] is not None else None
-        return orjson.dumps(row, default=str, option=_SPOOL_OPTIONS).decode()
+        try:
+            return orjson.dumps(row, default=str, option=_SPOOL_OPTIONS).decode()
+        except TypeError:  # what orjson cannot write (an integer past 64 bits)
+            return json.dumps(row, separators=(",", ":"), default=str) + "\n"
 
     @classmethod
     def from_spool(cls, line: str) -> PredictionRecord:
-        row = orjson.loads(line)
+        row = json.loads(line)  # (replay is rare; orjson would turn a huge integer to a float)
         for key in ("logged_at", "origin"):
             row[key] = datetime.fromisoformat(row[key]) if row[key] else None
         return cls(**row)

