@@ -147,7 +147,7 @@ def diebold_mariano(
     for k in range(1, lags + 1):  # Newey–West: Bartlett weights keep the variance >= 0
         variance += 2 * (1 - k / (lags + 1)) * float(u[k:] @ u[:-k]) / n
     correction = (n + 1 - 2 * h + h * (h - 1) / n) / n
-    if correction <= 0:  # too few rows for this horizon: no evidence either way
+    if n < 2 * h or correction <= 0:  # too few rows for this horizon: no evidence either way
         return float("nan"), 1.0
     if variance <= 0:  # the same loss on every row: only the sign of the mean tells
         return (0.0, 1.0) if mean >= 0 else (float("-inf"), 0.0)
@@ -189,9 +189,10 @@ def _metric_data(candidate, champion, metric: str):
     """The paired samples and the vectorized statistic (candidate - champion) of `metric`."""
     if isinstance(candidate, RowErrors):
         if metric == "rmse":
-            return (candidate.squared, champion.squared), lambda a, b, axis=-1: np.sqrt(
-                np.mean(a, axis=axis)
-            ) - np.sqrt(np.mean(b, axis=axis))
+            return (
+                candidate.squared,
+                champion.squared,
+            ), lambda a, b, axis=-1: np.sqrt(np.mean(a, axis=axis)) - np.sqrt(np.mean(b, axis=axis))
         if metric == "mae":
             data = (candidate.absolute, champion.absolute)
             return data, lambda a, b, axis=-1: np.mean(a, axis=axis) - np.mean(b, axis=axis)
