@@ -134,6 +134,8 @@ def solar_windows(lags: int = 48, horizon: int = 24):
     """Per built-in site, day-ahead windows at every hour: the last `lags` readings, the
     clear-sky power of the next `horizon` steps, and the next `horizon` readings, in time
     order (consecutive windows overlap, as in the task's own test split)."""
+    import pandas as pd
+
     from loopline.config import parse_params
     from loopline.tasks.solar.task import clearsky_power
 
@@ -143,19 +145,13 @@ def solar_windows(lags: int = 48, horizon: int = 24):
     for site in params.solar.sites:
         rows = frame[frame["site_id"] == site.name].sort_values("timestamp")
         power = rows["power_w"].to_numpy(np.float64)
-        sky = clearsky_power(pd_index(rows["timestamp"]), site.location(), site.system)
+        sky = clearsky_power(pd.DatetimeIndex(rows["timestamp"]), site.location(), site.system)
         origins = np.arange(lags, len(power) - horizon + 1)
         past = np.stack([power[o - lags : o] for o in origins])
         ahead = np.stack([sky[o : o + horizon] for o in origins])
         target = np.stack([power[o : o + horizon] for o in origins])
         out.append((past, ahead, target))
     return out
-
-
-def pd_index(values):
-    import pandas as pd
-
-    return pd.DatetimeIndex(values)
 
 
 def solar(seeds: int, test_sets: int, rule: Paired):
