@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -129,7 +129,7 @@ class Decision:
     promote: bool
     reasons: list[str] = field(default_factory=list)
     test: GateTest | None = None
-    rule: str = "point"  # "point" or "paired"
+    rule: Literal["point", "paired"] = "point"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
