@@ -179,6 +179,13 @@ class TrainParams(Section):
 class EvaluateParams(Section):
     # Relative RMSE improvement a candidate needs over the champion (0.0 = any improvement).
     min_improvement: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    # "paired": the candidate must also be significantly better than the champion on the
+    # same rows (Diebold-Mariano for forecast errors, exact McNemar for accuracy, a paired
+    # bootstrap otherwise), one-sided at `alpha`; "point": any win on the metric.
+    gate: Literal["paired", "point"] = "paired"
+    alpha: Annotated[float, Field(gt=0, lt=0.5)] = 0.05
+    # Resamples of the paired bootstrap interval of the metric difference (seeded by `seed`).
+    resamples: Annotated[int, Field(ge=99)] = 1999
 
 
 class ExportParams(Section):

@@ -5,11 +5,18 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+
+from loopline.gate import GateTest, Paired, RowErrors, RowOutcomes, paired_test
+
+
+def _public(scores) -> dict[str, Any]:
+    """A scores object's figures, without its per-row data (`per_row`)."""
+    return {f.name: getattr(scores, f.name) for f in fields(scores) if f.name != "per_row"}
 
 
 @dataclass(frozen=True)
@@ -20,9 +27,11 @@ class Scores:
     mae: float
     rmse_per_step: list[float]
     rows: int
+    # Each row's errors, for the paired gate: travel with the scores, never in to_dict.
+    per_row: RowErrors | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return _public(self)
 
     def headline(self) -> str:
         return f"RMSE {self.rmse:8.1f}  MAE {self.mae:8.1f}"
@@ -39,9 +48,11 @@ class ClassScores:
     # More than two classes: the F1 of each class, averaged (every class counts the same,
     # however rare); None with two.
     macro_f1: float | None = None
+    # Each row's label, prediction and log loss, for the paired gate; never in to_dict.
+    per_row: RowOutcomes | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return _public(self)
 
     def headline(self) -> str:
         macro = f"  macro F1 {self.macro_f1:.4f}" if self.macro_f1 is not None else ""
@@ -79,6 +90,12 @@ def score_classes(labels: np.ndarray, probabilities: np.ndarray) -> ClassScores:
         log_loss=float(cross_entropy(labels, p, labels=range(p.shape[1]))),
         rows=len(labels),
         macro_f1=f1 if p.shape[1] > 2 else None,
+        per_row=RowOutcomes(
+            labels,
+            predicted,
+            -np.log(np.clip(p[np.arange(len(labels)), labels], 1e-15, 1.0)),
+            p.shape[1],
+        ),
     )
 
 
@@ -95,6 +112,7 @@ def score(y_true: np.ndarray, y_pred: np.ndarray) -> Scores:
         mae=float(np.mean(np.abs(err))),
         rmse_per_step=[float(v) for v in np.sqrt(np.mean(err**2, axis=0))],
         rows=int(ok.sum()),
+        per_row=RowErrors.of(err),
     )
 
 
@@ -105,11 +123,23 @@ def skill(model: Scores, baseline: Scores) -> float:
 
 @dataclass(frozen=True)
 class Decision:
+    """The gate's verdict, its reasons and, under the paired gate with a champion, the
+    paired test that compared them (method, statistic, p-value, interval, alpha)."""
+
     promote: bool
     reasons: list[str] = field(default_factory=list)
+    test: GateTest | None = None
+    rule: Literal["point", "paired"] = "point"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def tracking(self) -> tuple[dict[str, float], dict[str, str]]:
+        """MLflow metrics and tags of the decision (`loopline.gate.*`)."""
+        metrics, tags = self.test.tracking() if self.test is not None else ({}, {})
+        tags = {"loopline.gate.rule": self.rule, **tags}
+        tags["loopline.gate.promote"] = "true" if self.promote else "false"
+        return metrics, tags
 
 
 def _better(candidate: float, other: float, higher_is_better: bool) -> bool:
@@ -124,6 +154,7 @@ def should_promote(
     champion_incomparable: str | None = None,
     metric: str = "rmse",
     higher_is_better: bool = False,
+    paired: Paired | None = None,
 ) -> Decision:
     """Promote only a candidate that beats every baseline and the champion on the same rows.
 
@@ -134,6 +165,11 @@ def should_promote(
     (`champion_incomparable` says why, e.g. another horizon), the candidate is held: an
     automatic gate never replaces what it cannot compare. `min_improvement` is relative: the
     share of the champion's error (or of its distance to a perfect score) to win back.
+
+    `paired` None is the point rule: any win on `metric` (beyond `min_improvement`) beats
+    the champion. With `paired`, the candidate must also be significantly better than the
+    champion row by row (`gate.paired_test`, one-sided at `paired.alpha`); the test goes
+    into the decision. Both scores must then carry their rows (`per_row`).
     """
     label = metric.upper() if metric in ("rmse", "mae") else metric
     mine = getattr(candidate, metric)
@@ -183,7 +219,22 @@ def should_promote(
             f" (champion {theirs:.4g}, min_improvement {min_improvement:g})"
         )
         promote &= wins
-    return Decision(promote, reasons)
+        if paired is not None:
+            test = _paired(candidate, champion, metric, higher_is_better, paired)
+            significant = "significantly better" if test.better else "not significantly better"
+            reasons.append(f"{significant} than the champion: {test.describe()}")
+            promote &= test.better
+            return Decision(promote, reasons, test, "paired")
+    return Decision(promote, reasons, rule="point" if paired is None else "paired")
+
+
+def _paired(candidate, champion, metric: str, higher_is_better: bool, rule: Paired) -> GateTest:
+    if candidate.per_row is None or champion.per_row is None:
+        raise ValueError(
+            "the paired gate needs each row's scores of the candidate and the champion "
+            "(score them with evaluate.score / score_classes), or evaluate.gate: point"
+        )
+    return paired_test(candidate.per_row, champion.per_row, metric, higher_is_better, rule)
 
 
 def plot_per_step_rmse(curves: dict[str, Scores], path: Path, unit: str = "W") -> Path:
@@ -314,14 +365,16 @@ def judge(
 ) -> Evaluation:
     """The gate's decision on scores of "model", the baselines and maybe "champion"."""
     baselines = {k: v for k, v in scores.items() if k not in ("model", "champion")}
+    rule = params.evaluate
     decision = should_promote(
         scores["model"],
         scores.get("champion"),
         baselines,
-        params.evaluate.min_improvement,
+        rule.min_improvement,
         champion_incomparable=incomparable,
         metric=metric,
         higher_is_better=higher_is_better,
+        paired=Paired(rule.alpha, params.seed, rule.resamples) if rule.gate == "paired" else None,
     )
     return Evaluation(scores, decision)
 

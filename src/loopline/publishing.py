@@ -167,6 +167,7 @@ def publish(
             published.version,
             reason="; ".join(decision.reasons),
             who=f"pipeline run {tracker.run_id}",
+            gate=decision.test.to_dict() if decision.test is not None else None,
         )
     registry.mark_published(uri, published)
     return published, moved

@@ -355,6 +355,7 @@ def move_champion(
     who: str | None = None,
     action: str = "promote",
     retry: bool = False,
+    gate: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Point `champion` at `version` and append the move to the history, atomically.
 
@@ -363,7 +364,8 @@ def move_champion(
     lists them under "skipped"); promote and rollback_to refuse one unless `retry` (the
     operator repaired it), which clears its mark first. Moving to the current champion
     changes and records nothing: the entry says "noop". Raises RegistryError for an unknown
-    model or version, a refused one, or when there is nothing to roll back to.
+    model or version, a refused one, or when there is nothing to roll back to. `gate` (the
+    paired test that promoted it, when one did) is written into the entry.
     """
     from mlflow.exceptions import MlflowException
 
@@ -399,6 +401,8 @@ def move_champion(
         }
         if mark is not None:
             entry["retried"] = mark
+        if gate is not None:
+            entry["gate"] = gate
         if str(version) == current:
             return {**entry, "noop": True}  # nothing moved: nothing to record
         if skipped:

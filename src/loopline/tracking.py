@@ -274,8 +274,12 @@ def record_training(
 def record_evaluation(
     tracker: RunTracker, evaluation: Any, reports: list[Path], champion_version: str | None
 ) -> None:
-    """The scores, the task's report files and the gate's decision."""
+    """The scores, the task's report files and the gate's decision (with its paired test:
+    metrics and tags `loopline.gate.*`)."""
     tracker.log_metrics(evaluation.metrics())
+    gate_metrics, gate_tags = evaluation.decision.tracking()
+    tracker.log_metrics(gate_metrics)
+    tracker.set_tags(gate_tags)
     for report in reports:
         tracker.log_file(report, "plots" if report.suffix == ".png" else "evaluation")
     tracker.log_dict(

@@ -183,16 +183,20 @@ def test_new_data_publishes_a_challenger_and_gates_the_champion(published):
     client = registry.client(ProjectPaths.at(root).tracking_uri())
     challenger = client.get_model_version_by_alias("solar", "challenger")
     assert str(challenger.version) == summary["version"]
-    # The gate's decision follows from the scores on the same rows, and the alias follows it.
+    # The gate's decision follows from the scores on the same rows and the paired test
+    # against the champion (evaluate.gate: paired), and the alias follows it.
     metrics = summary["metrics"]
     beats_all = all(
         metrics["test_rmse"] < metrics[f"{name}_rmse"]
         for name in ("champion", "persistence", "smart_persistence")
     )
-    assert summary["promoted"] == beats_all
-    if beats_all:
+    test = summary["decision"]["test"]
+    assert summary["decision"]["rule"] == "paired" and test["method"] == "diebold-mariano"
+    assert summary["promoted"] == (beats_all and test["p_value"] < test["alpha"])
+    if summary["promoted"]:
         assert new_champion == summary["version"]
         assert new_history[-1]["from"] == champion and new_history[-1]["to"] == summary["version"]
+        assert new_history[-1]["gate"]["p_value"] == test["p_value"]
     else:
         assert new_champion == champion and new_history == history
     assert summary["data_version"] != first["data_version"]
