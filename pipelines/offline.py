@@ -294,16 +294,20 @@ def _notify(flow, flow_run, state) -> None:
     on_failure=[_notify],
     on_completion=[_notify],
 )
-def offline_flow(root: str = ".", overrides: list[str] | None = None) -> dict[str, Any]:
-    """Run the whole offline process on the project at `root`; return a summary."""
+def offline_flow(
+    root: str = ".", overrides: list[str] | None = None, trigger: str | None = None
+) -> dict[str, Any]:
+    """Run the whole offline process on the project at `root`; return a summary. `trigger`
+    says why the run started (a monitoring alarm, say): it is tagged on the run and the
+    version, and written into the champion history if the run moves the champion."""
     paths = ProjectPaths.at(root)
     params = load_params(paths.params_file, overrides)
     with datastore.hold_project(paths.run_lock):
-        return _offline(paths, params)
+        return _offline(paths, params, trigger)
 
 
-def _offline(paths: ProjectPaths, params: Params) -> dict[str, Any] | Completed:
-    run = open_run(paths, params)
+def _offline(paths: ProjectPaths, params: Params, trigger: str | None) -> dict | Completed:
+    run = open_run(paths, params, trigger)
     try:
         committed = take_in_data(run)
         version, lineage = record_lineage(run, committed)
@@ -339,6 +343,7 @@ class Run:
     batch_id: str
     scratch: Path  # the run's working folder
     code: tuple[str, bool]  # (git commit, dirty) when the run started
+    trigger: str | None = None  # why it started, when something said (an alarm)
 
     def summary(self, committed: batch.Committed, **more: Any) -> dict[str, Any]:
         return {
@@ -351,7 +356,7 @@ class Run:
         }
 
 
-def open_run(paths: ProjectPaths, params: Params) -> Run:
+def open_run(paths: ProjectPaths, params: Params, trigger: str | None = None) -> Run:
     """Start the pipeline run, or continue the one a resumed flow run started."""
     code = git_commit(paths.root)  # before this run writes data.dvc and .gitignore
     flow_run_id = str(flow_run_context.id)
@@ -366,9 +371,10 @@ def open_run(paths: ProjectPaths, params: Params) -> Run:
     if resumed:
         note(f"resuming MLflow run {tracker.run_id} (batch {batch_id})")
     tracker.log_params(params.to_dict())
-    return Run(
-        paths, params, tracker, batch_id, tracking.scratch_dir(paths.runs, tracker.run_id), code
-    )
+    if trigger:
+        note(f"started by: {trigger}")
+    scratch = tracking.scratch_dir(paths.runs, tracker.run_id)
+    return Run(paths, params, tracker, batch_id, scratch, code, trigger)
 
 
 def take_in_data(run: Run) -> batch.Committed:
@@ -407,6 +413,8 @@ def record_lineage(run: Run, committed: batch.Committed) -> tuple[str, dict[str,
     lineage = tracking.lineage_tags(
         params.task_name, committed.data_version, version, *run.code, params.fingerprint()
     )
+    if run.trigger:
+        lineage[tracking.TRIGGER_TAG] = run.trigger[:5000]  # (MLflow's tag value limit)
     run.tracker.set_tags(lineage)
     return version, lineage
 

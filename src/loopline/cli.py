@@ -104,6 +104,10 @@ def run(
             "completed stages are not redone.",
         ),
     ] = None,
+    reason: Annotated[
+        str | None,
+        typer.Option(help="Why this run starts: tagged on the run and in the champion history."),
+    ] = None,
 ) -> None:
     """Run the offline flow: ingest → … → publish, printing progress per stage."""
     from loopline.config import load_params
@@ -127,7 +131,7 @@ def run(
         else:
             from pipelines.offline import offline_flow
 
-            summary = offline_flow(root=str(paths.root), overrides=overrides)
+            summary = offline_flow(root=str(paths.root), overrides=overrides, trigger=reason)
     except LooplineError as error:
         _fail(error)
     status = summary["status"]
@@ -201,6 +205,8 @@ def models(
                 console.print(
                     f"  {move['when']}  {before} → v{move['to']}  by {move['who']}: {move['why']}"
                 )
+                if move.get("trigger"):
+                    console.print(f"      started by: {move['trigger']}")
 
 
 def served_task(paths, params) -> str:

@@ -20,6 +20,7 @@ from loopline.tracking import (
     INIT_FROM_TAG,
     PARAMS_HASH_TAG,
     SNAPSHOT_TAG,
+    TRIGGER_TAG,
     RunTracker,
     record_evaluation,
 )
@@ -168,6 +169,7 @@ def publish(
             reason="; ".join(decision.reasons),
             who=f"pipeline run {tracker.run_id}",
             gate=decision.test.to_dict() if decision.test is not None else None,
+            trigger=lineage.get(TRIGGER_TAG),
         )
     registry.mark_published(uri, published)
     return published, moved

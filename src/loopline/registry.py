@@ -356,6 +356,7 @@ def move_champion(
     action: str = "promote",
     retry: bool = False,
     gate: dict[str, Any] | None = None,
+    trigger: str | None = None,
 ) -> dict[str, Any]:
     """Point `champion` at `version` and append the move to the history, atomically.
 
@@ -365,7 +366,8 @@ def move_champion(
     operator repaired it), which clears its mark first. Moving to the current champion
     changes and records nothing: the entry says "noop". Raises RegistryError for an unknown
     model or version, a refused one, or when there is nothing to roll back to. `gate` (the
-    paired test that promoted it, when one did) is written into the entry.
+    paired test that promoted it, when one did) and `trigger` (why the pipeline run that
+    made it started, say a monitoring alarm) are written into the entry.
     """
     from mlflow.exceptions import MlflowException
 
@@ -403,6 +405,8 @@ def move_champion(
             entry["retried"] = mark
         if gate is not None:
             entry["gate"] = gate
+        if trigger:
+            entry["trigger"] = trigger
         if str(version) == current:
             return {**entry, "noop": True}  # nothing moved: nothing to record
         if skipped:

@@ -22,6 +22,9 @@ OUTCOME_TAG = f"{TAG}outcome"  # "published", "nothing new" or "failed"
 # Lineage: what a model was made from (see `lineage_tags`), on runs and published versions.
 SNAPSHOT_TAG = f"{TAG}snapshot_version"
 PARAMS_HASH_TAG = f"{TAG}params_hash"
+# Why a pipeline run started ("schedule", an operator's words, a monitoring alarm); on the
+# run, on the version it published, and in the champion history when it moved the champion.
+TRIGGER_TAG = f"{TAG}trigger"
 INIT_FROM_TAG = f"{TAG}init_from"  # the pinned model training started from, if any
 
 
