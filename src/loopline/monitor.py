@@ -410,7 +410,7 @@ def run_pass(
     time), and windows wait for it without moving the watermark.
     """
     started = time.perf_counter()
-    result = PassResult(model_name, uuid.uuid4().hex[:12], int(len(records)))
+    result = PassResult(model_name, uuid.uuid4().hex[:12], len(records))
     labels = labels if labels is not None else pd.DataFrame(columns=["id", "label"])
     computed_at = now or datetime.now(UTC)
     if records.empty:
@@ -725,3 +725,79 @@ def record_pass(tracker: Any, result: PassResult, folder: Path) -> list[Path]:
     for path in files:
         tracker.log_file(path, "monitor")
     return files
+
+
+# ---------------------------------------------------------------------- the project's pass
+
+
+def load_version(tracking_uri: str, name: str, version: str, task: Any, dest: Path) -> Version:
+    """A registered version's spec, reference profile (None if it has none) and test figure."""
+    from loopline import registry
+    from loopline.features import FeatureSpec
+    from loopline.publishing import METRIC_TAG
+
+    folder = registry.download_model(
+        tracking_uri, f"models:/{name}/{version}", dest / f"v{version}"
+    )
+    files = folder / "extra_files"
+    spec = FeatureSpec.from_json((files / "feature_spec.json").read_text(), task)
+    tags = registry.client(tracking_uri).get_model_version(name, str(version)).tags or {}
+    metrics = {}
+    for key, value in tags.items():
+        if key.startswith(METRIC_TAG):
+            try:
+                metrics[key[len(METRIC_TAG) :]] = float(value)
+            except ValueError:
+                continue
+    return Version(spec, ReferenceProfile.read(files), task.quality_from_metrics(metrics))
+
+
+def monitor_project(params: Any, paths: Any, model: str | None = None) -> tuple[PassResult, str]:
+    """One monitoring pass of the project's served model: read the prediction log and
+    people's labels, test what is new, record it in the monitoring table and as one MLflow
+    run with its report. Returns (the pass, the MLflow run id)."""
+    import tempfile
+
+    from loopline.batch import human_labels
+    from loopline.tracking import RunTracker
+
+    settings = params.monitor
+    name = model or params.serve.model or params.model_name
+    url = paths.prediction_log_url(params)
+    tracking_uri = paths.tracking_uri()
+    store = MonitoringStore(url)
+    with tempfile.TemporaryDirectory(prefix="loopline-monitor-") as scratch:
+        cache: dict[str, Version] = {}
+
+        def versions(version: str) -> Version:
+            if version not in cache:
+                cache[version] = load_version(
+                    tracking_uri, name, version, params.plugin, Path(scratch)
+                )
+            return cache[version]
+
+        try:
+            result = run_pass(
+                params.plugin,
+                name,
+                read_log(url, name),
+                versions,
+                settings,
+                store,
+                seed=params.seed,
+                labels=human_labels(params, paths),
+            )
+        finally:
+            store.close()
+        tracker = RunTracker.start(
+            tracking_uri,
+            f"{params.experiment_name}-monitor",
+            paths.local_artifact_root(),
+            "monitor",
+            {"loopline.kind": "monitor", "loopline.model": name},
+        )
+        try:
+            record_pass(tracker, result, Path(scratch) / "report")
+        finally:
+            tracker.end()
+    return result, tracker.run_id

@@ -147,5 +147,5 @@ def build_profile(
                 float(task.quality_figure(losses)),
                 [float(f"{v:.6g}") for v in losses[-limit:]],
             )
-    rows = {"train": int(len(raw)), "test": int(len(examples))}
+    rows = {"train": len(raw), "test": len(examples)}
     return ReferenceProfile(features, predictions, quality, rows)

@@ -98,6 +98,21 @@ def test_champion_onnx_matches_its_spec_and_serves_any_batch(published, tmp_path
     assert run_onnx(session, x).shape == (5, spec.horizon)
 
 
+
+def test_champion_carries_its_reference_profile(published, tmp_path):
+    from loopline.reference import ReferenceProfile
+
+    root, _ = published
+    paths = ProjectPaths.at(root)
+    folder = registry.download_model(paths.tracking_uri(), "models:/solar@champion", tmp_path)
+    profile = ReferenceProfile.read(folder / "extra_files")
+    assert profile is not None and "power_w" in profile.features
+    assert profile.features["power_w"].kind == "numeric" and profile.rows["train"] > 0
+    assert set(profile.predictions) == {"forecast_mean", "forecast_step_24"}
+    assert profile.quality.name == "rmse" and profile.quality.figure > 0
+    assert len(profile.quality.losses) == min(profile.rows["test"], 5000)
+
+
 def test_rerun_with_nothing_new_does_not_train(published):
     root, first = published
     before = state(root)

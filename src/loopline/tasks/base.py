@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     import numpy as np
-
     import pandas as pd
     import torch
 
@@ -376,6 +375,11 @@ class Task:
 
     def quality_name(self, spec: FeatureSpec) -> str:
         return "mean_loss"
+
+    def quality_from_metrics(self, metrics: dict[str, float]) -> float | None:
+        """The live-quality figure of a version's registered test metrics (for versions
+        published without a reference profile), or None."""
+        return None
 
     def quality_figure(self, losses: np.ndarray) -> float:
         """The live-quality figure of per-prediction losses (RMSE of squared errors...)."""

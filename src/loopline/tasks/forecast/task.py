@@ -414,6 +414,9 @@ class ForecastTask(Task):
     def quality_name(self, spec: FeatureSpec) -> str:
         return "rmse"
 
+    def quality_from_metrics(self, metrics: dict[str, float]) -> float | None:
+        return metrics.get("test_rmse")
+
     def quality_figure(self, losses: np.ndarray) -> float:
         return float(np.sqrt(np.mean(losses)))
 

@@ -557,7 +557,9 @@ class TextTask(Task):
             str(i): names[int(v)] if str(v).lstrip("-").isdigit() and int(v) < len(names) else v
             for i, v in zip(labels["id"], labels["label"], strict=True)
         }
-        for n, (key, output) in enumerate(zip(predictions["key"], predictions["output"])):
+        for n, (key, output) in enumerate(
+            zip(predictions["key"], predictions["output"], strict=True)
+        ):
             truth = given.get(str(key))
             if truth is not None and isinstance(output, dict):
                 out[n] = float(str(output.get("label")) != str(truth))
@@ -565,6 +567,10 @@ class TextTask(Task):
 
     def quality_name(self, spec: FeatureSpec) -> str:
         return "error_rate"
+
+    def quality_from_metrics(self, metrics: dict[str, float]) -> float | None:
+        accuracy = metrics.get("test_accuracy")
+        return None if accuracy is None else 1.0 - accuracy
 
 
 def explain_texts(model, spec: FeatureSpec, texts: list[str]) -> list[dict[str, Any]]:
