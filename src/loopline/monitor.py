@@ -374,10 +374,42 @@ class _Live:
     truth_until: pd.Timestamp | None
 
 
-def _live(task: Any, records: pd.DataFrame, spec: Any, labels: pd.DataFrame) -> _Live:
+def stored_rows(url: str, task: Any) -> pd.DataFrame | None:
+    """The raw rows the service stored as training data (the `live_inputs` table: its
+    `fields` JSON per row, by task), or None when there is no such table or no row."""
+    from sqlalchemy import MetaData, Table, create_engine, inspect, select
+
+    engine = create_engine(url)
+    try:
+        if not inspect(engine).has_table("live_inputs"):
+            return None
+        table = Table("live_inputs", MetaData(), autoload_with=engine)
+        query = select(table.c.fields).where(table.c.task == task.name).order_by(table.c.id)
+        with engine.connect() as connection:
+            rows = [r.fields for r in connection.execute(query)]
+    finally:
+        engine.dispose()
+    if not rows:
+        return None
+    frame = pd.DataFrame.from_records(rows)
+    if task.time_column and task.time_column in frame:
+        frame[task.time_column] = pd.to_datetime(frame[task.time_column], utc=True, errors="coerce")
+    return frame
+
+
+def _live(
+    task: Any,
+    records: pd.DataFrame,
+    spec: Any,
+    labels: pd.DataFrame,
+    stored: pd.DataFrame | None = None,
+) -> _Live:
     times = event_times(records).reset_index(drop=True)
     records = records.reset_index(drop=True)
-    rows = task.logged_rows(records, spec)
+    # The rows the service stored (every reading) where there are any and they carry
+    # their own time; else the rows the log's records stand for.
+    own_time = stored is not None and task.time_column in stored.columns
+    rows = stored if own_time else task.logged_rows(records, spec)
     features = task.monitor_inputs(rows, spec) if len(rows) else pd.DataFrame()
     if len(features) and features[EVENT_TIME].isna().all() and len(features) == len(records):
         features[EVENT_TIME] = times.to_numpy()
@@ -401,13 +433,15 @@ def run_pass(
     seed: int = 42,
     labels: pd.DataFrame | None = None,
     now: datetime | None = None,
+    stored: pd.DataFrame | None = None,
 ) -> PassResult:
     """Test every complete window not yet in the monitoring table, per model version, and
     record them there (`settings`: the `monitor` params section).
 
     A window is complete once the log holds a prediction after its end; its live quality
     once its truth can be complete too (`Task.truth_delay` after its end; labels: any
-    time), and windows wait for it without moving the watermark.
+    time), and windows wait for it without moving the watermark. `stored`: the raw rows
+    the service stored (`stored_rows`), read instead of the log's own where they carry time.
     """
     started = time.perf_counter()
     result = PassResult(model_name, uuid.uuid4().hex[:12], len(records))
@@ -420,7 +454,7 @@ def run_pass(
     latest = event_times(records).max()
     for version, group in records.groupby("model_version", sort=True):
         info = versions(str(version))
-        live = _live(task, group, info.spec, labels)
+        live = _live(task, group, info.spec, labels, stored)
         check = _Check(task, model_name, str(version), info, live, settings, store, result)
         check.calibrator = (
             Calibrator(info.profile, settings.calibration_draws, seed)
@@ -786,6 +820,7 @@ def monitor_project(params: Any, paths: Any, model: str | None = None) -> tuple[
                 store,
                 seed=params.seed,
                 labels=human_labels(params, paths),
+                stored=stored_rows(url, params.plugin),
             )
         finally:
             store.close()

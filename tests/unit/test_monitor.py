@@ -190,3 +190,49 @@ def test_version_without_profile_is_monitored_for_quality_only(tmp_path):
     signals = {w["signal"] for w in result.windows}
     assert signals == {"live_quality"} and any("no reference profile" in n for n in result.notes)
     assert datetime.now(UTC)  # the pass needs no clock of its own
+
+
+def test_stored_live_inputs_are_the_truth_when_present(tmp_path, reference):
+    """With the service's `live_inputs` table (every reading stored once), the monitor reads
+    the readings there; the log's own `inputs.last` are not needed."""
+    from sqlalchemy import JSON, Column, Integer, MetaData, String, Table, create_engine
+
+    from loopline.monitor import stored_rows
+
+    frame = series(24 * 8, seed=9)
+    url = f"sqlite:///{tmp_path / 'live.db'}"
+    engine = create_engine(url)
+    table = Table(
+        "live_inputs",
+        MetaData(),
+        Column("id", Integer, primary_key=True),
+        Column("task", String),
+        Column("fields", JSON),
+    )
+    table.metadata.create_all(engine)
+    with engine.begin() as connection:
+        connection.execute(
+            table.insert(),
+            [
+                {"task": "forecast", "fields": {"timestamp": t.isoformat(), "value": float(v)}}
+                for t, v in zip(frame["timestamp"], frame["value"], strict=True)
+            ],
+        )
+    engine.dispose()
+    stored = stored_rows(url, ForecastTask())
+    assert len(stored) == len(frame)
+    records = log_of(frame)
+    records["inputs"] = [{"readings": 24} for _ in range(len(records))]  # no reading logged
+    store = MonitoringStore(f"sqlite:///{tmp_path / 'p.db'}")
+    result = run_pass(
+        ForecastTask(),
+        "demo",
+        records,
+        lambda v: Version(SPEC, reference),
+        SETTINGS,
+        store,
+        stored=stored,
+    )
+    quality = [w for w in result.windows if w["signal"] == "live_quality" and w["statistic"]]
+    drift = [w for w in result.windows if w["signal"] == "feature_drift" and w["statistic"]]
+    assert len(quality) >= 6 and len(drift) >= 6 and result.alarms == []

@@ -388,7 +388,12 @@ class ForecastTask(Task):
         target, time, group = spec.target_column, spec.time_column, spec.group_column
         if rows.empty or target not in rows or not len(predictions):
             return out
-        truth = rows.dropna(subset=[target]).set_index([group, time])[target]
+        if group not in rows and predictions["key"].nunique() == 1:  # a single series
+            rows = rows.assign(**{group: str(predictions["key"].iloc[0])})
+        truth = rows.dropna(subset=[target]).copy()
+        truth[time] = pd.to_datetime(truth[time], utc=True)
+        truth[group] = truth[group].astype(str)
+        truth = truth.set_index([group, time])[target]
         truth = truth[~truth.index.duplicated(keep="last")]
         origins = pd.to_datetime(predictions["origin"], utc=True)
         keys = predictions["key"].astype(str).to_numpy()
