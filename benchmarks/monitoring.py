@@ -218,7 +218,12 @@ def solar_profile(task, spec, reference, model, config) -> ReferenceProfile:
     return ReferenceProfile(
         features=features,
         predictions=columns_of(shown, config.reference_rows),
-        quality=Quality("rmse", task.quality_figure(losses), losses.tolist()),
+        quality=Quality(
+            "rmse",
+            task.quality_figure(losses),
+            losses.tolist(),
+            task.reference_bias(truth, outputs, spec).tolist(),
+        ),
     )
 
 

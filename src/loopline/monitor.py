@@ -92,6 +92,12 @@ class Categories:
         return chi_square_statistic(self.shares, counts)
 
 
+def relative_bias(error: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """|sum of signed errors| over the sum of the truth's size, along the last axis."""
+    total = np.sum(scale, axis=-1)
+    return np.abs(np.sum(error, axis=-1)) / np.where(total > 0, total, np.inf)
+
+
 def block_starts(length: int, draws: int, rng: np.random.Generator) -> np.ndarray:
     return rng.integers(0, length, size=draws)
 
@@ -136,6 +142,17 @@ class Calibrator:
                 stats = [ks_statistic(ordered, b) for b in blocks(values, n, starts)]
             else:
                 stats = [ref.statistic(b) for b in blocks(ref.codes, n, starts)]
+            self._cache[key] = float(np.quantile(stats, 1 - alpha, method="higher"))
+        return self._cache[key]
+
+    def bias_threshold(self, pairs: np.ndarray, n: int, alpha: float) -> float:
+        """The (1 - alpha) quantile of reference windows' relative bias |sum error| / sum
+        |truth|."""
+        key = ("bias", "", n, alpha)
+        if key not in self._cache:
+            starts = block_starts(len(pairs), self.draws, self._rng("bias", n))
+            index = (starts[:, None] + np.arange(n)[None, :]) % len(pairs)
+            stats = relative_bias(pairs[index, 0], pairs[index, 1])
             self._cache[key] = float(np.quantile(stats, 1 - alpha, method="higher"))
         return self._cache[key]
 
@@ -416,11 +433,19 @@ def _live(
     outputs = task.monitor_outputs(list(records["output"]), spec).reset_index(drop=True)
     outputs[EVENT_TIME] = times.to_numpy()
     predictions = records[["key", "origin", "output"]]
-    losses = np.asarray(task.live_losses(predictions, rows, labels, spec), dtype=np.float64)
+    losses = pd.DataFrame(
+        {
+            "loss": np.asarray(task.live_losses(predictions, rows, labels, spec), np.float64),
+            EVENT_TIME: times,
+        }
+    )
+    bias = task.live_bias(predictions, rows, labels, spec)
+    if bias is not None:
+        losses["error"], losses["scale"] = np.asarray(bias, np.float64).T
     until = None
     if len(features) and features[EVENT_TIME].notna().any():
         until = _utc(features[EVENT_TIME].max())
-    return _Live(features, outputs, pd.DataFrame({"loss": losses, EVENT_TIME: times}), until)
+    return _Live(features, outputs, losses, until)
 
 
 def run_pass(
@@ -485,6 +510,7 @@ class _Check:
     result: PassResult
     calibrator: Calibrator | None = None
     computed_at: datetime | None = None
+    pending: list[dict[str, Any]] = field(default_factory=list)  # a test's column rows
 
     def signal(self, signal: str, span: pd.Timedelta, latest: pd.Timestamp) -> None:
         frame, columns = self._inputs(signal)
@@ -509,6 +535,8 @@ class _Check:
                 break  # not complete yet: a later pass tests it
             window = frame[(starts == start).to_numpy()]
             tested, exceeded, summary = self._test(signal, columns, window, start, end, rows)
+            rows += self.pending
+            self.pending = []
             if tested:
                 streak = streak + 1 if exceeded else 0
             alarm = bool(tested and exceeded and streak >= self.settings.min_windows)
@@ -629,6 +657,8 @@ class _Check:
         return tested, exceeded, summary
 
     def _quality(self, window, start, end) -> tuple[bool, bool, dict]:
+        """The window's figure over the test figure and, where errors have a direction,
+        its relative bias; each against its calibrated threshold (alpha split between)."""
         losses = window["loss"].to_numpy(dtype=np.float64)
         losses = losses[np.isfinite(losses)]
         n = len(losses)
@@ -637,34 +667,48 @@ class _Check:
             return False, False, self._row(signal, SUMMARY, start, end, n, note="too few truths")
         figure = self.task.quality_figure
         profile = self.info.profile
-        if profile is not None and profile.quality is not None:
-            reference = np.asarray(profile.quality.losses, dtype=np.float64)
-            whole = profile.quality.figure
-            threshold = self._fixed(signal)
+        quality = profile.quality if profile is not None else None
+        pairs = None
+        if quality is not None and quality.bias and "error" in window:
+            pairs = np.asarray(quality.bias, dtype=np.float64)
+        alpha = self.settings.false_alarm_rate / (2 if pairs is not None else 1)
+        if quality is not None:
+            reference = np.asarray(quality.losses, dtype=np.float64)
+            whole = quality.figure
+            threshold = self._fixed(signal, "figure") or self._fixed(signal)
             if threshold is None:
                 size = min(n, len(reference))
-                threshold = self.calibrator.quality_threshold(
-                    reference, figure, size, self.settings.false_alarm_rate
-                )
-            note = f"{profile.quality.name} {figure(losses):.4g} vs test {whole:.4g}"
+                threshold = self.calibrator.quality_threshold(reference, figure, size, alpha)
+            note = f"{quality.name} {figure(losses):.4g} vs test {whole:.4g}"
         else:
             whole = float(self.info.figure)
             threshold = self._fixed(signal) or NO_PROFILE_RATIO
             note = f"live {figure(losses):.4g} vs registered {whole:.4g} (no profile)"
         statistic = figure(losses) / whole if whole > 0 else np.inf
         over = bool(statistic > threshold)
-        row = self._row(
-            signal,
-            SUMMARY,
-            start,
-            end,
-            n,
-            statistic=float(statistic),
-            threshold=threshold,
-            exceeded=over,
-            note=note,
+        rows = [(statistic, threshold, over)]
+        if pairs is not None:
+            both = window[["error", "scale"]].to_numpy(dtype=np.float64)
+            both = both[np.isfinite(both).all(axis=1)]
+            if len(both) >= self.settings.min_rows:
+                bias = float(relative_bias(both[:, 0], both[:, 1]))
+                limit = self._fixed(signal, "bias")
+                if limit is None:
+                    limit = self.calibrator.bias_threshold(pairs, min(len(both), len(pairs)), alpha)
+                rows.append((bias, limit, bias > limit))
+                note += f"; relative bias {bias:.3f}"
+        self.pending = [
+            self._row(
+                signal, name, start, end, n, statistic=float(s), threshold=t, exceeded=bool(o)
+            )
+            for name, (s, t, o) in zip(("figure", "bias"), rows, strict=False)
+        ]
+        over = any(o for _, _, o in rows)
+        worst = max(s / t if t > 0 else np.inf for s, t, _ in rows)
+        summary = self._row(
+            signal, SUMMARY, start, end, n, statistic=float(worst), threshold=1.0, note=note
         )
-        return True, over, row
+        return True, over, summary
 
 
 # ---------------------------------------------------------------------- report and tracking

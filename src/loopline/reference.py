@@ -47,6 +47,9 @@ class Quality:
     name: str
     figure: float
     losses: list[float]
+    # Per row, (signed error, size of the truth) summed over the row's outputs, where the
+    # task has a direction of error (`Task.reference_bias`): a window's relative bias.
+    bias: list[list[float]] | None = None
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,12 @@ class ReferenceProfile:
             "predictions": columns(self.predictions),
             "quality": None
             if quality is None
-            else {"name": quality.name, "figure": quality.figure, "losses": quality.losses},
+            else {
+                "name": quality.name,
+                "figure": quality.figure,
+                "losses": quality.losses,
+                "bias": quality.bias,
+            },
             "rows": self.rows,
         }
 
@@ -83,7 +91,9 @@ class ReferenceProfile:
         return cls(
             features=columns(data.get("features", {})),
             predictions=columns(data.get("predictions", {})),
-            quality=Quality(q["name"], float(q["figure"]), list(q["losses"])) if q else None,
+            quality=Quality(q["name"], float(q["figure"]), list(q["losses"]), q.get("bias"))
+            if q
+            else None,
             rows=dict(data.get("rows", {})),
         )
 
@@ -139,13 +149,19 @@ def build_profile(
         if len(shown.columns):
             predictions = columns_of(shown.iloc[order].reset_index(drop=True), limit)
         losses = np.asarray(task.reference_losses(examples.y, outputs, spec), dtype=np.float64)
-        losses = losses[order]
-        losses = losses[np.isfinite(losses)]
+        pairs = task.reference_bias(examples.y, outputs, spec)
+        keep = order[np.isfinite(losses[order])]
+        losses = losses[keep]
         if len(losses):
             quality = Quality(
                 task.quality_name(spec),
                 float(task.quality_figure(losses)),
                 [float(f"{v:.6g}") for v in losses[-limit:]],
+                None if pairs is None else rounded_pairs(np.asarray(pairs)[keep][-limit:]),
             )
     rows = {"train": len(raw), "test": len(examples)}
     return ReferenceProfile(features, predictions, quality, rows)
+
+
+def rounded_pairs(pairs: np.ndarray) -> list[list[float]]:
+    return [[float(f"{a:.6g}"), float(f"{b:.6g}")] for a, b in pairs]

@@ -70,7 +70,12 @@ def profile_of(frame: pd.DataFrame) -> ReferenceProfile:
     return ReferenceProfile(
         features={"value": Column("numeric", frame["value"].tolist())},
         predictions={n: Column("numeric", shown[n].tolist()) for n in shown},
-        quality=Quality("rmse", task.quality_figure(losses), losses.tolist()),
+        quality=Quality(
+            "rmse",
+            task.quality_figure(losses),
+            losses.tolist(),
+            task.reference_bias(truth, out, SPEC).tolist(),
+        ),
     )
 
 

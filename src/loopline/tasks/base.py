@@ -368,6 +368,15 @@ class Task:
 
         return np.full(len(predictions), np.nan)
 
+    def reference_bias(self, y: np.ndarray, outputs: np.ndarray, spec: FeatureSpec):
+        """Per test row, (signed error, size of the truth) as an (N, 2) array, for a task
+        whose errors have a direction (a forecast too high); None: no bias test."""
+        return None
+
+    def live_bias(self, predictions, rows, labels, spec: FeatureSpec):
+        """`reference_bias` of logged predictions whose truth is known (NaN else), or None."""
+        return None
+
     def truth_delay(self, spec: FeatureSpec) -> Any | None:
         """How long after a prediction's event time its truth is complete (a Timedelta), or
         None when it comes whenever people give it (labels)."""

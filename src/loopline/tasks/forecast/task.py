@@ -384,10 +384,29 @@ class ForecastTask(Task):
     def live_losses(self, predictions, rows, labels, spec: FeatureSpec) -> np.ndarray:
         """Squared error over the horizon of each logged forecast whose every step has a
         measured reading (the readings later windows brought), else NaN."""
-        out = np.full(len(predictions), np.nan)
+        forecast, measured = self.joined(predictions, rows, spec)
+        error = np.mean((forecast - measured) ** 2, axis=1)
+        return np.where(np.isfinite(error), error, np.nan)
+
+    def reference_bias(self, y: np.ndarray, outputs: np.ndarray, spec: FeatureSpec):
+        """(forecast - measured, |measured|) summed over the horizon, per test window."""
+        y, outputs = np.asarray(y, np.float64), np.asarray(outputs, np.float64)
+        return np.stack([(outputs - y).sum(axis=1), np.abs(y).sum(axis=1)], axis=1)
+
+    def live_bias(self, predictions, rows, labels, spec: FeatureSpec):
+        forecast, measured = self.joined(predictions, rows, spec)
+        pairs = self.reference_bias(measured, forecast, spec)
+        pairs[~np.isfinite(pairs).all(axis=1)] = np.nan
+        return pairs
+
+    def joined(self, predictions, rows, spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray]:
+        """(the logged forecasts, the readings measured at their steps: NaN where none yet),
+        each (N, horizon); the readings joined on series key and time."""
+        forecast = self.monitor_forecasts(predictions["output"], spec)
+        measured = np.full((len(predictions), spec.horizon), np.nan)
         target, time, group = spec.target_column, spec.time_column, spec.group_column
         if rows.empty or target not in rows or not len(predictions):
-            return out
+            return forecast, measured
         if group not in rows and predictions["key"].nunique() == 1:  # a single series
             rows = rows.assign(**{group: str(predictions["key"].iloc[0])})
         truth = rows.dropna(subset=[target]).copy()
@@ -398,13 +417,10 @@ class ForecastTask(Task):
         origins = pd.to_datetime(predictions["origin"], utc=True)
         keys = predictions["key"].astype(str).to_numpy()
         step = pd.Timedelta(spec.freq)
-        measured = np.full((len(predictions), spec.horizon), np.nan)
         for h in range(1, spec.horizon + 1):
             at = pd.MultiIndex.from_arrays([keys, origins + step * h])
             measured[:, h - 1] = truth.reindex(at).to_numpy(dtype=np.float64)
-        forecast = self.monitor_forecasts(predictions["output"], spec)
-        error = np.mean((forecast - measured) ** 2, axis=1)
-        return np.where(np.isfinite(error), error, np.nan)
+        return forecast, measured
 
     def monitor_forecasts(self, outputs, spec: FeatureSpec) -> np.ndarray:
         values = np.full((len(outputs), spec.horizon), np.nan)
