@@ -720,8 +720,9 @@ def plot_pass(rows: pd.DataFrame, path: Path) -> Path:
     from loopline.plots import new_figure, save_figure
 
     fig, ax = new_figure((9, 4))
-    summary = rows[rows["feature"] == SUMMARY] if len(rows) else rows
-    for (signal, version), group in summary.groupby(["signal", "model_version"]):
+    summary = rows[rows["feature"] == SUMMARY] if len(rows) else pd.DataFrame()
+    groups = summary.groupby(["signal", "model_version"]) if len(summary) else []
+    for (signal, version), group in groups:
         ratio = group["statistic"].astype(float) / group["threshold"].astype(float)
         starts = pd.to_datetime(group["window_start"], utc=True)
         ax.plot(starts, ratio, marker=".", label=f"{signal} v{version}")

@@ -171,6 +171,7 @@ def test_watermark_counts_each_window_once(tmp_path, reference):
     assert not summary.duplicated(["model_version", "signal", "window_start"]).any()
     assert len(first.windows) and len(second.windows) and again.windows == []
     assert summary["window_start"].nunique() == 9  # the last day is not complete yet
+    assert len(write_report(again, tmp_path / "empty")) == 3  # a pass with nothing new
 
 
 def test_bad_input_says_so_without_alarm(tmp_path, reference):
