@@ -115,17 +115,21 @@ def false_alarms(result) -> dict[str, dict[str, float]]:
     return out
 
 
-def delays(result, fault: pd.Timestamp, span: pd.Timedelta) -> dict[str, float | None]:
-    """Windows from the fault's window to each signal's first alarm at or after it (None:
-    never); an alarm before the fault counts as a false one."""
-    out: dict[str, float | None] = {}
+def delays(result, fault: pd.Timestamp, span: pd.Timedelta) -> dict[str, int | None]:
+    """Per signal: the windows of the log from the fault's (1: the fault's own window) to
+    the first alarm at or after it (None: never), and alarms before the fault (false)."""
+    out: dict[str, int | None] = {}
+    windows = pd.DataFrame(result.windows)
     for signal in ("feature_drift", "prediction_drift", "live_quality"):
         starts = sorted(
             pd.Timestamp(a["window_start"]) for a in result.alarms if a["signal"] == signal
         )
         after = [s for s in starts if s + span > fault]
-        out[signal] = float((after[0] - fault.floor(span)) / span) if after else None
-        out[f"{signal}_before_fault"] = float(len(starts) - len(after))
+        own = windows[(windows["signal"] == signal) & (windows["feature"] == "*")]
+        logged = sorted(pd.Timestamp(s) for s in own["window_start"].unique())
+        between = [s for s in logged if s + span > fault and (not after or s <= after[0])]
+        out[signal] = len(between) if after else None
+        out[f"{signal}_false_before"] = len(starts) - len(after)
     return out
 
 
@@ -151,7 +155,10 @@ def solar(seed: int) -> dict:
             {"replay": n, "predictions": len(records), "seconds": seconds, **false_alarms(result)}
         )
         if n == 0:
-            fault = replay["timestamp"].min().floor("1D") + pd.Timedelta(days=FAULT_DAY)
+            # From the replay's 15th day on (the replay skips the reference's blocks).
+            fault = (
+                replay["timestamp"].dt.floor("1D").drop_duplicates().sort_values().iloc[FAULT_DAY]
+            )
             for name, broken in faults(replay, fault).items():
                 shifted = solar_log(broken, model, spec.horizon)
                 result, _ = one_pass(task, spec, profile, shifted, "solar", config, seed)
@@ -169,7 +176,8 @@ def faults(replay: pd.DataFrame, fault: pd.Timestamp) -> dict[str, pd.DataFrame]
 
 
 def fit_power(rows: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Per site: power ~ ghi + ghi*temp + 1 (least squares)."""
+    """Per site: power from GHI, DNI and DHI, each times a smooth function of the hour and
+    the day of the year (the sun's geometry), and GHI x temperature (least squares)."""
     model = {}
     for site, group in rows.groupby("site_id"):
         x = design(group)
@@ -178,8 +186,17 @@ def fit_power(rows: pd.DataFrame) -> dict[str, np.ndarray]:
 
 
 def design(rows: pd.DataFrame) -> np.ndarray:
-    ghi, temp = rows["ghi"].to_numpy(float), rows["temp_air"].to_numpy(float)
-    return np.stack([ghi, ghi * temp, np.ones_like(ghi)], axis=1)
+    stamps = pd.DatetimeIndex(rows["timestamp"])
+    hour = 2 * np.pi * (stamps.hour + stamps.minute / 60).to_numpy() / 24
+    day = 2 * np.pi * stamps.dayofyear.to_numpy() / 365.25
+    clock = [np.ones_like(hour), np.cos(hour), np.sin(hour), np.cos(2 * hour), np.sin(2 * hour)]
+    season = [np.ones_like(day), np.cos(day), np.sin(day)]
+    temp = rows["temp_air"].to_numpy(float)
+    columns = [np.ones_like(hour), rows["ghi"].to_numpy(float) * temp]
+    for name in ("ghi", "dni", "dhi"):
+        light = rows[name].to_numpy(float)
+        columns += [light * c * s for c in clock for s in season]
+    return np.stack(columns, axis=1)
 
 
 def forecasts(rows: pd.DataFrame, model, horizon: int) -> list[tuple]:

@@ -242,3 +242,63 @@ def test_stored_live_inputs_are_the_truth_when_present(tmp_path, reference):
     quality = [w for w in result.windows if w["signal"] == "live_quality" and w["statistic"]]
     drift = [w for w in result.windows if w["signal"] == "feature_drift" and w["statistic"]]
     assert len(quality) >= 6 and len(drift) >= 6 and result.alarms == []
+
+
+def test_text_label_import_revealing_lower_accuracy_alarms(tmp_path):
+    """Text: people's labels (`loopline label import`) join logged predictions by id; a
+    live error rate far over the test split's raises the live-quality alarm; before any
+    label is imported the monitor says so and raises nothing."""
+    from pathlib import Path
+
+    from loopline.config import load_params
+
+    params = load_params(Path(__file__).resolve().parents[2] / "params.yaml", ["task=reviews"])
+    task = params.plugin
+    spec = task.new_feature_spec(params)
+    rng = np.random.default_rng(0)
+    words = ["좋다", "별로", "재밌다", "지루하다", "최고", "그냥"]
+    texts = [" ".join(rng.choice(words, rng.integers(2, 12))) for _ in range(6000)]
+    test_y = rng.integers(0, 2, 2000)
+    probabilities = np.eye(2)[np.where(rng.random(2000) < 0.9, test_y, 1 - test_y)]  # 10% wrong
+    shown = task.monitor_outputs(task.reference_outputs(probabilities, spec), spec)
+    losses = task.reference_losses(test_y, probabilities, spec)
+    profile = ReferenceProfile(
+        features={
+            n: Column("numeric", v.tolist())
+            for n, v in task.monitor_inputs(pd.DataFrame({"document": texts[:4000]}), spec)
+            .drop(columns="event_time")
+            .items()
+        },
+        predictions={"predicted_label": Column("categorical", shown["predicted_label"].tolist())},
+        quality=Quality("error_rate", float(losses.mean()), losses.tolist()),
+    )
+    days, per_day = 12, 100
+    truth = rng.integers(0, 2, days * per_day)
+    wrong = np.where(np.arange(days * per_day) >= 6 * per_day, 0.4, 0.1)  # day 6: 40% wrong
+    predicted = np.where(rng.random(days * per_day) < wrong, 1 - truth, truth)
+    start = pd.Timestamp("2026-01-01", tz="UTC")
+    records = pd.DataFrame(
+        {
+            "model_version": "3",
+            "key": [f"r{i}" for i in range(days * per_day)],
+            "origin": pd.NaT,
+            "inputs": [{"text": t} for t in texts[4000 : 4000 + days * per_day]],
+            "output": [{"label": spec.labels[int(p)]} for p in predicted],
+            "logged_at": start
+            + pd.to_timedelta(np.arange(days * per_day) * 86_400 // per_day, "s"),
+        }
+    )
+    labels = pd.DataFrame({"id": records["key"], "label": truth})  # as LabelStore keeps them
+    store = MonitoringStore(f"sqlite:///{tmp_path / 'p.db'}")
+
+    def versions(version):
+        return Version(spec, profile)
+
+    unlabelled = run_pass(task, "reviews", records, versions, SETTINGS, store)
+    assert unlabelled.alarms == [] and any("no ground truth" in n for n in unlabelled.notes)
+    store = MonitoringStore(f"sqlite:///{tmp_path / 'q.db'}")
+    result = run_pass(task, "reviews", records, versions, SETTINGS, store, labels=labels)
+    alarm = first_alarm(result, "live_quality")
+    fault = start + pd.Timedelta(days=6)
+    assert alarm is not None and fault <= alarm < fault + pd.Timedelta(days=DETECTION_WINDOWS)
+    assert first_alarm(result) >= fault
