@@ -237,7 +237,7 @@ def solar_profile(task, spec, reference, model, config) -> ReferenceProfile:
         predictions=columns_of(shown, config.reference_rows),
         quality=Quality(
             "rmse",
-            task.quality_figure(losses),
+            float(task.quality_figure(losses)),
             losses.tolist(),
             task.reference_bias(truth, outputs, spec).tolist(),
         ),
@@ -280,7 +280,7 @@ def reviews(path: Path, seed: int) -> dict:
     profile = ReferenceProfile(
         features=columns_of(task.monitor_inputs(train, spec), config.reference_rows),
         predictions=columns_of(shown, config.reference_rows),
-        quality=Quality("error_rate", task.quality_figure(losses), losses.tolist()),
+        quality=Quality("error_rate", float(task.quality_figure(losses)), losses.tolist()),
     )
     rng = np.random.default_rng(seed)
     low = pool[pool["rating"] <= 4]

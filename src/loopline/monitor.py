@@ -53,13 +53,30 @@ NO_PROFILE_RATIO = 1.5  # live quality over a version's registered figure, witho
 def ks_statistic(reference_sorted: np.ndarray, sample: np.ndarray) -> float:
     """The two-sample Kolmogorov-Smirnov statistic sup |F_sample - F_reference| (equal to
     `scipy.stats.ks_2samp(...).statistic`), for a reference already sorted; ties handled."""
-    s = np.sort(sample)
-    m, n = len(reference_sorted), len(s)
+    return float(ks_statistics(reference_sorted, np.asarray(sample)[None, :])[0])
+
+
+def ks_statistics(reference_sorted: np.ndarray, samples: np.ndarray) -> np.ndarray:
+    """`ks_statistic` of each row of `samples` (draws, n), vectorised: the supremum is
+    reached at a sample value, just at it (F_sample - F_ref) or just before (F_ref -
+    F_sample), and a run of tied values counts as one step."""
+    s = np.sort(samples, axis=1)
+    n = s.shape[1]
+    m = len(reference_sorted)
     ref_right = np.searchsorted(reference_sorted, s, side="right") / m
     ref_left = np.searchsorted(reference_sorted, s, side="left") / m
-    own_right = np.searchsorted(s, s, side="right") / n
-    own_left = np.searchsorted(s, s, side="left") / n
-    return float(max(np.max(own_right - ref_right), np.max(ref_left - own_left), 0.0))
+    position = np.broadcast_to(np.arange(n), s.shape)
+    new_run = np.ones(s.shape, dtype=bool)
+    new_run[:, 1:] = s[:, 1:] != s[:, :-1]
+    run_end = np.ones(s.shape, dtype=bool)
+    run_end[:, :-1] = new_run[:, 1:]
+    # Values at or below each sample value: the end of its run of ties; below: its start.
+    own_right = np.minimum.accumulate(np.where(run_end, position + 1, n)[:, ::-1], axis=1)
+    own_right = own_right[:, ::-1] / n
+    own_left = np.maximum.accumulate(np.where(new_run, position, 0), axis=1) / n
+    up = np.max(own_right - ref_right, axis=1)
+    down = np.max(ref_left - own_left, axis=1)
+    return np.maximum(np.maximum(up, down), 0.0)
 
 
 def chi_square_statistic(shares: np.ndarray, counts: np.ndarray) -> float:
@@ -139,7 +156,7 @@ class Calibrator:
             starts = block_starts(length, self.draws, self._rng(group, name, n))
             if column.kind == "numeric":
                 values, ordered = ref
-                stats = [ks_statistic(ordered, b) for b in blocks(values, n, starts)]
+                stats = ks_statistics(ordered, blocks(values, n, starts))
             else:
                 stats = [ref.statistic(b) for b in blocks(ref.codes, n, starts)]
             self._cache[key] = float(np.quantile(stats, 1 - alpha, method="higher"))
@@ -162,7 +179,7 @@ class Calibrator:
         if key not in self._cache:
             whole = figure(losses)
             starts = block_starts(len(losses), self.draws, self._rng("quality", n))
-            ratios = [figure(b) / whole for b in blocks(losses, n, starts)] if whole > 0 else [1]
+            ratios = figure(blocks(losses, n, starts)) / whole if whole > 0 else [1.0]
             self._cache[key] = float(np.quantile(ratios, 1 - alpha, method="higher"))
         return self._cache[key]
 
@@ -527,13 +544,13 @@ class _Check:
                 truth = self.live.truth_until
                 ready_until = min(latest, truth - delay) if truth is not None else None
         rows = []
-        for start in sorted(starts.unique()):
+        for start, window in frame.groupby(starts.to_numpy(), sort=True):
+            start = pd.Timestamp(start)
             end = start + span
             if watermark is not None and start <= watermark:
                 continue
             if ready_until is None or end > ready_until:
                 break  # not complete yet: a later pass tests it
-            window = frame[(starts == start).to_numpy()]
             tested, exceeded, summary = self._test(signal, columns, window, start, end, rows)
             rows += self.pending
             self.pending = []
@@ -679,12 +696,12 @@ class _Check:
             if threshold is None:
                 size = min(n, len(reference))
                 threshold = self.calibrator.quality_threshold(reference, figure, size, alpha)
-            note = f"{quality.name} {figure(losses):.4g} vs test {whole:.4g}"
+            note = f"{quality.name} {float(figure(losses)):.4g} vs test {whole:.4g}"
         else:
             whole = float(self.info.figure)
             threshold = self._fixed(signal) or NO_PROFILE_RATIO
-            note = f"live {figure(losses):.4g} vs registered {whole:.4g} (no profile)"
-        statistic = figure(losses) / whole if whole > 0 else np.inf
+            note = f"live {float(figure(losses)):.4g} vs registered {whole:.4g} (no profile)"
+        statistic = float(figure(losses)) / whole if whole > 0 else np.inf
         over = bool(statistic > threshold)
         rows = [(statistic, threshold, over)]
         if pairs is not None:

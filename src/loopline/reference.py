@@ -155,7 +155,7 @@ def build_profile(
         if len(losses):
             quality = Quality(
                 task.quality_name(spec),
-                float(task.quality_figure(losses)),
+                float(task.quality_figure(losses)),  # the whole test split's
                 [float(f"{v:.6g}") for v in losses[-limit:]],
                 None if pairs is None else rounded_pairs(np.asarray(pairs)[keep][-limit:]),
             )

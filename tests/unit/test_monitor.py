@@ -18,6 +18,7 @@ from loopline.monitor import (
     Version,
     chi_square_statistic,
     ks_statistic,
+    ks_statistics,
     run_pass,
     write_report,
 )
@@ -72,7 +73,7 @@ def profile_of(frame: pd.DataFrame) -> ReferenceProfile:
         predictions={n: Column("numeric", shown[n].tolist()) for n in shown},
         quality=Quality(
             "rmse",
-            task.quality_figure(losses),
+            float(task.quality_figure(losses)),
             losses.tolist(),
             task.reference_bias(truth, out, SPEC).tolist(),
         ),
@@ -120,6 +121,9 @@ def test_statistics_equal_scipys():
     sample = np.round(rng.normal(0.3, 1, size=40), 1)
     ours = ks_statistic(np.sort(reference), sample)
     assert ours == pytest.approx(stats.ks_2samp(sample, reference).statistic)
+    many = np.round(rng.normal(0.2, 1.2, size=(30, 25)), 1)  # the vectorised calibration
+    expected = [stats.ks_2samp(row, reference).statistic for row in many]
+    np.testing.assert_allclose(ks_statistics(np.sort(reference), many), expected)
     categories = Categories(np.array(list("aabbbcc")))
     counts = np.bincount(categories.encode(np.array(list("aaaab"))), minlength=4)
     expected = categories.shares * counts.sum()

@@ -390,9 +390,10 @@ class Task:
         published without a reference profile), or None."""
         return None
 
-    def quality_figure(self, losses: np.ndarray) -> float:
-        """The live-quality figure of per-prediction losses (RMSE of squared errors...)."""
-        return float(losses.mean())
+    def quality_figure(self, losses: np.ndarray) -> Any:
+        """The live-quality figure of per-prediction losses, reduced along the last axis
+        (a window's losses, or many reference windows' at once): their mean by default."""
+        return losses.mean(axis=-1)
 
 
 # ---------------------------------------------------------------------- optional abilities

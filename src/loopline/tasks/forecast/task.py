@@ -438,8 +438,9 @@ class ForecastTask(Task):
     def quality_from_metrics(self, metrics: dict[str, float]) -> float | None:
         return metrics.get("test_rmse")
 
-    def quality_figure(self, losses: np.ndarray) -> float:
-        return float(np.sqrt(np.mean(losses)))
+    def quality_figure(self, losses: np.ndarray):
+        """RMSE: the root of the mean squared error."""
+        return np.sqrt(np.mean(losses, axis=-1))
 
 
 def persistence(frame: pd.DataFrame, keys: pd.DataFrame, spec: FeatureSpec) -> np.ndarray:
