@@ -188,7 +188,7 @@ def fit_power(rows: pd.DataFrame) -> dict[str, np.ndarray]:
 def design(rows: pd.DataFrame) -> np.ndarray:
     stamps = pd.DatetimeIndex(rows["timestamp"])
     hour = 2 * np.pi * (stamps.hour + stamps.minute / 60).to_numpy() / 24
-    day = 2 * np.pi * stamps.dayofyear.to_numpy() / 365.25
+    day = 2 * np.pi * stamps.day_of_year.to_numpy() / 365.25
     clock = [np.ones_like(hour), np.cos(hour), np.sin(hour), np.cos(2 * hour), np.sin(2 * hour)]
     season = [np.ones_like(day), np.cos(day), np.sin(day)]
     temp = rows["temp_air"].to_numpy(float)

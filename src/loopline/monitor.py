@@ -115,6 +115,15 @@ def relative_bias(error: np.ndarray, scale: np.ndarray) -> np.ndarray:
     return np.abs(np.sum(error, axis=-1)) / np.where(total > 0, total, np.inf)
 
 
+def calibration_size(n: int) -> int:
+    """The window size thresholds are calibrated at: the largest of 2^(k/8) at or below
+    `n` (windows of 293 or 300 rows share one calibration; a window is sampled down to
+    it, losing under a tenth of its rows)."""
+    if n < 16:
+        return n
+    return int(2 ** (np.floor(8 * np.log2(n)) / 8) + 1e-9)
+
+
 def block_starts(length: int, draws: int, rng: np.random.Generator) -> np.ndarray:
     return rng.integers(0, length, size=draws)
 
@@ -313,6 +322,40 @@ class MonitoringStore:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def latest_signals(url: str, model_name: str) -> list[dict[str, Any]]:
+    """Each (version, signal)'s latest tested window in the monitoring table: its ratio
+    (statistic over threshold: 1 = at the threshold) and whether it alarmed (for the
+    service's Prometheus gauges). No table yet: none."""
+    from sqlalchemy import MetaData, create_engine, inspect, select
+
+    engine = create_engine(url)
+    try:
+        if not inspect(engine).has_table("monitoring"):
+            return []
+        t = monitoring_table(MetaData())
+        query = (
+            select(t.c.model_version, t.c.signal, t.c.statistic, t.c.threshold, t.c.alarm)
+            .where(t.c.model_name == model_name, t.c.feature == SUMMARY, t.c.statistic.isnot(None))
+            .order_by(t.c.window_start.desc())
+            .limit(500)
+        )
+        with engine.connect() as connection:
+            found: dict[tuple[str, str], dict[str, Any]] = {}
+            for row in connection.execute(query):
+                found.setdefault(
+                    (row.model_version, row.signal),
+                    {
+                        "version": row.model_version,
+                        "signal": row.signal,
+                        "ratio": float(row.statistic) / float(row.threshold or 1.0),
+                        "alarm": bool(row.alarm),
+                    },
+                )
+        return list(found.values())
+    finally:
+        engine.dispose()
 
 
 def read_log(url: str, model_name: str, attempts: int = 3) -> pd.DataFrame:
@@ -638,8 +681,8 @@ class _Check:
             if len(values) < self.settings.min_rows:
                 rows.append(self._row(signal, name, start, end, len(values), note="too small"))
                 continue
-            n = min(len(values), max(2, len(column.values) // 2))
-            if n < len(values):  # a window larger than half the reference: a sample of it
+            n = calibration_size(min(len(values), max(2, len(column.values) // 2)))
+            if n < len(values):  # a sample of the window, of a size calibrated once
                 pick = np.random.default_rng(len(values)).choice(len(values), n, replace=False)
                 values = values[np.sort(pick)]
             prepared = self.calibrator.prepared(signal, name, column)

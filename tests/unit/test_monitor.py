@@ -19,6 +19,7 @@ from loopline.monitor import (
     chi_square_statistic,
     ks_statistic,
     ks_statistics,
+    latest_signals,
     run_pass,
     write_report,
 )
@@ -176,6 +177,9 @@ def test_watermark_counts_each_window_once(tmp_path, reference):
     assert len(first.windows) and len(second.windows) and again.windows == []
     assert summary["window_start"].nunique() == 9  # the last day is not complete yet
     assert len(write_report(again, tmp_path / "empty")) == 3  # a pass with nothing new
+    latest = latest_signals(f"sqlite:///{tmp_path / 'predictions.db'}", "demo")
+    assert {r["signal"] for r in latest} == {"feature_drift", "prediction_drift", "live_quality"}
+    assert latest_signals(f"sqlite:///{tmp_path / 'none.db'}", "demo") == []
 
 
 def test_bad_input_says_so_without_alarm(tmp_path, reference):
