@@ -299,7 +299,7 @@ def reviews(path: Path, seed: int) -> dict:
             picked = picked.assign(
                 logged_at=start
                 + pd.Timedelta(days=day)
-                + pd.to_timedelta(np.sort(rng.uniform(0, 86_000, len(picked))), unit="s")
+                + pd.to_timedelta(np.sort(rng.integers(0, 86_000, len(picked))), unit="s")
             )
             days.append(picked)
         replay = pd.concat(days).drop_duplicates("id").reset_index(drop=True)
