@@ -287,8 +287,9 @@ class MonitorParams(Section):
     # Consecutive windows over the threshold before a signal raises its alarm.
     min_windows: Positive = 2
     signals: list[MonitorSignal] = ["feature_drift", "prediction_drift", "live_quality"]
-    # Fixed thresholds instead of calibrated ones, by signal or signal.feature (say,
-    # {"live_quality": 1.5}: live RMSE over 1.5x the reference's, or error rate for classes).
+    # Fixed thresholds instead of calibrated ones, by signal or signal.column (say,
+    # {"live_quality.figure": 1.5}: live RMSE or error rate over 1.5x the test split's;
+    # "live_quality.bias": relative bias; "feature_drift.ghi": a KS statistic).
     thresholds: dict[str, float] = {}
     reference_rows: Positive = 5000  # rows of the training split a profile keeps per column
     calibration_draws: Annotated[int, Field(ge=100)] = 2000  # reference windows resampled

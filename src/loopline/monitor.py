@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 SIGNALS = ("feature_drift", "prediction_drift", "live_quality")
 SUMMARY = "*"  # the `feature` of a signal's own row per window
+SMALL = ("too small", "too few truths")  # notes of windows recorded but not tested
 NO_PROFILE_RATIO = 1.5  # live quality over a version's registered figure, without a profile
 
 
@@ -605,6 +606,12 @@ class _Check:
             rows.append(summary)
             if alarm:
                 self.result.alarms.append(summary)
+        small = sum(r["feature"] == SUMMARY and r["note"] in SMALL for r in rows)
+        if small:
+            self.result.note(
+                f"v{self.version} {signal}: {small} window(s) with fewer than min_rows="
+                f"{self.settings.min_rows} rows: recorded, not tested"
+            )
         self.store.add(rows)
         self.result.windows.extend(rows)
 

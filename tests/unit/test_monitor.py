@@ -188,6 +188,7 @@ def test_bad_input_says_so_without_alarm(tmp_path, reference):
     sparse = log_of(series(24 * 5, seed=6)).iloc[::3]  # 8 predictions a day < min_rows
     small = monitor(tmp_path, sparse, reference)
     assert small.alarms == [] and {w["note"] for w in small.windows} >= {"too small"}
+    assert any("fewer than min_rows=20" in n for n in small.notes)
     renamed = log_of(series(24 * 5, seed=7))
     renamed["inputs"] = [{"last": {"timestamp": i["last"]["timestamp"]}} for i in renamed.inputs]
     (tmp_path / "m").mkdir()
