@@ -311,3 +311,11 @@ def test_text_label_import_revealing_lower_accuracy_alarms(tmp_path):
     fault = start + pd.Timedelta(days=6)
     assert alarm is not None and fault <= alarm < fault + pd.Timedelta(days=DETECTION_WINDOWS)
     assert first_alarm(result) >= fault
+
+
+def test_a_database_away_is_retried_then_named(tmp_path, caplog):
+    from sqlalchemy.exc import OperationalError
+
+    with pytest.raises(OperationalError, match="unable to open database file"):
+        MonitoringStore(f"sqlite:///{tmp_path / 'missing' / 'p.db'}", backoff_s=0.0)
+    assert caplog.text.count("retrying") == 2  # three attempts in all
