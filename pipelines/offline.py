@@ -1,7 +1,7 @@
 """The offline process as one Prefect flow:
 
 ingest → validate → snapshot → features → labeling → split → tune → train → evaluate →
-export → publish.
+export → profile → publish.
 
 Run it with `loopline run` (or `make run`). Each task reads its params section and calls one
 library function; retries only on stages that do I/O. `_offline` is the table of contents,
@@ -36,6 +36,7 @@ from loopline.features import FeatureSpec, build_features
 from loopline.lineage import git_commit
 from loopline.notify import notify, run_summary
 from loopline.paths import ProjectPaths
+from loopline.reference import ReferenceProfile, build_profile
 from loopline.split import split_and_fit, training_view
 from loopline.tracking import RunTracker
 from loopline.train import TrainResult, train_model
@@ -250,6 +251,13 @@ def export(
     return export_model(params.plugin, frame, spec, result.model, params.export, scratch)
 
 
+@task(name="profile", **CACHED)
+def profile(params: Params, frame, candidate: Exported, stage_key: str) -> ReferenceProfile:
+    return build_profile(
+        params.plugin, frame, candidate.spec, candidate.onnx_model, params.monitor.reference_rows
+    )
+
+
 # Not cached but idempotent per pipeline run (see `publishing.publish`).
 @task(name="publish", cache_policy=NO_CACHE, **IO_RETRIES)
 def publish(
@@ -259,9 +267,17 @@ def publish(
     lineage: dict[str, str],
     tracker: RunTracker,
     scratch: Path,
+    reference: ReferenceProfile | None = None,
 ) -> tuple[registry.Published, dict | None]:
     return publishing.publish(
-        tracker, params.model_name, candidate, evaluation, params.to_dict(), lineage, scratch
+        tracker,
+        params.model_name,
+        candidate,
+        evaluation,
+        params.to_dict(),
+        lineage,
+        scratch,
+        reference,
     )
 
 
@@ -324,7 +340,8 @@ def _offline(paths: ProjectPaths, params: Params, trigger: str | None) -> dict |
         result, spec = train_candidate(run, training_rows, spec, keys, source)
         evaluation = evaluate_candidate(run, frame, spec, result, keys)
         candidate = export_candidate(run, training_rows, spec, result, keys)
-        return finish_published(run, committed, candidate, evaluation, lineage)
+        reference = profile_candidate(run, frame, candidate, keys)
+        return finish_published(run, committed, candidate, evaluation, lineage, reference)
     except BaseException:
         tracking.end_pipeline_run(run.tracker, "failed")
         raise
@@ -522,17 +539,37 @@ def export_candidate(
     return candidate
 
 
+def profile_candidate(
+    run: Run, frame, candidate: Exported, keys: dict[str, str]
+) -> ReferenceProfile:
+    """What the monitor will compare this model's live predictions with."""
+    with stage("profile"):
+        key = caching.profile_key(keys["export"], run.params)
+        reference = run_stage(profile, run.paths, run.params, frame, candidate, stage_key=key)
+        note(
+            f"reference profile: {len(reference.features)} inputs, "
+            f"{len(reference.predictions)} prediction columns"
+            + (
+                f", test {reference.quality.name} {reference.quality.figure:.4g}"
+                if reference.quality
+                else ""
+            )
+        )
+    return reference
+
+
 def finish_published(
     run: Run,
     committed: batch.Committed,
     candidate: Exported,
     evaluation: Evaluation,
     lineage: dict[str, str],
+    reference: ReferenceProfile | None = None,
 ) -> dict[str, Any]:
     """Publish the candidate (the champion moves as the gate decided) and close the run."""
     with stage("publish"):
         published, moved = publish(
-            run.params, candidate, evaluation, lineage, run.tracker, run.scratch
+            run.params, candidate, evaluation, lineage, run.tracker, run.scratch, reference
         )
         note(
             f"{published.name} v{published.version} registered as challenger"

@@ -129,6 +129,20 @@ def service_metrics() -> dict[str, Any]:
                 "Predictions the log could not keep",
                 multiprocess_mode="liveall",
             ),
+            # The monitor's latest tested window per signal (`loopline monitor`), read from
+            # the monitoring table at each alias poll.
+            monitor_ratio=Gauge(
+                "loopline_monitor_ratio",
+                "Latest monitoring window: statistic over its calibrated threshold (1 = at it)",
+                ["signal", "version"],
+                multiprocess_mode="liveall",
+            ),
+            monitor_alarm=Gauge(
+                "loopline_monitor_alarm",
+                "1 when the signal's latest monitoring window raised an alarm",
+                ["signal", "version"],
+                multiprocess_mode="liveall",
+            ),
         )
     return _METRICS
 
@@ -228,6 +242,20 @@ class ChampionService:
             return
         self._swap(loaded)
 
+    def refresh_monitoring(self) -> None:
+        """Set the monitor gauges from the monitoring table's latest rows (none yet: none)."""
+        from loopline.monitor import latest_signals
+
+        try:
+            found = latest_signals(self.predictions.url, self.model_name)
+        except Exception as error:  # the database may be away: the next poll tries again
+            log.debug("monitoring table not read: %s", error)
+            return
+        for row in found:
+            labels = (row["signal"], row["version"])
+            self.metrics["monitor_ratio"].labels(*labels).set(row["ratio"])
+            self.metrics["monitor_alarm"].labels(*labels).set(float(row["alarm"]))
+
     def _load(self, model_version) -> LoadedModel:
         loaded = load_version(
             self.tracking_uri, model_version, self.alias, self.cache, self.threads
@@ -303,6 +331,7 @@ class ChampionService:
                     await asyncio.to_thread(self.refresh)
                 except Exception:  # never let one bad poll stop the watching
                     log.exception("alias poll crashed")
+                await asyncio.to_thread(self.refresh_monitoring)
 
         self._poller = asyncio.create_task(poll())
         if self.settings.startup_wait_s > 0:

@@ -121,6 +121,12 @@ def evaluate_key(train_key: str, params: Params, champion_version: str | None) -
     return f"evaluate-{_digest(train_key, params.to_dict().get('evaluate'), champion_version)}"
 
 
+def profile_key(export_key: str, params: Params) -> str:
+    """The reference profile is the exported model's outputs and the training split's
+    rows, sampled to `monitor.reference_rows`."""
+    return f"profile-{_digest(export_key, params.monitor.reference_rows)}"
+
+
 def batch_key(batch_id: str, stage: str) -> str:
     """Ingest, validate and snapshot define the data version, so they cannot be keyed on it:
     they are keyed on the batch, which a resumed flow run keeps."""

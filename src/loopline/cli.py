@@ -398,6 +398,50 @@ def schedule(
         prefect_serve(deployment, print_starting_message=False)
 
 
+@app.command()
+def monitor(
+    project: ProjectOption = None,
+    model: Annotated[
+        str | None, typer.Option(help="Registered model to monitor (default: the served one).")
+    ] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option("-P", "--param", help="Override a param: section.key=value (repeatable)."),
+    ] = None,
+) -> None:
+    """One monitoring pass now: drift and live quality of every window of the prediction
+    log not yet tested, against each version's reference profile; a report in MLflow, the
+    rows in the `monitoring` table. Exit code 3 when a signal alarms."""
+    from loopline.config import load_params
+
+    paths = _paths(project)
+    overrides = list(param or [])
+    try:
+        load_params(paths.params_file, overrides)
+    except LooplineError as error:
+        _fail(error)
+    from pipelines.monitoring import monitoring_flow
+
+    try:
+        summary = monitoring_flow(root=str(paths.root), overrides=overrides, model=model)
+    except LooplineError as error:
+        _fail(error)
+    for note in summary["notes"]:
+        console.print(f"[yellow]note:[/] {note}")
+    for alarm in summary["alarms"]:
+        console.print(
+            f"[bold red]alarm:[/] {alarm['signal']} v{alarm['model_version']} window "
+            f"{alarm['window_start']} ({alarm['note'] or 'over threshold'})"
+        )
+    console.print(
+        f"{summary['windows']} windows tested of {summary['predictions']} predictions; "
+        f"report in MLflow run {summary['mlflow_run_id']}"
+    )
+    typer.echo(json.dumps(summary, default=str))
+    if summary["alarm"]:
+        raise typer.Exit(code=3)
+
+
 def _replay_rows(params, task, root, warmup: int, limit: int | None):
     """Held-out rows of the source (the test share of a chronological split), each stream
     key's last `warmup` earlier readings first so answers start at the held-out period."""

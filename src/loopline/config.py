@@ -280,6 +280,42 @@ class ScheduleParams(Section):
         return value
 
 
+MonitorSignal = Literal["feature_drift", "prediction_drift", "live_quality"]
+
+
+class MonitorParams(Section):
+    """`loopline monitor`: drift and live quality over event-time windows of the prediction
+    log, against the reference profile published with each model version."""
+
+    window: str = "1D"  # a window's span of event time (a pandas offset: 1D, 6h, 1W)
+    # Per window and signal: how often a clean window may cross its calibrated threshold.
+    false_alarm_rate: Annotated[float, Field(gt=0, lt=0.5)] = 0.01
+    min_rows: Positive = 20  # a window with fewer predictions is "too small": not tested
+    # Consecutive windows over the threshold before a signal raises its alarm.
+    min_windows: Positive = 2
+    signals: list[MonitorSignal] = ["feature_drift", "prediction_drift", "live_quality"]
+    # Fixed thresholds instead of calibrated ones, by signal or signal.column (say,
+    # {"live_quality.figure": 1.5}: live RMSE or error rate over 1.5x the test split's;
+    # "live_quality.bias": relative bias; "feature_drift.ghi": a KS statistic).
+    thresholds: dict[str, float] = {}
+    reference_rows: Positive = 5000  # rows of the training split a profile keeps per column
+    calibration_draws: Annotated[int, Field(ge=100)] = 2000  # reference windows resampled
+    cooldown_h: Annotated[float, Field(ge=0)] = 24.0  # after an alarm starts a run, the next waits
+
+    @field_validator("window")
+    @classmethod
+    def _offset(cls, value: str) -> str:
+        import pandas as pd
+
+        try:
+            span = pd.Timedelta(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a span of time (e.g. 1D, 6h)") from None
+        if span <= pd.Timedelta(0):
+            raise ValueError(f"{value!r} must be a positive span of time")
+        return value
+
+
 def check_space(hyperparameters: type, space: dict[str, Dimension]) -> None:
     """The search space must name exactly the task's hyperparameters (a typed class with
     `axes()` and `choices(axis)`), and pick a `Literal` axis among its choices."""
@@ -312,6 +348,7 @@ SHARED_SECTIONS = (
     "publish",
     "serve",
     "schedule",
+    "monitor",
 )
 
 
@@ -335,6 +372,7 @@ class Params(Section):
     publish: PublishParams = PublishParams()
     serve: ServeParams = ServeParams()
     schedule: ScheduleParams = ScheduleParams()
+    monitor: MonitorParams = MonitorParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
     # The running task as discovered (set on each per-task subclass), the project folder it
@@ -423,10 +461,11 @@ class Params(Section):
     def fingerprint(self) -> str:
         """A stable hash of every offline knob: equal params → equal fingerprint.
 
-        `serve` and `schedule` are left out: when and how models are served or run never
-        makes a model stale.
+        `serve`, `schedule` and `monitor` are left out: when and how models are served, run
+        or watched never makes a model stale.
         """
-        offline = {k: v for k, v in self.to_dict().items() if k not in ("serve", "schedule")}
+        skip = ("serve", "schedule", "monitor")
+        offline = {k: v for k, v in self.to_dict().items() if k not in skip}
         text = json.dumps(offline, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

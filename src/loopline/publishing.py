@@ -126,9 +126,12 @@ def publish(
     params: dict[str, Any],
     lineage: Mapping[str, str],
     folder: Path,
+    profile: Any = None,
 ) -> tuple[registry.Published, dict[str, Any] | None]:
     """Register `candidate` (an `export.Exported`) as the challenger with its tags and
     files, move the champion as the gate decided, then mark the version fully published.
+
+    `profile` (a `reference.ReferenceProfile`) travels in the version's files.
 
     Idempotent per pipeline run: a resumed run that registered its version before a crash
     completes that version (tags, the gate) rather than registering another. Returns the
@@ -142,7 +145,9 @@ def publish(
     onnx_path = folder / "model.onnx"
     onnx_path.write_bytes(candidate.onnx_model)
     golden_out = run_onnx(onnx_session(onnx_path), candidate.golden)
-    files = registry.write_model_files(folder, candidate.spec, params, candidate.golden, golden_out)
+    files = registry.write_model_files(
+        folder, candidate.spec, params, candidate.golden, golden_out, profile
+    )
     decision = evaluation.decision
     published = registry.log_onnx_model(
         uri,

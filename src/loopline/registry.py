@@ -152,10 +152,11 @@ GOLDEN_FILE = "golden.npz"  # export-time inputs and ONNX outputs, checked befor
 
 
 def write_model_files(
-    folder: Path, spec: Any, params: dict[str, Any], golden, golden_out
+    folder: Path, spec: Any, params: dict[str, Any], golden, golden_out, profile: Any = None
 ) -> list[Path]:
-    """The files published beside every model: its feature spec, its params, and the golden
-    batch (inputs and the ONNX outputs at export) a service checks a version against."""
+    """The files published beside every model: its feature spec, its params, the golden
+    batch (inputs and the ONNX outputs at export) a service checks a version against, and
+    the reference profile the monitor compares live predictions with (`reference.py`)."""
     import numpy as np
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -163,7 +164,8 @@ def write_model_files(
     spec_file.write_text(spec.to_json())
     params_file.write_text(json.dumps(params, indent=1))
     np.savez(folder / GOLDEN_FILE, x=golden, y=golden_out)
-    return [spec_file, params_file, folder / GOLDEN_FILE]
+    files = [spec_file, params_file, folder / GOLDEN_FILE]
+    return files + ([profile.write(folder)] if profile is not None else [])
 
 
 def mark_published(tracking_uri: str, published: Published) -> None:

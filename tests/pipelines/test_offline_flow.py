@@ -98,6 +98,65 @@ def test_champion_onnx_matches_its_spec_and_serves_any_batch(published, tmp_path
     assert run_onnx(session, x).shape == (5, spec.horizon)
 
 
+def test_champion_carries_its_reference_profile(published, tmp_path):
+    from loopline.reference import ReferenceProfile
+
+    root, _ = published
+    paths = ProjectPaths.at(root)
+    folder = registry.download_model(paths.tracking_uri(), "models:/solar@champion", tmp_path)
+    profile = ReferenceProfile.read(folder / "extra_files")
+    assert profile is not None and "power_w" in profile.features
+    assert profile.features["power_w"].kind == "numeric" and profile.rows["train"] > 0
+    assert set(profile.predictions) == {"forecast_mean", "forecast_step_24"}
+    assert profile.quality.name == "rmse" and profile.quality.figure > 0
+    assert len(profile.quality.losses) == min(profile.rows["test"], 5000)
+
+
+def test_monitor_pass_reports_once_per_window(published):
+    """The monitoring flow on a log of the champion's (perfect) forecasts of the last days:
+    windows tested, a report in MLflow, rows in the monitoring table; a second pass finds
+    nothing new to test."""
+    from loopline.config import load_params
+    from loopline.monitor import MonitoringStore
+    from loopline.predlog import PredictionLog, PredictionRecord
+    from pipelines.monitoring import monitoring_flow
+
+    root, _ = published
+    paths = ProjectPaths.at(root)
+    params = load_params(paths.params_file)
+    champion = registry.champion_version(paths.tracking_uri(), "solar").version
+    rows = SnapshotStore(paths.snapshots("solar")).load().sort_values(["site_id", "timestamp"])
+    rows = rows[rows["timestamp"] >= rows["timestamp"].max() - pd.Timedelta("6D")]
+    writer = PredictionLog(paths.prediction_log_url(params))
+    for site, series in rows.groupby("site_id"):
+        power = series["power_w"].to_numpy()
+        for n, reading in enumerate(series.to_dict("records")[:-24]):
+            reading["timestamp"] = reading["timestamp"].isoformat()
+            writer.put(
+                PredictionRecord(
+                    "solar",
+                    str(champion),
+                    "forecast",
+                    site,
+                    pd.Timestamp(reading["timestamp"]).to_pydatetime(),
+                    {"readings": 24, "last": reading},
+                    [float(v) for v in power[n + 1 : n + 25]],
+                )
+            )
+    writer.close()
+    first = monitoring_flow(root=str(root))
+    assert first["windows"] >= 4 and first["predictions"] > 100
+    assert not [a for a in first["alarms"] if a["signal"] == "live_quality"]
+    run = registry.client(paths.tracking_uri()).get_run(first["mlflow_run_id"])
+    assert run.data.tags["loopline.monitor.alarm"] in ("true", "false")
+    artifacts = registry.client(paths.tracking_uri()).list_artifacts(run.info.run_id, "monitor")
+    assert {Path(a.path).name for a in artifacts} == {"monitor.json", "monitor.png", "monitor.html"}
+    second = monitoring_flow(root=str(root))
+    assert second["windows"] == 0
+    table = MonitoringStore(paths.prediction_log_url(params)).rows("solar")
+    assert not table.duplicated(["model_version", "signal", "feature", "window_start"]).any()
+
+
 def test_rerun_with_nothing_new_does_not_train(published):
     root, first = published
     before = state(root)

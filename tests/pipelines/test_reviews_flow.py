@@ -103,6 +103,17 @@ def test_the_published_onnx_model_reads_any_batch_and_length(reviews_project, tm
     probabilities, _ = run_onnx_outputs(session, encode(pair, spec))
     assert probabilities[0, 1] > 0.5 > probabilities[1, 1]
 
+    # The reference profile travels in the version's files: text lengths, labels, errors.
+    from loopline.reference import ReferenceProfile
+
+    folder = registry.download_model(
+        paths.tracking_uri(), "models:/reviews@champion", tmp_path / "files"
+    )
+    profile = ReferenceProfile.read(folder / "extra_files")
+    assert set(profile.features) == {"text_chars", "text_words"}
+    assert profile.predictions["predicted_label"].kind == "categorical"
+    assert profile.quality.name == "error_rate" and 0 <= profile.quality.figure < 0.5
+
 
 def test_rerun_ingests_nothing_twice(reviews_project):
     root, _, _ = reviews_project

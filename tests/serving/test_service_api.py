@@ -321,3 +321,30 @@ def test_the_columnar_form_answers_as_the_per_reading_one(client):
     schemas = spec["components"]["schemas"]
     assert {"ForecastWindow", "ForecastColumns", "ReadingColumns"} <= set(schemas)
     assert schemas["ForecastWindow"]["required"] == ["site_id", "readings"]
+
+
+def test_monitor_gauges_follow_the_monitoring_table(tmp_path):
+    """At each alias poll the service reads the monitoring table's latest windows into
+    Prometheus gauges (one per signal and version)."""
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    from loopline.monitor import MonitoringStore
+    from serving.champion import ChampionService, service_metrics
+
+    url = f"sqlite:///{tmp_path / 'predictions.db'}"
+    now = datetime(2026, 1, 2, tzinfo=UTC)
+    row = {
+        "model_name": "solar", "model_version": "2", "signal": "live_quality", "feature": "*",
+        "window_start": now, "window_end": now, "rows": 48, "statistic": 1.5, "threshold": 1.0,
+        "exceeded": True, "streak": 2, "alarm": True, "note": None, "pass_id": "p",
+        "computed_at": now,
+    }  # fmt: skip
+    MonitoringStore(url).add([row])
+    service = SimpleNamespace(
+        predictions=SimpleNamespace(url=url), model_name="solar", metrics=service_metrics()
+    )
+    ChampionService.refresh_monitoring(service)
+    metrics = process_metrics()
+    assert 'loopline_monitor_ratio{signal="live_quality",version="2"} 1.5' in metrics
+    assert 'loopline_monitor_alarm{signal="live_quality",version="2"} 1.0' in metrics

@@ -28,6 +28,7 @@ from loopline.config import Section
 if TYPE_CHECKING:
     from pathlib import Path
 
+    import numpy as np
     import pandas as pd
     import torch
 
@@ -290,6 +291,109 @@ class Task:
         """Why the champion's outputs cannot be scored beside the candidate's (say, another
         label set or image size), or None."""
         return None
+
+    # ------------------------------------------------------------------ monitoring
+    # What a model's reference profile holds and how live ground truth joins its logged
+    # predictions (`loopline.reference`, `loopline.monitor`). The defaults watch the data
+    # contract's columns for drift and know no live quality.
+
+    def monitor_inputs(self, rows: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
+        """The input features watched for drift, one row per raw row (numeric or
+        categorical by dtype), with the rows' event time as column `event_time` (NaT where
+        the task has no time). Default: the contract's number and string columns, less
+        the keys, the time and the target."""
+        import pandas as pd
+
+        from loopline.reference import EVENT_TIME
+
+        skip = {*self.key_columns, self.time_column, self.target_column}
+        out = pd.DataFrame(index=rows.index)
+        for column, kind in self.schema.items():
+            if column in skip or column not in rows.columns:
+                continue
+            if kind == "float":
+                out[column] = pd.to_numeric(rows[column], errors="coerce")
+            elif kind == "string":
+                out[column] = rows[column].astype("string")
+        out[EVENT_TIME] = self._event_times(rows)
+        return out
+
+    def _event_times(self, rows: pd.DataFrame):
+        import pandas as pd
+
+        if self.time_column and self.time_column in rows.columns:
+            return pd.to_datetime(rows[self.time_column], utc=True, errors="coerce")
+        return pd.Series(pd.NaT, index=rows.index, dtype="datetime64[ns, UTC]")
+
+    def logged_rows(self, records: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
+        """The raw rows that logged predictions stand for (`records`: the prediction log's
+        `key`, `origin`, `inputs` and `logged_at` columns), one row each, in the data
+        contract's columns where the log holds them. Default: each record's `inputs`."""
+        import pandas as pd
+
+        return pd.DataFrame([i if isinstance(i, dict) else {} for i in records["inputs"]])
+
+    def reference_outputs(self, outputs: np.ndarray, spec: FeatureSpec) -> list[Any]:
+        """The model's outputs on test rows (its first ONNX output) as the prediction log
+        stores a served one."""
+        return outputs.tolist()
+
+    def reference_times(self, examples: Examples, spec: FeatureSpec) -> np.ndarray | None:
+        """Event times of test examples (their order in the profile), or None (no order)."""
+        return None
+
+    def monitor_outputs(self, outputs: list[Any], spec: FeatureSpec) -> pd.DataFrame:
+        """Prediction columns watched for drift, one row per logged output. Default: none."""
+        import pandas as pd
+
+        return pd.DataFrame(index=range(len(outputs)))
+
+    def reference_losses(self, y: np.ndarray, outputs: np.ndarray, spec: FeatureSpec):
+        """Each test row's loss (the live-quality unit); NaN: the task knows none."""
+        import numpy as np
+
+        return np.full(len(outputs), np.nan)
+
+    def live_losses(
+        self,
+        predictions: pd.DataFrame,
+        rows: pd.DataFrame,
+        labels: pd.DataFrame,
+        spec: FeatureSpec,
+    ) -> np.ndarray:
+        """Each logged prediction's loss once its ground truth is known, else NaN:
+        `predictions` has `key`, `origin` and `output`; the truth is in the raw `rows` the
+        log holds (`logged_rows`) or in people's `labels` (`loopline label import`)."""
+        import numpy as np
+
+        return np.full(len(predictions), np.nan)
+
+    def reference_bias(self, y: np.ndarray, outputs: np.ndarray, spec: FeatureSpec):
+        """Per test row, (signed error, size of the truth) as an (N, 2) array, for a task
+        whose errors have a direction (a forecast too high); None: no bias test."""
+        return None
+
+    def live_bias(self, predictions, rows, labels, spec: FeatureSpec):
+        """`reference_bias` of logged predictions whose truth is known (NaN else), or None."""
+        return None
+
+    def truth_delay(self, spec: FeatureSpec) -> Any | None:
+        """How long after a prediction's event time its truth is complete (a Timedelta), or
+        None when it comes whenever people give it (labels)."""
+        return None
+
+    def quality_name(self, spec: FeatureSpec) -> str:
+        return "mean_loss"
+
+    def quality_from_metrics(self, metrics: dict[str, float]) -> float | None:
+        """The live-quality figure of a version's registered test metrics (for versions
+        published without a reference profile), or None."""
+        return None
+
+    def quality_figure(self, losses: np.ndarray) -> Any:
+        """The live-quality figure of per-prediction losses, reduced along the last axis
+        (a window's losses, or many reference windows' at once): their mean by default."""
+        return losses.mean(axis=-1)
 
 
 # ---------------------------------------------------------------------- optional abilities

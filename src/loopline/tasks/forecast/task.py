@@ -343,6 +343,105 @@ class ForecastTask(Task):
             out[name] = seasonal_naive(frame, keys, spec, season)
         return out
 
+    # ------------------------------------------------------------------ monitoring
+
+    def monitor_inputs(self, rows: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
+        """Every numeric reading column, the target too: a forecaster reads past power."""
+        from loopline.reference import EVENT_TIME
+
+        numbers = [c for c, kind in self.schema.items() if kind == "float" and c in rows]
+        out = rows[numbers].apply(pd.to_numeric, errors="coerce")
+        out[EVENT_TIME] = self._event_times(rows)
+        return out
+
+    def logged_rows(self, records: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
+        """The newest reading of each logged window (the log keeps it as `inputs.last`),
+        with its series' key; a reading several windows ended on is kept once."""
+        readings = [i.get("last") if isinstance(i, dict) else None for i in records["inputs"]]
+        keep = [n for n, r in enumerate(readings) if isinstance(r, dict)]
+        if not keep:
+            return pd.DataFrame(columns=[spec.group_column, *self.model_columns(spec)])
+        rows = pd.DataFrame([readings[n] for n in keep])
+        rows[spec.group_column] = records["key"].iloc[keep].astype(str).to_numpy()
+        time = spec.time_column
+        rows[time] = pd.to_datetime(rows[time], utc=True, errors="coerce")
+        return rows.drop_duplicates([spec.group_column, time], keep="last").reset_index(drop=True)
+
+    def reference_times(self, examples, spec: FeatureSpec) -> np.ndarray:
+        return pd.to_datetime(examples.keys[spec.time_column], utc=True).to_numpy()
+
+    def monitor_outputs(self, outputs: list, spec: FeatureSpec) -> pd.DataFrame:
+        """The forecast's mean over the horizon and its last step."""
+        values = self.monitor_forecasts(outputs, spec)
+        return pd.DataFrame(
+            {"forecast_mean": values.mean(axis=1), f"forecast_step_{spec.horizon}": values[:, -1]}
+        )
+
+    def reference_losses(self, y: np.ndarray, outputs: np.ndarray, spec: FeatureSpec):
+        """Squared error averaged over the horizon's steps, per test window."""
+        return np.mean((np.asarray(outputs, np.float64) - np.asarray(y, np.float64)) ** 2, axis=1)
+
+    def live_losses(self, predictions, rows, labels, spec: FeatureSpec) -> np.ndarray:
+        """Squared error over the horizon of each logged forecast whose every step has a
+        measured reading (the readings later windows brought), else NaN."""
+        forecast, measured = self.joined(predictions, rows, spec)
+        error = np.mean((forecast - measured) ** 2, axis=1)
+        return np.where(np.isfinite(error), error, np.nan)
+
+    def reference_bias(self, y: np.ndarray, outputs: np.ndarray, spec: FeatureSpec):
+        """(forecast - measured, |measured|) summed over the horizon, per test window."""
+        y, outputs = np.asarray(y, np.float64), np.asarray(outputs, np.float64)
+        return np.stack([(outputs - y).sum(axis=1), np.abs(y).sum(axis=1)], axis=1)
+
+    def live_bias(self, predictions, rows, labels, spec: FeatureSpec):
+        forecast, measured = self.joined(predictions, rows, spec)
+        pairs = self.reference_bias(measured, forecast, spec)
+        pairs[~np.isfinite(pairs).all(axis=1)] = np.nan
+        return pairs
+
+    def joined(self, predictions, rows, spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray]:
+        """(the logged forecasts, the readings measured at their steps: NaN where none yet),
+        each (N, horizon); the readings joined on series key and time."""
+        forecast = self.monitor_forecasts(predictions["output"], spec)
+        measured = np.full((len(predictions), spec.horizon), np.nan)
+        target, time, group = spec.target_column, spec.time_column, spec.group_column
+        if rows.empty or target not in rows or not len(predictions):
+            return forecast, measured
+        if group not in rows and predictions["key"].nunique() == 1:  # a single series
+            rows = rows.assign(**{group: str(predictions["key"].iloc[0])})
+        truth = rows.dropna(subset=[target]).copy()
+        truth[time] = pd.to_datetime(truth[time], utc=True)
+        truth[group] = truth[group].astype(str)
+        truth = truth.set_index([group, time])[target]
+        truth = truth[~truth.index.duplicated(keep="last")]
+        origins = pd.to_datetime(predictions["origin"], utc=True)
+        keys = predictions["key"].astype(str).to_numpy()
+        step = pd.Timedelta(spec.freq)
+        for h in range(1, spec.horizon + 1):
+            at = pd.MultiIndex.from_arrays([keys, origins + step * h])
+            measured[:, h - 1] = truth.reindex(at).to_numpy(dtype=np.float64)
+        return forecast, measured
+
+    def monitor_forecasts(self, outputs, spec: FeatureSpec) -> np.ndarray:
+        values = np.full((len(outputs), spec.horizon), np.nan)
+        for n, output in enumerate(outputs):
+            if isinstance(output, list) and len(output) == spec.horizon:
+                values[n] = np.asarray(output, dtype=np.float64)
+        return values
+
+    def truth_delay(self, spec: FeatureSpec) -> pd.Timedelta:
+        return pd.Timedelta(spec.freq) * spec.horizon
+
+    def quality_name(self, spec: FeatureSpec) -> str:
+        return "rmse"
+
+    def quality_from_metrics(self, metrics: dict[str, float]) -> float | None:
+        return metrics.get("test_rmse")
+
+    def quality_figure(self, losses: np.ndarray):
+        """RMSE: the root of the mean squared error."""
+        return np.sqrt(np.mean(losses, axis=-1))
+
 
 def persistence(frame: pd.DataFrame, keys: pd.DataFrame, spec: FeatureSpec) -> np.ndarray:
     """The reading at each key's origin, held for every step ahead."""

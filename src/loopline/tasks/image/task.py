@@ -288,6 +288,23 @@ class ImageTask(Task):
             dropout=hparams.dropout,
         )
 
+    def monitor_inputs(self, rows: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
+        """An image's brightness and contrast (mean and spread of its pixels, 0..1), not
+        each pixel: a profile of every pixel would outweigh the model."""
+        from loopline.reference import EVENT_TIME
+
+        pixels = [c for c in spec.feature_columns if c in rows]
+        values = rows[pixels].to_numpy(dtype=np.float64) / spec.options.max_pixel
+        empty = not pixels
+        return pd.DataFrame(
+            {
+                "brightness": np.full(len(rows), np.nan) if empty else values.mean(axis=1),
+                "contrast": np.full(len(rows), np.nan) if empty else values.std(axis=1),
+                EVENT_TIME: pd.Series(pd.NaT, index=rows.index, dtype="datetime64[ns, UTC]"),
+            },
+            index=rows.index,
+        )
+
     def incomparable(self, candidate: FeatureSpec, champion: FeatureSpec) -> str | None:
         """An image model reads images of one size and channel count: the test rows hold
         the candidate's."""

@@ -510,6 +510,68 @@ class TextTask(Task):
         path.write_text(attention_html(explained, truth, spec), encoding="utf-8")
         return [path]
 
+    # ------------------------------------------------------------------ monitoring
+
+    def monitor_inputs(self, rows: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
+        """A text's length in characters and in words (a changed mix of texts shows in
+        both); texts have no event time of their own here."""
+        from loopline.reference import EVENT_TIME
+
+        texts = rows[spec.options.text_column].fillna("").astype(str)
+        return pd.DataFrame(
+            {
+                "text_chars": texts.str.len().astype(np.float64),
+                "text_words": texts.str.split().str.len().astype(np.float64),
+                EVENT_TIME: pd.Series(pd.NaT, index=rows.index, dtype="datetime64[ns, UTC]"),
+            }
+        )
+
+    def logged_rows(self, records: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
+        texts = [i.get("text") if isinstance(i, dict) else None for i in records["inputs"]]
+        return pd.DataFrame(
+            {spec.options.key_column: records["key"].to_numpy(), spec.options.text_column: texts}
+        )
+
+    def reference_outputs(self, outputs: np.ndarray, spec: FeatureSpec) -> list[dict]:
+        """Class probabilities as the log keeps a served answer: its label."""
+        labels = spec.labels or []
+        return [{"label": labels[int(i)]} for i in np.asarray(outputs).argmax(axis=1)]
+
+    def monitor_outputs(self, outputs: list, spec: FeatureSpec) -> pd.DataFrame:
+        """The predicted label (categorical)."""
+        labels = [o.get("label") if isinstance(o, dict) else None for o in outputs]
+        return pd.DataFrame({"predicted_label": pd.Series(labels, dtype="string")})
+
+    def reference_losses(self, y: np.ndarray, outputs: np.ndarray, spec: FeatureSpec):
+        """1 for a test text the model labels wrongly, else 0."""
+        return (np.asarray(outputs).argmax(axis=1) != np.asarray(y)).astype(np.float64)
+
+    def live_losses(self, predictions, rows, labels, spec: FeatureSpec) -> np.ndarray:
+        """1 for a logged text people labelled otherwise than the model, 0 for one they
+        labelled the same (`loopline label import`; joined by the text's id), else NaN."""
+        out = np.full(len(predictions), np.nan)
+        if labels is None or labels.empty:
+            return out
+        names = list(self.class_names or spec.labels or [])
+        given = {
+            str(i): names[int(v)] if str(v).lstrip("-").isdigit() and int(v) < len(names) else v
+            for i, v in zip(labels["id"], labels["label"], strict=True)
+        }
+        for n, (key, output) in enumerate(
+            zip(predictions["key"], predictions["output"], strict=True)
+        ):
+            truth = given.get(str(key))
+            if truth is not None and isinstance(output, dict):
+                out[n] = float(str(output.get("label")) != str(truth))
+        return out
+
+    def quality_name(self, spec: FeatureSpec) -> str:
+        return "error_rate"
+
+    def quality_from_metrics(self, metrics: dict[str, float]) -> float | None:
+        accuracy = metrics.get("test_accuracy")
+        return None if accuracy is None else 1.0 - accuracy
+
 
 def explain_texts(model, spec: FeatureSpec, texts: list[str]) -> list[dict[str, Any]]:
     """Prediction, probabilities and each token's attention weight, per text (PyTorch)."""
