@@ -1,6 +1,7 @@
 """Deployments: the flows Loopline runs unattended, declared in one place.
 
 `loopline schedule` registers them with a Prefect server and serves them (`prefect.serve`):
+the monitoring flow on `schedule.monitor_cron` (an alarm starts the offline deployment), and
 the offline flow on `schedule.cron` in `schedule.timezone`, never two runs at once (a
 deployment concurrency limit of 1: a run due while one is going waits or is dropped, per
 `schedule.overlap`). Cron schedules need a real Prefect server; `local_server` starts one
@@ -48,6 +49,26 @@ def offline_deployment(params: Params, paths: ProjectPaths, overrides: list[str]
         parameters={"root": str(paths.root), "overrides": list(overrides or [])},
         tags=["loopline", params.task_name],
         description=f"Loopline offline flow for {params.task_name} on {paths.root}",
+    )
+
+
+def monitor_deployment(params: Params, paths: ProjectPaths, overrides: list[str] | None = None):
+    """The monitoring flow on `schedule.monitor_cron`, starting the offline deployment when
+    an alarm says so (None when `schedule.monitor_cron` is null)."""
+    from prefect.schedules import Cron
+
+    from pipelines.monitoring import monitoring_flow
+
+    if params.schedule.monitor_cron is None:
+        return None
+    return monitoring_flow.to_deployment(
+        name=f"monitor-{params.task_name}",
+        schedules=[Cron(params.schedule.monitor_cron, timezone=params.schedule.timezone)],
+        paused=params.schedule.paused,
+        concurrency_limit=1,  # a slow pass is not overtaken by the next one
+        parameters={"root": str(paths.root), "overrides": list(overrides or []), "retrain": True},
+        tags=["loopline", params.task_name, "monitor"],
+        description=f"Loopline monitoring of {params.task_name} on {paths.root}",
     )
 
 

@@ -1,22 +1,29 @@
-"""One monitoring pass as a Prefect flow: `loopline monitor` (and, later, the schedule).
+"""One monitoring pass as a Prefect flow: `loopline monitor`, and `loopline schedule` on
+`schedule.monitor_cron`.
 
-Run it with `loopline monitor`. Wiring only: the pass is `loopline.monitor.monitor_project`
-(drift and live quality over the prediction log, the monitoring table, one MLflow run with
-its report); a database briefly away is retried here, and a pass that still fails leaves
-the table's watermark where it was, so the next pass catches up.
+Wiring only: the pass is `loopline.monitor.monitor_project` (drift and live quality over the
+prediction log, the monitoring table, one MLflow run with its report); a database briefly
+away is retried here, and a pass that still fails leaves the table's watermark where it
+was, so the next pass catches up. With `retrain` (the scheduled deployment), an alarm that
+`loopline.monitor.request_retrain` lets through (cooldown) starts the offline deployment
+with the alarm as its trigger; the deployment's concurrency limit queues it behind a run
+already going.
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
+from prefect.deployments import run_deployment
 
 from loopline.config import load_params
 from loopline.errors import is_transient
-from loopline.monitor import monitor_project
+from loopline.monitor import monitor_project, request_retrain
 from loopline.paths import ProjectPaths
+from pipelines.deployments import deployment_name
 
 
 def _retry_transient(task, task_run, state) -> bool:
@@ -31,11 +38,28 @@ def _retry_transient(task, task_run, state) -> bool:
     retry_delay_seconds=[5, 30],
     retry_condition_fn=_retry_transient,
 )
-def monitor_pass(root: str, overrides: list[str] | None, model: str | None) -> dict[str, Any]:
+def monitor_pass(
+    root: str, overrides: list[str] | None, model: str | None, retrain: bool = False
+) -> dict[str, Any]:
     paths = ProjectPaths.at(root)
     params = load_params(paths.params_file, overrides)
     result, run_id = monitor_project(params, paths, model)
-    return summary(result, run_id)
+    decision = request_retrain(params, paths, result) if retrain else None
+    return {**summary(result, run_id), "retrain": asdict(decision) if decision else None}
+
+
+@task(name="start-retrain", cache_policy=NO_CACHE)
+def start_retrain(root: str, overrides: list[str] | None, reason: str) -> str:
+    """Start the offline deployment (`loopline schedule` serves it) with `reason`; returns
+    the flow run's id without waiting for it."""
+    params = load_params(ProjectPaths.at(root).params_file, overrides)
+    run = run_deployment(
+        f"loopline-offline/{deployment_name(params)}",
+        parameters={"root": root, "overrides": list(overrides or []), "trigger": reason},
+        timeout=0,
+        tags=["loopline", "alarm"],
+    )
+    return str(run.id)
 
 
 def summary(result, run_id: str) -> dict[str, Any]:
@@ -56,7 +80,15 @@ def summary(result, run_id: str) -> dict[str, Any]:
 
 @flow(name="loopline-monitor", log_prints=False, validate_parameters=False)
 def monitoring_flow(
-    root: str = ".", overrides: list[str] | None = None, model: str | None = None
+    root: str = ".",
+    overrides: list[str] | None = None,
+    model: str | None = None,
+    retrain: bool = False,
 ) -> dict[str, Any]:
-    """One monitoring pass of the project at `root`; returns its summary."""
-    return monitor_pass(root, overrides, model)
+    """One monitoring pass of the project at `root`; returns its summary. With `retrain`,
+    an alarm starts the offline deployment (see the module's docstring)."""
+    passed = monitor_pass(root, overrides, model, retrain)
+    decision = passed["retrain"]
+    if decision and decision["start"]:
+        passed["retrain"]["flow_run_id"] = start_retrain(root, overrides, decision["reason"])
+    return passed

@@ -343,7 +343,12 @@ def schedule(
         params = load_params(paths.params_file, overrides)
     except LooplineError as error:
         _fail(error)
-    from pipelines.deployments import list_deployments, local_server, offline_deployment
+    from pipelines.deployments import (
+        list_deployments,
+        local_server,
+        monitor_deployment,
+        offline_deployment,
+    )
 
     given = os.environ.get("PREFECT_API_URL")
     if pool and not list_:
@@ -395,7 +400,15 @@ def schedule(
             f"{params.schedule.timezone}, one run at a time ({params.schedule.overlap}); "
             f"Prefect API {api_url}. Ctrl-C stops."
         )
-        prefect_serve(deployment, print_starting_message=False)
+        watch = monitor_deployment(params, paths, overrides)
+        if watch is not None:
+            console.print(
+                f"[bold]Monitoring[/] {watch.name}: cron {params.schedule.monitor_cron!r}; "
+                f"an alarm starts {deployment.name} (monitor.cooldown_h "
+                f"{params.monitor.cooldown_h:g} between alarm-started runs)"
+            )
+        served = [deployment, *([watch] if watch is not None else [])]
+        prefect_serve(*served, print_starting_message=False)
 
 
 @app.command()

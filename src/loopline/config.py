@@ -248,6 +248,9 @@ class ScheduleParams(Section):
     """When the offline flow runs unattended (`loopline schedule`)."""
 
     cron: str = "0 2 * * *"  # daily at 02:00
+    # A monitoring pass (`loopline monitor`) this often; an alarm starts the offline
+    # deployment (policy: the `monitor:` section). null: no scheduled monitoring.
+    monitor_cron: str | None = "15 * * * *"
     timezone: str = "UTC"  # an IANA zone, e.g. Asia/Seoul; the cron is read in it
     # A run due while the last is still going waits ("enqueue") or is dropped ("cancel_new").
     overlap: Literal["enqueue", "cancel_new"] = "enqueue"
@@ -256,11 +259,13 @@ class ScheduleParams(Section):
     # also receives the summary as a JSON POST (e.g. a Slack or Teams incoming webhook).
     webhook_url: str | None = None
 
-    @field_validator("cron")
+    @field_validator("cron", "monitor_cron")
     @classmethod
-    def _valid_cron(cls, value: str) -> str:
+    def _valid_cron(cls, value: str | None) -> str | None:
         from cronsim import CronSim, CronSimError
 
+        if value is None:
+            return None
         try:
             CronSim(value, datetime(2000, 1, 1))
         except CronSimError as error:

@@ -291,6 +291,21 @@ class MonitoringStore:
         row = self._retry(read)
         return (_utc(row.window_start), int(row.streak)) if row else (None, 0)
 
+    def last_retrain(self, model_name: str) -> pd.Timestamp | None:
+        """When the monitor last started a retrain of `model_name` (any version)."""
+        from sqlalchemy import func, select
+
+        t = self.table
+        query = select(func.max(t.c.window_start)).where(
+            t.c.model_name == model_name, t.c.signal == RETRAIN
+        )
+
+        def read():
+            with self.engine.connect() as connection:
+                return connection.execute(query).scalar()
+
+        return _utc(self._retry(read))
+
     def add(self, rows: list[dict[str, Any]]) -> int:
         """Insert rows; one already there (same window, signal, feature) is left as it was."""
         if not rows:
@@ -948,3 +963,88 @@ def monitor_project(params: Any, paths: Any, model: str | None = None) -> tuple[
         finally:
             tracker.end()
     return result, tracker.run_id
+
+
+# ---------------------------------------------------------------------- alarm -> retrain
+
+RETRAIN = "retrain"  # the `signal` of the monitoring table's row for a requested retrain
+
+
+@dataclass(frozen=True)
+class RetrainDecision:
+    """Whether a pass's alarms start the offline deployment, and why (or why not)."""
+
+    start: bool
+    reason: str
+
+
+def describe_alarms(alarms: list[dict[str, Any]]) -> str:
+    """A pass's alarms in words, one phrase per signal and version: since which window,
+    for how many windows, and the latest statistic against its threshold."""
+    phrases = []
+    for (signal, version), group in pd.DataFrame(alarms).groupby(
+        ["signal", "model_version"], sort=False
+    ):
+        since = pd.Timestamp(group["window_start"].min()).strftime("%Y-%m-%d %H:%M")
+        last = group.sort_values("window_start").iloc[-1]
+        figure = ""
+        if pd.notna(last.get("statistic")) and pd.notna(last.get("threshold")):
+            figure = f", latest {last['statistic']:.3g} > {last['threshold']:.3g}"
+        phrases.append(
+            f"{signal} of v{version} since the window from {since} UTC "
+            f"({int(last['streak'])} window(s) over its threshold{figure})"
+        )
+    return "; ".join(phrases)
+
+
+def retrain_decision(
+    result: PassResult, store: MonitoringStore, cooldown_h: float, now: datetime | None = None
+) -> RetrainDecision:
+    """Start a retrain for this pass's alarms unless one was requested within `cooldown_h`
+    (an alarm that persists while its retrain runs must not start another). A started one
+    is recorded in the monitoring table first: a crash after that skips a run rather than
+    starting two."""
+    if not result.alarms:
+        return RetrainDecision(False, "no alarm")
+    now = pd.Timestamp(now or datetime.now(UTC))
+    reason = f"monitoring alarm: {describe_alarms(result.alarms)}"
+    last = store.last_retrain(result.model_name)
+    if last is not None and now - last < pd.Timedelta(hours=cooldown_h):
+        until = (last + pd.Timedelta(hours=cooldown_h)).isoformat()
+        return RetrainDecision(
+            False,
+            f"{reason}; not retraining: one was started at {last.isoformat()} "
+            f"(monitor.cooldown_h {cooldown_h:g}: the next not before {until})",
+        )
+    version = str(result.alarms[0]["model_version"])
+    store.add([_retrain_row(result, version, reason, now)])
+    return RetrainDecision(True, reason)
+
+
+def _retrain_row(result: PassResult, version: str, reason: str, now: pd.Timestamp) -> dict:
+    return {
+        "model_name": result.model_name,
+        "model_version": version,
+        "signal": RETRAIN,
+        "feature": SUMMARY,
+        "window_start": now.to_pydatetime(),
+        "window_end": now.to_pydatetime(),
+        "rows": 0,
+        "statistic": None,
+        "threshold": None,
+        "exceeded": True,
+        "streak": 0,
+        "alarm": True,
+        "note": reason[:500],
+        "pass_id": result.pass_id,
+        "computed_at": now.to_pydatetime(),
+    }
+
+
+def request_retrain(params: Any, paths: Any, result: PassResult) -> RetrainDecision:
+    """`retrain_decision` for a project's pass, on its monitoring table."""
+    store = MonitoringStore(paths.prediction_log_url(params))
+    try:
+        return retrain_decision(result, store, params.monitor.cooldown_h)
+    finally:
+        store.close()

@@ -319,3 +319,25 @@ def test_a_database_away_is_retried_then_named(tmp_path, caplog):
     with pytest.raises(OperationalError, match="unable to open database file"):
         MonitoringStore(f"sqlite:///{tmp_path / 'missing' / 'p.db'}", backoff_s=0.0)
     assert caplog.text.count("retrying") == 2  # three attempts in all
+
+
+def test_an_alarm_starts_one_retrain_per_cooldown(tmp_path, reference):
+    from loopline.monitor import RETRAIN, PassResult, retrain_decision
+
+    store = MonitoringStore(f"sqlite:///{tmp_path / 'predictions.db'}")
+    frame = series(24 * 30, seed=4)
+    frame.loc[frame["timestamp"] >= pd.Timestamp("2024-01-15", tz="UTC"), "value"] *= 0.7
+    result = monitor(tmp_path, log_of(frame), reference, store=store)
+    assert result.alarms
+    now = datetime(2024, 2, 1, 2, 0, tzinfo=UTC)
+    first = retrain_decision(result, store, cooldown_h=24, now=now)
+    assert first.start and first.reason.startswith("monitoring alarm: ")
+    assert "live_quality of v1 since the window from 2024-01-1" in first.reason
+    # The alarm persists while the retrain runs: the next passes do not start another ...
+    later = retrain_decision(result, store, cooldown_h=24, now=now + pd.Timedelta(hours=23))
+    assert not later.start and "monitor.cooldown_h 24" in later.reason
+    # ... until the cooldown is over; a pass without an alarm starts nothing.
+    assert retrain_decision(result, store, cooldown_h=24, now=now + pd.Timedelta(hours=25)).start
+    assert not retrain_decision(PassResult("demo", "p", 0), store, 24, now).start
+    rows = store.rows("demo")
+    assert (rows["signal"] == RETRAIN).sum() == 2
