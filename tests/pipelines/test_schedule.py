@@ -85,9 +85,9 @@ def scheduled(tmp_path_factory, webhook):
         )
         try:
             deadline = time.monotonic() + 120
-            while not listing(root, env):
+            while len(listing(root, env)) < 2:  # the offline and the monitoring deployments
                 assert serving.poll() is None, (root / "schedule.log").read_text()
-                assert time.monotonic() < deadline, "the deployment was never registered"
+                assert time.monotonic() < deadline, "the deployments were never registered"
                 time.sleep(1)
             yield root, env
         finally:
@@ -114,15 +114,22 @@ def listing(root: Path, env: dict) -> list[dict]:
     return json.loads(done.stdout)
 
 
+def deployment(root: Path, env: dict, name: str = "offline-solar") -> dict:
+    [row] = [r for r in listing(root, env) if r["name"] == name]
+    return row
+
+
 def test_the_deployment_shows_its_cron_time_zone_and_next_run(scheduled):
     root, env = scheduled
-    [row] = listing(root, env)
-    assert row["name"] == "offline-solar"
+    row = deployment(root, env)
     assert (row["cron"], row["timezone"]) == ("0 2 * * *", "Asia/Seoul")
     assert row["next_run"] == next_runs("0 2 * * *", "Asia/Seoul")[0].isoformat()
     assert row["next_run"].endswith("T02:00:00+09:00")
     assert row["concurrency_limit"] == 1  # never two runs at once
     assert row["paused"] is False
+    # Beside it, the monitoring pass on schedule.monitor_cron (in the same time zone).
+    watch = deployment(root, env, "monitor-solar")
+    assert (watch["cron"], watch["timezone"]) == ("15 * * * *", "Asia/Seoul")
 
 
 def test_a_run_triggered_through_the_api_completes_then_finds_nothing_new(scheduled, webhook):
@@ -137,8 +144,7 @@ def test_a_run_triggered_through_the_api_completes_then_finds_nothing_new(schedu
         second = run_deployment("loopline-offline/offline-solar", timeout=300)
     assert second.state.is_completed() and second.state.name == "Nothing new"
     assert second.state.message.startswith("nothing new: data version")
-    [row] = listing(root, env)
-    assert row["last_state"] == "Nothing new"
+    assert deployment(root, env)["last_state"] == "Nothing new"
     # The skipped run was reported to the webhook; the published one was not.
     [report] = webhook[1]
     assert report["state"] == "Nothing new" and report["project"] == str(root)
