@@ -139,12 +139,16 @@ class Window:
 
     key: str
     rows: dict[str, np.ndarray]
+    # How many of the newest readings no earlier window of its stream held (the rows it is
+    # the first to stand for, `input_rows`); None: every reading (a `/predict` window).
+    fresh: int | None = None
 
     def __len__(self) -> int:
         return len(next(iter(self.rows.values()))) if self.rows else 0
 
     def tail(self, n: int) -> Window:
-        return Window(self.key, {c: v[-n:] for c, v in self.rows.items()})
+        fresh = None if self.fresh is None else min(self.fresh, n)
+        return Window(self.key, {c: v[-n:] for c, v in self.rows.items()}, fresh)
 
     def last(self) -> dict[str, Any]:
         """The newest reading, as plain JSON-ready values."""
@@ -529,7 +533,36 @@ class ForecastServing(Serving):
                 "last": window.last(),
             },
             output=rounded,
+            source=window,
         )
+
+    def input_rows(self, answers: list[Answer]) -> list[dict[str, Any]]:
+        """Each reading of the answered windows (a stream window: only the readings no
+        earlier window of its stream held), with its series' entity."""
+        time, entity = self.time_field, self.entity
+        rows: list[dict[str, Any]] = []
+        for answer in answers:
+            window = answer.source
+            if not isinstance(window, Window):
+                continue
+            n = len(window) if window.fresh is None else min(window.fresh, len(window))
+            if n <= 0:
+                continue
+            columns = {
+                c: (
+                    iso_utc(v[-n:].astype("datetime64[ns]").view(np.int64))
+                    if c == time
+                    else v[-n:].tolist()
+                )
+                for c, v in window.rows.items()
+            }
+            named = {entity: window.key} if entity else {}
+            names = list(columns)
+            rows += [
+                {**named, **dict(zip(names, values, strict=True))}
+                for values in zip(*columns.values(), strict=True)
+            ]
+        return rows
 
     def describe(self, model: LoadedModel) -> dict[str, Any]:
         spec = model.spec
@@ -662,6 +695,8 @@ class StreamWindows(StreamState):
         self.numbers = [c for c, kind in schema.items() if kind == "float"]
         self.buffers: dict[str, SeriesBuffer] = {}
         self.last: dict[str, int] = {}
+        # Per series: readings in the buffer that no window handed over held yet.
+        self.unsent: dict[str, int] = {}
         self._sizes(model)
 
     def _sizes(self, model: LoadedModel) -> None:
@@ -702,14 +737,17 @@ class StreamWindows(StreamState):
             )
             events.append({**named, "notice": notice})
             buffer.clear()
+            self.unsent[key] = 0
         buffer.append(ns, [getattr(item, c) for c in self.numbers])
         self.last[key] = ns
+        unsent = self.unsent[key] = self.unsent.get(key, 0) + 1
         if buffer.size < self.required:
             return [], events
         times, values = buffer.window()
         rows = {self.time_column: times.view("datetime64[ns]")}
         rows |= {c: values[:, n] for n, c in enumerate(self.numbers)}
-        return [(line, Window(key, rows))], events
+        self.unsent[key] = 0
+        return [(line, Window(key, rows, min(unsent, self.required)))], events
 
     @staticmethod
     def _disorder(key: str, ns: int, last: int) -> str:
