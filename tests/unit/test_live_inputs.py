@@ -158,3 +158,37 @@ def test_rows_are_stored_once_in_postgresql():
         with admin.connect() as connection:
             connection.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def test_rows_of_a_killed_process_are_replayed_from_the_spool_once(tmp_path):
+    """A service queues rows and is killed (SIGKILL) before its writer wrote them: the next
+    start writes each from the spool; a client sending them again adds nothing."""
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    url = f"sqlite:///{tmp_path / 'predictions.db'}"
+    spool = tmp_path / "spool-live"
+    child = textwrap.dedent(
+        f"""
+        import os, signal, sys
+        sys.path[:0] = {sys.path!r}
+        from tests.unit.test_live_inputs import SOLAR, readings
+        from loopline.live import LiveInputLog, live_rows
+        log = LiveInputLog({url!r}, flush_interval_s=3600, batch_size=10**6,
+                           spool_dir={str(spool)!r})
+        log.put_many(live_rows(SOLAR, readings(300), "solar", "1", "stream"))
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True, timeout=120)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    assert read_live_inputs(url, "solar", COLUMNS).empty
+
+    log = LiveInputLog(url, spool_dir=spool)
+    assert log.stats()["replayed"] == 300
+    log.close()
+    store(url, readings(310))
+    assert len(read_live_inputs(url, "solar", COLUMNS)) == 310
+    assert list(spool.glob("*.ndjson")) == []
