@@ -538,8 +538,9 @@ class ForecastServing(Serving):
 
     def input_rows(self, answers: list[Answer]) -> list[dict[str, Any]]:
         """Each reading of the answered windows (a stream window: only the readings no
-        earlier window of its stream held), with its series' entity. Converted for the
-        batch at once: a conversion per window cost more than its forecast."""
+        earlier window of its stream held), with its series' entity, once per batch
+        (`/predict` windows of one series overlap). Converted for the batch at once: a
+        conversion per window cost more than its forecast."""
         time, entity = self.time_field, self.entity
         batches: dict[tuple[str, ...], list[tuple[Window, int]]] = defaultdict(list)
         for answer in answers:
@@ -550,16 +551,21 @@ class ForecastServing(Serving):
                     batches[tuple(window.rows)].append((window, n))
         rows: list[dict[str, Any]] = []
         for names, windows in batches.items():
-            columns = []
-            for name in names:
-                values = np.concatenate([w.rows[name][-n:] for w, n in windows])
-                if name == time:
-                    columns.append(iso_utc(values.astype("datetime64[ns]").view(np.int64)))
-                else:
-                    columns.append(values.tolist())
+            counts = [n for _, n in windows]
+            keys = list(dict.fromkeys(w.key for w, _ in windows))
+            series = np.repeat([keys.index(w.key) for w, _ in windows], counts)
+            ns = np.concatenate([w.rows[time][-n:] for w, n in windows])
+            ns = ns.astype("datetime64[ns]").view(np.int64)
+            keep = first_of_each(series, ns)
+            columns = [
+                iso_utc(ns[keep])
+                if name == time
+                else np.concatenate([w.rows[name][-n:] for w, n in windows])[keep].tolist()
+                for name in names
+            ]
             if entity:
                 names = (entity, *names)
-                columns.insert(0, [w.key for w, n in windows for _ in range(n)])
+                columns.insert(0, [keys[k] for k in series[keep].tolist()])
             rows += [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
         return rows
 
@@ -611,6 +617,15 @@ class ForecastServing(Serving):
     def stream_lines(self, rows: pd.DataFrame) -> list[BaseModel]:
         """One reading per line, in time order."""
         return items_from_rows(self.StreamLine, rows.sort_values(self.time_field))
+
+
+def first_of_each(series: np.ndarray, ns: np.ndarray) -> np.ndarray:
+    """The positions of the first reading of each (series, time) pair, in order."""
+    order = np.lexsort((ns, series))
+    k, t = series[order], ns[order]
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = (k[1:] != k[:-1]) | (t[1:] != t[:-1])
+    return np.sort(order[first])
 
 
 def is_columnar(item: Any) -> bool:
