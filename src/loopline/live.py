@@ -218,10 +218,10 @@ class LiveInputLog(PredictionLog):
 def read_live_inputs(
     url: str, task_name: str, columns: list[str], after: datetime | None = None
 ) -> pd.DataFrame:
-    """The stored rows of `task_name` as a frame of `columns` (the task's raw schema, in
-    storing order; a column a row lacks, say a label, is missing). `after`: only rows whose
-    event time is later (or who have none). No table yet (no service stored anything): no
-    rows."""
+    """The stored rows of `task_name` as a frame of `columns` (the task's raw schema), by
+    event time, then in storing order; a column a row lacks (say, a label) is missing.
+    `after`: only rows whose event time is later (or who have none). No table yet (no
+    service stored anything): no rows."""
     import pandas as pd
     from sqlalchemy import MetaData, create_engine, inspect, or_, select
 
@@ -230,7 +230,13 @@ def read_live_inputs(
         if not inspect(engine).has_table(TABLE):
             return pd.DataFrame(columns=columns)
         table = live_inputs_table(MetaData())
-        query = select(table.c.fields).where(table.c.task == task_name).order_by(table.c.id)
+        # In event-time order, not storing order: clients send windows in any order, and
+        # validation's `in_order` rule reads a series' rows in the frame's order.
+        query = (
+            select(table.c.fields)
+            .where(table.c.task == task_name)
+            .order_by(table.c.event_time, table.c.id)
+        )
         if after is not None:
             query = query.where(or_(table.c.event_time.is_(None), table.c.event_time > after))
         with engine.connect() as connection:
