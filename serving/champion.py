@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException
 
 from loopline import registry
 from loopline.config import Params, apply_overrides, load_params, parse_params, serve_env_overrides
+from loopline.live import LiveInputLog, live_rows, spool_folder
 from loopline.online import (
     LoadedModel,
     ModelDownloadError,
@@ -186,6 +187,18 @@ class ChampionService:
             queue_size=self.settings.log_queue_size,
             spool_dir=self.paths.state / "spool" / self.model_name,
         )
+        # The input rows answered, stored once for training (`serve.store_inputs`).
+        self.inputs = (
+            LiveInputLog(
+                self.paths.prediction_log_url(params),
+                batch_size=self.settings.log_batch_size,
+                flush_interval_s=self.settings.log_flush_interval_s,
+                queue_size=self.settings.log_queue_size,
+                spool_dir=spool_folder(self.paths.state, self.model_name),
+            )
+            if self.settings.store_inputs
+            else None
+        )
         self._poller: asyncio.Task | None = None
 
     # ------------------------------------------------------------------ model lifecycle
@@ -342,6 +355,8 @@ class ChampionService:
         if self._poller is not None:
             self._poller.cancel()
         await asyncio.to_thread(self.predictions.close)
+        if self.inputs is not None:
+            await asyncio.to_thread(self.inputs.close)
 
     def __is_ready__(self) -> bool:
         if self.model is None:
@@ -388,6 +403,7 @@ class ChampionService:
             "last_poll_error": self.last_poll_error,
             "registry_deadlines": self.registry_deadlines,
             "prediction_log": self.predictions.stats(),
+            "live_inputs": self.inputs.stats() if self.inputs is not None else None,
         }
 
     def answer(
@@ -398,9 +414,10 @@ class ChampionService:
         call: Callable[[LoadedModel, list[Any]], list[Answer]],
     ) -> list[Answer]:
         """Run the adapter's `call` (predict, explain) on a batch; log and count what it
-        answered (error answers are not predictions), and count each item refused by the
-        data contract per rule. Items already `Refused` (by a stream's state) are answered
-        here, in place, without the adapter."""
+        answered (error answers are not predictions), store the input rows it answered
+        (`serve.store_inputs`), and count each item refused by the data contract per rule.
+        Items already `Refused` (by a stream's state) are answered here, in place, without
+        the adapter."""
         started = time.perf_counter()
         answers = _answer_refused(items, call, model)
         seconds = time.perf_counter() - started
@@ -424,11 +441,22 @@ class ChampionService:
                 for a in answered
             ]
             self.predictions.put_many(records)  # one spool write per batch
+            if self.inputs is not None:
+                self._store_inputs(api, model, answered)
             self.metrics["predictions"].labels(api, model.version).inc(len(records))
             self.metrics["batch_size"].labels(api).observe(len(records))
             self.metrics["latency"].labels(api).observe(seconds)
             self.metrics["log_dropped"].set(self.predictions.dropped)
         return answers
+
+    def _store_inputs(self, api: str, model: LoadedModel, answered: list[Answer]) -> None:
+        """Queue the raw rows the answers stand for (never fails the answers)."""
+        try:
+            rows = self.serving.input_rows(answered)
+            if rows:
+                self.inputs.put_many(live_rows(self.task, rows, model.name, model.version, api))
+        except Exception:
+            log.exception("live inputs: the rows of %d answers not stored", len(answered))
 
 
 def _answer_refused(items: list[Any], call, model: LoadedModel) -> list[Answer]:

@@ -39,8 +39,8 @@ Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 class IngestParams(Section):
     """Where rows come from. `source` is `builtin` (the running task's own data; or
-    `builtin:<task>`), a CSV/TSV/Parquet path or glob, or a
-    SQLAlchemy URL (then `query` is the SQL to run)."""
+    `builtin:<task>`), a CSV/TSV/Parquet path or glob, a SQLAlchemy URL (then `query` is
+    the SQL to run), or `live`: the input rows the service stored (`serve.store_inputs`)."""
 
     source: str = "builtin"  # the running task's built-in data (or builtin:<task>)
     query: str | None = None
@@ -242,6 +242,9 @@ class ServeParams(Section):
     log_batch_size: Positive = 256
     log_flush_interval_s: Annotated[float, Field(gt=0)] = 1.0
     log_queue_size: Positive = 100_000
+    # Also store each accepted input row (a reading, a text, a table row) once, in the
+    # prediction-log database's `live_inputs` table, for `ingest.source: live`.
+    store_inputs: bool = True
 
 
 class ScheduleParams(Section):

@@ -1,8 +1,9 @@
 """Ingest: read rows from a source and keep only those newer than the last watermark.
 
 Sources (`ingest.source`): `builtin:<task>`, a CSV/Parquet path or glob (relative to the
-project), a SQLAlchemy URL with `ingest.query`, or, for an image task, a folder of images
-with a labels CSV. Nothing is written here: rows become part
+project), a SQLAlchemy URL with `ingest.query`, `live` (the rows the service answered, which
+it stored in the prediction-log database: `loopline.live`), or, for an image task, a folder
+of images with a labels CSV. Nothing is written here: rows become part
 of a snapshot only after validation (see `datastore.SnapshotStore.commit`).
 """
 
@@ -41,6 +42,24 @@ def read_sql(url: str, query: str | None) -> pd.DataFrame:
         raise
     except Exception as exc:  # driver errors vary; name the source either way
         raise SourceError(f"cannot read ingest.query from {_mask_url(url)}: {exc}") from exc
+
+
+LIVE = "live"
+
+
+def read_live(params: Params, task: Task, root: Path) -> pd.DataFrame:
+    """The input rows the service stored (`serve.store_inputs`) for this task, from the
+    prediction-log database (`serve.prediction_log`), as the task's raw columns."""
+    from loopline.live import read_live_inputs
+    from loopline.paths import ProjectPaths
+
+    url = ProjectPaths.at(root).prediction_log_url(params)
+    try:
+        return read_live_inputs(url, task.name, list(task.schema_for(params)))
+    except Exception as exc:  # driver errors vary; name the source either way
+        raise SourceError(
+            f"cannot read the live inputs (ingest.source: live) from {_mask_url(url)}: {exc}"
+        ) from exc
 
 
 def read_files(pattern: str, root: Path) -> pd.DataFrame:
@@ -83,6 +102,8 @@ def read_source(params: Params, task: Task, root: Path) -> pd.DataFrame:
                 f"{task.name!r} (use builtin:{task.name})"
             )
         frame = task.load_builtin(params)
+    elif source == LIVE:
+        frame = read_live(params, task, root)
     elif "://" in source:
         frame = read_sql(source, params.ingest.query)
     elif (root / source).is_dir():  # an absolute `source` stays itself under `/`

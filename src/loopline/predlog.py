@@ -25,7 +25,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 
@@ -108,7 +108,14 @@ class PredictionRecord:
 
 
 class PredictionLog:
-    """A bounded queue drained by one writer thread in batches."""
+    """A bounded queue drained by one writer thread in batches.
+
+    A subclass writes other records the same way (`loopline.live.LiveInputLog`): it sets
+    `record_type` (with `spooled`, `from_spool` and `row`) and overrides `define` and
+    `statement`."""
+
+    record_type: ClassVar[type] = PredictionRecord
+    thread_name: ClassVar[str] = "prediction-log"
 
     def __init__(
         self,
@@ -127,8 +134,9 @@ class PredictionLog:
         # orjson for the JSON columns: the stdlib encoder was a fifth of a bulk stream's CPU.
         self.engine = create_engine(url, pool_pre_ping=True, json_serializer=json_text)
         metadata = MetaData()
-        self.table = predictions_table(metadata)
+        self.table = self.define(metadata)
         metadata.create_all(self.engine)
+        self.insert = self.statement()
         self.queue: queue.Queue[PredictionRecord | None] = queue.Queue(maxsize=queue_size)
         self.written = 0
         self.dropped = 0
@@ -138,9 +146,17 @@ class PredictionLog:
         self.spool = Spool(spool_dir, spool_segment_bytes) if spool_dir else None
         if self.spool is not None:
             self.replayed = self._replay(self.spool.orphans())
-        self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
         self._closed = threading.Event()
         self._thread.start()
+
+    def define(self, metadata):
+        """The table the records go to (created if absent)."""
+        return predictions_table(metadata)
+
+    def statement(self):
+        """The statement each batch is written with (an executemany of `record.row()`s)."""
+        return self.table.insert()
 
     def put(self, record: PredictionRecord) -> bool:
         """Queue one record without blocking; False (and counted) when the queue is full."""
@@ -178,17 +194,17 @@ class PredictionLog:
             records = []
             for line in segment.read_text(encoding="utf-8", errors="replace").splitlines():
                 try:
-                    records.append(PredictionRecord.from_spool(line))
+                    records.append(self.record_type.from_spool(line))
                 except (ValueError, TypeError, KeyError):  # a line cut short by the crash
                     continue
             for start in range(0, len(records), self.batch_size):
                 if not self._write(records[start : start + self.batch_size], spooled=False):
-                    log.error("prediction log: spool %s kept for the next start", segment)
+                    log.error("%s: spool %s kept for the next start", self.thread_name, segment)
                     return replayed
             replayed += len(records)
             segment.unlink(missing_ok=True)
         if replayed:
-            log.warning("prediction log: %d records replayed from the spool", replayed)
+            log.warning("%s: %d records replayed from the spool", self.thread_name, replayed)
         return replayed
 
     def _write(self, batch: list[PredictionRecord], spooled: bool = True) -> bool:
@@ -197,7 +213,7 @@ class PredictionLog:
         for attempt in range(3):
             try:
                 with self.engine.begin() as connection:
-                    connection.execute(self.table.insert(), [r.row() for r in batch])
+                    connection.execute(self.insert, [r.row() for r in batch])
                 self.written += len(batch)
                 if spooled and self.spool is not None:
                     self.spool.written(len(batch))
@@ -207,7 +223,7 @@ class PredictionLog:
                 time.sleep(0.2 * (attempt + 1))
         self.failed_batches += 1
         self.dropped += len(batch)
-        log.error("prediction log: %d records not written: %s", len(batch), self.last_error)
+        log.error("%s: %d records not written: %s", self.thread_name, len(batch), self.last_error)
         if spooled and self.spool is not None:  # kept on disk: the next start replays them
             self.spool.keep(batch)
         return False

@@ -58,6 +58,9 @@ class Answer:
     picture: bytes | None = None  # explanations: a PNG a person opens
     # The data-contract rules the item broke (validation's names), counted per rule.
     refused: tuple[str, ...] = ()
+    # The item as the adapter holds it (say, a window's arrays), for `Serving.input_rows`:
+    # never sent, and converted to rows only when the service stores inputs.
+    source: Any = None
 
 
 @dataclass(frozen=True)
@@ -180,6 +183,15 @@ class Serving:
         """What a request must hold for this model (merged into `/metadata`'s model)."""
         return {}
 
+    def input_rows(self, answers: list[Answer]) -> list[dict[str, Any]]:
+        """The raw rows of the task's data (column → JSON value, times as ISO text) that
+        accepted `answers` stand for: what `serve.store_inputs` stores, keyed by the task's
+        key columns, for `ingest.source: live`. A row stored before is skipped, so an
+        answer may give rows an earlier one gave. A label the client did not send is left
+        out (it arrives later, say through `loopline label import`). Default: none (a task
+        whose inputs are not training rows)."""
+        return []
+
     def summary(self, answer: dict[str, Any]) -> str:
         """One console line for an answer `loopline stream` prints (its `Response` fields)."""
         return " ".join(f"{k}={v}" for k, v in answer.items() if k != "line")
@@ -239,6 +251,15 @@ class FileInput:
         """The item an upload stands for (what `predict` takes); raise BadInput (415, 413,
         400) naming the problem (the service puts the file's name in front)."""
         raise NotImplementedError
+
+
+def stored_row(id_column: str, answer: Answer) -> dict[str, Any]:
+    """A one-row answer as `input_rows` gives it: its id (the answer's key, else one made
+    from its values, so a replayed row is stored once) and its values (`answer.inputs`)."""
+    from loopline.live import content_id
+
+    values = dict(answer.inputs or {})
+    return {id_column: answer.key if answer.key is not None else content_id(values), **values}
 
 
 def items_from_rows(kind: type[BaseModel], rows: pd.DataFrame) -> list[Any]:

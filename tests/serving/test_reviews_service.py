@@ -152,6 +152,43 @@ def test_predictions_are_logged_and_join_the_labeling_pool(client, reviews_root)
     assert set(pool["origin"]) == {"data", "prediction_log"}
 
 
+def test_classified_texts_are_stored_once_without_a_label(client, reviews_root):
+    """`serve.store_inputs`: each accepted text once, by its id (a stream line's own, else
+    the text's `text_id`), no label (it comes by `loopline label import`); refused texts
+    are not stored."""
+    import time
+
+    from loopline.config import load_params
+    from loopline.live import read_live_inputs
+    from loopline.paths import ProjectPaths
+    from loopline.predlog import text_id
+
+    first, second = "내일 또 보고 싶다 정말로", "다시는 안 본다 진짜"
+    client.post("/predict", json={"texts": [first, "   ", first]})
+    client.post("/explain", json={"texts": [first]})
+    lines = [
+        {"id": "r-1", "text": second},
+        {"id": "r-2", "text": ""},
+        {"id": "r-1", "text": second},
+    ]
+    client.post(
+        "/stream",
+        content="\n".join(json.dumps(line) for line in lines) + "\n",
+        headers={"content-type": "application/x-ndjson"},
+    )
+    params = load_params(ProjectPaths.at(reviews_root).params_file)
+    url = ProjectPaths.at(reviews_root).prediction_log_url(params)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        rows = read_live_inputs(url, "reviews", ["id", "document", "label"])
+        if {"r-1", text_id(first)} <= set(rows["id"]):
+            break
+        time.sleep(0.1)
+    mine = rows[rows["id"].isin(["r-1", "r-2", text_id(first)])]
+    assert sorted(mine["id"]) == sorted(["r-1", text_id(first)])
+    assert set(mine["document"]) == {first, second} and mine["label"].isna().all()
+
+
 def test_metadata_describes_the_text_model(client):
     meta = client.get("/metadata").json()
     model = meta["model"]

@@ -105,6 +105,11 @@ def test_serving_answers_each_item_with_a_label_and_every_probability():
     assert set(answers[0].response["probabilities"]) == {"ok", "worn"}
     assert answers[0].inputs == {"temperature": 80.0, "oil pressure": 4.0}
     assert serving.describe(loaded(spec))["features"] == ["temperature", "oil pressure"]
+    # Stored for training (serve.store_inputs): the row's id, or one made from its values.
+    stored = serving.input_rows(answers)
+    assert stored[0] == {"id": "m1", "temperature": 80.0, "oil pressure": 4.0}
+    assert stored[1]["id"].startswith("live:") and stored[1]["temperature"] == 40.0
+    assert serving.input_rows(serving.predict(loaded(spec), items[1:]))[0] == stored[1]
 
 
 def test_a_request_item_names_what_is_wrong():

@@ -206,6 +206,8 @@ def test_serving_answers_the_others_when_one_items_number_overflows_the_model_in
         "error": "spend=1e+300 gives a non-finite model input (out of any plausible range)",
     }
     assert first.response["label"] in ("no", "yes") and third.response["id"] == "c3"
+    stored = serving.input_rows([first, third])  # the service passes accepted answers only
+    assert stored[0] == {"id": "c1", "tenure": 3.0, "spend": 40.5, "plan": "basic"}
 
 
 def test_the_linear_baseline_and_the_feature_blind_one_are_scored_beside_the_model():

@@ -139,12 +139,16 @@ class Window:
 
     key: str
     rows: dict[str, np.ndarray]
+    # How many of the newest readings no earlier window of its stream held (the rows it is
+    # the first to stand for, `input_rows`); None: every reading (a `/predict` window).
+    fresh: int | None = None
 
     def __len__(self) -> int:
         return len(next(iter(self.rows.values()))) if self.rows else 0
 
     def tail(self, n: int) -> Window:
-        return Window(self.key, {c: v[-n:] for c, v in self.rows.items()})
+        fresh = None if self.fresh is None else min(self.fresh, n)
+        return Window(self.key, {c: v[-n:] for c, v in self.rows.items()}, fresh)
 
     def last(self) -> dict[str, Any]:
         """The newest reading, as plain JSON-ready values."""
@@ -529,7 +533,41 @@ class ForecastServing(Serving):
                 "last": window.last(),
             },
             output=rounded,
+            source=window,
         )
+
+    def input_rows(self, answers: list[Answer]) -> list[dict[str, Any]]:
+        """Each reading of the answered windows (a stream window: only the readings no
+        earlier window of its stream held), with its series' entity, once per batch
+        (`/predict` windows of one series overlap). Converted for the batch at once: a
+        conversion per window cost more than its forecast."""
+        time, entity = self.time_field, self.entity
+        batches: dict[tuple[str, ...], list[tuple[Window, int]]] = defaultdict(list)
+        for answer in answers:
+            window = answer.source
+            if isinstance(window, Window):
+                n = len(window) if window.fresh is None else min(window.fresh, len(window))
+                if n > 0:
+                    batches[tuple(window.rows)].append((window, n))
+        rows: list[dict[str, Any]] = []
+        for names, windows in batches.items():
+            counts = [n for _, n in windows]
+            keys = list(dict.fromkeys(w.key for w, _ in windows))
+            series = np.repeat([keys.index(w.key) for w, _ in windows], counts)
+            ns = np.concatenate([w.rows[time][-n:] for w, n in windows])
+            ns = ns.astype("datetime64[ns]").view(np.int64)
+            keep = first_of_each(series, ns)
+            columns = [
+                iso_utc(ns[keep])
+                if name == time
+                else np.concatenate([w.rows[name][-n:] for w, n in windows])[keep].tolist()
+                for name in names
+            ]
+            if entity:
+                names = (entity, *names)
+                columns.insert(0, [keys[k] for k in series[keep].tolist()])
+            rows += [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
+        return rows
 
     def describe(self, model: LoadedModel) -> dict[str, Any]:
         spec = model.spec
@@ -579,6 +617,15 @@ class ForecastServing(Serving):
     def stream_lines(self, rows: pd.DataFrame) -> list[BaseModel]:
         """One reading per line, in time order."""
         return items_from_rows(self.StreamLine, rows.sort_values(self.time_field))
+
+
+def first_of_each(series: np.ndarray, ns: np.ndarray) -> np.ndarray:
+    """The positions of the first reading of each (series, time) pair, in order."""
+    order = np.lexsort((ns, series))
+    k, t = series[order], ns[order]
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = (k[1:] != k[:-1]) | (t[1:] != t[:-1])
+    return np.sort(order[first])
 
 
 def is_columnar(item: Any) -> bool:
@@ -662,6 +709,8 @@ class StreamWindows(StreamState):
         self.numbers = [c for c, kind in schema.items() if kind == "float"]
         self.buffers: dict[str, SeriesBuffer] = {}
         self.last: dict[str, int] = {}
+        # Per series: readings in the buffer that no window handed over held yet.
+        self.unsent: dict[str, int] = {}
         self._sizes(model)
 
     def _sizes(self, model: LoadedModel) -> None:
@@ -702,14 +751,17 @@ class StreamWindows(StreamState):
             )
             events.append({**named, "notice": notice})
             buffer.clear()
+            self.unsent[key] = 0
         buffer.append(ns, [getattr(item, c) for c in self.numbers])
         self.last[key] = ns
+        unsent = self.unsent[key] = self.unsent.get(key, 0) + 1
         if buffer.size < self.required:
             return [], events
         times, values = buffer.window()
         rows = {self.time_column: times.view("datetime64[ns]")}
         rows |= {c: values[:, n] for n, c in enumerate(self.numbers)}
-        return [(line, Window(key, rows))], events
+        self.unsent[key] = 0
+        return [(line, Window(key, rows, min(unsent, self.required)))], events
 
     @staticmethod
     def _disorder(key: str, ns: int, last: int) -> str:

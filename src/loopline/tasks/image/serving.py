@@ -156,6 +156,14 @@ class ImageServing(Serving, Explaining, FileInput):
             arrays = arrays[:, 0]  # a grey image is sent as its rows
         return [Image(array.tolist()) for array in arrays]
 
+    def input_rows(self, answers: list[Answer]) -> list[dict[str, Any]]:
+        """None: an image's raw form is its file (an upload, a folder's image with a
+        labels CSV), not a row. What the service holds is the image already resized to
+        the served model's size, which is not the source's data, and a photo's pixels are
+        no row for a database table; the labels would arrive later anyway. Storing uploads
+        as files for `ingest.source: <folder>` is a later step."""
+        return []
+
     def describe(self, model: LoadedModel) -> dict[str, Any]:
         return {
             "labels": model.spec.labels,

@@ -15,7 +15,14 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from loopline.serving_adapter import Answer, BadInput, Serving, refusal, run_finite
+from loopline.serving_adapter import (
+    Answer,
+    BadInput,
+    Serving,
+    refusal,
+    run_finite,
+    stored_row,
+)
 
 if TYPE_CHECKING:
     from loopline.online import LoadedModel
@@ -72,6 +79,11 @@ class RowServing(Serving):
                     else self._answer(items[position], outputs.values[n], labels)
                 )
         return [a for a in answers if a is not None]
+
+    def input_rows(self, answers: list[Answer]) -> list[dict[str, Any]]:
+        """Each answered row's feature values with its id (one made from its values when
+        the client sent none); no target: it is what was asked."""
+        return [stored_row(self.id_field, answer) for answer in answers]
 
     def _error(self, item: BaseModel, message: str) -> Answer:
         key = self._key(item)

@@ -18,7 +18,15 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from loopline.serving_adapter import Answer, BadInput, Serving, _plain, refusal, run_finite
+from loopline.serving_adapter import (
+    Answer,
+    BadInput,
+    Serving,
+    _plain,
+    refusal,
+    run_finite,
+    stored_row,
+)
 
 if TYPE_CHECKING:
     from loopline.online import LoadedModel
@@ -94,6 +102,11 @@ class TabularServing(Serving):
                     else _answer(key, row, outputs.values[n], new, spec)
                 )
         return [a for a in answers if a is not None]
+
+    def input_rows(self, answers: list[Answer]) -> list[dict[str, Any]]:
+        """Each answered row's feature values with its id (one made from its values when
+        the client sent none); no target: it is what was asked."""
+        return [stored_row(self.task.key_columns[0], answer) for answer in answers]
 
     def describe(self, model: LoadedModel) -> dict[str, Any]:
         spec, options = model.spec, model.spec.options

@@ -68,6 +68,17 @@ class TextServing(Serving, Explaining):
             "vocabulary_size": len(json.loads(options.vocabulary)["tokens"]),
         }
 
+    def input_rows(self, answers: list[Answer]) -> list[dict[str, Any]]:
+        """Each classified text with its id (a stream line's own, else the text's
+        `text_id`, the prediction log's key); no label: it arrives later, through
+        `loopline label import`."""
+        key, text = self.task.key_columns[0], self.task.text_column
+        return [
+            {key: answer.key, text: answer.inputs["text"]}
+            for answer in answers
+            if isinstance(answer.inputs, dict) and isinstance(answer.inputs.get("text"), str)
+        ]
+
     def requests(self, rows: pd.DataFrame, model: LoadedModel) -> list[Text]:
         return [Text(text) for text in rows[model.spec.options.text_column]]
 

@@ -1,0 +1,108 @@
+"""What storing live inputs (`serve.store_inputs`) costs per streamed reading, in-process.
+
+Run: .venv/bin/python benchmarks/live_inputs.py [--readings N]
+
+A bulk `/stream` of one site answers one window per reading; with `serve.store_inputs` the
+service also stores that reading (`ForecastServing.input_rows` → `live_rows` →
+`LiveInputLog`: spool write on the request path, batched insert-or-ignore in a background
+thread). This measures, on the same answered windows in chunks of 32 (a stream chunk), the
+CPU per reading of the prediction log as the service writes it today and of the live
+inputs beside it, both with their spool and SQLite, the writer threads included (process
+CPU time until each log is closed and everything is in the database). CPU time, not wall
+time: robust to a busy machine. `benchmarks/serving.py` measures the whole service.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+
+def answers(n: int):
+    """`n` answered stream windows of one site, each the first to hold its newest reading."""
+    from loopline.serving_adapter import Answer
+    from loopline.tasks.forecast.serving import Window
+
+    columns = ["ghi", "dni", "dhi", "temp_air", "wind_speed", "power_w"]
+    times = np.datetime64("2021-03-01T00:30", "ns") + np.arange(n + 48) * np.timedelta64(1, "h")
+    values = np.random.default_rng(7).random((n + 48, len(columns))) * 500
+    out = []
+    for i in range(n):
+        rows = {"timestamp": times[i : i + 48]}
+        rows |= {c: values[i : i + 48, k] for k, c in enumerate(columns)}
+        window = Window("greensboro", rows, fresh=1)
+        out.append(
+            Answer(
+                {},
+                key="greensboro",
+                origin=datetime(2021, 3, 1, tzinfo=UTC),
+                inputs={"readings": 48, "first": "x", "last": window.last()},
+                output=[float(v) for v in range(24)],
+                source=window,
+            )
+        )
+    return out
+
+
+def prediction_log(folder: Path, batches) -> float:
+    from loopline.predlog import PredictionLog, PredictionRecord
+
+    folder.mkdir()
+    log = PredictionLog(f"sqlite:///{folder / 'p.db'}", spool_dir=folder / "spool")
+    started = time.process_time()
+    for batch in batches:
+        log.put_many(
+            [
+                PredictionRecord("solar", "1", "stream", a.key, a.origin, a.inputs, a.output, 1.0)
+                for a in batch
+            ]
+        )
+    log.close()
+    assert log.written == sum(map(len, batches)), log.stats()
+    return time.process_time() - started
+
+
+def live_inputs(folder: Path, batches, task, serving) -> float:
+    from loopline.live import LiveInputLog, live_rows
+
+    folder.mkdir()
+    log = LiveInputLog(f"sqlite:///{folder / 'p.db'}", spool_dir=folder / "spool-live")
+    started = time.process_time()
+    for batch in batches:
+        log.put_many(live_rows(task, serving.input_rows(batch), "solar", "1", "stream"))
+    log.close()
+    assert log.written == sum(map(len, batches)), log.stats()
+    return time.process_time() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--readings", type=int, default=20_000)
+    n = parser.parse_args().readings
+
+    from loopline.config import parse_params
+
+    params = parse_params({"solar": {"sites": ["greensboro"]}})
+    task = params.plugin
+    serving = task.Serving(task, params)
+    answered = answers(n)
+    batches = [answered[i : i + 32] for i in range(0, n, 32)]
+    with tempfile.TemporaryDirectory() as scratch:
+        logged = prediction_log(Path(scratch) / "a", batches)
+        stored = live_inputs(Path(scratch) / "b", batches, task, serving)
+    print(f"{n} readings, one answered window each, chunks of 32 (CPU µs per reading):")
+    print(f"  prediction log (today)       {logged / n * 1e6:7.1f}")
+    print(f"  live inputs (store_inputs)   {stored / n * 1e6:7.1f}")
+    print(
+        f"  at 10,000 readings/s the live inputs take {stored / n * 1e4:.2f} CPU-s per s "
+        f"({stored / n * 1e4 * 100:.0f}% of a core)"
+    )
+
+
+if __name__ == "__main__":
+    main()
