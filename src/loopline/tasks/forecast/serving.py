@@ -400,6 +400,17 @@ class ForecastServing(Serving):
     entity: ClassVar[str | None] = None
     time_field: ClassVar[str] = "timestamp"
 
+    # Readings handed to `input_rows`' caller already, per series (epoch ns): skipped
+    # before they are converted again (a client's `/predict` windows overlap, and repeat).
+    # Forgotten all at once past this many; the live-input log and the database's unique
+    # key still store each once.
+    handed_limit: ClassVar[int] = 500_000
+
+    def __init__(self, task: Any, params: Any) -> None:
+        super().__init__(task, params)
+        self.handed: dict[str, set[int]] = defaultdict(set)
+        self.handed_count = 0
+
     def known_keys(self, spec: FeatureSpec) -> set[str] | None:
         """The series the model can forecast (None: any, as a global model of the family
         forecasts a series it never saw from its own readings)."""
@@ -556,7 +567,9 @@ class ForecastServing(Serving):
             series = np.repeat([keys.index(w.key) for w, _ in windows], counts)
             ns = np.concatenate([w.rows[time][-n:] for w, n in windows])
             ns = ns.astype("datetime64[ns]").view(np.int64)
-            keep = first_of_each(series, ns)
+            keep = self._not_handed(keys, series, ns, first_of_each(series, ns))
+            if not len(keep):
+                continue
             columns = [
                 iso_utc(ns[keep])
                 if name == time
@@ -568,6 +581,24 @@ class ForecastServing(Serving):
                 columns.insert(0, [keys[k] for k in series[keep].tolist()])
             rows += [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
         return rows
+
+    def _not_handed(
+        self, keys: list[str], series: np.ndarray, ns: np.ndarray, positions: np.ndarray
+    ) -> np.ndarray:
+        """`positions` whose reading was not handed over before, now marked handed."""
+        if self.handed_count > self.handed_limit:
+            self.handed.clear()
+            self.handed_count = 0
+        handed = [self.handed[key] for key in keys]
+        fresh = []
+        for n, k, t in zip(
+            positions.tolist(), series[positions].tolist(), ns[positions].tolist(), strict=True
+        ):
+            if t not in handed[k]:
+                handed[k].add(t)
+                fresh.append(n)
+        self.handed_count += len(fresh)
+        return np.asarray(fresh, dtype=np.int64)
 
     def describe(self, model: LoadedModel) -> dict[str, Any]:
         spec = model.spec
