@@ -180,22 +180,20 @@ class ChampionService:
         self.fallback: dict[str, Any] | None = None
         self.registry_deadlines = use_service_deadlines()
         self.metrics = service_metrics()
-        self.predictions = PredictionLog(
+        # Both writers: the same database, batches and queue bound; a spool folder each.
+        url, writing = (
             self.paths.prediction_log_url(params),
-            batch_size=self.settings.log_batch_size,
-            flush_interval_s=self.settings.log_flush_interval_s,
-            queue_size=self.settings.log_queue_size,
-            spool_dir=self.paths.state / "spool" / self.model_name,
+            {
+                "batch_size": self.settings.log_batch_size,
+                "flush_interval_s": self.settings.log_flush_interval_s,
+                "queue_size": self.settings.log_queue_size,
+            },
         )
+        spool = self.paths.state / "spool" / self.model_name
+        self.predictions = PredictionLog(url, spool_dir=spool, **writing)
         # The input rows answered, stored once for training (`serve.store_inputs`).
         self.inputs = (
-            LiveInputLog(
-                self.paths.prediction_log_url(params),
-                batch_size=self.settings.log_batch_size,
-                flush_interval_s=self.settings.log_flush_interval_s,
-                queue_size=self.settings.log_queue_size,
-                spool_dir=spool_folder(self.paths.state, self.model_name),
-            )
+            LiveInputLog(url, spool_dir=spool_folder(self.paths.state, self.model_name), **writing)
             if self.settings.store_inputs
             else None
         )

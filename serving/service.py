@@ -24,13 +24,11 @@ shared lifecycle in `serving.champion`.
 # which name the task's types, local to `service_for`.
 
 import asyncio
-import json
 import os
 from http import HTTPStatus
 from typing import Annotated, Any
 
 import bentoml
-import orjson
 from bentoml.validators import ContentType
 from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -47,6 +45,7 @@ from pydantic import (
 
 from loopline.config import Params
 from loopline.online import LoadedModel
+from loopline.predlog import json_line
 from loopline.redaction import (
     redact,
     redact_data,
@@ -529,17 +528,7 @@ def _item_form(value: Any) -> str | None:
 
 def _ndjson(payloads: list[dict[str, Any]]) -> bytes:
     """NDJSON lines (orjson: the stdlib encoder cost a tenth of a bulk stream's CPU)."""
-    return b"".join(map(_ndjson_line, payloads))
-
-
-def _ndjson_line(payload: dict[str, Any]) -> bytes:
-    try:
-        return orjson.dumps(payload, default=str, option=_NDJSON_OPTIONS)
-    except TypeError:  # what orjson cannot write (an integer past 64 bits, echoed back)
-        return (json.dumps(payload, ensure_ascii=False, default=str) + "\n").encode()
-
-
-_NDJSON_OPTIONS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_SERIALIZE_NUMPY
+    return b"".join(map(json_line, payloads))
 
 
 def _stream_reply(response: type[BaseModel]) -> type[BaseModel]:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
 
-from loopline.predlog import _SPOOL_OPTIONS, PredictionLog
+from loopline.predlog import PredictionLog, SpooledRecord, insert_skipping_conflicts
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -84,8 +84,10 @@ def row_key(fields: dict[str, Any], key_columns: list[str]) -> str:
 
 
 @dataclass
-class LiveRow:
+class LiveRow(SpooledRecord):
     """One stored input row (a record of `LiveInputLog`)."""
+
+    TIMES: ClassVar[tuple[str, ...]] = ("logged_at", "event_time")
 
     task: str
     row_key: str
@@ -95,31 +97,6 @@ class LiveRow:
     model_version: str
     api: str
     logged_at: datetime = field(default_factory=lambda: datetime.now(UTC))
-
-    def spooled(self) -> str:
-        row = self.row()
-        for key in ("logged_at", "event_time"):
-            row[key] = row[key].isoformat() if row[key] is not None else None
-        return orjson.dumps(row, default=str, option=_SPOOL_OPTIONS).decode()
-
-    @classmethod
-    def from_spool(cls, line: str) -> LiveRow:
-        row = orjson.loads(line)
-        for key in ("logged_at", "event_time"):
-            row[key] = datetime.fromisoformat(row[key]) if row[key] else None
-        return cls(**row)
-
-    def row(self) -> dict[str, Any]:
-        return {
-            "task": self.task,
-            "row_key": self.row_key,
-            "event_time": self.event_time,
-            "fields": self.fields,
-            "model_name": self.model_name,
-            "model_version": self.model_version,
-            "api": self.api,
-            "logged_at": self.logged_at,
-        }
 
 
 def live_rows(
@@ -160,17 +137,14 @@ def _time(value: Any) -> datetime | None:
 
 def insert_once(table, dialect: str):
     """An insert that skips a row whose (task, row_key) is stored already."""
-    if dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    elif dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
+    statement = insert_skipping_conflicts(table, dialect, ["task", "row_key"])
+    if statement is None:
         raise ValueError(
             f"serve.store_inputs stores each row once through SQLite's or PostgreSQL's "
             f"ON CONFLICT DO NOTHING; the prediction log is {dialect} (set "
             "serve.store_inputs: false, or point serve.prediction_log at one of them)"
         )
-    return insert(table).on_conflict_do_nothing(index_elements=["task", "row_key"])
+    return statement
 
 
 class LiveInputLog(PredictionLog):

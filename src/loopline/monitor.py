@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from loopline.predlog import insert_skipping_conflicts
 from loopline.reference import EVENT_TIME, Column, ReferenceProfile
 
 log = logging.getLogger(__name__)
@@ -311,10 +312,8 @@ class MonitoringStore:
         if not rows:
             return 0
         dialect = self.engine.dialect.name
-        if dialect in ("sqlite", "postgresql"):
-            module = __import__(f"sqlalchemy.dialects.{dialect}", fromlist=["insert"])
-            statement = module.insert(self.table).on_conflict_do_nothing()
-        else:
+        statement = insert_skipping_conflicts(self.table, dialect)
+        if statement is None:  # another database: a repeated window fails on the unique key
             statement = self.table.insert()
 
         def write():

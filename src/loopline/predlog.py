@@ -22,7 +22,7 @@ import queue
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
@@ -35,6 +35,15 @@ log = logging.getLogger(__name__)
 
 # A spool line: one record per line, numpy scalars as numbers.
 _SPOOL_OPTIONS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+
+
+def json_line(value: Any) -> bytes:
+    """`value` as one line of JSON (a spool line, an NDJSON answer), UTF-8."""
+    try:
+        return orjson.dumps(value, default=str, option=_SPOOL_OPTIONS)
+    except TypeError:  # what orjson cannot write (an integer past 64 bits)
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+        return (text + "\n").encode()
 
 
 def json_text(value: Any) -> str:
@@ -64,8 +73,42 @@ def predictions_table(metadata):
     )
 
 
+class SpooledRecord:
+    """What a record of a `PredictionLog` (a dataclass) shares: its row for the table, and
+    its spool line (one JSON line) and back. `TIMES` names its datetime fields."""
+
+    TIMES: ClassVar[tuple[str, ...]] = ()
+
+    def row(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self._names()}
+
+    @classmethod
+    def _names(cls) -> tuple[str, ...]:
+        names = cls.__dict__.get("_field_names")
+        if names is None:  # once per class: `fields` on every record cost a hot path
+            names = tuple(f.name for f in fields(cls))
+            cls._field_names = names
+        return names
+
+    def spooled(self) -> str:
+        """The record as one JSON line (for the spool)."""
+        row = self.row()
+        for key in self.TIMES:
+            row[key] = row[key].isoformat() if row[key] is not None else None
+        return json_line(row).decode()
+
+    @classmethod
+    def from_spool(cls, line: str):
+        row = json.loads(line)  # (replay is rare; orjson would turn a huge integer to a float)
+        for key in cls.TIMES:
+            row[key] = datetime.fromisoformat(row[key]) if row[key] else None
+        return cls(**row)
+
+
 @dataclass
-class PredictionRecord:
+class PredictionRecord(SpooledRecord):
+    TIMES: ClassVar[tuple[str, ...]] = ("logged_at", "origin")
+
     model_name: str
     model_version: str
     api: str
@@ -76,35 +119,17 @@ class PredictionRecord:
     latency_ms: float | None = None
     logged_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
-    def spooled(self) -> str:
-        """The record as one JSON line (for the spool)."""
-        row = self.row()
-        for key in ("logged_at", "origin"):
-            row[key] = row[key].isoformat() if row[key] is not None else None
-        try:
-            return orjson.dumps(row, default=str, option=_SPOOL_OPTIONS).decode()
-        except TypeError:  # what orjson cannot write (an integer past 64 bits)
-            return json.dumps(row, separators=(",", ":"), default=str) + "\n"
 
-    @classmethod
-    def from_spool(cls, line: str) -> PredictionRecord:
-        row = json.loads(line)  # (replay is rare; orjson would turn a huge integer to a float)
-        for key in ("logged_at", "origin"):
-            row[key] = datetime.fromisoformat(row[key]) if row[key] else None
-        return cls(**row)
-
-    def row(self) -> dict[str, Any]:
-        return {
-            "logged_at": self.logged_at,
-            "model_name": self.model_name,
-            "model_version": self.model_version,
-            "api": self.api,
-            "key": self.key,
-            "origin": self.origin,
-            "inputs": self.inputs,
-            "output": self.output,
-            "latency_ms": self.latency_ms,
-        }
+def insert_skipping_conflicts(table, dialect: str, index_elements: list[str] | None = None):
+    """An insert that leaves a row whose unique key is stored already as it was (SQLite's
+    and PostgreSQL's ON CONFLICT DO NOTHING); None for another database."""
+    if dialect not in ("sqlite", "postgresql"):
+        return None
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:
+        from sqlalchemy.dialects.postgresql import insert
+    return insert(table).on_conflict_do_nothing(index_elements=index_elements)
 
 
 class PredictionLog:

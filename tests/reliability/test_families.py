@@ -25,22 +25,23 @@ def served(root):
     return patch
 
 
-@pytest.fixture(scope="module")
-def reviews_fuzzed(reviews_root):  # noqa: F811 - the imported fixture
-    patch = served(reviews_root)
+def fuzzed(root):
+    """The findings of the fuzz over the service serving `root`'s champion."""
+    patch = served(root)
     try:
         return fuzz(service_app())
     finally:
         patch.undo()
+
+
+@pytest.fixture(scope="module")
+def reviews_fuzzed(reviews_root):  # noqa: F811 - the imported fixture
+    return fuzzed(reviews_root)
 
 
 @pytest.fixture(scope="module")
 def digits_fuzzed(digits_root):  # noqa: F811 - the imported fixture
-    patch = served(digits_root)
-    try:
-        return fuzz(service_app())
-    finally:
-        patch.undo()
+    return fuzzed(digits_root)
 
 
 @pytest.fixture
