@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup run test test-fast lint format bench lock clean
+.PHONY: help setup browser run test test-fast lint format bench lock clean
 
 help: ## Show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
@@ -22,6 +22,16 @@ $(STAMP): requirements.lock pyproject.toml
 
 setup: $(STAMP) ## Create .venv with the locked dependencies
 
+# The operator page's browser tests drive Debian's Chromium through Playwright (Playwright's
+# own browser download is not used): installed here when missing, as root or with sudo.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+$(CHROMIUM):
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium \
+		|| { $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium; }
+
+browser: $(CHROMIUM) ## Install Debian's Chromium for the browser tests
+
 run: setup ## Run the offline flow on the default task (params.yaml)
 	$(BIN)/loopline run
 
@@ -29,7 +39,7 @@ run: setup ## Run the offline flow on the default task (params.yaml)
 # one worker (--dist loadscope), so its module-scoped fixtures run once.
 TEST_WORKERS ?= 2
 
-test: setup ## Run the test suite (in parallel; TEST_WORKERS=0: in this process)
+test: setup $(CHROMIUM) ## Run the test suite (in parallel; TEST_WORKERS=0: in this process)
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadscope
 
 test-fast: setup ## Tests without the end-to-end ones

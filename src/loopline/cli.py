@@ -610,6 +610,43 @@ def explain(
     typer.echo(json.dumps({**answer, "model": reference, "saliency_png": str(target)}))
 
 
+@app.command()
+def ui(
+    host: Annotated[str | None, typer.Option(help="Address to listen on (ui.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (ui.port).")] = None,
+    service: Annotated[
+        list[str] | None,
+        typer.Option("--service", help="A running service's URL to watch (repeatable)."),
+    ] = None,
+    project: ProjectOption = None,
+) -> None:
+    """The operator's web page: per registered model, the champion and services now, live
+    predictions, monitoring, the history, and promote or roll back with a diff. Reading
+    needs nothing; moves need LOOPLINE_UI_TOKEN (set it before starting)."""
+    import os
+
+    import uvicorn
+
+    from loopline.config import load_params
+    from loopline.ui.app import Project, create_app
+
+    paths = _paths(project)
+    try:
+        params = load_params(paths.params_file)
+    except LooplineError as error:
+        _fail(error)
+    settings = params.ui
+    token = os.environ.get("LOOPLINE_UI_TOKEN") or None
+    if token is not None and len(token) < 16:
+        _fail(LooplineError("LOOPLINE_UI_TOKEN must be 16 characters or more"))
+    services = [*settings.services, *(service or [])]
+    app = create_app(Project(params, paths, token, services))
+    host, port = host or settings.host, port or settings.port
+    actions = "on (token set)" if token else "off (set LOOPLINE_UI_TOKEN to allow them)"
+    console.print(f"[bold green]loopline ui[/] on http://{host}:{port} · actions {actions}")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
 def _move(
     project, model: str, version: str | None, reason: str, action: str, retry: bool = False
 ) -> None:

@@ -324,6 +324,24 @@ class MonitorParams(Section):
         return value
 
 
+class UiParams(Section):
+    """`loopline ui`: the operator's web page. Its token is `LOOPLINE_UI_TOKEN` in the
+    environment, never a key here: reading needs none, promote and rollback do."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8080
+    # Base URLs of the running services the page asks for their model, readiness and
+    # metrics (e.g. http://svc-a:3000); `loopline ui --service URL` adds more.
+    services: list[str] = []
+    # An MLflow UI serving this registry (e.g. http://mlflow:5000), for links to runs;
+    # unset: monitor reports are opened through the page itself.
+    mlflow_url: str | None = None
+    live_rows: Annotated[int, Field(ge=10, le=20_000)] = 500  # predictions the pictures read
+    poll_interval_s: Annotated[float, Field(gt=0)] = 0.5  # how often new predictions are sent
+    # A service that has not answered within this long is shown as not answering.
+    service_timeout_s: Annotated[float, Field(gt=0)] = 1.0
+
+
 def check_space(hyperparameters: type, space: dict[str, Dimension]) -> None:
     """The search space must name exactly the task's hyperparameters (a typed class with
     `axes()` and `choices(axis)`), and pick a `Literal` axis among its choices."""
@@ -357,6 +375,7 @@ SHARED_SECTIONS = (
     "serve",
     "schedule",
     "monitor",
+    "ui",
 )
 
 
@@ -381,6 +400,7 @@ class Params(Section):
     serve: ServeParams = ServeParams()
     schedule: ScheduleParams = ScheduleParams()
     monitor: MonitorParams = MonitorParams()
+    ui: UiParams = UiParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
     # The running task as discovered (set on each per-task subclass), the project folder it

@@ -25,6 +25,10 @@ class RegistryError(LooplineError):
     """A registry operation was refused (unknown model or version, bad alias)."""
 
 
+class ChampionMoved(RegistryError):
+    """A champion move was refused because another landed since the operator looked."""
+
+
 # Errors of the world outside, worth a retry: the network, a database that is briefly away.
 # A missing file or a refused permission stays missing on a retry: those fail at once.
 _PERMANENT_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)

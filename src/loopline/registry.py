@@ -30,7 +30,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from loopline.errors import RegistryError
+from loopline.errors import ChampionMoved, RegistryError
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -359,6 +359,8 @@ def move_champion(
     retry: bool = False,
     gate: dict[str, Any] | None = None,
     trigger: str | None = None,
+    expect: str | None = None,
+    via: str | None = None,
 ) -> dict[str, Any]:
     """Point `champion` at `version` and append the move to the history, atomically.
 
@@ -370,6 +372,10 @@ def move_champion(
     model or version, a refused one, or when there is nothing to roll back to. `gate` (the
     paired test that promoted it, when one did) and `trigger` (why the pipeline run that
     made it started, say a monitoring alarm) are written into the entry.
+
+    `expect`: the champion the operator saw when deciding (the web page sends it); if
+    another move landed since, raises `ChampionMoved` and moves nothing. `via`: where the
+    move was made (say "loopline ui"), kept in the entry.
     """
     from mlflow.exceptions import MlflowException
 
@@ -382,6 +388,12 @@ def move_champion(
         tags = _history_tags(mlflow_client, name)
         previous = champion_version(tracking_uri, name)
         current = str(previous.version) if previous is not None else None
+        if expect is not None and str(expect) != (current or ""):
+            raise ChampionMoved(
+                f"the champion of {name!r} is {f'v{current}' if current else 'none'} now, "
+                f"not v{expect} as you saw it: another move landed meanwhile (see the "
+                "history); look again and decide"
+            )
         skipped: list[dict[str, Any]] = []
         if action == "rollback":
             version, skipped = _rollback_target(mlflow_client, name, tags, current)
@@ -409,6 +421,8 @@ def move_champion(
             entry["gate"] = gate
         if trigger:
             entry["trigger"] = trigger
+        if via:
+            entry["via"] = via
         if str(version) == current:
             return {**entry, "noop": True}  # nothing moved: nothing to record
         if skipped:

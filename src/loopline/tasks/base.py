@@ -138,6 +138,22 @@ class NoOptions(FeatureOptions):
     """A task whose features need no settings beyond the spec's own fields."""
 
 
+@dataclass(frozen=True)
+class LivePicture:
+    """What the operator page draws of recent live predictions (`Task.live_picture`).
+
+    `frame` has a `time` column (UTC) and, for a picture of several series, a `key`
+    column. "lines": one line per other column (say the forecast and the measured value,
+    NaN until it arrives), over time. "mix": a `label` column, drawn as each label's share
+    of the predictions over time.
+    """
+
+    kind: Literal["lines", "mix"]
+    title: str
+    frame: pd.DataFrame
+    unit: str = ""
+
+
 class Task:
     """The contract every task implements; subclass it (or `RowTask`) and set the class
     attributes, then override the methods that raise NotImplementedError."""
@@ -381,6 +397,25 @@ class Task:
         """How long after a prediction's event time its truth is complete (a Timedelta), or
         None when it comes whenever people give it (labels)."""
         return None
+
+    def live_picture(
+        self, predictions: pd.DataFrame, rows: pd.DataFrame, spec: FeatureSpec
+    ) -> LivePicture | None:
+        """The picture of recent predictions on the operator page (`predictions`: the
+        log's `key`, `origin`, `output` and `time`; `rows`: the raw rows as in
+        `live_losses`). Default: the first `monitor_outputs` column, a mix of labels if it
+        holds text, else a line; None when the task watches no output."""
+        outputs = self.monitor_outputs(list(predictions["output"]), spec)
+        if outputs.columns.empty:
+            return None
+        column = outputs.columns[0]
+        frame = predictions[["time", "key"]].reset_index(drop=True)
+        values = outputs[column].reset_index(drop=True)
+        if values.dtype.kind in "fiub":
+            return LivePicture(
+                "lines", f"{column} of each prediction", frame.assign(**{column: values})
+            )
+        return LivePicture("mix", f"Share of each {column}", frame.assign(label=values.astype(str)))
 
     def quality_name(self, spec: FeatureSpec) -> str:
         return "mean_loss"

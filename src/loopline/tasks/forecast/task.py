@@ -30,7 +30,7 @@ from loopline.evaluate import evaluate_candidate, plot_per_step_rmse
 from loopline.features import FeatureSpec, fit_normalization
 from loopline.labeling import Examples, add_forecast_labels, make_windows, shifted_values
 from loopline.split import evaluation_view
-from loopline.tasks.base import FeatureOptions, Hyperparameters, Task
+from loopline.tasks.base import FeatureOptions, Hyperparameters, LivePicture, Task
 from loopline.tasks.forecast.arrays import WindowBatch, day_of_week, hour_of_day
 from loopline.tasks.forecast.serving import ForecastServing, serving_for, types_for
 from loopline.tasks.forecast.settings import (
@@ -421,6 +421,22 @@ class ForecastTask(Task):
             at = pd.MultiIndex.from_arrays([keys, origins + step * h])
             measured[:, h - 1] = truth.reindex(at).to_numpy(dtype=np.float64)
         return forecast, measured
+
+    def live_picture(self, predictions, rows, spec: FeatureSpec) -> LivePicture:
+        """Each series' next-step forecast against the reading measured then (NaN until
+        it arrives), at the time forecast."""
+        forecast, measured = self.joined(predictions, rows, spec)
+        at = pd.to_datetime(predictions["origin"], utc=True) + pd.Timedelta(spec.freq)
+        frame = pd.DataFrame(
+            {
+                "time": at.to_numpy(),
+                "key": predictions["key"].astype(str).to_numpy(),
+                "forecast": forecast[:, 0],
+                "measured": measured[:, 0],
+            }
+        )
+        title = f"{spec.target_column}: forecast one step ahead against measured"
+        return LivePicture("lines", title, frame.sort_values("time"), unit=spec.target_column)
 
     def monitor_forecasts(self, outputs, spec: FeatureSpec) -> np.ndarray:
         values = np.full((len(outputs), spec.horizon), np.nan)
