@@ -36,11 +36,12 @@ run: setup ## Run the offline flow on the default task (params.yaml)
 	$(BIN)/loopline run
 
 # Tests run on this many pytest-xdist workers (CI has two cores); a module's tests stay on
-# one worker (--dist loadscope), so its module-scoped fixtures run once.
+# one worker (--dist loadscope), so its module-scoped fixtures run once; modules start
+# heaviest first (tests/conftest.py), not in xdist's order of most tests first.
 TEST_WORKERS ?= 2
 
 test: setup $(CHROMIUM) ## Run the test suite (in parallel; TEST_WORKERS=0: in this process)
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadscope
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 test-fast: setup ## Tests without the end-to-end ones
 	$(BIN)/pytest -m "not e2e"

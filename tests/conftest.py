@@ -42,6 +42,40 @@ def pytest_configure(config) -> None:
         os.environ["OMP_NUM_THREADS"] = "1"
 
 
+# Seconds each slow module took (`pytest --durations`, 2 workers, 2026-11-30). Modules run
+# heaviest first (`make test` passes --no-loadscope-reorder): xdist's own order puts modules
+# with many quick tests first, which left one worker running a two-minute module alone at
+# the end of the suite while the other sat idle.
+MODULE_SECONDS = {
+    "tests/pipelines/test_schedule.py": 260,
+    "tests/e2e/test_close_the_loop.py": 210,
+    "tests/pipelines/test_resume.py": 170,
+    "tests/e2e/test_init_custom.py": 150,
+    "tests/e2e/test_tabular_family.py": 135,
+    "tests/pipelines/test_offline_flow.py": 110,
+    "tests/e2e/test_make_run.py": 105,
+    "tests/e2e/test_text_family.py": 90,
+    "tests/ui/test_operator_page.py": 90,
+    "tests/serving/test_rollback_promote.py": 80,
+    "tests/serving/test_live_service.py": 65,
+    "tests/e2e/test_forecast_family.py": 55,
+    "tests/pipelines/test_digits_flow.py": 55,
+    "tests/serving/test_service_api.py": 50,
+    "tests/serving/test_operator_api.py": 45,
+    "tests/pipelines/test_reviews_flow.py": 42,
+    "tests/serving/test_reviews_service.py": 40,
+    "tests/reliability/test_families.py": 40,
+    "tests/pipelines/test_tuning_dask.py": 35,
+    "tests/serving/test_digits_service.py": 30,
+    "tests/reliability/test_solar_service.py": 28,
+}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Heaviest modules first (a stable sort: tests keep their order within a module)."""
+    items.sort(key=lambda item: -MODULE_SECONDS.get(item.nodeid.split("::")[0], 0))
+
+
 def stop(process, sig: int) -> None:
     """Ask a started process to stop with `sig`; kill it if it has not within 30 s."""
     import subprocess
