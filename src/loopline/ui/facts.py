@@ -394,14 +394,16 @@ def health_panel(engine: Any, name: str, limit: int = 5000) -> dict[str, Any]:
         if not inspect(engine).has_table("monitoring"):
             raise Missing("the monitor has not run yet: `loopline monitor` (or its schedule)")
         t = monitoring_table(MetaData())
+        wanted = ("signal", "model_version", "window_start", "statistic", "threshold")
         query = (
-            select(t)
+            select(*(t.c[c] for c in (*wanted, "alarm", "streak", "note")))
             .where(t.c.model_name == name, t.c.feature == SUMMARY)
             .order_by(t.c.window_start.desc())
             .limit(limit)
         )
         with engine.connect() as connection:
-            rows = pd.DataFrame([dict(r._mapping) for r in connection.execute(query)])
+            result = connection.execute(query)
+            rows = pd.DataFrame(result.fetchall(), columns=list(result.keys()))
     except Missing:
         raise
     except Exception as error:

@@ -414,12 +414,16 @@ class ForecastTask(Task):
         truth[group] = truth[group].astype(str)
         truth = truth.set_index([group, time])[target]
         truth = truth[~truth.index.duplicated(keep="last")]
-        origins = pd.to_datetime(predictions["origin"], utc=True)
+        truth.index = truth.index.set_levels(truth.index.levels[1].as_unit("ns"), level=1)
+        origins = pd.DatetimeIndex(pd.to_datetime(predictions["origin"], utc=True)).as_unit("ns")
         keys = predictions["key"].astype(str).to_numpy()
-        step = pd.Timedelta(spec.freq)
-        for h in range(1, spec.horizon + 1):
-            at = pd.MultiIndex.from_arrays([keys, origins + step * h])
-            measured[:, h - 1] = truth.reindex(at).to_numpy(dtype=np.float64)
+        steps = np.arange(1, spec.horizon + 1) * pd.Timedelta(spec.freq).to_timedelta64()
+        # Every (forecast, step) time at once: one lookup, not one per step of the horizon.
+        times = (origins.tz_convert(None).to_numpy()[:, None] + steps[None, :]).ravel()
+        at = pd.MultiIndex.from_arrays(
+            [np.repeat(keys, spec.horizon), pd.DatetimeIndex(times).tz_localize("UTC")]
+        )
+        measured = truth.reindex(at).to_numpy(dtype=np.float64).reshape(len(keys), -1)
         return forecast, measured
 
     def live_picture(self, predictions, rows, spec: FeatureSpec) -> LivePicture:
