@@ -628,8 +628,10 @@ def ui(
     import uvicorn
 
     from loopline.config import load_params
+    from loopline.online import use_service_deadlines
     from loopline.ui.app import Project, create_app
 
+    use_service_deadlines()  # a registry that is down: a panel says so in seconds, not minutes
     paths = _paths(project)
     try:
         params = load_params(paths.params_file)

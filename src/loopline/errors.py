@@ -25,6 +25,10 @@ class RegistryError(LooplineError):
     """A registry operation was refused (unknown model or version, bad alias)."""
 
 
+class RegistryUnreachable(RegistryError):
+    """The registry did not answer (a server down, a network away): nothing was changed."""
+
+
 class ChampionMoved(RegistryError):
     """A champion move was refused because another landed since the operator looked."""
 

@@ -30,7 +30,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from loopline.errors import ChampionMoved, RegistryError
+from loopline.errors import ChampionMoved, RegistryError, RegistryUnreachable
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -382,8 +382,13 @@ def move_champion(
     mlflow_client = client(tracking_uri)
     try:
         mlflow_client.get_registered_model(name)
-    except MlflowException:
-        raise RegistryError(f"no registered model {name!r} in {tracking_uri}") from None
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise RegistryError(f"no registered model {name!r} in {tracking_uri}") from None
+        first = str(error).splitlines()[0][:300]
+        raise RegistryUnreachable(
+            f"the registry at {tracking_uri} did not answer; nothing moved: {first}"
+        ) from None
     with champion_lock(tracking_uri, name):
         tags = _history_tags(mlflow_client, name)
         previous = champion_version(tracking_uri, name)

@@ -89,3 +89,23 @@ def test_reads_say_what_is_missing(client):
     assert page.status_code == 200 and "<img src=x" not in page.text
     assert "&lt;img src=x onerror=alert(1)&gt;" in page.text
     assert "script-src 'self'" in page.headers["content-security-policy"]
+
+
+def test_a_registry_that_is_down_is_named_and_the_page_still_loads(served_project, monkeypatch):
+    from loopline.health import free_port
+    from loopline.online import use_service_deadlines
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", dead)
+    for key, value in use_service_deadlines({}).items():
+        monkeypatch.setenv(key, value)
+    paths = ProjectPaths.at(served_project)
+    project = Project(load_params(paths.params_file), paths, TOKEN, services=[])
+    with TestClient(create_app(project)) as test_client:
+        for panel in ("now", "history"):
+            said = test_client.get(f"/api/models/solar/{panel}").json()["missing"]
+            assert f"the registry at {dead} did not answer" in said, said
+        assert test_client.get("/models/solar").status_code == 200
+        moved = test_client.post(MOVES, json=rollback(), headers=BEARER)
+        assert moved.status_code == 503, moved.text
+        assert f"the registry at {dead} did not answer; nothing moved" in moved.json()["detail"]

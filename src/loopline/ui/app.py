@@ -27,7 +27,7 @@ from pydantic import BaseModel, Field
 from sse_starlette.sse import EventSourceResponse
 
 from loopline import registry
-from loopline.errors import ChampionMoved, LooplineError
+from loopline.errors import ChampionMoved, LooplineError, RegistryUnreachable
 from loopline.redaction import redact
 from loopline.ui import facts
 from loopline.ui.services import Watcher
@@ -349,6 +349,8 @@ def _actions(app: FastAPI) -> None:
             )
         except ChampionMoved as error:
             raise HTTPException(409, str(error)) from None
+        except RegistryUnreachable as error:
+            raise HTTPException(503, redact(error)) from None
         except LooplineError as error:
             raise HTTPException(400, redact(error)) from None
         return entry
