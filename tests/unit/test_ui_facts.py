@@ -101,3 +101,34 @@ def test_monitor_windows_become_ratio_series_with_their_alarms():
     assert quality["ratio"] == [0.5, 1.5] and quality["alarm"] == [False, True]
     assert [a["signal"] for a in panel["alarms"]] == ["live_quality"]
     assert panel["last_window"].startswith("2026-01-03")
+
+
+def test_a_classifier_draws_its_label_mix_and_error_rate_where_people_labelled():
+    from loopline.config import parse_params
+
+    params = parse_params({"task": "reviews"})
+    task = params.plugin
+    times = pd.to_datetime(["2026-01-01T00:00Z", "2026-01-01T01:00Z", "2026-01-02T00:00Z"])
+    predictions = pd.DataFrame(
+        {
+            "key": ["r1", "r2", "r3"],
+            "origin": [None] * 3,
+            "output": [{"label": "positive"}, {"label": "negative"}, {"label": "positive"}],
+            "time": times,
+        }
+    )
+    picture = task.live_picture(predictions, pd.DataFrame(), None)
+    assert picture.kind == "mix"
+    assert list(picture.frame["label"]) == ["positive", "negative", "positive"]
+    drawn = facts._picture_json([picture])  # one mix of every review, not one per review
+    assert list(drawn["keys"]) == [""] and drawn["keys"][""]["counts"] == {
+        "negative": 1,
+        "positive": 2,
+    }
+    labels = pd.DataFrame({"id": ["r1", "r3"], "label": [1, 0]})  # r3 labelled otherwise
+    losses = task.live_losses(predictions, pd.DataFrame(), labels, None)
+    quality = facts._quality_json(
+        task, pd.DataFrame({"time": times, "loss": losses}), task.quality_name(None)
+    )
+    assert quality["name"] == "error_rate" and quality["known"] == 2
+    assert quality["values"] == [0.0, 1.0] and quality["rows"] == [1, 1]

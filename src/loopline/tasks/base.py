@@ -409,7 +409,8 @@ class Task:
         if outputs.columns.empty:
             return None
         column = outputs.columns[0]
-        frame = predictions[["time", "key"]].reset_index(drop=True)
+        # No `key`: a classifier's keys are its items' ids, one picture of them all.
+        frame = predictions[["time"]].reset_index(drop=True)
         values = outputs[column].reset_index(drop=True)
         if values.dtype.kind in "fiub":
             return LivePicture(
