@@ -42,7 +42,7 @@ from loopline.online import (
 from loopline.paths import ProjectPaths, find_project_root
 from loopline.predlog import PredictionLog, PredictionRecord
 from loopline.redaction import redact
-from loopline.serving_adapter import Answer, Refused, Serving
+from loopline.serving_adapter import Answer, Serving, answer_items
 
 log = logging.getLogger("loopline.serving")
 
@@ -417,7 +417,7 @@ class ChampionService:
         Items already `Refused` (by a stream's state) are answered here, in place, without
         the adapter."""
         started = time.perf_counter()
-        answers = _answer_refused(items, call, model)
+        answers = answer_items(items, call, model)
         seconds = time.perf_counter() - started
         refused = self.metrics["refused"]
         for rule in (rule for a in answers for rule in a.refused):
@@ -455,15 +455,6 @@ class ChampionService:
                 self.inputs.put_many(live_rows(self.task, rows, model.name, model.version, api))
         except Exception:
             log.exception("live inputs: the rows of %d answers not stored", len(answered))
-
-
-def _answer_refused(items: list[Any], call, model: LoadedModel) -> list[Answer]:
-    """`call`'s answers for the items, with `Refused` ones answered by their own error."""
-    if not any(isinstance(item, Refused) for item in items):
-        return call(model, items)
-    asked = [item for item in items if not isinstance(item, Refused)]
-    answered = iter(call(model, asked) if asked else [])
-    return [item.answer if isinstance(item, Refused) else next(answered) for item in items]
 
 
 class LineTimeout(Exception):
@@ -513,12 +504,3 @@ def now() -> str:
 
 def _label(model: LoadedModel | None) -> str:
     return f"v{model.version}" if model else "nothing"
-
-
-def describe_validation(error) -> str:
-    """A pydantic ValidationError as one line naming each bad field."""
-    problems = []
-    for item in error.errors(include_url=False):
-        where = ".".join(str(p) for p in item["loc"])
-        problems.append(f"{where}: {item['msg']}" if where else item["msg"])
-    return "; ".join(problems)

@@ -54,7 +54,15 @@ from loopline.redaction import (
     remember_url_secrets,
     without_paths,
 )
-from loopline.serving_adapter import Answer, BadInput, Explaining, FileInput, Serving, StreamState
+from loopline.serving_adapter import (
+    Answer,
+    BadInput,
+    Explaining,
+    FileInput,
+    Serving,
+    StreamState,
+    describe_validation,
+)
 from serving.asgi import (
     AUTHENTICATED,
     OPEN_PATHS,
@@ -68,7 +76,6 @@ from serving.champion import (
     ChampionService,
     LineTimeout,
     boot_params,
-    describe_validation,
     ndjson_batches,
     use_own_metrics_folder,
 )

@@ -649,6 +649,61 @@ def ui(
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
+@app.command()
+def consume(
+    stream: Annotated[str | None, typer.Option(help="Input stream (consume.stream).")] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            help="This consumer's name in the group (default: the host's name); "
+            "a restarted consumer answers what it left unacknowledged first."
+        ),
+    ] = None,
+    idle_exit: Annotated[
+        float | None,
+        typer.Option("--idle-exit", help="Stop after this many seconds without a message."),
+    ] = None,
+    project: ProjectOption = None,
+) -> None:
+    """Answer a Redis stream's messages (one JSON stream line each, as `/stream` takes)
+    with the champion, one answer per message in `<stream>:answers`, malformed ones in
+    `<stream>:dead`; exactly once across crashes and restarts."""
+    import signal
+    import socket
+    import threading
+    import time
+
+    from loopline.config import load_params
+    from loopline.consume import open_consumer
+    from loopline.online import use_service_deadlines
+
+    use_service_deadlines()
+    paths = _paths(project)
+    try:
+        params = load_params(paths.params_file, [f"consume.stream={stream}"] if stream else [])
+        consumer, champion = open_consumer(params, paths, name or socket.gethostname())
+    except (LooplineError, ValueError) as error:
+        _fail(error)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    settings = params.consume
+    console.print(f"[bold green]consuming[/] {settings.stream} as {consumer.source.consumer}")
+    started = last_seen = last_print = time.monotonic()
+    while not stop.is_set():
+        consumer.use(champion.current(params.serve.poll_interval_s))
+        consumer.wait_for_room()
+        if consumer.step():
+            last_seen = time.monotonic()
+        elif idle_exit is not None and time.monotonic() - last_seen > idle_exit:
+            break
+        if time.monotonic() - last_print > 5:
+            last_print = time.monotonic()
+            rate = consumer.counts["messages"] / (last_print - started)
+            console.print(f"  {consumer.counts} · {rate:,.0f} messages/s")
+    consumer.ledger.close()
+    typer.echo(json.dumps(consumer.counts))
+
+
 def _move(
     project, model: str, version: str | None, reason: str, action: str, retry: bool = False
 ) -> None:

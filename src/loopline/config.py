@@ -342,6 +342,30 @@ class UiParams(Section):
     service_timeout_s: Annotated[float, Field(gt=0)] = 1.0
 
 
+class ConsumeParams(Section):
+    """`loopline consume`: answers from a broker's stream instead of HTTP (Redis Streams).
+
+    One consumer per input stream keeps per-key state right (a forecaster's window per
+    site); more consumers of the same group are for failover: one that dies leaves its
+    messages pending, and another claims them after `claim_idle_s`."""
+
+    url: str = "redis://127.0.0.1:6379/0"  # LOOPLINE_CONSUME_URL wins (it may hold a password)
+    stream: str = "readings"  # the input stream; each message's `data` field is one JSON line
+    group: str = "loopline"
+    output: str | None = None  # answers go here; default `<stream>:answers`
+    dead_letter: str | None = None  # malformed messages and why; default `<stream>:dead`
+    batch: Annotated[int, Field(ge=1, le=10_000)] = 500  # messages read (and in flight) at once
+    block_ms: Annotated[int, Field(ge=0)] = 1000  # how long a read waits for new messages
+    # A message another consumer took and left unacknowledged this long is claimed.
+    claim_idle_s: Annotated[float, Field(gt=0)] = 30.0
+    # Back-pressure: reading pauses while the output stream holds more than this many
+    # answers (nobody is reading them); 0: no limit.
+    max_output_length: Annotated[int, Field(ge=0)] = 1_000_000
+    # On start, the per-key state is refilled from this many stored rows (the newest),
+    # so a restarted consumer forecasts at once instead of waiting for new windows.
+    warm_rows: Annotated[int, Field(ge=0)] = 5000
+
+
 def check_space(hyperparameters: type, space: dict[str, Dimension]) -> None:
     """The search space must name exactly the task's hyperparameters (a typed class with
     `axes()` and `choices(axis)`), and pick a `Literal` axis among its choices."""
@@ -376,6 +400,7 @@ SHARED_SECTIONS = (
     "schedule",
     "monitor",
     "ui",
+    "consume",
 )
 
 
@@ -401,6 +426,7 @@ class Params(Section):
     schedule: ScheduleParams = ScheduleParams()
     monitor: MonitorParams = MonitorParams()
     ui: UiParams = UiParams()
+    consume: ConsumeParams = ConsumeParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
     # The running task as discovered (set on each per-task subclass), the project folder it

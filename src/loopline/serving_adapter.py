@@ -72,6 +72,25 @@ class Refused:
     answer: Answer
 
 
+def answer_items(items: list[Any], call: Callable, model: LoadedModel) -> list[Answer]:
+    """`call`'s answers (the adapter's `predict` or `explain`) for the items, with `Refused`
+    ones answered by their own error, in order."""
+    if not any(isinstance(item, Refused) for item in items):
+        return call(model, items)
+    asked = [item for item in items if not isinstance(item, Refused)]
+    answered = iter(call(model, asked) if asked else [])
+    return [item.answer if isinstance(item, Refused) else next(answered) for item in items]
+
+
+def describe_validation(error: Any) -> str:
+    """A pydantic ValidationError as one line naming each bad field."""
+    problems = []
+    for item in error.errors(include_url=False):
+        where = ".".join(str(p) for p in item["loc"])
+        problems.append(f"{where}: {item['msg']}" if where else item["msg"])
+    return "; ".join(problems)
+
+
 def refusal(broken: list[Broken], where: str = "", named: dict[str, Any] | None = None) -> Answer:
     """The error answer of an item whose row(s) broke the data contract: each rule named
     with its column and value (`where` says which row of the item, say `readings[3]`)."""

@@ -112,7 +112,7 @@ def solar_serving(sites: list[str]):
 
 
 def test_a_bad_reading_of_one_site_leaves_the_other_sites_forecasts_of_the_chunk(champion):
-    from serving.champion import _answer_refused
+    from loopline.serving_adapter import answer_items
 
     model = two_site_model(champion)
     serving = solar_serving(["sand_point"])
@@ -127,7 +127,7 @@ def test_a_bad_reading_of_one_site_leaves_the_other_sites_forecasts_of_the_chunk
                 reading["ghi"] = -1e6
             item = serving.StreamLine.model_validate(reading)
             ready += [item for _, item in state.push(line, item)[0]]
-    answers = _answer_refused(ready, serving.predict, model)
+    answers = answer_items(ready, serving.predict, model)
     forecasts = [a.response["site_id"] for a in answers if not a.error]
     errors = [a.response for a in answers if a.error]
     assert forecasts == [
