@@ -48,6 +48,7 @@ def pytest_configure(config) -> None:
 # the end of the suite while the other sat idle.
 MODULE_SECONDS = {
     "tests/pipelines/test_schedule.py": 260,
+    "tests/serving/test_consumer.py": 220,
     "tests/e2e/test_close_the_loop.py": 210,
     "tests/pipelines/test_resume.py": 170,
     "tests/e2e/test_init_custom.py": 150,
