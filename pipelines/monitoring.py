@@ -20,6 +20,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.deployments import run_deployment
 
 from loopline.config import load_params
+from loopline.deploy import decide
 from loopline.errors import is_transient
 from loopline.monitor import monitor_project, request_retrain
 from loopline.paths import ProjectPaths
@@ -46,6 +47,17 @@ def monitor_pass(
     result, run_id = monitor_project(params, paths, model)
     decision = request_retrain(params, paths, result) if retrain else None
     return {**summary(result, run_id), "retrain": asdict(decision) if decision else None}
+
+
+@task(name="deploy-policy", cache_policy=NO_CACHE)
+def deploy_policy(root: str, overrides: list[str] | None) -> dict[str, Any] | None:
+    """Judge a running shadow or canary deployment, and promote or end it (`deploy:`)."""
+    paths = ProjectPaths.at(root)
+    decided = decide(load_params(paths.params_file, overrides), paths)
+    if decided is None:
+        return None
+    deployment, verdict, entry = decided
+    return {"deployment": asdict(deployment), "verdict": asdict(verdict), "entry": entry}
 
 
 @task(name="start-retrain", cache_policy=NO_CACHE)
@@ -87,7 +99,9 @@ def monitoring_flow(
 ) -> dict[str, Any]:
     """One monitoring pass of the project at `root`; returns its summary. With `retrain`,
     an alarm starts the offline deployment (see the module's docstring)."""
+    delivered = deploy_policy(root, overrides)  # first: a failed pass must not hold it up
     passed = monitor_pass(root, overrides, model, retrain)
+    passed["deployment"] = delivered
     decision = passed["retrain"]
     if decision and decision["start"]:
         passed["retrain"]["flow_run_id"] = start_retrain(root, overrides, decision["reason"])

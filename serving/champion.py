@@ -18,16 +18,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 import bentoml
 from starlette.exceptions import HTTPException
 
-from loopline import registry
+from loopline import deploy, registry
 from loopline.config import Params, apply_overrides, load_params, parse_params, serve_env_overrides
+from loopline.deploy import Deployment
 from loopline.live import LiveInputLog, live_rows, spool_folder
 from loopline.online import (
     LoadedModel,
@@ -45,6 +49,10 @@ from loopline.redaction import redact
 from loopline.serving_adapter import Answer, Serving, answer_items
 
 log = logging.getLogger("loopline.serving")
+
+# Roles whose error answers are logged while a challenger is deployed (`loopline.deploy`).
+DEPLOYED_ROLES = ("canary", "shadow", "control")
+MIRRORS_IN_FLIGHT = 64  # mirrored batches waiting or running; more are dropped
 
 # The task a service runs comes from here when set (`loopline serve` sets it to the task of
 # the model it serves), else from the project's params.yaml.
@@ -106,6 +114,11 @@ def service_metrics() -> dict[str, Any]:
             ),
             swaps=Counter("loopline_model_swaps", "Model loads by outcome", ["outcome"]),
             poll_errors=Counter("loopline_registry_poll_errors", "Failed alias polls"),
+            mirrors_dropped=Counter(
+                "loopline_mirrors_dropped",
+                "Mirrored batches (shadow, control) dropped: the mirror thread was behind",
+                ["role"],
+            ),
             predictions=Counter("loopline_predictions", "Predictions served", ["api", "version"]),
             stream_errors=Counter("loopline_stream_errors", "Rejected stream lines", ["kind"]),
             refused=Counter(
@@ -198,6 +211,14 @@ class ChampionService:
             else None
         )
         self._poller: asyncio.Task | None = None
+        # A challenger deployed beside the champion (`loopline deploy`), read at each poll.
+        self.deployment: Deployment | None = None
+        self.challenger: LoadedModel | None = None
+        self.challenger_error: dict[str, Any] | None = None
+        # Mirrored batches run on one thread, off the response path; past the bound they are
+        # dropped (counted) rather than queued behind answers.
+        self._mirror_pool = ThreadPoolExecutor(1, thread_name_prefix="mirror")
+        self._mirrors = threading.BoundedSemaphore(MIRRORS_IN_FLIGHT)
 
     # ------------------------------------------------------------------ model lifecycle
 
@@ -252,6 +273,35 @@ class ChampionService:
             self._champion_refused(version, f"{self.model_name} v{version} was refused: {error}")
             return
         self._swap(loaded)
+
+    def refresh_deployment(self) -> None:
+        """Follow the registry's deployment: load a new challenger (checked as a champion
+        is; one that fails is marked refused and the champion answers everything), or
+        drop the ended one."""
+        try:
+            found = deploy.current(self.tracking_uri, self.model_name)
+        except Exception as error:  # the registry may be away: keep what is deployed
+            log.debug("deployment not read: %s", error)
+            return
+        if found is None or found != self.deployment:
+            self.deployment, self.challenger = None, None
+        if found is None or self.challenger is not None:
+            return
+        if (self.challenger_error or {}).get("deployment") == found.id:
+            return  # this deployment's challenger failed already
+        try:
+            version = registry.client(self.tracking_uri).get_model_version(
+                self.model_name, found.version
+            )
+            challenger = self._load(version)
+        except Exception as error:
+            self.challenger_error = {"deployment": found.id, "error": str(error), "at": now()}
+            log.error("challenger v%s not deployed: %s", found.version, error)
+            if isinstance(error, ModelLoadError) and not isinstance(error, ModelDownloadError):
+                self._mark_refused(found.version, f"as a {found.mode} challenger: {error}")
+            return
+        self.challenger, self.deployment, self.challenger_error = challenger, found, None
+        log.warning("%s challenger v%s beside the champion", found.mode, found.version)
 
     def refresh_monitoring(self) -> None:
         """Set the monitor gauges from the monitoring table's latest rows (none yet: none)."""
@@ -342,6 +392,7 @@ class ChampionService:
                     await asyncio.to_thread(self.refresh)
                 except Exception:  # never let one bad poll stop the watching
                     log.exception("alias poll crashed")
+                await asyncio.to_thread(self.refresh_deployment)
                 await asyncio.to_thread(self.refresh_monitoring)
 
         self._poller = asyncio.create_task(poll())
@@ -400,6 +451,10 @@ class ChampionService:
             "last_swap_error": self.last_swap_error,
             "last_poll_error": self.last_poll_error,
             "registry_deadlines": self.registry_deadlines,
+            "deployment": (
+                {**asdict(self.deployment), "loaded": True} if self.challenger else None
+            ),
+            "challenger_error": self.challenger_error,
             "prediction_log": self.predictions.stats(),
             "live_inputs": self.inputs.stats() if self.inputs is not None else None,
         }
@@ -415,16 +470,88 @@ class ChampionService:
         answered (error answers are not predictions), store the input rows it answered
         (`serve.store_inputs`), and count each item refused by the data contract per rule.
         Items already `Refused` (by a stream's state) are answered here, in place, without
-        the adapter."""
+        the adapter.
+
+        With a challenger deployed, predictions are also mirrored to it (shadow) or a
+        canary's share of keys is answered by it, the champion answering those items off
+        the response path (control); a challenger that fails answers nothing: the champion
+        does."""
+        deployment, challenger = self.deployment, self.challenger
+        if challenger is None or call != self.serving.predict or model is not self.model:
+            return self._answer(api, model, items, call)
+        if deployment.mode == "shadow":
+            answers = self._answer(api, model, items, call, "champion")
+            self._mirror(api, challenger, items, call, "shadow")
+            return answers
+        chosen = [deployment.routes(self.serving.route_key(item)) for item in items]
+        if not any(chosen):
+            return self._answer(api, model, items, call, "champion")
+        mine = [item for item, c in zip(items, chosen, strict=True) if not c]
+        theirs = [item for item, c in zip(items, chosen, strict=True) if c]
+        try:
+            canary = self._answer(api, challenger, theirs, call, "canary")
+        except Exception as error:  # no request fails because of the challenger
+            log.error(
+                "canary v%s failed a batch; the champion answered: %s", challenger.version, error
+            )
+            self._log_failure(api, challenger, theirs, "canary", error)
+            return self._answer(api, model, items, call, "champion")
+        self._mirror(api, model, theirs, call, "control")
+        answered = iter(self._answer(api, model, mine, call, "champion") if mine else [])
+        from_canary = iter(canary)
+        return [next(from_canary) if c else next(answered) for c in chosen]
+
+    def _mirror(self, api: str, model: LoadedModel, items: list[Any], call, role: str) -> None:
+        """Answer `items` with `model` on the mirror thread, logging them as `role`."""
+        if not self._mirrors.acquire(blocking=False):
+            self.metrics["mirrors_dropped"].labels(role).inc()
+            return
+
+        def run() -> None:
+            try:
+                self._answer(api, model, items, call, role)
+            except Exception as error:
+                self._log_failure(api, model, items, role, error)
+            finally:
+                self._mirrors.release()
+
+        self._mirror_pool.submit(run)
+
+    def _log_failure(
+        self, api: str, model: LoadedModel, items: list[Any], role: str, error
+    ) -> None:
+        """A challenger-side batch that failed as a whole: one error record per item (the
+        deployment policy counts them)."""
+        message = redact(str(error))[:500]
+        self.predictions.put_many(
+            [
+                PredictionRecord(
+                    model.name,
+                    model.version,
+                    api,
+                    self.serving.route_key(item),
+                    None,
+                    None,
+                    {"error": message},
+                    None,
+                    role=role,
+                )
+                for item in items
+            ]
+        )
+
+    def _answer(self, api: str, model: LoadedModel, items: list[Any], call, role=None):
         started = time.perf_counter()
         answers = answer_items(items, call, model)
         seconds = time.perf_counter() - started
         refused = self.metrics["refused"]
         for rule in (rule for a in answers for rule in a.refused):
             refused.labels(rule).inc()
-        answered = [a for a in answers if not a.error]
-        if answered:
-            per_item = seconds * 1000 / len(answered)
+        # While a challenger is deployed its side's error answers are logged too: the
+        # policy compares error rates.
+        logged = [a for a in answers if not a.error or role in DEPLOYED_ROLES]
+        if logged:
+            per_item = seconds * 1000 / len(logged)
             records = [
                 PredictionRecord(
                     model_name=model.name,
@@ -433,16 +560,19 @@ class ChampionService:
                     key=a.key,
                     origin=a.origin,
                     inputs=a.inputs,
-                    output=a.output,
+                    output=a.output if not a.error else {"error": a.response.get("error")},
                     latency_ms=per_item,
+                    role=role,
                 )
-                for a in answered
+                for a in logged
             ]
             self.predictions.put_many(records)  # one spool write per batch
+        answered = [a for a in answers if not a.error]
+        if answered and role not in ("shadow", "control"):  # rows stored once, by the answer
             if self.inputs is not None:
                 self._store_inputs(api, model, answered)
-            self.metrics["predictions"].labels(api, model.version).inc(len(records))
-            self.metrics["batch_size"].labels(api).observe(len(records))
+            self.metrics["predictions"].labels(api, model.version).inc(len(answered))
+            self.metrics["batch_size"].labels(api).observe(len(answered))
             self.metrics["latency"].labels(api).observe(seconds)
             self.metrics["log_dropped"].set(self.predictions.dropped)
         return answers

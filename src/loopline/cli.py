@@ -439,6 +439,7 @@ def monitor(
         summary = monitoring_flow(root=str(paths.root), overrides=overrides, model=model)
     except LooplineError as error:
         _fail(error)
+    _print_deployment(summary.get("deployment"))
     for note in summary["notes"]:
         console.print(f"[yellow]note:[/] {note}")
     for alarm in summary["alarms"]:
@@ -453,6 +454,81 @@ def monitor(
     typer.echo(json.dumps(summary, default=str))
     if summary["alarm"]:
         raise typer.Exit(code=3)
+
+
+def _print_deployment(decided: dict | None) -> None:
+    if not decided:
+        return
+    deployment, verdict = decided["deployment"], decided["verdict"]
+    colour = {"promote": "green", "rollback": "red"}.get(verdict["decision"], "yellow")
+    console.print(
+        f"[bold {colour}]{deployment['mode']} v{deployment['version']}: "
+        f"{verdict['decision']}[/] ({verdict['reason']})"
+    )
+
+
+@app.command("deploy")
+def deploy_command(
+    model: Annotated[str | None, typer.Argument(help="Registered model (default: served).")] = None,
+    version: Annotated[str | None, typer.Argument(help="The challenger version.")] = None,
+    shadow: Annotated[
+        bool, typer.Option("--shadow", help="Mirror traffic to it; answers logged, not returned.")
+    ] = False,
+    canary: Annotated[
+        float | None, typer.Option("--canary", help="Send this percent of keys to it (sticky).")
+    ] = None,
+    status: Annotated[bool, typer.Option("--status", help="The live comparison now.")] = False,
+    decide: Annotated[bool, typer.Option("--decide", help="Run the policy now.")] = False,
+    end: Annotated[bool, typer.Option("--end", help="End it; the champion stays.")] = False,
+    reason: Annotated[str, typer.Option(help="Why (kept in the history).")] = "",
+    project: ProjectOption = None,
+) -> None:
+    """Deploy a challenger beside the champion (--shadow or --canary PCT), see how it does
+    (--status), let the policy decide now (--decide; `loopline monitor` does it too), or
+    end it (--end). Services follow within their poll interval."""
+    from loopline import deploy
+    from loopline.config import load_params
+
+    paths = _paths(project)
+    try:
+        params = load_params(paths.params_file)
+        name = model or params.served_model
+        uri = paths.tracking_uri()
+        if version is not None:
+            if shadow == (canary is not None):
+                raise LooplineError("choose one of --shadow or --canary PCT")
+            mode = "shadow" if shadow else "canary"
+            made = deploy.start(uri, name, version, mode, canary or 100.0, reason)
+            console.print(f"[bold green]{name} v{version}[/] deployed: {mode} ({made.share:g}%)")
+            typer.echo(made.to_json())
+            return
+        running = deploy.current(uri, name)
+        if end:
+            if running is None:
+                raise LooplineError(f"{name!r} has no deployment running")
+            typer.echo(
+                json.dumps(
+                    deploy.end(uri, name, running.id, "ended", reason or "ended by hand", {})
+                )
+            )
+            return
+        decided = deploy.decide(params, paths, act=decide)
+    except (LooplineError, ValueError) as error:
+        _fail(error)
+    if decided is None:
+        console.print(f"{name}: no deployment running")
+    else:
+        found, verdict, entry = decided
+        _print_deployment({"deployment": found.__dict__, "verdict": verdict.__dict__})
+        for key, value in verdict.statistics.items():
+            console.print(f"  {key}: {value}")
+    for entry in deploy.history(uri, name)[-10:]:
+        console.print(
+            f"  {entry['when'][:19]} {entry['mode']} v{entry['version']}: {entry['outcome']} "
+            f"({entry['why']})"
+        )
+    if decided is not None:
+        typer.echo(json.dumps({"verdict": decided[1].__dict__, "entry": decided[2]}, default=str))
 
 
 def _replay_rows(params, task, root, warmup: int, limit: int | None):

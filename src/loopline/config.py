@@ -342,6 +342,22 @@ class UiParams(Section):
     service_timeout_s: Annotated[float, Field(gt=0)] = 1.0
 
 
+class DeployParams(Section):
+    """The policy judging a shadow or canary challenger (`loopline deploy`), run by
+    `loopline monitor` and its schedule, or `loopline deploy --decide`."""
+
+    # Paired answers (both models on the same item) before errors and latency are judged,
+    # and pairs with known truth before quality is.
+    min_observations: Positive = 100
+    # Pairs with truth after which "no significant difference" ends it (the champion stays).
+    max_observations: Positive = 5000
+    alpha: Annotated[float, Field(gt=0, lt=0.5)] = 0.05  # each one-sided paired test's level
+    max_error_increase: Annotated[float, Field(ge=0, le=1)] = 0.01  # error rate over the champion's
+    max_latency_ratio: Annotated[float, Field(gt=1)] = 2.0  # p99 against the champion's
+    latency_floor_ms: Annotated[float, Field(ge=0)] = 5.0  # below this a p99 is not compared
+    agreement_tolerance: Annotated[float, Field(ge=0)] = 0.1  # numbers this close agree
+
+
 class ConsumeParams(Section):
     """`loopline consume`: answers from a broker's stream instead of HTTP (Redis Streams).
 
@@ -401,6 +417,7 @@ SHARED_SECTIONS = (
     "monitor",
     "ui",
     "consume",
+    "deploy",
 )
 
 
@@ -427,6 +444,7 @@ class Params(Section):
     monitor: MonitorParams = MonitorParams()
     ui: UiParams = UiParams()
     consume: ConsumeParams = ConsumeParams()
+    deploy: DeployParams = DeployParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
     # The running task as discovered (set on each per-task subclass), the project folder it

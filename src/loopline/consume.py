@@ -182,7 +182,7 @@ class Ledger:
         from sqlalchemy import MetaData, create_engine
 
         from loopline.live import insert_once, live_inputs_table
-        from loopline.predlog import predictions_table
+        from loopline.predlog import predictions_table, upgrade_predictions
 
         self.engine = create_engine(url, json_serializer=json_text, pool_pre_ping=True)
         metadata = MetaData()
@@ -190,6 +190,7 @@ class Ledger:
         self.predictions = predictions_table(metadata)
         self.inputs = live_inputs_table(metadata)
         metadata.create_all(self.engine)
+        upgrade_predictions(self.engine)
         self.source = source
         self.insert_rows = insert_once(self.inputs, self.engine.dialect.name)
 

@@ -162,6 +162,9 @@ class LiveInputLog(PredictionLog):
         self.skipped = 0
         super().__init__(url, **options)
 
+    def upgrade(self) -> None:
+        """Nothing yet: the table is as the first version made it."""
+
     def define(self, metadata):
         return live_inputs_table(metadata)
 

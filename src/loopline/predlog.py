@@ -70,7 +70,23 @@ def predictions_table(metadata):
         Column("inputs", JSON),  # the inputs' key fields
         Column("output", JSON, nullable=False),
         Column("latency_ms", Float),
+        # Who answered while a challenger is deployed: "champion", "shadow" (mirrored, not
+        # returned), "canary" (returned) or "control" (the champion on a canary's items,
+        # not returned); None before any deployment.
+        Column("role", String(20)),
     )
+
+
+def upgrade_predictions(engine) -> None:
+    """Add what later versions added to an existing `predictions` table (its `role`)."""
+    from sqlalchemy import inspect, text
+
+    inspector = inspect(engine)
+    if not inspector.has_table("predictions"):
+        return
+    if "role" not in {c["name"] for c in inspector.get_columns("predictions")}:
+        with engine.begin() as connection:
+            connection.execute(text("ALTER TABLE predictions ADD COLUMN role VARCHAR(20)"))
 
 
 class SpooledRecord:
@@ -118,6 +134,7 @@ class PredictionRecord(SpooledRecord):
     output: Any
     latency_ms: float | None = None
     logged_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    role: str | None = None
 
 
 def insert_skipping_conflicts(table, dialect: str, index_elements: list[str] | None = None):
@@ -161,6 +178,7 @@ class PredictionLog:
         metadata = MetaData()
         self.table = self.define(metadata)
         metadata.create_all(self.engine)
+        self.upgrade()
         self.insert = self.statement()
         self.queue: queue.Queue[PredictionRecord | None] = queue.Queue(maxsize=queue_size)
         self.written = 0
@@ -178,6 +196,10 @@ class PredictionLog:
     def define(self, metadata):
         """The table the records go to (created if absent)."""
         return predictions_table(metadata)
+
+    def upgrade(self) -> None:
+        """Bring a table an earlier version created up to `define`'s."""
+        upgrade_predictions(self.engine)
 
     def statement(self):
         """The statement each batch is written with (an executemany of `record.row()`s)."""
@@ -385,6 +407,7 @@ def read_predictions(url: str, limit: int | None = None) -> list[dict[str, Any]]
 
     engine = create_engine(url)
     try:
+        upgrade_predictions(engine)
         table = predictions_table(MetaData())
         query = select(table).order_by(table.c.id)
         if limit:

@@ -202,6 +202,12 @@ class Serving:
         """What a request must hold for this model (merged into `/metadata`'s model)."""
         return {}
 
+    def route_key(self, item: Any) -> str | None:
+        """What a canary routes `item` by, sticky (the same key always goes the same way):
+        default its `id` field; None routes it to the champion."""
+        key = getattr(item, "id", None)
+        return None if key is None else str(key)
+
     def input_rows(self, answers: list[Answer]) -> list[dict[str, Any]]:
         """The raw rows of the task's data (column → JSON value, times as ISO text) that
         accepted `answers` stand for: what `serve.store_inputs` stores, keyed by the task's

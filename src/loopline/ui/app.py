@@ -99,9 +99,12 @@ class Move(BaseModel):
 def create_app(project: Project) -> FastAPI:
     from sqlalchemy import create_engine
 
+    from loopline.predlog import upgrade_predictions
+
     project.engine = project.engine or create_engine(
         project.paths.prediction_log_url(project.params), pool_pre_ping=True
     )
+    upgrade_predictions(project.engine)
     app = FastAPI(title="Loopline", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.project = project
     app.state.watcher = Watcher(project.params.ui.service_timeout_s)

@@ -419,6 +419,10 @@ class ForecastServing(Serving):
     def key_of(self, item: BaseModel) -> str:
         return getattr(item, self.entity) if self.entity else SINGLE
 
+    def route_key(self, item: BaseModel | Window) -> str:
+        """A series goes to the canary whole (a stream's window or a request's)."""
+        return item.key if isinstance(item, Window) else self.key_of(item)
+
     def unknown(self, key: str, model: LoadedModel) -> str | None:
         known = self.known_keys(model.spec)
         if known is None or key in known:
