@@ -380,9 +380,16 @@ def decide(params: Any, paths: Any, act: bool = True) -> tuple[Deployment, Verdi
             engine.dispose()
         with tempfile.TemporaryDirectory(prefix="loopline-deploy-") as scratch:
             spec = load_version(uri, name, deployment.version, task, Path(scratch)).spec
-        since = datetime.fromisoformat(deployment.since) - pd.Timedelta(days=30)
+        # The truth of the judged answers: rows from their earliest event time on.
+        origins = pd.to_datetime(records["origin"], utc=True, errors="coerce").dropna()
+        since = origins.min() - pd.Timedelta(microseconds=1) if len(origins) else None
         url = paths.prediction_log_url(params)
-        rows = read_live_inputs(url, task.name, list(task.schema_for(params)), after=since)
+        rows = read_live_inputs(
+            url,
+            task.name,
+            list(task.schema_for(params)),
+            after=since.to_pydatetime() if since is not None else None,
+        )
         if task.time_column and task.time_column in rows:
             rows[task.time_column] = pd.to_datetime(
                 rows[task.time_column], utc=True, errors="coerce"

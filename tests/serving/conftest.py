@@ -17,8 +17,19 @@ from tests.conftest import TINY, stop, write_project
 SITE = "greensboro"
 
 
-def publish_tiny_model(root: Path, seed: int, promote: bool = True, hidden: int = 8) -> str:
-    """Export an untrained forecaster and register it; returns its version."""
+def publish_tiny_model(
+    root: Path,
+    seed: int,
+    promote: bool = True,
+    hidden: int = 8,
+    steps: int = 0,
+    shuffled: bool = False,
+    scale: float = 1.0,
+) -> str:
+    """Export a small forecaster and register it; returns its version. Untrained unless
+    `steps` (Adam steps on the training windows; `shuffled`: on labels shuffled across
+    windows, a model that learned nothing real); `scale` multiplies its forecasts (a
+    biased model)."""
     import mlflow
     import torch
 
@@ -46,7 +57,13 @@ def publish_tiny_model(root: Path, seed: int, promote: bool = True, hidden: int 
         cell="gru",
     )
     model = task.build_model(hparams, spec)
-    golden = make_windows(task.add_labels(frame, spec), spec, 24).x[:8]
+    examples = make_windows(task.add_labels(frame, spec), spec, 24)
+    if steps:
+        train_briefly(model, examples, steps, shuffled)
+    with torch.no_grad():
+        model.target_mean *= scale
+        model.target_std *= scale
+    golden = examples.x[:8]
     scratch = paths.state / "fixture" / str(seed)
     scratch.mkdir(parents=True, exist_ok=True)
     onnx_path = scratch / "model.onnx"
@@ -69,6 +86,24 @@ def publish_tiny_model(root: Path, seed: int, promote: bool = True, hidden: int 
     if promote:
         registry.move_champion(uri, "solar", published.version, reason=f"fixture seed {seed}")
     return published.version
+
+
+def train_briefly(model, examples, steps: int, shuffled: bool) -> None:
+    import torch
+
+    x = torch.tensor(examples.x, dtype=torch.float32)
+    target = (torch.tensor(examples.y, dtype=torch.float32) - model.target_mean) / model.target_std
+    if shuffled:
+        target = target[torch.randperm(len(target))]
+    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        batch = torch.randint(0, len(x), (64,))
+        loss = torch.nn.functional.mse_loss(model(x[batch]), target[batch])
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    model.eval()
 
 
 def training_frame(params):
