@@ -274,6 +274,10 @@ class ChampionService:
             return
         self._swap(loaded)
 
+    def _first_look(self) -> None:
+        self.refresh()
+        self.refresh_deployment()  # a restarted replica picks up a running deployment
+
     def refresh_deployment(self) -> None:
         """Follow the registry's deployment: load a new challenger (checked as a champion
         is; one that fails is marked refused and the champion answers everything), or
@@ -379,7 +383,7 @@ class ChampionService:
     async def _start_polling(self) -> None:
         # The first load runs in the background: the server answers /livez at once,
         # /readyz says why it is not ready until a model is in.
-        first = asyncio.create_task(asyncio.to_thread(self.refresh))
+        first = asyncio.create_task(asyncio.to_thread(self._first_look))
 
         async def poll() -> None:
             try:
