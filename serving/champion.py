@@ -21,7 +21,6 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -52,7 +51,8 @@ log = logging.getLogger("loopline.serving")
 
 # Roles whose error answers are logged while a challenger is deployed (`loopline.deploy`).
 DEPLOYED_ROLES = ("canary", "shadow", "control")
-MIRRORS_IN_FLIGHT = 64  # mirrored batches waiting or running; more are dropped
+MIRROR_QUEUE_ITEMS = 10_000  # mirrored items waiting; more are dropped (counted)
+MIRROR_LINGER_S = 0.05  # how long mirrored items gather into one batch
 
 # The task a service runs comes from here when set (`loopline serve` sets it to the task of
 # the model it serves), else from the project's params.yaml.
@@ -116,7 +116,7 @@ def service_metrics() -> dict[str, Any]:
             poll_errors=Counter("loopline_registry_poll_errors", "Failed alias polls"),
             mirrors_dropped=Counter(
                 "loopline_mirrors_dropped",
-                "Mirrored batches (shadow, control) dropped: the mirror thread was behind",
+                "Mirrored items (shadow, control) dropped: the mirror thread was behind",
                 ["role"],
             ),
             predictions=Counter("loopline_predictions", "Predictions served", ["api", "version"]),
@@ -215,10 +215,13 @@ class ChampionService:
         self.deployment: Deployment | None = None
         self.challenger: LoadedModel | None = None
         self.challenger_error: dict[str, Any] | None = None
-        # Mirrored batches run on one thread, off the response path; past the bound they are
-        # dropped (counted) rather than queued behind answers.
-        self._mirror_pool = ThreadPoolExecutor(1, thread_name_prefix="mirror")
-        self._mirrors = threading.BoundedSemaphore(MIRRORS_IN_FLIGHT)
+        # Mirrored items wait on one thread, off the response path, and are answered in
+        # batches gathered over `MIRROR_LINGER_S` (one model call for many requests); past
+        # the bound they are dropped (counted) rather than queued behind answers.
+        self._mirror_items: list[tuple[str, LoadedModel, str, Any]] = []
+        self._mirror_ready = threading.Condition()
+        self._mirror_thread = threading.Thread(target=self._mirror_loop, name="mirror", daemon=True)
+        self._mirror_thread.start()
 
     # ------------------------------------------------------------------ model lifecycle
 
@@ -485,7 +488,7 @@ class ChampionService:
             return self._answer(api, model, items, call)
         if deployment.mode == "shadow":
             answers = self._answer(api, model, items, call, "champion")
-            self._mirror(api, challenger, items, call, "shadow")
+            self._mirror(api, challenger, items, "shadow")
             return answers
         chosen = [deployment.routes(self.serving.route_key(item)) for item in items]
         if not any(chosen):
@@ -500,26 +503,39 @@ class ChampionService:
             )
             self._log_failure(api, challenger, theirs, "canary", error)
             return self._answer(api, model, items, call, "champion")
-        self._mirror(api, model, theirs, call, "control")
+        self._mirror(api, model, theirs, "control")
         answered = iter(self._answer(api, model, mine, call, "champion") if mine else [])
         from_canary = iter(canary)
         return [next(from_canary) if c else next(answered) for c in chosen]
 
-    def _mirror(self, api: str, model: LoadedModel, items: list[Any], call, role: str) -> None:
-        """Answer `items` with `model` on the mirror thread, logging them as `role`."""
-        if not self._mirrors.acquire(blocking=False):
-            self.metrics["mirrors_dropped"].labels(role).inc()
-            return
+    def _mirror(self, api: str, model: LoadedModel, items: list[Any], role: str) -> None:
+        """Queue `items` for `model` on the mirror thread, to be logged as `role`."""
+        with self._mirror_ready:
+            if len(self._mirror_items) + len(items) > MIRROR_QUEUE_ITEMS:
+                self.metrics["mirrors_dropped"].labels(role).inc(len(items))
+                return
+            self._mirror_items += [(api, model, role, item) for item in items]
+            self._mirror_ready.notify()
 
-        def run() -> None:
-            try:
-                self._answer(api, model, items, call, role)
-            except Exception as error:
-                self._log_failure(api, model, items, role, error)
-            finally:
-                self._mirrors.release()
-
-        self._mirror_pool.submit(run)
+    def _mirror_loop(self) -> None:
+        while True:
+            with self._mirror_ready:
+                while not self._mirror_items:
+                    self._mirror_ready.wait()
+            time.sleep(MIRROR_LINGER_S)  # let more requests' items gather
+            with self._mirror_ready:
+                taken, self._mirror_items = self._mirror_items, []
+            groups: dict[tuple[str, int, str], list[Any]] = {}
+            models = {}
+            for api, model, role, item in taken:
+                groups.setdefault((api, id(model), role), []).append(item)
+                models[id(model)] = model
+            for (api, model_id, role), items in groups.items():
+                model = models[model_id]
+                try:
+                    self._answer(api, model, items, self.serving.predict, role)
+                except Exception as error:
+                    self._log_failure(api, model, items, role, error)
 
     def _log_failure(
         self, api: str, model: LoadedModel, items: list[Any], role: str, error
