@@ -767,8 +767,7 @@ def consume(
     started = last_seen = last_print = time.monotonic()
     while not stop.is_set():
         consumer.use(champion.current(params.serve.poll_interval_s))
-        consumer.wait_for_room()
-        if consumer.step():
+        if consumer.round_through_outages():
             last_seen = time.monotonic()
         elif idle_exit is not None and time.monotonic() - last_seen > idle_exit:
             break

@@ -63,6 +63,9 @@ class Source(Protocol):
     def backlog(self) -> int:
         """Answers waiting in the output, unread (for back-pressure)."""
 
+    def reconnected(self) -> None:
+        """Called once the broker answers again after an outage."""
+
 
 # KEYS: input, output, dead-letter streams. ARGV: group, then (id, "a" or "d", JSON) each.
 _REPLY = """
@@ -98,9 +101,16 @@ class RedisStreams:
         self.name, self.group, self.consumer = stream, group, consumer
         self.output, self.dead_letter, self.claim_idle_ms = output, dead_letter, claim_idle_ms
         self._reply = self.redis.register_script(_REPLY)
-        self._own_pending = True  # after a restart, first what this consumer left unanswered
+        self.reconnected()
+
+    def reconnected(self) -> None:
+        """After a start or a lost connection: the group exists (a Redis that restarted
+        without its data lost it), and this consumer's unacknowledged messages come first."""
+        import redis
+
+        self._own_pending = True
         try:
-            self.redis.xgroup_create(stream, group, id="0", mkstream=True)
+            self.redis.xgroup_create(self.name, self.group, id="0", mkstream=True)
         except redis.ResponseError as error:
             if "BUSYGROUP" not in str(error):
                 raise
@@ -270,6 +280,30 @@ class Consumer:
             frame = frame.sort_values(task.time_column, kind="stable")
         for item in self.serving.stream_lines(frame):
             self.state.push(0, item)  # what it made ready was answered before the restart
+
+    def round_through_outages(self, max_wait_s: float = 30.0) -> int:
+        """`wait_for_room` and `step`, riding out the broker being away (a Redis restart):
+        retried with backoff, and once it answers the round starts over from this
+        consumer's unacknowledged messages (what was committed is sent from the ledger)."""
+        import redis
+
+        wait = 0.5
+        while True:
+            try:
+                self.wait_for_room()
+                return self.step()
+            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as error:
+                log.warning("the broker is away (%s): retrying in %.1f s", error, wait)
+            except redis.ResponseError as error:
+                if "NOGROUP" not in str(error):
+                    raise
+                log.warning("the consumer group is gone (a Redis restarted empty): recreating")
+            time.sleep(wait)
+            wait = min(wait * 2, max_wait_s)
+            try:
+                self.source.reconnected()
+            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
+                continue
 
     def wait_for_room(self, sleep_s: float = 0.5) -> None:
         """Back-pressure: no reading while the output holds too many unread answers."""

@@ -6,8 +6,10 @@ The Redis URL is `LOOPLINE_TEST_REDIS_URL` (`.ci/run` sets it; the tests skip wi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -54,8 +56,6 @@ def consumed(registry_template, tmp_path):
     import redis
 
     root = tmp_path / "proj"
-    import shutil
-
     shutil.copytree(registry_template, root)
     stream = f"test-readings-{uuid.uuid4().hex[:8]}"
     params = yaml.safe_load((root / "params.yaml").read_text())
@@ -158,3 +158,70 @@ def test_kill_9_twice_loses_and_duplicates_nothing(consumed):
     assert len(log) == len(forecasts)
     assert not log.duplicated(["key", "origin"]).any()
     assert client.xpending(stream, "loopline")["pending"] == 0
+
+
+@contextlib.contextmanager
+def own_redis(folder: Path, port: int):
+    """A Redis server of this test's own (append-only file in `folder`, so a restart keeps
+    the streams), stopped on exit."""
+    import redis
+
+    command = [
+        "redis-server",
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+        "--dir",
+        str(folder),
+    ]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    client = redis.Redis(port=port)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.1)
+    try:
+        yield server
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="no redis-server to restart")
+def test_a_redis_restart_mid_stream_loses_and_duplicates_nothing(consumed, tmp_path):
+    import redis
+
+    from loopline.health import free_port
+
+    root, stream, _ = consumed
+    port = free_port()
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["consume"]["url"] = f"redis://127.0.0.1:{port}/0"
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    client = redis.Redis(port=port)
+    total = 5000
+    with own_redis(tmp_path, port):
+        ids = send(client, stream, [json.dumps(r).encode() for r in readings(total)])
+        running = consumer(root, "c1", "--idle-exit", "5")
+        deadline = time.monotonic() + 300
+        while client.xlen(f"{stream}:answers") < total // 3:
+            assert running.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+    time.sleep(2.0)  # the consumer meets a closed port, and backs off
+    with own_redis(tmp_path, port):
+        running.communicate(timeout=600)
+        assert running.returncode == 0, (root / "consume-c1.log").read_text()[-3000:]
+        replied = [i for i, _ in answers(client, stream)]
+    assert len(replied) == len(set(replied)) == total and set(replied) == set(ids)
+    assert "the broker is away" in (root / "consume-c1.log").read_text()
