@@ -215,7 +215,7 @@ def _reads(app: FastAPI) -> None:
 
     @app.get("/api/models/{name}/history")
     def history(name: str):
-        return _panel(lambda: {"moves": facts.history_panel(project.tracking_uri, name)})
+        return _panel(lambda: facts.history_panel(project.tracking_uri, name))
 
     @app.get("/api/models/{name}/diff")
     def diff(name: str, a: str, b: str):

@@ -9,7 +9,7 @@ answer): the page shows that sentence and the other panels still load.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -104,6 +104,8 @@ class Registered:
     versions: dict[str, Any]  # version → ModelVersion
     aliases: dict[str, list[str]]  # version → its aliases
     history: list[dict[str, Any]]  # champion moves, oldest first
+    deployment: dict[str, Any] | None = None  # a shadow or canary challenger running
+    deployments: list[dict[str, Any]] = field(default_factory=list)  # starts and ends
 
     def card(self, version: str) -> dict[str, Any]:
         if version not in self.versions:
@@ -131,9 +133,14 @@ def read_model(tracking_uri: str, name: str) -> Registered:
     aliases: dict[str, list[str]] = {}
     for alias, version in (model.aliases or {}).items():
         aliases.setdefault(str(version), []).append(alias)
-    keys = sorted(k for k in model.tags if k.startswith(registry.HISTORY_PREFIX))
-    history = [json.loads(model.tags[k]) for k in keys]
-    return Registered(name, {str(v.version): v for v in versions}, aliases, history)
+    from loopline import deploy
+
+    tags = model.tags
+    history = [json.loads(tags[k]) for k in sorted(tags) if k.startswith(registry.HISTORY_PREFIX)]
+    deployments = [json.loads(tags[k]) for k in sorted(tags) if k.startswith(deploy.HISTORY_PREFIX)]
+    running = json.loads(tags[deploy.TAG]) if tags.get(deploy.TAG) else None
+    versions_by = {str(v.version): v for v in versions}
+    return Registered(name, versions_by, aliases, history, running, deployments)
 
 
 def now_panel(tracking_uri: str, name: str) -> dict[str, Any]:
@@ -142,6 +149,7 @@ def now_panel(tracking_uri: str, name: str) -> dict[str, Any]:
     champion = model.holding(registry.CHAMPION)
     challenger = model.holding(registry.CHALLENGER)
     out: dict[str, Any] = {"name": name, "champion": None, "challenger": None}
+    out["deployment"] = model.deployment
     if champion is not None:
         moved = next((e for e in reversed(model.history) if str(e.get("to")) == champion), {})
         out["champion"] = {**model.card(champion), "since": moved.get("when"), "move": moved}
@@ -162,12 +170,13 @@ def now_panel(tracking_uri: str, name: str) -> dict[str, Any]:
     return out
 
 
-def history_panel(tracking_uri: str, name: str) -> list[dict[str, Any]]:
-    """Every champion move, newest first, with the gate's statistics where one decided."""
-    history = read_model(tracking_uri, name).history
-    if not history:
+def history_panel(tracking_uri: str, name: str) -> dict[str, list[dict[str, Any]]]:
+    """Every champion move and every deployment's start and end, newest first, with the
+    gate's or the policy's statistics where one decided."""
+    model = read_model(tracking_uri, name)
+    if not model.history:
         raise Missing(f"{name!r} has no champion history yet: no version was ever promoted")
-    return history[::-1]
+    return {"moves": model.history[::-1], "deployments": model.deployments[::-1]}
 
 
 def diff(tracking_uri: str, name: str, a: str, b: str) -> dict[str, Any]:

@@ -140,6 +140,17 @@ async function loadNow() {
   } else {
     state.champion = null;
   }
+  if (data.deployment) {
+    const d = data.deployment;
+    cards.push(
+      card(`${d.mode === "canary" ? `Canary (${d.share}% of keys)` : "Shadow"} v${d.version}`, [
+        ["since", when(d.since)],
+        ["by", d.by],
+        ["why", d.why || "–"],
+        ["against", `champion v${d.champion}`],
+      ]),
+    );
+  }
   if (data.challenger) {
     cards.push(card(`Challenger v${data.challenger.version}`, versionFacts(data.challenger)));
   }
@@ -390,7 +401,8 @@ function drawHealth(series) {
 function gateText(gate) {
   if (!gate) return null;
   const parts = [gate.method, gate.metric].filter(Boolean);
-  for (const key of ["difference", "statistic", "p_value", "alpha"]) {
+  const keys = ["difference", "loss_difference", "statistic", "p_value", "p_value_better", "alpha", "rows"];
+  for (const key of keys) {
     if (gate[key] !== undefined && gate[key] !== null) parts.push(`${key} ${number(gate[key])}`);
   }
   return `gate: ${parts.join(" · ")}`;
@@ -411,7 +423,25 @@ async function loadHistory() {
     show(list);
     return;
   }
-  show(panel, el("p", { class: "muted" }, `${data.moves.length} champion moves, newest first`));
+  const decided = (data.deployments || []).filter((d) => d.outcome !== "started");
+  show(
+    panel,
+    el("p", { class: "muted" }, `${data.moves.length} champion moves, newest first`),
+    decided.length ? el("h3", {}, "Deployments decided") : null,
+    decided.length
+      ? el(
+          "ul",
+          { class: "deployments" },
+          decided.slice(0, 10).map((d) =>
+            el(
+              "li",
+              { class: d.outcome === "promoted" ? "good" : "bad" },
+              `${when(d.when)} ${d.mode} v${d.version}: ${d.outcome} (${d.why})`,
+            ),
+          ),
+        )
+      : null,
+  );
   setState(panel, "ready");
   show(
     list,
