@@ -222,6 +222,7 @@ class ChampionService:
         # batches gathered over `MIRROR_LINGER_S` (one model call for many requests); past
         # the bound they are dropped (counted) rather than queued behind answers.
         self._mirror_items: list[tuple[str, LoadedModel, str, Any]] = []
+        self._mirror_busy = False
         self._mirror_ready = threading.Condition()
         self._mirror_thread = threading.Thread(target=self._mirror_loop, name="mirror", daemon=True)
         self._mirror_thread.start()
@@ -418,6 +419,7 @@ class ChampionService:
     async def _stop(self) -> None:
         if self._poller is not None:
             self._poller.cancel()
+        await asyncio.to_thread(self._drain_mirror)
         await asyncio.to_thread(self.predictions.close)
         if self.inputs is not None:
             await asyncio.to_thread(self.inputs.close)
@@ -533,6 +535,7 @@ class ChampionService:
             time.sleep(MIRROR_LINGER_S)  # let more requests' items gather
             with self._mirror_ready:
                 taken, self._mirror_items = self._mirror_items, []
+                self._mirror_busy = True
             groups: dict[tuple[str, int, str], list[Any]] = {}
             models = {}
             for api, model, role, item in taken:
@@ -544,6 +547,13 @@ class ChampionService:
                     self._answer(api, model, items, self.serving.predict, role)
                 except Exception as error:
                     self._log_failure(api, model, items, role, error)
+            self._mirror_busy = False
+
+    def _drain_mirror(self, timeout_s: float = 10.0) -> None:
+        """Wait (a while) for mirrored items to be answered and logged: at shutdown."""
+        deadline = time.monotonic() + timeout_s
+        while (self._mirror_items or self._mirror_busy) and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def _log_failure(
         self, api: str, model: LoadedModel, items: list[Any], role: str, error
