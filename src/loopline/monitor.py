@@ -894,7 +894,7 @@ def load_version(tracking_uri: str, name: str, version: str, task: Any, dest: Pa
     """A registered version's spec, reference profile (None if it has none) and test figure."""
     from loopline import registry
     from loopline.features import FeatureSpec
-    from loopline.publishing import METRIC_TAG
+    from loopline.publishing import tagged_metrics
 
     folder = registry.download_model(
         tracking_uri, f"models:/{name}/{version}", dest / f"v{version}"
@@ -902,13 +902,7 @@ def load_version(tracking_uri: str, name: str, version: str, task: Any, dest: Pa
     files = folder / "extra_files"
     spec = FeatureSpec.from_json((files / "feature_spec.json").read_text(), task)
     tags = registry.client(tracking_uri).get_model_version(name, str(version)).tags or {}
-    metrics = {}
-    for key, value in tags.items():
-        if key.startswith(METRIC_TAG):
-            try:
-                metrics[key[len(METRIC_TAG) :]] = float(value)
-            except ValueError:
-                continue
+    metrics = tagged_metrics(tags)
     return Version(spec, ReferenceProfile.read(files), task.quality_from_metrics(metrics))
 
 

@@ -70,6 +70,18 @@ def nothing_new(
     )
 
 
+def tagged_metrics(tags: Mapping[str, str]) -> dict[str, float]:
+    """The metrics a version carries as `loopline.metric.<name>` tags (unreadable left out)."""
+    metrics = {}
+    for key, value in tags.items():
+        if key.startswith(METRIC_TAG):
+            try:
+                metrics[key[len(METRIC_TAG) :]] = float(value)
+            except ValueError:
+                continue
+    return metrics
+
+
 def version_tags(
     lineage: Mapping[str, str],
     pipeline_run_id: str,

@@ -19,7 +19,7 @@ import pandas as pd
 
 from loopline import registry
 from loopline.errors import LooplineError
-from loopline.publishing import GATE_TAG, METRIC_TAG, PARAMS_TAG, PIPELINE_RUN_TAG
+from loopline.publishing import GATE_TAG, PARAMS_TAG, PIPELINE_RUN_TAG, tagged_metrics
 from loopline.redaction import redact
 from loopline.tracking import TRIGGER_TAG
 
@@ -72,13 +72,7 @@ def version_card(mv: Any, aliases: list[str], history: list[dict[str, Any]]) -> 
         params = {"(params)": tags.get(PARAMS_TAG)}
     moves = [e for e in history if str(e.get("to")) == str(mv.version)]
     gate = next((e["gate"] for e in reversed(moves) if e.get("gate")), None)
-    metrics = {}
-    for key, value in tags.items():
-        if key.startswith(METRIC_TAG):
-            try:
-                metrics[key[len(METRIC_TAG) :]] = float(value)
-            except ValueError:
-                continue
+    metrics = tagged_metrics(tags)
     return {
         "version": str(mv.version),
         "aliases": aliases,
