@@ -495,7 +495,7 @@ class ChampionService:
         does."""
         deployment, challenger = self.deployment, self.challenger
         if challenger is None or call != self.serving.predict or model is not self.model:
-            return self._answer(api, model, items, call)
+            return self._answer(api, model, items, call, "champion")
         if deployment.mode == "shadow":
             answers = self._answer(api, model, items, call, "champion")
             self._mirror(api, challenger, items, "shadow")

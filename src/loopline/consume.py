@@ -385,6 +385,7 @@ class Consumer:
                 "inputs": a.inputs,
                 "output": a.output,
                 "latency_ms": per_item,
+                "role": "champion",
             }
             for a in logged
         ]

@@ -70,9 +70,9 @@ def predictions_table(metadata):
         Column("inputs", JSON),  # the inputs' key fields
         Column("output", JSON, nullable=False),
         Column("latency_ms", Float),
-        # Who answered while a challenger is deployed: "champion", "shadow" (mirrored, not
-        # returned), "canary" (returned) or "control" (the champion on a canary's items,
-        # not returned); None before any deployment.
+        # Who answered: "champion"; while a challenger is deployed also "shadow" (mirrored,
+        # not returned), "canary" (returned) or "control" (the champion on a canary's
+        # items, not returned). None: logged before roles were recorded.
         Column("role", String(20)),
     )
 
