@@ -38,7 +38,7 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 from loopline.health import free_port, wait_until_ok  # noqa: E402
 from tests.conftest import TINY, write_project  # noqa: E402
 from tests.serving.conftest import publish_tiny_model  # noqa: E402
-from tests.ui.conftest import CHROMIUM, CHROMIUM_FLAGS  # noqa: E402
+from tests.ui.conftest import CHROMIUM, CHROMIUM_FLAGS, monitored_day  # noqa: E402
 
 BIN = Path(sys.executable).parent
 PANELS = ("#now .body", "#live .body", "#health .body", "#history .body")
@@ -133,23 +133,7 @@ def fill_monitoring(root: Path, windows: int = 2000) -> None:
         for day in range(windows // 3):
             ratio = float(rng.uniform(0.1, 1.2))
             rows.append(
-                {
-                    "model_name": "solar",
-                    "model_version": "2",
-                    "signal": signal,
-                    "feature": "*",
-                    "window_start": start + timedelta(days=day),
-                    "window_end": start + timedelta(days=day + 1),
-                    "rows": 48,
-                    "statistic": ratio,
-                    "threshold": 1.0,
-                    "exceeded": ratio > 1,
-                    "streak": int(ratio > 1),
-                    "alarm": False,
-                    "note": None,
-                    "pass_id": "bench",
-                    "computed_at": datetime.now(UTC),
-                }
+                monitored_day(signal, start + timedelta(days=day), ratio, int(ratio > 1), False)
             )
     store.add(rows)
     store.close()

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from loopline.predlog import json_text
+from loopline.predlog import PredictionRecord, json_text
 from loopline.serving_adapter import answer_items, describe_validation
 
 log = logging.getLogger(__name__)
@@ -373,21 +373,8 @@ class Consumer:
         for (n, _), answer in zip(ready, answers, strict=True):
             replies[n].update(answer.response)
         logged = [a for a in answers if not a.error]
-        now = datetime.now(UTC)
         done.predictions += [
-            {
-                "logged_at": now,
-                "model_name": model.name,
-                "model_version": model.version,
-                "api": "consume",
-                "key": a.key,
-                "origin": a.origin,
-                "inputs": a.inputs,
-                "output": a.output,
-                "latency_ms": per_item,
-                "role": "champion",
-            }
-            for a in logged
+            PredictionRecord.of(model, "consume", a, per_item, "champion").row() for a in logged
         ]
         if logged and self.serving.params.serve.store_inputs:
             rows = self.serving.input_rows(logged)

@@ -361,7 +361,7 @@ def decide(params: Any, paths: Any, act: bool = True) -> tuple[Deployment, Verdi
     from sqlalchemy import create_engine
 
     from loopline.batch import human_labels
-    from loopline.live import read_live_inputs
+    from loopline.live import stored_since
     from loopline.monitor import load_version
 
     uri, name = paths.tracking_uri(), params.served_model
@@ -381,19 +381,9 @@ def decide(params: Any, paths: Any, act: bool = True) -> tuple[Deployment, Verdi
         with tempfile.TemporaryDirectory(prefix="loopline-deploy-") as scratch:
             spec = load_version(uri, name, deployment.version, task, Path(scratch)).spec
         # The truth of the judged answers: rows from their earliest event time on.
-        origins = pd.to_datetime(records["origin"], utc=True, errors="coerce").dropna()
-        since = origins.min() - pd.Timedelta(microseconds=1) if len(origins) else None
+        columns = list(task.schema_for(params))
         url = paths.prediction_log_url(params)
-        rows = read_live_inputs(
-            url,
-            task.name,
-            list(task.schema_for(params)),
-            after=since.to_pydatetime() if since is not None else None,
-        )
-        if task.time_column and task.time_column in rows:
-            rows[task.time_column] = pd.to_datetime(
-                rows[task.time_column], utc=True, errors="coerce"
-            )
+        rows = stored_since(url, task, columns, records["origin"])
         verdict = judge(
             records, deployment, task, spec, rows, human_labels(params, paths), params.deploy
         )

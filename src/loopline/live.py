@@ -225,6 +225,21 @@ def read_live_inputs(
     )
 
 
+def stored_since(url: str, task: Any, columns: list[str], times: pd.Series) -> pd.DataFrame:
+    """The stored rows of `task` from the earliest of `times` on (all of them when `times`
+    holds none): the truth of predictions made at those times, with the task's time column
+    as UTC timestamps."""
+    import pandas as pd
+
+    known = pd.to_datetime(times, utc=True, errors="coerce").dropna()
+    since = (known.min() - pd.Timedelta(microseconds=1)).to_pydatetime() if len(known) else None
+    rows = read_live_inputs(url, task.name, columns, after=since)
+    time = task.time_column
+    if time and time in rows:
+        rows[time] = pd.to_datetime(rows[time], utc=True, errors="coerce", format="ISO8601")
+    return rows
+
+
 def spool_folder(state: Path, model_name: str) -> Path:
     """Where a service's live-input spool segments go (apart from its prediction log's)."""
     return state / "spool-live" / model_name

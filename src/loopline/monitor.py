@@ -450,9 +450,10 @@ class PassResult:
 
 
 def event_times(records: pd.DataFrame) -> pd.Series:
-    """A prediction's event time: its origin (a forecast), else when it was logged."""
-    origin = pd.to_datetime(records["origin"], utc=True, errors="coerce")
-    logged = pd.to_datetime(records["logged_at"], utc=True, errors="coerce")
+    """A prediction's event time: its origin (a forecast), else when it was logged. The
+    columns may hold datetimes (the log's rows) or ISO text (the operator page's)."""
+    origin = pd.to_datetime(records["origin"], utc=True, errors="coerce", format="ISO8601")
+    logged = pd.to_datetime(records["logged_at"], utc=True, errors="coerce", format="ISO8601")
     return origin.fillna(logged)
 
 

@@ -136,6 +136,23 @@ class PredictionRecord(SpooledRecord):
     logged_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     role: str | None = None
 
+    @classmethod
+    def of(cls, model: Any, api: str, answer: Any, latency_ms: float | None, role: str | None):
+        """The record of one `serving_adapter.Answer` by a loaded `model` (an error
+        answer's record holds its message as the output)."""
+        output = answer.output if not answer.error else {"error": answer.response.get("error")}
+        return cls(
+            model_name=model.name,
+            model_version=model.version,
+            api=api,
+            key=answer.key,
+            origin=answer.origin,
+            inputs=answer.inputs,
+            output=output,
+            latency_ms=latency_ms,
+            role=role,
+        )
+
 
 def insert_skipping_conflicts(table, dialect: str, index_elements: list[str] | None = None):
     """An insert that leaves a row whose unique key is stored already as it was (SQLite's

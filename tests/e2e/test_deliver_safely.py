@@ -22,7 +22,7 @@ import pytest
 from loopline import deploy, registry
 from loopline.paths import ProjectPaths
 from tests.conftest import TINY, write_project
-from tests.serving.conftest import publish_tiny_model
+from tests.serving.conftest import publish_tiny_model, raw_readings
 from tests.ui.conftest import clean_environment, service_process
 
 pytestmark = pytest.mark.e2e
@@ -56,18 +56,8 @@ def canary_of_one_site(uri: str, version: str, reason: str) -> deploy.Deployment
     raise AssertionError("no id routes greensboro alone")
 
 
-def readings(start: str, hours: int, site: str) -> list[dict]:
-    """Raw builtin readings of `site` from `start` (JSON-ready)."""
-    from loopline.config import parse_params
-    from loopline.tasks import get_task
-
-    raw = get_task("solar").load_builtin(parse_params({**TINY, "solar": {"sites": list(SITES)}}))
-    raw = raw[(raw["site_id"] == site) & (raw["timestamp"] >= start)].head(hours)
-    return [{**r, "timestamp": r["timestamp"].isoformat()} for r in raw.to_dict("records")]
-
-
 def interleaved(start: str) -> list[dict]:
-    by_site = [readings(start, HOURS, site) for site in SITES]
+    by_site = [raw_readings(start, HOURS, site) for site in SITES]
     return [reading for pair in zip(*by_site, strict=True) for reading in pair]
 
 
@@ -80,7 +70,8 @@ def traffic(service: str, start: str, failures: list[str]) -> None:
 
     def post() -> None:
         window = [
-            {k: v for k, v in r.items() if k != "site_id"} for r in readings(start, 48, SITES[0])
+            {k: v for k, v in r.items() if k != "site_id"}
+            for r in raw_readings(start, 48, SITES[0])
         ]
         with httpx.Client(timeout=30) as client:
             while not done.is_set():

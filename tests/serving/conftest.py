@@ -137,11 +137,11 @@ def served_project(registry_template, tmp_path, monkeypatch) -> Path:
 
 
 def raw_readings(start: str, hours: int, site: str = SITE):
-    """Raw builtin rows of one site as reading dicts (JSON-ready)."""
+    """Raw builtin rows of one site (any builtin one) as reading dicts (JSON-ready)."""
     from loopline.config import parse_params
     from loopline.tasks import get_task
 
-    params = parse_params(TINY)
+    params = parse_params({**TINY, "solar": {"sites": [site]}})
     raw = get_task("solar").load_builtin(params)
     raw = raw[(raw["site_id"] == site) & (raw["timestamp"] >= start)].head(hours)
     rows = []

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,29 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
     "--no-first-run",
 ]
+
+
+def monitored_day(signal: str, day: datetime, ratio: float, streak: int, alarm: bool, **more):
+    """One daily window of `solar` v2 in the monitoring table as `loopline monitor` writes
+    it (the signal's own row, threshold 1: `ratio` is the statistic)."""
+    return {
+        "model_name": "solar",
+        "model_version": "2",
+        "signal": signal,
+        "feature": "*",
+        "window_start": day,
+        "window_end": day + timedelta(days=1),
+        "rows": 24,
+        "statistic": ratio,
+        "threshold": 1.0,
+        "exceeded": ratio > 1,
+        "streak": streak,
+        "alarm": alarm,
+        "note": None,
+        "pass_id": "fixture",
+        "computed_at": datetime.now(UTC),
+        **more,
+    }
 
 
 def needs_chromium():

@@ -24,6 +24,7 @@ from tests.ui.conftest import (
     BIN,
     TOKEN,
     clean_environment,
+    monitored_day,
     needs_chromium,
     operated_project,
     screenshot,
@@ -44,27 +45,17 @@ def monitored_windows(root) -> None:
     paths = ProjectPaths.at(root)
     store = MonitoringStore(paths.prediction_log_url(load_params(paths.params_file)))
     start = datetime(2021, 3, 1, tzinfo=UTC)
-    rows = []
-    for day, ratio in enumerate([0.4, 0.7, 1.3, 1.6]):
-        rows.append(
-            {
-                "model_name": "solar",
-                "model_version": "2",
-                "signal": "live_quality",
-                "feature": "*",
-                "window_start": start + timedelta(days=day),
-                "window_end": start + timedelta(days=day + 1),
-                "rows": 24,
-                "statistic": ratio,
-                "threshold": 1.0,
-                "exceeded": ratio > 1,
-                "streak": max(0, day - 1),
-                "alarm": day == 3,
-                "note": "live rmse over 1.0x the test split's" if ratio > 1 else None,
-                "pass_id": f"fixture{day}",
-                "computed_at": datetime.now(UTC),
-            }
+    rows = [
+        monitored_day(
+            "live_quality",
+            start + timedelta(days=day),
+            ratio,
+            streak=max(0, day - 1),
+            alarm=day == 3,
+            note="live rmse over 1.0x the test split's" if ratio > 1 else None,
         )
+        for day, ratio in enumerate([0.4, 0.7, 1.3, 1.6])
+    ]
     store.add(rows)
     store.close()
 

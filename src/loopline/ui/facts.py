@@ -19,6 +19,7 @@ import pandas as pd
 
 from loopline import registry
 from loopline.errors import LooplineError
+from loopline.monitor import event_times
 from loopline.publishing import GATE_TAG, PARAMS_TAG, PIPELINE_RUN_TAG, tagged_metrics
 from loopline.redaction import redact
 from loopline.tracking import TRIGGER_TAG
@@ -264,7 +265,7 @@ def live_panel(
             f"the prediction log at {redact(_where(engine))} holds no prediction of {name!r} "
             "yet: send one to a service"
         )
-    records["time"] = _event_times(records)
+    records["time"] = event_times(records)
     rows = _truth_rows(engine.url.render_as_string(hide_password=False), task, records, columns)
     pictures, losses = [], []
     for version, group in records.groupby("model_version", sort=True):
@@ -288,31 +289,21 @@ def _no_labels() -> pd.DataFrame:
     return pd.DataFrame(columns=["id", "label"])
 
 
-def _event_times(records: pd.DataFrame) -> pd.Series:
-    origin = pd.to_datetime(records["origin"], utc=True, errors="coerce", format="ISO8601")
-    logged = pd.to_datetime(records["logged_at"], utc=True, errors="coerce", format="ISO8601")
-    return origin.fillna(logged)
-
-
 def _truth_rows(
     url: str, task: Any, records: pd.DataFrame, columns: list[str]
 ) -> pd.DataFrame | None:
     """The rows the service stored since the oldest of `records` (their truth, for a task
     whose rows carry time), or None: the log's own rows stand for them."""
-    from loopline.live import read_live_inputs
+    from loopline.live import stored_since
 
     time = getattr(task, "time_column", None)
     if not time:
         return None
-    since = records["time"].min() - pd.Timedelta(microseconds=1)
     try:
-        rows = read_live_inputs(url, task.name, columns, after=since.to_pydatetime())
+        rows = stored_since(url, task, columns, records["time"])
     except Exception as error:
         raise _unreachable("the live inputs table", redact(url), error) from None
-    if rows.empty or time not in rows:
-        return None
-    rows[time] = pd.to_datetime(rows[time], utc=True, errors="coerce", format="ISO8601")
-    return rows
+    return None if rows.empty or time not in rows else rows
 
 
 def _seconds(times: pd.Series) -> list[float]:

@@ -51,10 +51,10 @@ async function api(path, options = {}) {
   return body;
 }
 
-function number(value, digits = 4) {
+function number(value, precision = 4) {
   if (value === null || value === undefined || Number.isNaN(value)) return "–";
   if (typeof value !== "number") return String(value);
-  return Math.abs(value) >= 1000 ? value.toFixed(0) : Number(value.toPrecision(digits)).toString();
+  return Math.abs(value) >= 1000 ? value.toFixed(0) : Number(value.toPrecision(precision)).toString();
 }
 
 function when(iso) {
