@@ -243,7 +243,7 @@ def main() -> None:
 
     threadpool_limits(1)  # BLAS / OpenMP: 2 cores shared with other work
     frame, dropped = load_reviews(args.data, config["sample"], args.split_seed)
-    split = grouped_split(frame, SplitParams(), "movie_id", args.split_seed)
+    split = grouped_split(frame, SplitParams(), "movie_id", f"split-{args.split_seed}")
     pool, test = split[split["split"] == "train"], split[split["split"] == "test"]
     if schedule[-1] > len(pool):
         parser.error(f"{schedule[-1]} labels asked for, the pool holds {len(pool)} reviews")

@@ -214,7 +214,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     HPARAMS["ngram_buckets"] = args.ngram_buckets  # classifiers only: never pretrained
     frame, dropped = load_reviews(args.data, config["sample"], SEED)
-    split = grouped_split(frame, SplitParams(), "movie_id", SEED)
+    split = grouped_split(frame, SplitParams(), "movie_id", f"benchmark-{SEED}")
     train_rows = split[split["split"] == "train"].reset_index(drop=True)
     val_rows = split[split["split"] == "val"]
     test_rows = split[split["split"] == "test"]

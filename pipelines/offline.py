@@ -34,10 +34,11 @@ from loopline.evaluate import Evaluation
 from loopline.export import Exported, export_model
 from loopline.features import FeatureSpec, build_features
 from loopline.lineage import git_commit
+from loopline.membership import Membership
 from loopline.notify import notify, run_summary
 from loopline.paths import ProjectPaths
 from loopline.reference import ReferenceProfile, build_profile
-from loopline.split import split_and_fit, training_view
+from loopline.split import split_and_fit, split_report, training_view
 from loopline.tracking import RunTracker
 from loopline.train import TrainResult, train_model
 from loopline.transfer import SourceModel, load_source
@@ -237,10 +238,11 @@ def evaluate(
     result: TrainResult,
     tracker: RunTracker,
     scratch: Path,
+    snapshots: Path,
     stage_key: str,
 ) -> Evaluation:
     return publishing.score_against_champion(
-        params.plugin, frame, spec, result.model, params, tracker, scratch
+        params.plugin, frame, spec, result.model, params, tracker, scratch, snapshots
     )
 
 
@@ -268,6 +270,7 @@ def publish(
     tracker: RunTracker,
     scratch: Path,
     reference: ReferenceProfile | None = None,
+    membership: Membership | None = None,
 ) -> tuple[registry.Published, dict | None]:
     return publishing.publish(
         tracker,
@@ -278,6 +281,7 @@ def publish(
         lineage,
         scratch,
         reference,
+        membership,
     )
 
 
@@ -336,12 +340,13 @@ def _offline(paths: ProjectPaths, params: Params, trigger: str | None) -> dict |
         if done is not None:
             return finish_nothing_new(run, committed, done)
         keys = caching.stage_keys(params, version, pinned)
-        frame, training_rows, spec = prepare_examples(run, keys)
+        frame, training_rows, spec, membership = prepare_examples(run, keys)
         result, spec = train_candidate(run, training_rows, spec, keys, source)
         evaluation = evaluate_candidate(run, frame, spec, result, keys)
         candidate = export_candidate(run, training_rows, spec, result, keys)
         reference = profile_candidate(run, frame, candidate, keys)
-        return finish_published(run, committed, candidate, evaluation, lineage, reference)
+        published = Candidate(candidate, evaluation, reference, membership)
+        return finish_published(run, committed, published, lineage)
     except BaseException:
         tracking.end_pipeline_run(run.tracker, "failed")
         raise
@@ -455,8 +460,9 @@ def starting_model(run: Run, lineage: dict[str, str]) -> tuple[SourceModel | Non
     return source, lineage
 
 
-def prepare_examples(run: Run, keys: dict[str, str]) -> tuple[Any, Any, FeatureSpec]:
-    """(the split frame, the rows training sees, the fitted feature spec)."""
+def prepare_examples(run: Run, keys: dict[str, str]) -> tuple[Any, Any, FeatureSpec, Membership]:
+    """(the split frame, the rows training sees, the fitted feature spec, which keys are in
+    which set)."""
     paths, params = run.paths, run.params
     with stage("features"):
         frame, spec = run_stage(features, paths, params, paths, stage_key=keys["features"])
@@ -464,8 +470,12 @@ def prepare_examples(run: Run, keys: dict[str, str]) -> tuple[Any, Any, FeatureS
         frame = run_stage(labeling, paths, params, frame, spec, paths, stage_key=keys["labeling"])
     with stage("split"):
         frame, spec = run_stage(split, paths, params, frame, spec, stage_key=keys["split"])
-        note(f"rows per set: {frame['split'].value_counts().to_dict()}")
-    return frame, training_view(params.plugin, frame, spec), spec
+        report = split_report(params.plugin, frame, spec, params)
+        for line in report.lines():
+            note(line)
+        tracking.record_split(run.tracker, report)
+    membership = Membership.of(params.plugin, frame, spec)
+    return frame, training_view(params.plugin, frame, spec), spec, membership
 
 
 def tune_candidates(
@@ -517,8 +527,18 @@ def evaluate_candidate(
         key = caching.evaluate_key(
             keys["train"], params, str(champion.version) if champion else None
         )
+        snapshots = paths.snapshots(params.task_name)
         evaluation = run_stage(
-            evaluate, paths, params, frame, spec, result, run.tracker, run.scratch, stage_key=key
+            evaluate,
+            paths,
+            params,
+            frame,
+            spec,
+            result,
+            run.tracker,
+            run.scratch,
+            snapshots,
+            stage_key=key,
         )
         for line in [*evaluation.headlines(), *evaluation.decision.reasons]:
             note(line)
@@ -558,18 +578,32 @@ def profile_candidate(
     return reference
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """What a run publishes: the exported model, its evaluation, the reference profile the
+    monitor reads, and which keys were in which split set."""
+
+    exported: Exported
+    evaluation: Evaluation
+    reference: ReferenceProfile | None
+    membership: Membership
+
+
 def finish_published(
-    run: Run,
-    committed: batch.Committed,
-    candidate: Exported,
-    evaluation: Evaluation,
-    lineage: dict[str, str],
-    reference: ReferenceProfile | None = None,
+    run: Run, committed: batch.Committed, made: Candidate, lineage: dict[str, str]
 ) -> dict[str, Any]:
     """Publish the candidate (the champion moves as the gate decided) and close the run."""
+    evaluation = made.evaluation
     with stage("publish"):
         published, moved = publish(
-            run.params, candidate, evaluation, lineage, run.tracker, run.scratch, reference
+            run.params,
+            made.exported,
+            evaluation,
+            lineage,
+            run.tracker,
+            run.scratch,
+            made.reference,
+            made.membership,
         )
         note(
             f"{published.name} v{published.version} registered as challenger"

@@ -148,12 +148,26 @@ def models(
     project: ProjectOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     history: Annotated[bool, typer.Option(help="Also show each model's champion moves.")] = False,
+    split: Annotated[
+        str | None,
+        typer.Option(
+            "--split",
+            metavar="VERSION",
+            help="Rows per split set of one version (--json: the keys of each set).",
+        ),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Registered model for --split (default: params).")
+    ] = None,
 ) -> None:
     """Registered versions: aliases, key metrics, data version, commit."""
     from loopline import registry
 
     paths = _paths(project)
     uri = paths.tracking_uri()
+    if split is not None:
+        show_split(paths, model, split, as_json)
+        return
     rows = registry.list_models(uri)
     histories = {name: registry.champion_history(uri, name) for name in {r["name"] for r in rows}}
     if as_json:
@@ -205,8 +219,49 @@ def models(
                 console.print(
                     f"  {move['when']}  {before} → v{move['to']}  by {move['who']}: {move['why']}"
                 )
+                if move.get("gate"):
+                    console.print(f"      gate: {describe_gate(move['gate'])}")
                 if move.get("trigger"):
                     console.print(f"      started by: {move['trigger']}")
+
+
+def describe_gate(gate: dict) -> str:
+    """One line of a champion move's test: method, statistic, p-value, interval, rows."""
+    low, high = (gate.get("interval") or [float("nan"), float("nan")])[:2]
+    return (
+        f"{gate.get('method')} statistic {gate.get('statistic', float('nan')):.4g}, "
+        f"p {gate.get('p_value', float('nan')):.3g} (alpha {gate.get('alpha')}), difference "
+        f"{gate.get('difference', float('nan')):+.4g}, interval [{low:+.4g}, {high:+.4g}] "
+        f"on {gate.get('rows')} rows"
+    )
+
+
+def show_split(paths, model: str | None, version: str, as_json: bool) -> None:
+    """Print which rows a registered version trained, validated and was tested on."""
+    import tempfile
+
+    from loopline import registry
+    from loopline.config import load_params
+    from loopline.membership import Membership
+
+    name = model or load_params(paths.params_file).model_name
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = registry.download_model(
+            paths.tracking_uri(), f"models:/{name}/{version}", Path(scratch)
+        )
+        membership = Membership.read(folder)
+    if membership is None:
+        raise LooplineError(
+            f"{name} v{version} was published before split memberships were recorded: its "
+            "sets are not known"
+        )
+    if as_json:
+        typer.echo(json.dumps(membership.sets, default=str))
+        return
+    what = "time ranges per series" if membership.kind == "periods" else "keys"
+    console.print(f"{name} v{version}: split sets by {', '.join(membership.key_columns)} ({what})")
+    for name_, count in membership.counts().items():
+        typer.echo(f"{name_:5s} {count}")
 
 
 def served_task(paths, params) -> str:

@@ -91,9 +91,13 @@ class LabelingParams(Section):
 
 
 class SplitParams(Section):
+    """Shares of the train, val and test sets, and the salt of the hash that places a row
+    by its key (`loopline.split`): a new salt, or new shares, move rows between sets."""
+
     train: Annotated[float, Field(gt=0, lt=1)] = 0.8
     val: Annotated[float, Field(gt=0, lt=1)] = 0.1
     test: Annotated[float, Field(gt=0, lt=1)] = 0.1
+    salt: Annotated[str, Field(min_length=1)] = "loopline"
 
     @model_validator(mode="after")
     def _sum_to_one(self) -> SplitParams:
@@ -186,6 +190,14 @@ class EvaluateParams(Section):
     alpha: Annotated[float, Field(gt=0, lt=0.5)] = 0.05
     # Resamples of the paired bootstrap interval of the metric difference (seeded by `seed`).
     resamples: Annotated[int, Field(ge=99)] = 1999
+    # Fewer candidate test rows that the champion never trained or validated on than this,
+    # and the candidate is held: too few rows to compare the two on.
+    min_comparison_rows: Annotated[int, Field(ge=1)] = 30
+    # Fewer labeled rows than this, and a row-per-example task is judged by repeated k-fold
+    # cross-validation (`loopline.crossval`) instead of its one held-out test set.
+    cross_validate_below: Annotated[int, Field(ge=0)] = 1000
+    folds: Annotated[int, Field(ge=2, le=20)] = 5
+    repeats: Annotated[int, Field(ge=1, le=20)] = 2
 
 
 class ExportParams(Section):

@@ -101,6 +101,28 @@ class SnapshotStore:
             keys.update(joined.tolist())
         return keys
 
+    def keys_since(self, version: str, columns: list[str]) -> set[str] | None:
+        """Keys of the rows committed after snapshot `version` (as `split.key_text` writes
+        them), or None when `version` is not one this snapshot has been. The manifest only
+        ever grows, so each earlier version is the hash of its first batches."""
+        manifest = self.manifest()
+        batches = manifest["batches"]
+        for count in range(len(batches), -1, -1):
+            if count == 0 and version == "empty":
+                break
+            earlier = json.dumps({**manifest, "batches": batches[:count]}, indent=1)
+            if hashlib.sha256(earlier.encode()).hexdigest()[:16] == version:
+                break
+        else:
+            return None
+        keys: set[str] = set()
+        for part in [b["partition"] for b in batches[count:] if b.get("partition")]:
+            frame = pd.read_parquet(self.folder / part, columns=columns).astype("string")
+            text = frame.fillna("")
+            joined = text[columns[0]] if len(columns) == 1 else text.agg("|".join, axis=1)
+            keys.update(joined.tolist())
+        return keys
+
     def load(self) -> pd.DataFrame:
         parts = [b["partition"] for b in self.manifest()["batches"] if b.get("partition")]
         if not parts:

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -129,7 +129,9 @@ class Decision:
     promote: bool
     reasons: list[str] = field(default_factory=list)
     test: GateTest | None = None
-    rule: Literal["point", "paired"] = "point"
+    rule: Literal["point", "paired", "cross-validation"] = "point"
+    # Candidate test rows the champion never trained or validated on (None: no champion).
+    comparison_rows: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -137,9 +139,27 @@ class Decision:
     def tracking(self) -> tuple[dict[str, float], dict[str, str]]:
         """MLflow metrics and tags of the decision (`loopline.gate.*`)."""
         metrics, tags = self.test.tracking() if self.test is not None else ({}, {})
+        if self.comparison_rows is not None:
+            metrics = {**metrics, "loopline.gate.comparison_rows": float(self.comparison_rows)}
         tags = {"loopline.gate.rule": self.rule, **tags}
         tags["loopline.gate.promote"] = "true" if self.promote else "false"
         return metrics, tags
+
+
+NO_CHAMPION = "no current champion"
+
+
+def compared_on(evaluation: Evaluation, rows: int, note: str, hold: str | None) -> Evaluation:
+    """`evaluation` with the rows the champion was compared on said in its decision; with
+    `hold` (why the champion could not be compared), the candidate is held for it."""
+    decision = evaluation.decision
+    if hold is None:
+        reasons = [*decision.reasons, note]
+        decided = replace(decision, reasons=reasons, comparison_rows=rows)
+    else:
+        reasons = [r for r in decision.reasons if r != NO_CHAMPION]
+        decided = replace(decision, promote=False, reasons=[*reasons, hold], comparison_rows=rows)
+    return replace(evaluation, decision=decided)
 
 
 def _better(candidate: float, other: float, higher_is_better: bool) -> bool:
@@ -198,7 +218,7 @@ def should_promote(
     if champion_incomparable:
         pass  # held above, with the reason
     elif champion is None:
-        reasons.append("no current champion")
+        reasons.append(NO_CHAMPION)
     else:
         if champion.rows != candidate.rows:
             raise ValueError(

@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from loopline import registry
+from loopline.datastore import SnapshotStore
+from loopline.evaluate import compared_on
+from loopline.membership import ChampionRows, Membership, comparison_rows
 from loopline.registry import TAG
 from loopline.tracking import (
     INIT_FROM_TAG,
@@ -112,6 +115,17 @@ def champion_move(promote: bool, champion: str | None, published: str) -> Move:
     return "promote" if promote else "hold"
 
 
+def champion_rows(task: Any, folder: Path, version: Any, snapshots: Path | None) -> ChampionRows:
+    """What the champion (its files downloaded into `folder`) learned from: its recorded
+    membership, else the keys ingested after its snapshot version in `snapshots`."""
+    recorded = Membership.read(folder)
+    if recorded is not None or snapshots is None:
+        return ChampionRows(str(version.version), recorded)
+    snapshot = (version.tags or {}).get(SNAPSHOT_TAG, "").split("+labels-")[0]
+    new_keys = SnapshotStore(snapshots).keys_since(snapshot, list(task.key_columns))
+    return ChampionRows(str(version.version), None, new_keys)
+
+
 def score_against_champion(
     plugin: Any,
     frame,
@@ -120,13 +134,35 @@ def score_against_champion(
     params: Any,
     tracker: RunTracker,
     folder: Path,
+    snapshots: Path | None = None,
 ):
     """The task's evaluation of `model` beside the current champion (downloaded into
-    `folder`), with the gate's decision, recorded on the pipeline run."""
-    champion = registry.load_champion(tracker.tracking_uri, params.model_name, folder / "champ")
-    evaluation = plugin.evaluate(frame, spec, model, params, champion[:2] if champion else None)
+    `folder`), with the gate's decision, recorded on the pipeline run.
+
+    The champion is scored only on the candidate's test rows it never trained or validated
+    on (`membership.comparison_rows`; `snapshots`, the task's snapshot folder, places a
+    champion published before memberships were recorded); too few, and the candidate is
+    held, saying so."""
+    from loopline.export import embedded_spec, onnx_session
+
+    downloaded = registry.download_champion(
+        tracker.tracking_uri, params.model_name, folder / "champ"
+    )
+    champion = comparison = None
+    if downloaded is not None:
+        where, version = downloaded
+        rows = champion_rows(plugin, where, version, snapshots)
+        comparison = comparison_rows(plugin, frame, spec, rows, params.evaluate.min_comparison_rows)
+        frame = comparison.frame
+        if comparison.reason is None:
+            session = onnx_session(where / "model.onnx")
+            champion = (session, embedded_spec(session))
+    evaluation = plugin.evaluate(frame, spec, model, params, champion)
+    if comparison is not None:
+        note = comparison.describe(version.version)
+        evaluation = compared_on(evaluation, comparison.rows, note, comparison.reason)
     reports = plugin.evaluation_report(evaluation, frame, spec, model, params, folder)
-    record_evaluation(tracker, evaluation, reports, champion[2].version if champion else None)
+    record_evaluation(tracker, evaluation, reports, version.version if downloaded else None)
     return evaluation
 
 
@@ -139,11 +175,13 @@ def publish(
     lineage: Mapping[str, str],
     folder: Path,
     profile: Any = None,
+    membership: Membership | None = None,
 ) -> tuple[registry.Published, dict[str, Any] | None]:
     """Register `candidate` (an `export.Exported`) as the challenger with its tags and
     files, move the champion as the gate decided, then mark the version fully published.
 
-    `profile` (a `reference.ReferenceProfile`) travels in the version's files.
+    `profile` (a `reference.ReferenceProfile`) and `membership` (the keys of its split
+    sets) travel in the version's files.
 
     Idempotent per pipeline run: a resumed run that registered its version before a crash
     completes that version (tags, the gate) rather than registering another. Returns the
@@ -158,7 +196,7 @@ def publish(
     onnx_path.write_bytes(candidate.onnx_model)
     golden_out = run_onnx(onnx_session(onnx_path), candidate.golden)
     files = registry.write_model_files(
-        folder, candidate.spec, params, candidate.golden, golden_out, profile
+        folder, candidate.spec, params, candidate.golden, golden_out, profile, membership
     )
     decision = evaluation.decision
     published = registry.log_onnx_model(

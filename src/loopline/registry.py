@@ -152,11 +152,18 @@ GOLDEN_FILE = "golden.npz"  # export-time inputs and ONNX outputs, checked befor
 
 
 def write_model_files(
-    folder: Path, spec: Any, params: dict[str, Any], golden, golden_out, profile: Any = None
+    folder: Path,
+    spec: Any,
+    params: dict[str, Any],
+    golden,
+    golden_out,
+    profile: Any = None,
+    membership: Any = None,
 ) -> list[Path]:
     """The files published beside every model: its feature spec, its params, the golden
-    batch (inputs and the ONNX outputs at export) a service checks a version against, and
-    the reference profile the monitor compares live predictions with (`reference.py`)."""
+    batch (inputs and the ONNX outputs at export) a service checks a version against, the
+    reference profile the monitor compares live predictions with (`reference.py`) and the
+    keys of its split sets (`membership.Membership`)."""
     import numpy as np
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -165,7 +172,8 @@ def write_model_files(
     params_file.write_text(json.dumps(params, indent=1))
     np.savez(folder / GOLDEN_FILE, x=golden, y=golden_out)
     files = [spec_file, params_file, folder / GOLDEN_FILE]
-    return files + ([profile.write(folder)] if profile is not None else [])
+    files += [profile.write(folder)] if profile is not None else []
+    return files + ([membership.write(folder)] if membership is not None else [])
 
 
 def mark_published(tracking_uri: str, published: Published) -> None:
@@ -550,14 +558,22 @@ def latest_version(tracking_uri: str, name: str) -> Any | None:
     return max(versions, key=lambda v: int(v.version)) if versions else None
 
 
+def download_champion(tracking_uri: str, name: str, dest: Path) -> tuple[Path, Any] | None:
+    """(the folder of the current champion's files, its version), or None."""
+    version = champion_version(tracking_uri, name)
+    if version is None:
+        return None
+    return download_model(tracking_uri, f"models:/{name}/{version.version}", dest), version
+
+
 def load_champion(tracking_uri: str, name: str, dest: Path):
     """(onnx session, feature spec, version) of the current champion, or None."""
     from loopline.export import embedded_spec, onnx_session
 
-    version = champion_version(tracking_uri, name)
-    if version is None:
+    downloaded = download_champion(tracking_uri, name, dest)
+    if downloaded is None:
         return None
-    folder = download_model(tracking_uri, f"models:/{name}/{version.version}", dest)
+    folder, version = downloaded
     session = onnx_session(folder / "model.onnx")
     return session, embedded_spec(session), version
 

@@ -216,6 +216,13 @@ def record_validation(tracker: RunTracker, report: Any, quarantine: Path | None)
         tracker.log_file(quarantine, "validation")
 
 
+def record_split(tracker: RunTracker, report: Any) -> None:
+    """The split's rows per set, shares and the keys it names (`split.SplitReport`), beside
+    the batch's validation summary."""
+    tracker.log_dict(report.to_dict(), "validation/split.json")
+    tracker.log_metrics({f"split_{name}_rows": float(n) for name, n in report.counts.items()})
+
+
 def record_trial(tracker: RunTracker, trial: Any) -> None:
     """One tuning trial as a nested run."""
     child = tracker.child(f"trial-{trial.number}", {f"{TAG}trial_state": trial.state})

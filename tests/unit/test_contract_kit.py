@@ -3,6 +3,7 @@ tasks keep it with the serving round trip, and a broken task is told which part 
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from typing import ClassVar
 
@@ -129,10 +130,11 @@ class WrongSpecTask(Machines):
 @pytest.mark.parametrize(
     ("task", "part", "says"),
     [
-        (ShortValExamples, "examples", "val: x, y and keys hold 12, 11, 12"),
-        (HalfTask, "contract", "method rules() is not implemented"),
-        (LostAnswers, "serving", "predict() answered 11 of 12 items"),
-        (ErrorAnswers, "serving", "item 0: error answer {'error': 'no'}"),
+        # How many rows fall in val follows the hash of their keys: any n, n - 1, n.
+        (ShortValExamples, "examples", r"val: x, y and keys hold (\d+), (?!\1)\d+, \1"),
+        (HalfTask, "contract", r"method rules\(\) is not implemented"),
+        (LostAnswers, "serving", r"predict\(\) answered (\d+) of (?!\1)\d+ items"),
+        (ErrorAnswers, "serving", r"item 0: error answer \{'error': 'no'\}"),
         (WrongSpecTask, "features", "the feature spec names task 'someone-else'"),
         ("no_such_module:Task", "contract", "cannot import module 'no_such_module'"),
     ],
@@ -143,7 +145,7 @@ def test_a_broken_task_is_told_which_part_it_breaks(task, part, says):
     report = caught.value.report
     assert [c.part for c in report.failures] == [part], report
     failure = report.failures[0]
-    assert says in failure.detail, report
+    assert re.search(says, failure.detail), report
     assert f"FAILED  {part}: " in str(caught.value)
     # What needs the broken part is skipped, naming it; nothing after it passes silently.
     later = report.checks[report.checks.index(failure) + 1 :]

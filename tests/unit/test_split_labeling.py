@@ -5,7 +5,7 @@ import pytest
 from loopline.config import SplitParams
 from loopline.features import FeatureSpec, fit_normalization
 from loopline.labeling import add_forecast_labels, make_windows, shifted_values
-from loopline.split import chronological_split, stratified_split
+from loopline.split import chronological_split, hash_split, share_tolerance
 
 
 def hourly(n, site="a", start="2021-01-01", skip=()):
@@ -87,15 +87,19 @@ def test_split_rejects_too_little_data():
         chronological_split(hourly(10), SplitParams(), "timestamp", "1h", gap=24)
 
 
-def test_stratified_split_is_seeded_and_keeps_label_shares():
-    frame = pd.DataFrame({"label": [0] * 700 + [1] * 300})
-    a = stratified_split(frame, SplitParams(), "label", seed=3)
-    b = stratified_split(frame, SplitParams(), "label", seed=3)
-    assert a["split"].tolist() == b["split"].tolist()
-    for name in ("train", "val", "test"):
-        share = a.loc[a.split == name, "label"].mean()
-        assert share == pytest.approx(0.3, abs=0.02)
-    assert a["split"].value_counts()["train"] == 800
+def test_a_hash_split_meets_its_shares_and_never_moves_a_row():
+    frame = pd.DataFrame({"id": [f"r{i}" for i in range(5000)], "label": [0, 1] * 2500})
+    a = hash_split(frame, SplitParams(), ["id"], salt="s")
+    shares = a["split"].value_counts(normalize=True)
+    for name, share in (("train", 0.8), ("val", 0.1), ("test", 0.1)):
+        assert abs(shares[name] - share) <= share_tolerance(len(frame), share)
+    # Shuffled, grown by new rows: every old row keeps its set.
+    grown = pd.concat([frame, frame.assign(id=frame["id"] + "-new")]).sample(frac=1, random_state=1)
+    b = hash_split(grown, SplitParams(), ["id"], salt="s").set_index("id")["split"]
+    assert (b.loc[a["id"]].to_numpy() == a["split"].to_numpy()).all()
+    # Another salt is another draw.
+    c = hash_split(frame, SplitParams(), ["id"], salt="other")
+    assert (c["split"] != a["split"]).mean() > 0.2
 
 
 def test_normalization_uses_training_rows_only():

@@ -536,17 +536,18 @@ def pretraining_texts(rows, params) -> list[str]:
     seed, the split here equals the pipeline's: the running text task's own columns and
     split kind).
     """
-    from loopline.split import grouped_split, stratified_split
+    from loopline.split import grouped_split, hash_split
 
     task = params.plugin
     text, target, key = task.text_column, task.target_column, task.key_columns[0]
     labeled = rows[rows[target].notna()]
     test_ids = set()
     if len(labeled):
+        salt = params.split.salt
         if task.split_kind == "grouped":
-            split = grouped_split(labeled, params.split, task.group_column, params.seed)
+            split = grouped_split(labeled, params.split, task.group_column, salt)
         else:
-            split = stratified_split(labeled, params.split, target, params.seed)
+            split = hash_split(labeled, params.split, [key], salt)
         test_ids = set(split.loc[split["split"] == "test", key].astype(str))
     keep = ~rows[key].astype(str).isin(test_ids)
     return rows.loc[keep, text].astype(str).tolist()
