@@ -401,10 +401,12 @@ def check_space(hyperparameters: type, space: dict[str, Dimension]) -> None:
     unknown = sorted(set(space) - set(known))
     if unknown:
         raise ValueError(f"unknown hyperparameter(s) {unknown}; known: {list(known)}")
-    missing = sorted(set(known) - set(space))
+    # A field with a default (added after older search spaces were written) may be left out:
+    # it is not searched, and every trial uses its default.
+    missing = sorted(set(known) - set(space) - set(hyperparameters.defaults()))
     if missing:
         raise ValueError(f"search_space is missing {missing} (a one-item `choices` fixes one)")
-    for axis in known:
+    for axis in space:
         allowed = hyperparameters.choices(axis)
         if allowed is not None and not set(space[axis].choices or [None]) <= set(allowed):
             raise ValueError(f"search_space.{axis} must be `choices` from {sorted(allowed)}")

@@ -99,10 +99,21 @@ class Hyperparameters:
         return typing.get_args(annotation) if typing.get_origin(annotation) is Literal else None
 
     @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """The fields that have a default: a search space or a model saved before such a
+        field existed may leave them out."""
+        return {
+            f.name: f.default
+            for f in dataclasses.fields(cls)
+            if f.default is not dataclasses.MISSING
+        }
+
+    @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Hyperparameters:
         """Typed hyperparameters from plain values (a trial, a checkpoint, MLflow params);
-        unknown or missing names are named."""
+        unknown or missing names are named (a field with a default may be missing)."""
         known = cls.axes()
+        values = {**cls.defaults(), **values}
         unknown = sorted(set(values) - set(known))
         missing = sorted(set(known) - set(values))
         if unknown or missing:

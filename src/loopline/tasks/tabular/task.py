@@ -13,10 +13,12 @@ configured in params.yaml alone (section `tabular:`):
 Built on `RowTask` (one row, one example), bound to the section (`bind`). Numeric columns
 are standardised, categorical ones one-hot encoded with an "other" slot (`encoding`); the
 vocabulary, scaling, columns and labels go into the model's feature spec, which is all that
-serving and evaluating a champion read. Tuning chooses the algorithm per trial: the MLP, or
-gradient-boosted trees (`model.GradientBoosted`); a linear model on the same inputs is the
-baseline the gate requires beating, and the report ranks each feature by permutation
-importance on the test rows.
+serving and evaluating a champion read. Tuning chooses the algorithm per trial: the MLP,
+gradient-boosted trees (`model.GradientBoosted`) or the linear model (`model.Linear`:
+logistic or ridge regression), so data that is linear gets the linear model served. The gate
+still requires beating a baseline linear model fitted on the same inputs, the feature-blind
+baseline and the champion, and the report ranks each feature by permutation importance on
+the test rows.
 """
 
 from __future__ import annotations
@@ -62,13 +64,15 @@ class TabularSettings(Section):
 @dataclass(frozen=True, kw_only=True)
 class TabularHyperparameters(RowHyperparameters):
     """The algorithm, then the MLP's (`learning_rate`, `batch_size`, `hidden_size`,
-    `layers`, `dropout`) and the trees' (`trees`, `depth`, `shrinkage`: their learning
-    rate). A trial reads those of its algorithm."""
+    `layers`, `dropout`), the trees' (`trees`, `depth`, `shrinkage`: their learning rate)
+    and the linear model's (`inverse_regularization`: scikit-learn's `C`). A trial reads
+    those of its algorithm."""
 
-    algorithm: Literal["mlp", "gbm"]
+    algorithm: Literal["mlp", "gbm", "linear"]
     trees: int
     depth: int
     shrinkage: float
+    inverse_regularization: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -129,7 +133,7 @@ class TabularTask(RowTask):
 
     def default_space(self) -> dict[str, Dimension]:
         return {
-            "algorithm": Dimension(choices=["mlp", "gbm"]),
+            "algorithm": Dimension(choices=["mlp", "gbm", "linear"]),
             "hidden_size": Dimension(choices=[32, 64]),
             "layers": Dimension(choices=[1, 2]),
             "dropout": Dimension(low=0.0, high=0.3),
@@ -138,6 +142,7 @@ class TabularTask(RowTask):
             "trees": Dimension(choices=[50, 100, 200]),
             "depth": Dimension(choices=[2, 3]),
             "shrinkage": Dimension(low=0.05, high=0.3, log=True),
+            "inverse_regularization": Dimension(low=0.01, high=100.0, log=True),
         }
 
     @property
@@ -253,7 +258,7 @@ class TabularTask(RowTask):
         return len(encoding.input_names(spec.options.numeric, spec.options.vocabulary))
 
     def build_model(self, hparams: TabularHyperparameters, spec: FeatureSpec):
-        from loopline.tasks.tabular.model import GradientBoosted
+        from loopline.tasks.tabular.model import GradientBoosted, Linear
 
         labels = spec.labels
         n_outputs = len(labels) if labels is not None else 1
@@ -264,6 +269,14 @@ class TabularTask(RowTask):
                 hparams.trees,
                 hparams.depth,
                 hparams.shrinkage,
+                spec.target_mean,
+                spec.target_std,
+            )
+        if hparams.algorithm == "linear":
+            return Linear(
+                n_outputs,
+                labels is not None,
+                hparams.inverse_regularization,
                 spec.target_mean,
                 spec.target_std,
             )
