@@ -242,7 +242,15 @@ def evaluate(
     stage_key: str,
 ) -> Evaluation:
     return publishing.score_against_champion(
-        params.plugin, frame, spec, result.model, params, tracker, scratch, snapshots
+        params.plugin,
+        frame,
+        spec,
+        result.model,
+        params,
+        tracker,
+        scratch,
+        snapshots,
+        result.hparams,
     )
 
 

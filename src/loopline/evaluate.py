@@ -132,6 +132,8 @@ class Decision:
     rule: Literal["point", "paired", "cross-validation"] = "point"
     # Candidate test rows the champion never trained or validated on (None: no champion).
     comparison_rows: int | None = None
+    # Small data: the cross-validated test against each baseline (`crossval.corrected_t`).
+    baseline_tests: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -283,6 +285,13 @@ class Evaluation:
     scores: dict[str, Any]
     decision: Decision
     examples: list[dict[str, Any]] = field(default_factory=list)
+    # What the gate decided on (`judge`): the metric, its direction, and why the champion
+    # could not be scored (None when it could, or there is none).
+    metric: str = "rmse"
+    higher_is_better: bool = False
+    incomparable: str | None = None
+    # Small data (`loopline.crossval`): each model's mean metric over the folds.
+    cross_validated: dict[str, float] = field(default_factory=dict)
 
     @property
     def rows(self) -> int:
@@ -302,6 +311,8 @@ class Evaluation:
                     out[f"{prefix}_{key}"] = float(value)
             if name != "model" and isinstance(scores, Scores):
                 out[f"skill_vs_{name}"] = skill(self.scores["model"], scores)
+        for name, value in self.cross_validated.items():
+            out[f"cv_{name}_{self.metric}"] = float(value)
         return out
 
     def headlines(self) -> list[str]:
@@ -396,7 +407,13 @@ def judge(
         higher_is_better=higher_is_better,
         paired=Paired(rule.alpha, params.seed, rule.resamples) if rule.gate == "paired" else None,
     )
-    return Evaluation(scores, decision)
+    return Evaluation(
+        scores,
+        decision,
+        metric=metric,
+        higher_is_better=higher_is_better,
+        incomparable=incomparable,
+    )
 
 
 def evaluate_classifier(

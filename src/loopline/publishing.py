@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from loopline import registry
+from loopline import crossval, registry
 from loopline.datastore import SnapshotStore
 from loopline.evaluate import compared_on
 from loopline.membership import ChampionRows, Membership, comparison_rows
@@ -135,6 +135,7 @@ def score_against_champion(
     tracker: RunTracker,
     folder: Path,
     snapshots: Path | None = None,
+    hparams: dict[str, Any] | None = None,
 ):
     """The task's evaluation of `model` beside the current champion (downloaded into
     `folder`), with the gate's decision, recorded on the pipeline run.
@@ -142,28 +143,40 @@ def score_against_champion(
     The champion is scored only on the candidate's test rows it never trained or validated
     on (`membership.comparison_rows`; `snapshots`, the task's snapshot folder, places a
     champion published before memberships were recorded); too few, and the candidate is
-    held, saying so."""
-    from loopline.export import embedded_spec, onnx_session
-
+    held, saying so. Small data (`crossval.applies`) is judged against the baselines by
+    cross-validating the learner with `hparams`."""
     downloaded = registry.download_champion(
         tracker.tracking_uri, params.model_name, folder / "champ"
     )
-    champion = comparison = None
-    if downloaded is not None:
-        where, version = downloaded
-        rows = champion_rows(plugin, where, version, snapshots)
-        comparison = comparison_rows(plugin, frame, spec, rows, params.evaluate.min_comparison_rows)
-        frame = comparison.frame
-        if comparison.reason is None:
-            session = onnx_session(where / "model.onnx")
-            champion = (session, embedded_spec(session))
-    evaluation = plugin.evaluate(frame, spec, model, params, champion)
+    comparison, champion = _comparison(plugin, frame, spec, params, downloaded, snapshots)
+    scored = comparison.frame if comparison is not None else frame
+    evaluation = plugin.evaluate(scored, spec, model, params, champion)
+    if hparams is not None and crossval.applies(plugin, frame, spec, params):
+        folds = crossval.cross_validate(plugin, frame, spec, hparams, params)
+        evaluation = crossval.decide(evaluation, folds, params)
+    version = downloaded[1].version if downloaded is not None else None
     if comparison is not None:
-        note = comparison.describe(version.version)
+        note = comparison.describe(version)
         evaluation = compared_on(evaluation, comparison.rows, note, comparison.reason)
-    reports = plugin.evaluation_report(evaluation, frame, spec, model, params, folder)
-    record_evaluation(tracker, evaluation, reports, version.version if downloaded else None)
+    reports = plugin.evaluation_report(evaluation, scored, spec, model, params, folder)
+    record_evaluation(tracker, evaluation, reports, version)
     return evaluation
+
+
+def _comparison(plugin, frame, spec, params, downloaded, snapshots):
+    """(the rows the champion may be compared on, (its session, its spec) or None when it
+    cannot be compared); (None, None) without a champion."""
+    from loopline.export import embedded_spec, onnx_session
+
+    if downloaded is None:
+        return None, None
+    where, version = downloaded
+    rows = champion_rows(plugin, where, version, snapshots)
+    comparison = comparison_rows(plugin, frame, spec, rows, params.evaluate.min_comparison_rows)
+    if comparison.reason is not None:
+        return comparison, None
+    session = onnx_session(where / "model.onnx")
+    return comparison, (session, embedded_spec(session))
 
 
 def publish(

@@ -3,8 +3,9 @@
 `loopline init --template tabular` twice, as a user runs it: `churn` (a classification,
 the template's own customers, run as `loopline run -P ingest.source=customers.csv`) and
 `prices` (a regression on a house table written here, with one price that is text). Both
-run the real offline flow (the tuning grid's two trials are the MLP and the trees; the
-gate compares with the linear baseline), publish, and serve through the real service
+run the real offline flow (the tuning grid's three trials are the MLP, the trees and the
+linear model; on these small tables the gate cross-validates against the feature-blind
+baseline), publish, and serve through the real service
 (`loopline serve`), whose answers equal the champion's ONNX outputs offline on the same
 rows. The two projects run side by side: each flow spends most of its time starting up.
 """
@@ -27,15 +28,15 @@ import yaml
 
 pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
-# Two trials on a grid of one point per knob but the algorithm: one MLP, one trees.
+# Three trials on a grid of one point per knob but the algorithm: MLP, trees, linear.
 SPACE = (
-    "tune.search_space={algorithm: {choices: [mlp, gbm]}, hidden_size: {choices: [32]}, "
+    "tune.search_space={algorithm: {choices: [mlp, gbm, linear]}, hidden_size: {choices: [32]}, "
     "layers: {choices: [1]}, dropout: {choices: [0.0]}, learning_rate: {choices: [0.01]}, "
     "batch_size: {choices: [32]}, trees: {choices: [100]}, depth: {choices: [3]}, "
-    "shrinkage: {choices: [0.1]}}"
+    "shrinkage: {choices: [0.1]}, inverse_regularization: {choices: [1.0]}}"
 )
 FAST = [
-    "-P", "tune.sampler=grid", "-P", "tune.n_trials=2", "-P", SPACE,
+    "-P", "tune.sampler=grid", "-P", "tune.n_trials=3", "-P", SPACE,
     "-P", "tune.max_epochs=5", "-P", "train.max_epochs=30", "-P", "train.threads=1",
 ]  # fmt: skip
 PRICES = {
@@ -146,17 +147,21 @@ def trial_algorithms(output: str) -> set[str]:
 
 
 @pytest.mark.parametrize("name", ["churn", "prices"])
-def test_tuning_tries_both_candidates_and_the_gate_beats_the_linear_baseline(served, name):
+def test_tuning_tries_every_algorithm_and_small_data_is_cross_validated(served, name):
     output = served["outputs"][name]
-    assert trial_algorithms(output) == {"mlp", "gbm"}, output[-3000:]
+    assert trial_algorithms(output) == {"mlp", "gbm", "linear"}, output[-3000:]
     result = summary(output)
     assert result["status"] == "published" and result["promoted"] is True, result
-    metrics = result["metrics"]
+    decision, metrics = result["decision"], result["metrics"]
+    # Under 1,000 rows: ten folds, a corrected t-test against the feature-blind baseline.
+    assert decision["rule"] == "cross-validation", decision
+    (baseline,) = decision["baseline_tests"]
+    test = decision["baseline_tests"][baseline]
+    assert test["rows"] == 10 and test["p_value"] < test["alpha"], test
     if name == "churn":
-        assert metrics["test_accuracy"] > metrics["linear_baseline_accuracy"], metrics
+        assert metrics["cv_model_accuracy"] > metrics["cv_majority_class_baseline_accuracy"]
     else:
-        assert metrics["test_rmse"] < metrics["linear_baseline_rmse"], metrics
-    assert any("linear_baseline" in reason for reason in result["decision"]["reasons"])
+        assert metrics["cv_model_rmse"] < metrics["cv_training_mean_baseline_rmse"], metrics
 
 
 def test_a_regression_target_with_text_is_quarantined_naming_it(served):

@@ -1,6 +1,6 @@
 """The tabular candidates beside the MLP (`loopline.tasks.rows.model.RowMLP`): scikit-learn's
 gradient-boosted trees and linear model, which fit and export themselves (`train.FitsItself`,
-`export.ExportsItself`), and the linear baseline.
+`export.ExportsItself`).
 
 `GradientBoosted` and `Linear` are `nn.Module`s so the shared path (checkpoints, `predict`,
 the parity check) treats them like any model: `forward` runs the estimator on NumPy and
@@ -207,23 +207,3 @@ class _Served(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.predict(x)
-
-
-def linear_baseline(x_train: np.ndarray, y_train: np.ndarray, n_labels: int | None):
-    """The linear model on the same inputs: `answer(x)` gives class probabilities (logistic
-    regression), or values (ridge regression) in the target's units."""
-    if n_labels is None:
-        from sklearn.linear_model import Ridge
-
-        ridge = Ridge(alpha=1.0).fit(x_train, y_train.ravel())
-        return lambda x: ridge.predict(x).reshape(-1, 1)
-    from sklearn.linear_model import LogisticRegression
-
-    logistic = LogisticRegression(max_iter=2000).fit(x_train, y_train)
-
-    def probabilities(x: np.ndarray) -> np.ndarray:
-        out = np.zeros((len(x), n_labels))
-        out[:, logistic.classes_] = logistic.predict_proba(x)  # a class absent from training: 0
-        return out
-
-    return probabilities

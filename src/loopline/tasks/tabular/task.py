@@ -16,9 +16,8 @@ vocabulary, scaling, columns and labels go into the model's feature spec, which 
 serving and evaluating a champion read. Tuning chooses the algorithm per trial: the MLP,
 gradient-boosted trees (`model.GradientBoosted`) or the linear model (`model.Linear`:
 logistic or ridge regression), so data that is linear gets the linear model served. The gate
-still requires beating a baseline linear model fitted on the same inputs, the feature-blind
-baseline and the champion, and the report ranks each feature by permutation importance on
-the test rows.
+requires beating the feature-blind baseline (`RowTask.evaluate`) and the champion, and the
+report ranks each feature by permutation importance on the test rows.
 """
 
 from __future__ import annotations
@@ -32,9 +31,7 @@ import pandas as pd
 from pydantic import Field
 
 from loopline.config import Dimension, Params, Section
-from loopline.evaluate import incomparable_specs, judge, score, score_classes
 from loopline.features import FeatureSpec
-from loopline.split import labeled_set
 from loopline.tasks.base import FeatureOptions, Hyperparameters
 from loopline.tasks.rows.task import RowHyperparameters, RowTask, _finite
 from loopline.tasks.tabular import encoding
@@ -283,37 +280,6 @@ class TabularTask(RowTask):
         return super().build_model(hparams, spec)
 
     # ------------------------------------------------------------------ evaluation
-
-    def evaluate(self, frame, spec: FeatureSpec, model, params: Params, champion=None):
-        """The model, the linear baseline, a baseline that ignores the features and the
-        champion on the same labeled test rows: accuracy decides for classes, RMSE for a
-        number."""
-        from loopline.export import run_onnx
-        from loopline.tasks.tabular.model import linear_baseline
-        from loopline.train import predict
-
-        test_rows = labeled_set(frame, "test", spec.target_column)
-        if test_rows.empty:
-            raise ValueError("the test split holds no labeled row: nothing to evaluate on")
-        truth = self.targets(test_rows, spec, "test")
-        train = self.examples(frame, spec, "train")
-        x_test = self.inputs(test_rows, spec)
-        labels = spec.labels
-        outputs = {"model": predict(model, x_test)}
-        linear = linear_baseline(train.x, train.y, len(labels) if labels else None)
-        outputs["linear_baseline"] = linear(x_test)
-        outputs.update(self.baselines(train.y, len(test_rows), spec))
-        reason = None
-        if champion is not None:
-            session, own = champion
-            reason = incomparable_specs(spec, own) or self.incomparable(spec, own)
-            if reason is None:  # the champion reads the rows its own way (its vocabulary)
-                outputs["champion"] = run_onnx(session, self.inputs(test_rows, own))
-        if labels is not None:
-            scores = {name: score_classes(truth, p) for name, p in outputs.items()}
-            return judge(scores, params, reason, metric="accuracy", higher_is_better=True)
-        scores = {name: score(truth, np.asarray(v).reshape(-1, 1)) for name, v in outputs.items()}
-        return judge(scores, params, reason)
 
     def evaluation_report(self, evaluation, frame, spec, model, params, folder):
         """Per-feature permutation importance on the test rows: a PNG and an HTML page."""
