@@ -12,10 +12,16 @@ import pandas as pd
 from loopline import datastore
 from loopline.config import Params
 from loopline.human_labels import LabelStore
-from loopline.ingest import batch_watermarks, fetch_new_rows, untimed_fingerprints
+from loopline.ingest import (
+    batch_watermarks,
+    fetch_new_rows,
+    label_text,
+    row_keys,
+    untimed_fingerprints,
+)
 from loopline.paths import ProjectPaths
 from loopline.tracking import RunTracker, record_validation
-from loopline.validate import ValidationReport, check_bad_fraction, validate_rows
+from loopline.validate import ValidationReport, check_bad_fraction, quarantine, validate_rows
 
 
 def _store(paths: ProjectPaths, params: Params) -> datastore.SnapshotStore:
@@ -27,21 +33,42 @@ def new_rows(params: Params, paths: ProjectPaths) -> tuple[pd.DataFrame, int]:
     task, store = params.plugin, _store(paths, params)
     # A source without times has no watermark: its rows already in the snapshot are known
     # by key instead.
-    known = store.known_keys(task.key_columns) if task.time_column is None else set()
+    known = _known_labels(task, store)
     return fetch_new_rows(
         params, task, paths.root, store.watermarks(), store.untimed_quarantined(), known
     )
 
 
+def _known_labels(task, store: datastore.SnapshotStore) -> dict[str, str]:
+    """Key -> label text of the snapshot's rows, for a task without a time column (a timed
+    task's watermark says what is new)."""
+    if task.time_column is not None:
+        return {}
+    return store.known_labels(list(task.key_columns), task.target_column)
+
+
 def validate_batch(
     params: Params, rows: pd.DataFrame, paths: ProjectPaths, batch_id: str, tracker: RunTracker
 ) -> ValidationReport:
-    """Validate a batch against the task's schema and rules, quarantine its bad rows,
-    record the result, and stop (ValidationFailed) when too many are bad."""
+    """Validate a batch against the task's schema and rules, quarantine its bad rows (and
+    rows whose key the snapshot holds with another label, naming both), record the result,
+    and stop (ValidationFailed) when too many are bad."""
     task = params.plugin
     report = validate_rows(
         rows, task.schema_for(params), task.rules(params), suite_name=params.task_name
     )
+    known = _known_labels(task, _store(paths, params))
+    if known and len(report.good):
+        keys = row_keys(report.good, task)
+        seen = keys.isin(known.keys()).to_numpy()
+        new = label_text(report.good[task.target_column])
+        reasons = [
+            f"key_seen_before: {key} is in the snapshot "
+            + (f"with label {known[key]!r}" if known[key] else "without a label")
+            + f", this row says {label!r} (a correction goes through `loopline label import`)"
+            for key, label in zip(keys[seen], new[seen], strict=True)
+        ]
+        report = quarantine(report, seen, reasons, "key_seen_before")
     where = datastore.write_quarantine(report.bad, paths.quarantine / params.task_name, batch_id)
     record_validation(tracker, report, where)
     check_bad_fraction(report, params.validate_.max_bad_fraction, str(where))

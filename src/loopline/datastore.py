@@ -90,16 +90,19 @@ class SnapshotStore:
             return "empty"
         return hashlib.sha256(self.manifest_path.read_bytes()).hexdigest()[:16]
 
-    def known_keys(self, columns: list[str]) -> set[str]:
-        """Keys of every committed row (for sources without a time to keep a watermark)."""
+    def known_labels(self, columns: list[str], target: str) -> dict[str, str]:
+        """Each committed row's key and its label as text (`ingest.label_text`; "" when it
+        has none): a source row with a known key is new only when its label differs."""
+        from loopline.ingest import label_text
+
         parts = [b["partition"] for b in self.manifest()["batches"] if b.get("partition")]
-        keys: set[str] = set()
+        known: dict[str, str] = {}
         for part in parts:
-            frame = pd.read_parquet(self.folder / part, columns=columns).astype("string")
-            text = frame.fillna("")
+            frame = pd.read_parquet(self.folder / part, columns=[*columns, target])
+            text = frame[columns].astype("string").fillna("")
             joined = text[columns[0]] if len(columns) == 1 else text.agg("|".join, axis=1)
-            keys.update(joined.tolist())
-        return keys
+            known.update(zip(joined.tolist(), label_text(frame[target]).tolist(), strict=True))
+        return known
 
     def keys_since(self, version: str, columns: list[str]) -> set[str] | None:
         """Keys of the rows committed after snapshot `version` (as `split.key_text` writes

@@ -151,17 +151,17 @@ def newer_than(
     watermarks: dict[str, str],
     task: Task,
     seen_untimed: set[str] = frozenset(),
-    known_keys: set[str] = frozenset(),
+    known_keys: dict[str, str] | None = None,
 ) -> pd.DataFrame:
     """Rows after their group's watermark (incremental ingest); for a task without a time
-    column, rows whose key is not in the snapshot yet (`known_keys`).
+    column, rows whose key is not in the snapshot yet (`known_keys`: key -> label text).
 
     Rows whose time does not parse are kept for validation to quarantine, unless an earlier
     batch quarantined them already (`seen_untimed`).
     """
     column, group = task.time_column, task.key_columns[0]
     if column is None:
-        return unseen_rows(frame, task, seen_untimed, known_keys)
+        return unseen_rows(frame, task, seen_untimed, known_keys or {})
     if column not in frame.columns or group not in frame.columns:
         return frame.reset_index(drop=True)  # validation names the missing column
     times = parsed_times(frame, column)
@@ -181,16 +181,37 @@ def row_keys(frame: pd.DataFrame, task: Task) -> pd.Series:
     return text[columns[0]] if len(columns) == 1 else text.agg("|".join, axis=1)
 
 
+def label_text(values: pd.Series) -> pd.Series:
+    """Labels as comparable text: a number in one spelling ("3", "3.0" and 3 are "3"), a
+    missing label as ""."""
+    text = values.astype("string").fillna("").str.strip().astype(object)
+    numbers = pd.to_numeric(text.where(text != ""), errors="coerce").astype(float)
+    spelled = [f"{n:.12g}" if n == n else t for n, t in zip(numbers, text, strict=True)]
+    return pd.Series(spelled, index=values.index, dtype=object)
+
+
+def relabeled(frame: pd.DataFrame, task: Task, known: dict[str, str]) -> pd.Series:
+    """Rows whose key is in the snapshot (`known`: key -> label text) with another label:
+    validation quarantines them, naming both labels, rather than move or drop them
+    silently."""
+    target = task.target_column
+    if not known or target not in frame.columns or not set(task.key_columns) <= set(frame.columns):
+        return pd.Series(False, index=frame.index)
+    stored = row_keys(frame, task).map(known)
+    return stored.notna() & (stored != label_text(frame[target]))
+
+
 def unseen_rows(
-    frame: pd.DataFrame, task: Task, seen_untimed: set[str], known_keys: set[str]
+    frame: pd.DataFrame, task: Task, seen_untimed: set[str], known: dict[str, str]
 ) -> pd.DataFrame:
-    """Rows of an untimed source not ingested before: their key is not in the snapshot and
-    they are not a bad row an earlier batch quarantined already."""
+    """Rows of an untimed source not ingested before: their key is not in the snapshot (or
+    is, with another label: see `relabeled`) and they are not a bad row an earlier batch
+    quarantined already."""
     keep = pd.Series(True, index=frame.index)
     if seen_untimed:
         keep &= ~row_fingerprints(frame).isin(seen_untimed)
-    if known_keys and set(task.key_columns) <= set(frame.columns):
-        keep &= ~row_keys(frame, task).isin(known_keys)
+    if known and set(task.key_columns) <= set(frame.columns):
+        keep &= ~row_keys(frame, task).isin(known.keys()) | relabeled(frame, task, known)
     return frame[keep].reset_index(drop=True)
 
 
@@ -227,7 +248,7 @@ def fetch_new_rows(
     root: Path,
     watermarks: dict[str, str],
     seen_untimed: set[str] = frozenset(),
-    known_keys: set[str] = frozenset(),
+    known_keys: dict[str, str] | None = None,
 ) -> tuple[pd.DataFrame, int]:
     """The source's rows newer than `watermarks` (what this run has to add), and how many
     rows the source held in all, so a run can say how many it skipped as already seen."""

@@ -219,6 +219,26 @@ def validate_rows(
     )
 
 
+def quarantine(
+    report: ValidationReport, mask: np.ndarray, reasons: list[str], rule: str
+) -> ValidationReport:
+    """`report` with its good rows under `mask` moved to the bad ones, each with its reason
+    (a check beyond the rules: say, a key the snapshot already holds with another label)."""
+    if not mask.any():
+        return report
+    moved = report.good[mask].astype("string").copy()
+    moved[REASONS] = reasons
+    failures = {**report.rule_failures, rule: report.rule_failures.get(rule, 0) + int(mask.sum())}
+    return ValidationReport(
+        good=report.good[~mask].reset_index(drop=True),
+        bad=pd.concat([report.bad, moved], ignore_index=True),
+        rule_failures=failures,
+        total=report.total,
+        ge_success=False,
+        ge_statistics=report.ge_statistics,
+    )
+
+
 def check_bad_fraction(report: ValidationReport, max_bad_fraction: float, where: str) -> None:
     """Stop the run when too many rows broke the contract."""
     if report.bad_fraction > max_bad_fraction:

@@ -20,6 +20,7 @@ from loopline import registry
 from loopline.datastore import SnapshotStore
 from loopline.export import run_onnx_outputs
 from loopline.human_labels import LabelStore
+from loopline.membership import Membership
 from loopline.paths import ProjectPaths
 from tests.conftest import write_project
 from tests.reviews_data import TINY_REVIEWS, reviews_frame, write_reviews
@@ -155,6 +156,22 @@ def test_label_export_then_import_trains_on_the_answers(reviews_project, tmp_pat
     assert summary["status"] == "published", summary
     version = registry.latest_version(paths.tracking_uri(), "reviews")
     assert "+labels-" in version.tags["loopline.snapshot_version"]
+    # The answers joined sets by their movie's hash: no old row moved, and the candidate
+    # was never tested on a row the champion trained or validated on.
+    before, after = membership(root, "1", tmp_path), membership(root, version.version, tmp_path)
+    where = {key: name for name, keys in after.sets.items() for key in keys}
+    assert all(where[key] == name for name, keys in before.sets.items() for key in keys)
+    assert set(batch["id"][:8]) <= set(where)
+    assert not set(after.sets["test"]) & (set(before.sets["train"]) | set(before.sets["val"]))
+    assert summary["decision"]["comparison_rows"] == len(after.sets["test"])
+
+
+def membership(root: Path, version: str, scratch: Path) -> Membership:
+    paths = ProjectPaths.at(root)
+    folder = registry.download_model(
+        paths.tracking_uri(), f"models:/reviews/{version}", scratch / f"v{version}"
+    )
+    return Membership.read(folder)
 
 
 def test_label_import_reports_conflicts_and_bad_answers_and_imports_nothing(

@@ -97,9 +97,10 @@ def grown(tmp_path_factory, prefect_harness):
     first = blobs(0, 1200, seed=1)
     first.to_csv(root / "data_in" / "blobs.csv", index=False)
     one = run(root)
-    pd.concat([first, blobs(1200, 400, seed=2)]).sample(frac=1, random_state=0).to_csv(
-        root / "data_in" / "blobs.csv", index=False
-    )
+    # b0 comes again with another label: named in the quarantine, never moved or dropped.
+    relabeled = first.iloc[[0]].assign(kind="c" if first["kind"].iloc[0] != "c" else "a")
+    grown = pd.concat([first.iloc[1:], relabeled, blobs(1200, 400, seed=2)])
+    grown.sample(frac=1, random_state=0).to_csv(root / "data_in" / "blobs.csv", index=False)
     two = run(root)
     return root, one, two
 
@@ -118,6 +119,20 @@ def test_the_candidate_is_never_tested_on_rows_the_champion_learned_from(grown):
     decision = two["decision"]
     assert decision["comparison_rows"] == len(new.sets["test"])
     assert any("never trained or validated on" in r for r in decision["reasons"])
+
+
+def test_a_known_key_with_another_label_is_quarantined_naming_both_labels(grown):
+    root, one, two = grown
+    assert two["new_rows"] == 400
+    folder = ProjectPaths.at(root).quarantine / "blobs"
+    quarantined = pd.concat(pd.read_csv(p) for p in folder.rglob("*.csv"))
+    assert quarantined["id"].tolist() == ["b0"]
+    reason = quarantined["_reasons"].iloc[0]
+    assert reason.startswith("key_seen_before: b0 is in the snapshot with label"), reason
+    # The champion's own set for b0 is unchanged in the new version.
+    old, new = membership(root, one["version"]), membership(root, two["version"])
+    (kept,) = [s for s, keys in old.sets.items() if "b0" in keys]
+    assert "b0" in new.sets[kept]
 
 
 def test_the_split_is_shown_by_the_cli(grown):
