@@ -188,22 +188,21 @@ def models(
         "version",
         "aliases",
         "created",
-        "test RMSE",
-        "smart pers. RMSE",
+        "test metric",
+        "gate",
         "data version",
         "commit",
         "refused",
     ):
         table.add_column(column)
     for r in rows:
-        m = r["metrics"]
         table.add_row(
             r["name"],
             r["version"],
             ", ".join(r["aliases"]),
             r["created"],
-            f"{m['test_rmse']:.1f}" if "test_rmse" in m else "-",
-            f"{m['smart_persistence_rmse']:.1f}" if "smart_persistence_rmse" in m else "-",
+            headline_metric(r["metrics"]),
+            gate_cell(r["tags"]),
             (r["data_version"] or "-")[:12],
             (r["git_commit"] or "-")[:10],
             (registry.refusal_in(r["tags"]) or {}).get("why", "")[:40],
@@ -223,6 +222,32 @@ def models(
                     console.print(f"      gate: {describe_gate(move['gate'])}")
                 if move.get("trigger"):
                     console.print(f"      started by: {move['trigger']}")
+
+
+def headline_metric(metrics: dict[str, float]) -> str:
+    """The test metric a version was judged on: accuracy for a classifier, else RMSE."""
+    for name in ("test_accuracy", "test_rmse"):
+        if name in metrics:
+            return f"{name.removeprefix('test_')} {metrics[name]:.4g}"
+    return "-"
+
+
+def gate_cell(tags: dict[str, str]) -> str:
+    """The gate's verdict with its test's p-value and interval (`loopline.gate_test`)."""
+    from loopline.publishing import GATE_TAG, GATE_TEST_TAG
+
+    verdict = tags.get(GATE_TAG) or "-"
+    try:
+        test = json.loads(tags.get(GATE_TEST_TAG) or "null")
+    except ValueError:
+        test = None
+    if not test:
+        return verdict
+    low, high = (test.get("interval") or [float("nan")] * 2)[:2]
+    return (
+        f"{verdict} vs {test.get('against')}: p {test.get('p_value', float('nan')):.3g}, "
+        f"[{low:+.3g}, {high:+.3g}]"
+    )
 
 
 def describe_gate(gate: dict) -> str:

@@ -138,6 +138,18 @@ class Decision:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def gate_record(self) -> dict[str, Any] | None:
+        """What the registry keeps of this decision (a version's tag, the champion history):
+        the test against the champion, else (small data) the cross-validated test against
+        the first baseline; None when no test decided (the point rule)."""
+        kept = {"rule": self.rule, "comparison_rows": self.comparison_rows}
+        if self.test is not None:
+            return {**self.test.to_dict(), **kept, "against": "champion"}
+        if self.baseline_tests:
+            name = sorted(self.baseline_tests)[0]
+            return {**self.baseline_tests[name], **kept, "against": name}
+        return None
+
     def tracking(self) -> tuple[dict[str, float], dict[str, str]]:
         """MLflow metrics and tags of the decision (`loopline.gate.*`)."""
         metrics, tags = self.test.tracking() if self.test is not None else ({}, {})

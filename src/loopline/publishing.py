@@ -31,6 +31,7 @@ from loopline.tracking import (
 PIPELINE_RUN_TAG = f"{TAG}pipeline_run_id"
 PARAMS_TAG = f"{TAG}params"
 GATE_TAG = f"{TAG}gate"
+GATE_TEST_TAG = f"{TAG}gate_test"  # JSON: the test that decided (method, p, interval, ...)
 METRIC_TAG = f"{TAG}metric."
 PARAMS_TAG_LIMIT = 5000  # MLflow's limit on a tag's value
 
@@ -91,14 +92,17 @@ def version_tags(
     params: dict[str, Any],
     promote: bool,
     metrics: Mapping[str, float],
+    gate: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
     """The tags a published version carries: its lineage (data, code, params hash, start
-    model), the pipeline run that made it, its params, the gate's verdict and its metrics."""
+    model), the pipeline run that made it, its params, the gate's verdict, the test that
+    decided it (`Decision.gate_record`) and its metrics."""
     return {
         **lineage,
         PIPELINE_RUN_TAG: pipeline_run_id,
         PARAMS_TAG: json.dumps(params, separators=(",", ":"))[:PARAMS_TAG_LIMIT],
         GATE_TAG: "promote" if promote else "hold",
+        **({GATE_TEST_TAG: json.dumps(gate, default=str)} if gate else {}),
         **{f"{METRIC_TAG}{name}": f"{value:.6g}" for name, value in metrics.items()},
     }
 
@@ -220,7 +224,14 @@ def publish(
         files,
         metadata={"feature_spec": json.loads(candidate.spec.to_json()), **lineage},
         signature=infer_signature(candidate.golden, golden_out),
-        tags=version_tags(lineage, tracker.run_id, params, decision.promote, evaluation.metrics()),
+        tags=version_tags(
+            lineage,
+            tracker.run_id,
+            params,
+            decision.promote,
+            evaluation.metrics(),
+            decision.gate_record(),
+        ),
     )
     champion = registry.champion_version(uri, model_name)
     move = champion_move(
@@ -236,7 +247,7 @@ def publish(
             published.version,
             reason="; ".join(decision.reasons),
             who=f"pipeline run {tracker.run_id}",
-            gate=decision.test.to_dict() if decision.test is not None else None,
+            gate=decision.gate_record(),
             trigger=lineage.get(TRIGGER_TAG),
         )
     registry.mark_published(uri, published)

@@ -20,7 +20,13 @@ import pandas as pd
 from loopline import registry
 from loopline.errors import LooplineError
 from loopline.monitor import event_times
-from loopline.publishing import GATE_TAG, PARAMS_TAG, PIPELINE_RUN_TAG, tagged_metrics
+from loopline.publishing import (
+    GATE_TAG,
+    GATE_TEST_TAG,
+    PARAMS_TAG,
+    PIPELINE_RUN_TAG,
+    tagged_metrics,
+)
 from loopline.redaction import redact
 from loopline.tracking import TRIGGER_TAG
 
@@ -63,6 +69,13 @@ def flat(value: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _json_tag(value: str | None) -> dict[str, Any] | None:
+    try:
+        return json.loads(value) if value else None
+    except ValueError:
+        return None
+
+
 def version_card(mv: Any, aliases: list[str], history: list[dict[str, Any]]) -> dict[str, Any]:
     """One version's facts: lineage, metrics, the gate's verdict and statistics (from the
     history entry that promoted it), params, and a service's refusal mark if any."""
@@ -73,6 +86,8 @@ def version_card(mv: Any, aliases: list[str], history: list[dict[str, Any]]) -> 
         params = {"(params)": tags.get(PARAMS_TAG)}
     moves = [e for e in history if str(e.get("to")) == str(mv.version)]
     gate = next((e["gate"] for e in reversed(moves) if e.get("gate")), None)
+    if gate is None:  # a held version: the test its run decided on, kept in its tags
+        gate = _json_tag(tags.get(GATE_TEST_TAG))
     metrics = tagged_metrics(tags)
     return {
         "version": str(mv.version),

@@ -400,10 +400,16 @@ function drawHealth(series) {
 
 function gateText(gate) {
   if (!gate) return null;
-  const parts = [gate.method, gate.metric].filter(Boolean);
+  const parts = [gate.method, gate.metric, gate.against && `against ${gate.against}`].filter(Boolean);
   const keys = ["difference", "loss_difference", "statistic", "p_value", "p_value_better", "alpha", "rows"];
   for (const key of keys) {
     if (gate[key] !== undefined && gate[key] !== null) parts.push(`${key} ${number(gate[key])}`);
+  }
+  if (Array.isArray(gate.interval)) {
+    parts.push(`interval [${number(gate.interval[0])}, ${number(gate.interval[1])}]`);
+  }
+  if (gate.comparison_rows !== undefined && gate.comparison_rows !== null) {
+    parts.push(`on ${gate.comparison_rows} rows new to the champion`);
   }
   return `gate: ${parts.join(" · ")}`;
 }
