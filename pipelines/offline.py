@@ -29,6 +29,7 @@ from prefect.states import Completed
 
 from loopline import batch, caching, datastore, publishing, registry, tracking
 from loopline.config import Params, load_params
+from loopline.crossval import Learner
 from loopline.errors import is_transient
 from loopline.evaluate import Evaluation
 from loopline.export import Exported, export_model
@@ -250,8 +251,14 @@ def evaluate(
         tracker,
         scratch,
         snapshots,
-        result.hparams,
+        Learner(result.hparams, result.best_epoch),
+        on_fold=_note_fold,
     )
+
+
+def _note_fold(number: int, of: int, scores: dict[str, float]) -> None:
+    shown = "  ".join(f"{name} {value:.4g}" for name, value in scores.items())
+    note(f"cross-validation fold {number}/{of}: {shown}")
 
 
 @task(name="export", **CACHED)

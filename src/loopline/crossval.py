@@ -18,7 +18,7 @@ still judged on the held-out rows it never learned from (`membership.comparison_
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -91,21 +91,49 @@ class CrossValidation:
         return {name: float(np.mean(v)) for name, v in self.values.items()}
 
 
-def cross_validate(task, frame: pd.DataFrame, spec, hparams: dict[str, Any], params):
-    """Train the candidate's learner on every fold and score it beside the baselines."""
+@dataclass(frozen=True)
+class Learner:
+    """How the candidate was trained: its hyperparameters and the epochs its early stopping
+    kept (each fold trains at most that many: the candidate's own recipe, and half the
+    cost of searching for the stopping point again)."""
+
+    hparams: dict[str, Any]
+    epochs: int | None = None
+
+    def params(self, params):
+        if self.epochs is None:
+            return params
+        train = params.train.model_copy(update={"max_epochs": max(int(self.epochs), 1)})
+        return params.model_copy(update={"train": train})
+
+
+def cross_validate(
+    task,
+    frame: pd.DataFrame,
+    spec,
+    learner: Learner,
+    params,
+    on_fold: Callable[[int, int, dict[str, float]], None] | None = None,
+):
+    """Train the candidate's learner on every fold and score it beside the baselines;
+    `on_fold(number, of, {model: metric})` after each fold (progress)."""
     from loopline.train import train_model
 
+    hparams, trained = learner.hparams, learner.params(params)
     values: dict[str, list[float]] = {}
     shares, metric, higher = [], "rmse", False
-    for test_index in folds(task, frame, spec, params):
+    total = params.evaluate.folds * params.evaluate.repeats
+    for number, test_index in enumerate(folds(task, frame, spec, params), start=1):
         rows = fold_frame(frame, test_index)
         fitted = task.fit_features(spec, rows[rows["split"] == "train"])
-        result, fitted = train_model(task, rows, fitted, hparams, params)
+        result, fitted = train_model(task, rows, fitted, hparams, trained)
         scored = task.evaluate(rows, fitted, result.model, params, None)
         metric, higher = scored.metric, scored.higher_is_better
         for name, scores in scored.scores.items():
             values.setdefault(name, []).append(float(getattr(scores, metric)))
         shares.append(len(test_index) / max(int((rows["split"] == "train").sum()), 1))
+        if on_fold is not None:
+            on_fold(number, total, {name: v[-1] for name, v in values.items()})
     settings = params.evaluate
     return CrossValidation(
         metric, higher, values, settings.folds, settings.repeats, float(np.mean(shares))

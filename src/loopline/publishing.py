@@ -10,7 +10,7 @@ evaluation scores the candidate beside the champion and decides.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -139,7 +139,8 @@ def score_against_champion(
     tracker: RunTracker,
     folder: Path,
     snapshots: Path | None = None,
-    hparams: dict[str, Any] | None = None,
+    learner: crossval.Learner | None = None,
+    on_fold: Callable[[int, int, dict[str, float]], None] | None = None,
 ):
     """The task's evaluation of `model` beside the current champion (downloaded into
     `folder`), with the gate's decision, recorded on the pipeline run.
@@ -148,15 +149,15 @@ def score_against_champion(
     on (`membership.comparison_rows`; `snapshots`, the task's snapshot folder, places a
     champion published before memberships were recorded); too few, and the candidate is
     held, saying so. Small data (`crossval.applies`) is judged against the baselines by
-    cross-validating the learner with `hparams`."""
+    cross-validating the candidate's `learner` (`on_fold` hears of each fold)."""
     downloaded = registry.download_champion(
         tracker.tracking_uri, params.model_name, folder / "champ"
     )
     comparison, champion = _comparison(plugin, frame, spec, params, downloaded, snapshots)
     scored = comparison.frame if comparison is not None else frame
     evaluation = plugin.evaluate(scored, spec, model, params, champion)
-    if hparams is not None and crossval.applies(plugin, frame, spec, params):
-        folds = crossval.cross_validate(plugin, frame, spec, hparams, params)
+    if learner is not None and crossval.applies(plugin, frame, spec, params):
+        folds = crossval.cross_validate(plugin, frame, spec, learner, params, on_fold)
         evaluation = crossval.decide(evaluation, folds, params)
     version = downloaded[1].version if downloaded is not None else None
     if comparison is not None:

@@ -19,6 +19,7 @@ from loopline.datastore import SnapshotStore
 from loopline.errors import ParityError, SourceError, ValidationFailed
 from loopline.export import SPEC_KEY, onnx_session, run_onnx
 from loopline.features import FeatureSpec
+from loopline.membership import Membership
 from loopline.paths import ProjectPaths
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -252,6 +253,12 @@ def test_new_data_publishes_a_challenger_and_gates_the_champion(published):
     test = summary["decision"]["test"]
     assert summary["decision"]["rule"] == "paired" and test["method"] == "diebold-mariano"
     assert summary["promoted"] == (beats_all and test["p_value"] < test["alpha"])
+    # A forecaster's sets are periods: the candidate's test period starts after the last
+    # hour the champion trained or validated on, so it was scored on no period it learned.
+    old, new = periods(root, champion), periods(root, summary["version"])
+    learned_until = max(pd.Timestamp(p["end"]) for s in ("train", "val") for p in old.sets[s])
+    assert min(pd.Timestamp(p["start"]) for p in new.sets["test"]) > learned_until
+    assert summary["decision"]["comparison_rows"] == new.counts()["test"]
     if summary["promoted"]:
         assert new_champion == summary["version"]
         assert new_history[-1]["from"] == champion and new_history[-1]["to"] == summary["version"]
@@ -261,6 +268,16 @@ def test_new_data_publishes_a_challenger_and_gates_the_champion(published):
     assert summary["data_version"] != first["data_version"]
     dvc_pointer = yaml.safe_load((root / "data.dvc").read_text())
     assert dvc_pointer["outs"][0]["md5"].startswith(summary["data_version"])
+
+
+def periods(root: Path, version: str) -> Membership:
+    paths = ProjectPaths.at(root)
+    folder = registry.download_model(
+        paths.tracking_uri(), f"models:/solar/{version}", paths.runs / f"membership-{version}"
+    )
+    found = Membership.read(folder)
+    assert found is not None and found.kind == "periods"
+    return found
 
 
 def test_rerun_after_a_validation_failure_is_still_nothing_new(published):

@@ -176,7 +176,9 @@ class Task:
     key_columns: ClassVar[list[str]]
     time_column: ClassVar[str | None] = None
     target_column: ClassVar[str]
-    # chronological: by time with gaps; stratified: by label; grouped: no group in two sets.
+    # chronological: by time with gaps; stratified: each row by the hash of its key (small
+    # data is cross-validated stratified by label); grouped: by its group's key, so no group
+    # is in two sets (`loopline.split`).
     split_kind: ClassVar[Literal["chronological", "stratified", "grouped"]] = "stratified"
     # What a model started from another (`train.init_from`) reads the source's way: feature
     # spec fields or options fitted on data (scaling, a vocabulary) that its weights expect.

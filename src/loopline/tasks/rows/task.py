@@ -16,7 +16,8 @@ lines:
   target as a class name (or a number); rules: ids present and unique, every feature present
   and finite, the target one of `classes` (a row without a target is unlabeled: it joins no
   split set);
-- the split: stratified by class, or shuffled rows for a regression;
+- the split: each row's set by the hash of its id (it never moves; small tables are
+  cross-validated, stratified by class);
 - features: each standardised with the training split's mean and standard deviation
   (`<name>.standardize: false` in params.yaml keeps them as they are);
 - the model: a small MLP (`RowHyperparameters`) with a default search space;
@@ -111,7 +112,7 @@ class RowTask(Task):
         }
         cls.key_columns = [cls.id_column]
         cls.target_column = cls.target
-        # A number cannot be stratified on: each row is its own group, a shuffled row split.
+        # A number cannot be stratified on (cross-validation): each row is its own group.
         kind: Literal["stratified", "grouped"] = "stratified" if classify else "grouped"
         cls.split_kind = kind
         inherited = getattr(cls, "Serving", None)

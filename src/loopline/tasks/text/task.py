@@ -13,7 +13,7 @@ label set, the token limits and the vocabulary travel inside the model's feature
 (`TextOptions`, `spec.labels`), so the service reads requests the way the served model
 was trained, whatever params say today. With a group column the sets are split by group
 (no group in two sets: texts of one author or product share words, and a group in both
-training and test sets would overstate accuracy); without, stratified by label.
+training and test sets would overstate accuracy); without, by the hash of each key.
 
 Evaluation: accuracy (and macro F1 beside it with more than two classes) of the model,
 a character n-gram TF-IDF + logistic regression baseline and the majority class, on the
@@ -77,7 +77,7 @@ class TextSettings(TextModelSettings):
     text_column: str = "text"
     label_column: str = "label"
     # Texts of one group (an author, a product, a customer) fall in one set only; None:
-    # sets are stratified by label.
+    # sets follow the hash of each row's key.
     group_column: str | None = None
     # The classes: None takes the training split's sorted distinct labels; a list fixes
     # them (strings or integers; rows with another label are quarantined).
