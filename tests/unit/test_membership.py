@@ -200,3 +200,38 @@ def test_the_corrected_t_test_widens_for_overlapping_training_sets():
     # Lower is better for an error: the sign follows the metric.
     errors = CrossValidation("rmse", False, {}, 5, 2, 0.25)
     assert corrected_t([1.0, 1.1, 0.9, 1.0], [2.0, 2.1, 2.2, 1.9], errors, 0.05).better
+
+
+def test_small_data_is_decided_on_the_folds_and_a_tie_with_a_baseline_holds(tmp_path):
+    from loopline.crossval import decide
+    from loopline.evaluate import judge, score_classes
+
+    p = params(tmp_path)
+    labels = np.array([0, 1] * 10)
+    sure = np.eye(2)[labels] * 0.9 + 0.05
+    held_out = judge(
+        {"model": score_classes(labels, sure), "majority": score_classes(labels, sure[::-1])},
+        p,
+        None,
+        metric="accuracy",
+        higher_is_better=True,
+    )
+    better = CrossValidation(
+        "accuracy", True, {"model": [0.9, 0.85, 0.95, 0.9], "majority": [0.5] * 4}, 2, 2, 1.0
+    )
+    decided = decide(held_out, better, p)
+    assert decided.decision.promote and decided.decision.rule == "cross-validation"
+    assert decided.decision.baseline_tests["majority"]["p_value"] < 0.05
+    assert decided.metrics()["cv_majority_accuracy"] == 0.5
+    assert decided.decision.gate_record()["against"] == "majority"
+    tie = CrossValidation(
+        "accuracy",
+        True,
+        {"model": [0.6, 0.5, 0.55, 0.5], "majority": [0.5, 0.55, 0.5, 0.6]},
+        2,
+        2,
+        1.0,
+    )
+    held = decide(held_out, tie, p).decision
+    assert not held.promote
+    assert any("not significantly better than majority over the folds" in r for r in held.reasons)
