@@ -29,7 +29,12 @@ def reviews_root(tmp_path_factory, prefect_harness):
     os.environ.pop("LOOPLINE_HOME", None)
     root = write_project(
         tmp_path_factory.mktemp("served-reviews") / "proj",
-        {**TINY_REVIEWS, "reviews": {**TINY_REVIEWS["reviews"], "max_text_chars": 60}},
+        {
+            **TINY_REVIEWS,
+            "reviews": {**TINY_REVIEWS["reviews"], "max_text_chars": 60},
+            # A model to serve: the held-out split decides (the flow tests cross-validate).
+            "evaluate": {"cross_validate_below": 0},
+        },
     )
     write_reviews(root / "reviews.tsv", reviews_frame())
     summary = offline_flow(root=str(root))
