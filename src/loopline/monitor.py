@@ -14,18 +14,21 @@ is caught up by the next):
   figure, once ground truth joins the predictions (`Task.live_losses`).
 
 Thresholds are calibrated, not guessed: the same statistic on `calibration_draws`
-contiguous windows of the reference, of the live window's size, gives its
-(1 - false_alarm_rate / columns) quantile, so a clean window crosses a signal's threshold
-with probability about `false_alarm_rate`. A signal alarms when `min_windows` consecutive
-tested windows cross it. Bad input says so and raises nothing: an empty log, windows too
-small (`min_rows`), a column the reference names but the log lacks, a version without a
-profile (live quality only, against its registered test figure and a fixed ratio).
+windows of the reference of the live window's size, drawn in blocks of contiguous rows so
+that the reference's own autocorrelation counts as normal, each against the rest of the
+reference, calibrates a signal's columns together so that a clean window crosses any of
+their thresholds with probability at most `false_alarm_rate` (`Calibrator`). A signal
+alarms when `min_windows` consecutive tested windows cross it. Bad input says so and
+raises nothing: an empty log, windows too small (`min_rows`), a column the reference
+names but the log lacks, a version without a profile (live quality only, against its
+registered test figure and a fixed ratio).
 """
 
 from __future__ import annotations
 
 import base64
 import logging
+import math
 import time
 import uuid
 import zlib
@@ -58,15 +61,18 @@ def ks_statistic(reference_sorted: np.ndarray, sample: np.ndarray) -> float:
     return float(ks_statistics(reference_sorted, np.asarray(sample)[None, :])[0])
 
 
-def ks_statistics(reference_sorted: np.ndarray, samples: np.ndarray) -> np.ndarray:
+def ks_statistics(
+    reference_sorted: np.ndarray, samples: np.ndarray, leave_out: bool = False
+) -> np.ndarray:
     """`ks_statistic` of each row of `samples` (draws, n), vectorised: the supremum is
     reached at a sample value, just at it (F_sample - F_ref) or just before (F_ref -
-    F_sample), and a run of tied values counts as one step."""
+    F_sample), and a run of tied values counts as one step. `leave_out`: each row is rows
+    of the reference itself, compared with the rest of the reference (without it)."""
     s = np.sort(samples, axis=1)
     n = s.shape[1]
     m = len(reference_sorted)
-    ref_right = np.searchsorted(reference_sorted, s, side="right") / m
-    ref_left = np.searchsorted(reference_sorted, s, side="left") / m
+    ref_right = np.searchsorted(reference_sorted, s, side="right").astype(np.float64)
+    ref_left = np.searchsorted(reference_sorted, s, side="left").astype(np.float64)
     position = np.broadcast_to(np.arange(n), s.shape)
     new_run = np.ones(s.shape, dtype=bool)
     new_run[:, 1:] = s[:, 1:] != s[:, :-1]
@@ -76,6 +82,11 @@ def ks_statistics(reference_sorted: np.ndarray, samples: np.ndarray) -> np.ndarr
     own_right = np.minimum.accumulate(np.where(run_end, position + 1, n)[:, ::-1], axis=1)
     own_right = own_right[:, ::-1] / n
     own_left = np.maximum.accumulate(np.where(new_run, position, 0), axis=1) / n
+    if leave_out and m > n:
+        ref_right = (ref_right - own_right * n) / (m - n)
+        ref_left = (ref_left - own_left * n) / (m - n)
+    else:
+        ref_right, ref_left = ref_right / m, ref_left / m
     up = np.max(own_right - ref_right, axis=1)
     down = np.max(ref_left - own_left, axis=1)
     return np.maximum(np.maximum(up, down), 0.0)
@@ -110,6 +121,20 @@ class Categories:
         counts = np.bincount(codes, minlength=len(self.names)).astype(np.float64)
         return chi_square_statistic(self.shares, counts)
 
+    def statistics(self, codes: np.ndarray, leave_out: bool = False) -> np.ndarray:
+        """`statistic` of each row of `codes` (draws, n), vectorised. `leave_out`: each
+        row is rows of the reference itself, compared with the shares of the rest."""
+        k, rows = len(self.names), len(codes)
+        flat = (codes + k * np.arange(rows)[:, None]).ravel()
+        counts = np.bincount(flat, minlength=rows * k).reshape(rows, k).astype(np.float64)
+        shares = self.shares[None, :]
+        if leave_out:
+            everything = np.bincount(self.codes, minlength=k).astype(np.float64)
+            rest = np.maximum(everything[None, :] - counts, 0.0) + 0.5
+            shares = rest / rest.sum(axis=1, keepdims=True)
+        expected = shares * counts.sum(axis=1, keepdims=True)
+        return np.sum((counts - expected) ** 2 / expected, axis=1)
+
 
 def relative_bias(error: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """|sum of signed errors| over the sum of the truth's size, along the last axis."""
@@ -126,24 +151,169 @@ def calibration_size(n: int) -> int:
     return int(2 ** (np.floor(8 * np.log2(n)) / 8) + 1e-9)
 
 
-def block_starts(length: int, draws: int, rng: np.random.Generator) -> np.ndarray:
-    return rng.integers(0, length, size=draws)
+def correlation_range(values: np.ndarray) -> int:
+    """How far a series' autocorrelation reaches, in rows: the smallest lag m after which
+    K autocorrelations in a row all lie within +-2 sqrt(log10(N) / N), K = max(5,
+    sqrt(log10 N)) (the m-hat of Politis and White's automatic block length, 2004); 0 for
+    rows without order (iid), the longest lag looked at when it never dies out (a daily
+    cycle). A numeric array, or (rows, k) indicator columns: the largest of theirs."""
+    x = np.asarray(values, dtype=np.float64)
+    x = x[:, None] if x.ndim == 1 else x
+    rows = len(x)
+    if rows < 16:
+        return 0
+    x = x - x.mean(axis=0)
+    power = (x * x).sum(axis=0)
+    x = x[:, power > 0]
+    if not x.shape[1]:
+        return 0
+    size = 1 << int(np.ceil(np.log2(2 * rows)))
+    spectrum = np.fft.rfft(x, size, axis=0)
+    acf = np.fft.irfft(spectrum * np.conj(spectrum), size, axis=0)[:rows] / power[power > 0]
+    longest = max(1, rows // 4)
+    bound = 2 * np.sqrt(np.log10(rows) / rows)
+    run = max(5, int(np.ceil(np.sqrt(np.log10(rows)))))
+    small = (np.abs(acf[1 : longest + run + 1]) < bound).all(axis=1)  # lags 1, 2, ...
+    # small[m:m + run] all true: the run of lags m+1..m+run is within the bound.
+    window = np.convolve(small.astype(int), np.ones(run, dtype=int), mode="valid")
+    found = np.flatnonzero(window[: longest + 1] == run)
+    return int(found[0]) if len(found) else longest
 
 
-def blocks(values: np.ndarray, n: int, starts: np.ndarray) -> np.ndarray:
-    """Contiguous (circular) windows of `n` reference values, one per start: (draws, n)."""
-    return values[(starts[:, None] + np.arange(n)[None, :]) % len(values)]
+def dependent_at(values: np.ndarray, n: int) -> bool:
+    """Whether a series' rows depend on each other at the scale of a window of n rows:
+    the variance of its moving sums of n over n times its variance (Lo and MacKinlay's
+    variance ratio, 1 for iid rows) above 1 by 2.33 of its iid standard deviation
+    sqrt(2 (2n - 1)(n - 1) / (3 n N)). Weak correlation that lasts (a ten-row cluster of
+    a few percent each) passes every single lag's test yet makes windows vary several
+    times more than iid rows would; this sees it. (rows, k) columns: any of them."""
+    x = np.asarray(values, dtype=np.float64)
+    x = x[:, None] if x.ndim == 1 else x
+    rows = len(x)
+    if n < 2:
+        return False
+    if rows < 2 * n:
+        return True  # too short to tell: drawn as whole windows
+    x = x - x.mean(axis=0)
+    spread = (x * x).mean(axis=0)
+    x = x[:, spread > 0]
+    if not x.shape[1]:
+        return False
+    sums = np.cumsum(np.vstack([np.zeros((1, x.shape[1])), x]), axis=0)
+    moving = sums[n:] - sums[:-n]
+    ratio = (moving * moving).mean(axis=0) / (n * spread[spread > 0])
+    sd = np.sqrt(2 * (2 * n - 1) * (n - 1) / (3 * n * rows))
+    return bool(np.any(ratio > 1 + 2.33 * sd))
+
+
+def dependence_series(values: np.ndarray) -> np.ndarray:
+    """What a column's dependence is looked for in: a numeric column's values and whether
+    each is above the median (its spread, not only its level); a categorical column's
+    (codes) indicators of its five commonest categories."""
+    if values.dtype.kind == "f":
+        return np.stack([values, (values > np.median(values)).astype(np.float64)], axis=1)
+    common = np.argsort(np.bincount(values))[::-1][:5]
+    return (values[:, None] == common[None, :]).astype(np.float64)
+
+
+def effective_size(series: np.ndarray) -> float:
+    """How many independent values a series in order is worth: its length over 1 + 2 x
+    the sum of its autocorrelations up to the first under 2 / sqrt(length) (between 1
+    and its length)."""
+    x = np.asarray(series, dtype=np.float64)
+    count = len(x)
+    x = x - x.mean()
+    spread = float((x * x).mean())
+    if count < 4 or spread <= 0:
+        return float(max(count, 1))
+    total = 0.0
+    for lag in range(1, count // 4 + 1):
+        rho = float((x[:-lag] * x[lag:]).mean()) / spread
+        if rho < 2 / np.sqrt(count):
+            break
+        total += rho
+    return float(np.clip(count / (1 + 2 * total), 1, count))
+
+
+def distinct_slots(rng: np.random.Generator, draws: int, count: int, slots: int) -> np.ndarray:
+    """(draws, count) slot numbers below `slots`, distinct within each row."""
+    if 4 * count >= slots:
+        return np.argsort(rng.random((draws, slots)), axis=1)[:, :count]
+    chosen = np.sort(rng.integers(0, slots, (draws, count)), axis=1)
+    while True:
+        again = np.zeros(chosen.shape, dtype=bool)
+        again[:, 1:] = chosen[:, 1:] == chosen[:, :-1]
+        if not again.any():
+            return chosen
+        chosen = np.sort(np.where(again, rng.integers(0, slots, chosen.shape), chosen), axis=1)
+
+
+def rest_figures(losses: np.ndarray, index: np.ndarray, figure: Callable) -> np.ndarray:
+    """The figure of the reference's losses without each row's (distinct) rows of
+    `index` (draws, n), in chunks of a few million values."""
+    rows = len(losses)
+    out = np.empty(len(index))
+    step = max(1, 4_000_000 // rows)
+    for first in range(0, len(index), step):
+        part = index[first : first + step]
+        keep = np.ones((len(part), rows), dtype=bool)
+        np.put_along_axis(keep, part, False, axis=1)
+        rest = np.nonzero(keep)[1].reshape(len(part), -1)
+        out[first : first + step] = figure(losses[rest])
+    return out
 
 
 class Calibrator:
-    """Calibrated thresholds of one profile, cached by (group, column, window size)."""
+    """Calibrated thresholds of one profile: per signal, one threshold per column, such
+    that a clean window of the live window's size crosses any of them with probability at
+    most `alpha` (cached by signal, columns, window sizes and alpha).
+
+    Clean windows are drawn from the reference in its event-time order (a moving block
+    bootstrap): a drawn window of n rows is made of blocks of contiguous rows. Where a
+    column's rows depend on each other at the window's scale (`dependent_at`), a block is
+    the whole window (a contiguous window of the reference, starting anywhere); else
+    twice how far its autocorrelation reaches (`correlation_range`: Politis and White's
+    m-hat; single rows where the order says nothing). So what a day of hourly readings,
+    or of reviews of the same movies, has in common counts as normal. A draw never takes
+    a row twice, and its statistic is taken against the rest of the reference (the
+    window left out), as a live window's is against a reference it is not part of.
+
+    The columns of a signal are calibrated together (max-T, Westfall and Young): each
+    draw takes the same rows of every column, each column's statistic is standardised by
+    its own tail (z = (s - u) / sigma: u its 1 - p0 quantile, sigma the mean excess over
+    u), and z* is the 1 - alpha quantile of the largest z; column c's threshold is u +
+    sigma z*. Correlated columns (irradiance and power) cost no power then, as a
+    Bonferroni split of alpha over the columns does.
+
+    A reference holds few independent windows: a year of daily windows, fewer still
+    where neighbouring days are alike (`effective_size` of the disjoint windows' largest
+    z). Where alpha times their number is under `TAIL_WINDOWS`, the quantile is not read
+    off the draws (a new window would cross it about once in their number whatever
+    alpha is: several times alpha per signal on a year of solar days): the largest z's
+    tail over its 1 - p0 quantile (p0 = TAIL_WINDOWS / their number) is taken as
+    exponential (a peaks-over-threshold fit; the KS statistic's tail is lighter, so this
+    errs high) and extrapolated to alpha, its scale's estimation error included. The aim
+    is `AIM` x alpha."""
+
+    TAIL_WINDOWS = 10  # independent windows beyond the quantile read off the draws
+    # Thresholds aim at this share of alpha: the rate a threshold estimated from a finite
+    # reference (a few hundred independent windows at most) gives scatters around its
+    # aim by about as much as the aim itself, so aiming at alpha would exceed it about
+    # every other reference; aiming at half keeps it at or under alpha.
+    AIM = 0.5
+    # A window under this share of the test losses moves the figure it is compared with
+    # too little to leave it out of it (the cost is the reference's size per draw).
+    LEAVE_OUT = 0.01
 
     def __init__(self, profile: ReferenceProfile, draws: int, seed: int):
         self.profile = profile
         self.draws = draws
         self.seed = seed
-        self._cache: dict[tuple[str, str, int, float], float] = {}
+        self._cache: dict[tuple, dict[str, float]] = {}
         self._prepared: dict[tuple[str, str], Any] = {}
+        self._series: dict[tuple, np.ndarray] = {}  # where dependence is looked for
+        self._range: dict[tuple, int] = {}  # its correlation_range
+        self._blocks: dict[tuple, int] = {}  # (its key, n): block length
 
     def prepared(self, group: str, name: str, column: Column):
         key = (group, name)
@@ -155,44 +325,190 @@ class Calibrator:
                 self._prepared[key] = Categories(values)
         return self._prepared[key]
 
+    def block(self, key: tuple, series: Callable[[], np.ndarray], n: int) -> int:
+        """The block length for windows of n rows of a reference series: n (whole
+        windows) where its rows depend on each other at that scale (`dependent_at`), else
+        twice its `correlation_range` (1: single rows), at most n."""
+        if key not in self._range:
+            values = series()
+            self._series[key] = values
+            self._range[key] = correlation_range(values)
+        if (key, n) not in self._blocks:
+            whole = dependent_at(self._series[key], n)
+            self._blocks[key, n] = n if whole else min(n, max(1, 2 * self._range[key]))
+        return self._blocks[key, n]
+
+    def _column_block(self, group: str, name: str, column: Column, n: int) -> int:
+        ref = self.prepared(group, name, column)
+        values = ref[0] if column.kind == "numeric" else ref.codes
+        return self.block((group, name), lambda: dependence_series(values), n)
+
     def _rng(self, *key: Any) -> np.random.Generator:
-        # The same column, size and seed draw the same reference windows in every pass.
+        # The same columns, sizes and seed draw the same reference windows in every pass.
         return np.random.default_rng([self.seed, *(zlib.crc32(str(k).encode()) for k in key)])
 
+    @staticmethod
+    def _lengths(parts: list[tuple[int, int, int]]) -> list[tuple[int, int]]:
+        """Per part (rows, window size n, its block length): (block length, blocks per
+        window), the length shared (the longest any part needs), at most n; whole
+        windows where a window's blocks would not fit in distinct slots of every part."""
+        longest = max(block for _, _, block in parts)
+        slots = min(rows // longest for rows, _, _ in parts)
+        if any(-(-n // min(longest, n)) > slots for _, n, _ in parts):
+            longest = max(n for _, n, _ in parts)
+        return [(min(longest, n), -(-n // min(longest, n))) for _, n, _ in parts]
+
+    def _draw(self, key: tuple, parts: list[tuple[int, int, int]]) -> list[np.ndarray]:
+        """Per part (rows of its reference, window size n, block length), the row indices
+        of `draws` windows (draws, n), the same relative places in every part. A whole
+        window starts anywhere (circular); blocks of a window are distinct slots of the
+        parts' grid of blocks, shifted together, so that no row is drawn twice (the rest
+        of the reference is what a drawn window is compared with). Where every draw is a
+        whole window, the reference's disjoint windows in order follow (`_thresholds`
+        reads how much they have in common)."""
+        lengths = self._lengths(parts)
+        rng = self._rng(*key)
+        out = []
+        if all(count == 1 for _, count in lengths):
+            disjoint = min(self.draws, max(2, min(rows // n for rows, n, _ in parts)))
+            places = np.concatenate([rng.random(self.draws), np.arange(disjoint) / disjoint])
+            for rows, n, _ in parts:
+                starts = (places * rows).astype(np.int64)
+                out.append((starts[:, None] + np.arange(n)[None, :]) % rows)
+            return out
+        most = max(count for _, count in lengths)
+        slots = min(rows // block for (rows, _, _), (block, _) in zip(parts, lengths, strict=True))
+        chosen = distinct_slots(rng, self.draws, most, slots)
+        shift = rng.random((self.draws, 1))
+        for (rows, n, _), (block, count) in zip(parts, lengths, strict=True):
+            width = rows / slots  # each slot's rows: at least a block
+            starts = (chosen[:, :count] * width).astype(np.int64)
+            starts += (shift * (width - block)).astype(np.int64)
+            index = starts[:, :, None] + np.arange(block)[None, None, :]
+            out.append(index.reshape(self.draws, -1)[:, :n] % rows)
+        return out
+
+    def _independent(self, parts: list[tuple[int, int, int]]) -> float:
+        """About how many independent windows the draws stand for, before the windows'
+        own dependence (`_thresholds`): the reference's disjoint windows when a draw is
+        one block; else the ways to pick a draw's blocks among the reference's disjoint
+        blocks (at most the draws)."""
+        counts = []
+        for (rows, n, _), (block, count) in zip(parts, self._lengths(parts), strict=True):
+            if count == 1:
+                counts.append(max(1.0, rows / n))
+                continue
+            blocks = max(rows / block, float(count))
+            ways = math.lgamma(blocks + 1) - math.lgamma(count + 1)
+            ways -= math.lgamma(blocks - count + 1)
+            counts.append(math.exp(min(ways, 30.0)))
+        return min(float(self.draws), *counts)
+
+    def _thresholds(self, stats: np.ndarray, alpha: float, independent: float) -> np.ndarray:
+        """Per column of `stats` (the draws' statistics, then those of the reference's
+        disjoint windows in order if any), its threshold: max-T over the columns, each
+        standardised by its tail; the largest z's 1 - alpha quantile read off the draws
+        or, with too few independent windows, extrapolated (exponential tail)."""
+        draws, disjoint = stats[: self.draws], stats[self.draws :]
+        alpha = alpha * self.AIM
+
+        def tails(p0: float) -> tuple[np.ndarray, np.ndarray]:
+            u = np.quantile(draws, 1 - p0, axis=0)
+            over = draws > u
+            sigma = np.where(over, draws - u, 0.0).sum(axis=0) / np.maximum(over.sum(axis=0), 1)
+            return u, np.maximum(sigma, 1e-9 * np.maximum(np.abs(u), 1.0))
+
+        u, sigma = tails(float(np.clip(self.TAIL_WINDOWS / independent, 0.05, 0.5)))
+        if len(disjoint) > 1:
+            # Whole windows: neighbours alike (a week of one weather, a season) are fewer
+            # independent windows than there are windows.
+            series = np.max((disjoint - u) / sigma, axis=1)
+            independent = min(independent, effective_size(series))
+        p0 = float(np.clip(self.TAIL_WINDOWS / independent, 0.05, 0.5))
+        u, sigma = tails(p0)
+        largest = np.max((draws - u) / sigma, axis=1)
+        if alpha * independent >= self.TAIL_WINDOWS:
+            z = float(np.quantile(largest, 1 - alpha, method="higher"))
+        else:
+            top = float(np.quantile(largest, 1 - p0))
+            over = largest[largest > top] - top
+            # An exponential tail with its scale estimated from m independent excesses:
+            # a new window's excess has the predictive tail (1 + y / (m scale))^-m, wider
+            # than exp(-y / scale) by the scale's own error.
+            m = max(1.0, p0 * independent)
+            spread = m * ((p0 / alpha) ** (1 / m) - 1)
+            z = top + (float(over.mean()) if len(over) else 0.0) * spread
+        return u + sigma * z
+
+    def drift_thresholds(
+        self, group: str, columns: dict[str, tuple[Column, int]], alpha: float
+    ) -> dict[str, float]:
+        """Thresholds of a signal's columns ({name: (reference column, window size)}) such
+        that a clean window crosses any with probability `alpha`."""
+        key = (group, tuple((name, n) for name, (_, n) in columns.items()), alpha)
+        if key not in self._cache:
+            parts, refs = [], []
+            for name, (column, n) in columns.items():
+                ref = self.prepared(group, name, column)
+                rows = len(ref[0]) if column.kind == "numeric" else len(ref.codes)
+                parts.append((rows, n, self._column_block(group, name, column, n)))
+                refs.append((column.kind, ref))
+            indices = self._draw(key[:2], parts)
+            stats = np.empty((len(indices[0]), len(parts)))
+            for j, (index, (kind, ref)) in enumerate(zip(indices, refs, strict=True)):
+                if kind == "numeric":
+                    stats[:, j] = ks_statistics(ref[1], ref[0][index], leave_out=True)
+                else:
+                    stats[:, j] = ref.statistics(ref.codes[index], leave_out=True)
+            found = self._thresholds(stats, alpha, self._independent(parts))
+            self._cache[key] = dict(zip(columns, map(float, found), strict=True))
+        return self._cache[key]
+
     def drift_threshold(self, group: str, name: str, column: Column, n: int, alpha: float):
-        key = (group, name, n, alpha)
-        if key not in self._cache:
-            ref = self.prepared(group, name, column)
-            length = len(ref[0]) if column.kind == "numeric" else len(ref.codes)
-            starts = block_starts(length, self.draws, self._rng(group, name, n))
-            if column.kind == "numeric":
-                values, ordered = ref
-                stats = ks_statistics(ordered, blocks(values, n, starts))
-            else:
-                stats = [ref.statistic(b) for b in blocks(ref.codes, n, starts)]
-            self._cache[key] = float(np.quantile(stats, 1 - alpha, method="higher"))
-        return self._cache[key]
+        """One column's threshold (a signal of one column)."""
+        return self.drift_thresholds(group, {name: (column, n)}, alpha)[name]
 
-    def bias_threshold(self, pairs: np.ndarray, n: int, alpha: float) -> float:
-        """The (1 - alpha) quantile of reference windows' relative bias |sum error| / sum
-        |truth|."""
-        key = ("bias", "", n, alpha)
+    def quality_thresholds(
+        self,
+        losses: np.ndarray,
+        figure: Callable,
+        n: int,
+        alpha: float,
+        pairs: np.ndarray | None = None,
+        n_pairs: int = 0,
+    ) -> tuple[float, float | None]:
+        """(the threshold of a window's figure over the whole test figure, of its relative
+        bias |sum error| / sum |truth| or None without `pairs`), together at `alpha`."""
+        key = ("quality", n, n_pairs if pairs is not None else None, alpha)
         if key not in self._cache:
-            starts = block_starts(len(pairs), self.draws, self._rng("bias", n))
-            index = (starts[:, None] + np.arange(n)[None, :]) % len(pairs)
-            stats = relative_bias(pairs[index, 0], pairs[index, 1])
-            self._cache[key] = float(np.quantile(stats, 1 - alpha, method="higher"))
-        return self._cache[key]
-
-    def quality_threshold(self, losses: np.ndarray, figure: Callable, n: int, alpha: float):
-        """The (1 - alpha) quantile of reference windows' figure over the whole test figure."""
-        key = ("quality", "", n, alpha)
-        if key not in self._cache:
-            whole = figure(losses)
-            starts = block_starts(len(losses), self.draws, self._rng("quality", n))
-            ratios = figure(blocks(losses, n, starts)) / whole if whole > 0 else [1.0]
-            self._cache[key] = float(np.quantile(ratios, 1 - alpha, method="higher"))
-        return self._cache[key]
+            whole = float(figure(losses))
+            # Losses and the profile's predictions are of the same test rows, in the same
+            # order: their dependence is the losses' too (errors cluster where inputs do).
+            blocks = [self.block(("quality", "figure"), lambda: losses, n)]
+            for name, column in (self.profile.predictions or {}).items():
+                if len(column.values) >= 2:
+                    size = min(n, len(column.values) // 2)
+                    block = self._column_block("prediction_drift", name, column, size)
+                    blocks.append(n if block >= size else block)
+            parts = [(len(losses), n, max(blocks))]
+            if pairs is not None:
+                block = self.block(("quality", "bias"), lambda: pairs[:, :1], n_pairs)
+                parts.append((len(pairs), n_pairs, block))  # the longer block is shared
+            index = self._draw(key[:3], parts)
+            whole = np.full(len(index[0]), whole, dtype=np.float64)
+            if n >= self.LEAVE_OUT * len(losses):  # a window's share of the test figure
+                whole = rest_figures(losses, index[0], figure)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratio = np.where(whole > 0, figure(losses[index[0]]) / whole, 1.0)
+            columns = [ratio]
+            if pairs is not None:
+                columns.append(relative_bias(pairs[index[1], 0], pairs[index[1], 1]))
+            found = self._thresholds(np.stack(columns, axis=1), alpha, self._independent(parts))
+            self._cache[key] = {"figure": float(found[0])}
+            if pairs is not None:
+                self._cache[key]["bias"] = float(found[1])
+        found = self._cache[key]
+        return found["figure"], found.get("bias")
 
 
 # ---------------------------------------------------------------------- the monitoring table
@@ -693,8 +1009,7 @@ class _Check:
     def _test(self, signal, columns, window, start, end, rows) -> tuple[bool, bool, dict]:
         if signal == "live_quality":
             return self._quality(window, start, end)
-        alpha = self.settings.false_alarm_rate / len(columns)
-        worst, exceeded, tested = None, False, False
+        tested: dict[str, tuple[float, int]] = {}  # name: (statistic, rows it was taken on)
         for name, column in columns.items():
             values = window[name].dropna().to_numpy()
             if column.kind == "numeric":
@@ -709,14 +1024,23 @@ class _Check:
                 values = values[np.sort(pick)]
             prepared = self.calibrator.prepared(signal, name, column)
             if column.kind == "numeric":
-                statistic = ks_statistic(prepared[1], values)
+                tested[name] = (ks_statistic(prepared[1], values), n)
             else:
-                statistic = prepared.statistic(prepared.encode(values))
-            threshold = self._fixed(signal, name)
-            if threshold is None:
-                threshold = self.calibrator.drift_threshold(signal, name, column, n, alpha)
+                tested[name] = (prepared.statistic(prepared.encode(values)), n)
+        # The columns without a fixed threshold are calibrated together: a clean window
+        # crosses any of theirs with probability false_alarm_rate.
+        fixed = {name: self._fixed(signal, name) for name in tested}
+        calibrated = {
+            name: (columns[name], size) for name, (_, size) in tested.items() if fixed[name] is None
+        }
+        if calibrated:
+            alpha = self.settings.false_alarm_rate
+            fixed.update(self.calibrator.drift_thresholds(signal, calibrated, alpha))
+        worst, exceeded = None, False
+        for name, (statistic, n) in tested.items():
+            threshold = fixed[name]
             over = statistic > threshold
-            tested, exceeded = True, exceeded or over
+            exceeded = exceeded or over
             ratio = statistic / threshold if threshold > 0 else np.inf
             worst = ratio if worst is None else max(worst, ratio)
             rows.append(
@@ -736,11 +1060,13 @@ class _Check:
         summary = self._row(
             signal, SUMMARY, start, end, len(window), statistic=worst, threshold=1.0, note=note
         )
-        return tested, exceeded, summary
+        return bool(tested), exceeded, summary
 
     def _quality(self, window, start, end) -> tuple[bool, bool, dict]:
         """The window's figure over the test figure and, where errors have a direction,
-        its relative bias; each against its calibrated threshold (alpha split between)."""
+        its relative bias; against thresholds calibrated together (a clean window crosses
+        either with probability false_alarm_rate), at the largest calibrated size at or
+        below the window's (a smaller window varies more: no more false alarms)."""
         losses = window["loss"].to_numpy(dtype=np.float64)
         losses = losses[np.isfinite(losses)]
         n = len(losses)
@@ -753,14 +1079,33 @@ class _Check:
         pairs = None
         if quality is not None and quality.bias and "error" in window:
             pairs = np.asarray(quality.bias, dtype=np.float64)
-        alpha = self.settings.false_alarm_rate / (2 if pairs is not None else 1)
+        alpha = self.settings.false_alarm_rate
+        both = None
+        if pairs is not None:
+            both = window[["error", "scale"]].to_numpy(dtype=np.float64)
+            both = both[np.isfinite(both).all(axis=1)]
+            if len(both) < self.settings.min_rows:
+                pairs = both = None
+        limit = None
         if quality is not None:
             reference = np.asarray(quality.losses, dtype=np.float64)
             whole = quality.figure
             threshold = self._fixed(signal, "figure") or self._fixed(signal)
-            if threshold is None:
-                size = min(n, len(reference))
-                threshold = self.calibrator.quality_threshold(reference, figure, size, alpha)
+            if pairs is not None:
+                limit = self._fixed(signal, "bias")
+            if threshold is None or (pairs is not None and limit is None):
+                found = self.calibrator.quality_thresholds(
+                    reference,
+                    figure,
+                    calibration_size(min(n, max(2, len(reference) // 2))),
+                    alpha,
+                    pairs if limit is None else None,
+                    calibration_size(min(len(both), max(2, len(pairs) // 2)))
+                    if pairs is not None
+                    else 0,
+                )
+                threshold = found[0] if threshold is None else threshold
+                limit = found[1] if limit is None else limit
             note = f"{quality.name} {float(figure(losses)):.4g} vs test {whole:.4g}"
         else:
             whole = float(self.info.figure)
@@ -769,16 +1114,10 @@ class _Check:
         statistic = float(figure(losses)) / whole if whole > 0 else np.inf
         over = bool(statistic > threshold)
         rows = [(statistic, threshold, over)]
-        if pairs is not None:
-            both = window[["error", "scale"]].to_numpy(dtype=np.float64)
-            both = both[np.isfinite(both).all(axis=1)]
-            if len(both) >= self.settings.min_rows:
-                bias = float(relative_bias(both[:, 0], both[:, 1]))
-                limit = self._fixed(signal, "bias")
-                if limit is None:
-                    limit = self.calibrator.bias_threshold(pairs, min(len(both), len(pairs)), alpha)
-                rows.append((bias, limit, bias > limit))
-                note += f"; relative bias {bias:.3f}"
+        if pairs is not None and limit is not None:
+            bias = float(relative_bias(both[:, 0], both[:, 1]))
+            rows.append((bias, limit, bias > limit))
+            note += f"; relative bias {bias:.3f}"
         self.pending = [
             self._row(
                 signal, name, start, end, n, statistic=float(s), threshold=t, exceeded=bool(o)
