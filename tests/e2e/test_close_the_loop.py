@@ -42,9 +42,10 @@ PARAMS = {
     "serve": {"log_flush_interval_s": 0.1},
     # The policy: live quality retrains (a winter month drifts from a year's reference by
     # season alone, so feature drift only reports here).
-    # Four windows in a row: this tiny forecaster's error stays high for up to three days of
-    # a cloudy spell in a clean November.
-    "monitor": {"window": "1D", "min_windows": 4, "signals": ["live_quality"]},
+    # Two windows in a row: the thresholds keep their false-alarm rate on autocorrelated
+    # days (issue 24), so a cloudy spell in a clean November no longer crosses them; with
+    # 32 reference days they are high, and the failed string is caught two days in.
+    "monitor": {"window": "1D", "min_windows": 2, "signals": ["live_quality"]},
     "schedule": {"cron": "0 2 * * *", "monitor_cron": "15 * * * *"},
 }
 
