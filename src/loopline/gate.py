@@ -15,7 +15,7 @@ The paired gate compares candidate and champion row by row with a test that fits
   h - 1 lags with the HLN correction under-estimates that variance by a third for windows
   that share all their targets: it promoted 9-12 % of equal forecasters at alpha 0.05
   (`tests/unit/test_gate_rates.py`; 8.5 % in `benchmarks/gate.py`), this one 5.0-5.5 % in
-  that worst case and 4.8 % on the solar benchmark;
+  that worst case and 4.8 % on the forecast benchmark;
 - accuracy: exact McNemar, a binomial test on the discordant rows (one model right, the other
   wrong);
 - any other metric (F1, log loss): a paired bootstrap of the metric difference.

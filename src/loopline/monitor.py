@@ -274,7 +274,7 @@ class Calibrator:
     the whole window (a contiguous window of the reference, starting anywhere); else
     twice how far its autocorrelation reaches (`correlation_range`: Politis and White's
     m-hat; single rows where the order says nothing). So what a day of hourly readings,
-    or of reviews of the same movies, has in common counts as normal. A draw never takes
+    or of texts about the same product, has in common counts as normal. A draw never takes
     a row twice, and its statistic is taken against the rest of the reference (the
     window left out), as a live window's is against a reference it is not part of.
 
@@ -289,7 +289,7 @@ class Calibrator:
     where neighbouring days are alike (`effective_size` of the disjoint windows' largest
     z). Where alpha times their number is under `TAIL_WINDOWS`, the quantile is not read
     off the draws (a new window would cross it about once in their number whatever
-    alpha is: several times alpha per signal on a year of solar days): the largest z's
+    alpha is: several times alpha per signal on a year of daily windows): the largest z's
     tail over its 1 - p0 quantile (p0 = TAIL_WINDOWS / their number) is taken as
     exponential (a peaks-over-threshold fit; the KS statistic's tail is lighter, so this
     errs high) and extrapolated to alpha, its scale's estimation error included. The aim

@@ -50,7 +50,8 @@ def test_digits_run_publishes_an_accurate_cnn_champion(tmp_path, monkeypatch):
     metrics = summary["metrics"]
     assert metrics["test_accuracy"] >= 0.97
     assert metrics["test_accuracy"] > metrics["pixel_logistic_baseline_accuracy"]
-    assert metrics["test_rows"] == 180  # a stratified tenth of 1,797
+    # A tenth of 1,797 by the hash of each image's id: within three binomial errors of 180.
+    assert abs(metrics["test_rows"] - 179.7) <= 3 * (1797 * 0.1 * 0.9) ** 0.5
     paths = ProjectPaths.at(root)
     client = registry.client(paths.tracking_uri())
     plots = {a.path for a in client.list_artifacts(summary["run_id"], "plots")}
