@@ -31,6 +31,10 @@ FAST = [
     "train.max_epochs=12",
     "-P",
     "text.explain_examples=4",
+    # 400 tickets are small data; its cross-validation (ten more trainings) is tested on the
+    # text family in tests/pipelines/test_reviews_flow.py: here the held-out split decides.
+    "-P",
+    "evaluate.cross_validate_below=0",
     "-P",
     "tune.search_space={embed_size: {choices: [32]}, hidden_size: {choices: [32]}, "
     "layers: {choices: [1]}, kernel_size: {choices: [3]}, dropout: {choices: [0.1]}, "
