@@ -52,13 +52,14 @@ CELLS = ("equal", "power", "retrains")
 MIN_REPS = 400  # fewer cannot bound a rate of alpha = 0.05 at 2 alpha (Wilson, 5/100: 0.11)
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+def wilson(k: int, n: int) -> tuple[float, float]:
+    """The Wilson score 95 % interval of k successes in n trials (scipy's)."""
+    from scipy.stats import binomtest
+
     if n == 0:
         return float("nan"), float("nan")
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    interval = binomtest(int(k), int(n)).proportion_ci(confidence_level=0.95, method="wilson")
+    return float(interval.low), float(interval.high)
 
 
 @dataclass
