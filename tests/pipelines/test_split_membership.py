@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +50,9 @@ def blobs(start: int, rows: int, seed: int) -> pd.DataFrame:
 
 
 PARAMS = {
-    "task": "tasks.blobs:Blobs",
+    # A module of the project's own, named apart: a package called `tasks` imported here
+    # would shadow other tests' projects' `tasks` in this process.
+    "task": "split_membership_blobs:Blobs",
     "seed": 3,
     "ingest": {"source": "data_in/blobs.csv"},
     "tune": {
@@ -90,9 +93,7 @@ def grown(tmp_path_factory, prefect_harness):
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     os.environ.pop("LOOPLINE_HOME", None)
     root = write_project(tmp_path_factory.mktemp("split") / "proj", PARAMS)
-    (root / "tasks").mkdir()
-    (root / "tasks" / "__init__.py").write_text("")
-    (root / "tasks" / "blobs.py").write_text(TASK)
+    (root / "split_membership_blobs.py").write_text(TASK)
     (root / "data_in").mkdir()
     first = blobs(0, 1200, seed=1)
     first.to_csv(root / "data_in" / "blobs.csv", index=False)
@@ -102,7 +103,8 @@ def grown(tmp_path_factory, prefect_harness):
     grown = pd.concat([first.iloc[1:], relabeled, blobs(1200, 400, seed=2)])
     grown.sample(frac=1, random_state=0).to_csv(root / "data_in" / "blobs.csv", index=False)
     two = run(root)
-    return root, one, two
+    yield root, one, two
+    sys.modules.pop("split_membership_blobs", None)
 
 
 def test_the_candidate_is_never_tested_on_rows_the_champion_learned_from(grown):
