@@ -116,8 +116,8 @@ class GateTest:
         level = round(100 * (1 - 2 * self.alpha))
         return (
             f"{self.method} statistic {self.statistic:.4g}, one-sided p {self.p_value:.3g} "
-            f"(alpha {self.alpha:g}); difference {self.difference:+.4g}, {level}% bootstrap "
-            f"interval [{self.interval[0]:+.4g}, {self.interval[1]:+.4g}] on {self.rows} rows"
+            f"(alpha {self.alpha:g}); difference {self.difference:+.4g}, {level}% interval "
+            f"[{self.interval[0]:+.4g}, {self.interval[1]:+.4g}] on {self.rows} rows"
         )
 
     def tracking(self) -> tuple[dict[str, float], dict[str, str]]:

