@@ -94,14 +94,14 @@ class SnapshotStore:
         """Each committed row's key and its label as text (`ingest.label_text`; "" when it
         has none): a source row with a known key is new only when its label differs."""
         from loopline.ingest import label_text
+        from loopline.split import key_text
 
         parts = [b["partition"] for b in self.manifest()["batches"] if b.get("partition")]
         known: dict[str, str] = {}
         for part in parts:
             frame = pd.read_parquet(self.folder / part, columns=[*columns, target])
-            text = frame[columns].astype("string").fillna("")
-            joined = text[columns[0]] if len(columns) == 1 else text.agg("|".join, axis=1)
-            known.update(zip(joined.tolist(), label_text(frame[target]).tolist(), strict=True))
+            keys = key_text(frame, columns)
+            known.update(zip(keys.tolist(), label_text(frame[target]).tolist(), strict=True))
         return known
 
     def keys_since(self, version: str, columns: list[str]) -> set[str] | None:
@@ -118,12 +118,11 @@ class SnapshotStore:
                 break
         else:
             return None
+        from loopline.split import key_text
+
         keys: set[str] = set()
         for part in [b["partition"] for b in batches[count:] if b.get("partition")]:
-            frame = pd.read_parquet(self.folder / part, columns=columns).astype("string")
-            text = frame.fillna("")
-            joined = text[columns[0]] if len(columns) == 1 else text.agg("|".join, axis=1)
-            keys.update(joined.tolist())
+            keys.update(key_text(pd.read_parquet(self.folder / part, columns=columns), columns))
         return keys
 
     def load(self) -> pd.DataFrame:

@@ -176,9 +176,9 @@ def newer_than(
 
 def row_keys(frame: pd.DataFrame, task: Task) -> pd.Series:
     """Each row's key (the task's key columns joined) as text."""
-    columns = task.key_columns
-    text = frame[columns].astype("string").fillna("")
-    return text[columns[0]] if len(columns) == 1 else text.agg("|".join, axis=1)
+    from loopline.split import key_text
+
+    return key_text(frame, list(task.key_columns))
 
 
 def label_text(values: pd.Series) -> pd.Series:
