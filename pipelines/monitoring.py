@@ -20,7 +20,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.deployments import run_deployment
 
 from loopline.config import load_params
-from loopline.deploy import decide
+from loopline.deploy import decide_all
 from loopline.errors import is_transient
 from loopline.monitor import monitor_project, request_retrain
 from loopline.paths import ProjectPaths
@@ -50,14 +50,11 @@ def monitor_pass(
 
 
 @task(name="deploy-policy", cache_policy=NO_CACHE)
-def deploy_policy(root: str, overrides: list[str] | None) -> dict[str, Any] | None:
-    """Judge a running shadow or canary deployment, and promote or end it (`deploy:`)."""
+def deploy_policy(root: str, overrides: list[str] | None) -> list[dict[str, Any]]:
+    """Judge every running shadow or canary deployment in the registry, and promote or
+    end each (`deploy:`)."""
     paths = ProjectPaths.at(root)
-    decided = decide(load_params(paths.params_file, overrides), paths)
-    if decided is None:
-        return None
-    deployment, verdict, entry = decided
-    return {"deployment": asdict(deployment), "verdict": asdict(verdict), "entry": entry}
+    return [d.to_dict() for d in decide_all(load_params(paths.params_file, overrides), paths)]
 
 
 @task(name="start-retrain", cache_policy=NO_CACHE)
@@ -101,7 +98,7 @@ def monitoring_flow(
     an alarm starts the offline deployment (see the module's docstring)."""
     delivered = deploy_policy(root, overrides)  # first: a failed pass must not hold it up
     passed = monitor_pass(root, overrides, model, retrain)
-    passed["deployment"] = delivered
+    passed["deployments"] = delivered
     decision = passed["retrain"]
     if decision and decision["start"]:
         passed["retrain"]["flow_run_id"] = start_retrain(root, overrides, decision["reason"])

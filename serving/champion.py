@@ -503,20 +503,41 @@ class ChampionService:
         chosen = [deployment.routes(self.serving.route_key(item)) for item in items]
         if not any(chosen):
             return self._answer(api, model, items, call, "champion")
-        mine = [item for item, c in zip(items, chosen, strict=True) if not c]
         theirs = [item for item, c in zip(items, chosen, strict=True) if c]
+        canary = self._canary_answers(api, model, challenger, theirs, call)
+        mine = [item for item, c in zip(items, chosen, strict=True) if not c]
+        answered = iter(self._answer(api, model, mine, call, "champion") if mine else [])
+        from_canary = iter(canary)
+        return [next(from_canary) if c else next(answered) for c in chosen]
+
+    def _canary_answers(self, api, model, challenger, items, call) -> list[Answer]:
+        """The answers to a canary's items: the challenger's where it answered, the
+        champion's where it failed (a batch that raised, an item it refused or answered
+        with a non-finite output: each logged as the canary's error, which the policy
+        counts). The champion's answers to the canary's other items are computed off the
+        response path (control)."""
         try:
-            canary = self._answer(api, challenger, theirs, call, "canary")
+            canary = self._answer(api, challenger, items, call, "canary")
         except Exception as error:  # no request fails because of the challenger
             log.error(
                 "canary v%s failed a batch; the champion answered: %s", challenger.version, error
             )
-            self._log_failure(api, challenger, theirs, "canary", error)
-            return self._answer(api, model, items, call, "champion")
-        self._mirror(api, model, theirs, "control")
-        answered = iter(self._answer(api, model, mine, call, "champion") if mine else [])
-        from_canary = iter(canary)
-        return [next(from_canary) if c else next(answered) for c in chosen]
+            self._log_failure(api, challenger, items, "canary", error)
+            canary = [None] * len(items)
+        failed = [n for n, a in enumerate(canary) if a is None or a.error]
+        good = [
+            item for item, a in zip(items, canary, strict=True) if a is not None and not a.error
+        ]
+        if good:
+            self._mirror(api, model, good, "control")
+        if not failed:
+            return canary
+        # The champion on the failed items, on the path: logged as control (the champion's
+        # side of those keys, errors included) and answered like any champion answer.
+        rescued = self._answer(api, model, [items[n] for n in failed], call, "control", True)
+        for n, answer in zip(failed, rescued, strict=True):
+            canary[n] = answer
+        return canary
 
     def _mirror(self, api: str, model: LoadedModel, items: list[Any], role: str) -> None:
         """Queue `items` for `model` on the mirror thread, to be logged as `role`."""
@@ -577,7 +598,14 @@ class ChampionService:
             ]
         )
 
-    def _answer(self, api: str, model: LoadedModel, items: list[Any], call, role=None):
+    def _answer(
+        self, api: str, model: LoadedModel, items: list[Any], call, role=None, returned=None
+    ):
+        """`model`'s answers to `items`, logged as `role`; those `returned` to a client
+        (by default all but a mirror's: shadow, control) are counted and their inputs
+        stored."""
+        if returned is None:
+            returned = role not in ("shadow", "control")
         started = time.perf_counter()
         answers = answer_items(items, call, model)
         seconds = time.perf_counter() - started
@@ -592,7 +620,7 @@ class ChampionService:
             records = [PredictionRecord.of(model, api, a, per_item, role) for a in logged]
             self.predictions.put_many(records)  # one spool write per batch
         answered = [a for a in answers if not a.error]
-        if answered and role not in ("shadow", "control"):  # rows stored once, by the answer
+        if answered and returned:  # rows stored once, by the answer returned
             if self.inputs is not None:
                 self._store_inputs(api, model, answered)
             self.metrics["predictions"].labels(api, model.version).inc(len(answered))

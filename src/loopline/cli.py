@@ -291,31 +291,13 @@ def show_split(paths, model: str | None, version: str, as_json: bool) -> None:
 
 def served_task(paths, params) -> str:
     """The task reference of the model `serve.model` names: `LOOPLINE_TASK` when set, else
-    the task its registered versions' lineage names (params' own reference when that is
-    params' task), else params' task."""
+    the task its registered versions' lineage names (`deploy.task_reference`)."""
     import os
 
-    from loopline import registry
-    from loopline.tasks import BUILTIN
+    from loopline.deploy import task_reference
 
-    chosen = os.environ.get("LOOPLINE_TASK")
-    if chosen:
-        return chosen
-    name = params.served_model
-    try:
-        latest = registry.latest_version(paths.tracking_uri(), name)
-    except Exception:  # the registry may be down at start: the service reports that itself
-        latest = None
-    task = (latest.tags or {}).get("loopline.task") if latest is not None else None
-    if task is None and name in BUILTIN:
-        task = name  # a built-in task's default model name is the task's name
-    if task is None or task == params.task_name:
-        return params.task
-    if task in BUILTIN:
-        return task
-    raise LooplineError(
-        f"model {name} is a {task} model and params.yaml's task is {params.task_name}: set "
-        f"task: (or LOOPLINE_TASK) to the reference of task {task} to serve it"
+    return os.environ.get("LOOPLINE_TASK") or task_reference(
+        paths.tracking_uri(), params.served_model, params
     )
 
 
@@ -519,7 +501,8 @@ def monitor(
         summary = monitoring_flow(root=str(paths.root), overrides=overrides, model=model)
     except LooplineError as error:
         _fail(error)
-    _print_deployment(summary.get("deployment"))
+    for decided in summary.get("deployments") or []:
+        _print_deployment(decided)
     for note in summary["notes"]:
         console.print(f"[yellow]note:[/] {note}")
     for alarm in summary["alarms"]:
@@ -541,10 +524,21 @@ def _print_deployment(decided: dict | None) -> None:
         return
     deployment, verdict = decided["deployment"], decided["verdict"]
     colour = {"promote": "green", "rollback": "red"}.get(verdict["decision"], "yellow")
+    model = f"{decided['model']} " if decided.get("model") else ""
     console.print(
-        f"[bold {colour}]{deployment['mode']} v{deployment['version']}: "
+        f"[bold {colour}]{model}{deployment['mode']} v{deployment['version']}: "
         f"{verdict['decision']}[/] ({verdict['reason']})"
     )
+
+
+def _who() -> str:
+    """Who runs this command, for the histories ("by hand" when the user is unknown)."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "by hand"
 
 
 @app.command("deploy")
@@ -582,33 +576,36 @@ def deploy_command(
             console.print(f"[bold green]{name} v{version}[/] deployed: {mode} ({made.share:g}%)")
             typer.echo(made.to_json())
             return
-        running = deploy.current(uri, name)
         if end:
+            running = deploy.current(uri, name)
             if running is None:
                 raise LooplineError(f"{name!r} has no deployment running")
-            typer.echo(
-                json.dumps(
-                    deploy.end(uri, name, running.id, "ended", reason or "ended by hand", {})
-                )
+            ended = deploy.end(
+                uri, name, running.id, "ended", reason or "ended by hand", {}, who=_who()
             )
+            typer.echo(json.dumps(ended))
             return
-        decided = deploy.decide(params, paths, act=decide)
+        if model is None:  # every deployment of every model in the registry
+            decided = deploy.decide_all(params, paths, act=decide)
+        else:
+            own = deploy.params_for_model(params, paths, name)
+            found = deploy.decide(own, paths, decide)
+            decided = [deploy.Decided(name, *found)] if found is not None else []
     except (LooplineError, ValueError) as error:
         _fail(error)
-    if decided is None:
-        console.print(f"{name}: no deployment running")
-    else:
-        found, verdict, entry = decided
-        _print_deployment({"deployment": found.__dict__, "verdict": verdict.__dict__})
-        for key, value in verdict.statistics.items():
+    if not decided:
+        console.print(f"{model or 'the registry'}: no deployment running")
+    for one in decided:
+        _print_deployment(one.to_dict())
+        for key, value in one.verdict.statistics.items():
             console.print(f"  {key}: {value}")
-    for entry in deploy.history(uri, name)[-10:]:
-        console.print(
-            f"  {entry['when'][:19]} {entry['mode']} v{entry['version']}: {entry['outcome']} "
-            f"({entry['why']})"
-        )
-    if decided is not None:
-        typer.echo(json.dumps({"verdict": decided[1].__dict__, "entry": decided[2]}, default=str))
+        for entry in deploy.history(uri, one.model)[-10:]:
+            console.print(
+                f"  {entry['when'][:19]} {entry['mode']} v{entry['version']}: "
+                f"{entry['outcome']} ({entry['why']}, by {entry['who']})"
+            )
+    for one in decided:
+        typer.echo(json.dumps(one.to_dict(), default=str))
 
 
 def _replay_rows(params, task, root, warmup: int, limit: int | None):

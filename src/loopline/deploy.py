@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from loopline import registry
-from loopline.errors import RegistryError
+from loopline.errors import LooplineError, RegistryError
 
 TAG = "loopline.deploy"  # the registered model's tag holding the running deployment (JSON)
 HISTORY_PREFIX = "deploy_history/"
@@ -196,13 +196,15 @@ class Verdict:
 
 def read_records(engine: Any, name: str, since: str) -> pd.DataFrame:
     """The prediction log's records of `name` logged since `since`, with their roles."""
-    from sqlalchemy import MetaData, select
+    from sqlalchemy import MetaData, inspect, select
 
     from loopline.predlog import predictions_table, upgrade_predictions
 
+    columns = ["model_version", "role", "api", "key", "origin", "output", "latency_ms"]
+    if not inspect(engine).has_table("predictions"):  # no service has answered yet
+        return pd.DataFrame(columns=[*columns, "logged_at"])
     upgrade_predictions(engine)
     t = predictions_table(MetaData())
-    columns = ["model_version", "role", "api", "key", "origin", "output", "latency_ms"]
     query = (
         select(*(t.c[c] for c in columns), t.c.logged_at)
         .where(t.c.model_name == name, t.c.logged_at >= datetime.fromisoformat(since))
@@ -257,9 +259,8 @@ def judge(
     """The policy on the records since the deployment began (`settings`: `deploy:`)."""
     pairs = paired(records, deployment)
     stats: dict[str, Any] = {"mode": deployment.mode, "pairs": len(pairs)}
-    if len(pairs) < settings.min_observations:
-        return Verdict("wait", f"{len(pairs)} of {settings.min_observations} paired answers", stats)
-    # Errors over every answer of each side (a failed challenger batch pairs with nothing).
+    # Errors over every answer of each side, judged before pairing: a challenger's error
+    # answers pair with nothing, and a challenger that fails every item must not wait.
     sides = {
         side: records[records["role"].isin(roles) & (records["model_version"] == version)]
         for side, roles, version in (
@@ -268,13 +269,26 @@ def judge(
         )
     }
     errors_a, errors_b = (
-        float(np.mean([is_error(o) for o in sides[k]["output"]])) for k in ("a", "b")
+        float(np.mean([is_error(o) for o in sides[k]["output"]])) if len(sides[k]) else 0.0
+        for k in ("a", "b")
     )
-    stats.update(error_rate_champion=errors_a, error_rate_challenger=errors_b)
-    if errors_b > errors_a + settings.max_error_increase:
+    stats.update(
+        answers_challenger=len(sides["b"]),
+        error_rate_champion=errors_a,
+        error_rate_challenger=errors_b,
+    )
+    if (
+        len(sides["b"]) >= settings.min_observations
+        and errors_b > errors_a + settings.max_error_increase
+    ):
         return Verdict(
-            "rollback", f"errors {errors_b:.2%} against the champion's {errors_a:.2%}", stats
+            "rollback",
+            f"errors {errors_b:.2%} of {len(sides['b'])} challenger answers against the "
+            f"champion's {errors_a:.2%}",
+            stats,
         )
+    if len(pairs) < settings.min_observations:
+        return Verdict("wait", f"{len(pairs)} of {settings.min_observations} paired answers", stats)
     good = pairs[
         [
             not (is_error(a) or is_error(b))
@@ -350,6 +364,83 @@ def _quality_verdict(good, task, spec, rows, labels, settings, stats) -> Verdict
             "rollback", f"no difference after {int(known.sum())} pairs: {figures}", stats
         )
     return Verdict("wait", f"no significant difference yet: {figures}", stats)
+
+
+def deployed_models(tracking_uri: str) -> list[str]:
+    """Every registered model with a deployment running (the policy judges them all)."""
+    mlflow_client, names, token = registry.client(tracking_uri), [], None
+    while True:
+        page = mlflow_client.search_registered_models(max_results=100, page_token=token)
+        names += [m.name for m in page if (m.tags or {}).get(TAG)]
+        token = page.token
+        if not token:
+            return sorted(names)
+
+
+def task_reference(tracking_uri: str, name: str, params: Any) -> str:
+    """The task reference of model `name`: the task its newest version's lineage names
+    (params' own reference when that is params' task), else params' task. Raises
+    RegistryError for a model of a task of its own that params does not name."""
+    from loopline.tasks import BUILTIN
+
+    try:
+        latest = registry.latest_version(tracking_uri, name)
+    except Exception:  # the registry may be away: whoever asked reports that itself
+        latest = None
+    task = (latest.tags or {}).get("loopline.task") if latest is not None else None
+    if task is None and name in BUILTIN:
+        task = name  # a built-in task's default model name is the task's name
+    if task is None or task == params.task_name:
+        return params.task
+    if task in BUILTIN:
+        return task
+    raise RegistryError(
+        f"model {name} is a {task} model and params.yaml's task is {params.task_name}: set "
+        f"task: (or LOOPLINE_TASK) to the reference of task {task} to serve or judge it"
+    )
+
+
+def params_for_model(params: Any, paths: Any, name: str) -> Any:
+    """`params` for judging or serving model `name`: its own task, `serve.model` set."""
+    from loopline.config import apply_overrides, load_params, parse_params
+
+    reference = task_reference(paths.tracking_uri(), name, params)
+    if reference == params.task:
+        raw = apply_overrides(params.to_dict(), [f"serve.model={name}"])
+        return parse_params(raw, origin=str(paths.params_file), root=paths.root)
+    return load_params(paths.params_file, [f"task={reference}", f"serve.model={name}"])
+
+
+@dataclass(frozen=True)
+class Decided:
+    """What the policy made of one model's deployment (`entry`: the history entry of a
+    promote or rollback it carried out, else {})."""
+
+    model: str
+    deployment: Deployment
+    verdict: Verdict
+    entry: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def decide_all(params: Any, paths: Any, act: bool = True) -> list[Decided]:
+    """Judge the running deployment of every model in the registry (`decide`); a model
+    whose task params cannot name is reported as waiting, with why."""
+    uri, judged = paths.tracking_uri(), []
+    for name in deployed_models(uri):
+        try:
+            own = params_for_model(params, paths, name)
+        except LooplineError as error:  # its task, or params for it, cannot be had here
+            found = current(uri, name)
+            if found is not None:
+                judged.append(Decided(name, found, Verdict("wait", f"not judged: {error}"), {}))
+            continue
+        decided = decide(own, paths, act)
+        if decided is not None:
+            judged.append(Decided(name, *decided))
+    return judged
 
 
 def decide(params: Any, paths: Any, act: bool = True) -> tuple[Deployment, Verdict, dict] | None:

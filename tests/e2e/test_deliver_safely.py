@@ -145,7 +145,9 @@ def test_a_worse_canary_is_rolled_back_and_a_better_one_promoted(project):
         monitored = cli(project, "monitor")  # the policy runs in the monitoring pass too
         assert monitored.returncode in (0, 3), monitored.stderr
         summary = json.loads(monitored.stdout.strip().splitlines()[-1])
-        assert summary["deployment"]["verdict"]["decision"] == "promote", summary["deployment"]
+        (delivered,) = summary["deployments"]
+        assert delivered["model"] == "solar"
+        assert delivered["verdict"]["decision"] == "promote", delivered
         assert str(registry.champion_version(uri, "solar").version) == "3"
         wait_for(
             lambda: httpx.get(f"{service}/metadata").json()["model"]["version"] == "3",

@@ -25,11 +25,13 @@ def publish_tiny_model(
     steps: int = 0,
     shuffled: bool = False,
     scale: float = 1.0,
+    window: int = 24,
+    name: str = "solar",
 ) -> str:
-    """Export a small forecaster and register it; returns its version. Untrained unless
-    `steps` (Adam steps on the training windows; `shuffled`: on labels shuffled across
-    windows, a model that learned nothing real); `scale` multiplies its forecasts (a
-    biased model)."""
+    """Export a small forecaster reading `window` hours and register it as `name`;
+    returns its version. Untrained unless `steps` (Adam steps on the training windows;
+    `shuffled`: on labels shuffled across windows, a model that learned nothing real);
+    `scale` multiplies its forecasts (a biased model)."""
     import mlflow
     import torch
 
@@ -45,7 +47,7 @@ def publish_tiny_model(
     params = load_params(paths.params_file)
     task = get_task("solar")
     frame, spec = training_frame(params)
-    spec = fit_normalization(spec, frame).with_window(24)
+    spec = fit_normalization(spec, frame).with_window(window)
     torch.manual_seed(seed)
     hparams = task.Hyperparameters(
         learning_rate=1e-3,
@@ -53,11 +55,11 @@ def publish_tiny_model(
         hidden_size=hidden,
         num_layers=1,
         dropout=0.0,
-        window=24,
+        window=window,
         cell="gru",
     )
     model = task.build_model(hparams, spec)
-    examples = make_windows(task.add_labels(frame, spec), spec, 24)
+    examples = make_windows(task.add_labels(frame, spec), spec, window)
     if steps:
         train_briefly(model, examples, steps, shuffled)
     with torch.no_grad():
@@ -77,14 +79,14 @@ def publish_tiny_model(
         uri,
         run_id,
         onnx_path,
-        "solar",
+        name,
         files,
         metadata={},
         signature=None,
         tags={"loopline.data_version": f"fixture-{seed}", "loopline.metric.test_rmse": "1.0"},
     )
     if promote:
-        registry.move_champion(uri, "solar", published.version, reason=f"fixture seed {seed}")
+        registry.move_champion(uri, name, published.version, reason=f"fixture seed {seed}")
     return published.version
 
 
