@@ -74,19 +74,38 @@ def predictions_table(metadata):
         # not returned), "canary" (returned) or "control" (the champion on a canary's
         # items, not returned). None: logged before roles were recorded.
         Column("role", String(20)),
+        # Each answer's own id: a spool replayed after a crash inserts what the database
+        # lacks and skips what it holds (records are written in batches, a segment is
+        # deleted only once all of it is in). None: logged before answers had ids.
+        Column("answer_id", String(32), unique=True),
     )
 
 
 def upgrade_predictions(engine) -> None:
-    """Add what later versions added to an existing `predictions` table (its `role`)."""
+    """Add what later versions added to an existing `predictions` table (its `role`, its
+    `answer_id` and that column's unique index)."""
     from sqlalchemy import inspect, text
 
     inspector = inspect(engine)
     if not inspector.has_table("predictions"):
         return
-    if "role" not in {c["name"] for c in inspector.get_columns("predictions")}:
-        with engine.begin() as connection:
-            connection.execute(text("ALTER TABLE predictions ADD COLUMN role VARCHAR(20)"))
+    have = {c["name"] for c in inspector.get_columns("predictions")}
+    with engine.begin() as connection:
+        for name, kind in (("role", "VARCHAR(20)"), ("answer_id", "VARCHAR(32)")):
+            if name not in have:
+                connection.execute(text(f"ALTER TABLE predictions ADD COLUMN {name} {kind}"))
+        if "answer_id" not in have:  # (a table made with the column has its index)
+            connection.execute(
+                text(
+                    "CREATE UNIQUE INDEX IF NOT EXISTS ix_predictions_answer_id "
+                    "ON predictions (answer_id)"
+                )
+            )
+
+
+def new_answer_id() -> str:
+    """A record's id: 128 random bits (unique without coordination between workers)."""
+    return os.urandom(16).hex()
 
 
 class SpooledRecord:
@@ -135,6 +154,7 @@ class PredictionRecord(SpooledRecord):
     latency_ms: float | None = None
     logged_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     role: str | None = None
+    answer_id: str = field(default_factory=new_answer_id)
 
     @classmethod
     def of(cls, model: Any, api: str, answer: Any, latency_ms: float | None, role: str | None):
@@ -219,8 +239,10 @@ class PredictionLog:
         upgrade_predictions(self.engine)
 
     def statement(self):
-        """The statement each batch is written with (an executemany of `record.row()`s)."""
-        return self.table.insert()
+        """The statement each batch is written with (an executemany of `record.row()`s):
+        insert-or-ignore on the answer's id, so a replay never writes an answer twice."""
+        skipping = insert_skipping_conflicts(self.table, self.engine.dialect.name, ["answer_id"])
+        return skipping if skipping is not None else self.table.insert()
 
     def put(self, record: PredictionRecord) -> bool:
         """Queue one record without blocking; False (and counted) when the queue is full."""
