@@ -137,6 +137,69 @@ class TokenAuth:
         return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), self.token)
 
 
+class ReadyFirst:
+    """ASGI middleware: while no model is served, `paths` (the batched APIs) answer 503 with
+    the reason and `Retry-After`, before BentoML's handler runs: from inside a batch the
+    reason would reach the client as "An unexpected error has occurred", with a traceback
+    logged per request. `not_ready()` gives the reason, None once a model is in."""
+
+    def __init__(self, app, not_ready, paths: tuple[str, ...], retry_after_s: int = 1):
+        self.app, self.not_ready, self.paths = app, not_ready, frozenset(paths)
+        self.retry_after = str(retry_after_s).encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"] in self.paths:
+            reason = self.not_ready()
+            if reason is not None:
+                headers = [(b"retry-after", self.retry_after)]
+                return await send_json(send, 503, {"error": reason}, headers)
+        return await self.app(scope, receive, send)
+
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+JSON_TYPES = (b"application/json",)
+
+
+class SameSiteWrites:
+    """ASGI middleware: no other site writes through a visitor's browser. A request that
+    changes state (any method but GET, HEAD, OPTIONS) is a 403 when the browser says it
+    comes from another site or origin (`Sec-Fetch-Site`, `Origin`), unless its origin is
+    one of `allowed_origins` (`serve.allowed_origins`); and a 415 when its declared body
+    type is not one the endpoint takes (`body_types` by path, JSON elsewhere): a page can
+    send `text/plain` or a form anywhere without asking, never JSON. Clients that are not
+    browsers send neither header, and may leave the type out."""
+
+    def __init__(self, app, allowed_origins=(), body_types=None):
+        self.app = app
+        self.allowed = frozenset(o.rstrip("/").encode() for o in allowed_origins)
+        self.body_types: dict[str, tuple[bytes, ...]] = dict(body_types or {})
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] in SAFE_METHODS:
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        origin = headers.get(b"origin")
+        if origin is not None and origin.rstrip(b"/") in self.allowed:
+            pass
+        elif headers.get(b"sec-fetch-site") in (b"cross-site", b"same-site") or (
+            origin is not None and not _same_origin(origin, headers.get(b"host", b""))
+        ):
+            message = "refused: a write from another site (serve.allowed_origins lets one in)"
+            return await send_json(send, 403, {"error": message})
+        declared = headers.get(b"content-type")
+        taken = self.body_types.get(scope["path"], JSON_TYPES)
+        if declared is not None and declared.split(b";")[0].strip().lower() not in taken:
+            wanted = " or ".join(t.decode() for t in taken)
+            message = f"{scope['path']} takes {wanted} bodies, not {declared.decode('latin-1')}"
+            return await send_json(send, 415, {"error": message})
+        return await self.app(scope, receive, send)
+
+
+def _same_origin(origin: bytes, host: bytes) -> bool:
+    """Whether a browser's `Origin` (scheme://host[:port]) names the host it was sent to."""
+    return origin.partition(b"://")[2].lower() == host.lower()
+
+
 class MultipartNeedsBoundary:
     """ASGI middleware: a multipart body declared without its boundary is a 400 (BentoML's
     own API handler would answer 500 for the parser's error)."""

@@ -45,7 +45,7 @@ from loopline.online import (
 )
 from loopline.paths import ProjectPaths, find_project_root
 from loopline.predlog import PredictionLog, PredictionRecord
-from loopline.redaction import redact
+from loopline.redaction import redact, without_paths
 from loopline.serving_adapter import Answer, Serving, answer_items
 
 log = logging.getLogger("loopline.serving")
@@ -425,20 +425,26 @@ class ChampionService:
             await asyncio.to_thread(self.inputs.close)
 
     def __is_ready__(self) -> bool:
+        # /readyz is open to any client: its reasons show no internal path (as /metadata
+        # shows them only to an authenticated one).
         if self.model is None:
             # Raised rather than returned so /readyz says *why* (BentoML's own message for
             # False does not).
             raise HTTPException(
-                status_code=503, detail=redact(f"not ready: {self.not_ready_reason}")
+                status_code=503,
+                detail=without_paths(redact(f"not ready: {self.not_ready_reason}")),
+                headers={"Retry-After": "1"},
             )
         fallback = self.fallback
         if fallback is not None:
             # Ready (200), but an operator reading /readyz must see it is not the champion.
             raise HTTPException(
                 status_code=200,
-                detail=redact(
-                    f"ready: serving v{self.model.version}, a good earlier champion, not "
-                    f"the champion v{fallback['champion']}: {fallback['why']}"
+                detail=without_paths(
+                    redact(
+                        f"ready: serving v{self.model.version}, a good earlier champion, not "
+                        f"the champion v{fallback['champion']}: {fallback['why']}"
+                    )
                 ),
             )
         return True

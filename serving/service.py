@@ -69,6 +69,8 @@ from serving.asgi import (
     BoundedBody,
     DuplexStreamingResponse,
     MultipartNeedsBoundary,
+    ReadyFirst,
+    SameSiteWrites,
     TokenAuth,
     quiet_client_errors,
 )
@@ -123,6 +125,16 @@ def service_for(params: Params) -> bentoml.Service:
         params = running  # (a class body cannot read `params` of the function around it)
         _heavy_slots: asyncio.Semaphore | None = None
         _open_streams = 0
+
+        def __init__(self) -> None:
+            super().__init__()
+            served["service"] = self  # for `ReadyFirst`, ahead of the batching
+
+        def not_ready(self) -> str | None:
+            """Why no model is served (paths masked: probes are open), None when one is."""
+            if self.model is not None:
+                return None
+            return without_paths(redact(f"not ready: {self.not_ready_reason}"))
 
         def on_swap(self, model: LoadedModel) -> None:
             served.update(serving=self.serving, model=model)
@@ -332,7 +344,7 @@ def service_for(params: Params) -> bentoml.Service:
                 return await asyncio.to_thread(work, *args)
 
         def _not_ready(self) -> JSONResponse:
-            return JSONResponse({"error": redact(f"not ready: {self.not_ready_reason}")}, 503)
+            return JSONResponse({"error": self.not_ready()}, 503, headers={"Retry-After": "1"})
 
         def _file_answer(self, api, model, item, call, picture: bool = False):
             try:
@@ -345,6 +357,14 @@ def service_for(params: Params) -> bentoml.Service:
                 return Response(found.picture, media_type="image/png", headers=_headers(found))
             return found.response
 
+    # The middlewares run in the order added: where a request comes from and what it
+    # declares first, then its body, its token, and only then whether a model is in.
+    uploads = {f"/predict_{kind}", f"/explain_{kind}"} if takes_files else set()
+    body_types = {"/stream": (b"application/x-ndjson", b"application/json")}
+    body_types |= dict.fromkeys(uploads, (b"multipart/form-data",))
+    Loopline.add_asgi_middleware(
+        SameSiteWrites, allowed_origins=boot.allowed_origins, body_types=body_types
+    )
     Loopline.add_asgi_middleware(
         BoundedBody,
         limit=boot.max_body_bytes,
@@ -353,8 +373,12 @@ def service_for(params: Params) -> bentoml.Service:
     )
     Loopline.add_asgi_middleware(MultipartNeedsBoundary)
     Loopline.add_asgi_middleware(TokenAuth, token=boot.token)
+    Loopline.add_asgi_middleware(
+        ReadyFirst,
+        not_ready=lambda: served["service"].not_ready() if "service" in served else "starting",
+        paths=("/predict", "/explain"),
+    )
     _answer_errors_with_one_schema(app)
-    uploads = {f"/predict_{kind}", f"/explain_{kind}"} if takes_files else set()
     Loopline.__class__ = _publishing_errors(type(Loopline), uploads)
     return Loopline
 
@@ -420,7 +444,8 @@ def _error_statuses(path: str, method: str, uploads: set[str]) -> set[int]:
     framework documents already (FastAPI's 422, BentoML's 400/404/500)."""
     if path in OPEN_PATHS or method != "post":
         return set()
-    statuses = {400, 401, 503}  # bad body or multipart; no token (serve.token); not ready
+    # bad body or multipart; no token (serve.token); from another site; not JSON; not ready
+    statuses = {400, 401, 403, 415, 503}
     if path != "/stream":  # (limited per line, not per body)
         statuses |= {408, 413}  # body unfinished (serve.body_timeout_s), too large
     if path in uploads:

@@ -250,6 +250,9 @@ class ServeParams(Section):
     # Bearer token for prediction and operator endpoints (set it by LOOPLINE_SERVE_TOKEN, not
     # in a committed file). Unset: no token asked, internal paths shown to loopback only.
     token: str | None = Field(None, repr=False, exclude=True)  # never dumped: not in MLflow
+    # Web origins (https://app.example.com) whose pages may POST here from a browser;
+    # any other site's page is refused (403), whatever the token.
+    allowed_origins: list[str] = []
     prediction_log: str | None = None  # SQLAlchemy URL; default: SQLite in the state folder
     log_batch_size: Positive = 256
     log_flush_interval_s: Annotated[float, Field(gt=0)] = 1.0
@@ -352,6 +355,9 @@ class UiParams(Section):
     poll_interval_s: Annotated[float, Field(gt=0)] = 0.5  # how often new predictions are sent
     # A service that has not answered within this long is shown as not answering.
     service_timeout_s: Annotated[float, Field(gt=0)] = 1.0
+    # Host names the page answers besides loopback and the address it listens on (a
+    # reverse proxy's name, say); "*.example.com" covers subdomains, "*" any name.
+    allowed_hosts: list[str] = []
 
 
 class DeployParams(Section):

@@ -101,7 +101,7 @@ def test_a_registry_that_is_down_is_named_and_the_page_still_loads(served_projec
         monkeypatch.setenv(key, value)
     paths = ProjectPaths.at(served_project)
     project = Project(load_params(paths.params_file), paths, TOKEN, services=[])
-    with TestClient(create_app(project)) as test_client:
+    with TestClient(create_app(project), base_url="http://localhost:8080") as test_client:
         for panel in ("now", "history"):
             said = test_client.get(f"/api/models/solar/{panel}").json()["missing"]
             assert f"the registry at {dead} did not answer" in said, said

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import socket
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field
 from sse_starlette.sse import EventSourceResponse
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from loopline import registry
 from loopline.errors import ChampionMoved, LooplineError, RegistryUnreachable
@@ -96,7 +98,22 @@ class Move(BaseModel):
     expect: str | None = Field(None, max_length=50)
 
 
-def create_app(project: Project) -> FastAPI:
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+WILDCARD_ADDRESSES = ("0.0.0.0", "::", "")
+
+
+def served_hosts(settings: Any, host: str | None = None) -> list[str]:
+    """The `Host` names the page answers: loopback, the address it listens on (with a
+    wildcard address, the machine's name) and `ui.allowed_hosts`. Any other name is a 400:
+    a DNS-rebinding page (attacker.example resolved to 127.0.0.1) cannot read through it."""
+    bound = settings.host if host is None else host
+    named = [socket.gethostname()] if bound in WILDCARD_ADDRESSES else [bound]
+    return list(dict.fromkeys([*LOOPBACK_NAMES, *named, *settings.allowed_hosts]))
+
+
+def create_app(project: Project, host: str | None = None) -> FastAPI:
+    """The operator page of `project`, answering the names `served_hosts` gives for
+    `host` (the address it listens on; default `ui.host`)."""
     from sqlalchemy import create_engine
 
     from loopline.predlog import upgrade_predictions
@@ -122,6 +139,8 @@ def create_app(project: Project) -> FastAPI:
     _pages(app, templates)
     _reads(app)
     _actions(app)
+    hosts = served_hosts(project.params.ui, host)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts, www_redirect=False)
     return app
 
 
