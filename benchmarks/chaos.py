@@ -21,11 +21,15 @@ classifier (`loopline run` on the digits task, tiny settings), starts real servi
                         decompression-bomb limit), valid uploads beside them
   8 × 9000² uploads     8 concurrent valid PNGs of 9000×9000 (under the bomb limit: a
                         decoder that runs before the size check allocates 81 MB each)
+  explain flood         4 /predict clients alone, then beside 2 clients flooding /explain
+                        (2,000 images a request, and the most a request may hold): the
+                        light clients' failures and p99 against their p99 alone
 
 and prints per scenario: requests sent / failed (≥ 500 or no answer; expected 4xx/503
 refusals are counted apart), forecasts answered vs rows in the prediction log (lost
-records), and `/livez`'s worst latency (polled every 50 ms) during it. `uptime` is printed
-beside the table: the machine's load is part of every number.
+records), rows written twice (dup), and `/livez`'s worst latency (polled every 50 ms)
+during it. `uptime` is printed beside the table: the machine's load is part of every
+number.
 """
 
 from __future__ import annotations
@@ -113,6 +117,7 @@ class Row:
     refused: int = 0  # an expected 4xx / 503
     answered: int = 0  # forecasts (predictions) answered 200
     logged: int | None = None  # rows that reached the prediction log
+    duplicated: int | None = None  # rows of the log that are another row again
     livez_worst_ms: float | None = None
     livez_failed: int = 0
     notes: list[str] = field(default_factory=list)
@@ -240,6 +245,19 @@ def logged_rows(root: Path) -> int:
     return len(read_predictions(paths.prediction_log_url(load_params(paths.params_file))))
 
 
+def duplicated_rows(root: Path) -> int:
+    """Rows of the prediction log that repeat another (the same answer, made at the same
+    microsecond, written twice): what a replay must never add."""
+    from loopline.config import load_params
+    from loopline.paths import ProjectPaths
+    from loopline.predlog import read_predictions
+
+    paths = ProjectPaths.at(root)
+    rows = read_predictions(paths.prediction_log_url(load_params(paths.params_file)))
+    seen = {(r["logged_at"], r["api"], r["key"], r["origin"], r["role"]) for r in rows}
+    return len(rows) - len(seen)
+
+
 def settle_log(root: Path, expected: int, timeout_s: float = 10.0) -> int:
     """Rows in the prediction log once it stops growing (or reaches `expected`)."""
     deadline, last = time.monotonic() + timeout_s, -1
@@ -315,6 +333,7 @@ def kill_worker(root: Path, base: Path, body: bytes, config) -> Row:
     try:
         restart.wait_ready()
         row.logged = settle_log(root, before + row.answered) - before
+        row.duplicated = duplicated_rows(root)
     finally:
         restart.stop()
     return row
@@ -605,22 +624,103 @@ def uploads(root: Path, base: Path, label: str, bad: bytes, count: int = 8) -> R
     return row
 
 
+class Timed(Load):
+    """`Load` on `path` with `body`, keeping each answered request's latency."""
+
+    def __init__(self, url: str, body: bytes, threads: int, path: str = "/predict"):
+        super().__init__(url, body, threads)
+        self.path, self.latencies = path, []
+
+    def _run(self) -> None:
+        import httpx
+
+        headers = {"content-type": "application/json"}
+        with httpx.Client(timeout=60) as client:
+            while not self._stop.is_set():
+                started = time.perf_counter()
+                try:
+                    status = client.post(
+                        f"{self.url}{self.path}", content=self.body, headers=headers
+                    ).status_code
+                except httpx.HTTPError:
+                    status = 0
+                took = time.perf_counter() - started
+                with self._lock:
+                    self.sent += 1
+                    self.answered += status == 200
+                    self.refused += 400 <= status < 500 or status == 503
+                    self.failed += status == 0 or (status >= 500 and status != 503)
+                    if status == 200:
+                        self.latencies.append(took)
+                if status not in (200, 400, 429, 503):
+                    time.sleep(0.05)
+
+    def p99_ms(self) -> float:
+        import numpy as np
+
+        return float(np.percentile(self.latencies, 99) * 1000) if self.latencies else float("nan")
+
+
+def explain_flood(root: Path, base: Path, config) -> Row:
+    """Four /predict clients (one image each) alone, then beside two clients flooding
+    /explain: one sending 2,000 images a request (the 8 MiB body holds ~24,000), one the
+    most a request may hold (serve.max_explain_items). The light clients' failures and p99
+    against their p99 alone."""
+    import httpx
+
+    row = Row("explain flood beside /predict")
+    service = Service(root, base / "explain-flood.log")
+    try:
+        service.wait_ready()
+        described = httpx.get(f"{service.url}/metadata", timeout=10).json()["model"]
+        size = described["image_size"]
+        image = [[0.5] * size for _ in range(size)]
+        light = json.dumps({"images": [image]}).encode()
+        most = int(os.environ.get("LOOPLINE_SERVE_MAX_EXPLAIN_ITEMS", "16"))
+        flood = [json.dumps({"images": [image] * n}).encode() for n in (2000, most)]
+        with Timed(service.url, light, 4) as alone:
+            time.sleep(config["load_s"])
+        with LivezWatch(service.url) as watch, Timed(service.url, light, 4) as beside:
+            heavy = [Timed(service.url, body, 1, "/explain") for body in flood]
+            with heavy[0], heavy[1]:
+                time.sleep(config["load_s"])
+        watch.into(row)
+        beside.into(row)
+        ratio = beside.p99_ms() / alone.p99_ms()
+        row.notes.append(
+            f"light p99 {beside.p99_ms():.1f} ms beside the flood, {alone.p99_ms():.1f} ms "
+            f"alone: {ratio:.2f}x (target <= 3x); {beside.answered} vs {alone.answered} "
+            f"answered"
+        )
+        for label, flooder in zip(("2,000-image", f"{most}-image"), heavy, strict=True):
+            row.notes.append(
+                f"{label} /explain: {flooder.sent} sent, {flooder.answered} answered, "
+                f"{flooder.refused} refused, {flooder.failed} failed"
+            )
+        tracebacks = service.log_path.read_text(errors="replace").count("Traceback")
+        row.notes.append(f"tracebacks in the service log: {tracebacks}")
+    finally:
+        service.stop()
+    return row
+
+
 # ----------------------------------------------------------------------------- report
 
 
 def print_table(rows: list[Row], load: str) -> None:
     header = (
         f"{'scenario':30} {'sent':>6} {'failed':>6} {'refused':>7} {'answered':>8} "
-        f"{'logged':>6} {'lost':>5} {'livez worst ms':>14} {'livez fail':>10}"
+        f"{'logged':>6} {'lost':>5} {'dup':>4} {'livez worst ms':>14} {'livez fail':>10}"
     )
     print(f"\n{header}\n{'-' * len(header)}")
     for r in rows:
         logged = "-" if r.logged is None else r.logged
         lost = "-" if r.lost is None else r.lost
+        dup = "-" if r.duplicated is None else r.duplicated
         worst = "-" if r.livez_worst_ms is None else f"{r.livez_worst_ms:,.0f}"
         print(
             f"{r.scenario:30} {r.sent:6} {r.failed:6} {r.refused:7} {r.answered:8} "
-            f"{logged!s:>6} {lost!s:>5} {worst:>14} {r.livez_failed:10}"
+            f"{logged!s:>6} {lost!s:>5} {dup!s:>4} {worst:>14} {r.livez_failed:10}"
         )
         for note in r.notes:
             print(f"{'':32}{note}")
@@ -638,11 +738,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="shorter load and waits")
     parser.add_argument("--json", type=Path, help="also write the rows to this file")
     parser.add_argument(
-        "--only", help="comma-separated scenario keys: kill,start,mid,corrupt,streams,bombs"
+        "--only",
+        help="comma-separated scenario keys: kill,start,mid,corrupt,streams,bombs,explain",
     )
     args = parser.parse_args()
     config = dict(QUICK if args.quick else FULL)
-    wanted = set((args.only or "kill,start,mid,corrupt,streams,bombs").split(","))
+    wanted = set((args.only or "kill,start,mid,corrupt,streams,bombs,explain").split(","))
     import yaml
 
     for var in ("MLFLOW_TRACKING_URI", "LOOPLINE_HOME"):
@@ -674,16 +775,21 @@ def main() -> None:
         if key in wanted:
             print(f"scenario {key} ...", flush=True)
             rows.append(run())
-    if "bombs" in wanted:
+    if wanted & {"bombs", "explain"}:
         sys.path.insert(0, str(REPO))
         from tests.reliability.conftest import png_declaring
 
         print("publishing a digit classifier (loopline run, tiny settings) ...", flush=True)
         digits = publish_digits(base)
-        print("scenario bombs ...", flush=True)
-        bomb = png_declaring(20000, 20000, rows=2)
-        rows.append(uploads(digits, base, "8 bombs (20000x20000)", bomb))
-        rows.append(uploads(digits, base, "8 x 9000x9000 uploads", png_declaring(9000, 9000)))
+        if "bombs" in wanted:
+            print("scenario bombs ...", flush=True)
+            bomb = png_declaring(20000, 20000, rows=2)
+            rows.append(uploads(digits, base, "8 bombs (20000x20000)", bomb))
+            big = png_declaring(9000, 9000)
+            rows.append(uploads(digits, base, "8 x 9000x9000 uploads", big))
+        if "explain" in wanted:
+            print("scenario explain ...", flush=True)
+            rows.append(explain_flood(digits, base, config))
     load = uptime()
     print_table(rows, load)
     if args.json:

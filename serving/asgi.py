@@ -156,6 +156,47 @@ class ReadyFirst:
         return await self.app(scope, receive, send)
 
 
+class HeavyAdmission:
+    """ASGI middleware: admission control for the expensive paths (explanations, uploads),
+    before any of their work is done. One client (by address) has at most `per_client` of
+    them in flight (429), all clients at most `limit` (503), each refusal with
+    `Retry-After`; refusals are counted (`shed`), not traced. The light paths never wait
+    behind them: what is admitted then runs `serve.max_heavy_requests` at a time."""
+
+    def __init__(self, app, paths, per_client: int, limit: int, retry_after_s: int = 1):
+        self.app, self.paths = app, frozenset(paths)
+        self.per_client, self.limit = per_client, limit
+        self.retry_after = str(retry_after_s).encode()
+        self.in_flight: dict[str, int] = {}
+        self.total = 0
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] not in self.paths:
+            return await self.app(scope, receive, send)
+        client = (scope.get("client") or ("?",))[0]
+        mine = self.in_flight.get(client, 0)
+        if mine >= self.per_client or self.total >= self.limit:
+            status, setting = (
+                (429, "serve.max_heavy_per_client")
+                if mine >= self.per_client
+                else (503, "serve.max_heavy_waiting")
+            )
+            shed.note(scope["path"])
+            message = f"too many {scope['path']} requests in flight ({setting}): retry later"
+            headers = [(b"retry-after", self.retry_after)]
+            return await send_json(send, status, {"error": message}, headers)
+        self.in_flight[client], self.total = mine + 1, self.total + 1
+        try:
+            return await self.app(scope, receive, send)
+        finally:
+            self.total -= 1
+            left = self.in_flight[client] - 1
+            if left:
+                self.in_flight[client] = left
+            else:
+                del self.in_flight[client]
+
+
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 JSON_TYPES = (b"application/json",)
 
@@ -256,9 +297,11 @@ class QuietCount:
 
     def __init__(self, what: str, every_s: float = 10.0):
         self.what, self.every_s, self.count, self.last = what, every_s, 0, 0.0
+        self.total = 0  # since the process started (`count` restarts at each line)
 
     def note(self, path: str) -> None:
         self.count += 1
+        self.total += 1
         now = time.monotonic()
         if now - self.last >= self.every_s:
             log.info("%d %s (last on %s)", self.count, self.what, path)
@@ -267,6 +310,7 @@ class QuietCount:
 
 disconnects = QuietCount("client(s) disconnected mid-stream")
 refusals = QuietCount("request(s) refused: invalid, too large or too slow bodies")
+shed = QuietCount("heavy request(s) refused: too many in flight")
 
 
 class QuietClientErrors(logging.Filter):

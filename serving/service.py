@@ -68,6 +68,7 @@ from serving.asgi import (
     OPEN_PATHS,
     BoundedBody,
     DuplexStreamingResponse,
+    HeavyAdmission,
     MultipartNeedsBoundary,
     ReadyFirst,
     SameSiteWrites,
@@ -99,10 +100,11 @@ def service_for(params: Params) -> bentoml.Service:
     # The adapter and model this worker serves, for the per-item check that runs while a
     # request body is validated (one service instance per worker process).
     served: dict[str, Any] = {}
-    body = _request_body(adapter, served)
+    body = _request_body(adapter, served, boot.max_items_per_request)
     answers = _answers_spec(adapter.Response)
     explains, takes_files = issubclass(adapter, Explaining), issubclass(adapter, FileInput)
     explained = (adapter.Explanation if explains else None) or adapter.Response
+    explain_body = _request_body(adapter, served, boot.max_explain_items, "ExplainInput")
     explanations = _answers_spec(explained)
     kind = adapter.file_kind if takes_files else None
     app = FastAPI(title=f"Loopline: {params.task_name}")
@@ -167,13 +169,15 @@ def service_for(params: Params) -> bentoml.Service:
 
         if explains:
 
-            @bentoml.api(input_spec=body, output_spec=explanations)
-            def explain(self, **fields):
-                """Answer each item and say why (what the answer rests on)."""
+            @bentoml.api(input_spec=explain_body, output_spec=explanations)
+            async def explain(self, **fields):
+                """Answer each item and say why (what the answer rests on): at most
+                `serve.max_explain_items` items, computed as the uploads are (heavy)."""
                 model = self._serving()
                 # not batched: called with the body's fields
                 items = [_item(item) for item in fields[adapter.input_name]]
-                return self._replies("explain", explained, model, items, self.serving.explain)
+                call = self.serving.explain
+                return await self._heavy(self._replies, "explain", explained, model, items, call)
 
         # -------------------------------------------------------------- metadata
 
@@ -373,6 +377,13 @@ def service_for(params: Params) -> bentoml.Service:
     )
     Loopline.add_asgi_middleware(MultipartNeedsBoundary)
     Loopline.add_asgi_middleware(TokenAuth, token=boot.token)
+    heavy = {"/explain", *uploads} if explains else set(uploads)
+    Loopline.add_asgi_middleware(
+        HeavyAdmission,
+        paths=heavy,
+        per_client=boot.max_heavy_per_client,
+        limit=boot.max_heavy_waiting,
+    )
     Loopline.add_asgi_middleware(
         ReadyFirst,
         not_ready=lambda: served["service"].not_ready() if "service" in served else "starting",
@@ -450,6 +461,8 @@ def _error_statuses(path: str, method: str, uploads: set[str]) -> set[int]:
         statuses |= {408, 413}  # body unfinished (serve.body_timeout_s), too large
     if path in uploads:
         statuses |= {413, 415, 422}  # too many pixels; not an image the model reads
+    if path in uploads or path == "/explain":
+        statuses |= {429}  # heavy: this client has its share in flight
     return statuses
 
 
@@ -495,7 +508,9 @@ def _publishing_errors(service_class: type, uploads: set[str]) -> type:
     return Published
 
 
-def _request_body(adapter: type[Serving], served: dict[str, Any]) -> type[BaseModel]:
+def _request_body(
+    adapter: type[Serving], served: dict[str, Any], max_items: int, name: str = "Input"
+) -> type[BaseModel]:
     """The JSON body of `/predict` and `/explain`: `{input_name: [Request, ...]}`, each item
     checked against the served model while the body is validated (a bad one is a 400
     naming it). BentoML names body fields after an API's parameters; given as the API's
@@ -532,9 +547,14 @@ def _request_body(adapter: type[Serving], served: dict[str, Any]) -> type[BaseMo
         ]
         item.__name__ = f"{forms[0].__name__}Or{forms[1].__name__}"
         _EITHER_FORM.add(item)
-    field = (list[item], Field(description=f"The {adapter.input_name} to answer"))
+    # The item bound is checked as the list is read: a body of thousands of items is a 400
+    # naming the limit, not thousands of items' work.
+    field = (
+        list[item],
+        Field(description=f"The {adapter.input_name} to answer", max_length=max_items),
+    )
     return create_model(
-        "Input", __base__=bentoml.IODescriptor, __module__=__name__, **{adapter.input_name: field}
+        name, __base__=bentoml.IODescriptor, __module__=__name__, **{adapter.input_name: field}
     )
 
 

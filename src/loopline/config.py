@@ -241,8 +241,15 @@ class ServeParams(Section):
     body_timeout_s: Annotated[float, Field(gt=0)] = 30.0
     max_line_bytes: Positive = 64 * 1024  # longer NDJSON lines in `stream` get an error line
     # Uploads decoded (and explanations computed) at once per worker, off the event loop;
-    # more wait their turn, so a burst of large images cannot stall health checks.
-    max_heavy_requests: Positive = 2
+    # more wait their turn, so a burst of large images cannot stall health checks. One:
+    # on two cores the other is left to the light paths (/predict, /stream).
+    max_heavy_requests: Positive = 1
+    # Heavy requests (explanations, uploads) in flight per client address (more: 429) and
+    # in all (more: 503), refused before any of their work is done.
+    max_heavy_per_client: Positive = 2
+    max_heavy_waiting: Positive = 16
+    max_items_per_request: Positive = 1024  # items of one /predict body; more: a 400
+    max_explain_items: Positive = 16  # items of one /explain body (each is many model calls)
     max_streams: Positive = 1000  # open `/stream` connections per worker; more get 503
     # A stream line begun and not finished within this many seconds closes the stream (a
     # client between lines may wait as long as it likes).

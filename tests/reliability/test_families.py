@@ -110,9 +110,32 @@ def test_a_real_oversized_image_is_still_413_and_a_small_one_answers(digits):
     assert answer.status_code == 200 and answer.json()["label"] == str(label)
 
 
-@pytest.mark.parametrize("path", ["/predict_image", "/predict"])
+@pytest.mark.parametrize("path", ["/predict_image", "/explain_image"])
 def test_multipart_without_a_boundary_is_400(digits, path):
     response = digits.post(
         path, content=b"--x\r\n\r\n", headers={"content-type": "multipart/form-data"}
     )
     assert response.status_code == 400, response.text
+
+
+@pytest.mark.parametrize("path", ["/predict_image", "/explain_image", "/predict"])
+@pytest.mark.parametrize(
+    "body", [b"not multipart at all", b"--b\r\nno headers\r\n", b"--b\r\n\r\n--b--"]
+)
+def test_a_body_that_is_not_the_multipart_it_declares_is_a_4xx(digits, path, body):
+    kind = "multipart/form-data; boundary=b"
+    response = digits.post(path, content=body, headers={"content-type": kind})
+    # /predict takes JSON only (415); an upload path reads the form and says what is wrong
+    assert response.status_code == (415 if path == "/predict" else 400), response.text
+    assert response.json()["error"]
+
+
+def test_an_explain_of_thousands_of_items_is_refused_before_any_work(digits):
+    import time
+
+    blank = [[0.0] * 8 for _ in range(8)]
+    started = time.perf_counter()
+    response = digits.post("/explain", json={"images": [blank] * 2000})
+    assert time.perf_counter() - started < 2.0
+    assert response.status_code == 400, response.text
+    assert "at most 16 items" in response.text

@@ -74,11 +74,15 @@ def test_every_4xx_is_documented_and_matches_its_schema(fuzzed):
     assert not summary(fuzzed, "4xx"), summary(fuzzed, "4xx")
 
 
-def test_multipart_without_a_boundary_is_400(client):
+@pytest.mark.parametrize("boundary", ["", "; boundary=x"])
+def test_a_multipart_body_to_a_json_api_is_415_not_a_5xx(client, boundary):
     response = client.post(
-        "/predict", content=b"--x\r\n\r\n", headers={"content-type": "multipart/form-data"}
+        "/predict",
+        content=b"not multipart\r\n\r\n",
+        headers={"content-type": f"multipart/form-data{boundary}"},
     )
-    assert response.status_code == 400, response.text
+    assert response.status_code == 415, response.text
+    assert "/predict takes application/json" in response.json()["error"]
 
 
 # ------------------------------------------------------------------ isolation, data contract

@@ -23,7 +23,18 @@ def digits_root(tmp_path_factory, prefect_harness):
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     os.environ.pop("LOOPLINE_HOME", None)
     root = write_project(tmp_path_factory.mktemp("served-digits") / "proj", TINY_DIGITS)
-    assert offline_flow(root=str(root))["promoted"]
+    summary = offline_flow(root=str(root))
+    assert summary["status"] == "published", summary
+    if not summary["promoted"]:
+        # The gate may hold a CNN that ties the pixel baseline on some CPUs' float kernels
+        # (its own test is tests/pipelines/test_digits_flow.py); these tests need a served
+        # champion, so the operator's promotion stands in.
+        from loopline import registry
+        from loopline.paths import ProjectPaths
+
+        uri = ProjectPaths.at(root).tracking_uri()
+        version = registry.latest_version(uri, "digits").version
+        registry.move_champion(uri, "digits", version, reason="held by the gate; fixture")
     return root
 
 
@@ -259,6 +270,6 @@ def test_an_image_bomb_is_refused_from_its_header_before_decoding(client):
 
 def test_multipart_without_a_boundary_is_a_400(client):
     response = client.post(
-        "/predict", content=b"--x\r\n", headers={"content-type": "multipart/form-data"}
+        "/predict_image", content=b"--x\r\n", headers={"content-type": "multipart/form-data"}
     )
     assert response.status_code == 400, response.text

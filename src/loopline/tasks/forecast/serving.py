@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model, model_validator
 
 from loopline.features import FeatureSpec, normalize
 from loopline.serving_adapter import (
@@ -41,6 +41,32 @@ if TYPE_CHECKING:
 # ----------------------------------------------------------------------------- API types
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+# The times a window may hold, UTC. Windows become numpy datetime64[ns], which ends in 1677
+# and 2262 (past that, nanoseconds since 1970 wrap around silently); lags reach back from
+# a window and forecasts ahead of it, so both ends leave decades to spare.
+EARLIEST, LATEST = datetime(1700, 1, 1, tzinfo=UTC), datetime(2200, 1, 1, tzinfo=UTC)
+
+
+def in_time_range(value: datetime) -> datetime:
+    """`value` (naive: UTC) if it lies in [EARLIEST, LATEST); compared without converting
+    it, since a far year with a zone offset leaves Python's own range when converted."""
+    if EARLIEST.year < value.year < LATEST.year - 1:
+        # Inside by its year alone, whatever its zone (an offset is under a day): the
+        # comparison below costs five times the parse of a time, so only the edges pay it.
+        return value
+    aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    if not EARLIEST <= aware < LATEST:
+        raise ValueError(
+            f"{value.isoformat()} is out of range: times run from {EARLIEST:%Y-%m-%d} "
+            f"to before {LATEST:%Y-%m-%d}, UTC"
+        )
+    return value
+
+
+# A reading's time, checked to fit the window's arrays before anything converts it.
+Instant = Annotated[datetime, AfterValidator(in_time_range)]
+
 # Times go out as the ISO strings the library already made: declared `date-time` for the
 # OpenAPI spec, but not parsed back into datetimes only to be printed again.
 IsoTime = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
@@ -62,7 +88,7 @@ def columns_model(name: str, time: str, numbers: list[str]) -> type[BaseModel]:
     """A window's readings as columns: one list per field, all of one length (the columnar
     form of a `/predict` item: ~10x less to parse than a reading object per row)."""
     fields = {
-        time: (list[datetime], Field(min_length=1, description="Oldest first; UTC if no zone"))
+        time: (list[Instant], Field(min_length=1, description="Oldest first; UTC if no zone"))
     }
     fields |= {c: (list[Finite], Field(min_length=1)) for c in numbers}
 
@@ -89,7 +115,7 @@ def types_for(
     reading = create_model(
         f"{title}Reading",
         __config__=strict,
-        **{time: (datetime, Field(description="When it was read; UTC if no zone"))},
+        **{time: (Instant, Field(description="When it was read; UTC if no zone"))},
         **values,
         **{target: (Finite, Field(description="The value forecast"))},
     )
@@ -369,12 +395,26 @@ def utc_datetime64(values: list[Any]) -> np.ndarray:
         micros = np.array([v.microsecond for v in values], dtype=np.int64)
         stamps = np.array([v.timestamp() for v in values]) - micros / 1e6
         seconds = np.rint(stamps).astype(np.int64)
-        return (seconds * 1_000_000_000 + micros * 1000).view("datetime64[ns]")
+        return micros_as_ns(seconds * 1_000_000 + micros)
     if values and all(isinstance(v, datetime) for v in values):
         # Exact integer microseconds since the epoch: no timezone conversion per value.
         micros = [(v - (_EPOCH if v.tzinfo else _EPOCH_NAIVE)) // _MICROSECOND for v in values]
-        return (np.array(micros, dtype=np.int64) * 1000).view("datetime64[ns]")
+        return micros_as_ns(np.array(micros, dtype=np.int64))
     return pd.to_datetime(values, utc=True).tz_convert(None).to_numpy(dtype="datetime64[ns]")
+
+
+_NS_LIMIT_US = np.iinfo(np.int64).max // 1000  # epoch microseconds whose nanoseconds fit
+
+
+def micros_as_ns(micros: np.ndarray) -> np.ndarray:
+    """Epoch microseconds as datetime64[ns]. Past ±292 years from 1970 the nanoseconds
+    would wrap around silently (2300 becoming 1715): raise instead, for a time that got
+    past the request types' `Instant` check."""
+    if len(micros) and int(np.abs(micros).max()) > _NS_LIMIT_US:
+        first = int(micros[np.abs(micros) > _NS_LIMIT_US][0])
+        when = _EPOCH_NAIVE + timedelta(microseconds=first)
+        raise ValueError(f"{when.isoformat()} (UTC) does not fit datetime64[ns] nanoseconds")
+    return (micros * 1000).view("datetime64[ns]")
 
 
 def utc(value: datetime) -> datetime:

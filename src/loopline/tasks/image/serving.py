@@ -1,8 +1,8 @@
 """How an image classifier is served: images in, class probabilities out.
 
 - `POST /predict` {"images": [[[...]]]}: images as arrays (size × size for a grey model,
-  channels × size × size for an RGB one; values 0..1, ink high); an image of the wrong shape
-  is a 400 naming it.
+  channels × size × size for an RGB one; values 0..1, ink high); an image of the wrong shape,
+  or a pixel that is no finite float32, is a 400 naming it.
 - `POST /predict_image`: one PNG or JPEG upload (multipart field `file`); not an image, too
   large or of an unsupported channel count is a 4xx naming the problem.
 - `POST /explain_image` (and `/explain` for arrays): the answer with its occlusion saliency
@@ -12,10 +12,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import numpy as np
-from pydantic import BaseModel, RootModel
+from pydantic import BaseModel, Discriminator, Field, RootModel, Tag
 
 from loopline.serving_adapter import (
     Answer,
@@ -34,7 +34,36 @@ if TYPE_CHECKING:
     from loopline.online import LoadedModel
 
 
-class Image(RootModel[list[list[Any]]]):
+# The model reads pixels as float32: a larger number (or one no float holds, as an
+# integer of 400 digits) is refused by the request's type, naming the pixel, before any
+# conversion. Bounds rather than a validator function: they run in pydantic's core, which
+# matters at thousands of pixels an image.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+Pixel = Annotated[float, Field(allow_inf_nan=False, ge=-FLOAT32_MAX, le=FLOAT32_MAX)]
+
+
+def image_kind(value: Any) -> str | None:
+    """'rgb' for channels of rows, 'grey' for rows of pixels; None for no list at all.
+    Chosen once per image, so an error names the pixel only once (not for each kind)."""
+    if not isinstance(value, list):
+        return None
+    first = value[0] if value else None
+    return "rgb" if isinstance(first, list) and first and isinstance(first[0], list) else "grey"
+
+
+class Image(
+    RootModel[
+        Annotated[
+            Annotated[list[list[Pixel]], Tag("grey")]
+            | Annotated[list[list[list[Pixel]]], Tag("rgb")],
+            Discriminator(
+                image_kind,
+                custom_error_type="image_type",
+                custom_error_message="an image is rows of pixel values, or channels of rows",
+            ),
+        ]
+    ]
+):
     """One image (0..1, ink high): rows of pixel values for a grey model, or channels of
     rows for an RGB one."""
 

@@ -4,7 +4,6 @@ served model has no location for is refused."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -12,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from loopline.tasks.forecast.serving import (
     Finite,
     ForecastServing,
+    Instant,
     IsoTime,
     Window,
     columns_model,
@@ -30,7 +30,7 @@ class Reading(BaseModel):
     """One measurement of a site: weather and the AC power it produced."""
 
     model_config = ConfigDict(extra="forbid")
-    timestamp: datetime = Field(description="Start of the reading's interval; UTC if no zone")
+    timestamp: Instant = Field(description="Start of the reading's interval; UTC if no zone")
     ghi: Finite = Field(description="Global horizontal irradiance, W/m²")
     dni: Finite = Field(description="Direct normal irradiance, W/m²")
     dhi: Finite = Field(description="Diffuse horizontal irradiance, W/m²")

@@ -12,6 +12,7 @@ answer's `unseen`.
 from __future__ import annotations
 
 import math
+import sys
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from loopline.online import LoadedModel
 
 REFUSED = "Why this item was not answered (the others are)."
+_FLOAT_MAX = sys.float_info.max
 
 
 class TabularRow(BaseModel):
@@ -143,16 +145,35 @@ def row_values(item: BaseModel, spec) -> dict[str, Any]:
     row: dict[str, Any] = {}
     for column in options.numeric:
         value = values[column]
-        number = isinstance(value, int | float) and not isinstance(value, bool)
-        if not number or not math.isfinite(value):
-            raise BadInput(f"feature {column!r} is a number; got {value!r}")
-        row[column] = float(value)
+        number = finite_float(value)
+        if number is None:
+            raise BadInput(f"feature {column!r} is a number; got {shown(value)}")
+        row[column] = number
     for column in options.categorical:
         value = values[column]
         if not isinstance(value, str | int | float | bool):
             raise BadInput(f"feature {column!r} is a category (text); got {value!r}")
         row[column] = str(value)
     return row
+
+
+def finite_float(value: Any) -> float | None:
+    """`value` as a finite float, or None: not a number, or not finite, or an integer no
+    float holds (JSON writes any number of digits; `float` would raise OverflowError)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def shown(value: Any) -> str:
+    """A value for a message; an integer no float holds by its length, not its digits."""
+    if isinstance(value, int) and abs(value) > _FLOAT_MAX:
+        return f"an integer of {len(str(abs(value)))} digits, which no float holds"
+    return repr(value)
 
 
 def _key(item: BaseModel, spec) -> str | None:
