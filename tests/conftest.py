@@ -69,6 +69,11 @@ MODULE_SECONDS = {
     "tests/pipelines/test_reviews_flow.py": 90,
     "tests/serving/test_reviews_service.py": 40,
     "tests/reliability/test_families.py": 40,
+    "tests/reliability/test_run_signals.py": 70,  # alone, not beside another worker
+    "tests/reliability/test_rollback_checks.py": 40,  # alone, not beside another worker
+    "tests/reliability/test_canary_faults.py": 40,
+    "tests/reliability/test_leave_to_write.py": 40,
+    "tests/reliability/test_input_ranges.py": 30,
     "tests/pipelines/test_tuning_dask.py": 35,
     "tests/serving/test_digits_service.py": 30,
     "tests/reliability/test_solar_service.py": 28,

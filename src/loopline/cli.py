@@ -123,6 +123,7 @@ def run(
         _fail(error)
     console.print(f"[bold]Loopline offline flow[/] · project {paths.root}")
     console.print(f"MLflow {redact(paths.tracking_uri())}")
+    _temporary_prefect(paths)
     try:
         if resume:
             from pipelines.resume import resume_offline_run
@@ -497,6 +498,7 @@ def monitor(
         _fail(error)
     from pipelines.monitoring import monitoring_flow
 
+    _temporary_prefect(paths)
     try:
         summary = monitoring_flow(root=str(paths.root), overrides=overrides, model=model)
     except LooplineError as error:
@@ -517,6 +519,17 @@ def monitor(
     typer.echo(json.dumps(summary, default=str))
     if summary["alarm"]:
         raise typer.Exit(code=3)
+
+
+def _temporary_prefect(paths) -> None:
+    """Start the temporary Prefect API a flow run in this process uses (unless
+    `PREFECT_API_URL` names a server), stopped however the process ends, SIGTERM included;
+    first stop one a SIGKILL'ed command left behind."""
+    from pipelines.temporary_server import start_temporary_api, stop_orphans
+
+    for pid in stop_orphans(paths):
+        console.print(f"stopped the temporary Prefect server a killed run left (pid {pid})")
+    start_temporary_api(paths)
 
 
 def _print_deployment(decided: dict | None) -> None:
@@ -795,8 +808,8 @@ def ui(
     if token is not None and len(token) < 16:
         _fail(LooplineError("LOOPLINE_UI_TOKEN must be 16 characters or more"))
     services = [*settings.services, *(service or [])]
-    app = create_app(Project(params, paths, token, services))
     host, port = host or settings.host, port or settings.port
+    app = create_app(Project(params, paths, token, services), host)
     actions = "on (token set)" if token else "off (set LOOPLINE_UI_TOKEN to allow them)"
     console.print(f"[bold green]loopline ui[/] on http://{host}:{port} · actions {actions}")
     uvicorn.run(app, host=host, port=port, log_level="warning")
@@ -860,16 +873,23 @@ def _move(
     project, model: str, version: str | None, reason: str, action: str, retry: bool = False
 ) -> None:
     from loopline import registry
+    from loopline.online import service_check
 
     paths = _paths(project)
+    uri = paths.tracking_uri()
+    # A rollback is how an operator gets off a bad champion: it must not land on a version
+    # nobody served yet that no service will load.
+    check = service_check(uri) if action.startswith("rollback") else None
     try:
         entry = registry.move_champion(
-            paths.tracking_uri(), model, version, reason=reason, action=action, retry=retry
+            uri, model, version, reason=reason, action=action, retry=retry, check=check
         )
     except LooplineError as error:
         _fail(error)
     for passed in entry.get("skipped", []):
-        console.print(f"skipped v{passed['version']}: refused by a service: {passed['why']}")
+        found = "fails a service's load check (now marked refused)"
+        found = found if passed.get("checked") else "refused by a service"
+        console.print(f"skipped v{passed['version']}: {found}: {passed['why']}")
     if entry.get("retried"):
         console.print(f"cleared the refusal mark of v{entry['to']}: services will try it again")
     if entry.get("noop"):
@@ -899,7 +919,8 @@ def rollback(
     project: ProjectOption = None,
 ) -> None:
     """Move `champion` back to the previous champion (or --to VERSION), skipping versions a
-    service refused; services follow."""
+    service refused or that fail a service's load check (run here first: a failing version
+    is marked refused); services follow."""
     if retry and to is None:
         _fail(LooplineError("--retry needs --to VERSION: the version that was repaired"))
     _move(project, model, to, reason, "rollback_to" if to else "rollback", retry)

@@ -262,3 +262,22 @@ def load_version(
     finally:
         # The session holds the model in memory; the files are not needed after loading.
         shutil.rmtree(dest, ignore_errors=True)
+
+
+def service_check(tracking_uri: str):
+    """The check a service makes before serving a version (download, onnxruntime session,
+    golden batch), as `registry.move_champion` runs it on a rollback's candidates: returns
+    why a version fails, None when it passes. A download that fails says nothing against
+    the version: the move is refused instead."""
+
+    def check(model_version) -> str | None:
+        with tempfile.TemporaryDirectory(prefix="loopline-check-") as cache:
+            try:
+                load_version(tracking_uri, model_version, "rollback", Path(cache), threads=1)
+            except ModelDownloadError as error:
+                raise LooplineError(f"{error}; it could not be checked: nothing moved") from None
+            except ModelLoadError as error:
+                return str(error)
+        return None
+
+    return check

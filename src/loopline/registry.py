@@ -8,11 +8,13 @@ overwrite each other's entries.
 Safe versions: a version a service refused (it failed to load or its golden-batch check) is
 tagged `loopline.refused` with the reason. Promote and `rollback --to` refuse it, a plain
 rollback skips it, and a service that starts on it serves the last good champion of the
-history instead. "Repaired" is an operator's word, not a guess: after fixing the cause
-(re-uploading the artifact, a new onnxruntime), `loopline promote NAME VERSION --retry`
-clears the mark and makes services try the version again (a service that still cannot load
-it marks it again). A move to the version that is already champion changes nothing and
-records nothing.
+history instead. A version nobody served yet (promoted while no service ran) carries no
+mark: given a service's load check, a rollback runs it on each version before landing there
+and marks the ones that fail it. "Repaired" is an operator's word, not a guess: after fixing
+the cause (re-uploading the artifact, a new onnxruntime), `loopline promote NAME VERSION
+--retry` clears the mark and makes services try the version again (a service that still
+cannot load it marks it again). A move to the version that is already champion changes
+nothing and records nothing.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import json
 import os
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -310,13 +312,23 @@ def mark_refused(
     tracking_uri: str, name: str, version: str, reason: str, by: str | None = None
 ) -> dict[str, Any]:
     """Tag `version` as refused by a service (so rollbacks skip it), with the reason."""
+    return _mark_refused(client(tracking_uri), name, version, reason, by)
+
+
+def _mark_refused(
+    mlflow_client, name: str, version: str, reason: str, by: str | None = None
+) -> dict[str, Any]:
     mark = {
         "why": reason,
-        "by": by or f"{getpass.getuser()}@{socket.gethostname()}",
+        "by": by or _operator(),
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    client(tracking_uri).set_model_version_tag(name, str(version), REFUSED, json.dumps(mark))
+    mlflow_client.set_model_version_tag(name, str(version), REFUSED, json.dumps(mark))
     return mark
+
+
+def _operator() -> str:
+    return f"{getpass.getuser()}@{socket.gethostname()}"
 
 
 def clear_refused(tracking_uri: str, name: str, version: str) -> dict[str, Any] | None:
@@ -334,15 +346,20 @@ def describe_refusal(name: str, version: str, mark: dict[str, Any]) -> str:
 
 
 def last_good_versions(tracking_uri: str, name: str, exclude: set[str]) -> list[Any]:
-    """ModelVersions a service may fall back to, the most recent champion first: the
-    rollback lineage, then every other version the history names, none refused or in
-    `exclude`."""
+    """ModelVersions a service may fall back to, the most recent champion first, none
+    refused or in `exclude`.
+
+    Most recent in time, not along the rollback lineage: a service that was running when
+    the champion moved to a version it refuses keeps serving the one it had, which is the
+    champion before that move (say v3 after a rollback from v3 landed on a broken v4). A
+    service that starts then must pick the same one, not an older one of the lineage.
+    """
     from mlflow.exceptions import MlflowException
 
     mlflow_client = client(tracking_uri)
     history = [entry for _, entry in _history_tags(mlflow_client, name)]
-    named = [*champion_lineage(history)]
-    named = named[::-1] + [str(e["to"]) for e in reversed(history)]
+    # "from" too: a champion set before the history began is named only there.
+    named = [str(e[key]) for e in reversed(history) for key in ("to", "from") if e.get(key)]
     out, seen = [], set(exclude)
     for version in named:
         if version in seen:
@@ -369,6 +386,7 @@ def move_champion(
     trigger: str | None = None,
     expect: str | None = None,
     via: str | None = None,
+    check: Callable[[Any], str | None] | None = None,
 ) -> dict[str, Any]:
     """Point `champion` at `version` and append the move to the history, atomically.
 
@@ -384,6 +402,10 @@ def move_champion(
     `expect`: the champion the operator saw when deciding (the web page sends it); if
     another move landed since, raises `ChampionMoved` and moves nothing. `via`: where the
     move was made (say "loopline ui"), kept in the entry.
+
+    `check`: a service's load check on a ModelVersion, returning why it fails (None: it
+    passes). A plain rollback runs it on each candidate and skips the ones that fail; any
+    other move refuses a target that fails it. Either way the version is marked refused.
     """
     from mlflow.exceptions import MlflowException
 
@@ -409,7 +431,7 @@ def move_champion(
             )
         skipped: list[dict[str, Any]] = []
         if action == "rollback":
-            version, skipped = _rollback_target(mlflow_client, name, tags, current)
+            version, skipped = _rollback_target(mlflow_client, name, tags, current, check)
         if version is None:
             raise RegistryError("a version is needed to promote")
         target = _existing_version(mlflow_client, name, str(version))
@@ -419,6 +441,13 @@ def move_champion(
                 f"{describe_refusal(name, str(version), mark)}. Repair it, then run `loopline "
                 f"promote {name} {version} --retry` to clear the mark and try it again"
             )
+        if check is not None and action != "rollback" and str(version) != current:
+            failed = _check(mlflow_client, name, target, check)
+            if failed is not None:
+                raise RegistryError(
+                    f"{name} v{version} fails the check a service makes before serving it, "
+                    f"so it is marked refused now; nothing moved: {failed['why']}"
+                )
         if mark is not None:
             mlflow_client.delete_model_version_tag(name, str(version), REFUSED)
         entry = {
@@ -449,24 +478,47 @@ def move_champion(
 
 
 def _rollback_target(
-    mlflow_client, name: str, tags: list[tuple[str, dict[str, Any]]], current: str | None
+    mlflow_client,
+    name: str,
+    tags: list[tuple[str, dict[str, Any]]],
+    current: str | None,
+    check: Callable[[Any], str | None] | None,
 ) -> tuple[str, list[dict[str, Any]]]:
-    """The champion before `current` that no service refused, and the refused ones passed."""
+    """The champion before `current` that no service refused and that passes `check` (when
+    given), and the versions passed on the way with their refusal marks."""
     lineage = champion_lineage([entry for _, entry in tags])
     skipped: list[dict[str, Any]] = []
     while lineage:
-        candidate = lineage[-1]
-        if candidate != current:  # a recorded v1 -> v1 move (older histories) is no step back
-            mark = refusal(_existing_version(mlflow_client, name, candidate))
-            if mark is None:
-                return candidate, skipped
-            skipped.append({"version": candidate, **mark})
-        lineage.pop()
+        candidate = lineage.pop()
+        if candidate == current:  # a recorded v1 -> v1 move (older histories) is no step back
+            continue
+        found = _existing_version(mlflow_client, name, candidate)
+        mark = refusal(found)
+        if mark is None and check is not None:
+            mark = _check(mlflow_client, name, found, check)
+        if mark is None:
+            return candidate, skipped
+        skipped.append({"version": candidate, **mark})
     passed = "; ".join(f"v{s['version']} refused: {s['why']}" for s in skipped)
     raise RegistryError(
         f"{name!r} has no earlier champion to roll back to (champion: v{current})"
         + (f"; skipped {passed}" if passed else "")
     )
+
+
+def _check(
+    mlflow_client, name: str, model_version: Any, check: Callable[[Any], str | None]
+) -> dict[str, Any] | None:
+    """Run a service's load check on a version nobody marked: None when it passes, else
+    the refusal mark written now (flagged "checked": found by this move, not a service)."""
+    why = check(model_version)
+    if not why:
+        return None
+    by = f"rollback check by {_operator()}"
+    return {
+        **_mark_refused(mlflow_client, name, str(model_version.version), why, by),
+        "checked": True,
+    }
 
 
 def _existing_version(mlflow_client, name: str, version: str):

@@ -18,7 +18,8 @@ TINY_DIGITS = {
     "seed": 5,
     # One fixed, gentle point of the space: with a random learning rate up to 1e-2 the
     # CNN's test accuracy swung from 0.94 to 0.99 between machines (float kernels differ
-    # between CPUs) and it lost to the pixel baseline on some; at 2e-3 it learns smoothly.
+    # between CPUs) and it lost to the pixel baseline on some; at 2e-3 its validation loss
+    # still jumped between epochs and it tied the baseline (0.9894) on this machine's CPU.
     "tune": {
         "sampler": "random",
         "n_trials": 1,
@@ -27,7 +28,7 @@ TINY_DIGITS = {
             "channels": {"choices": [32]},
             "hidden_size": {"choices": [64]},
             "dropout": {"choices": [0.1]},
-            "learning_rate": {"choices": [0.002]},
+            "learning_rate": {"choices": [0.001]},
             "batch_size": {"choices": [32]},
         },
     },

@@ -30,6 +30,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from loopline import registry
 from loopline.errors import ChampionMoved, LooplineError, RegistryUnreachable
+from loopline.online import service_check
 from loopline.redaction import redact
 from loopline.ui import facts
 from loopline.ui.services import Watcher
@@ -368,6 +369,8 @@ def _actions(app: FastAPI) -> None:
                 action=body.action,
                 expect=body.expect,
                 via="loopline ui",
+                # As the CLI: a rollback never lands on a version no service will load.
+                check=service_check(project.tracking_uri) if body.action != "promote" else None,
             )
         except ChampionMoved as error:
             raise HTTPException(409, str(error)) from None

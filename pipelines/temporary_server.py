@@ -1,0 +1,138 @@
+"""The temporary Prefect API of a `loopline run`, stopped however the run ends.
+
+Without `PREFECT_API_URL`, Prefect starts a local API for the flow (a uvicorn subprocess,
+~240 MB) and stops it from an `atexit` hook. Python's default SIGTERM ends the process without
+running exit hooks, so every run ended by a `timeout`, systemd or a cancelled CI job left
+its server running for good. A run therefore:
+
+- turns SIGTERM into `SystemExit`, so the exit hooks run (Ctrl-C already raises
+  KeyboardInterrupt, which does the same);
+- starts the server itself before the flow, as the same `SubprocessASGIServer` instance
+  Prefect's client then uses, and records the server's pid beside its own in the state
+  folder;
+- stops, at its start, a recorded server whose run is gone: a SIGKILL runs no hook at all.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import psutil
+
+from loopline.paths import ProjectPaths
+
+SERVER_APP = "prefect.server.api.server:create_app"  # in the server's command line
+
+
+def records_folder(paths: ProjectPaths) -> Path:
+    return paths.prefect_home / "temporary-servers"
+
+
+def exit_on_sigterm() -> None:
+    """Make SIGTERM end the process as an uncaught `SystemExit` does, exit hooks included.
+
+    During a flow run Prefect's engine puts its own handler on top; once it has recorded the
+    crash it hands the signal back to this one.
+    """
+
+    def leave(signum, frame) -> None:
+        # A second SIGTERM must not cut the exit hooks short (they stop the server).
+        signal.signal(signum, signal.SIG_IGN)
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, leave)
+
+
+def start_temporary_api(paths: ProjectPaths) -> str | None:
+    """Start the run's temporary Prefect API and record it; returns its URL, or None when a
+    Prefect server is configured (`PREFECT_API_URL`). Prefect's own exit hook stops it."""
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL
+
+    exit_on_sigterm()
+    if PREFECT_API_URL.value():
+        return None
+    record = records_folder(paths) / f"{os.getpid()}.json"
+    # Registered before Prefect's hook (in `start`), so it runs after the server stopped.
+    atexit.register(record.unlink, missing_ok=True)
+    server = SubprocessASGIServer()  # the instance Prefect's client looks up
+    server.start()
+    _write_record(record, psutil.Process(server.server_process.pid))
+    return server.api_url
+
+
+def _write_record(record: Path, server: psutil.Process) -> None:
+    owner = psutil.Process()
+    found = {
+        "owner": owner.pid,
+        "owner_started": owner.create_time(),
+        "server": server.pid,
+        "server_started": server.create_time(),
+    }
+    record.parent.mkdir(parents=True, exist_ok=True)
+    partial = record.with_suffix(".partial")  # never read half-written: not a *.json
+    partial.write_text(json.dumps(found))
+    partial.replace(record)
+
+
+def stop_orphans(paths: ProjectPaths) -> list[int]:
+    """Stop the temporary servers of runs that are gone; returns their pids."""
+    stopped = []
+    for record in sorted(records_folder(paths).glob("*.json")):
+        try:
+            found = json.loads(record.read_text())
+        except (OSError, ValueError):
+            continue
+        if _running(found["owner"], found["owner_started"]) is not None:
+            continue  # a run in progress: its server is in use
+        server = _running(found["server"], found["server_started"])
+        if server is not None and _is_prefect_server(server):
+            _stop(server)
+            stopped.append(server.pid)
+        record.unlink(missing_ok=True)
+    return stopped
+
+
+def _running(pid: int, started: float) -> psutil.Process | None:
+    """The process `pid` if it is still the one that started at `started` (pids are reused)."""
+    try:
+        process = psutil.Process(pid)
+        if abs(process.create_time() - started) > 0.01:
+            return None
+        return None if _ended(process) else process
+    except psutil.Error:
+        return None
+
+
+def _ended(process: psutil.Process) -> bool:
+    # An orphan's parent is init, which may leave it a zombie for a while: ended all the same.
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _is_prefect_server(process: psutil.Process) -> bool:
+    try:
+        return SERVER_APP in process.cmdline()
+    except psutil.Error:
+        return False
+
+
+def _stop(process: psutil.Process, grace_s: float = 5.0) -> None:
+    """SIGTERM (uvicorn shuts down cleanly), SIGKILL after `grace_s`."""
+    try:
+        process.terminate()
+        deadline = time.monotonic() + grace_s
+        while not _ended(process):
+            if time.monotonic() > deadline:
+                process.kill()
+                return
+            time.sleep(0.1)
+    except psutil.NoSuchProcess:
+        pass
