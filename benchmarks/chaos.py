@@ -592,21 +592,23 @@ def uploads(root: Path, base: Path, label: str, bad: bytes, count: int = 8) -> R
     try:
         service.wait_ready()
 
-        def send(data: bytes) -> int:
+        def send(data: bytes, address: str) -> int:
+            # Bombs from one address, valid uploads from others (each client its share).
+            transport = httpx.HTTPTransport(local_address=address)
             try:
-                return httpx.post(
-                    f"{service.url}/predict_image",
-                    files={"file": ("x.png", data, "image/png")},
-                    timeout=60,
-                ).status_code
+                with httpx.Client(transport=transport, timeout=60) as client:
+                    return client.post(
+                        f"{service.url}/predict_image",
+                        files={"file": ("x.png", data, "image/png")},
+                    ).status_code
             except httpx.HTTPError:
                 return 0
 
         with LivezWatch(service.url) as watch, ThreadPoolExecutor(count + 4) as pool:
             time.sleep(0.3)
             started = time.perf_counter()
-            bombs = [pool.submit(send, bad) for _ in range(count)]
-            valid = [pool.submit(send, good) for _ in range(4)]
+            bombs = [pool.submit(send, bad, "127.0.0.1") for _ in range(count)]
+            valid = [pool.submit(send, good, f"127.0.0.{10 + n}") for n in range(4)]
             statuses = [f.result() for f in bombs]
             fine = [f.result() for f in valid]
             took = time.perf_counter() - started
@@ -627,15 +629,16 @@ def uploads(root: Path, base: Path, label: str, bad: bytes, count: int = 8) -> R
 class Timed(Load):
     """`Load` on `path` with `body`, keeping each answered request's latency."""
 
-    def __init__(self, url: str, body: bytes, threads: int, path: str = "/predict"):
+    def __init__(self, url: str, body: bytes, threads: int, path: str = "/predict", address=None):
         super().__init__(url, body, threads)
-        self.path, self.latencies = path, []
+        self.path, self.address, self.latencies = path, address, []
 
     def _run(self) -> None:
         import httpx
 
         headers = {"content-type": "application/json"}
-        with httpx.Client(timeout=60) as client:
+        transport = httpx.HTTPTransport(local_address=self.address)
+        with httpx.Client(transport=transport, timeout=60) as client:
             while not self._stop.is_set():
                 started = time.perf_counter()
                 try:
@@ -681,7 +684,7 @@ def explain_flood(root: Path, base: Path, config) -> Row:
         with Timed(service.url, light, 4) as alone:
             time.sleep(config["load_s"])
         with LivezWatch(service.url) as watch, Timed(service.url, light, 4) as beside:
-            heavy = [Timed(service.url, body, 1, "/explain") for body in flood]
+            heavy = [Timed(service.url, b, 1, "/explain", "127.0.0.3") for b in flood]
             with heavy[0], heavy[1]:
                 time.sleep(config["load_s"])
         watch.into(row)

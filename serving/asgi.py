@@ -13,6 +13,8 @@ import time
 from starlette.requests import ClientDisconnect
 from starlette.responses import StreamingResponse
 
+from loopline.redaction import quiet_records
+
 log = logging.getLogger("loopline.serving")
 
 
@@ -31,20 +33,32 @@ class BoundedBody:
 
     Checks Content-Length up front and counts the bytes of chunked bodies as they arrive.
     `skip_paths` (the NDJSON stream, which is unbounded by design and limited per line
-    instead) pass through.
+    instead) pass through; `path_limits` gives a path a smaller limit of its own, with the
+    setting that sets it (`/explain`: parsing a body holds the event loop, ~25 ms for
+    0.7 MB, so a heavy path's bodies stay small).
     """
 
-    def __init__(self, app, limit: int, timeout_s: float, skip_paths: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        app,
+        limit: int,
+        timeout_s: float,
+        skip_paths: tuple[str, ...] = (),
+        path_limits: dict[str, tuple[int, str]] | None = None,
+    ):
         self.app, self.limit, self.timeout_s = app, limit, timeout_s
         self.skip_paths = tuple(skip_paths)
+        self.path_limits = dict(path_limits or {})
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"].startswith(self.skip_paths):
             return await self.app(scope, receive, send)
+        limit, setting = self.path_limits.get(scope["path"], (self.limit, "serve.max_body_bytes"))
+        too_large = f"request body larger than {limit} bytes ({setting})"
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.limit:
-            return await self._refuse(send, 413, self._too_large())
+        if length is not None and length.isdigit() and int(length) > limit:
+            return await self._refuse(send, 413, too_large)
         seen, done, started, refused = 0, False, False, False
 
         async def refuse(status: int, message: str, error: type[Exception]):
@@ -67,8 +81,8 @@ class BoundedBody:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 done = not message.get("more_body", False)
-                if seen > self.limit:
-                    await refuse(413, self._too_large(), BodyTooLarge)
+                if seen > limit:
+                    await refuse(413, too_large, BodyTooLarge)
             return message
 
         async def tracked_send(message):
@@ -87,9 +101,6 @@ class BoundedBody:
             f"request body unfinished {self.timeout_s:g} s after its last bytes "
             "(serve.body_timeout_s)"
         )
-
-    def _too_large(self) -> str:
-        return f"request body larger than {self.limit} bytes (serve.max_body_bytes)"
 
     async def _refuse(self, send, status: int, message: str):
         # `connection: close`: the rest of the body, if it ever comes, is not read.
@@ -313,27 +324,40 @@ refusals = QuietCount("request(s) refused: invalid, too large or too slow bodies
 shed = QuietCount("heavy request(s) refused: too many in flight")
 
 
+HANDLER_LOGGER = "bentoml._internal.server.http_app"  # BentoML's API handler logs here
+
+
+def is_client_error(record: logging.LogRecord) -> bool:
+    """Whether `record` is BentoML's API handler logging a request it refused with a 4xx
+    (a body that fails validation, or that `BoundedBody` cut off)."""
+    from bentoml.exceptions import BentoMLException
+    from pydantic import ValidationError
+
+    if record.name != HANDLER_LOGGER or not record.exc_info:
+        return False
+    error = record.exc_info[1]
+    return isinstance(error, ValidationError | BodyTooLarge | BodyTooSlow) or (
+        isinstance(error, BentoMLException) and error.error_code < 500
+    )
+
+
 class QuietClientErrors(logging.Filter):
     """BentoML logs a traceback at ERROR for every request body that fails validation or is
     cut off by `BoundedBody` (a 4xx): counted by `refusals` instead. Server errors are
     logged as they were."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from bentoml.exceptions import BentoMLException
-        from pydantic import ValidationError
-
-        error = record.exc_info[1] if record.exc_info else None
-        client_error = isinstance(error, ValidationError | BodyTooLarge | BodyTooSlow) or (
-            isinstance(error, BentoMLException) and error.error_code < 500
-        )
-        if client_error:
+        if is_client_error(record):
             path = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
             refusals.note(str(path))
-        return not client_error
+            return False
+        return True
 
 
 def quiet_client_errors() -> None:
-    """Install `QuietClientErrors` on the logger of BentoML's API handler (once)."""
-    handler_log = logging.getLogger("bentoml._internal.server.http_app")
+    """Install `QuietClientErrors` on the logger of BentoML's API handler (once), and keep
+    the tracebacks of what it drops from being formatted at all."""
+    quiet_records(is_client_error)
+    handler_log = logging.getLogger(HANDLER_LOGGER)
     if not any(isinstance(f, QuietClientErrors) for f in handler_log.filters):
         handler_log.addFilter(QuietClientErrors())

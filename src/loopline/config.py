@@ -250,6 +250,10 @@ class ServeParams(Section):
     max_heavy_waiting: Positive = 16
     max_items_per_request: Positive = 1024  # items of one /predict body; more: a 400
     max_explain_items: Positive = 16  # items of one /explain body (each is many model calls)
+    # An /explain body's bytes (more: 413 before any is read). Parsing a body holds the
+    # event loop every other client waits on (~25 ms for 0.7 MB of JSON); 256 KiB holds 16
+    # windows, texts or small images; larger images explain one upload at a time.
+    max_explain_bytes: Positive = 256 * 1024
     max_streams: Positive = 1000  # open `/stream` connections per worker; more get 503
     # A stream line begun and not finished within this many seconds closes the stream (a
     # client between lines may wait as long as it likes).

@@ -87,6 +87,15 @@ def without_paths(value: Any) -> Any:
 
 
 _installed = False
+_quiet: list = []  # checks of records kept without their traceback (see `quiet_records`)
+
+
+def quiet_records(check) -> None:
+    """Log records `check(record)` says are routine (a client's bad request, which a filter
+    counts and drops) keep no traceback: formatting one costs more than answering the
+    request, and a flood of them would be paid for by every other client."""
+    if check not in _quiet:
+        _quiet.append(check)
 
 
 def redact_logs() -> None:
@@ -105,6 +114,8 @@ def redact_logs() -> None:
             return record
         record.msg, record.args = redact(message), None
         if record.exc_info and record.exc_info[1] is not None:
+            if any(check(record) for check in _quiet):
+                return record
             record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
         return record
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 
 Predict = Callable[[np.ndarray], np.ndarray]  # (N, C, H, W) float32 → (N, classes)
 
@@ -70,8 +71,6 @@ def saliency_png(image: np.ndarray, saliency: np.ndarray, scale: int = 24) -> by
     """The image (ink dark on white, as a person reads it) under the saliency map: red where
     a pixel supports the answer, blue where it speaks against, stronger where it matters
     more (scaled to the largest absolute value); enlarged `scale` times, PNG bytes."""
-    from PIL import Image
-
     ink = np.clip(image.mean(axis=0), 0.0, 1.0)  # (H, W), 1 = ink
     paper = 1.0 - 0.6 * ink  # keep the digit visible under the colours
     peak = float(np.abs(saliency).max()) or 1.0

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, Discriminator, Field, RootModel, Tag
 
+from loopline.export import run_onnx
 from loopline.serving_adapter import (
     Answer,
     BadInput,
@@ -26,6 +27,7 @@ from loopline.serving_adapter import (
     refusal,
     run_finite,
 )
+from loopline.tasks.image.saliency import occlusion_saliency, saliency_png
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -103,8 +105,6 @@ class ImageServing(Serving, Explaining, FileInput):
         """Each image's answer; an image of the wrong shape (the model swapped since
         `check`), breaking the data contract, or whose inputs or outputs are not finite
         gets its own error and the others are answered."""
-        from loopline.export import run_onnx
-
         answers: dict[int, Answer] = {}
         arrays = {}
         for n, item in enumerate(items):
@@ -149,9 +149,6 @@ class ImageServing(Serving, Explaining, FileInput):
 
     def explain(self, model: LoadedModel, items: list[Image | np.ndarray]) -> list[Answer]:
         """Each answer with its occlusion saliency map, as numbers and as a PNG."""
-        from loopline.export import run_onnx
-        from loopline.tasks.image.saliency import occlusion_saliency, saliency_png
-
         patch = self.task.settings(self.params).saliency_patch
         answers = []
         for answer, item in zip(self.predict(model, items), items, strict=True):
