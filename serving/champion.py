@@ -35,8 +35,8 @@ from loopline.deploy import Deployment
 from loopline.live import LiveInputLog, live_rows, spool_folder
 from loopline.online import (
     LoadedModel,
-    ModelDownloadError,
     ModelLoadError,
+    NotJudged,
     RegistryUnavailable,
     default_threads,
     load_version,
@@ -187,7 +187,7 @@ def service_metrics() -> dict[str, Any]:
     return _METRICS
 
 
-class WrongTask(ModelLoadError):
+class WrongTask(NotJudged):
     """The version is fine, but of another task: this service's configuration, not the
     version, is wrong (so it is not marked refused)."""
 
@@ -296,7 +296,7 @@ class ChampionService:
             self.metrics["swaps"].labels("failed").inc()
             self.last_swap_error = {"version": version, "error": str(error), "at": now()}
             log.error("not swapping to v%s, still serving %s: %s", version, _label(current), error)
-            if isinstance(error, ModelDownloadError | WrongTask):  # not the version's fault
+            if isinstance(error, NotJudged):  # not the version's fault
                 if current is None:
                     self.not_ready_reason = f"{self.model_name} v{version} failed to load: {error}"
                 return
@@ -333,7 +333,7 @@ class ChampionService:
         except Exception as error:
             self.challenger_error = {"deployment": found.id, "error": str(error), "at": now()}
             log.error("challenger v%s not deployed: %s", found.version, error)
-            if isinstance(error, ModelLoadError) and not isinstance(error, ModelDownloadError):
+            if isinstance(error, ModelLoadError) and not isinstance(error, NotJudged):
                 self._mark_refused(found.version, f"as a {found.mode} challenger: {error}")
             return
         self.challenger, self.deployment, self.challenger_error = challenger, found, None
@@ -397,7 +397,7 @@ class ChampionService:
         for candidate in candidates:
             try:
                 loaded = self._load(candidate)
-            except (ModelDownloadError, WrongTask):
+            except NotJudged:
                 continue
             except ModelLoadError as error:
                 self._mark_refused(str(candidate.version), str(error))

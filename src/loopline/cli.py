@@ -872,14 +872,22 @@ def consume(
 def _move(
     project, model: str, version: str | None, reason: str, action: str, retry: bool = False
 ) -> None:
+    import contextlib
+
     from loopline import registry
+    from loopline.config import load_params
     from loopline.online import service_check
 
     paths = _paths(project)
     uri = paths.tracking_uri()
     # A rollback is how an operator gets off a bad champion: it must not land on a version
     # nobody served yet that no service will load.
-    check = service_check(uri) if action.startswith("rollback") else None
+    check = None
+    if action.startswith("rollback"):
+        # The project's params bind its task: the check then reads a team's own models too.
+        with contextlib.suppress(LooplineError):
+            load_params(paths.params_file)
+        check = service_check(uri)
     try:
         entry = registry.move_champion(
             uri, model, version, reason=reason, action=action, retry=retry, check=check

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from loopline.errors import LooplineError
+from loopline.errors import ConfigError, LooplineError
 from loopline.features import FeatureSpec
 from loopline.redaction import redact
 from loopline.registry import GOLDEN_FILE
@@ -35,8 +35,18 @@ class ModelLoadError(LooplineError):
     """A registered version could not be loaded or failed its check: it is not served."""
 
 
-class ModelDownloadError(ModelLoadError):
+class NotJudged(ModelLoadError):
+    """The version could not be judged here, which says nothing against it: it is never
+    marked refused for this."""
+
+
+class ModelDownloadError(NotJudged):
     """A version's files could not be fetched (may be transient: worth trying again)."""
+
+
+class TaskNotLoaded(NotJudged):
+    """The version is of a task this process has not loaded (say, a team's own task read
+    by a process without the project's params)."""
 
 
 class RegistryUnavailable(LooplineError):
@@ -161,6 +171,8 @@ def load_model_folder(
     session = build_session(folder / "model.onnx", threads, prefer_gpu)
     try:
         spec = embedded_spec(session)
+    except ConfigError as error:  # its task, not its files
+        raise TaskNotLoaded(str(error)) from None
     except ValueError as error:
         raise ModelLoadError(str(error)) from None
     atol = 1e-2
@@ -256,7 +268,7 @@ def load_version(
                 folder, name, version, alias, threads, model_version.tags, prefer_gpu
             )
         except ModelLoadError as error:
-            raise ModelLoadError(f"{name} v{version}: {error}") from None
+            raise type(error)(f"{name} v{version}: {error}") from None
         except Exception as error:
             raise ModelLoadError(f"{name} v{version} failed to load: {error}") from None
     finally:
@@ -274,7 +286,9 @@ def service_check(tracking_uri: str):
         with tempfile.TemporaryDirectory(prefix="loopline-check-") as cache:
             try:
                 load_version(tracking_uri, model_version, "rollback", Path(cache), threads=1)
-            except ModelDownloadError as error:
+            except TaskNotLoaded as error:  # this process cannot judge it; a service can
+                log.warning("%s: not checked here", error)
+            except NotJudged as error:  # its files are away: so they are for the services
                 raise LooplineError(f"{error}; it could not be checked: nothing moved") from None
             except ModelLoadError as error:
                 return str(error)

@@ -29,6 +29,9 @@ SERVER_APP = "prefect.server.api.server:create_app"  # in the temporary server's
 STARTUP_S = 150  # imports, then a fresh Prefect database's migrations on a busy machine
 
 
+LONG_TRAINING = ["-P", "train.max_epochs=5000", "-P", "train.patience=5000"]
+
+
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
     """One project for the module: its Prefect database is migrated once, by the first run."""
@@ -41,7 +44,9 @@ def start_run(root: Path, log: Path) -> subprocess.Popen:
     env |= {"OMP_NUM_THREADS": "1", "LOOPLINE_HOME": str(root / ".loopline")}
     with open(log, "ab") as out:
         return subprocess.Popen(
-            [LOOPLINE, "run", "--project", str(root)],
+            # Training long enough that the signal always comes mid-run (the tiny flow
+            # otherwise finished first on a busy machine: a run that ends well is exit 0).
+            [LOOPLINE, "run", "--project", str(root), *LONG_TRAINING],
             cwd=root,
             env=env,
             stdout=out,
