@@ -169,11 +169,24 @@ class LivezWatch:
 
 
 class Load:
-    """POST one window to /predict from `threads` threads until stopped; counts outcomes."""
+    """POST `body` to `path` from `threads` threads until stopped (from `address`, a local
+    address: the service tells clients apart by it); counts outcomes and keeps each answered
+    request's latency. A refused or failed request pauses its thread 50 ms (a down service
+    is not hammered in a tight loop) unless `pause` is off (a flooder)."""
 
-    def __init__(self, url: str, body: bytes, threads: int = 8):
+    def __init__(
+        self,
+        url: str,
+        body: bytes,
+        threads: int = 8,
+        path: str = "/predict",
+        address: str | None = None,
+        pause: bool = True,
+    ):
         self.url, self.body, self.threads = url, body, threads
+        self.path, self.address, self.pause = path, address, pause
         self.sent = self.failed = self.refused = self.answered = 0
+        self.latencies: list[float] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._pool: list[threading.Thread] = []
@@ -182,21 +195,31 @@ class Load:
         import httpx
 
         headers = {"content-type": "application/json"}
-        with httpx.Client(timeout=30) as client:
+        transport = httpx.HTTPTransport(local_address=self.address)
+        with httpx.Client(transport=transport, timeout=60) as client:
             while not self._stop.is_set():
+                started = time.perf_counter()
                 try:
                     status = client.post(
-                        f"{self.url}/predict", content=self.body, headers=headers
+                        f"{self.url}{self.path}", content=self.body, headers=headers
                     ).status_code
                 except httpx.HTTPError:
                     status = 0
+                took = time.perf_counter() - started
                 with self._lock:
                     self.sent += 1
                     self.answered += status == 200
                     self.refused += 400 <= status < 500 or status == 503
                     self.failed += status == 0 or (status >= 500 and status != 503)
-                if status != 200:
-                    time.sleep(0.05)  # a down service is not hammered in a tight loop
+                    if status == 200:
+                        self.latencies.append(took)
+                if status != 200 and (self.pause or status == 0 or status >= 500):
+                    time.sleep(0.05)
+
+    def p99_ms(self) -> float:
+        import numpy as np
+
+        return float(np.percentile(self.latencies, 99) * 1000) if self.latencies else float("nan")
 
     def __enter__(self) -> Load:
         self._pool = [threading.Thread(target=self._run, daemon=True) for _ in range(self.threads)]
@@ -630,44 +653,6 @@ def uploads(root: Path, base: Path, label: str, bad: bytes, count: int = 8) -> R
     return row
 
 
-class Timed(Load):
-    """`Load` on `path` with `body`, keeping each answered request's latency."""
-
-    def __init__(self, url: str, body: bytes, threads: int, path: str = "/predict", address=None):
-        super().__init__(url, body, threads)
-        self.path, self.address, self.latencies = path, address, []
-
-    def _run(self) -> None:
-        import httpx
-
-        headers = {"content-type": "application/json"}
-        transport = httpx.HTTPTransport(local_address=self.address)
-        with httpx.Client(transport=transport, timeout=60) as client:
-            while not self._stop.is_set():
-                started = time.perf_counter()
-                try:
-                    status = client.post(
-                        f"{self.url}{self.path}", content=self.body, headers=headers
-                    ).status_code
-                except httpx.HTTPError:
-                    status = 0
-                took = time.perf_counter() - started
-                with self._lock:
-                    self.sent += 1
-                    self.answered += status == 200
-                    self.refused += 400 <= status < 500 or status == 503
-                    self.failed += status == 0 or (status >= 500 and status != 503)
-                    if status == 200:
-                        self.latencies.append(took)
-                if status not in (200, 400, 429, 503):
-                    time.sleep(0.05)
-
-    def p99_ms(self) -> float:
-        import numpy as np
-
-        return float(np.percentile(self.latencies, 99) * 1000) if self.latencies else float("nan")
-
-
 def explain_flood(root: Path, base: Path, config) -> Row:
     """Four /predict clients (one image each) alone, then beside two clients flooding
     /explain: one sending 2,000 images a request (the 8 MiB body holds ~24,000), one the
@@ -685,10 +670,10 @@ def explain_flood(root: Path, base: Path, config) -> Row:
         light = json.dumps({"images": [image]}).encode()
         most = int(os.environ.get("LOOPLINE_SERVE_MAX_EXPLAIN_ITEMS", "16"))
         flood = [json.dumps({"images": [image] * n}).encode() for n in (2000, most)]
-        with Timed(service.url, light, 4) as alone:
+        with Load(service.url, light, 4) as alone:
             time.sleep(config["load_s"])
-        with LivezWatch(service.url) as watch, Timed(service.url, light, 4) as beside:
-            heavy = [Timed(service.url, b, 1, "/explain", "127.0.0.3") for b in flood]
+        with LivezWatch(service.url) as watch, Load(service.url, light, 4) as beside:
+            heavy = [Load(service.url, b, 1, "/explain", "127.0.0.3", pause=False) for b in flood]
             with heavy[0], heavy[1]:
                 time.sleep(config["load_s"])
         watch.into(row)

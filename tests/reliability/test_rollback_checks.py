@@ -18,7 +18,7 @@ import pytest
 
 from loopline import registry
 from loopline.paths import ProjectPaths
-from tests.serving.conftest import publish_tiny_model, service_app
+from tests.serving.conftest import private_copy, publish_tiny_model, service_app
 from tests.serving.test_safe_start import model_file
 
 pytestmark = pytest.mark.reliability
@@ -41,11 +41,7 @@ def template(registry_template, tmp_path_factory) -> Path:
 @pytest.fixture
 def root(template, tmp_path, monkeypatch) -> Path:
     """A private copy, where v4 was promoted (no service ran), then v3: history 1, 2, 4, 3."""
-    root = tmp_path / "proj"
-    shutil.copytree(template, root)
-    for var in ("MLFLOW_TRACKING_URI", "LOOPLINE_HOME"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("LOOPLINE_PROJECT", str(root))
+    root = private_copy(template, tmp_path, monkeypatch)
     uri = ProjectPaths.at(root).tracking_uri()
     registry.move_champion(uri, "solar", "4", "looked better offline")
     registry.move_champion(uri, "solar", "3", "v4 has no service yet: try v3")

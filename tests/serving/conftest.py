@@ -127,15 +127,21 @@ def registry_template(tmp_path_factory):
     return root
 
 
-@pytest.fixture
-def served_project(registry_template, tmp_path, monkeypatch) -> Path:
-    """A private copy of the template project (its own registry database)."""
+def private_copy(template: Path, tmp_path: Path, monkeypatch) -> Path:
+    """A private copy of a template project (its own registry database), the project the
+    test's services and commands read."""
     root = tmp_path / "proj"
-    shutil.copytree(registry_template, root)
+    shutil.copytree(template, root)
     for var in ("MLFLOW_TRACKING_URI", "LOOPLINE_HOME"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("LOOPLINE_PROJECT", str(root))
     return root
+
+
+@pytest.fixture
+def served_project(registry_template, tmp_path, monkeypatch) -> Path:
+    """A private copy of the template project (v1, v2; v2 champion)."""
+    return private_copy(registry_template, tmp_path, monkeypatch)
 
 
 def raw_readings(start: str, hours: int, site: str = SITE):
