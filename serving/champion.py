@@ -520,6 +520,8 @@ class ChampionService:
         canary's share of keys is answered by it, the champion answering those items off
         the response path (control); a challenger that fails answers nothing: the champion
         does."""
+        if not items:  # an empty request: nothing to answer, nothing for the adapter to do
+            return []
         deployment, challenger = self.deployment, self.challenger
         if challenger is None or call != self.serving.predict or model is not self.model:
             return self._answer(api, model, items, call, "champion")

@@ -105,7 +105,10 @@ def refusal(broken: list[Broken], where: str = "", named: dict[str, Any] | None 
 
 
 def nonfinite_items(values: np.ndarray) -> np.ndarray:
-    """Which items (first axis) of an array hold a NaN or an infinity."""
+    """Which items (first axis) of an array hold a NaN or an infinity (none of none: an
+    empty array cannot be reshaped to one row per item)."""
+    if len(values) == 0:
+        return np.zeros(0, dtype=bool)
     return ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
 
 

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pandas as pd
 
+from loopline.serving_adapter import nonfinite_items
 from loopline.validate import Rule, ServingContract
 
 RULES = [
@@ -116,3 +117,10 @@ def test_solar_readings_impossible_in_physics_break_the_rules_validation_quarant
         "power_w=-1e+12 breaks power_w_in_range",
     ]
     assert set(contract.skipped) == {"reading_not_duplicated", "timestamp_in_order"}
+
+
+def test_no_items_hold_no_nonfinite_value():
+    """An empty batch (a request `{"<input_name>": []}`) is none bad, not a reshape error."""
+    assert nonfinite_items(np.zeros((0, 24, 3), dtype=np.float32)).tolist() == []
+    found = nonfinite_items(np.array([[1.0, np.nan], [2.0, 3.0]]))
+    assert found.tolist() == [True, False]
