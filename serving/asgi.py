@@ -13,6 +13,7 @@ import time
 from starlette.requests import ClientDisconnect
 from starlette.responses import StreamingResponse
 
+from loopline.health import LOOPBACK_HOSTS
 from loopline.redaction import quiet_records
 
 log = logging.getLogger("loopline.serving")
@@ -112,7 +113,6 @@ class BoundedBody:
 OPEN_PATHS = frozenset(
     {"/", "/livez", "/readyz", "/healthz", "/metrics", "/docs.json", "/metadata"}
 )
-LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 AUTHENTICATED = "loopline_authenticated"
 
 
@@ -142,7 +142,7 @@ class TokenAuth:
     def _authenticated(self, scope) -> bool:
         if self.token is None:
             client = scope.get("client")
-            return bool(client) and client[0] in LOOPBACK
+            return bool(client) and client[0] in LOOPBACK_HOSTS
         header = dict(scope.get("headers") or []).get(b"authorization", b"")
         scheme, _, given = header.partition(b" ")
         return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), self.token)

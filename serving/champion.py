@@ -445,17 +445,20 @@ class ChampionService:
         if self.inputs is not None:
             await asyncio.to_thread(self.inputs.close)
 
+    def not_ready(self) -> str | None:
+        """Why no model is served, None when one is. Paths masked: /readyz and the APIs'
+        503 are open to any client (as /metadata shows paths only to an authenticated
+        one)."""
+        if self.model is not None:
+            return None
+        return without_paths(redact(f"not ready: {self.not_ready_reason}"))
+
     def __is_ready__(self) -> bool:
-        # /readyz is open to any client: its reasons show no internal path (as /metadata
-        # shows them only to an authenticated one).
-        if self.model is None:
+        reason = self.not_ready()
+        if reason is not None:
             # Raised rather than returned so /readyz says *why* (BentoML's own message for
             # False does not).
-            raise HTTPException(
-                status_code=503,
-                detail=without_paths(redact(f"not ready: {self.not_ready_reason}")),
-                headers={"Retry-After": "1"},
-            )
+            raise HTTPException(status_code=503, detail=reason, headers={"Retry-After": "1"})
         fallback = self.fallback
         if fallback is not None:
             # Ready (200), but an operator reading /readyz must see it is not the champion.
@@ -473,9 +476,7 @@ class ChampionService:
     def _serving(self) -> LoadedModel:
         model = self.model
         if model is None:
-            raise bentoml.exceptions.ServiceUnavailable(
-                redact(f"not ready: {self.not_ready_reason}")
-            )
+            raise bentoml.exceptions.ServiceUnavailable(self.not_ready() or "not ready")
         return model
 
     def status(self) -> dict[str, Any]:

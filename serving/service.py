@@ -47,7 +47,6 @@ from loopline.config import Params
 from loopline.online import LoadedModel
 from loopline.predlog import json_line
 from loopline.redaction import (
-    redact,
     redact_data,
     redact_logs,
     remember_secret,
@@ -131,12 +130,6 @@ def service_for(params: Params) -> bentoml.Service:
         def __init__(self) -> None:
             super().__init__()
             served["service"] = self  # for `ReadyFirst`, ahead of the batching
-
-        def not_ready(self) -> str | None:
-            """Why no model is served (paths masked: probes are open), None when one is."""
-            if self.model is not None:
-                return None
-            return without_paths(redact(f"not ready: {self.not_ready_reason}"))
 
         def on_swap(self, model: LoadedModel) -> None:
             served.update(serving=self.serving, model=model)

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from loopline.errors import LooplineError
+from loopline.health import LOOPBACK_HOSTS
 from loopline.redaction import redact
 
 app = typer.Typer(
@@ -358,7 +359,7 @@ def serve(
         f"(task {env['LOOPLINE_TASK']}) from "
         f"{redact(paths.tracking_uri())} on http://{host}:{port}"
     )
-    if not params.serve.token and host not in ("127.0.0.1", "::1", "localhost"):
+    if not params.serve.token and host not in LOOPBACK_HOSTS:
         console.print(
             f"[yellow]no token:[/] anyone who reaches {host}:{port} can predict and write the "
             "prediction log; set LOOPLINE_SERVE_TOKEN for production"

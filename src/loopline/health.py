@@ -8,6 +8,9 @@ import time
 
 from loopline.errors import LooplineError
 
+# The names of this machine's loopback interface: a client there is this machine's own.
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+
 
 class NotHealthy(LooplineError):
     """A server exited or did not answer its health URL in time."""

@@ -48,7 +48,10 @@ def killed_mid_write(url: str, spool) -> None:
 def test_a_replayed_spool_writes_each_answer_once(tmp_path, database):
     if database == "postgresql":
         if not POSTGRES:
-            pytest.skip("LOOPLINE_TEST_POSTGRES_URL is not set")
+            pytest.skip(
+                "LOOPLINE_TEST_POSTGRES_URL is not set: no PostgreSQL to replay into "
+                "(.ci/run sets it)"
+            )
         url = POSTGRES
         with create_engine(url).begin() as connection:
             connection.execute(text("DROP TABLE IF EXISTS predictions"))

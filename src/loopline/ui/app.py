@@ -30,6 +30,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from loopline import registry
 from loopline.errors import ChampionMoved, LooplineError, RegistryUnreachable
+from loopline.health import LOOPBACK_HOSTS
 from loopline.online import service_check
 from loopline.redaction import redact
 from loopline.ui import facts
@@ -99,7 +100,6 @@ class Move(BaseModel):
     expect: str | None = Field(None, max_length=50)
 
 
-LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 WILDCARD_ADDRESSES = ("0.0.0.0", "::", "")
 
 
@@ -109,7 +109,7 @@ def served_hosts(settings: Any, host: str | None = None) -> list[str]:
     a DNS-rebinding page (attacker.example resolved to 127.0.0.1) cannot read through it."""
     bound = settings.host if host is None else host
     named = [socket.gethostname()] if bound in WILDCARD_ADDRESSES else [bound]
-    return list(dict.fromkeys([*LOOPBACK_NAMES, *named, *settings.allowed_hosts]))
+    return list(dict.fromkeys([*sorted(LOOPBACK_HOSTS), *named, *settings.allowed_hosts]))
 
 
 def create_app(project: Project, host: str | None = None) -> FastAPI:
