@@ -8,12 +8,12 @@ Run: .venv/bin/python benchmarks/active_learning.py [--quick] [--seeds 0 1 2]
 
 The human who labels is simulated with the held-out labels: the reviews (the shared
 `reviews_dev.tsv`, never copied into the repository) are split movie-disjoint by
-`loopline.split.grouped_split` (80/10/10 by movie_id, split seed fixed by --split-seed);
+`loopline.offline.split.grouped_split` (80/10/10 by movie_id, split seed fixed by --split-seed);
 the train part is the unlabeled pool, whose labels are revealed only for the rows a
 strategy selects, and accuracy is measured on the test part (movies never seen in the
 pool). For every seed, every strategy starts from the same 1,000 randomly drawn pool
 rows; each round trains the learner on the labeled rows, scores test accuracy, then asks
-`loopline.active_learning.select` for the next 1,000 rows of the unlabeled pool, until
+`loopline.offline.active_learning.select` for the next 1,000 rows of the unlabeled pool, until
 10,000 labels (rounds at 1k, 2k, ..., 10k). Strategies: random (the baseline),
 least_confidence, margin, entropy (the learner's probabilities on the pool) and committee
 (vote entropy of a committee of bootstrap-resampled learners: query by bagging). With two
@@ -113,7 +113,7 @@ def run_strategy(
     started: float,
 ) -> list[dict]:
     """One strategy's rounds on one seed: accuracy on the test split at each labels count."""
-    from loopline.active_learning import select
+    from loopline.offline.active_learning import select
 
     n_pool = len(y_pool)
     labeled = np.zeros(n_pool, dtype=bool)
@@ -239,7 +239,7 @@ def main() -> None:
     from threadpoolctl import threadpool_limits
 
     from loopline.config import SplitParams
-    from loopline.split import grouped_split
+    from loopline.offline.split import grouped_split
 
     threadpool_limits(1)  # BLAS / OpenMP: 2 cores shared with other work
     frame, dropped = load_reviews(args.data, config["sample"], args.split_seed)

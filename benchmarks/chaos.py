@@ -260,8 +260,8 @@ def environment(**values: str | None) -> Iterator[None]:
 
 def logged_rows(root: Path) -> int:
     from loopline.config import load_params
+    from loopline.online.predlog import read_predictions
     from loopline.paths import ProjectPaths
-    from loopline.predlog import read_predictions
 
     paths = ProjectPaths.at(root)
     db = paths.state / "predictions.db"
@@ -274,8 +274,8 @@ def written_twice(root: Path) -> int:
     """Rows of the prediction log whose answer id another row has too (the log's unique
     key makes this 0; counted here, not assumed)."""
     from loopline.config import load_params
+    from loopline.online.predlog import read_predictions
     from loopline.paths import ProjectPaths
-    from loopline.predlog import read_predictions
 
     paths = ProjectPaths.at(root)
     rows = read_predictions(paths.prediction_log_url(load_params(paths.params_file)))

@@ -71,7 +71,7 @@ def consume_rate(root: Path, client, stream: str, lines: list[bytes]) -> dict:
 
 
 def stream_rate(root: Path, rows: list[dict]) -> dict:
-    from loopline.stream_client import stream_readings
+    from loopline.online.stream_client import stream_readings
 
     port = free_port()
     command = [str(BIN / "loopline"), "serve", "--host", "127.0.0.1", "--port", str(port)]

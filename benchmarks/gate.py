@@ -45,8 +45,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from loopline.evaluate import ClassScores, score, score_classes, should_promote  # noqa: E402
-from loopline.gate import Paired, RowOutcomes, _f1  # noqa: E402
+from loopline.offline.evaluate import ClassScores, score, score_classes, should_promote  # noqa: E402
+from loopline.offline.gate import Paired, RowOutcomes, _f1  # noqa: E402
 
 CELLS = ("equal", "power", "retrains")
 MIN_REPS = 400  # fewer cannot bound a rate of alpha = 0.05 at 2 alpha (Wilson, 5/100: 0.11)

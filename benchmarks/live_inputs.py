@@ -25,7 +25,7 @@ import numpy as np
 
 def answers(n: int):
     """`n` answered stream windows of one site, each the first to hold its newest reading."""
-    from loopline.serving_adapter import Answer
+    from loopline.online.adapter import Answer
     from loopline.tasks.forecast.serving import Window
 
     columns = ["ghi", "dni", "dhi", "temp_air", "wind_speed", "power_w"]
@@ -50,7 +50,7 @@ def answers(n: int):
 
 
 def prediction_log(folder: Path, batches) -> float:
-    from loopline.predlog import PredictionLog, PredictionRecord
+    from loopline.online.predlog import PredictionLog, PredictionRecord
 
     folder.mkdir()
     log = PredictionLog(f"sqlite:///{folder / 'p.db'}", spool_dir=folder / "spool")
@@ -68,7 +68,7 @@ def prediction_log(folder: Path, batches) -> float:
 
 
 def live_inputs(folder: Path, batches, task, serving) -> float:
-    from loopline.live import LiveInputLog, live_rows
+    from loopline.online.live import LiveInputLog, live_rows
 
     folder.mkdir()
     log = LiveInputLog(f"sqlite:///{folder / 'p.db'}", spool_dir=folder / "spool-live")

@@ -66,9 +66,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
 from loopline.config import MonitorParams, load_params  # noqa: E402
-from loopline.monitor import SIGNALS, MonitoringStore, Version, read_log, run_pass  # noqa: E402
-from loopline.predlog import json_text, predictions_table  # noqa: E402
-from loopline.reference import Quality, ReferenceProfile, columns_of  # noqa: E402
+from loopline.offline.reference import Quality, ReferenceProfile, columns_of  # noqa: E402
+from loopline.online.predlog import json_text, predictions_table  # noqa: E402
+from loopline.watch.monitor import SIGNALS, MonitoringStore, Version, read_log, run_pass  # noqa: E402
 
 FAULT_DAY = 14  # the fault's window: the 15th of a replay
 DETECT_WITHIN = 7  # windows from the fault's (its own counted) to count as detected

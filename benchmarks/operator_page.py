@@ -65,8 +65,8 @@ def fill_log(root: Path, rows: int, seed: int = 0) -> None:
     stored as live inputs (what a service answering every hour writes)."""
     from sqlalchemy import MetaData, create_engine
 
-    from loopline.live import live_inputs_table
-    from loopline.predlog import json_text, predictions_table
+    from loopline.online.live import live_inputs_table
+    from loopline.online.predlog import json_text, predictions_table
 
     rng = np.random.default_rng(seed)
     engine = create_engine(log_url(root), json_serializer=json_text)
@@ -123,7 +123,7 @@ def fill_log(root: Path, rows: int, seed: int = 0) -> None:
 
 
 def fill_monitoring(root: Path, windows: int = 2000) -> None:
-    from loopline.monitor import MonitoringStore
+    from loopline.watch.monitor import MonitoringStore
 
     store = MonitoringStore(log_url(root))
     start = datetime(2015, 1, 1, tzinfo=UTC)

@@ -37,18 +37,18 @@ def fresh_project(base: Path, name: str) -> Path:
 
 def plain_pipeline(root: Path, overrides: list[str]) -> dict:
     """The flow's stages as direct library calls: no Prefect, no MLflow."""
-    from loopline import datastore
     from loopline.config import load_params
-    from loopline.evaluate import evaluate_candidate
-    from loopline.export import SPEC_KEY, export_and_check
-    from loopline.features import build_features
-    from loopline.ingest import batch_watermarks, fetch_new_rows
-    from loopline.labeling import make_windows
+    from loopline.offline import datastore
+    from loopline.offline.evaluate import evaluate_candidate
+    from loopline.offline.export import SPEC_KEY, export_and_check
+    from loopline.offline.features import build_features
+    from loopline.offline.ingest import batch_watermarks, fetch_new_rows
+    from loopline.offline.labeling import make_windows
+    from loopline.offline.split import split_and_fit, test_view, without_test
+    from loopline.offline.train import plot_learning_curves, train_model
+    from loopline.offline.tune import tune_model
+    from loopline.offline.validate import check_bad_fraction, validate_rows
     from loopline.paths import ProjectPaths
-    from loopline.split import split_and_fit, test_view, without_test
-    from loopline.train import plot_learning_curves, train_model
-    from loopline.tune import tune_model
-    from loopline.validate import check_bad_fraction, validate_rows
 
     paths = ProjectPaths.at(root)
     params = load_params(paths.params_file, overrides)

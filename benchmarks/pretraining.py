@@ -8,7 +8,7 @@ Run: .venv/bin/python benchmarks/pretraining.py [--quick] [--modes M ...] [--dev
 labels 7, all labels 8, see below for what was cut to get there).
 
 Data: the shared `reviews_dev.tsv` (never copied into the repository), reviews with an
-empty document dropped, split movie-disjoint by `loopline.split.grouped_split` (80/10/10 by
+empty document dropped, split movie-disjoint by `loopline.offline.split.grouped_split` (80/10/10 by
 movie_id, seed 42). The syllable vocabulary is built on the training texts only
 (`Vocabulary.build`, min_count 2, max_size 6000); texts are read to 128 syllables.
 
@@ -18,7 +18,7 @@ movie_id, seed 42). The syllable vocabulary is built on the training texts only
    80/10/10) on the training texts with their labels ignored (5% of them held out for the
    masked-LM validation loss); batch 128, AdamW lr 3e-3 with warm-up and cosine decay.
 2. For each labels count (1,000 / 5,000 / all training reviews; nested random draws from
-   the training split, seed 42), the same classifier is trained by `loopline.train.fit`
+   the training split, seed 42), the same classifier is trained by `loopline.offline.train.fit`
    twice or more: from scratch, and from the pretrained encoder (`load_pretrained`) with
    each fine-tuning mode of `--modes` (`make_fine_tuning`); lr 2e-3, batch 64, early
    stopping on the validation split's loss (patience 2), at most 8 epochs, seed 42 for
@@ -105,7 +105,7 @@ def examples(rows, vocab):
     """`Examples` of split rows: ids (to 128 syllables), int64 labels, ids as keys."""
     import pandas as pd
 
-    from loopline.labeling import Examples
+    from loopline.offline.labeling import Examples
 
     ids, _ = vocab.encode(rows["document"].tolist(), MAX_LENGTH)
     keys = pd.DataFrame({"id": rows["id"].astype(str).to_numpy()})
@@ -114,9 +114,9 @@ def examples(rows, vocab):
 
 def train_one(train, val, test, vocab_size, mode, encoder_state, params):
     """One classifier: fitted (from scratch when `mode` is None) and scored on test."""
-    from loopline.features import FeatureSpec
+    from loopline.offline.features import FeatureSpec
+    from loopline.offline.train import fit, predict, seed_everything
     from loopline.tasks.text.pretrain import build_classifier, load_pretrained, make_fine_tuning
-    from loopline.train import fit, predict, seed_everything
 
     spec = FeatureSpec("reviews", [], "label", 1, "", "movie_id", "")  # labels are ids
     seed_everything(SEED)  # the same initial weights for every run
@@ -207,7 +207,7 @@ def main() -> None:
     import torch
 
     from loopline.config import SplitParams, TrainParams
-    from loopline.split import grouped_split
+    from loopline.offline.split import grouped_split
     from loopline.tasks.text.pretrain import pretrain_encoder, save_encoder
     from loopline.tasks.text.tokens import Vocabulary
 

@@ -86,9 +86,9 @@ def publish_model(root: Path):
 
     from loopline import registry
     from loopline.config import load_params
-    from loopline.export import SPEC_KEY, export_and_check, onnx_session, run_onnx
-    from loopline.features import fit_normalization
-    from loopline.labeling import make_windows
+    from loopline.offline.export import SPEC_KEY, export_and_check, onnx_session, run_onnx
+    from loopline.offline.features import fit_normalization
+    from loopline.offline.labeling import make_windows
     from loopline.paths import ProjectPaths
     from loopline.tasks.solar.model import Predictor
 
@@ -362,7 +362,7 @@ def measure(row: Row, call, items, seconds: float, warmup: float, service=None, 
 
 class DuplexStream:
     """One `/stream` request over h11: send NDJSON lines, read answer lines as they come
-    (what `loopline.stream_client` does, one message at a time so each can be timed)."""
+    (what `loopline.online.stream_client` does, one message at a time so each can be timed)."""
 
     def __init__(self, host: str, port: int):
         self.host, self.port = host, port
@@ -476,7 +476,7 @@ async def stream_one_at_a_time(
 async def stream_bulk(service: Service, readings: list[dict[str, Any]]) -> dict[str, Any]:
     """All readings at once through the library's client (rate=0): forecasts per second
     from the first byte sent to the last forecast received."""
-    from loopline.stream_client import stream_readings
+    from loopline.online.stream_client import stream_readings
 
     answers: list[float] = []
 
@@ -674,8 +674,8 @@ def main() -> None:
 
     from loopline import registry
     from loopline.config import load_params, serve_env_overrides
-    from loopline.export import run_onnx
-    from loopline.online import default_threads, load_version
+    from loopline.offline.export import run_onnx
+    from loopline.online.models import default_threads, load_version
     from loopline.tasks.solar.serving import (
         Window,
         forecast_windows,

@@ -96,7 +96,7 @@ def measure_task(bench, task_name: str, params: dict[str, Any], base: Path, conf
 
     from loopline import registry
     from loopline.config import load_params
-    from loopline.online import default_threads, load_version
+    from loopline.online.models import default_threads, load_version
     from loopline.paths import ProjectPaths, apply_environment
 
     root = base / task_name

@@ -10,7 +10,7 @@ digit is the test set; the rest is the pool labels are drawn from.
 
 1. Source: the digits CNN (`loopline.tasks.image.task`, channels 16, hidden 64, dropout 0.2,
    lr 3e-3, batch 32, the task's default augmentation) trained on pool images of 0-4 (80%
-   train, 20% validation for early stopping) by `loopline.train.train_model`, exactly as
+   train, 20% validation for early stopping) by `loopline.offline.train.train_model`, exactly as
    the pipeline trains; saved with `save_checkpoint` as a run logs it.
 2. Target: 5-9 with `n` labels per class (10, 50, all; drawn from the pool with the seed).
    Those n are all the labels there are: 80% train, 20% (at least 1 per class) validation.
@@ -98,7 +98,7 @@ def with_split(rows, val_share: float, seed: int):
 
 
 def accuracy(task, model, frame, spec) -> float:
-    from loopline.train import predict
+    from loopline.offline.train import predict
 
     test = task.examples(frame, spec, "test")
     return float((predict(model, test.x).argmax(axis=1) == test.y).mean())
@@ -107,8 +107,8 @@ def accuracy(task, model, frame, spec) -> float:
 def train(task, frame, params):
     """`train_model` as the pipeline's train stage calls it, `train.init_from` resolved by
     `load_source` as the flow's init-from stage does."""
-    from loopline.train import train_model
-    from loopline.transfer import load_source
+    from loopline.offline.train import train_model
+    from loopline.offline.transfer import load_source
 
     source = None
     if params.train.init_from:
@@ -120,8 +120,8 @@ def train(task, frame, params):
 def one_seed(seed: int, label_counts: list[int | None], threads: int, out: Path) -> dict:
     import pandas as pd
 
+    from loopline.offline.train import save_checkpoint
     from loopline.tasks.digits.task import DigitsTask
-    from loopline.train import save_checkpoint
 
     task = DigitsTask()
     raw = task.load_builtin(None)

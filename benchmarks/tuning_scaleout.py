@@ -28,9 +28,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def training_rows(params):
     """The rows tuning sees, prepared by the library as the flow does."""
-    from loopline.features import build_features
-    from loopline.ingest import read_source
-    from loopline.split import split_and_fit, without_test
+    from loopline.offline.features import build_features
+    from loopline.offline.ingest import read_source
+    from loopline.offline.split import split_and_fit, without_test
 
     task = params.plugin
     raw = read_source(params, task, REPO)
@@ -46,8 +46,8 @@ def _one_trial(job: tuple[str, str, list[str], dict]) -> float:
     import torch
 
     from loopline.config import load_params
-    from loopline.features import FeatureSpec
-    from loopline.tune import tune_model
+    from loopline.offline.features import FeatureSpec
+    from loopline.offline.tune import tune_model
 
     torch.set_num_threads(1)
     frame_path, spec_json, overrides, hparams = job
@@ -120,8 +120,8 @@ def main() -> None:
     logging.getLogger("distributed").setLevel(logging.WARNING)  # the cluster's chatter
 
     from loopline.config import load_params
+    from loopline.offline.tune import tune_model
     from loopline.paths import ProjectPaths
-    from loopline.tune import tune_model
     from pipelines.tuning import tune_on_dask
 
     params = load_params(REPO / "params.yaml", overrides)

@@ -1,11 +1,11 @@
 """One monitoring pass as a Prefect flow: `loopline monitor`, and `loopline schedule` on
 `schedule.monitor_cron`.
 
-Wiring only: the pass is `loopline.monitor.monitor_project` (drift and live quality over the
+Wiring only: the pass is `loopline.watch.monitor.monitor_project` (drift and live quality over the
 prediction log, the monitoring table, one MLflow run with its report); a database briefly
 away is retried here, and a pass that still fails leaves the table's watermark where it
 was, so the next pass catches up. With `retrain` (the scheduled deployment), an alarm that
-`loopline.monitor.request_retrain` lets through (cooldown) starts the offline deployment
+`loopline.watch.monitor.request_retrain` lets through (cooldown) starts the offline deployment
 with the alarm as its trigger; the deployment's concurrency limit queues it behind a run
 already going.
 """
@@ -20,10 +20,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.deployments import run_deployment
 
 from loopline.config import load_params
-from loopline.deploy import decide_all
 from loopline.errors import is_transient
-from loopline.monitor import monitor_project, request_retrain
 from loopline.paths import ProjectPaths
+from loopline.watch.deploy import decide_all
+from loopline.watch.monitor import monitor_project, request_retrain
 from pipelines.deployments import deployment_name
 
 

@@ -6,9 +6,9 @@ export → profile → publish.
 Run it with `loopline run` (or `make run`). Each task reads its params section and calls one
 library function; retries only on stages that do I/O. `_offline` is the table of contents,
 its phases follow it; the registry's rules (nothing new, a version's tags, the champion's
-move) live in `loopline.publishing`.
+move) live in `loopline.offline.publishing`.
 
-Stages are cached by Prefect under keys from `loopline.caching` (data version, their params
+Stages are cached by Prefect under keys from `loopline.offline.caching` (data version, their params
 section, code version), their results stored in the project's state folder: rerunning after
 a crash or a failure reuses what completed. `loopline run --resume <flow-run-id>` re-enters
 the same flow run, which also finds its MLflow run (tagged with the flow run id), its batch
@@ -27,24 +27,25 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run as flow_run_context
 from prefect.states import Completed
 
-from loopline import batch, caching, datastore, publishing, registry, tracking
+from loopline import registry
 from loopline.config import Params, load_params
-from loopline.crossval import Learner
 from loopline.errors import is_transient
-from loopline.evaluate import Evaluation
-from loopline.export import Exported, export_model
-from loopline.features import FeatureSpec, build_features
-from loopline.lineage import git_commit
-from loopline.membership import Membership
-from loopline.notify import notify, run_summary
+from loopline.offline import batch, caching, datastore, publishing, tracking
+from loopline.offline.crossval import Learner
+from loopline.offline.evaluate import Evaluation
+from loopline.offline.export import Exported, export_model
+from loopline.offline.features import FeatureSpec, build_features
+from loopline.offline.lineage import git_commit
+from loopline.offline.membership import Membership
+from loopline.offline.notify import notify, run_summary
+from loopline.offline.reference import ReferenceProfile, build_profile
+from loopline.offline.split import split_and_fit, split_report, training_view
+from loopline.offline.tracking import RunTracker
+from loopline.offline.train import TrainResult, train_model
+from loopline.offline.transfer import SourceModel, load_source
+from loopline.offline.tune import TuneResult, tune_model
+from loopline.offline.validate import ValidationReport
 from loopline.paths import ProjectPaths
-from loopline.reference import ReferenceProfile, build_profile
-from loopline.split import split_and_fit, split_report, training_view
-from loopline.tracking import RunTracker
-from loopline.train import TrainResult, train_model
-from loopline.transfer import SourceModel, load_source
-from loopline.tune import TuneResult, tune_model
-from loopline.validate import ValidationReport
 from pipelines.progress import note, stage
 from pipelines.tuning import optuna_storage, tune_on_dask
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
-from loopline.datastore import project_is_free
 from loopline.errors import LooplineError
+from loopline.offline.datastore import project_is_free
 from loopline.paths import ProjectPaths
 from pipelines.offline import offline_flow
 

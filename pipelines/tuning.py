@@ -16,10 +16,9 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from loopline.config import Params, TuneParallel
-from loopline.features import FeatureSpec
-from loopline.paths import ProjectPaths
-from loopline.transfer import SourceModel, reopen
-from loopline.tune import (
+from loopline.offline.features import FeatureSpec
+from loopline.offline.transfer import SourceModel, reopen
+from loopline.offline.tune import (
     TuneResult,
     create_shared_study,
     grid_points,
@@ -27,6 +26,7 @@ from loopline.tune import (
     study_result,
     tune_model,
 )
+from loopline.paths import ProjectPaths
 
 
 @functools.lru_cache(maxsize=2)

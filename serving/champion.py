@@ -29,11 +29,11 @@ from typing import Any, ClassVar
 import bentoml
 from starlette.exceptions import HTTPException
 
-from loopline import deploy, registry
+from loopline import registry
 from loopline.config import Params, apply_overrides, load_params, parse_params, serve_env_overrides
-from loopline.deploy import Deployment
-from loopline.live import LiveInputLog, live_rows, spool_folder
-from loopline.online import (
+from loopline.online.adapter import Answer, Serving, answer_items
+from loopline.online.live import LiveInputLog, live_rows, spool_folder
+from loopline.online.models import (
     LoadedModel,
     ModelLoadError,
     NotJudged,
@@ -43,14 +43,15 @@ from loopline.online import (
     resolve_alias,
     use_service_deadlines,
 )
+from loopline.online.predlog import PredictionLog, PredictionRecord
 from loopline.paths import ProjectPaths, find_project_root
-from loopline.predlog import PredictionLog, PredictionRecord
 from loopline.redaction import redact, without_paths
-from loopline.serving_adapter import Answer, Serving, answer_items
+from loopline.watch import deploy
+from loopline.watch.deploy import Deployment
 
 log = logging.getLogger("loopline.serving")
 
-# Roles whose error answers are logged while a challenger is deployed (`loopline.deploy`).
+# Roles whose error answers are logged while a challenger is deployed (`loopline.watch.deploy`).
 DEPLOYED_ROLES = ("canary", "shadow", "control")
 MIRROR_QUEUE_ITEMS = 10_000  # mirrored items waiting; more are dropped (counted)
 MIRROR_LINGER_S = 0.05  # how long mirrored items gather into one batch
@@ -342,7 +343,7 @@ class ChampionService:
 
     def refresh_monitoring(self) -> None:
         """Set the monitor gauges from the monitoring table's latest rows (none yet: none)."""
-        from loopline.monitor import latest_signals
+        from loopline.watch.monitor import latest_signals
 
         try:
             found = latest_signals(self.predictions.url, self.model_name)

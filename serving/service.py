@@ -6,7 +6,7 @@ the project's params.yaml, or `LOOPLINE_TASK`; settings from its `serve:` sectio
 overridden by `LOOPLINE_SERVE_<KEY>` environment variables (and `MLFLOW_TRACKING_URI`).
 
 The service's APIs are the same for every task; the task's serving adapter
-(`loopline.serving_adapter`, the task's `Serving`) says what a request item is and how it is
+(`loopline.online.adapter`, the task's `Serving`) says what a request item is and how it is
 answered:
 
 - `POST /predict` `{<input_name>: [item, ...]}`: one answer per item, batched adaptively;
@@ -44,16 +44,7 @@ from pydantic import (
 )
 
 from loopline.config import Params
-from loopline.online import LoadedModel
-from loopline.predlog import json_line
-from loopline.redaction import (
-    redact_data,
-    redact_logs,
-    remember_secret,
-    remember_url_secrets,
-    without_paths,
-)
-from loopline.serving_adapter import (
+from loopline.online.adapter import (
     Answer,
     BadInput,
     Explaining,
@@ -61,6 +52,15 @@ from loopline.serving_adapter import (
     Serving,
     StreamState,
     describe_validation,
+)
+from loopline.online.models import LoadedModel
+from loopline.online.predlog import json_line
+from loopline.redaction import (
+    redact_data,
+    redact_logs,
+    remember_secret,
+    remember_url_secrets,
+    without_paths,
 )
 from serving.asgi import (
     AUTHENTICATED,

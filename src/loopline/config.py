@@ -92,7 +92,7 @@ class LabelingParams(Section):
 
 class SplitParams(Section):
     """Shares of the train, val and test sets, and the salt of the hash that places a row
-    by its key (`loopline.split`): a new salt, or new shares, move rows between sets."""
+    by its key (`loopline.offline.split`): a new salt, or new shares, move rows between sets."""
 
     train: Annotated[float, Field(gt=0, lt=1)] = 0.8
     val: Annotated[float, Field(gt=0, lt=1)] = 0.1
@@ -157,7 +157,8 @@ class TuneParams(Section):
 
 
 class TransferParams(Section):
-    """How a model started from another (`train.init_from`) learns: see `loopline.transfer`."""
+    """How a model started from another (`train.init_from`) learns: see
+    `loopline.offline.transfer`."""
 
     mode: Literal["none", "freeze", "gradual_unfreeze", "discriminative_lr"] = "none"
     # `freeze` mode: the layer groups that keep their weights (say [features.0]); empty: all
@@ -194,7 +195,7 @@ class EvaluateParams(Section):
     # and the candidate is held: too few rows to compare the two on.
     min_comparison_rows: Annotated[int, Field(ge=1)] = 30
     # Fewer labeled rows than this, and a row-per-example task is judged by repeated k-fold
-    # cross-validation (`loopline.crossval`) instead of its one held-out test set.
+    # cross-validation (`loopline.offline.crossval`) instead of its one held-out test set.
     cross_validate_below: Annotated[int, Field(ge=0)] = 1000
     folds: Annotated[int, Field(ge=2, le=20)] = 5
     repeats: Annotated[int, Field(ge=1, le=20)] = 2

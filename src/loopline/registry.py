@@ -620,7 +620,7 @@ def download_champion(tracking_uri: str, name: str, dest: Path) -> tuple[Path, A
 
 def load_champion(tracking_uri: str, name: str, dest: Path):
     """(onnx session, feature spec, version) of the current champion, or None."""
-    from loopline.export import embedded_spec, onnx_session
+    from loopline.offline.export import embedded_spec, onnx_session
 
     downloaded = download_champion(tracking_uri, name, dest)
     if downloaded is None:
@@ -633,7 +633,7 @@ def load_champion(tracking_uri: str, name: str, dest: Path):
 def recent_models(tracking_uri: str, name: str, count: int, dest: Path) -> list[tuple[Any, Any]]:
     """(onnx session, feature spec) of the last `count` registered versions, newest first
     (say, a committee for active learning)."""
-    from loopline.export import embedded_spec, onnx_session
+    from loopline.offline.export import embedded_spec, onnx_session
 
     with using_tracking_uri(tracking_uri):
         versions = client(tracking_uri).search_model_versions(f"name = '{name}'")

@@ -247,7 +247,7 @@ def first_point(space: dict[str, Dimension]) -> dict[str, Any]:
 def request_items(request: type, rows: pd.DataFrame) -> list[Any]:
     """Request items of type `request` (a pydantic model) from raw rows: each field takes
     the row's column of its name (or alias); columns it does not name are left out."""
-    from loopline.serving_adapter import items_from_rows
+    from loopline.online.adapter import items_from_rows
 
     return items_from_rows(request, rows)
 
@@ -385,7 +385,7 @@ class _ContractRun:
         return f"{len(self.raw_frame)} rows generated from the schema and rules"
 
     def _rules(self) -> str:
-        from loopline.validate import validate_rows
+        from loopline.offline.validate import validate_rows
 
         task, params = self.task, self.params
         report = validate_rows(
@@ -404,8 +404,8 @@ class _ContractRun:
         return f"{len(report.bad)} of {report.total} rows quarantined" if len(report.bad) else ""
 
     def _features(self) -> str:
-        from loopline.features import FeatureSpec, build_features
-        from loopline.split import split_and_fit
+        from loopline.offline.features import FeatureSpec, build_features
+        from loopline.offline.split import split_and_fit
 
         task, params = self.task, self.params
         frame, spec = build_features(task, self.good, params)
@@ -431,7 +431,7 @@ class _ContractRun:
     def _model(self) -> str:
         import torch
 
-        from loopline.train import initial_model
+        from loopline.offline.train import initial_model
 
         point = first_point(self.params.tune.search_space)
         self.start = initial_model(self.task, self.spec, point, self.params)
@@ -443,7 +443,7 @@ class _ContractRun:
         return f"from {point}"
 
     def _examples(self) -> str:
-        from loopline.labeling import Examples
+        from loopline.offline.labeling import Examples
 
         dynamic = set(self.start.model.exportable()[1])
         made = {s: self.task.examples(self.frame, self.spec, s) for s in SETS}
@@ -483,7 +483,7 @@ class _ContractRun:
         return ", ".join(f"{s} x {made[s].x.shape} y {made[s].y.shape}" for s in SETS)
 
     def _training(self) -> str:
-        from loopline.train import fit
+        from loopline.offline.train import fit
 
         params, start = self.params, self.start
         result = fit(
@@ -507,7 +507,7 @@ class _ContractRun:
         return f"train loss {epoch.train_loss:.4g}, val loss {epoch.val_loss:.4g}"
 
     def _evaluation(self) -> str:
-        from loopline.evaluate import Evaluation
+        from loopline.offline.evaluate import Evaluation
 
         task, params = self.task, self.params
         evaluation = task.evaluate(self.frame, self.spec, self.model, params, None)
@@ -526,7 +526,7 @@ class _ContractRun:
         return f"model {evaluation.scores['model'].headline()} ({decision})"
 
     def _export(self) -> str:
-        from loopline.export import SPEC_KEY, embedded_spec, export_and_check, onnx_session
+        from loopline.offline.export import SPEC_KEY, embedded_spec, export_and_check, onnx_session
 
         params = self.params
         golden = self.task.examples(self.frame, self.spec, "val").x[: params.export.golden_batch]
@@ -550,14 +550,14 @@ class _ContractRun:
     # -------------------------------------------------------------- serving
 
     def _serving(self) -> str:
-        from loopline.online import LoadedModel
-        from loopline.serving_adapter import Answer
+        from loopline.online.adapter import Answer
+        from loopline.online.models import LoadedModel
 
         adapter = getattr(self.task, "Serving", None)  # a bound family: its own types
         if adapter is None:
             raise _Skip(
                 f"task {self.task.name!r} declares no `Serving` adapter (a "
-                "loopline.serving_adapter.Serving subclass): the service cannot serve it"
+                "loopline.online.adapter.Serving subclass): the service cannot serve it"
             )
         model = LoadedModel(
             name=self.task.name,
@@ -651,13 +651,13 @@ def _schema_problems(task: Task) -> list[str]:
 def _serving_problems(cls: type) -> list[str]:
     from pydantic import BaseModel
 
-    from loopline.serving_adapter import Serving
+    from loopline.online.adapter import Serving
 
     adapter = getattr(cls, "Serving", None)
     if adapter is None:
         return []  # reported as a skipped serving part
     if not (isinstance(adapter, type) and issubclass(adapter, Serving)):
-        return ["Serving must subclass loopline.serving_adapter.Serving"]
+        return ["Serving must subclass loopline.online.adapter.Serving"]
     problems = []
     for name in ("Request", "Response"):
         kind = getattr(adapter, name, None)

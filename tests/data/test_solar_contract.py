@@ -2,7 +2,7 @@
 
 from loopline.config import parse_params
 from loopline.tasks import get_task
-from loopline.validate import validate_rows
+from loopline.offline.validate import validate_rows
 
 
 def test_builtin_solar_data_meets_its_contract():

@@ -77,14 +77,14 @@ def readings(root: Path, start: str, end: str, fault: pd.Timestamp | None = None
 
 
 def replay(url: str, rows: list[dict]) -> None:
-    from loopline.stream_client import stream_readings
+    from loopline.online.stream_client import stream_readings
 
     stats = asyncio.run(stream_readings(url, rows, lambda answer: None, rate=0))
     assert stats.errors == 0 and stats.forecasts > 0
 
 
 def monitoring_rows(root: Path) -> pd.DataFrame:
-    from loopline.monitor import MonitoringStore
+    from loopline.watch.monitor import MonitoringStore
 
     store = MonitoringStore(f"sqlite:///{root / '.loopline' / 'predictions.db'}")
     try:

@@ -19,8 +19,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from loopline import deploy, registry
+from loopline import registry
 from loopline.paths import ProjectPaths
+from loopline.watch import deploy
 from tests.conftest import TINY, write_project
 from tests.serving.conftest import publish_tiny_model, raw_readings
 from tests.ui.conftest import clean_environment, service_process
@@ -67,7 +68,7 @@ def interleaved(start: str) -> list[dict]:
 def traffic(service: str, start: str, failures: list[str]) -> None:
     """A streaming client (every reading of both sites) and a client posting `/predict`
     windows meanwhile; every non-2xx answer or error line is a failure."""
-    from loopline.stream_client import stream_readings
+    from loopline.online.stream_client import stream_readings
 
     done = threading.Event()
 

@@ -63,7 +63,7 @@ def ndjson(rows: list[dict]) -> str:
 @pytest.fixture(scope="module")
 def plant(tmp_path_factory):
     """A `forecast` project from the template, after one offline run."""
-    from loopline.scaffold import init_project
+    from loopline.app.scaffold import init_project
 
     for var in ("MLFLOW_TRACKING_URI", "LOOPLINE_HOME"):
         os.environ.pop(var, None)

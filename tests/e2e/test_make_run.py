@@ -94,10 +94,10 @@ def test_loopline_run_publishes_an_onnx_champion(fresh_project, tmp_path):
     import mlflow
 
     from loopline import registry
-    from loopline.export import embedded_spec, onnx_session, run_onnx
-    from loopline.labeling import make_windows
+    from loopline.offline.export import embedded_spec, onnx_session, run_onnx
+    from loopline.offline.labeling import make_windows
+    from loopline.offline.train import load_checkpoint, predict
     from loopline.tasks import get_task
-    from loopline.train import load_checkpoint, predict
 
     uri = listing["tracking_uri"]
     folder = registry.download_model(uri, "models:/solar@champion", tmp_path / "m")
@@ -112,7 +112,7 @@ def test_loopline_run_publishes_an_onnx_champion(fresh_project, tmp_path):
     solar = get_task("solar")
     model, torch_spec = load_checkpoint(solar, Path(weights))
     assert torch_spec == spec
-    from loopline.datastore import SnapshotStore
+    from loopline.offline.datastore import SnapshotStore
 
     rows = SnapshotStore(root / "data" / "solar").load()
     frame = solar.add_labels(solar.add_features(rows, spec), spec)
@@ -161,7 +161,7 @@ def test_the_published_champion_serves_live_forecasts(fresh_project):
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(60)
-    from loopline.predlog import read_predictions
+    from loopline.online.predlog import read_predictions
 
     logged = read_predictions(f"sqlite:///{root / '.loopline' / 'predictions.db'}")
     assert len(logged) == len(forecasts) and {r["model_version"] for r in logged} == {"1"}

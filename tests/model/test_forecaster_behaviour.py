@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from loopline.config import parse_params
-from loopline.evaluate import score
-from loopline.features import build_features
-from loopline.labeling import make_windows
-from loopline.split import split_and_fit, without_test
+from loopline.offline.evaluate import score
+from loopline.offline.features import build_features
+from loopline.offline.labeling import make_windows
+from loopline.offline.split import split_and_fit, without_test
+from loopline.offline.train import predict, train_model
 from loopline.tasks import get_task
-from loopline.train import predict, train_model
 from tests.conftest import TINY
 
 SOLAR = get_task("solar")

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from loopline.config import TrainParams
-from loopline.features import FeatureSpec
-from loopline.labeling import Examples
+from loopline.offline.features import FeatureSpec
+from loopline.offline.labeling import Examples
+from loopline.offline.train import fit
 from loopline.tasks.base import Hyperparameters
 from loopline.tasks.text.model import TextClassifier
 from loopline.tasks.text.pretrain import (
@@ -31,7 +32,6 @@ from loopline.tasks.text.pretrain import (
     save_encoder,
 )
 from loopline.tasks.text.tokens import Vocabulary
-from loopline.train import fit
 
 # Made-up words of 2-4 syllables: inside a word each syllable is fixed by its neighbours,
 # so a masked one can be guessed from context, and only from context.

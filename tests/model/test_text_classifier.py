@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from loopline.export import export_onnx, onnx_session
+from loopline.offline.export import export_onnx, onnx_session
 from loopline.tasks.text.model import ClassifierPredictor, TextClassifier
 from loopline.tasks.text.tokens import Vocabulary
 
@@ -116,7 +116,7 @@ def test_an_even_kernel_is_refused_by_name():
 
 def test_the_ngram_bag_learns_phrases_and_exports_with_parity(tmp_path):
     """Hashed n-grams in the graph: a word only its bigram decides, and ONNX agrees."""
-    from loopline.export import check_parity, export_and_check
+    from loopline.offline.export import check_parity, export_and_check
     from loopline.tasks.text.model import NgramBag
 
     # Same syllables, different pairs: "재미" vs "미재" (the bag needs bigrams to tell).

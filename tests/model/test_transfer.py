@@ -1,4 +1,4 @@
-"""Transfer learning as a training option (`loopline.transfer`): which weights are copied,
+"""Transfer learning as a training option (`loopline.offline.transfer`): which weights are copied,
 which head is fresh, and what each fine-tuning strategy lets learn."""
 
 from __future__ import annotations
@@ -10,12 +10,9 @@ import pytest
 import torch
 
 from loopline.config import TrainParams, parse_params
-from loopline.labeling import Examples
-from loopline.tasks.digits.task import DigitsTask
-from loopline.tasks.image.model import ImageClassifier
-from loopline.tasks.image.task import ImageHyperparameters as DigitsHyperparameters
-from loopline.train import fit, initial_model, save_checkpoint
-from loopline.transfer import (
+from loopline.offline.labeling import Examples
+from loopline.offline.train import fit, initial_model, save_checkpoint
+from loopline.offline.transfer import (
     Freeze,
     GradualUnfreeze,
     group_names,
@@ -25,6 +22,9 @@ from loopline.transfer import (
     read_checkpoint,
     start_from,
 )
+from loopline.tasks.digits.task import DigitsTask
+from loopline.tasks.image.model import ImageClassifier
+from loopline.tasks.image.task import ImageHyperparameters as DigitsHyperparameters
 
 HPARAMS = {
     "channels": 4,
@@ -189,7 +189,7 @@ def test_references_that_lead_nowhere_say_so(tmp_path):
 
 
 def test_tuning_from_a_source_searches_only_the_training_knobs(tmp_path):
-    from loopline.tune import search_for
+    from loopline.offline.tune import search_for
 
     _, source = _source(tmp_path, ["0", "1"])
     tune = parse_params({"task": "digits"}).tune

@@ -38,7 +38,7 @@ TINY_DIGITS = {
 
 
 def test_digits_run_publishes_an_accurate_cnn_champion(tmp_path, monkeypatch):
-    from loopline.export import run_onnx
+    from loopline.offline.export import run_onnx
     from loopline.tasks.digits.task import DigitsTask
     from loopline.tasks.image.task import images
     from pipelines.offline import offline_flow
@@ -85,7 +85,7 @@ def test_transfer_from_a_registered_champion_to_new_digits(tmp_path, monkeypatch
     sized for 5-9, and the published version records what it started from."""
     import torch
 
-    from loopline.transfer import load_source
+    from loopline.offline.transfer import load_source
     from pipelines.offline import offline_flow
 
     monkeypatch.delenv("LOOPLINE_HOME", raising=False)
@@ -188,7 +188,7 @@ def test_an_image_folder_is_read_resized_in_rgb_and_bad_files_quarantined(tmp_pa
     assert reasons["scans/lost.png"] == "image_readable"
     assert reasons["scans/extra.png"] == "label_is_a_digit"
 
-    from loopline.export import embedded_spec, onnx_session
+    from loopline.offline.export import embedded_spec, onnx_session
 
     reference = f"models:/digits/{summary['version']}"
     folder = registry.download_model(paths.tracking_uri(), reference, tmp_path / "m")

@@ -15,11 +15,11 @@ import pytest
 import yaml
 
 from loopline import registry
-from loopline.datastore import SnapshotStore
 from loopline.errors import ParityError, SourceError, ValidationFailed
-from loopline.export import SPEC_KEY, onnx_session, run_onnx
-from loopline.features import FeatureSpec
-from loopline.membership import Membership
+from loopline.offline.datastore import SnapshotStore
+from loopline.offline.export import SPEC_KEY, onnx_session, run_onnx
+from loopline.offline.features import FeatureSpec
+from loopline.offline.membership import Membership
 from loopline.paths import ProjectPaths
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -100,7 +100,7 @@ def test_champion_onnx_matches_its_spec_and_serves_any_batch(published, tmp_path
 
 
 def test_champion_carries_its_reference_profile(published, tmp_path):
-    from loopline.reference import ReferenceProfile
+    from loopline.offline.reference import ReferenceProfile
 
     root, _ = published
     paths = ProjectPaths.at(root)
@@ -118,8 +118,8 @@ def test_monitor_pass_reports_once_per_window(published):
     windows tested, a report in MLflow, rows in the monitoring table; a second pass finds
     nothing new to test."""
     from loopline.config import load_params
-    from loopline.monitor import MonitoringStore
-    from loopline.predlog import PredictionLog, PredictionRecord
+    from loopline.online.predlog import PredictionLog, PredictionRecord
+    from loopline.watch.monitor import MonitoringStore
     from pipelines.monitoring import monitoring_flow
 
     root, _ = published
@@ -309,7 +309,7 @@ def test_a_run_can_start_from_a_registered_forecaster(published):
     nothing is fresh), frozen below the head, and inputs scaled as v1 learned them."""
     import torch
 
-    from loopline.transfer import load_source
+    from loopline.offline.transfer import load_source
 
     root, first = published
     uri = ProjectPaths.at(root).tracking_uri()
@@ -317,7 +317,10 @@ def test_a_run_can_start_from_a_registered_forecaster(published):
     assert summary["status"] == "published", summary
     tags = registry.client(uri).get_run(summary["run_id"]).data.tags
     assert tags["loopline.init_from"] == f"models:/solar/1 (run {first['run_id']})"
-    assert (tags["loopline.transfer.copied"], tags["loopline.transfer.fresh"]) == ("head,rnn", "")
+    assert (tags["loopline.transfer.copied"], tags["loopline.transfer.fresh"]) == (
+        "head,rnn",
+        "",
+    )
     source = load_source("models:/solar/1", uri, root / "scratch-v1")
     tuned = load_source(f"runs:/{summary['run_id']}", uri, root / "scratch-new")
     assert tuned.spec.mean == source.spec.mean and tuned.spec.std == source.spec.std

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from loopline import registry
-from loopline.datastore import SnapshotStore
+from loopline.offline.datastore import SnapshotStore
 from loopline.paths import ProjectPaths
 from tests.conftest import TINY, write_project
 

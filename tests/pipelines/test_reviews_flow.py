@@ -17,10 +17,10 @@ import pytest
 from typer.testing import CliRunner
 
 from loopline import registry
-from loopline.datastore import SnapshotStore
-from loopline.export import run_onnx_outputs
-from loopline.human_labels import LabelStore
-from loopline.membership import Membership
+from loopline.offline.datastore import SnapshotStore
+from loopline.offline.export import run_onnx_outputs
+from loopline.offline.human_labels import LabelStore
+from loopline.offline.membership import Membership
 from loopline.paths import ProjectPaths
 from tests.conftest import write_project
 from tests.reviews_data import TINY_REVIEWS, reviews_frame, write_reviews
@@ -46,7 +46,7 @@ def run(root: Path, *overrides: str) -> dict:
 
 
 def cli(*args: str):
-    from loopline.cli import app
+    from loopline.app.cli import app
 
     return CliRunner().invoke(app, list(args), catch_exceptions=False)
 
@@ -99,7 +99,7 @@ def test_reviews_run_publishes_a_champion_beside_its_baseline(reviews_project):
 
 
 def test_the_published_onnx_model_reads_any_batch_and_length(reviews_project, tmp_path):
-    from loopline.export import embedded_spec
+    from loopline.offline.export import embedded_spec
     from loopline.tasks.text.task import encode
 
     root, _, _ = reviews_project
@@ -117,7 +117,7 @@ def test_the_published_onnx_model_reads_any_batch_and_length(reviews_project, tm
     assert probabilities[0, 1] > 0.5 > probabilities[1, 1]
 
     # The reference profile travels in the version's files: text lengths, labels, errors.
-    from loopline.reference import ReferenceProfile
+    from loopline.offline.reference import ReferenceProfile
 
     folder = registry.download_model(
         paths.tracking_uri(), "models:/reviews@champion", tmp_path / "files"
@@ -263,7 +263,7 @@ def test_pretrained_encoder_is_registered_and_a_run_fine_tunes_from_it(reviews_p
     params = json.loads(published.tags["loopline.params"])
     assert params["reviews"]["pretrained_encoder"] == encoder
     # The fine-tuned model reads texts with the encoder's own vocabulary.
-    from loopline.export import embedded_spec, onnx_session
+    from loopline.offline.export import embedded_spec, onnx_session
     from loopline.registry import download_model
 
     folder = download_model(

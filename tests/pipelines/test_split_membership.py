@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from loopline import registry
-from loopline.membership import Membership
+from loopline.offline.membership import Membership
 from loopline.paths import ProjectPaths
 from tests.conftest import write_project
 
@@ -138,7 +138,7 @@ def test_a_known_key_with_another_label_is_quarantined_naming_both_labels(grown)
 
 
 def test_the_split_is_shown_by_the_cli(grown):
-    from loopline.cli import app
+    from loopline.app.cli import app
 
     root, one, _ = grown
     runner = CliRunner()

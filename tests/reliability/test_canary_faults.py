@@ -11,10 +11,11 @@ import json
 import yaml
 from typer.testing import CliRunner
 
-from loopline import deploy, registry
-from loopline.cli import app
+from loopline import registry
+from loopline.app.cli import app
 from loopline.config import load_params
 from loopline.paths import ProjectPaths
+from loopline.watch import deploy
 from tests.serving.conftest import publish_tiny_model, service_app
 from tests.serving.test_deployments import logged
 from tests.serving.test_service_api import wait_for, window

@@ -14,7 +14,7 @@ from collections import Counter
 import pytest
 from sqlalchemy import create_engine, text
 
-from loopline.predlog import PredictionLog, read_predictions, upgrade_predictions
+from loopline.online.predlog import PredictionLog, read_predictions, upgrade_predictions
 from tests.serving.test_prediction_log import record
 
 POSTGRES = os.environ.get("LOOPLINE_TEST_POSTGRES_URL")
@@ -30,7 +30,7 @@ def killed_mid_write(url: str, spool) -> None:
         import os, signal, sys, time
         sys.path[:0] = {sys.path!r}
         from tests.serving.test_prediction_log import record
-        from loopline.predlog import PredictionLog
+        from loopline.online.predlog import PredictionLog
         log = PredictionLog({url!r}, flush_interval_s=0.01, batch_size=100,
                             spool_dir={str(spool)!r})
         for start in range(0, {RECORDS}, 30):

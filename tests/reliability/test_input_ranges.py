@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from pydantic import BaseModel, ValidationError, create_model
 
-from loopline.serving_adapter import BadInput, describe_validation
+from loopline.online.adapter import BadInput, describe_validation
 from tests.serving.conftest import SITE, raw_readings, service_app
 
 pytestmark = pytest.mark.reliability

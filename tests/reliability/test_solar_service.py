@@ -156,7 +156,7 @@ def test_the_registry_password_is_in_no_response_and_no_log(
     from starlette.testclient import TestClient
     from typer.testing import CliRunner
 
-    from loopline.cli import app as cli
+    from loopline.app.cli import app as cli
 
     uri = f"postgresql://root:{PASSWORD}@127.0.0.1:5432/loopline_no_such_db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -280,7 +280,7 @@ def test_promoting_the_champion_records_nothing(served_project):
     from typer.testing import CliRunner
 
     from loopline import registry
-    from loopline.cli import app as cli
+    from loopline.app.cli import app as cli
     from loopline.paths import ProjectPaths
 
     uri = ProjectPaths.at(served_project).tracking_uri()
@@ -303,7 +303,7 @@ def test_two_services_of_one_project_get_their_own_metrics_folders(solar_root, m
 
     from typer.testing import CliRunner
 
-    from loopline.cli import app as cli
+    from loopline.app.cli import app as cli
 
     handed: list[dict[str, str]] = []
     monkeypatch.setattr(os, "execvpe", lambda file, args, env: handed.append(env))

@@ -37,9 +37,9 @@ def publish_tiny_model(
 
     from loopline import registry
     from loopline.config import load_params
-    from loopline.export import SPEC_KEY, export_and_check, onnx_session, run_onnx
-    from loopline.features import fit_normalization
-    from loopline.labeling import make_windows
+    from loopline.offline.export import SPEC_KEY, export_and_check, onnx_session, run_onnx
+    from loopline.offline.features import fit_normalization
+    from loopline.offline.labeling import make_windows
     from loopline.paths import ProjectPaths
     from loopline.tasks import get_task
 

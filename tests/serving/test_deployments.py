@@ -8,8 +8,9 @@ import time
 
 import pytest
 
-from loopline import deploy, registry
+from loopline import registry
 from loopline.paths import ProjectPaths
+from loopline.watch import deploy
 from tests.serving.conftest import service_app
 from tests.serving.test_safe_start import model_file
 from tests.serving.test_service_api import wait_for, window
@@ -18,7 +19,7 @@ from tests.serving.test_service_api import wait_for, window
 def logged(root, timeout_s: float = 10.0, want=lambda rows: True):
     """The prediction log's rows once `want` holds of them (the writer flushes each second)."""
     from loopline.config import load_params
-    from loopline.predlog import read_predictions
+    from loopline.online.predlog import read_predictions
 
     paths = ProjectPaths.at(root)
     url = paths.prediction_log_url(load_params(paths.params_file))

@@ -184,7 +184,7 @@ def test_loopline_explain_writes_the_saliency_map_of_a_file(digits_root, tmp_pat
 
     from typer.testing import CliRunner
 
-    from loopline.cli import app
+    from loopline.app.cli import app
 
     data, label = scanned(7)
     (tmp_path / "seven.png").write_bytes(data)

@@ -28,7 +28,7 @@ def client(served_project):
 @pytest.fixture
 def champion(served_project):
     """The champion of the served project, loaded as the service loads it."""
-    from loopline.online import load_version, resolve_alias
+    from loopline.online.models import load_version, resolve_alias
     from loopline.paths import ProjectPaths
 
     uri = ProjectPaths.at(served_project).tracking_uri()
@@ -112,7 +112,7 @@ def solar_serving(sites: list[str]):
 
 
 def test_a_bad_reading_of_one_site_leaves_the_other_sites_forecasts_of_the_chunk(champion):
-    from loopline.serving_adapter import answer_items
+    from loopline.online.adapter import answer_items
 
     model = two_site_model(champion)
     serving = solar_serving(["sand_point"])

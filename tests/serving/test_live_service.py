@@ -50,7 +50,7 @@ def cli(project: Path, *args: str) -> float:
 
 
 def test_streaming_through_rollback_and_promote(live_service, served_project):
-    from loopline.stream_client import stream_readings
+    from loopline.online.stream_client import stream_readings
 
     # 36 s of stream at 40 readings/s: room for two CLI moves and two polls on a busy machine.
     readings = raw_readings("2021-03-01", 24 * 60)

@@ -7,9 +7,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from loopline import registry
+from loopline.app.ui.app import Project, create_app
 from loopline.config import load_params
 from loopline.paths import ProjectPaths
-from loopline.ui.app import Project, create_app
 
 TOKEN = "a-token-of-sixteen-or-more"
 MOVES = "/api/models/solar/moves"
@@ -93,7 +93,7 @@ def test_reads_say_what_is_missing(client):
 
 def test_a_registry_that_is_down_is_named_and_the_page_still_loads(served_project, monkeypatch):
     from loopline.health import free_port
-    from loopline.online import use_service_deadlines
+    from loopline.online.models import use_service_deadlines
 
     dead = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", dead)

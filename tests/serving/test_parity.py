@@ -18,9 +18,9 @@ def test_service_matches_the_offline_model_on_the_test_split(served_project):
     from starlette.testclient import TestClient
 
     from loopline.config import load_params
-    from loopline.evaluate import onnx_forecasts
-    from loopline.export import embedded_spec
-    from loopline.online import load_version
+    from loopline.offline.evaluate import onnx_forecasts
+    from loopline.offline.export import embedded_spec
+    from loopline.online.models import load_version
     from loopline.paths import ProjectPaths
     from loopline.registry import champion_version
     from loopline.tasks import get_task

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from loopline.predlog import PredictionLog, PredictionRecord, read_predictions
+from loopline.online.predlog import PredictionLog, PredictionRecord, read_predictions
 
 POSTGRES = os.environ.get("LOOPLINE_TEST_POSTGRES_URL")
 
@@ -105,7 +105,7 @@ def test_records_of_a_killed_process_are_replayed_from_the_spool(tmp_path):
         import os, signal, sys
         sys.path[:0] = {sys.path!r}
         from tests.serving.test_prediction_log import record
-        from loopline.predlog import PredictionLog
+        from loopline.online.predlog import PredictionLog
         log = PredictionLog({url!r}, flush_interval_s=3600, batch_size=10**6,
                             spool_dir={str(spool)!r}, spool_segment_bytes=200_000)
         for start in range(0, 3000, 30):

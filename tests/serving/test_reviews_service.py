@@ -133,9 +133,9 @@ def test_stream_answers_every_line_in_order(client):
 
 def test_predictions_are_logged_and_join_the_labeling_pool(client, reviews_root):
     from loopline.config import load_params
-    from loopline.human_labels import labeling_pool
+    from loopline.offline.human_labels import labeling_pool
+    from loopline.online.predlog import read_predictions, text_id
     from loopline.paths import ProjectPaths
-    from loopline.predlog import read_predictions, text_id
     from loopline.tasks import get_task
 
     unique = "어제 극장에서 안 지루하다"
@@ -164,9 +164,9 @@ def test_classified_texts_are_stored_once_without_a_label(client, reviews_root):
     import time
 
     from loopline.config import load_params
-    from loopline.live import read_live_inputs
+    from loopline.online.live import read_live_inputs
+    from loopline.online.predlog import text_id
     from loopline.paths import ProjectPaths
-    from loopline.predlog import text_id
 
     first, second = "내일 또 보고 싶다 정말로", "다시는 안 본다 진짜"
     client.post("/predict", json={"texts": [first, "   ", first]})

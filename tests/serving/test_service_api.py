@@ -264,7 +264,7 @@ def wait_for_version(client, version):
 def test_every_prediction_is_logged_and_flushed_on_shutdown(served_project):
     from starlette.testclient import TestClient
 
-    from loopline.predlog import read_predictions
+    from loopline.online.predlog import read_predictions
 
     with TestClient(service_app()) as one:
         one.post("/predict", json={"windows": [window(), window(start="2021-02-05")]})
@@ -329,7 +329,7 @@ def test_monitor_gauges_follow_the_monitoring_table(tmp_path):
     from datetime import UTC, datetime
     from types import SimpleNamespace
 
-    from loopline.monitor import MonitoringStore
+    from loopline.watch.monitor import MonitoringStore
     from serving.champion import ChampionService, service_metrics
 
     url = f"sqlite:///{tmp_path / 'predictions.db'}"

@@ -36,7 +36,7 @@ def test_each_service_gets_its_own_prometheus_folder(bentoml_metrics_folder, tmp
 def test_loopline_serve_names_a_metrics_folder_per_model_and_port(served_project, monkeypatch):
     from typer.testing import CliRunner
 
-    from loopline.cli import app
+    from loopline.app.cli import app
 
     started: list[dict[str, str]] = []
 

@@ -10,7 +10,7 @@ from tests.serving.test_service_api import REQUIRED, post_stream, window
 
 
 def stored(root):
-    from loopline.live import read_live_inputs
+    from loopline.online.live import read_live_inputs
     from loopline.tasks import get_task
 
     url = f"sqlite:///{root / '.loopline' / 'predictions.db'}"
@@ -61,7 +61,7 @@ def test_ingest_live_takes_the_served_readings_after_the_snapshot(served_project
     from starlette.testclient import TestClient
 
     from loopline.config import load_params
-    from loopline.ingest import batch_watermarks, fetch_new_rows
+    from loopline.offline.ingest import batch_watermarks, fetch_new_rows
     from loopline.paths import ProjectPaths
 
     readings = raw_readings("2021-02-27", REQUIRED + 24)  # across the snapshot's end

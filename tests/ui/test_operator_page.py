@@ -40,7 +40,7 @@ def monitored_windows(root) -> None:
     """Rows in the project's monitoring table as `loopline monitor` writes them: four
     daily windows of live quality, the last two over the threshold (an alarm)."""
     from loopline.config import load_params
-    from loopline.monitor import MonitoringStore
+    from loopline.watch.monitor import MonitoringStore
 
     paths = ProjectPaths.at(root)
     store = MonitoringStore(paths.prediction_log_url(load_params(paths.params_file)))
@@ -64,7 +64,7 @@ def monitored_windows(root) -> None:
 def site(registry_template, tmp_path_factory):
     """(project root, service URL, page URL): a service that has streamed four days of
     readings (forecasts and the readings that measure them), and its page."""
-    from loopline.stream_client import stream_readings
+    from loopline.online.stream_client import stream_readings
 
     root = operated_project(registry_template, tmp_path_factory.mktemp("ui"))
     monitored_windows(root)

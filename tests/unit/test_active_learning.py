@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from loopline.active_learning import (
+from loopline.offline.active_learning import (
     entropy,
     least_confidence,
     margin,

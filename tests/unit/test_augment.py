@@ -7,11 +7,11 @@ import pandas as pd
 import torch
 
 from loopline.config import TrainParams
-from loopline.labeling import Examples
+from loopline.offline.labeling import Examples
+from loopline.offline.train import fit
 from loopline.tasks.base import Hyperparameters
 from loopline.tasks.image.augment import ImageAugment
 from loopline.tasks.image.model import ImageClassifier
-from loopline.train import fit
 
 
 def batch() -> torch.Tensor:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from loopline import caching
 from loopline.config import parse_params
+from loopline.offline import caching
 from tests.conftest import TINY
 
 

@@ -10,8 +10,8 @@ from typing import ClassVar
 import numpy as np
 import pytest
 
-from loopline.labeling import Examples
-from loopline.serving_adapter import Answer
+from loopline.offline.labeling import Examples
+from loopline.online.adapter import Answer
 from loopline.tasks.base import Task
 from loopline.tasks.rows import RowTask
 from loopline.testing import ContractViolation, check_task, contract_report, sample_rows

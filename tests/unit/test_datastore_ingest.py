@@ -4,9 +4,9 @@ import pandas as pd
 import pytest
 
 from loopline.config import IngestParams, parse_params
-from loopline.datastore import SnapshotStore, atomic_write_text, write_quarantine
 from loopline.errors import SourceError
-from loopline.ingest import batch_watermarks, newer_than, read_source, within_bounds
+from loopline.offline.datastore import SnapshotStore, atomic_write_text, write_quarantine
+from loopline.offline.ingest import batch_watermarks, newer_than, read_source, within_bounds
 from loopline.tasks import get_task
 
 SOLAR = get_task("solar")
@@ -129,8 +129,8 @@ def test_a_retried_commit_adds_nothing(tmp_path):
 
 
 def test_an_untimed_bad_row_is_quarantined_once(tmp_path):
-    from loopline.ingest import untimed_fingerprints
-    from loopline.validate import validate_rows
+    from loopline.offline.ingest import untimed_fingerprints
+    from loopline.offline.validate import validate_rows
 
     source = rows(3).astype(str)
     source.loc[1, "timestamp"] = "yesterday-ish"

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from loopline.config import DeployParams, parse_params
-from loopline.deploy import Deployment, judge
+from loopline.watch.deploy import Deployment, judge
 
 SETTINGS = DeployParams(min_observations=100)
 

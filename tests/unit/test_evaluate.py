@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from loopline.evaluate import Scores, score, should_promote, skill
+from loopline.offline.evaluate import Scores, score, should_promote, skill
 
 
 def s(rmse, rows=10):
@@ -64,8 +64,8 @@ def test_an_incomparable_champion_holds_the_candidate():
 
 
 def test_incomparable_specs_names_the_difference():
-    from loopline.evaluate import incomparable_specs
-    from loopline.features import FeatureSpec
+    from loopline.offline.evaluate import incomparable_specs
+    from loopline.offline.features import FeatureSpec
 
     a = FeatureSpec("solar", ["x"], "y", 24, "1h", "site_id", "timestamp")
     assert incomparable_specs(a, a) is None
@@ -76,8 +76,8 @@ def test_incomparable_specs_names_the_difference():
 def test_a_champion_with_another_label_set_is_not_scored_against_the_candidate():
     from dataclasses import replace
 
-    from loopline.evaluate import incomparable_specs
-    from loopline.features import FeatureSpec
+    from loopline.offline.evaluate import incomparable_specs
+    from loopline.offline.features import FeatureSpec
     from loopline.tasks.digits import DigitsTask
     from loopline.tasks.image.task import ImageOptions as DigitsOptions
 

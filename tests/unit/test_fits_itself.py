@@ -16,10 +16,8 @@ from torch import nn
 
 from loopline import tasks
 from loopline.config import Dimension, TrainParams, TuneParams
-from loopline.export import INPUT_NAME, ExportsItself, export_model, onnx_session, run_onnx
-from loopline.tasks.rows import RowTask
-from loopline.tasks.rows.task import RowHyperparameters
-from loopline.train import (
+from loopline.offline.export import INPUT_NAME, ExportsItself, export_model, onnx_session, run_onnx
+from loopline.offline.train import (
     FitsItself,
     load_checkpoint,
     pickled_state,
@@ -28,7 +26,9 @@ from loopline.train import (
     train_model,
     unpickled_state,
 )
-from loopline.tune import tune_model
+from loopline.offline.tune import tune_model
+from loopline.tasks.rows import RowTask
+from loopline.tasks.rows.task import RowHyperparameters
 
 
 class RidgeModule(nn.Module):
@@ -203,8 +203,8 @@ def test_tuning_chooses_the_algorithm_per_trial(prepared):
 
 
 def test_a_self_fitting_model_cannot_start_from_another(prepared, tmp_path):
-    from loopline.train import initial_model
-    from loopline.transfer import SourceModel
+    from loopline.offline.train import initial_model
+    from loopline.offline.transfer import SourceModel
 
     task, _frame, spec = prepared
     source = SourceModel("run", "run", tmp_path / "model.pt", {}, HP, spec)

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from loopline.config import parse_params
-from loopline.features import fit_normalization
+from loopline.offline.features import fit_normalization
 from loopline.tasks import get_task
 from loopline.tasks.forecast.arrays import day_of_week, day_of_year, hour_of_day, iso_utc
 from loopline.tasks.forecast.serving import (

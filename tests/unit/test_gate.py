@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from loopline import gate
 from loopline.config import Params
-from loopline.evaluate import Decision, judge, score, score_classes, should_promote
-from loopline.gate import GateTest, Paired, RowOutcomes, paired_test
+from loopline.offline import gate
+from loopline.offline.evaluate import Decision, judge, score, score_classes, should_promote
+from loopline.offline.gate import GateTest, Paired, RowOutcomes, paired_test
 
 RULE = Paired(alpha=0.05, seed=3, resamples=499)
 
@@ -159,7 +159,7 @@ def test_the_point_rule_is_unchanged_by_rows_travelling_with_the_scores():
 
 
 def test_the_paired_gate_refuses_scores_without_their_rows():
-    from loopline.evaluate import Scores
+    from loopline.offline.evaluate import Scores
 
     bare = Scores(1.0, 1.0, [1.0], 10)
     with pytest.raises(ValueError, match="each row"):
@@ -201,8 +201,9 @@ def test_the_decision_tracks_its_test_under_loopline_gate():
 
 
 def test_the_paired_test_reaches_the_run_and_the_champion_history(tmp_path):
-    from loopline import publishing, registry
-    from loopline.tracking import RunTracker, record_evaluation
+    from loopline import registry
+    from loopline.offline import publishing
+    from loopline.offline.tracking import RunTracker, record_evaluation
     from tests.unit.test_publishing import LINEAGE, candidate
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

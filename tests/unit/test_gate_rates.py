@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from scipy.stats import t as student
 
-from loopline import gate
-from loopline.gate import Paired, RowErrors, RowOutcomes, paired_test
+from loopline.offline import gate
+from loopline.offline.gate import Paired, RowErrors, RowOutcomes, paired_test
 
 ALPHA = 0.05
 DRAWS = 2000

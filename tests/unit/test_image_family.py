@@ -69,7 +69,7 @@ def test_labels_null_takes_the_training_splits_sorted_labels():
 
 
 def test_a_folder_label_outside_a_fixed_set_is_quarantined_naming_the_value(tmp_path):
-    from loopline.validate import validate_rows
+    from loopline.offline.validate import validate_rows
 
     p = params(labels=["ring", "square"])
     task = p.plugin

@@ -9,9 +9,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from loopline.cli import app
+from loopline.app.cli import app
+from loopline.app.scaffold import TEMPLATES, init_project, templates
 from loopline.config import load_params
-from loopline.scaffold import TEMPLATES, init_project, templates
 
 runner = CliRunner()
 
@@ -52,7 +52,7 @@ def test_list_shows_every_template_with_what_it_is():
 
 def test_every_template_folder_is_listed_and_every_listed_one_exists():
     folders = {p.name for p in TEMPLATES.iterdir() if p.is_dir() and not p.name.startswith("_")}
-    tasks = Path(TEMPLATES).parent / "tasks"
+    tasks = Path(TEMPLATES).parents[1] / "tasks"
     folders |= {p.parent.name for p in tasks.glob("*/template") if p.is_dir()}
     assert {t.name for t in templates()} == folders
 
@@ -112,7 +112,7 @@ def test_missing_name_or_template_says_what_to_give(here):
 
 
 def test_a_failed_step_undoes_the_project(here, monkeypatch):
-    import loopline.scaffold as scaffold
+    import loopline.app.scaffold as scaffold
 
     def broken(root):
         raise RuntimeError("disk full")

@@ -1,6 +1,6 @@
 import subprocess
 
-from loopline.lineage import git_commit
+from loopline.offline.lineage import git_commit
 
 
 def git(root, *args):

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from loopline.config import parse_params
-from loopline.ingest import batch_watermarks, fetch_new_rows, read_source
-from loopline.live import LiveInputLog, LiveRow, live_rows, read_live_inputs
+from loopline.offline.ingest import batch_watermarks, fetch_new_rows, read_source
+from loopline.online.live import LiveInputLog, LiveRow, live_rows, read_live_inputs
 from loopline.tasks import get_task
 
 SOLAR = get_task("solar")
@@ -107,7 +107,7 @@ def test_ingest_live_reads_the_stored_rows_after_the_watermark(tmp_path):
     seen = batch_watermarks(frame[frame["timestamp"] < "2021-03-01T10"], SOLAR)
     fresh, total = fetch_new_rows(params, params.plugin, tmp_path, seen)
     assert total == 27 and len(fresh) == 14  # greensboro's hours 10..23
-    from loopline.validate import validate_rows
+    from loopline.offline.validate import validate_rows
 
     report = validate_rows(frame, SOLAR.schema_for(params), SOLAR.rules(params), "solar")
     assert len(report.bad) == 1 and len(report.good) == 26
@@ -122,7 +122,7 @@ def test_ingest_live_without_a_stored_row_is_empty(tmp_path):
 
 
 def test_text_rows_come_back_without_a_label(tmp_path):
-    from loopline.live import content_id
+    from loopline.online.live import content_id
 
     text = get_task("text")
     url = f"sqlite:///{tmp_path / 'p.db'}"
@@ -176,7 +176,7 @@ def test_rows_of_a_killed_process_are_replayed_from_the_spool_once(tmp_path):
         import os, signal, sys
         sys.path[:0] = {sys.path!r}
         from tests.unit.test_live_inputs import SOLAR, readings
-        from loopline.live import LiveInputLog, live_rows
+        from loopline.online.live import LiveInputLog, live_rows
         log = LiveInputLog({url!r}, flush_interval_s=3600, batch_size=10**6,
                            spool_dir={str(spool)!r})
         log.put_many(live_rows(SOLAR, readings(300), "solar", "1", "stream"))

@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 
 from loopline.config import load_params
-from loopline.crossval import CrossValidation, corrected_t, fold_frame
-from loopline.datastore import SnapshotStore
-from loopline.features import FeatureSpec
-from loopline.membership import ChampionRows, Membership, comparison_rows
-from loopline.split import SETS, split_and_fit, split_report
+from loopline.offline.crossval import CrossValidation, corrected_t, fold_frame
+from loopline.offline.datastore import SnapshotStore
+from loopline.offline.features import FeatureSpec
+from loopline.offline.membership import ChampionRows, Membership, comparison_rows
+from loopline.offline.split import SETS, split_and_fit, split_report
 from loopline.tasks.rows import RowTask
 from loopline.tasks.rows.task import RowOptions
 from tests.conftest import write_project
@@ -203,8 +203,8 @@ def test_the_corrected_t_test_widens_for_overlapping_training_sets():
 
 
 def test_small_data_is_decided_on_the_folds_and_a_tie_with_a_baseline_holds(tmp_path):
-    from loopline.crossval import decide
-    from loopline.evaluate import judge, score_classes
+    from loopline.offline.crossval import decide
+    from loopline.offline.evaluate import judge, score_classes
 
     p = params(tmp_path)
     labels = np.array([0, 1] * 10)

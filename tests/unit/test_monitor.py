@@ -11,8 +11,10 @@ import pytest
 from scipy import stats
 
 from loopline.config import MonitorParams
-from loopline.features import FeatureSpec
-from loopline.monitor import (
+from loopline.offline.features import FeatureSpec
+from loopline.offline.reference import Column, Quality, ReferenceProfile
+from loopline.tasks.forecast.task import ForecastTask
+from loopline.watch.monitor import (
     Categories,
     MonitoringStore,
     Version,
@@ -23,8 +25,6 @@ from loopline.monitor import (
     run_pass,
     write_report,
 )
-from loopline.reference import Column, Quality, ReferenceProfile
-from loopline.tasks.forecast.task import ForecastTask
 
 HORIZON = 4
 SPEC = FeatureSpec(
@@ -212,7 +212,7 @@ def test_stored_live_inputs_are_the_truth_when_present(tmp_path, reference):
     the readings there; the log's own `inputs.last` are not needed."""
     from sqlalchemy import JSON, Column, Integer, MetaData, String, Table, create_engine
 
-    from loopline.monitor import stored_rows
+    from loopline.watch.monitor import stored_rows
 
     frame = series(24 * 8, seed=9)
     url = f"sqlite:///{tmp_path / 'live.db'}"
@@ -322,7 +322,7 @@ def test_a_database_away_is_retried_then_named(tmp_path, caplog):
 
 
 def test_an_alarm_starts_one_retrain_per_cooldown(tmp_path, reference):
-    from loopline.monitor import RETRAIN, PassResult, retrain_decision
+    from loopline.watch.monitor import RETRAIN, PassResult, retrain_decision
 
     store = MonitoringStore(f"sqlite:///{tmp_path / 'predictions.db'}")
     frame = series(24 * 30, seed=4)

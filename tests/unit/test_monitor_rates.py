@@ -7,14 +7,14 @@ import numpy as np
 from scipy import stats
 from scipy.signal import lfilter
 
-from loopline.monitor import (
+from loopline.offline.reference import Column, Quality, ReferenceProfile
+from loopline.watch.monitor import (
     Calibrator,
     Categories,
     correlation_range,
     dependent_at,
     ks_statistics,
 )
-from loopline.reference import Column, Quality, ReferenceProfile
 
 PHI = 0.97  # per row: a reading's memory lasts about a window
 WINDOW = 48  # rows of a live window (a day of half-hourly rows)

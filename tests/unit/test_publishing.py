@@ -9,10 +9,11 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from loopline import publishing, registry
-from loopline.evaluate import Decision, Evaluation, Scores
-from loopline.export import Exported, Parity
-from loopline.tracking import RunTracker, lineage_tags, training_summary, transfer_tags
+from loopline import registry
+from loopline.offline import publishing
+from loopline.offline.evaluate import Decision, Evaluation, Scores
+from loopline.offline.export import Exported, Parity
+from loopline.offline.tracking import RunTracker, lineage_tags, training_summary, transfer_tags
 
 LINEAGE = lineage_tags("toy", "data-1", "snap-1", "abc123", False, "params-1")
 DONE = {**LINEAGE, registry.PUBLISH_COMPLETE: "true"}

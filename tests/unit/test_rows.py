@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from loopline.features import FeatureSpec
-from loopline.online import LoadedModel
+from loopline.offline.features import FeatureSpec
+from loopline.offline.validate import Rule
+from loopline.online.models import LoadedModel
 from loopline.tasks.base import contract_problems
 from loopline.tasks.rows import RowTask
 from loopline.tasks.rows.task import RowOptions
-from loopline.validate import Rule
 
 
 class Machines(RowTask):

@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 import numpy as np
 import pandas as pd
 
-from loopline.serving_adapter import nonfinite_items
-from loopline.validate import Rule, ServingContract
+from loopline.offline.validate import Rule, ServingContract
+from loopline.online.adapter import nonfinite_items
 
 RULES = [
     Rule("ghi_not_null", "not_null", column="ghi"),

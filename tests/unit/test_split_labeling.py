@@ -3,9 +3,9 @@ import pandas as pd
 import pytest
 
 from loopline.config import SplitParams
-from loopline.features import FeatureSpec, fit_normalization
-from loopline.labeling import add_forecast_labels, make_windows, shifted_values
-from loopline.split import chronological_split, hash_split, share_tolerance
+from loopline.offline.features import FeatureSpec, fit_normalization
+from loopline.offline.labeling import add_forecast_labels, make_windows, shifted_values
+from loopline.offline.split import chronological_split, hash_split, share_tolerance
 
 
 def hourly(n, site="a", start="2021-01-01", skip=()):

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from loopline.stream_client import StreamStats, _count, stream_readings
+from loopline.online.stream_client import StreamStats, _count, stream_readings
 
 
 def test_answers_errors_and_notices_are_told_apart_without_naming_a_task():

@@ -10,15 +10,15 @@ from pydantic import BaseModel
 
 from loopline.config import parse_params
 from loopline.errors import ConfigError, SourceError
-from loopline.evaluate import incomparable_specs
-from loopline.export import export_and_check, onnx_session, run_onnx
-from loopline.online import LoadedModel
-from loopline.serving_adapter import BadInput
+from loopline.offline.evaluate import incomparable_specs
+from loopline.offline.export import export_and_check, onnx_session, run_onnx
+from loopline.offline.train import FitsItself, to_tensors
+from loopline.offline.validate import coerce_types
+from loopline.online.adapter import BadInput
+from loopline.online.models import LoadedModel
 from loopline.tasks.tabular import TabularTask
 from loopline.tasks.tabular.encoding import OTHER, input_names, unseen
 from loopline.tasks.tabular.serving import TabularRow, TabularServing, row_values
-from loopline.train import FitsItself, to_tensors
-from loopline.validate import coerce_types
 
 SECTION = {
     "target": "churned",
@@ -122,7 +122,7 @@ def test_encoding_standardises_numbers_and_gives_unseen_categories_the_other_slo
 
 
 def test_the_spec_travels_through_json_and_a_new_label_set_is_incomparable():
-    from loopline.features import FeatureSpec
+    from loopline.offline.features import FeatureSpec
 
     _task, spec = fitted(customers())
     assert FeatureSpec.from_json(spec.to_json()) == spec
@@ -213,7 +213,7 @@ def test_serving_answers_the_others_when_one_items_number_overflows_the_model_in
 def test_the_feature_blind_baseline_is_scored_beside_the_model():
     # The linear model is a candidate algorithm (tuning picks it where data is linear), not
     # a baseline: the gate requires beating what ignores the features, and the champion.
-    from loopline.train import train_model
+    from loopline.offline.train import train_model
 
     frame = customers(120).assign(split=["train"] * 80 + ["val"] * 20 + ["test"] * 20)
     p = params()

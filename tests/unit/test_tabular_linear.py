@@ -12,9 +12,15 @@ import pytest
 import torch
 
 from loopline.config import Dimension, ExportParams, TrainParams, TuneParams, parse_params
-from loopline.export import ExportsItself, export_and_check, onnx_session, run_onnx
+from loopline.offline.export import ExportsItself, export_and_check, onnx_session, run_onnx
+from loopline.offline.train import (
+    FitsItself,
+    load_checkpoint,
+    predict,
+    save_checkpoint,
+    train_model,
+)
 from loopline.tasks.tabular.model import Linear
-from loopline.train import FitsItself, load_checkpoint, predict, save_checkpoint, train_model
 
 SPLITS = ["train"] * 80 + ["val"] * 20 + ["test"] * 20
 HP = {
@@ -130,7 +136,7 @@ def test_the_regularization_sets_the_penalty():
 
 
 def test_tuning_that_includes_linear_chooses_it_on_linearly_separable_rows():
-    from loopline.tune import tune_model
+    from loopline.offline.tune import tune_model
 
     task, frame, spec = prepared("two")
     space = {k: Dimension(choices=[v]) for k, v in HP.items()}

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from loopline.config import SplitParams
-from loopline.split import grouped_split
+from loopline.offline.split import grouped_split
 from loopline.tasks.text.baseline import train_text_baseline
 
 GOOD = ["정말 재밌어요", "최고의 영화 ㅋㅋ", "배우 연기 좋네요", "또 보고 싶다"]

@@ -11,7 +11,7 @@ import pytest
 
 from loopline.config import parse_params
 from loopline.errors import ConfigError
-from loopline.evaluate import evaluate_classifier, score_classes
+from loopline.offline.evaluate import evaluate_classifier, score_classes
 from loopline.tasks.text.task import TextOptions, label_order
 
 COLUMNS = {"key_column": "ticket_id", "text_column": "body", "label_column": "team"}
@@ -90,7 +90,7 @@ def test_a_fixed_label_set_is_kept_and_an_unknown_label_is_named():
 
 
 def test_a_label_outside_a_fixed_set_is_quarantined_naming_the_value():
-    from loopline.validate import validate_rows
+    from loopline.offline.validate import validate_rows
 
     p = params(labels=["billing", "bug", "account"])
     task = p.plugin

@@ -5,14 +5,14 @@ import torch
 
 from loopline.config import TrainParams, parse_params
 from loopline.errors import ParityError
-from loopline.export import check_parity, export_onnx, onnx_session, run_onnx
-from loopline.features import FeatureSpec
-from loopline.labeling import Examples
+from loopline.offline.export import check_parity, export_onnx, onnx_session, run_onnx
+from loopline.offline.features import FeatureSpec
+from loopline.offline.labeling import Examples
+from loopline.offline.train import fit, plot_learning_curves, seed_everything
+from loopline.offline.tune import grid_values, run_study
 from loopline.tasks.solar import SolarTask
 from loopline.tasks.solar.model import Forecaster, Predictor
 from loopline.tasks.solar.task import SolarHyperparameters
-from loopline.train import fit, plot_learning_curves, seed_everything
-from loopline.tune import grid_values, run_study
 
 SPEC = FeatureSpec(
     task="t",
@@ -206,7 +206,7 @@ def test_a_parallel_grid_hands_out_each_point_once(tmp_path):
     them up front, so simultaneous workers never repeat a point or miss one."""
     import threading
 
-    from loopline.tune import create_shared_study, grid_points
+    from loopline.offline.tune import create_shared_study, grid_points
 
     fixed = {k: {"choices": [v]} for k, v in HP.items() if k not in ("window", "cell")}
     space = {**fixed, "window": {"choices": [4, 8, 12]}, "cell": {"choices": ["lstm", "gru"]}}

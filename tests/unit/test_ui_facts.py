@@ -8,8 +8,8 @@ import math
 import pandas as pd
 import pytest
 
-from loopline.ui import facts
-from loopline.ui.services import Scrape, parse_metrics, quantile, traffic
+from loopline.app.ui import facts
+from loopline.app.ui.services import Scrape, parse_metrics, quantile, traffic
 
 
 def histogram(endpoint: str, code: int, counts: tuple[float, float, float]) -> str:

@@ -3,8 +3,8 @@ import pytest
 
 from loopline.config import parse_params
 from loopline.errors import SourceError, ValidationFailed
+from loopline.offline.validate import check_bad_fraction, validate_rows
 from loopline.tasks import get_task
-from loopline.validate import check_bad_fraction, validate_rows
 
 SOLAR = get_task("solar")
 PARAMS = parse_params({})
@@ -84,7 +84,7 @@ def test_a_reading_from_the_future_is_quarantined():
 def test_image_rules_give_one_reason_per_image():
     """`between` over many columns and `complete`: an image with one bright pixel breaks
     `pixels_in_range` once; an unreadable one (no pixels) breaks `image_readable` once."""
-    from loopline.validate import Rule
+    from loopline.offline.validate import Rule
 
     columns = tuple(f"px_{i}" for i in range(16))
     frame = pd.DataFrame([[str(v % 16) for v in range(16)]] * 3, columns=list(columns))
@@ -103,7 +103,7 @@ def test_image_rules_give_one_reason_per_image():
 
 
 def test_the_serving_contract_refuses_what_validation_quarantines_under_the_same_names():
-    from loopline.validate import ServingContract, coerce_types
+    from loopline.offline.validate import ServingContract, coerce_types
 
     frame = readings()
     frame.loc[1, "ghi"] = "-1000000"

@@ -33,10 +33,10 @@ if TYPE_CHECKING:
     import torch
 
     from loopline.config import Dimension, Params
-    from loopline.evaluate import Evaluation
-    from loopline.features import FeatureSpec
-    from loopline.labeling import Examples
-    from loopline.validate import Rule
+    from loopline.offline.evaluate import Evaluation
+    from loopline.offline.features import FeatureSpec
+    from loopline.offline.labeling import Examples
+    from loopline.offline.validate import Rule
 
 
 class NoParams(Section):
@@ -178,7 +178,7 @@ class Task:
     target_column: ClassVar[str]
     # chronological: by time with gaps; stratified: each row by the hash of its key (small
     # data is cross-validated stratified by label); grouped: by its group's key, so no group
-    # is in two sets (`loopline.split`).
+    # is in two sets (`loopline.offline.split`).
     split_kind: ClassVar[Literal["chronological", "stratified", "grouped"]] = "stratified"
     # What a model started from another (`train.init_from`) reads the source's way: feature
     # spec fields or options fitted on data (scaling, a vocabulary) that its weights expect.
@@ -194,7 +194,7 @@ class Task:
     architecture: ClassVar[tuple[str, ...]] = ()
     # Typed options in the feature spec (`spec.options` is an instance).
     Options: ClassVar[type[FeatureOptions]] = NoOptions
-    # How the one service serves this task (`loopline.serving_adapter.Serving` subclass).
+    # How the one service serves this task (`loopline.online.adapter.Serving` subclass).
     Serving: ClassVar[type]
 
     # ------------------------------------------------------------------ params
@@ -323,8 +323,8 @@ class Task:
 
     # ------------------------------------------------------------------ monitoring
     # What a model's reference profile holds and how live ground truth joins its logged
-    # predictions (`loopline.reference`, `loopline.monitor`). The defaults watch the data
-    # contract's columns for drift and know no live quality.
+    # predictions (`loopline.offline.reference`, `loopline.watch.monitor`). The defaults watch
+    # the data contract's columns for drift and know no live quality.
 
     def monitor_inputs(self, rows: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
         """The input features watched for drift, one row per raw row (numeric or
@@ -333,7 +333,7 @@ class Task:
         the keys, the time and the target."""
         import pandas as pd
 
-        from loopline.reference import EVENT_TIME
+        from loopline.offline.reference import EVENT_TIME
 
         skip = {*self.key_columns, self.time_column, self.target_column}
         out = pd.DataFrame(index=rows.index)
@@ -535,7 +535,7 @@ def task_name_problem(name: Any) -> str | None:
 
 def contract_problems(cls: type) -> list[str]:
     """What `cls` misses of the contract (empty when it is complete)."""
-    from loopline.serving_adapter import Serving
+    from loopline.online.adapter import Serving
 
     problems = []
     if not (isinstance(cls, type) and issubclass(cls, Task)):
@@ -546,7 +546,7 @@ def contract_problems(cls: type) -> list[str]:
         problems.append(name_problem)
     serving = getattr(cls, "Serving", None)
     if serving is not None and not (isinstance(serving, type) and issubclass(serving, Serving)):
-        problems.append("Serving must subclass loopline.serving_adapter.Serving")
+        problems.append("Serving must subclass loopline.online.adapter.Serving")
     for method in ("rules", "new_feature_spec", "examples", "build_model", "evaluate"):
         if getattr(cls, method) is getattr(Task, method):
             problems.append(f"method {method}() is not implemented")

@@ -15,9 +15,9 @@ import pandas as pd
 from pydantic import Field
 
 from loopline.config import Params, Section
+from loopline.offline.validate import Rule
 from loopline.tasks.image.images import pixel_columns
 from loopline.tasks.image.task import ImageCommonSettings, ImageTask
-from loopline.validate import Rule
 
 CLASSES = tuple(str(d) for d in range(10))
 BUILTIN_SIZE = 8

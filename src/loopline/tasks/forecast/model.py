@@ -48,7 +48,7 @@ class Forecaster(nn.Module):
         return self.head(self.dropout(out[:, -1, :]))
 
     def layer_groups(self) -> list[tuple[str, list[nn.Module]]]:
-        """The head, then the recurrent encoder (`loopline.transfer`)."""
+        """The head, then the recurrent encoder (`loopline.offline.transfer`)."""
         return [("head", [self.head]), ("rnn", [self.rnn])]
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:

@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model, model_validator
 
-from loopline.features import FeatureSpec, normalize
-from loopline.serving_adapter import (
+from loopline.offline.features import FeatureSpec, normalize
+from loopline.online.adapter import (
     Answer,
     BadInput,
     Refused,
@@ -36,7 +36,7 @@ from loopline.serving_adapter import (
 from loopline.tasks.forecast.arrays import iso_instant, iso_utc, normalized, stack_windows
 
 if TYPE_CHECKING:
-    from loopline.online import LoadedModel
+    from loopline.online.models import LoadedModel
 
 # ----------------------------------------------------------------------------- API types
 
@@ -262,7 +262,7 @@ def forecast_windows(task, model: LoadedModel, windows: list[Window]) -> list[Fo
     """Forecast each window (all of the model's `required_readings` rows) with the ONNX
     session. A window whose features or forecast are not finite gets a `problem` naming
     the feature and reading, and the others are forecast all the same."""
-    from loopline.export import run_onnx
+    from loopline.offline.export import run_onnx
 
     if not windows:
         return []

@@ -26,10 +26,11 @@ import numpy as np
 import pandas as pd
 
 from loopline.config import Dimension, Params, Section
-from loopline.evaluate import evaluate_candidate, plot_per_step_rmse
-from loopline.features import FeatureSpec, fit_normalization
-from loopline.labeling import Examples, add_forecast_labels, make_windows, shifted_values
-from loopline.split import evaluation_view
+from loopline.offline.evaluate import evaluate_candidate, plot_per_step_rmse
+from loopline.offline.features import FeatureSpec, fit_normalization
+from loopline.offline.labeling import Examples, add_forecast_labels, make_windows, shifted_values
+from loopline.offline.split import evaluation_view
+from loopline.offline.validate import Rule
 from loopline.tasks.base import FeatureOptions, Hyperparameters, LivePicture, Task
 from loopline.tasks.forecast.arrays import WindowBatch, day_of_week, hour_of_day
 from loopline.tasks.forecast.serving import ForecastServing, serving_for, types_for
@@ -40,7 +41,6 @@ from loopline.tasks.forecast.settings import (
     ForecastKnobs,
     ForecastSettings,
 )
-from loopline.validate import Rule
 
 # Finite values only: an infinity passes a range without bounds and poisons training.
 _LARGEST = float(np.finfo(np.float64).max)
@@ -347,7 +347,7 @@ class ForecastTask(Task):
 
     def monitor_inputs(self, rows: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
         """Every numeric reading column, the target too: a forecaster reads past power."""
-        from loopline.reference import EVENT_TIME
+        from loopline.offline.reference import EVENT_TIME
 
         numbers = [c for c, kind in self.schema.items() if kind == "float" and c in rows]
         out = rows[numbers].apply(pd.to_numeric, errors="coerce")

@@ -47,7 +47,7 @@ class ImageClassifier(nn.Module):
 
     def layer_groups(self) -> list[tuple[str, list[nn.Module]]]:
         """The head, then the conv blocks from the last down to the first: the order in
-        which transfer learning unfreezes them (`loopline.transfer`)."""
+        which transfer learning unfreezes them (`loopline.offline.transfer`)."""
         count = len(self.features)
         blocks = [(f"features.{i}", [self.features[i]]) for i in reversed(range(count))]
         return [("head", [self.head]), *blocks]

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, Discriminator, Field, RootModel, Tag
 
-from loopline.export import run_onnx
-from loopline.serving_adapter import (
+from loopline.offline.export import run_onnx
+from loopline.online.adapter import (
     Answer,
     BadInput,
     Explaining,
@@ -32,8 +32,8 @@ from loopline.tasks.image.saliency import occlusion_saliency, saliency_png
 if TYPE_CHECKING:
     import pandas as pd
 
-    from loopline.features import FeatureSpec
-    from loopline.online import LoadedModel
+    from loopline.offline.features import FeatureSpec
+    from loopline.online.models import LoadedModel
 
 
 # The model reads pixels as float32: a larger number (or one no float holds, as an

@@ -26,15 +26,15 @@ import pandas as pd
 from pydantic import Field
 
 from loopline.config import Dimension, Params, Positive, Section
-from loopline.evaluate import evaluate_classifier
-from loopline.features import FeatureSpec
-from loopline.labeling import Examples
-from loopline.split import labeled_set
+from loopline.offline.evaluate import evaluate_classifier
+from loopline.offline.features import FeatureSpec
+from loopline.offline.labeling import Examples
+from loopline.offline.split import labeled_set
+from loopline.offline.validate import Rule
 from loopline.tasks.base import Explanation, FeatureOptions, Hyperparameters, LabelSet, Task
 from loopline.tasks.image.images import FORMATS, pixel_columns, to_array
 from loopline.tasks.image.serving import ImageServing
 from loopline.tasks.text.task import label_order
-from loopline.validate import Rule
 
 
 def images(frame: pd.DataFrame, spec: FeatureSpec) -> np.ndarray:
@@ -291,7 +291,7 @@ class ImageTask(Task):
     def monitor_inputs(self, rows: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
         """An image's brightness and contrast (mean and spread of its pixels, 0..1), not
         each pixel: a profile of every pixel would outweigh the model."""
-        from loopline.reference import EVENT_TIME
+        from loopline.offline.reference import EVENT_TIME
 
         pixels = [c for c in spec.feature_columns if c in rows]
         values = rows[pixels].to_numpy(dtype=np.float64) / spec.options.max_pixel
@@ -317,7 +317,7 @@ class ImageTask(Task):
     def explain_file(self, data: bytes, session, spec: FeatureSpec, params: Params) -> Explanation:
         """Why the model answers what it does for one uploaded image: an occlusion
         saliency map (red: pixels that support the answer, blue: against) as a PNG."""
-        from loopline.export import run_onnx
+        from loopline.offline.export import run_onnx
         from loopline.tasks.image.saliency import occlusion_saliency, saliency_png
 
         settings = self.settings(params)
@@ -335,8 +335,8 @@ class ImageTask(Task):
         rows) and the champion, on the same test images."""
         from sklearn.linear_model import LogisticRegression
 
-        from loopline.export import run_onnx
-        from loopline.train import predict
+        from loopline.offline.export import run_onnx
+        from loopline.offline.train import predict
 
         test_rows = labeled_set(frame, "test", spec.target_column)
         test = self.examples(frame, spec, "test")
@@ -363,8 +363,8 @@ class ImageTask(Task):
         """The confusion matrix of the test images, as a picture."""
         from sklearn.metrics import confusion_matrix
 
+        from loopline.offline.train import predict
         from loopline.plots import new_figure, save_figure
-        from loopline.train import predict
 
         test = self.examples(frame, spec, "test")
         predicted = predict(model, test.x).argmax(axis=1)

@@ -19,8 +19,8 @@ from typing import Any, ClassVar, Literal
 import pandas as pd
 
 from loopline.config import Params, Section
+from loopline.offline.validate import Rule
 from loopline.tasks.text.task import TextModelSettings, TextTask
-from loopline.validate import Rule
 
 LABELS = ("negative", "positive")  # class 0, class 1
 

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from loopline.serving_adapter import (
+from loopline.online.adapter import (
     Answer,
     BadInput,
     Serving,
@@ -25,7 +25,7 @@ from loopline.serving_adapter import (
 )
 
 if TYPE_CHECKING:
-    from loopline.online import LoadedModel
+    from loopline.online.models import LoadedModel
     from loopline.tasks.rows.task import RowTask
 
 
@@ -47,7 +47,7 @@ class RowServing(Serving):
     def predict(self, model: LoadedModel, items: list[BaseModel]) -> list[Answer]:
         """One model call for every item that passes `check` and the data contract; the
         others, and those whose inputs or outputs are not finite, get an error."""
-        from loopline.export import run_onnx
+        from loopline.offline.export import run_onnx
 
         answers: list[Answer | None] = [None] * len(items)
         good = []

@@ -41,12 +41,12 @@ import numpy as np
 import pandas as pd
 
 from loopline.config import Dimension, Params, Section
-from loopline.evaluate import incomparable_specs, judge, score, score_classes
-from loopline.features import FeatureSpec, normalize
-from loopline.labeling import Examples
-from loopline.split import labeled_set
+from loopline.offline.evaluate import incomparable_specs, judge, score, score_classes
+from loopline.offline.features import FeatureSpec, normalize
+from loopline.offline.labeling import Examples
+from loopline.offline.split import labeled_set
+from loopline.offline.validate import Rule
 from loopline.tasks.base import FeatureOptions, Hyperparameters, Task
-from loopline.validate import Rule
 
 # Finite values only: an infinity passes a range without bounds and poisons training.
 _LARGEST = float(np.finfo(np.float64).max)
@@ -235,8 +235,8 @@ class RowTask(Task):
     def evaluate(self, frame, spec: FeatureSpec, model, params: Params, champion=None):
         """The model, a baseline that ignores the features and the champion on the same
         labeled test rows: accuracy decides for classes, RMSE for a number."""
-        from loopline.export import run_onnx
-        from loopline.train import predict
+        from loopline.offline.export import run_onnx
+        from loopline.offline.train import predict
 
         test_rows = labeled_set(frame, "test", spec.target_column)
         if test_rows.empty:

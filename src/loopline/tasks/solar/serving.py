@@ -23,7 +23,7 @@ from loopline.tasks.forecast.serving import (
 )
 
 if TYPE_CHECKING:
-    from loopline.features import FeatureSpec
+    from loopline.offline.features import FeatureSpec
 
 
 class Reading(BaseModel):

@@ -21,8 +21,9 @@ import numpy as np
 import pandas as pd
 
 from loopline.config import Params, Section
-from loopline.features import FeatureSpec
-from loopline.labeling import shifted_values
+from loopline.offline.features import FeatureSpec
+from loopline.offline.labeling import shifted_values
+from loopline.offline.validate import Rule
 from loopline.tasks.base import FeatureOptions
 from loopline.tasks.forecast import ForecastHyperparameters, ForecastTask, seasonal_naive
 from loopline.tasks.forecast.arrays import WindowBatch, day_of_year, hour_of_day
@@ -34,7 +35,6 @@ from loopline.tasks.solar.sites import (
     SolarSite,
     read_weather_file,
 )
-from loopline.validate import Rule
 
 # pvlib's bundled TMY3 files (the built-in sites' weather).
 BUILTIN_SITES = {"greensboro": "723170TYA.CSV", "sand_point": "703165TY.csv"}

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from loopline.export import INPUT_NAME
-from loopline.train import pickled_state, unpickled_state
+from loopline.offline.export import INPUT_NAME
+from loopline.offline.train import pickled_state, unpickled_state
 
 
 class _Estimated(nn.Module):

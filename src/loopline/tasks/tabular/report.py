@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from loopline.split import labeled_set
+from loopline.offline.split import labeled_set
 
 REPEATS = 5
 
 
 def permutation_importance(task, rows: pd.DataFrame, spec, model, seed: int) -> pd.DataFrame:
     """Per feature column: mean and std of the metric's drop when that column is shuffled."""
-    from loopline.train import predict
+    from loopline.offline.train import predict
 
     truth = task.targets(rows, spec, "test")
     quality = _quality(truth, spec)

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from loopline.serving_adapter import (
+from loopline.online.adapter import (
     Answer,
     BadInput,
     Serving,
@@ -30,7 +30,7 @@ from loopline.serving_adapter import (
 )
 
 if TYPE_CHECKING:
-    from loopline.online import LoadedModel
+    from loopline.online.models import LoadedModel
 
 REFUSED = "Why this item was not answered (the others are)."
 _FLOAT_MAX = sys.float_info.max
@@ -68,7 +68,7 @@ class TabularServing(Serving):
     def predict(self, model: LoadedModel, items: list[BaseModel]) -> list[Answer]:
         """One model call for every item that passes `check` and the data contract; the
         others, and those whose inputs or outputs are not finite, get an error."""
-        from loopline.export import run_onnx
+        from loopline.offline.export import run_onnx
         from loopline.tasks.tabular.encoding import unseen
 
         spec = model.spec

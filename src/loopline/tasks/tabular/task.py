@@ -31,12 +31,12 @@ import pandas as pd
 from pydantic import Field
 
 from loopline.config import Dimension, Params, Section
-from loopline.features import FeatureSpec
+from loopline.offline.features import FeatureSpec
+from loopline.offline.validate import Rule
 from loopline.tasks.base import FeatureOptions, Hyperparameters
 from loopline.tasks.rows.task import RowHyperparameters, RowTask, _finite
 from loopline.tasks.tabular import encoding
 from loopline.tasks.tabular.serving import TabularServing
-from loopline.validate import Rule
 
 _LARGEST = float(np.finfo(np.float64).max)
 Kind = Literal["classification", "regression"]

@@ -103,7 +103,7 @@ class TextClassifier(nn.Module):
 
     def layer_groups(self) -> list[tuple[str, list[nn.Module]]]:
         """Layers from the top down to the embeddings, the order in which fine-tuning
-        unfreezes them (`loopline.transfer`). The top group ("head") is everything a
+        unfreezes them (`loopline.offline.transfer`). The top group ("head") is everything a
         pretrained encoder does not hold: the attention pooling, the head and the n-gram
         bag (it reads token ids directly, beside the encoder)."""
         top: list[nn.Module] = [self.pool, self.head]

@@ -25,10 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from loopline.tasks.text.model import TextClassifier
-from loopline.tasks.text.tokens import MASK, SPECIALS, Vocabulary
-from loopline.train import batches, seed_everything
-from loopline.transfer import (  # noqa: F401 - re-exported: fine-tuning a pretrained encoder
+from loopline.offline.train import batches, seed_everything
+from loopline.offline.transfer import (  # noqa: F401 - re-exported: fine-tuning a pretrained encoder
     TRANSFER_MODES,
     DiscriminativeLR,
     Freeze,
@@ -38,6 +36,8 @@ from loopline.transfer import (  # noqa: F401 - re-exported: fine-tuning a pretr
     layer_groups,
     make_strategy,
 )
+from loopline.tasks.text.model import TextClassifier
+from loopline.tasks.text.tokens import MASK, SPECIALS, Vocabulary
 
 IGNORE = -100  # the label of a position that is not predicted (cross_entropy's ignore_index)
 N_SPECIAL = len(SPECIALS)  # <pad>, <unk>, <mask>: never picked, never predicted
@@ -536,7 +536,7 @@ def pretraining_texts(rows, params) -> list[str]:
     seed, the split here equals the pipeline's: the running text task's own columns and
     split kind).
     """
-    from loopline.split import grouped_split, hash_split
+    from loopline.offline.split import grouped_split, hash_split
 
     task = params.plugin
     text, target, key = task.text_column, task.target_column, task.key_columns[0]

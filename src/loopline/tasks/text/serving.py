@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
-from loopline.serving_adapter import Answer, Explaining, Serving, nonfinite_items, refusal
+from loopline.online.adapter import Answer, Explaining, Serving, nonfinite_items, refusal
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from loopline.online import LoadedModel
+    from loopline.online.models import LoadedModel
 
 
 class Text(RootModel[Any]):
@@ -89,7 +89,7 @@ class TextServing(Serving, Explaining):
     def _classify(self, model: LoadedModel, items: list, explain: bool) -> list[Answer]:
         """One answer per item; bad items get their error, the rest one model call."""
         # Imported here: the task module imports this one (for its `Serving`).
-        from loopline.predlog import text_id
+        from loopline.online.predlog import text_id
         from loopline.tasks.text.task import classify, explanations
 
         # A stream line carries its id (echoed back, and the log's key); a /predict item not.

@@ -34,14 +34,14 @@ import pandas as pd
 from pydantic import Field
 
 from loopline.config import Dimension, Params, Positive, Section
-from loopline.evaluate import evaluate_classifier
-from loopline.features import FeatureSpec
-from loopline.labeling import Examples
-from loopline.split import labeled_set
+from loopline.offline.evaluate import evaluate_classifier
+from loopline.offline.features import FeatureSpec
+from loopline.offline.labeling import Examples
+from loopline.offline.split import labeled_set
+from loopline.offline.validate import Rule
 from loopline.tasks.base import FeatureOptions, Hyperparameters, LabelSet, PretrainResult, Task
 from loopline.tasks.text.serving import TextServing
 from loopline.tasks.text.tokens import Vocabulary, tokenize
-from loopline.validate import Rule
 
 # Columns the pipeline adds to every row: a data column of that name would be overwritten.
 RESERVED_COLUMNS = ("split",)
@@ -307,7 +307,7 @@ class TextTask(Task):
         in; labeled texts from the prediction log join as rows of their own."""
         if human is None or human.empty:
             return frame
-        from loopline.human_labels import merge_human_labels
+        from loopline.offline.human_labels import merge_human_labels
 
         names = [self.class_names[int(i)] for i in human["label"]]
         return merge_human_labels(
@@ -337,7 +337,7 @@ class TextTask(Task):
 
     def pool_probabilities(self, session, spec: FeatureSpec, pool: pd.DataFrame) -> np.ndarray:
         """Class probabilities of an ONNX model (with its own vocabulary) for pool texts."""
-        from loopline.export import run_onnx
+        from loopline.offline.export import run_onnx
 
         texts = pool["text"].astype(str).tolist()
         parts = [
@@ -415,7 +415,7 @@ class TextTask(Task):
         `train.init_from`'s); None from scratch."""
         if not spec.options.pretrained_encoder:
             return None
-        from loopline.transfer import make_strategy
+        from loopline.offline.transfer import make_strategy
 
         # The mode is the task's (it belongs to the encoder the spec names); the knobs are
         # read at training time, so changing one retrains without refitting features.
@@ -458,9 +458,9 @@ class TextTask(Task):
         """The model, the TF-IDF baseline and the majority class (both learned here from
         the same training split) and the champion (with its own vocabulary) on the same
         test texts."""
-        from loopline.export import run_onnx
+        from loopline.offline.export import run_onnx
+        from loopline.offline.train import predict
         from loopline.tasks.text.baseline import train_text_baseline
-        from loopline.train import predict
 
         text = spec.options.text_column
         test = labeled_set(frame, "test", spec.target_column)
@@ -515,7 +515,7 @@ class TextTask(Task):
     def monitor_inputs(self, rows: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
         """A text's length in characters and in words (a changed mix of texts shows in
         both); texts have no event time of their own here."""
-        from loopline.reference import EVENT_TIME
+        from loopline.offline.reference import EVENT_TIME
 
         texts = rows[spec.options.text_column].fillna("").astype(str)
         return pd.DataFrame(
@@ -669,7 +669,7 @@ def text_problem(value: Any, spec: FeatureSpec) -> str | None:
 
 def classify(session, spec: FeatureSpec, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """(class probabilities, attention per token) of an ONNX classifier for `texts`."""
-    from loopline.export import run_onnx_outputs
+    from loopline.offline.export import run_onnx_outputs
 
     probabilities, attention = run_onnx_outputs(session, encode(texts, spec))
     return probabilities, attention

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from loopline.config import load_params
-from loopline.ingest import read_source
+from loopline.offline.ingest import read_source
 from loopline.testing import check_task
 
 PROJECT = Path(__file__).resolve().parents[1]

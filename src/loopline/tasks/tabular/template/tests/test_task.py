@@ -4,9 +4,9 @@ own rows, and those rows keep the task's rules."""
 from pathlib import Path
 
 from loopline.config import load_params
-from loopline.ingest import read_source
+from loopline.offline.ingest import read_source
+from loopline.offline.validate import validate_rows
 from loopline.testing import check_task
-from loopline.validate import validate_rows
 
 PROJECT = Path(__file__).resolve().parents[1]
 PARAMS = PROJECT / "params.yaml"

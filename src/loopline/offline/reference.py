@@ -1,0 +1,167 @@
+"""The reference profile: what the monitor compares live predictions against, published in
+every model version's files (`reference_profile.json`).
+
+It holds, per monitored input feature (from the training split) and per prediction column
+(the model's outputs on the test split), a sample of values in event-time order, and the
+model's per-row test losses with the offline test figure. Order matters: the monitor
+calibrates its thresholds by resampling contiguous reference windows of the live window's
+size, so a series' own autocorrelation is part of what "normal" means. What the columns are
+is the task's to say (`Task.monitor_inputs`, `Task.monitor_outputs`, `Task.reference_losses`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+PROFILE_FILE = "reference_profile.json"
+EVENT_TIME = "event_time"  # the column of a monitored frame that orders and windows its rows
+FORMAT = 1
+
+Kind = Literal["numeric", "categorical"]
+
+
+@dataclass(frozen=True)
+class Column:
+    """One monitored column's reference values, in event-time order."""
+
+    kind: Kind
+    values: list[Any]
+
+    def array(self) -> np.ndarray:
+        if self.kind == "numeric":
+            return np.asarray(self.values, dtype=np.float64)
+        return np.asarray([str(v) for v in self.values], dtype=object)
+
+
+@dataclass(frozen=True)
+class Quality:
+    """The test split's per-row losses (event-time order) and the figure they make (RMSE
+    for forecasts, error rate for classes: `figure`)."""
+
+    name: str
+    figure: float
+    losses: list[float]
+    # Per row, (signed error, size of the truth) summed over the row's outputs, where the
+    # task has a direction of error (`Task.reference_bias`): a window's relative bias.
+    bias: list[list[float]] | None = None
+
+
+@dataclass(frozen=True)
+class ReferenceProfile:
+    features: dict[str, Column] = field(default_factory=dict)
+    predictions: dict[str, Column] = field(default_factory=dict)
+    quality: Quality | None = None
+    rows: dict[str, int] = field(default_factory=dict)  # rows each part was taken from
+
+    def to_dict(self) -> dict[str, Any]:
+        def columns(group: dict[str, Column]) -> dict[str, Any]:
+            return {n: {"kind": c.kind, "values": c.values} for n, c in group.items()}
+
+        quality = self.quality
+        return {
+            "format": FORMAT,
+            "features": columns(self.features),
+            "predictions": columns(self.predictions),
+            "quality": None
+            if quality is None
+            else {
+                "name": quality.name,
+                "figure": quality.figure,
+                "losses": quality.losses,
+                "bias": quality.bias,
+            },
+            "rows": self.rows,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ReferenceProfile:
+        if data.get("format") != FORMAT:
+            raise ValueError(f"reference profile format {data.get('format')!r}; expected {FORMAT}")
+
+        def columns(group: dict[str, Any]) -> dict[str, Column]:
+            return {n: Column(c["kind"], list(c["values"])) for n, c in group.items()}
+
+        q = data.get("quality")
+        return cls(
+            features=columns(data.get("features", {})),
+            predictions=columns(data.get("predictions", {})),
+            quality=Quality(q["name"], float(q["figure"]), list(q["losses"]), q.get("bias"))
+            if q
+            else None,
+            rows=dict(data.get("rows", {})),
+        )
+
+    def write(self, folder: Path) -> Path:
+        path = folder / PROFILE_FILE
+        path.write_text(json.dumps(self.to_dict(), separators=(",", ":")))
+        return path
+
+    @classmethod
+    def read(cls, folder: Path) -> ReferenceProfile | None:
+        """The profile in a model's folder; None for a version published without one."""
+        path = folder / PROFILE_FILE
+        return cls.from_dict(json.loads(path.read_text())) if path.exists() else None
+
+
+def columns_of(frame: pd.DataFrame, limit: int) -> dict[str, Column]:
+    if EVENT_TIME in frame.columns and frame[EVENT_TIME].notna().any():
+        frame = frame.sort_values(EVENT_TIME, kind="stable")
+    frame = frame.tail(limit)
+    out = {}
+    for name in frame.columns:
+        if name == EVENT_TIME:
+            continue
+        values = frame[name].dropna()
+        if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+            numbers = values.to_numpy(dtype=np.float64)
+            out[name] = Column(
+                "numeric", [float(f"{v:.6g}") for v in numbers[np.isfinite(numbers)]]
+            )
+        else:
+            out[name] = Column("categorical", [str(v) for v in values])
+    return out
+
+
+def build_profile(
+    task: Any, frame: pd.DataFrame, spec: Any, onnx_model: bytes, limit: int
+) -> ReferenceProfile:
+    """The profile of a model: its task's monitored inputs on the training split's raw rows,
+    its outputs and per-row losses on the test split (the ONNX model itself, as served)."""
+    from loopline.offline.export import onnx_session, run_onnx
+
+    raw = frame.loc[frame["split"] == "train", [c for c in task.schema if c in frame.columns]]
+    features = columns_of(task.monitor_inputs(raw, spec), limit)
+    examples = task.examples(frame, spec, "test")
+    predictions: dict[str, Column] = {}
+    quality = None
+    if len(examples):
+        outputs = run_onnx(onnx_session(onnx_model), examples.x)
+        logged = task.reference_outputs(outputs, spec)
+        times = task.reference_times(examples, spec)
+        shown = task.monitor_outputs(logged, spec)
+        order = np.argsort(times, kind="stable") if times is not None else np.arange(len(logged))
+        if len(shown.columns):
+            predictions = columns_of(shown.iloc[order].reset_index(drop=True), limit)
+        losses = np.asarray(task.reference_losses(examples.y, outputs, spec), dtype=np.float64)
+        pairs = task.reference_bias(examples.y, outputs, spec)
+        keep = order[np.isfinite(losses[order])]
+        losses = losses[keep]
+        if len(losses):
+            quality = Quality(
+                task.quality_name(spec),
+                float(task.quality_figure(losses)),  # the whole test split's
+                [float(f"{v:.6g}") for v in losses[-limit:]],
+                None if pairs is None else rounded_pairs(np.asarray(pairs)[keep][-limit:]),
+            )
+    rows = {"train": len(raw), "test": len(examples)}
+    return ReferenceProfile(features, predictions, quality, rows)
+
+
+def rounded_pairs(pairs: np.ndarray) -> list[list[float]]:
+    return [[float(f"{a:.6g}"), float(f"{b:.6g}")] for a, b in pairs]

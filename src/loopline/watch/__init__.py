@@ -1,0 +1,5 @@
+"""Watching what is served: the monitor (drift and live quality of the prediction log
+against each version's reference profile, with calibrated thresholds) and the deploy
+policy (a shadow or canary challenger judged on paired live answers, then promoted or
+rolled back). Both decide unattended; both only read what the online process logged.
+"""
