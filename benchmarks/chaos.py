@@ -259,8 +259,8 @@ def environment(**values: str | None) -> Iterator[None]:
 
 
 def logged_rows(root: Path) -> int:
-    from loopline.config import load_params
     from loopline.online.predlog import read_predictions
+    from loopline.params import load_params
     from loopline.paths import ProjectPaths
 
     paths = ProjectPaths.at(root)
@@ -273,8 +273,8 @@ def logged_rows(root: Path) -> int:
 def written_twice(root: Path) -> int:
     """Rows of the prediction log whose answer id another row has too (the log's unique
     key makes this 0; counted here, not assumed)."""
-    from loopline.config import load_params
     from loopline.online.predlog import read_predictions
+    from loopline.params import load_params
     from loopline.paths import ProjectPaths
 
     paths = ProjectPaths.at(root)
@@ -448,7 +448,7 @@ def register_broken_version(root: Path) -> str:
     import mlflow
 
     from loopline import registry
-    from loopline.config import load_params
+    from loopline.params import load_params
     from loopline.paths import ProjectPaths
 
     paths = ProjectPaths.at(root)
@@ -464,7 +464,7 @@ def register_broken_version(root: Path) -> str:
 
 def corrupt_champion(root: Path, base: Path, body: bytes, config) -> Row:
     from loopline import registry
-    from loopline.config import load_params
+    from loopline.params import load_params
     from loopline.paths import ProjectPaths
 
     row = Row("corrupt champion")

@@ -360,7 +360,7 @@ def solar_windows(lags: int = 48, horizon: int = 24):
     order (consecutive windows overlap, as in the task's own test split)."""
     import pandas as pd
 
-    from loopline.config import parse_params
+    from loopline.params import parse_params
     from loopline.tasks.solar.task import clearsky_power
 
     params = parse_params({"task": "solar"})
@@ -443,7 +443,7 @@ def forecast(reps: int, rule: Paired, seed: int, quick: bool, horizon: int = 24)
             whole["other"].append(fed(other, past, ahead, np.zeros(span)))
             whole["y"].append(target)
         merged = {k: np.concatenate(v) for k, v in out.items()}
-        scores = {k: score(merged["y"], v) for k, v in merged.items() if k != "y"}
+        scores = {k: score(merged["y"], v, overlap=horizon) for k, v in merged.items() if k != "y"}
         truth = np.concatenate(whole["y"])
         rmse = {k: score(truth, np.concatenate(v)).rmse for k, v in whole.items() if k != "y"}
         baselines = {"persistence": scores["yesterday"]}

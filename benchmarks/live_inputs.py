@@ -85,7 +85,7 @@ def main() -> None:
     parser.add_argument("--readings", type=int, default=20_000)
     n = parser.parse_args().readings
 
-    from loopline.config import parse_params
+    from loopline.params import parse_params
 
     params = parse_params({"solar": {"sites": ["greensboro"]}})
     task = params.plugin

@@ -14,7 +14,7 @@ whether the share alone is at most the rate).
 Windows of one replay are neighbours in time and thresholds are shared within a replay,
 so the interval is optimistic; many replays (seeds, splits) keep that small.
 
-Families (each replay's windows are one event-time day, `monitor.window` 1D):
+Families (each replay's windows are one event-time day, `monitor.period` 1D):
 - forecast (solar, the builtin year of two sites, hourly): the year is cut into two-week
   blocks, the even ones the reference and the odd ones a clean replay, and the other way
   round, for three offsets of the block grid (six replays). The served "model" is cheap on
@@ -42,7 +42,7 @@ predicted label and the error rate against people's labels, as the text family w
 them, so that every kind of statistic is calibrated on every family.
 
 Power: per shift and signal, the replays whose signal alarmed within 7 windows of the
-fault's window (`min_windows` consecutive windows over), the median delay in windows (1:
+fault's window (`min_periods` consecutive windows over), the median delay in windows (1:
 the fault's own window), and the share of windows from the fault on that crossed.
 Cost: reading the log from SQLite plus one pass (calibration included) per 10,000 logged
 predictions.
@@ -65,9 +65,10 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
-from loopline.config import MonitorParams, load_params  # noqa: E402
+from loopline.config import MonitorParams  # noqa: E402
 from loopline.offline.reference import Quality, ReferenceProfile, columns_of  # noqa: E402
 from loopline.online.predlog import json_text, predictions_table  # noqa: E402
+from loopline.params import load_params  # noqa: E402
 from loopline.watch.monitor import SIGNALS, MonitoringStore, Version, read_log, run_pass  # noqa: E402
 
 FAULT_DAY = 14  # the fault's window: the 15th of a replay
@@ -78,7 +79,7 @@ START = pd.Timestamp("2026-01-01", tz="UTC")
 
 def settings(**more) -> MonitorParams:
     # The profile keeps every reference row here (a year of two sites: ~9,000 per half).
-    return MonitorParams(**{"reference_rows": 200_000, "window": "1D", **more})
+    return MonitorParams(**{"reference_rows": 200_000, "period": "1D", **more})
 
 
 # ---------------------------------------------------------------------- one pass
@@ -140,7 +141,7 @@ class Tally:
         self.replays += 1
         self.predictions += predictions
         self.seconds += seconds
-        rows = pd.DataFrame(result.windows)
+        rows = pd.DataFrame(result.periods)
         tested = rows[rows["statistic"].notna()]
         for (signal, feature), group in tested.groupby(["signal", "feature"]):
             key = signal if feature == "*" else f"{signal}:{feature}"
@@ -149,11 +150,11 @@ class Tally:
             count[1] += int(group["exceeded"].sum())
 
     def add_shift(self, name: str, result, fault: pd.Timestamp, span: pd.Timedelta) -> None:
-        rows = pd.DataFrame(result.windows)
+        rows = pd.DataFrame(result.periods)
         rows = rows[(rows["feature"] == "*") & rows["statistic"].notna()]
         for signal in SIGNALS:
-            own = rows[rows["signal"] == signal].sort_values("window_start")
-            starts = pd.to_datetime(own["window_start"], utc=True)
+            own = rows[rows["signal"] == signal].sort_values("period_start")
+            starts = pd.to_datetime(own["period_start"], utc=True)
             after = own[(starts + span > fault).to_numpy()]
             if after.empty:
                 continue
@@ -295,7 +296,7 @@ def solar(seed: int, quick: bool) -> Tally:
             reference, replay = halves[n], halves[1 - n]
             model = fit_power(reference)
             profile = solar_profile(task, spec, reference, blocks[n], model, config)
-            records = solar_log(replay, model, spec.horizon)
+            records = solar_log(replay, model, spec.options.horizon)
             result, seconds = one_pass(task, spec, profile, records, "solar", config, seed)
             tally.add_clean(result, seconds, len(records))
             if quick and n == 1:
@@ -303,9 +304,9 @@ def solar(seed: int, quick: bool) -> Tally:
             days = replay["timestamp"].dt.floor("1D").drop_duplicates().sort_values()
             fault = days.iloc[FAULT_DAY]
             for name, broken in faults(replay, fault).items():
-                shifted = solar_log(broken, model, spec.horizon)
+                shifted = solar_log(broken, model, spec.options.horizon)
                 result, _ = one_pass(task, spec, profile, shifted, "solar", config, seed)
-                tally.add_shift(name, result, fault, pd.Timedelta(config.window))
+                tally.add_shift(name, result, fault, pd.Timedelta(config.period))
     return tally
 
 
@@ -372,12 +373,12 @@ def solar_profile(task, spec, reference, blocks, model, config) -> ReferenceProf
     """Inputs and forecasts of the served fit; losses out of fold (each two-week block by
     the fit on the others), in event-time order."""
     features = columns_of(task.monitor_inputs(reference, spec), config.reference_rows)
-    made = sorted(forecasts(reference, model, spec.horizon), key=lambda f: f[1])
+    made = sorted(forecasts(reference, model, spec.options.horizon), key=lambda f: f[1])
     shown = task.monitor_outputs(np.array([f[3] for f in made]).tolist(), spec)
     held = []
     for b in blocks.unique():
         own = (blocks == b).to_numpy()
-        held += forecasts(reference[own], fit_power(reference[~own]), spec.horizon)
+        held += forecasts(reference[own], fit_power(reference[~own]), spec.options.horizon)
     held.sort(key=lambda f: (f[1], f[0]))
     outputs, truth = np.array([f[3] for f in held]), np.array([f[4] for f in held])
     losses = task.reference_losses(truth, outputs, spec)
@@ -664,7 +665,7 @@ def main() -> None:
     rate = config.false_alarm_rate
     print(
         f"monitor: window {config.window}, false_alarm_rate {rate} per window and signal, "
-        f"min_rows {config.min_rows}, min_windows {config.min_windows}, "
+        f"min_rows {config.min_rows}, min_periods {config.min_periods}, "
         f"{config.calibration_draws} calibration draws; shifts from window {FAULT_DAY + 1} "
         f"(image: {FAULT_DAY // 2 + 1}). PASS: rate <= {rate} and upper 95% <= {2 * rate}"
     )

@@ -53,7 +53,7 @@ def project(folder: Path) -> Path:
 
 
 def log_url(root: Path) -> str:
-    from loopline.config import load_params
+    from loopline.params import load_params
     from loopline.paths import ProjectPaths
 
     paths = ProjectPaths.at(root)

@@ -37,18 +37,18 @@ def fresh_project(base: Path, name: str) -> Path:
 
 def plain_pipeline(root: Path, overrides: list[str]) -> dict:
     """The flow's stages as direct library calls: no Prefect, no MLflow."""
-    from loopline.config import load_params
     from loopline.offline import datastore
-    from loopline.offline.evaluate import evaluate_candidate
     from loopline.offline.export import SPEC_KEY, export_and_check
     from loopline.offline.features import build_features
     from loopline.offline.ingest import batch_watermarks, fetch_new_rows
-    from loopline.offline.labeling import make_windows
     from loopline.offline.split import split_and_fit, test_view, without_test
     from loopline.offline.train import plot_learning_curves, train_model
     from loopline.offline.tune import tune_model
     from loopline.offline.validate import check_bad_fraction, validate_rows
+    from loopline.params import load_params
     from loopline.paths import ProjectPaths
+    from loopline.tasks.forecast.scoring import evaluate_candidate
+    from loopline.tasks.forecast.windows import make_windows
 
     paths = ProjectPaths.at(root)
     params = load_params(paths.params_file, overrides)
@@ -64,18 +64,18 @@ def plain_pipeline(root: Path, overrides: list[str]) -> dict:
     frame, spec = build_features(task, store.load(), params)
     frame = task.add_labels(frame, spec)
     frame, spec = split_and_fit(task, frame, spec, params)
-    training = without_test(frame, spec.time_column)
+    training = without_test(frame, task.time_column)
     tuned = tune_model(task, training, spec, params)
     result, spec = train_model(task, training, spec, tuned.best_hparams, params)
     plot_learning_curves(result, paths.runs / "curves.png")
     evaluation = evaluate_candidate(
         task,
-        test_view(frame, spec.time_column, spec.freq, task.history_steps(params)),
+        test_view(frame, task.time_column, task.history_span(params, spec)),
         spec,
         result.model,
         params,
     )
-    val = make_windows(training, spec, spec.window, target_set="val", history_sets=("gap",))
+    val = make_windows(training, spec, spec.options.window, target_set="val", history_sets=("gap",))
     export_and_check(
         result.model,
         val.x[: params.export.golden_batch],
@@ -113,7 +113,7 @@ def main() -> None:
     import torch  # noqa: F401
     from prefect import flow
 
-    from loopline.config import load_params
+    from loopline.params import load_params
     from loopline.registry import ensure_experiment
     from pipelines.offline import offline_flow
 

@@ -118,7 +118,7 @@ def train_one(train, val, test, vocab_size, mode, encoder_state, params):
     from loopline.offline.train import fit, predict, seed_everything
     from loopline.tasks.text.pretrain import build_classifier, load_pretrained, make_fine_tuning
 
-    spec = FeatureSpec("reviews", [], "label", 1, "", "movie_id", "")  # labels are ids
+    spec = FeatureSpec("reviews", [], "label")  # labels are ids
     seed_everything(SEED)  # the same initial weights for every run
     model = build_classifier(vocab_size, HPARAMS)
     fine_tuning = None

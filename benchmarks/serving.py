@@ -85,11 +85,12 @@ def publish_model(root: Path):
     import torch
 
     from loopline import registry
-    from loopline.config import load_params
     from loopline.offline.export import SPEC_KEY, export_and_check, onnx_session, run_onnx
     from loopline.offline.features import fit_normalization
-    from loopline.offline.labeling import make_windows
+    from loopline.params import load_params
     from loopline.paths import ProjectPaths
+    from loopline.tasks.forecast.options import with_window
+    from loopline.tasks.forecast.windows import make_windows
     from loopline.tasks.solar.model import Predictor
 
     paths = ProjectPaths.at(root)
@@ -99,7 +100,7 @@ def publish_model(root: Path):
     raw = raw[raw["timestamp"] < "2021-03-01"].reset_index(drop=True)
     spec = task.new_feature_spec(params)
     frame = task.add_features(raw, spec)
-    spec = fit_normalization(spec, frame).with_window(WINDOW)
+    spec = with_window(fit_normalization(spec, frame), WINDOW)
     torch.manual_seed(SEED)
     hparams = task.Hyperparameters(
         learning_rate=1e-3,
@@ -137,7 +138,7 @@ def publish_model(root: Path):
 
 def site_readings(root: Path) -> list[dict[str, Any]]:
     """The site's raw builtin rows as JSON-ready reading dicts (with site_id), in time order."""
-    from loopline.config import load_params
+    from loopline.params import load_params
 
     params = load_params(root / "params.yaml")
     raw = params.plugin.load_builtin(params)
@@ -488,7 +489,7 @@ async def stream_bulk(service: Service, readings: list[dict[str, Any]]) -> dict[
     stats = await stream_readings(service.url, readings, on_answer, rate=0)
     return {
         "latencies": [],
-        "windows": stats.forecasts,
+        "windows": stats.answers,
         "errors": stats.errors,
         "before": before,
         "wall": (answers[-1] if answers else time.perf_counter()) - before["wall"],
@@ -673,9 +674,10 @@ def main() -> None:
     import torch
 
     from loopline import registry
-    from loopline.config import load_params, serve_env_overrides
+    from loopline.config import serve_env_overrides
     from loopline.offline.export import run_onnx
     from loopline.online.models import default_threads, load_version
+    from loopline.params import load_params
     from loopline.tasks.solar.serving import (
         Window,
         forecast_windows,

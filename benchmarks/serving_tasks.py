@@ -95,8 +95,8 @@ def measure_task(bench, task_name: str, params: dict[str, Any], base: Path, conf
     import httpx
 
     from loopline import registry
-    from loopline.config import load_params
     from loopline.online.models import default_threads, load_version
+    from loopline.params import load_params
     from loopline.paths import ProjectPaths, apply_environment
 
     root = base / task_name

@@ -36,7 +36,7 @@ def training_rows(params):
     raw = read_source(params, task, REPO)
     frame, spec = build_features(task, raw, params)
     frame, spec = split_and_fit(task, task.add_labels(frame, spec), spec, params)
-    return without_test(frame, spec.time_column), spec
+    return without_test(frame, task.time_column), spec
 
 
 def _one_trial(job: tuple[str, str, list[str], dict]) -> float:
@@ -45,9 +45,9 @@ def _one_trial(job: tuple[str, str, list[str], dict]) -> float:
     import pandas as pd
     import torch
 
-    from loopline.config import load_params
     from loopline.offline.features import FeatureSpec
     from loopline.offline.tune import tune_model
+    from loopline.params import load_params
 
     torch.set_num_threads(1)
     frame_path, spec_json, overrides, hparams = job
@@ -119,8 +119,8 @@ def main() -> None:
 
     logging.getLogger("distributed").setLevel(logging.WARNING)  # the cluster's chatter
 
-    from loopline.config import load_params
     from loopline.offline.tune import tune_model
+    from loopline.params import load_params
     from loopline.paths import ProjectPaths
     from pipelines.tuning import tune_on_dask
 

@@ -214,3 +214,11 @@ def local_server(
             with suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
         log.close()
+
+
+def serve_deployments(*deployments: Any) -> None:
+    """Serve `deployments` in this process (`prefect serve`) until Ctrl-C: the CLI's
+    `loopline schedule` calls this, so that the CLI itself never imports Prefect."""
+    from prefect import serve
+
+    serve(*deployments, print_starting_message=False)

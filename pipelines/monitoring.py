@@ -1,8 +1,8 @@
 """One monitoring pass as a Prefect flow: `loopline monitor`, and `loopline schedule` on
 `schedule.monitor_cron`.
 
-Wiring only: the pass is `loopline.watch.monitor.monitor_project` (drift and live quality over the
-prediction log, the monitoring table, one MLflow run with its report); a database briefly
+Wiring only: the pass is `loopline.watch.monitor.monitor_project` (drift and live quality over
+the prediction log, the monitoring table, one MLflow run with its report); a database briefly
 away is retried here, and a pass that still fails leaves the table's watermark where it
 was, so the next pass catches up. With `retrain` (the scheduled deployment), an alarm that
 `loopline.watch.monitor.request_retrain` lets through (cooldown) starts the offline deployment
@@ -19,11 +19,11 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.deployments import run_deployment
 
-from loopline.config import load_params
 from loopline.errors import is_transient
+from loopline.params import load_params
 from loopline.paths import ProjectPaths
 from loopline.watch.deploy import decide_all
-from loopline.watch.monitor import monitor_project, request_retrain
+from loopline.watch.monitor import SUMMARY, monitor_project, request_retrain
 from pipelines.deployments import deployment_name
 
 
@@ -73,13 +73,13 @@ def start_retrain(root: str, overrides: list[str] | None, reason: str) -> str:
 
 def summary(result, run_id: str) -> dict[str, Any]:
     data = result.to_dict()
-    windows = [w for w in data["windows"] if w["feature"] == "*"]
+    periods = [w for w in data["periods"] if w["feature"] == SUMMARY]
     return {
         "model": result.model_name,
         "pass_id": result.pass_id,
         "mlflow_run_id": run_id,
         "predictions": result.rows,
-        "windows": len(windows),
+        "periods": len(periods),
         "alarm": result.alarm,
         "alarms": data["alarms"],
         "notes": result.notes,

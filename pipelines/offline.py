@@ -28,7 +28,7 @@ from prefect.runtime import flow_run as flow_run_context
 from prefect.states import Completed
 
 from loopline import registry
-from loopline.config import Params, load_params
+from loopline.config import Params
 from loopline.errors import is_transient
 from loopline.offline import batch, caching, datastore, publishing, tracking
 from loopline.offline.crossval import Learner
@@ -45,6 +45,7 @@ from loopline.offline.train import TrainResult, train_model
 from loopline.offline.transfer import SourceModel, load_source
 from loopline.offline.tune import TuneResult, tune_model
 from loopline.offline.validate import ValidationReport
+from loopline.params import load_params
 from loopline.paths import ProjectPaths
 from pipelines.progress import note, stage
 from pipelines.tuning import optuna_storage, tune_on_dask
@@ -272,7 +273,12 @@ def export(
 @task(name="profile", **CACHED)
 def profile(params: Params, frame, candidate: Exported, stage_key: str) -> ReferenceProfile:
     return build_profile(
-        params.plugin, frame, candidate.spec, candidate.onnx_model, params.monitor.reference_rows
+        params.plugin,
+        frame,
+        candidate.spec,
+        candidate.onnx_model,
+        params.monitor.reference_rows,
+        params.monitor.max_columns,
     )
 
 

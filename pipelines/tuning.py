@@ -31,8 +31,8 @@ from loopline.paths import ProjectPaths
 
 @functools.lru_cache(maxsize=2)
 def _worker_rows(frame_path: str):
-    """The tuning rows and a window cache, kept per worker process across its trials:
-    reading the rows and cutting windows costs seconds, a trial of a small model not much
+    """The tuning rows and an examples cache, kept per worker process across its trials:
+    reading the rows and building examples costs seconds, a trial of a small model not much
     more."""
     import pandas as pd
 
@@ -55,7 +55,7 @@ def tune_worker(
 
     # One core per worker: the workers are the parallelism, not torch's intra-op threads.
     torch.set_num_threads(1)
-    rows, windows = _worker_rows(frame_path)
+    rows, cache = _worker_rows(frame_path)
     tune_model(
         params.plugin,
         rows,
@@ -65,7 +65,7 @@ def tune_worker(
         study_name=study,
         n_trials=n_trials,
         worker=worker,
-        windows=windows,
+        cache=cache,
         fixed=point,
         source=reopen(source) if source else None,
     )
@@ -85,7 +85,7 @@ def parallel_tuning(
     done = create_shared_study(storage, study)
     search = search_for(params.tune, params.plugin, reopen(source) if source else None)
     # One task per trial, not a fixed share per worker: trials differ several-fold in cost
-    # (hidden size, layers, window), and Dask hands the next trial to whichever worker is
+    # (hidden size, layers, input length), and Dask hands the next trial to whichever worker is
     # free. Each task's sampler is seeded apart so parallel trials do not coincide; a grid
     # gives each task its own point. A study cut off by a crash (the same stage key) runs
     # only the trials it lacks.

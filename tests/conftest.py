@@ -55,6 +55,7 @@ MODULE_SECONDS = {
     "tests/e2e/test_tabular_family.py": 180,
     "tests/e2e/test_deliver_safely.py": 130,
     "tests/pipelines/test_decisions.py": 120,
+    "tests/e2e/test_own_task.py": 120,
     "tests/pipelines/test_split_membership.py": 80,
     "tests/pipelines/test_offline_flow.py": 110,
     "tests/e2e/test_make_run.py": 105,

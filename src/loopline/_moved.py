@@ -10,16 +10,18 @@ from collections.abc import Callable
 from typing import Any
 
 
-def forward(old: str, new: str) -> Callable[[str], Any]:
-    """A module `__getattr__` for the old module `old`: each name is read from `new`."""
+def forward(old: str, new: str, elsewhere: dict[str, str] | None = None) -> Callable[[str], Any]:
+    """A module `__getattr__` for the old module `old`: each name is read from `new`, or
+    from the module `elsewhere` gives for it (a name that left the shared code for a task
+    family, say)."""
 
     def __getattr__(name: str) -> Any:
         if name.startswith("__"):
             raise AttributeError(name)
-        value = getattr(importlib.import_module(new), name)
+        place = (elsewhere or {}).get(name, new)
+        value = getattr(importlib.import_module(place), name)
         warnings.warn(
-            f"{old}.{name} moved to {new}.{name}; import it from there (or from "
-            "loopline.contract, which holds the task contract's public names)",
+            f"{old}.{name} moved to {place}.{name}; import it from there",
             DeprecationWarning,
             stacklevel=2,
         )

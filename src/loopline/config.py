@@ -10,9 +10,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import warnings
 from datetime import date, datetime
-from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
@@ -21,11 +22,11 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
-    create_model,
     field_validator,
     model_validator,
 )
 
+from loopline._moved import forward
 from loopline.errors import ConfigError
 
 
@@ -73,8 +74,8 @@ class ValidateParams(Section):
 
 
 class FeaturesParams(Section):
-    """Shared feature knobs: none yet. What a task's features read (a forecaster's step,
-    lags and horizon, a vocabulary's size) is typed in the task's own section."""
+    """Shared feature knobs: none yet. What a task's features read (a series' step and
+    lags, a vocabulary's size) is typed in the task's own section."""
 
 
 class LabelingParams(Section):
@@ -185,7 +186,7 @@ class EvaluateParams(Section):
     # Relative RMSE improvement a candidate needs over the champion (0.0 = any improvement).
     min_improvement: Annotated[float, Field(ge=0, lt=1)] = 0.0
     # "paired": the candidate must also be significantly better than the champion on the
-    # same rows (Diebold-Mariano for forecast errors, exact McNemar for accuracy, a paired
+    # same rows (Diebold-Mariano for errors of values, exact McNemar for accuracy, a paired
     # bootstrap otherwise), one-sided at `alpha`; "point": any win on the metric.
     gate: Literal["paired", "point"] = "paired"
     alpha: Annotated[float, Field(gt=0, lt=0.5)] = 0.05
@@ -225,7 +226,7 @@ class ServeParams(Section):
     startup_wait_s: Annotated[float, Field(ge=0)] = 0.0
     workers: Positive = 1
     # onnxruntime threads per worker; 0 = cores/workers. 1 by default: on 2 cores a second
-    # spinning intra-op thread made batch-32 forecasts 3-6x slower whenever anything else
+    # spinning intra-op thread made batch-32 predictions 3-6x slower whenever anything else
     # ran (benchmarks/serving.py, issue 15); raise it for big models on idle machines.
     threads: Annotated[int, Field(ge=0)] = 1
     max_batch_size: Positive = 64  # adaptive batching of `predict`
@@ -233,7 +234,7 @@ class ServeParams(Section):
     # Off by default: spans nobody exports cost ~0.3 ms of a ~3 ms request (profiled).
     tracing: bool = False
     # Adaptive batching sheds requests it expects to finish later than this (503): with
-    # features at ~3 ms per window, a tight bound rejects most requests under load.
+    # features at ~3 ms per item, a tight bound rejects most requests under load.
     max_latency_ms: Positive = 2000
     max_body_bytes: Positive = 8 * 1024 * 1024  # larger request bodies get 413
     # A request body still unfinished this long after its last bytes gets 408 (`/stream`
@@ -253,7 +254,7 @@ class ServeParams(Section):
     max_explain_items: Positive = 16  # items of one /explain body (each is many model calls)
     # An /explain body's bytes (more: 413 before any is read). Parsing a body holds the
     # event loop every other client waits on (~25 ms for 0.7 MB of JSON); 256 KiB holds 16
-    # windows, texts or small images; larger images explain one upload at a time.
+    # series, texts or small images; larger images explain one upload at a time.
     max_explain_bytes: Positive = 256 * 1024
     max_streams: Positive = 1000  # open `/stream` connections per worker; more get 503
     # A stream line begun and not finished within this many seconds closes the stream (a
@@ -306,7 +307,6 @@ class ScheduleParams(Section):
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
         try:
             ZoneInfo(value)
@@ -319,25 +319,51 @@ MonitorSignal = Literal["feature_drift", "prediction_drift", "live_quality"]
 
 
 class MonitorParams(Section):
-    """`loopline monitor`: drift and live quality over event-time windows of the prediction
+    """`loopline monitor`: drift and live quality over event-time periods of the prediction
     log, against the reference profile published with each model version."""
 
-    window: str = "1D"  # a window's span of event time (a pandas offset: 1D, 6h, 1W)
-    # Per window and signal: how often a clean window may cross its calibrated threshold.
+    period: str = "1D"  # a period's span of event time (a pandas offset: 1D, 6h, 1W)
+    # Per period and signal: how often a clean period may cross its calibrated threshold.
     false_alarm_rate: Annotated[float, Field(gt=0, lt=0.5)] = 0.01
-    min_rows: Positive = 20  # a window with fewer predictions is "too small": not tested
-    # Consecutive windows over the threshold before a signal raises its alarm.
-    min_windows: Positive = 2
+    min_rows: Positive = 20  # a period with fewer predictions is "too small": not tested
+    # Consecutive periods over the threshold before a signal raises its alarm.
+    min_periods: Positive = 2
     signals: list[MonitorSignal] = ["feature_drift", "prediction_drift", "live_quality"]
     # Fixed thresholds instead of calibrated ones, by signal or signal.column (say,
     # {"live_quality.figure": 1.5}: live RMSE or error rate over 1.5x the test split's;
     # "live_quality.bias": relative bias; "feature_drift.ghi": a KS statistic).
     thresholds: dict[str, float] = {}
     reference_rows: Positive = 5000  # rows of the training split a profile keeps per column
-    calibration_draws: Annotated[int, Field(ge=100)] = 2000  # reference windows resampled
+    calibration_draws: Annotated[int, Field(ge=100)] = 2000  # reference periods resampled
     cooldown_h: Annotated[float, Field(ge=0)] = 24.0  # after an alarm starts a run, the next waits
+    # Input columns a profile keeps and feature drift tests, of a wide table: the model's
+    # own feature columns first, then those with the most distinct values (null: all).
+    max_columns: Positive | None = 50
 
-    @field_validator("window")
+    # Keys an earlier release named otherwise: still read, with a warning naming the new
+    # key (the old words are kept here only, for params files written before the rename).
+    RENAMED: ClassVar[dict[str, str]] = {"window": "period", "min_windows": "min_periods"}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict) or not set(raw) & set(cls.RENAMED):
+            return raw
+        raw = dict(raw)
+        for old, new in cls.RENAMED.items():
+            if old not in raw:
+                continue
+            if new in raw:
+                raise ValueError(f"monitor.{old} was renamed monitor.{new}: give only {new}")
+            warnings.warn(
+                f"params monitor.{old} was renamed monitor.{new}; rename it in params.yaml",
+                FutureWarning,
+                stacklevel=2,
+            )
+            raw[new] = raw.pop(old)
+        return raw
+
+    @field_validator("period")
     @classmethod
     def _offset(cls, value: str) -> str:
         import pandas as pd
@@ -391,8 +417,8 @@ class DeployParams(Section):
 class ConsumeParams(Section):
     """`loopline consume`: answers from a broker's stream instead of HTTP (Redis Streams).
 
-    One consumer per input stream keeps per-key state right (a forecaster's window per
-    site); more consumers of the same group are for failover: one that dies leaves its
+    One consumer per input stream keeps per-key state right (say, each site's latest
+    readings); more consumers of the same group are for failover: one that dies leaves its
     messages pending, and another claims them after `claim_idle_s`."""
 
     url: str = "redis://127.0.0.1:6379/0"  # LOOPLINE_CONSUME_URL wins (it may hold a password)
@@ -408,7 +434,7 @@ class ConsumeParams(Section):
     # answers (nobody is reading them); 0: no limit.
     max_output_length: Annotated[int, Field(ge=0)] = 1_000_000
     # On start, the per-key state is refilled from this many stored rows (the newest),
-    # so a restarted consumer forecasts at once instead of waiting for new windows.
+    # so a restarted consumer answers at once instead of waiting for new readings.
     warm_rows: Annotated[int, Field(ge=0)] = 5000
 
 
@@ -458,8 +484,10 @@ class Params(Section):
     the task, validated by the task's `Params`). Build it with `parse_params`/`load_params`:
     the model class is made per task (`params_model`)."""
 
-    # A built-in task's name, an import path `package.module:Class` or an entry point name.
-    task: str = Field(default_factory=lambda: _default_task())
+    # A built-in task's name, an import path `package.module:Class` or an entry point name
+    # (`loopline.params` fills in the default task where params.yaml names none; a bare
+    # `Params()`, the shared sections' defaults, names none).
+    task: str = ""
     seed: int = 42
     ingest: IngestParams = IngestParams()
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
@@ -480,9 +508,13 @@ class Params(Section):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
     # The running task as discovered (set on each per-task subclass), the project folder it
-    # came from, and the task bound to this instance's own section (`plugin`).
+    # came from, the top-level keys that are tasks' own sections (the running task's and the
+    # built-ins': a project may keep several), how a pickled instance is rebuilt (resolving
+    # its task again), and the task bound to this instance's own section (`plugin`).
     discovered: ClassVar[Any] = None
     root: ClassVar[str | None] = None
+    task_sections: ClassVar[frozenset[str]] = frozenset()
+    rebuild: ClassVar[Any] = None
     _bound: Any = PrivateAttr(default=None)
 
     @model_validator(mode="before")
@@ -494,10 +526,10 @@ class Params(Section):
         tune = raw.get("tune")
         tune = dict(tune) if isinstance(tune, dict) else {}
         space = tune.get("search_space")
-        if isinstance(space, dict) and space and set(space) <= _task_sections(cls.discovered):
+        if isinstance(space, dict) and space and set(space) <= cls.task_sections:
             space = space.get(cls.discovered.name)
         if space is None:
-            default = _configured(cls.discovered, raw).default_space()
+            default = configured(cls.discovered, raw).default_space()
             space = {k: v.model_dump() for k, v in default.items()}
         tune["search_space"] = space
         return {**raw, "tune": tune}
@@ -531,7 +563,7 @@ class Params(Section):
     def __reduce__(self):
         # Per-task classes are made at run time: rebuild from plain values (Dask workers,
         # Prefect results), which resolves the task again.
-        return (_rebuild, (self.to_dict(), self.root))
+        return (type(self).rebuild, (self.to_dict(), self.root))
 
     @property
     def task_name(self) -> str:
@@ -574,56 +606,14 @@ class Params(Section):
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _default_task() -> str:
-    from loopline.tasks import DEFAULT_TASK
-
-    return DEFAULT_TASK
-
-
-def _configured(plugin: Any, raw: dict[str, Any]) -> Any:
+def configured(plugin: Any, raw: dict[str, Any]) -> Any:
     """The task bound to its raw section where that section is valid (its default search
-    space may follow its settings, say a forecaster's input windows); else the task as
+    space may follow its settings, say the input lengths a section lists); else the task as
     discovered (the section's errors are reported with every other)."""
     try:
         return plugin.bind(plugin.Settings.model_validate(raw.get(plugin.name) or {}))
     except (ValidationError, ValueError):
         return plugin
-
-
-def _task_sections(plugin: Any) -> set[str]:
-    """Top-level keys that are tasks' own sections: the running task's, and the built-ins'
-    (a project may keep several and switch with `-P task=...`)."""
-    from loopline.tasks import BUILTIN
-
-    return {plugin.name, *BUILTIN}
-
-
-_MODELS: dict[tuple[type, str | None], type[Params]] = {}
-
-
-def params_model(plugin: Any, root: str | None = None) -> type[Params]:
-    """The Params class of one task: the shared sections plus the task's own, typed by
-    the task's `Params`. Other built-in tasks' sections are accepted and ignored (checked
-    when that task runs); any other key is refused, named."""
-    key = (type(plugin), root)
-    if key not in _MODELS:
-        if plugin.name in SHARED_SECTIONS:
-            raise ConfigError(f"task name {plugin.name!r} is a shared params section's name")
-        others = {
-            name: (dict[str, Any] | None, Field(None, exclude=True))
-            for name in _task_sections(plugin) - {plugin.name}
-        }
-        section = (plugin.Settings, Field(default_factory=plugin.Settings))
-        model = create_model(
-            f"Params_{plugin.name}", __base__=Params, **{plugin.name: section}, **others
-        )
-        model.discovered, model.root = plugin, root
-        _MODELS[key] = model
-    return _MODELS[key]
-
-
-def _rebuild(values: dict[str, Any], root: str | None) -> Params:
-    return parse_params(values, root=root)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -652,7 +642,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return data
 
 
-def _describe(error: dict[str, Any], plugin: Any = None) -> str:
+def describe_error(error: dict[str, Any], plugin: Any = None) -> str:
     where = ".".join(str(p) for p in error["loc"]) or "(top level)"
     if error["type"] == "extra_forbidden":
         # A key the task's own section took over says where it went.
@@ -663,30 +653,6 @@ def _describe(error: dict[str, Any], plugin: Any = None) -> str:
     value = error.get("input")
     shown = "" if isinstance(value, dict) else f" (got {value!r})"
     return f"{where}: {error['msg']}{shown}"
-
-
-def parse_params(
-    raw: dict[str, Any] | None, origin: str = "params", root: str | Path | None = None
-) -> Params:
-    """Validate raw params; raise ConfigError naming the task that cannot be loaded, or
-    listing every bad key. `root` is the project folder (where a task module of the
-    project's own is imported from)."""
-    from loopline.tasks import get_task
-
-    raw = raw or {}
-    reference = raw.get("task", _default_task())
-    if not isinstance(reference, str):
-        raise ConfigError(f"{origin} is invalid:\n  task: must be a task name or import path")
-    root = str(Path(root).resolve()) if root is not None else None
-    try:
-        plugin = get_task(reference, root)
-    except ConfigError as error:
-        raise ConfigError(f"{origin} is invalid:\n  task: {error}") from None
-    try:
-        return params_model(plugin, root).model_validate(raw)
-    except ValidationError as exc:
-        lines = "\n  ".join(_describe(e, plugin) for e in exc.errors())
-        raise ConfigError(f"{origin} is invalid:\n  {lines}") from None
 
 
 SERVE_ENV_PREFIX = "LOOPLINE_SERVE_"
@@ -701,17 +667,10 @@ def serve_env_overrides(environ: dict[str, str]) -> list[str]:
     ]
 
 
-def load_params(path: str | Path, overrides: list[str] | None = None) -> Params:
-    """Read params.yaml, apply `-P` overrides, validate."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"params file not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path} must hold a mapping of sections")
-    return parse_params(
-        apply_overrides(raw, overrides or []), origin=str(path), root=path.resolve().parent
-    )
+# Resolving the task (`parse_params`, `load_params`, `params_model`) moved to
+# `loopline.params`: the one place that binds params to a task (config knows no task).
+__getattr__ = forward(
+    __name__,
+    "loopline.params",
+    elsewhere={n: "loopline.params" for n in ("load_params", "parse_params", "params_model")},
+)

@@ -9,8 +9,9 @@ it with a `Serving` subclass. `check_task` runs the contract kit on it.
 Where each name lives (for `help()` and for reading its source):
 
 - `loopline.tasks.base`: Task, Hyperparameters, FeatureOptions, NoOptions, NoParams,
-  LabelSet, LivePicture and the abilities (HumanLabels, FolderSource, Pretraining,
-  Explaining, Explanation, PretrainResult);
+  LabelSet, LivePicture, EVENT_TIME (the event-time column of `Task.monitor_inputs`) and
+  the abilities (HumanLabels, FolderSource, Pretraining, Explaining, Explanation,
+  PretrainResult);
 - `loopline.tasks.rows`: RowTask, RowServing;
 - `loopline.config`: Section, Dimension, Params;
 - `loopline.offline.features`: FeatureSpec, fit_normalization, normalize, scale_target,
@@ -63,6 +64,7 @@ from loopline.online.adapter import (
 from loopline.online.adapter import Explaining as ServingExplaining
 from loopline.online.models import LoadedModel
 from loopline.tasks.base import (
+    EVENT_TIME,
     Explaining,
     Explanation,
     FeatureOptions,
@@ -81,6 +83,7 @@ from loopline.tasks.rows import RowServing, RowTask
 from loopline.testing import ContractViolation, check_task, contract_report
 
 __all__ = [
+    "EVENT_TIME",
     "Answer",
     "BadInput",
     "ClassScores",

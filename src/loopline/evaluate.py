@@ -1,5 +1,8 @@
-"""Moved to `loopline.offline.evaluate` (this name stays for task packages written before)."""
+"""Moved to `loopline.offline.evaluate` (this name stays for task packages written before);
+names that left the shared core for a task family are forwarded there
+(`loopline.tasks.former`)."""
 
 from loopline._moved import forward
+from loopline.tasks.former import FORMER_NAMES
 
-__getattr__ = forward(__name__, "loopline.offline.evaluate")
+__getattr__ = forward(__name__, "loopline.offline.evaluate", elsewhere=FORMER_NAMES[__name__])

@@ -7,6 +7,7 @@ Environment variables switch any part to a server: `MLFLOW_TRACKING_URI`, `PREFE
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,8 +145,6 @@ def apply_environment(paths: ProjectPaths) -> None:
     """Set `orchestrator_environment` defaults without overriding what the user set, and
     keep the libraries' INFO chatter (DVC's git hints, MLflow's migrations) off the console,
     where the flow reports its own progress per stage."""
-    import logging
-
     paths.state.mkdir(parents=True, exist_ok=True)
     for key, value in orchestrator_environment(paths).items():
         os.environ.setdefault(key, value)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import re
 from typing import Any
+from urllib.parse import unquote
 
 MASK = "***"
 
@@ -40,8 +41,6 @@ def remember_secret(value: str | None) -> None:
 def remember_url_secrets(url: str | None) -> None:
     """Register the password of `url` (as written and decoded), so it stays masked even
     where a library prints it outside a URL."""
-    from urllib.parse import unquote
-
     if not url or "://" not in url:
         return
     match = _URL_PASSWORD.search(url)

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 from loopline.errors import ChampionMoved, RegistryError, RegistryUnreachable
 
@@ -238,8 +239,6 @@ def champion_lock(tracking_uri: str, name: str, timeout_s: float = 120.0) -> Ite
     if url.startswith("sqlite:"):
         target = Path(url.split(":///", 1)[1]).with_suffix(f".{name}.champion.lock")
     elif url.startswith("file:"):
-        from urllib.parse import unquote, urlparse
-
         target = Path(unquote(urlparse(url).path))
     else:
         raise RegistryError(
@@ -548,6 +547,47 @@ def _next_stamp(tags: list[tuple[str, dict[str, Any]]]) -> datetime:
     return now
 
 
+def existing_version(tracking_uri: str, name: str, version: str):
+    """The registered `version` of `name`; RegistryError naming the versions there are."""
+    return _existing_version(client(tracking_uri), name, str(version))
+
+
+def version_tags(tracking_uri: str, name: str, version: str) -> dict[str, str]:
+    """One registered version's tags."""
+    return client(tracking_uri).get_model_version(name, str(version)).tags or {}
+
+
+def model_tags(tracking_uri: str, name: str) -> dict[str, str]:
+    """A registered model's own tags (the champion history, a running deployment)."""
+    return client(tracking_uri).get_registered_model(name).tags or {}
+
+
+def set_model_tag(tracking_uri: str, name: str, key: str, value: str) -> None:
+    client(tracking_uri).set_registered_model_tag(name, key, value)
+
+
+def delete_model_tag(tracking_uri: str, name: str, key: str) -> None:
+    client(tracking_uri).delete_registered_model_tag(name, key)
+
+
+def model_names(tracking_uri: str, tagged: str | None = None) -> list[str]:
+    """Every registered model's name, sorted (only those holding tag `tagged`, if given),
+    read page by page."""
+    mlflow_client, names, token = client(tracking_uri), [], None
+    while True:
+        page = mlflow_client.search_registered_models(max_results=100, page_token=token)
+        names += [m.name for m in page if tagged is None or (m.tags or {}).get(tagged)]
+        token = page.token
+        if not token:
+            return sorted(names)
+
+
+def model_versions(tracking_uri: str, name: str) -> list[Any]:
+    """Every registered version of `name`, newest first."""
+    versions = client(tracking_uri).search_model_versions(f"name='{name}'")
+    return sorted(versions, key=lambda v: int(v.version), reverse=True)
+
+
 def champion_history(tracking_uri: str, name: str) -> list[dict[str, Any]]:
     """Every champion move, oldest first."""
     return [entry for _, entry in _history_tags(client(tracking_uri), name)]
@@ -620,12 +660,13 @@ def download_champion(tracking_uri: str, name: str, dest: Path) -> tuple[Path, A
 
 def load_champion(tracking_uri: str, name: str, dest: Path):
     """(onnx session, feature spec, version) of the current champion, or None."""
-    from loopline.offline.export import embedded_spec, onnx_session
-
     downloaded = download_champion(tracking_uri, name, dest)
     if downloaded is None:
         return None
     folder, version = downloaded
+    # Imported here: export pulls in torch, and the CLI's light commands read the registry.
+    from loopline.offline.export import embedded_spec, onnx_session
+
     session = onnx_session(folder / "model.onnx")
     return session, embedded_spec(session), version
 
@@ -633,7 +674,7 @@ def load_champion(tracking_uri: str, name: str, dest: Path):
 def recent_models(tracking_uri: str, name: str, count: int, dest: Path) -> list[tuple[Any, Any]]:
     """(onnx session, feature spec) of the last `count` registered versions, newest first
     (say, a committee for active learning)."""
-    from loopline.offline.export import embedded_spec, onnx_session
+    from loopline.offline.export import embedded_spec, onnx_session  # torch: see above
 
     with using_tracking_uri(tracking_uri):
         versions = client(tracking_uri).search_model_versions(f"name = '{name}'")

@@ -50,8 +50,26 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from loopline.config import Dimension, Params, Section, apply_overrides, check_space
-from loopline.tasks.base import Task
+from loopline.config import (
+    SHARED_SECTIONS,
+    Dimension,
+    Params,
+    Section,
+    apply_overrides,
+    check_space,
+)
+from loopline.offline.evaluate import Evaluation
+from loopline.offline.export import SPEC_KEY, embedded_spec, export_and_check, onnx_session
+from loopline.offline.features import FeatureSpec, build_features
+from loopline.offline.labeling import Examples
+from loopline.offline.split import split_and_fit
+from loopline.offline.train import fit, initial_model
+from loopline.offline.validate import validate_rows
+from loopline.online.adapter import Answer, Serving, items_from_rows
+from loopline.online.models import LoadedModel, ModelLoadError, check_model
+from loopline.params import params_model
+from loopline.tasks import get_task
+from loopline.tasks.base import Task, contract_problems
 
 SETS = ("train", "val", "test")
 SCHEMA_TYPES = ("float", "string", "datetime")
@@ -247,7 +265,6 @@ def first_point(space: dict[str, Dimension]) -> dict[str, Any]:
 def request_items(request: type, rows: pd.DataFrame) -> list[Any]:
     """Request items of type `request` (a pydantic model) from raw rows: each field takes
     the row's column of its name (or alias); columns it does not name are left out."""
-    from loopline.online.adapter import items_from_rows
 
     return items_from_rows(request, rows)
 
@@ -305,9 +322,6 @@ class _ContractRun:
     # -------------------------------------------------------------- contract and params
 
     def _contract(self) -> str:
-        from loopline.config import SHARED_SECTIONS
-        from loopline.tasks import get_task
-        from loopline.tasks.base import contract_problems
 
         given = self.given
         if isinstance(given, str):
@@ -338,8 +352,6 @@ class _ContractRun:
 
     def _params(self) -> str:
         from pydantic import ValidationError
-
-        from loopline.config import params_model
 
         given = self.given_params
         if isinstance(given, Params):
@@ -385,7 +397,6 @@ class _ContractRun:
         return f"{len(self.raw_frame)} rows generated from the schema and rules"
 
     def _rules(self) -> str:
-        from loopline.offline.validate import validate_rows
 
         task, params = self.task, self.params
         report = validate_rows(
@@ -404,8 +415,6 @@ class _ContractRun:
         return f"{len(report.bad)} of {report.total} rows quarantined" if len(report.bad) else ""
 
     def _features(self) -> str:
-        from loopline.offline.features import FeatureSpec, build_features
-        from loopline.offline.split import split_and_fit
 
         task, params = self.task, self.params
         frame, spec = build_features(task, self.good, params)
@@ -431,8 +440,6 @@ class _ContractRun:
     def _model(self) -> str:
         import torch
 
-        from loopline.offline.train import initial_model
-
         point = first_point(self.params.tune.search_space)
         self.start = initial_model(self.task, self.spec, point, self.params)
         model = self.start.model
@@ -443,7 +450,6 @@ class _ContractRun:
         return f"from {point}"
 
     def _examples(self) -> str:
-        from loopline.offline.labeling import Examples
 
         dynamic = set(self.start.model.exportable()[1])
         made = {s: self.task.examples(self.frame, self.spec, s) for s in SETS}
@@ -483,7 +489,6 @@ class _ContractRun:
         return ", ".join(f"{s} x {made[s].x.shape} y {made[s].y.shape}" for s in SETS)
 
     def _training(self) -> str:
-        from loopline.offline.train import fit
 
         params, start = self.params, self.start
         result = fit(
@@ -507,7 +512,6 @@ class _ContractRun:
         return f"train loss {epoch.train_loss:.4g}, val loss {epoch.val_loss:.4g}"
 
     def _evaluation(self) -> str:
-        from loopline.offline.evaluate import Evaluation
 
         task, params = self.task, self.params
         evaluation = task.evaluate(self.frame, self.spec, self.model, params, None)
@@ -526,7 +530,6 @@ class _ContractRun:
         return f"model {evaluation.scores['model'].headline()} ({decision})"
 
     def _export(self) -> str:
-        from loopline.offline.export import SPEC_KEY, embedded_spec, export_and_check, onnx_session
 
         params = self.params
         golden = self.task.examples(self.frame, self.spec, "val").x[: params.export.golden_batch]
@@ -545,13 +548,15 @@ class _ContractRun:
             embedded_spec(self.session, self.task) == self.spec,
             "the exported spec reads back changed",
         )
+        try:  # what a model published without a golden batch is checked on at load
+            check_model(self.session, self.spec, self.folder / "no-golden", task=self.task)
+        except ModelLoadError as error:
+            raise ContractViolation(f"probe_input(spec): {error}") from None
         return f"parity max |diff| {parity.max_abs_diff:.2g} on {parity.rows} rows"
 
     # -------------------------------------------------------------- serving
 
     def _serving(self) -> str:
-        from loopline.online.adapter import Answer
-        from loopline.online.models import LoadedModel
 
         adapter = getattr(self.task, "Serving", None)  # a bound family: its own types
         if adapter is None:
@@ -571,17 +576,9 @@ class _ContractRun:
         serving = adapter(self.task, self.params)
         rows = self.frame[self.frame["split"] == "test"]
         rows = rows[[c for c in self.task.schema_for(self.params) if c in rows.columns]]
-        try:
-            if self.items:
-                items = self.items(rows.head(SERVED_ROWS))
-            else:  # the adapter says what clients send for rows (say, windows of them)
-                items = serving.requests(rows.head(STREAMED_ROWS), model)[:SERVED_ROWS]
-            lines = serving.stream_lines(rows.head(STREAMED_ROWS))
-        except Exception as error:
-            raise _Broken(
-                f"cannot build {adapter.Request.__name__} items from test rows "
-                f"({_explain(error)}); pass check_task(items=...) to build them"
-            ) from None
+        items, lines = self._requests(serving, adapter, rows, model), []
+        if adapter.StreamLine is not None:
+            lines = self._stream_lines(serving, adapter, rows)
         _require(items, "no request item from the test rows (Serving.requests made none)")
         for item in items:
             serving.check(item, model)
@@ -601,6 +598,55 @@ class _ContractRun:
                 ]
         _require(not problems, "; ".join(problems))
         return f"{len(answers)} answers for {len(items)} items"
+
+    def _requests(self, serving, adapter, rows: pd.DataFrame, model) -> list[Any]:
+        """The `/predict` items for test rows: `check_task(items=...)`'s, else the
+        adapter's own (`Serving.requests`)."""
+        try:
+            if self.items:
+                return self.items(rows.head(SERVED_ROWS))
+            # The adapter says what clients send for rows (say, several rows per item).
+            return serving.requests(rows.head(STREAMED_ROWS), model)[:SERVED_ROWS]
+        except Exception as error:
+            made_by = (
+                "check_task(items=...)"
+                if self.items
+                else _made_by(
+                    adapter, "requests", "one item per row, each field from the column of its name"
+                )
+            )
+            raise _Broken(
+                f"cannot build {adapter.Request.__name__} items from test rows with "
+                f"{made_by} ({_explain(error)})"
+            ) from None
+
+    def _stream_lines(self, serving, adapter, rows: pd.DataFrame) -> list[Any]:
+        """The `/stream` lines for test rows (`Serving.stream_lines`)."""
+        try:
+            return serving.stream_lines(rows.head(STREAMED_ROWS))
+        except Exception as error:
+            made_by = _made_by(
+                adapter,
+                "stream_lines",
+                "one line per row, each field from the column of its name; it does not call "
+                "`requests()`",
+            )
+            raise _Broken(
+                f"cannot build {adapter.StreamLine.__name__} stream lines from test rows with "
+                f"{made_by} ({_explain(error)})"
+            ) from None
+
+
+def _made_by(adapter: type, method: str, default: str) -> str:
+    """Who made the items: the adapter's own method, or the default one (what it does and
+    what to override)."""
+
+    if getattr(adapter, method) is not getattr(Serving, method):
+        return f"{adapter.__name__}.{method}()"
+    return (
+        f"the default Serving.{method}() ({default}): override {method}() in "
+        f"{adapter.__name__} to make them from rows of your data"
+    )
 
 
 class _Skip(Exception):
@@ -650,8 +696,6 @@ def _schema_problems(task: Task) -> list[str]:
 
 def _serving_problems(cls: type) -> list[str]:
     from pydantic import BaseModel
-
-    from loopline.online.adapter import Serving
 
     adapter = getattr(cls, "Serving", None)
     if adapter is None:

@@ -1,6 +1,6 @@
 """The data contract on the built-in data: every real reading passes the suite."""
 
-from loopline.config import parse_params
+from loopline.params import parse_params
 from loopline.tasks import get_task
 from loopline.offline.validate import validate_rows
 

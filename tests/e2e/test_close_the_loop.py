@@ -45,7 +45,7 @@ PARAMS = {
     # Two windows in a row: the thresholds keep their false-alarm rate on autocorrelated
     # days (issue 24), so a cloudy spell in a clean November no longer crosses them; with
     # 32 reference days they are high, and the failed string is caught two days in.
-    "monitor": {"window": "1D", "min_windows": 2, "signals": ["live_quality"]},
+    "monitor": {"period": "1D", "min_periods": 2, "signals": ["live_quality"]},
     "schedule": {"cron": "0 2 * * *", "monitor_cron": "15 * * * *"},
 }
 
@@ -66,7 +66,7 @@ def loopline(root: Path, env: dict, *args: str, timeout: int = 600) -> str:
 def readings(root: Path, start: str, end: str, fault: pd.Timestamp | None = None) -> list[dict]:
     """The builtin site's raw rows in [start, end) as stream lines; with `fault`, the
     measured power from then on scaled by `SCALE`."""
-    from loopline.config import load_params
+    from loopline.params import load_params
 
     params = load_params(root / "params.yaml")
     raw = params.plugin.load_builtin(params)
@@ -80,7 +80,7 @@ def replay(url: str, rows: list[dict]) -> None:
     from loopline.online.stream_client import stream_readings
 
     stats = asyncio.run(stream_readings(url, rows, lambda answer: None, rate=0))
-    assert stats.errors == 0 and stats.forecasts > 0
+    assert stats.errors == 0 and stats.answers > 0
 
 
 def monitoring_rows(root: Path) -> pd.DataFrame:
@@ -183,7 +183,7 @@ def test_a_clean_month_raises_no_alarm_and_starts_nothing(loop):
     rows = monitoring_rows(root)
     quality = rows[(rows["signal"] == "live_quality") & (rows["feature"] == "*")]
     tested = quality[quality["statistic"].notna()]
-    assert len(tested) >= 30, quality[["window_start", "rows", "note"]]
+    assert len(tested) >= 30, quality[["period_start", "rows", "note"]]
     assert not rows["alarm"].any()
     assert offline_runs(env) == []  # nothing started
 
@@ -199,7 +199,7 @@ def test_soiling_raises_the_alarm_that_retrains_on_live_rows_through_the_paired_
     rows = monitoring_rows(root)
     alarms = rows[(rows["signal"] == "live_quality") & rows["alarm"]]
     assert len(alarms), rows[rows["signal"] == "live_quality"].tail(20)
-    first = pd.Timestamp(alarms["window_start"].min()).tz_localize(None).tz_localize("UTC")
+    first = pd.Timestamp(alarms["period_start"].min()).tz_localize(None).tz_localize("UTC")
     assert FAULT <= first <= FAULT + pd.Timedelta(days=DETECTION_WINDOWS)
     assert (rows["signal"] == "retrain").sum() == 1
 

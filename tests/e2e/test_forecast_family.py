@@ -181,7 +181,7 @@ def test_solar_publishes_a_site_given_by_coordinates(roof):
 
 
 def test_solar_forecasts_the_site_through_the_service(roof):
-    from loopline.config import load_params
+    from loopline.params import load_params
     from loopline.tasks.solar.task import ac_power, site_weather
 
     root, _ = roof

@@ -95,9 +95,9 @@ def test_loopline_run_publishes_an_onnx_champion(fresh_project, tmp_path):
 
     from loopline import registry
     from loopline.offline.export import embedded_spec, onnx_session, run_onnx
-    from loopline.offline.labeling import make_windows
     from loopline.offline.train import load_checkpoint, predict
     from loopline.tasks import get_task
+    from loopline.tasks.forecast.windows import make_windows
 
     uri = listing["tracking_uri"]
     folder = registry.download_model(uri, "models:/solar@champion", tmp_path / "m")
@@ -116,7 +116,7 @@ def test_loopline_run_publishes_an_onnx_champion(fresh_project, tmp_path):
 
     rows = SnapshotStore(root / "data" / "solar").load()
     frame = solar.add_labels(solar.add_features(rows, spec), spec)
-    windows = make_windows(frame, spec, spec.window)
+    windows = make_windows(frame, spec, spec.options.window)
     assert len(windows) > 100
     onnx_out = run_onnx(session, windows.x)
     np.testing.assert_allclose(onnx_out, predict(model, windows.x), atol=1e-3, rtol=1e-4)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from loopline.config import parse_params
 from loopline.offline.evaluate import score
 from loopline.offline.features import build_features
-from loopline.offline.labeling import make_windows
 from loopline.offline.split import split_and_fit, without_test
 from loopline.offline.train import predict, train_model
+from loopline.params import parse_params
 from loopline.tasks import get_task
+from loopline.tasks.forecast.windows import make_windows
 from tests.conftest import TINY
 
 SOLAR = get_task("solar")
@@ -36,14 +36,14 @@ def trained():
         "cell": "gru",
     }
     result, spec = train_model(SOLAR, without_test(frame, "timestamp"), spec, hparams, params)
-    val = make_windows(frame, spec, spec.window, target_set="val", history_sets=("gap",))
+    val = make_windows(frame, spec, spec.options.window, target_set="val", history_sets=("gap",))
     return result.model, spec, val
 
 
 def test_forecasts_are_physical(trained):
     model, spec, val = trained
     out = predict(model, val.x)
-    assert out.shape == (len(val), spec.horizon)
+    assert out.shape == (len(val), spec.options.horizon)
     assert (out >= 0).all()
     assert out.max() < spec.options.system["pdc0_w"] * 1.2
 

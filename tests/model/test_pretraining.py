@@ -38,7 +38,7 @@ from loopline.tasks.text.tokens import Vocabulary
 WORDS = ["가나다라", "마바사", "아자차카", "타파하", "고노도", "로모보소", "오조초", "코토포호"]
 POSITIVE, NEGATIVE = ["좋구나", "최고다"], ["별로다", "싫구나"]
 HPARAMS = {"embed_size": 16, "hidden_size": 32, "kernel_size": 3, "layers": 2, "dropout": 0.0}
-SPEC = FeatureSpec("reviews", [], "label", 1, "", "movie_id", "")
+SPEC = FeatureSpec("reviews", [], "label")
 
 
 def toy_texts(n: int, seed: int) -> list[str]:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from loopline.config import TrainParams, parse_params
+from loopline.config import TrainParams
 from loopline.offline.labeling import Examples
 from loopline.offline.train import fit, initial_model, save_checkpoint
 from loopline.offline.transfer import (
@@ -22,6 +22,7 @@ from loopline.offline.transfer import (
     read_checkpoint,
     start_from,
 )
+from loopline.params import parse_params
 from loopline.tasks.digits.task import DigitsTask
 from loopline.tasks.image.model import ImageClassifier
 from loopline.tasks.image.task import ImageHyperparameters as DigitsHyperparameters

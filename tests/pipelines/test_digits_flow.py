@@ -40,7 +40,7 @@ TINY_DIGITS = {
 def test_digits_run_publishes_an_accurate_cnn_champion(tmp_path, monkeypatch):
     from loopline.offline.export import run_onnx
     from loopline.tasks.digits.task import DigitsTask
-    from loopline.tasks.image.task import images
+    from loopline.tasks.image.images import images
     from pipelines.offline import offline_flow
 
     for var in ("MLFLOW_TRACKING_URI", "LOOPLINE_HOME"):
@@ -164,7 +164,7 @@ def _image_folder(folder, per_class: int = 25, side: int = 24):
 def test_an_image_folder_is_read_resized_in_rgb_and_bad_files_quarantined(tmp_path, monkeypatch):
     import pandas as pd
 
-    from loopline.tasks.image.task import image_from_bytes
+    from loopline.tasks.image.images import image_from_bytes
     from pipelines.offline import offline_flow
 
     for var in ("MLFLOW_TRACKING_URI", "LOOPLINE_HOME"):

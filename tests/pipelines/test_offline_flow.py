@@ -95,8 +95,8 @@ def test_champion_onnx_matches_its_spec_and_serves_any_batch(published, tmp_path
     assert json.loads(session.get_modelmeta().custom_metadata_map[SPEC_KEY]) == json.loads(
         spec.to_json()
     )
-    x = np.zeros((5, spec.window, len(spec.feature_columns)), np.float32)
-    assert run_onnx(session, x).shape == (5, spec.horizon)
+    x = np.zeros((5, spec.options.window, len(spec.feature_columns)), np.float32)
+    assert run_onnx(session, x).shape == (5, spec.options.horizon)
 
 
 def test_champion_carries_its_reference_profile(published, tmp_path):
@@ -117,8 +117,8 @@ def test_monitor_pass_reports_once_per_window(published):
     """The monitoring flow on a log of the champion's (perfect) forecasts of the last days:
     windows tested, a report in MLflow, rows in the monitoring table; a second pass finds
     nothing new to test."""
-    from loopline.config import load_params
     from loopline.online.predlog import PredictionLog, PredictionRecord
+    from loopline.params import load_params
     from loopline.watch.monitor import MonitoringStore
     from pipelines.monitoring import monitoring_flow
 
@@ -146,16 +146,16 @@ def test_monitor_pass_reports_once_per_window(published):
             )
     writer.close()
     first = monitoring_flow(root=str(root))
-    assert first["windows"] >= 4 and first["predictions"] > 100
+    assert first["periods"] >= 4 and first["predictions"] > 100
     assert not [a for a in first["alarms"] if a["signal"] == "live_quality"]
     run = registry.client(paths.tracking_uri()).get_run(first["mlflow_run_id"])
     assert run.data.tags["loopline.monitor.alarm"] in ("true", "false")
     artifacts = registry.client(paths.tracking_uri()).list_artifacts(run.info.run_id, "monitor")
     assert {Path(a.path).name for a in artifacts} == {"monitor.json", "monitor.png", "monitor.html"}
     second = monitoring_flow(root=str(root))
-    assert second["windows"] == 0
+    assert second["periods"] == 0
     table = MonitoringStore(paths.prediction_log_url(params)).rows("solar")
-    assert not table.duplicated(["model_version", "signal", "feature", "window_start"]).any()
+    assert not table.duplicated(["model_version", "signal", "feature", "period_start"]).any()
 
 
 def test_rerun_with_nothing_new_does_not_train(published):
@@ -179,7 +179,7 @@ def test_missing_source_is_named_and_changes_nothing(published):
 def test_too_many_bad_rows_quarantine_and_stop(published):
     root, _ = published
     before = state(root)
-    from loopline.config import parse_params
+    from loopline.params import parse_params
     from loopline.tasks import get_task
 
     params = parse_params({"solar": {"sites": ["greensboro"]}})

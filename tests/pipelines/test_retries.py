@@ -33,7 +33,7 @@ def test_transient_means_io_that_may_come_back():
 def ingest_once(project, overrides):
     from prefect import flow
 
-    from loopline.config import load_params
+    from loopline.params import load_params
     from loopline.paths import ProjectPaths
     from pipelines.offline import ingest
 
@@ -49,7 +49,7 @@ def ingest_once(project, overrides):
 
 
 def test_a_database_that_is_briefly_away_is_retried(project, prefect_harness, tmp_path):
-    from loopline.config import parse_params
+    from loopline.params import parse_params
     from loopline.tasks import get_task
     from tests.conftest import TINY
 

@@ -34,7 +34,7 @@ def test_next_run_is_read_in_the_schedule_time_zone():
     [("schedule.cron=every day", "schedule.cron"), ("schedule.timezone=Mars/Base", "Mars/Base")],
 )
 def test_bad_schedule_params_are_refused_by_name(tmp_path, override, named):
-    from loopline.config import load_params
+    from loopline.params import load_params
 
     root = write_project(tmp_path / "p", TINY)
     with pytest.raises(ConfigError, match=named):

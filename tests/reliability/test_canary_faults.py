@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from loopline import registry
 from loopline.app.cli import app
-from loopline.config import load_params
+from loopline.params import load_params
 from loopline.paths import ProjectPaths
 from loopline.watch import deploy
 from tests.serving.conftest import publish_tiny_model, service_app

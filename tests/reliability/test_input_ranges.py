@@ -108,7 +108,7 @@ def test_a_stream_line_out_of_range_is_refused_naming_the_field():
 
 
 def test_a_forecast_familys_own_types_check_their_times_too():
-    from loopline.config import parse_params
+    from loopline.params import parse_params
 
     params = parse_params(
         {"task": "forecast", "forecast": {"entity": "meter", "target": "kw", "lags": [2]}}

@@ -11,8 +11,8 @@ import logging
 from starlette.testclient import TestClient
 
 from loopline.app.ui.app import Project, create_app
-from loopline.config import load_params
 from loopline.online.predlog import read_predictions
+from loopline.params import load_params
 from loopline.paths import ProjectPaths
 from tests.serving.conftest import service_app
 from tests.serving.test_service_api import window

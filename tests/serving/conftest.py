@@ -36,18 +36,19 @@ def publish_tiny_model(
     import torch
 
     from loopline import registry
-    from loopline.config import load_params
     from loopline.offline.export import SPEC_KEY, export_and_check, onnx_session, run_onnx
     from loopline.offline.features import fit_normalization
-    from loopline.offline.labeling import make_windows
+    from loopline.params import load_params
     from loopline.paths import ProjectPaths
     from loopline.tasks import get_task
+    from loopline.tasks.forecast.options import with_window
+    from loopline.tasks.forecast.windows import make_windows
 
     paths = ProjectPaths.at(root)
     params = load_params(paths.params_file)
     task = get_task("solar")
     frame, spec = training_frame(params)
-    spec = fit_normalization(spec, frame).with_window(window)
+    spec = with_window(fit_normalization(spec, frame), window)
     torch.manual_seed(seed)
     hparams = task.Hyperparameters(
         learning_rate=1e-3,
@@ -146,7 +147,7 @@ def served_project(registry_template, tmp_path, monkeypatch) -> Path:
 
 def raw_readings(start: str, hours: int, site: str = SITE):
     """Raw builtin rows of one site (any builtin one) as reading dicts (JSON-ready)."""
-    from loopline.config import parse_params
+    from loopline.params import parse_params
     from loopline.tasks import get_task
 
     params = parse_params({**TINY, "solar": {"sites": [site]}})
@@ -174,7 +175,7 @@ def service_app(startup_wait_s: float = 120.0):
     """
     import prometheus_client
 
-    from serving.champion import boot_params
+    from serving.boot import class_params
     from serving.service import service_for
 
     registry = prometheus_client.REGISTRY
@@ -185,7 +186,7 @@ def service_app(startup_wait_s: float = 120.0):
     import os
 
     environ = {**os.environ, "LOOPLINE_SERVE_STARTUP_WAIT_S": str(startup_wait_s)}
-    return service_for(boot_params(environ)).to_asgi()
+    return service_for(class_params(environ), environ).to_asgi()
 
 
 @contextlib.contextmanager

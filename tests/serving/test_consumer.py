@@ -36,7 +36,7 @@ def readings(count: int) -> list[dict]:
     """`count` hourly readings of one site: the builtin year, repeated a year apart and
     ending with the builtin year itself (times keep increasing, so every reading is new to
     the series, and none is in the future, which the data contract refuses)."""
-    from loopline.config import parse_params
+    from loopline.params import parse_params
     from loopline.tasks import get_task
     from tests.conftest import TINY
 
@@ -99,7 +99,7 @@ def answers(client, stream: str) -> list[tuple[str, dict]]:
 def logged(root: Path) -> pd.DataFrame:
     from sqlalchemy import create_engine
 
-    from loopline.config import load_params
+    from loopline.params import load_params
     from loopline.paths import ProjectPaths
 
     paths = ProjectPaths.at(root)

@@ -18,8 +18,8 @@ from tests.serving.test_service_api import wait_for, window
 
 def logged(root, timeout_s: float = 10.0, want=lambda rows: True):
     """The prediction log's rows once `want` holds of them (the writer flushes each second)."""
-    from loopline.config import load_params
     from loopline.online.predlog import read_predictions
+    from loopline.params import load_params
 
     paths = ProjectPaths.at(root)
     url = paths.prediction_log_url(load_params(paths.params_file))
@@ -80,7 +80,7 @@ def test_a_challenger_that_fails_to_load_is_refused_and_the_champion_answers(ser
 def refused_challenger(root, uri: str) -> None:
     from starlette.testclient import TestClient
 
-    from loopline.config import load_params
+    from loopline.params import load_params
 
     made = deploy.start(uri, "solar", "1", "canary", 100.0, "broken")
     with TestClient(service_app()) as client:

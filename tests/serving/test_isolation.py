@@ -102,7 +102,7 @@ def two_site_model(champion):
 
 
 def solar_serving(sites: list[str]):
-    from loopline.config import parse_params
+    from loopline.params import parse_params
     from loopline.tasks import get_task
     from tests.conftest import TINY
 

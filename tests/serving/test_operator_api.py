@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 
 from loopline import registry
 from loopline.app.ui.app import Project, create_app
-from loopline.config import load_params
+from loopline.params import load_params
 from loopline.paths import ProjectPaths
 
 TOKEN = "a-token-of-sixteen-or-more"

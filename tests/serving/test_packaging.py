@@ -304,9 +304,10 @@ def test_bentoml_build_stores_the_service_code(bento):
     src = path / "src"
     assert (src / "serving" / "service.py").is_file()
     assert (src / "serving" / "asgi.py").is_file()
+    assert (src / "serving" / "framework.py").is_file()
     # src/loopline lands as loopline/ at the Bento's root (is_src_layout), next to serving/,
     # with every built-in task's serving adapter: the one service serves any of them.
-    assert (src / "loopline" / "online.py").is_file()
+    assert (src / "loopline" / "online" / "models.py").is_file()
     assert (src / "loopline" / "serving_adapter.py").is_file()
     from loopline.tasks import BUILTIN, get_task
 

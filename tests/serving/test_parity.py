@@ -17,13 +17,13 @@ from tests.serving.conftest import SITE, raw_readings, service_app
 def test_service_matches_the_offline_model_on_the_test_split(served_project):
     from starlette.testclient import TestClient
 
-    from loopline.config import load_params
-    from loopline.offline.evaluate import onnx_forecasts
     from loopline.offline.export import embedded_spec
     from loopline.online.models import load_version
+    from loopline.params import load_params
     from loopline.paths import ProjectPaths
     from loopline.registry import champion_version
     from loopline.tasks import get_task
+    from loopline.tasks.forecast.scoring import onnx_forecasts
     from loopline.tasks.solar.serving import required_readings
 
     paths = ProjectPaths.at(served_project)

@@ -55,7 +55,7 @@ def client(reviews_root, monkeypatch):
 def offline_probabilities(root, texts):
     from loopline import registry
     from loopline.paths import ProjectPaths
-    from loopline.tasks.text.task import classify
+    from loopline.tasks.text.answers import classify
 
     paths = ProjectPaths.at(root)
     session, spec, _ = registry.load_champion(paths.tracking_uri(), "reviews", root / "tmp")
@@ -132,9 +132,9 @@ def test_stream_answers_every_line_in_order(client):
 
 
 def test_predictions_are_logged_and_join_the_labeling_pool(client, reviews_root):
-    from loopline.config import load_params
     from loopline.offline.human_labels import labeling_pool
     from loopline.online.predlog import read_predictions, text_id
+    from loopline.params import load_params
     from loopline.paths import ProjectPaths
     from loopline.tasks import get_task
 
@@ -163,9 +163,9 @@ def test_classified_texts_are_stored_once_without_a_label(client, reviews_root):
     are not stored."""
     import time
 
-    from loopline.config import load_params
     from loopline.online.live import read_live_inputs
     from loopline.online.predlog import text_id
+    from loopline.params import load_params
     from loopline.paths import ProjectPaths
 
     first, second = "내일 또 보고 싶다 정말로", "다시는 안 본다 진짜"

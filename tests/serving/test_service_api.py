@@ -117,6 +117,23 @@ def test_gap_in_window_is_400(client):
     assert response.status_code == 400 and "consecutive" in response.text
 
 
+def test_a_nan_is_400_naming_it_as_a_wrong_length_is(client):
+    body = {"windows": [window()]}
+    body["windows"][0]["readings"][7]["ghi"] = float("nan")  # json.dumps writes NaN
+    response = client.post(
+        "/predict", content=json.dumps(body), headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400, response.text
+    (problem,) = response.json()["detail"]
+    assert problem["loc"] == ["windows", 0, "readings", 7, "ghi"], problem
+    assert problem["msg"] == "Input should be a finite number"
+
+
+def test_an_empty_batch_is_answered_with_no_items(client):
+    response = client.post("/predict", json={"windows": []})
+    assert response.status_code == 200 and response.json() == [], response.text
+
+
 def test_unknown_site_is_400(client):
     body = {"windows": [window()]}
     body["windows"][0]["site_id"] = "atlantis"
@@ -327,24 +344,20 @@ def test_monitor_gauges_follow_the_monitoring_table(tmp_path):
     """At each alias poll the service reads the monitoring table's latest windows into
     Prometheus gauges (one per signal and version)."""
     from datetime import UTC, datetime
-    from types import SimpleNamespace
 
     from loopline.watch.monitor import MonitoringStore
-    from serving.champion import ChampionService, service_metrics
+    from serving.metrics import service_metrics, show_monitoring
 
     url = f"sqlite:///{tmp_path / 'predictions.db'}"
     now = datetime(2026, 1, 2, tzinfo=UTC)
     row = {
         "model_name": "solar", "model_version": "2", "signal": "live_quality", "feature": "*",
-        "window_start": now, "window_end": now, "rows": 48, "statistic": 1.5, "threshold": 1.0,
+        "period_start": now, "period_end": now, "rows": 48, "statistic": 1.5, "threshold": 1.0,
         "exceeded": True, "streak": 2, "alarm": True, "note": None, "pass_id": "p",
         "computed_at": now,
     }  # fmt: skip
     MonitoringStore(url).add([row])
-    service = SimpleNamespace(
-        predictions=SimpleNamespace(url=url), model_name="solar", metrics=service_metrics()
-    )
-    ChampionService.refresh_monitoring(service)
+    show_monitoring(service_metrics(), url, "solar")
     metrics = process_metrics()
     assert 'loopline_monitor_ratio{signal="live_quality",version="2"} 1.5' in metrics
     assert 'loopline_monitor_alarm{signal="live_quality",version="2"} 1.0' in metrics

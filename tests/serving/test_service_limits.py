@@ -18,7 +18,7 @@ def bentoml_metrics_folder():
 def test_each_service_gets_its_own_prometheus_folder(bentoml_metrics_folder, tmp_path):
     from bentoml.serving import ensure_prometheus_dir
 
-    from serving.champion import use_own_metrics_folder
+    from serving.metrics import use_own_metrics_folder
 
     solar, digits = tmp_path / "solar-3000", tmp_path / "digits-3001"
     solar.mkdir()
@@ -117,7 +117,7 @@ def body_of(chunks: list[bytes], then_wait: bool = False):
 def lines_of(chunks: list[bytes], limit: int = 64, then_wait: bool = False, timeout=None):
     import asyncio
 
-    from serving.champion import ndjson_batches
+    from serving.streams import ndjson_batches
 
     async def collect():
         request = body_of(chunks, then_wait)
@@ -134,7 +134,7 @@ def test_an_over_long_line_is_one_error_and_later_lines_keep_their_numbers():
 
 
 def test_a_line_left_unfinished_times_out_and_a_quiet_client_does_not():
-    from serving.champion import LineTimeout
+    from serving.streams import LineTimeout
 
     with pytest.raises(LineTimeout) as stopped:
         lines_of([b"{}\n", b'{"half'], then_wait=True, timeout=0.2)

@@ -60,8 +60,8 @@ def test_ingest_live_takes_the_served_readings_after_the_snapshot(served_project
     snapshot holds already (its watermark) are skipped."""
     from starlette.testclient import TestClient
 
-    from loopline.config import load_params
     from loopline.offline.ingest import batch_watermarks, fetch_new_rows
+    from loopline.params import load_params
     from loopline.paths import ProjectPaths
 
     readings = raw_readings("2021-02-27", REQUIRED + 24)  # across the snapshot's end

@@ -39,7 +39,7 @@ PANELS = ("#now", "#live", "#health", "#history", "#act")
 def monitored_windows(root) -> None:
     """Rows in the project's monitoring table as `loopline monitor` writes them: four
     daily windows of live quality, the last two over the threshold (an alarm)."""
-    from loopline.config import load_params
+    from loopline.params import load_params
     from loopline.watch.monitor import MonitoringStore
 
     paths = ProjectPaths.at(root)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from loopline.config import parse_params
 from loopline.offline import caching
+from loopline.params import parse_params
 from tests.conftest import TINY
 
 
@@ -115,7 +115,7 @@ def test_a_built_in_task_adds_no_root_of_its_own():
 def test_stages_are_keyed_on_every_section_they_read():
     """The spec holds the forecast horizon (the task's section) and the split's gaps follow the
     search space's windows: changing either gives new keys from that stage on."""
-    from loopline.config import parse_params
+    from loopline.params import parse_params
 
     base = caching.stage_keys(parse_params({}), "v1", code="c")
     horizon = caching.stage_keys(parse_params({"solar": {"horizon": 12}}), "v1", code="c")

@@ -1,7 +1,8 @@
 import pytest
 
-from loopline.config import apply_overrides, load_params, parse_params
+from loopline.config import apply_overrides
 from loopline.errors import ConfigError
+from loopline.params import load_params, parse_params
 
 
 def test_defaults_are_valid_and_fingerprint_is_stable():

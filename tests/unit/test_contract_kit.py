@@ -35,7 +35,7 @@ SMALL_REVIEWS = [
 
 def one_month_of_one_site():
     """The forecaster's frame: March at one site (the whole year is slow to window)."""
-    from loopline.config import parse_params
+    from loopline.params import parse_params
     from loopline.tasks import get_task
 
     params = parse_params({"task": "solar", "solar": {"sites": ["greensboro"]}})
@@ -163,7 +163,7 @@ def test_a_missing_serving_adapter_is_a_skip_that_says_so():
 
 
 def test_sample_rows_follow_the_schema_and_rules():
-    from loopline.config import parse_params
+    from loopline.params import parse_params
     from loopline.tasks import get_task
 
     params = parse_params({"task": "digits"})

@@ -3,10 +3,11 @@ import sqlite3
 import pandas as pd
 import pytest
 
-from loopline.config import IngestParams, parse_params
+from loopline.config import IngestParams
 from loopline.errors import SourceError
 from loopline.offline.datastore import SnapshotStore, atomic_write_text, write_quarantine
 from loopline.offline.ingest import batch_watermarks, newer_than, read_source, within_bounds
+from loopline.params import parse_params
 from loopline.tasks import get_task
 
 SOLAR = get_task("solar")

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from loopline.config import DeployParams, parse_params
+from loopline.config import DeployParams
+from loopline.params import parse_params
 from loopline.watch.deploy import Deployment, judge
 
 SETTINGS = DeployParams(min_observations=100)

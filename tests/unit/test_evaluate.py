@@ -5,16 +5,28 @@ from loopline.offline.evaluate import Scores, score, should_promote, skill
 
 
 def s(rmse, rows=10):
-    return Scores(rmse=rmse, mae=rmse, rmse_per_step=[rmse], rows=rows)
+    return Scores(rmse=rmse, mae=rmse, rows=rows)
 
 
-def test_score_per_step_and_overall():
+def test_score_over_every_output():
     truth = np.array([[0.0, 0.0], [0.0, 0.0]])
     pred = np.array([[3.0, 0.0], [3.0, 0.0]])
     result = score(truth, pred)
-    assert result.rmse_per_step == [3.0, 0.0]
     assert result.rmse == pytest.approx(np.sqrt(4.5))
     assert result.mae == 1.5 and result.rows == 2
+    assert set(result.to_dict()) == {"rmse", "mae", "rows"}
+    # Rows stand alone unless the caller (the task's `loss_dependence`) says otherwise.
+    assert result.per_row.overlap == 1 and score(truth, pred, overlap=4).per_row.overlap == 4
+
+
+def test_the_forecast_family_scores_each_step_ahead():
+    from loopline.tasks.forecast.scoring import StepScores, score_steps
+
+    truth = np.array([[0.0, 0.0], [0.0, 0.0]])
+    pred = np.array([[3.0, 0.0], [3.0, 0.0]])
+    result = score_steps(truth, pred, overlap=2)
+    assert isinstance(result, StepScores) and result.rmse_per_step == [3.0, 0.0]
+    assert result.rmse == pytest.approx(np.sqrt(4.5)) and result.per_row.overlap == 2
 
 
 def test_score_skips_rows_without_truth():
@@ -56,21 +68,27 @@ def test_an_incomparable_champion_holds_the_candidate():
         s(1),
         None,
         {"persistence": s(9)},
-        champion_incomparable="its horizon is 12, the candidate's 24",
+        champion_incomparable="its target_column is 'kw', the candidate's 'mw'",
     )
     assert not decision.promote
-    assert any("horizon is 12" in r for r in decision.reasons)
+    assert any("target_column is 'kw'" in r for r in decision.reasons)
     assert not any("no current champion" in r for r in decision.reasons)
 
 
 def test_incomparable_specs_names_the_difference():
     from loopline.offline.evaluate import incomparable_specs
     from loopline.offline.features import FeatureSpec
+    from loopline.tasks.forecast import ForecastOptions, ForecastTask
 
-    a = FeatureSpec("solar", ["x"], "y", 24, "1h", "site_id", "timestamp")
+    a = FeatureSpec("forecast", ["x"], "y", ForecastOptions(horizon=24))
     assert incomparable_specs(a, a) is None
-    b = FeatureSpec("solar", ["x", "z"], "y", 12, "1h", "site_id", "timestamp", window=48)
-    assert incomparable_specs(a, b) == "its horizon is 12, the candidate's 24"
+    assert incomparable_specs(a, FeatureSpec("forecast", ["x"], "z")) == (
+        "its target_column is 'z', the candidate's 'y'"
+    )
+    # Shared code compares neutral fields only; the family knows its horizon matters.
+    b = FeatureSpec("forecast", ["x", "z"], "y", ForecastOptions(horizon=12, window=48))
+    assert incomparable_specs(a, b) is None
+    assert incomparable_specs(a, b, ForecastTask()) == "its horizon is 12, the candidate's 24"
 
 
 def test_a_champion_with_another_label_set_is_not_scored_against_the_candidate():
@@ -82,7 +100,7 @@ def test_a_champion_with_another_label_set_is_not_scored_against_the_candidate()
     from loopline.tasks.image.task import ImageOptions as DigitsOptions
 
     grey8 = DigitsOptions(image_size=8, channels=1, max_pixel=16.0, augment={})
-    old = FeatureSpec("digits", ["px"], "label", 10, "", "id", "", labels=["0", "1"])
+    old = FeatureSpec("digits", ["px"], "label", labels=["0", "1"])
     new = replace(old, labels=["5", "6"])
     assert incomparable_specs(new, old) == "its labels are ['0', '1'], the candidate's ['5', '6']"
     grey = replace(old, options=grey8)

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from loopline.config import parse_params
 from loopline.errors import ConfigError
+from loopline.params import parse_params
 
 LOAD = {
     "task": "forecast",
@@ -37,6 +37,9 @@ def test_the_section_sets_the_data_contract_and_the_search_space():
     assert task.target_column == "kw" and task.split_kind == "chronological"
     assert params.tune.search_space["window"].choices == [4, 6]
     assert task.split_gap(params) == 6 and task.history_steps(params) == 6 + 4
+    spec = task.new_feature_spec(params)  # the same in time: steps of its hour
+    assert task.split_margin(params, spec) == pd.Timedelta("6h")
+    assert task.history_span(params, spec) == pd.Timedelta("10h")
     fields = task.Serving.StreamLine.model_fields
     assert set(fields) == {"meter", "at", "temp", "kw"}
 
@@ -44,8 +47,9 @@ def test_the_section_sets_the_data_contract_and_the_search_space():
 def test_the_spec_keeps_the_section_for_the_service():
     params = parse_params(LOAD)
     spec = params.plugin.new_feature_spec(params)
-    assert (spec.group_column, spec.time_column, spec.target_column) == ("meter", "at", "kw")
-    assert spec.horizon == 3 and spec.freq == "1h"
+    options = spec.options
+    assert (options.group_column, options.time_column, spec.target_column) == ("meter", "at", "kw")
+    assert options.horizon == 3 and options.freq == "1h" and options.window == 0
     assert spec.options.covariates == ["temp"] and spec.options.season == [2, 4]
     assert spec.feature_columns[:2] == ["kw", "temp"] and "target_lag_2" in spec.feature_columns
 
@@ -92,7 +96,7 @@ def test_a_single_series_needs_no_entity_column():
         {"timestamp": pd.date_range("2024-01-01", periods=4, freq="1h", tz="UTC"), "kw": 1.0}
     )
     out = task.add_features(frame, spec)
-    assert (out[spec.group_column] == "series").all()
+    assert (out[spec.options.group_column] == "series").all()
     assert np.isnan(out["target_lag_1"].iloc[0]) and out["target_lag_1"].iloc[1] == 1.0
     assert "entity" not in task.Serving.Request.model_fields
 
@@ -179,3 +183,20 @@ def test_a_site_without_weather_or_builtin_data_says_what_to_give():
     params = parse_params({"solar": {"sites": [{"name": "roof", "latitude": 1, "longitude": 1}]}})
     with pytest.raises(ValueError, match=r"solar\.sites\.roof: no weather"):
         site_weather(params.solar.sites[0], 2021, None)
+
+
+def test_the_family_answers_the_neutral_hooks_from_its_options():
+    """What the shared core asks a task (its hooks), the family answers from the spec's
+    options: the paired test's overlap, the model check's probe and comparability."""
+    from dataclasses import replace
+
+    from loopline.tasks.forecast.options import with_window
+
+    params = parse_params(LOAD)
+    task = params.plugin
+    spec = with_window(task.new_feature_spec(params), 4)
+    assert task.loss_dependence(spec) == 3  # windows a step apart share 2 of 3 targets
+    assert task.probe_input(spec).shape == (2, 4, len(spec.feature_columns))
+    assert task.incomparable(spec, spec) is None
+    longer = replace(spec, options=replace(spec.options, horizon=6))
+    assert task.incomparable(spec, longer) == "its horizon is 6, the candidate's 3"

@@ -7,10 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from loopline.config import parse_params
 from loopline.offline.features import fit_normalization
+from loopline.params import parse_params
 from loopline.tasks import get_task
 from loopline.tasks.forecast.arrays import day_of_week, day_of_year, hour_of_day, iso_utc
+from loopline.tasks.forecast.options import with_window
 from loopline.tasks.forecast.serving import (
     Window,
     frame_inputs,
@@ -33,7 +34,7 @@ def solar():
     raw = SOLAR.load_builtin(params)
     raw = raw[raw.timestamp < "2021-03-15"].reset_index(drop=True)
     spec = SOLAR.new_feature_spec(params)
-    spec = fit_normalization(spec, SOLAR.add_features(raw, spec)).with_window(24)
+    spec = with_window(fit_normalization(spec, SOLAR.add_features(raw, spec)), 24)
     return raw, spec
 
 
@@ -76,7 +77,7 @@ def test_forecast_family_array_features_equal_the_frame_features():
         {"meter": "a", "timestamp": at, "temp": rng.normal(size=400), "kw": rng.random(400)}
     )
     spec = task.new_feature_spec(params)
-    spec = fit_normalization(spec, task.add_features(raw, spec)).with_window(24)
+    spec = with_window(fit_normalization(spec, task.add_features(raw, spec)), 24)
     required = required_readings(spec)
     windows = windows_of(raw, task, "meter", "a", required, [0, 17, 300])
     np.testing.assert_allclose(
@@ -123,7 +124,7 @@ def test_stream_windows_stay_the_latest_consecutive_readings_past_the_buffer_wra
         {"task": "forecast", "forecast": {"entity": "meter", "target": "kw", "lags": [2]}}
     )
     task = params.plugin
-    spec = task.new_feature_spec(params).with_window(3)  # 5 readings per window
+    spec = with_window(task.new_feature_spec(params), 3)  # 5 readings per window
     state = task.Serving(task, params).open_stream(SimpleNamespace(spec=spec, version="1"))
     line = task.Serving.StreamLine
     at = pd.date_range("2024-01-01", periods=40, freq="1h", tz="UTC")

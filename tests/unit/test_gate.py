@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from loopline.config import Params
 from loopline.offline import gate
 from loopline.offline.evaluate import Decision, judge, score, score_classes, should_promote
 from loopline.offline.gate import GateTest, Paired, RowOutcomes, paired_test
+from loopline.params import parse_params
 
 RULE = Paired(alpha=0.05, seed=3, resamples=499)
 
@@ -35,11 +35,11 @@ def hair_better(errors: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------- the tests
 
 
-def test_diebold_mariano_at_horizon_one_is_the_paired_t_test():
+def test_diebold_mariano_without_overlap_is_the_paired_t_test():
     # With one step the HLN-corrected DM statistic equals the paired t statistic exactly.
     rng = np.random.default_rng(0)
     a, b = rng.gamma(2.0, size=200), rng.gamma(2.1, size=200)
-    statistic, p = gate.diebold_mariano(a, b, horizon=1)
+    statistic, p = gate.diebold_mariano(a, b, overlap=1)
     t = stats.ttest_rel(a, b, alternative="less")
     assert statistic == pytest.approx(t.statistic, rel=1e-9)
     assert p == pytest.approx(t.pvalue, rel=1e-9)
@@ -47,12 +47,12 @@ def test_diebold_mariano_at_horizon_one_is_the_paired_t_test():
 
 def test_diebold_mariano_widens_for_overlapping_windows():
     # Losses that share targets across 6 windows (an MA(5) differential): the HAC variance
-    # over horizon-1 lags is larger, so the same mean is less significant.
+    # over overlap-1 lags is larger, so the same mean is less significant.
     rng = np.random.default_rng(1)
     shocks = rng.normal(size=605)
     d = np.convolve(shocks, np.ones(6) / 6, mode="valid")[:600] - 0.08
-    one = gate.diebold_mariano(d, np.zeros_like(d), horizon=1)
-    six = gate.diebold_mariano(d, np.zeros_like(d), horizon=6)
+    one = gate.diebold_mariano(d, np.zeros_like(d), overlap=1)
+    six = gate.diebold_mariano(d, np.zeros_like(d), overlap=6)
     assert six[1] > one[1]
     assert abs(six[0]) < abs(one[0])
 
@@ -61,7 +61,7 @@ def test_diebold_mariano_edge_cases():
     same = np.ones(50)
     assert gate.diebold_mariano(same, same, 3) == (0.0, 1.0)  # identical: no evidence
     assert gate.diebold_mariano(same * 0.5, same, 3)[1] == 0.0  # always lower by the same
-    assert gate.diebold_mariano(np.arange(3.0), np.ones(3), horizon=24)[1] == 1.0  # too few
+    assert gate.diebold_mariano(np.arange(3.0), np.ones(3), overlap=24)[1] == 1.0  # too few
     with pytest.raises(ValueError, match="at least 2"):
         gate.diebold_mariano(np.ones(1), np.ones(1))
 
@@ -125,9 +125,9 @@ def test_a_win_inside_the_noise_is_held_by_the_paired_gate_and_promoted_by_the_p
 def test_a_clearly_better_forecaster_passes_the_paired_gate():
     rng = np.random.default_rng(6)
     truth = rng.normal(size=(300, 4))
-    champion = score(truth, truth + rng.normal(scale=1.0, size=truth.shape))
-    candidate = score(truth, truth + rng.normal(scale=0.7, size=truth.shape))
-    persistence = score(truth, truth + rng.normal(scale=2.0, size=truth.shape))
+    champion = score(truth, truth + rng.normal(scale=1.0, size=truth.shape), 4)
+    candidate = score(truth, truth + rng.normal(scale=0.7, size=truth.shape), 4)
+    persistence = score(truth, truth + rng.normal(scale=2.0, size=truth.shape), 4)
     decision = should_promote(candidate, champion, {"persistence": persistence}, paired=RULE)
     assert decision.promote
     test = decision.test
@@ -135,7 +135,7 @@ def test_a_clearly_better_forecaster_passes_the_paired_gate():
     assert test.difference == pytest.approx(candidate.rmse - champion.rmse)
     assert test.interval[1] < 0  # the whole interval says "lower RMSE"
     # Worse than a baseline: held whatever the champion test says.
-    held = should_promote(candidate, champion, {"oracle": score(truth, truth)}, paired=RULE)
+    held = should_promote(candidate, champion, {"oracle": score(truth, truth, 4)}, paired=RULE)
     assert not held.promote
 
 
@@ -143,8 +143,8 @@ def test_the_point_rule_is_unchanged_by_rows_travelling_with_the_scores():
     rng = np.random.default_rng(7)
     truth = rng.normal(size=(50, 2))
     noise = rng.normal(size=truth.shape)
-    champion = score(truth, truth + noise)
-    candidate = score(truth, truth + hair_better(noise))
+    champion = score(truth, truth + noise, 2)
+    candidate = score(truth, truth + hair_better(noise), 2)
     assert candidate.rmse < champion.rmse
     point = should_promote(candidate, champion, {})
     assert point == Decision(True, point.reasons)
@@ -154,16 +154,16 @@ def test_the_point_rule_is_unchanged_by_rows_travelling_with_the_scores():
     ]
     assert not should_promote(candidate, champion, {}, paired=RULE).promote
     assert "per_row" not in candidate.to_dict()
-    assert set(candidate.to_dict()) == {"rmse", "mae", "rmse_per_step", "rows"}
+    assert set(candidate.to_dict()) == {"rmse", "mae", "rows"}
     assert "per_row" not in classifier_scores(np.array([0, 1]), np.array([0, 1])).to_dict()
 
 
 def test_the_paired_gate_refuses_scores_without_their_rows():
     from loopline.offline.evaluate import Scores
 
-    bare = Scores(1.0, 1.0, [1.0], 10)
+    bare = Scores(1.0, 1.0, 10)
     with pytest.raises(ValueError, match="each row"):
-        should_promote(bare, Scores(2.0, 2.0, [2.0], 10), {}, paired=RULE)
+        should_promote(bare, Scores(2.0, 2.0, 10), {}, paired=RULE)
     assert should_promote(bare, None, {}, paired=RULE).promote  # no champion: no test
 
 
@@ -176,9 +176,9 @@ def test_judge_follows_params():
         "champion": score(truth, truth + noise),
         "naive": score(truth, truth + 3.0),
     }
-    paired = judge(scores, Params(), None)
+    paired = judge(scores, parse_params({}), None)
     assert paired.decision.rule == "paired" and not paired.decision.promote
-    point = judge(scores, Params.model_validate({"evaluate": {"gate": "point"}}), None)
+    point = judge(scores, parse_params({"evaluate": {"gate": "point"}}), None)
     assert point.decision.rule == "point" and point.decision.promote
 
 
@@ -211,10 +211,10 @@ def test_the_paired_test_reaches_the_run_and_the_champion_history(tmp_path):
     rng = np.random.default_rng(9)
     truth = rng.normal(size=(200, 3))
     scores = {
-        "model": score(truth, truth + rng.normal(scale=0.5, size=truth.shape)),
-        "champion": score(truth, truth + rng.normal(scale=1.0, size=truth.shape)),
+        "model": score(truth, truth + rng.normal(scale=0.5, size=truth.shape), 3),
+        "champion": score(truth, truth + rng.normal(scale=1.0, size=truth.shape), 3),
     }
-    evaluation = judge(scores, Params(), None)
+    evaluation = judge(scores, parse_params({}), None)
     assert evaluation.decision.promote
     record_evaluation(tracker, evaluation, [], "1")
     run = registry.client(uri).get_run(tracker.run_id)

@@ -32,7 +32,7 @@ def overlapping_losses(rng, windows: int, horizon: int, shift: float = 0.0):
     candidate = rng.standard_normal(hours) * (1.0 - shift)
     champion = rng.standard_normal(hours)
     steps = np.arange(windows)[:, None] + np.arange(horizon)[None, :]
-    return RowErrors.of(candidate[steps]), RowErrors.of(champion[steps])
+    return RowErrors.of(candidate[steps], horizon), RowErrors.of(champion[steps], horizon)
 
 
 def former_diebold_mariano(d: np.ndarray, h: int) -> float:

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from loopline.app.cli import app
 from loopline.app.scaffold import TEMPLATES, init_project, templates
-from loopline.config import load_params
+from loopline.params import load_params
 
 runner = CliRunner()
 

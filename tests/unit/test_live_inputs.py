@@ -9,9 +9,9 @@ import uuid
 import pandas as pd
 import pytest
 
-from loopline.config import parse_params
 from loopline.offline.ingest import batch_watermarks, fetch_new_rows, read_source
 from loopline.online.live import LiveInputLog, LiveRow, live_rows, read_live_inputs
+from loopline.params import parse_params
 from loopline.tasks import get_task
 
 SOLAR = get_task("solar")

@@ -7,12 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from loopline.config import load_params
 from loopline.offline.crossval import CrossValidation, corrected_t, fold_frame
 from loopline.offline.datastore import SnapshotStore
 from loopline.offline.features import FeatureSpec
 from loopline.offline.membership import ChampionRows, Membership, comparison_rows
 from loopline.offline.split import SETS, split_and_fit, split_report
+from loopline.params import load_params
 from loopline.tasks.rows import RowTask
 from loopline.tasks.rows.task import RowOptions
 from tests.conftest import write_project
@@ -30,6 +30,7 @@ class Lots(Parts):
 
 
 Lots.split_kind = "grouped"  # (a RowTask's class body is overruled by its declaration)
+Lots.group_column = "lot"
 
 
 def params(tmp_path, **evaluate):
@@ -46,15 +47,11 @@ def parts(ids, grade=None) -> pd.DataFrame:
     )
 
 
-def split(task, frame, p, group=""):
+def split(task, frame, p):
     spec = FeatureSpec(
         task=task.name,
         feature_columns=["width"],
         target_column="grade",
-        horizon=2,
-        freq="",
-        group_column=group or "id",
-        time_column="",
         labels=["a", "b"],
         options=RowOptions(),
     )
@@ -82,7 +79,7 @@ def test_duplicate_keys_a_changed_group_and_conflicting_labels_are_named(tmp_pat
     frame = parts(range(300)).assign(lot=[f"lot{i // 10}" for i in range(300)])
     repeat = frame.iloc[[5, 7]].assign(grade=["a", "b"], lot=["lot0", "lot29"])
     grown = pd.concat([frame, repeat], ignore_index=True)
-    out, spec = split(Lots(), grown, p, group="lot")
+    out, spec = split(Lots(), grown, p)
     # A key is in one set however its rows disagree (its first group decides).
     assert (out.groupby("id")["split"].nunique() == 1).all()
     assert out["lot"].tolist() == grown["lot"].tolist()  # the data itself is not changed
@@ -116,10 +113,6 @@ def test_a_forecasters_membership_is_each_series_periods_and_it_never_scores_the
         task="solar",
         feature_columns=[],
         target_column="power_w",
-        horizon=24,
-        freq="1h",
-        group_column="site_id",
-        time_column="timestamp",
     )
     membership = Membership.of(task, frame, spec)
     assert membership.kind == "periods" and membership.counts() == {

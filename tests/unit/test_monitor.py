@@ -13,7 +13,7 @@ from scipy import stats
 from loopline.config import MonitorParams
 from loopline.offline.features import FeatureSpec
 from loopline.offline.reference import Column, Quality, ReferenceProfile
-from loopline.tasks.forecast.task import ForecastTask
+from loopline.tasks.forecast.task import ForecastOptions, ForecastTask
 from loopline.watch.monitor import (
     Categories,
     MonitoringStore,
@@ -31,14 +31,13 @@ SPEC = FeatureSpec(
     task="forecast",
     feature_columns=["value"],
     target_column="value",
-    horizon=HORIZON,
-    freq="1h",
-    group_column="_series",
-    time_column="timestamp",
+    options=ForecastOptions(
+        horizon=HORIZON, freq="1h", group_column="_series", time_column="timestamp"
+    ),
 )
 # A clean window crosses a signal's threshold with probability 0.01; two in a row alarm.
 SETTINGS = MonitorParams(
-    window="1D", false_alarm_rate=0.01, min_rows=20, min_windows=2, calibration_draws=1000
+    period="1D", false_alarm_rate=0.01, min_rows=20, min_periods=2, calibration_draws=1000
 )
 # Detection within this many windows of the fault (the alarm needs 2 windows over).
 DETECTION_WINDOWS = 3
@@ -112,7 +111,7 @@ def monitor(tmp_path, records, profile, settings=SETTINGS, store=None):
 
 
 def first_alarm(result, signal: str | None = None) -> pd.Timestamp | None:
-    times = [a["window_start"] for a in result.alarms if signal in (None, a["signal"])]
+    times = [a["period_start"] for a in result.alarms if signal in (None, a["signal"])]
     return pd.Timestamp(min(times)) if times else None
 
 
@@ -135,7 +134,7 @@ def test_statistics_equal_scipys():
 
 def test_clean_replay_raises_no_alarm_over_40_windows(tmp_path, reference):
     result = monitor(tmp_path, log_of(series(24 * 42, seed=2)), reference)
-    summary = [w for w in result.windows if w["feature"] == "*"]
+    summary = [w for w in result.periods if w["feature"] == "*"]
     tested = {s: sum(w["signal"] == s for w in summary) for s in ("feature_drift", "live_quality")}
     assert tested["feature_drift"] >= 40 and tested["live_quality"] >= 30
     assert result.alarms == []
@@ -173,9 +172,9 @@ def test_watermark_counts_each_window_once(tmp_path, reference):
     again = monitor(tmp_path, records, reference, store=store)
     rows = store.rows("demo")
     summary = rows[rows["feature"] == "*"]
-    assert not summary.duplicated(["model_version", "signal", "window_start"]).any()
-    assert len(first.windows) and len(second.windows) and again.windows == []
-    assert summary["window_start"].nunique() == 9  # the last day is not complete yet
+    assert not summary.duplicated(["model_version", "signal", "period_start"]).any()
+    assert len(first.periods) and len(second.periods) and again.periods == []
+    assert summary["period_start"].nunique() == 9  # the last day is not complete yet
     assert len(write_report(again, tmp_path / "empty")) == 3  # a pass with nothing new
     latest = latest_signals(f"sqlite:///{tmp_path / 'predictions.db'}", "demo")
     assert {r["signal"] for r in latest} == {"feature_drift", "prediction_drift", "live_quality"}
@@ -187,7 +186,7 @@ def test_bad_input_says_so_without_alarm(tmp_path, reference):
     assert empty.alarms == [] and "no prediction" in empty.notes[0]
     sparse = log_of(series(24 * 5, seed=6)).iloc[::3]  # 8 predictions a day < min_rows
     small = monitor(tmp_path, sparse, reference)
-    assert small.alarms == [] and {w["note"] for w in small.windows} >= {"too small"}
+    assert small.alarms == [] and {w["note"] for w in small.periods} >= {"too small"}
     assert any("fewer than min_rows=20" in n for n in small.notes)
     renamed = log_of(series(24 * 5, seed=7))
     renamed["inputs"] = [{"last": {"timestamp": i["last"]["timestamp"]}} for i in renamed.inputs]
@@ -202,7 +201,7 @@ def test_version_without_profile_is_monitored_for_quality_only(tmp_path):
     result = run_pass(
         ForecastTask(), "demo", log_of(frame), lambda v: Version(SPEC, None, 9.0), SETTINGS, store
     )
-    signals = {w["signal"] for w in result.windows}
+    signals = {w["signal"] for w in result.periods}
     assert signals == {"live_quality"} and any("no reference profile" in n for n in result.notes)
     assert datetime.now(UTC)  # the pass needs no clock of its own
 
@@ -248,8 +247,8 @@ def test_stored_live_inputs_are_the_truth_when_present(tmp_path, reference):
         store,
         stored=stored,
     )
-    quality = [w for w in result.windows if w["signal"] == "live_quality" and w["statistic"]]
-    drift = [w for w in result.windows if w["signal"] == "feature_drift" and w["statistic"]]
+    quality = [w for w in result.periods if w["signal"] == "live_quality" and w["statistic"]]
+    drift = [w for w in result.periods if w["signal"] == "feature_drift" and w["statistic"]]
     assert len(quality) >= 6 and len(drift) >= 6 and result.alarms == []
 
 
@@ -259,7 +258,7 @@ def test_text_label_import_revealing_lower_accuracy_alarms(tmp_path):
     label is imported the monitor says so and raises nothing."""
     from pathlib import Path
 
-    from loopline.config import load_params
+    from loopline.params import load_params
 
     params = load_params(Path(__file__).resolve().parents[2] / "params.yaml", ["task=reviews"])
     task = params.plugin
@@ -332,7 +331,7 @@ def test_an_alarm_starts_one_retrain_per_cooldown(tmp_path, reference):
     now = datetime(2024, 2, 1, 2, 0, tzinfo=UTC)
     first = retrain_decision(result, store, cooldown_h=24, now=now)
     assert first.start and first.reason.startswith("monitoring alarm: ")
-    assert "live_quality of v1 since the window from 2024-01-1" in first.reason
+    assert "live_quality of v1 since the period from 2024-01-1" in first.reason
     # The alarm persists while the retrain runs: the next passes do not start another ...
     later = retrain_decision(result, store, cooldown_h=24, now=now + pd.Timedelta(hours=23))
     assert not later.start and "monitor.cooldown_h 24" in later.reason

@@ -81,10 +81,6 @@ def fitted_spec(task) -> FeatureSpec:
         task=task.name,
         feature_columns=list(task.features),
         target_column=task.target,
-        horizon=2,
-        freq="",
-        group_column="id",
-        time_column="",
         labels=["ok", "worn"],
         options=RowOptions(standardize=True),
     )

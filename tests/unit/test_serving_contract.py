@@ -96,7 +96,7 @@ def test_an_aware_time_and_missing_values_follow_validation():
 
 
 def test_solar_readings_impossible_in_physics_break_the_rules_validation_quarantines():
-    from loopline.config import parse_params
+    from loopline.params import parse_params
     from loopline.tasks import get_task
     from tests.conftest import TINY
 

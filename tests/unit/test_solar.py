@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from loopline.config import parse_params
+from loopline.params import parse_params
 from loopline.tasks import get_task
 
 SOLAR = get_task("solar")

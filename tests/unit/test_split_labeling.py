@@ -4,8 +4,9 @@ import pytest
 
 from loopline.config import SplitParams
 from loopline.offline.features import FeatureSpec, fit_normalization
-from loopline.offline.labeling import add_forecast_labels, make_windows, shifted_values
 from loopline.offline.split import chronological_split, hash_split, share_tolerance
+from loopline.tasks.forecast import ForecastOptions
+from loopline.tasks.forecast.windows import add_forecast_labels, make_windows, shifted_values
 
 
 def hourly(n, site="a", start="2021-01-01", skip=()):
@@ -18,13 +19,12 @@ def hourly(n, site="a", start="2021-01-01", skip=()):
 
 def spec(horizon=3):
     return FeatureSpec(
-        task="t",
+        task="forecast",
         feature_columns=["power_w"],
         target_column="power_w",
-        horizon=horizon,
-        freq="1h",
-        group_column="site_id",
-        time_column="timestamp",
+        options=ForecastOptions(
+            horizon=horizon, freq="1h", group_column="site_id", time_column="timestamp"
+        ),
     )
 
 
@@ -59,7 +59,7 @@ def test_windows_never_span_a_gap_and_carry_their_labels():
 
 def test_chronological_split_keeps_a_gap_between_sets():
     frame = hourly(1000)
-    out = chronological_split(frame, SplitParams(), "timestamp", "1h", gap=24)
+    out = chronological_split(frame, SplitParams(), "timestamp", pd.Timedelta("24h"))
     order = out["split"].tolist()
     first = {name: order.index(name) for name in ("train", "val", "test")}
     assert first["train"] < first["val"] < first["test"]
@@ -73,7 +73,7 @@ def test_chronological_split_keeps_a_gap_between_sets():
 
 def test_windows_stay_inside_their_set():
     frame = add_forecast_labels(hourly(400), spec(horizon=3))
-    out = chronological_split(frame, SplitParams(), "timestamp", "1h", gap=5)
+    out = chronological_split(frame, SplitParams(), "timestamp", pd.Timedelta("5h"))
     s = fit_normalization(spec(horizon=3), out[out.split == "train"])
     train = make_windows(out, s, 5, target_set="train")
     val = make_windows(out, s, 5, target_set="val", history_sets=("gap",))
@@ -84,7 +84,7 @@ def test_windows_stay_inside_their_set():
 
 def test_split_rejects_too_little_data():
     with pytest.raises(ValueError, match="empty"):
-        chronological_split(hourly(10), SplitParams(), "timestamp", "1h", gap=24)
+        chronological_split(hourly(10), SplitParams(), "timestamp", pd.Timedelta("24h"))
 
 
 def test_a_hash_split_meets_its_shares_and_never_moves_a_row():

@@ -19,7 +19,7 @@ def test_answers_errors_and_notices_are_told_apart_without_naming_a_task():
     ):
         _count(stats, line)
     assert (stats.lines, stats.answers, stats.errors) == (4, 2, 1)
-    assert stats.versions == ["3"] and stats.forecasts == 2
+    assert stats.versions == ["3"] and stats.answers == 2
 
 
 def test_a_replay_that_fails_ends_the_stream_with_its_own_error():

@@ -8,7 +8,6 @@ import pandas as pd
 import pytest
 from pydantic import BaseModel
 
-from loopline.config import parse_params
 from loopline.errors import ConfigError, SourceError
 from loopline.offline.evaluate import incomparable_specs
 from loopline.offline.export import export_and_check, onnx_session, run_onnx
@@ -16,6 +15,7 @@ from loopline.offline.train import FitsItself, to_tensors
 from loopline.offline.validate import coerce_types
 from loopline.online.adapter import BadInput
 from loopline.online.models import LoadedModel
+from loopline.params import parse_params
 from loopline.tasks.tabular import TabularTask
 from loopline.tasks.tabular.encoding import OTHER, input_names, unseen
 from loopline.tasks.tabular.serving import TabularRow, TabularServing, row_values

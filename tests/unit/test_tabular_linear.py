@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from loopline.config import Dimension, ExportParams, TrainParams, TuneParams, parse_params
+from loopline.config import Dimension, ExportParams, TrainParams, TuneParams
 from loopline.offline.export import ExportsItself, export_and_check, onnx_session, run_onnx
 from loopline.offline.train import (
     FitsItself,
@@ -20,6 +20,7 @@ from loopline.offline.train import (
     save_checkpoint,
     train_model,
 )
+from loopline.params import parse_params
 from loopline.tasks.tabular.model import Linear
 
 SPLITS = ["train"] * 80 + ["val"] * 20 + ["test"] * 20

@@ -7,8 +7,8 @@ import textwrap
 
 import pytest
 
-from loopline.config import load_params, parse_params
 from loopline.errors import ConfigError
+from loopline.params import load_params, parse_params
 from loopline.tasks import get_task
 
 

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from loopline.config import parse_params
 from loopline.errors import ConfigError
 from loopline.offline.evaluate import evaluate_classifier, score_classes
+from loopline.params import parse_params
 from loopline.tasks.text.task import TextOptions, label_order
 
 COLUMNS = {"key_column": "ticket_id", "text_column": "body", "label_column": "team"}

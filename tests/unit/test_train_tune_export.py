@@ -3,13 +3,14 @@ import pandas as pd
 import pytest
 import torch
 
-from loopline.config import TrainParams, parse_params
+from loopline.config import TrainParams
 from loopline.errors import ParityError
 from loopline.offline.export import check_parity, export_onnx, onnx_session, run_onnx
 from loopline.offline.features import FeatureSpec
 from loopline.offline.labeling import Examples
 from loopline.offline.train import fit, plot_learning_curves, seed_everything
 from loopline.offline.tune import grid_values, run_study
+from loopline.params import parse_params
 from loopline.tasks.solar import SolarTask
 from loopline.tasks.solar.model import Forecaster, Predictor
 from loopline.tasks.solar.task import SolarHyperparameters
@@ -18,10 +19,6 @@ SPEC = FeatureSpec(
     task="t",
     feature_columns=["a", "b"],
     target_column="y",
-    horizon=3,
-    freq="1h",
-    group_column="g",
-    time_column="t",
     target_mean=0.0,
     target_std=1.0,
 )

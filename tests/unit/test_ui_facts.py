@@ -88,23 +88,23 @@ def test_monitor_windows_become_ratio_series_with_their_alarms():
         {
             "signal": ["live_quality"] * 3 + ["feature_drift"],
             "model_version": ["2"] * 4,
-            "window_start": [start, start + pd.Timedelta("1D"), start + pd.Timedelta("2D"), start],
+            "period_start": [start, start + pd.Timedelta("1D"), start + pd.Timedelta("2D"), start],
             "statistic": [0.5, 3.0, None, 0.2],
             "threshold": [1.0, 2.0, None, 0.4],
             "alarm": [False, True, False, False],
             "streak": [0, 2, 0, 0],
             "note": [None, "over", "too small", None],
         }
-    ).sort_values("window_start")
+    ).sort_values("period_start")
     panel = facts._signals_json(rows)
     quality = next(s for s in panel["series"] if s["signal"] == "live_quality")
     assert quality["ratio"] == [0.5, 1.5] and quality["alarm"] == [False, True]
     assert [a["signal"] for a in panel["alarms"]] == ["live_quality"]
-    assert panel["last_window"].startswith("2026-01-03")
+    assert panel["last_period"].startswith("2026-01-03")
 
 
 def test_a_classifier_draws_its_label_mix_and_error_rate_where_people_labelled():
-    from loopline.config import parse_params
+    from loopline.params import parse_params
 
     params = parse_params({"task": "reviews"})
     task = params.plugin

@@ -1,9 +1,9 @@
 import pandas as pd
 import pytest
 
-from loopline.config import parse_params
 from loopline.errors import SourceError, ValidationFailed
 from loopline.offline.validate import check_bad_fraction, validate_rows
+from loopline.params import parse_params
 from loopline.tasks import get_task
 
 SOLAR = get_task("solar")
@@ -119,3 +119,20 @@ def test_the_serving_contract_refuses_what_validation_quarantines_under_the_same
         set(reasons.split("; ")) for reasons in report.bad["_reasons"]
     ]
     assert list(served) == [1, 2, 3, 4, 5]
+
+
+def test_a_wide_table_is_validated_without_a_fragmented_frame():
+    """386 columns (a team's wide table): pandas' PerformanceWarning, raised here as an
+    error, would say the frame was built one column at a time."""
+    import warnings
+
+    from loopline.offline.validate import Rule
+
+    columns = tuple(f"c{i}" for i in range(385))
+    schema = {"id": "string", **dict.fromkeys(columns, "float")}
+    frame = pd.DataFrame({"id": ["a", "b", "c"], **{c: [1.0, 2.0, "x"] for c in columns}})
+    rules = [Rule("complete", "complete", columns=columns)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pd.errors.PerformanceWarning)
+        report = validate_rows(frame, schema, rules, "wide")
+    assert len(report.good) == 2 and len(report.bad) == 1

@@ -27,7 +27,11 @@ from pathlib import Path
 
 import yaml
 
+from loopline.config import SHARED_SECTIONS
 from loopline.errors import LooplineError
+from loopline.offline.datastore import track_data
+from loopline.paths import ProjectPaths, orchestrator_environment
+from loopline.tasks import BUILTIN
 
 TEMPLATES = Path(__file__).parent / "templates"
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]*(?:[-_][a-z0-9]+)*$")
@@ -57,8 +61,6 @@ class Project:
 def template_folders() -> dict[str, Path]:
     """Each template's folder: the built-in tasks' (in their packages), then the library's
     own (`custom`)."""
-    from loopline.tasks import BUILTIN
-
     tasks = Path(__file__).parents[1] / "tasks"
     found = {name: tasks / name / "template" for name in BUILTIN}
     found = {name: folder for name, folder in found.items() if folder.is_dir()}
@@ -84,9 +86,6 @@ def task_names(project_name: str) -> tuple[str, str]:
 
 def name_problem(name: str, template: str) -> str | None:
     """Why `name` cannot name a project of `template` (None when it can)."""
-    from loopline.config import SHARED_SECTIONS
-    from loopline.tasks import BUILTIN
-
     if not NAME_PATTERN.match(name) or len(name) > MAX_NAME:
         return (
             f"invalid project name {name!r}: use lower-case letters, numbers, '-' or '_', "
@@ -177,9 +176,6 @@ def _init_git_and_dvc(root: Path) -> None:
     """git init, DVC with the project's local remote, and `data.dvc` for the data folder."""
     from dvc.repo import Repo
 
-    from loopline.offline.datastore import track_data
-    from loopline.paths import ProjectPaths
-
     paths = ProjectPaths.at(root)
     _git(root, "-c", "init.defaultBranch=main", "init", "--quiet")
     dvcignore = (root / ".dvcignore").read_text() if (root / ".dvcignore").exists() else None
@@ -202,8 +198,6 @@ def _init_git_and_dvc(root: Path) -> None:
 def _dvc_environment(paths) -> Iterator[None]:
     """DVC's analytics off and its site cache in the project's state folder (else it writes
     under /var/tmp), unless the user set them; the process's environment is left as it was."""
-    from loopline.paths import orchestrator_environment
-
     wanted = orchestrator_environment(paths)
     added = [key for key in ("DVC_NO_ANALYTICS", "DVC_SITE_CACHE_DIR") if key not in os.environ]
     os.environ.update({key: wanted[key] for key in added})

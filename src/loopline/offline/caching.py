@@ -106,7 +106,8 @@ def stage_keys(
             # The task's own section defines what its features mean.
             own[params.task_name] = values.get(params.task_name)
         if stage == "split":
-            # Gaps between chronological sets follow the windows the search may pick.
+            # The margin between chronological sets may follow the search space (say, the
+            # most past rows an example may read).
             own["search_space"] = values["tune"]["search_space"]
         if stage == "tune" and init_from is not None:
             own["init_from"] = init_from
@@ -123,8 +124,9 @@ def evaluate_key(train_key: str, params: Params, champion_version: str | None) -
 
 def profile_key(export_key: str, params: Params) -> str:
     """The reference profile is the exported model's outputs and the training split's
-    rows, sampled to `monitor.reference_rows`."""
-    return f"profile-{_digest(export_key, params.monitor.reference_rows)}"
+    rows, sampled to `monitor.reference_rows`, at most `monitor.max_columns` inputs."""
+    monitor = params.monitor
+    return f"profile-{_digest(export_key, monitor.reference_rows, monitor.max_columns)}"
 
 
 def batch_key(batch_id: str, stage: str) -> str:

@@ -27,13 +27,15 @@ import pandas as pd
 
 from loopline.offline.evaluate import Decision, Evaluation, should_promote
 from loopline.offline.gate import GateTest, Paired
+from loopline.offline.split import group_column_of
+from loopline.offline.train import train_model
 
 CORRECTED_T = "corrected-resampled-t"
 
 
 def applies(task, frame: pd.DataFrame, spec, params) -> bool:
-    """Whether `frame` is small enough to cross-validate (a row-per-example task only: a
-    forecaster's windows are not exchangeable)."""
+    """Whether `frame` is small enough to cross-validate (a row-per-example task only:
+    examples cut from a series in time order are not exchangeable)."""
     if task.split_kind == "chronological":
         return False
     labeled = int(frame[spec.target_column].notna().sum())
@@ -46,16 +48,16 @@ def folds(task, frame: pd.DataFrame, spec, params) -> Iterator[np.ndarray]:
 
     labeled = frame[frame[spec.target_column].notna()]
     settings = params.evaluate
-    grouped = task.split_kind == "grouped" and bool(spec.group_column)
+    group = group_column_of(task) if task.split_kind == "grouped" else None
     labels = labeled[spec.target_column].astype(str).to_numpy()
     stratify = spec.labels is not None and np.unique(labels, return_counts=True)[1].min() >= (
         settings.folds
     )
     for repeat in range(settings.repeats):
         seed = params.seed + repeat
-        if grouped:
+        if group is not None:
             splitter = GroupKFold(settings.folds, shuffle=True, random_state=seed)
-            parts = splitter.split(labeled, groups=labeled[spec.group_column].astype(str))
+            parts = splitter.split(labeled, groups=labeled[group].astype(str))
         elif stratify:
             parts = StratifiedKFold(settings.folds, shuffle=True, random_state=seed).split(
                 labeled, labels
@@ -117,8 +119,6 @@ def cross_validate(
 ):
     """Train the candidate's learner on every fold and score it beside the baselines;
     `on_fold(number, of, {model: metric})` after each fold (progress)."""
-    from loopline.offline.train import train_model
-
     hparams, trained = learner.hparams, learner.params(params)
     values: dict[str, list[float]] = {}
     shares, metric, higher = [], "rmse", False

@@ -24,6 +24,8 @@ import pandas as pd
 import yaml
 
 from loopline.errors import LooplineError
+from loopline.offline.ingest import label_text
+from loopline.offline.split import key_text
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
@@ -93,9 +95,6 @@ class SnapshotStore:
     def known_labels(self, columns: list[str], target: str) -> dict[str, str]:
         """Each committed row's key and its label as text (`ingest.label_text`; "" when it
         has none): a source row with a known key is new only when its label differs."""
-        from loopline.offline.ingest import label_text
-        from loopline.offline.split import key_text
-
         parts = [b["partition"] for b in self.manifest()["batches"] if b.get("partition")]
         known: dict[str, str] = {}
         for part in parts:
@@ -118,7 +117,6 @@ class SnapshotStore:
                 break
         else:
             return None
-        from loopline.offline.split import key_text
 
         keys: set[str] = set()
         for part in [b["partition"] for b in batches[count:] if b.get("partition")]:

@@ -1,12 +1,13 @@
 """Evaluate: score a candidate on the test split beside baselines and the champion, and decide.
 
 `should_promote` is a pure decision, tested on its own; the registry step only carries it out.
+Shared scores are a regressor's (`score`) and a classifier's (`score_classes`); a task whose
+outputs need more (say, an error per step ahead) subclasses `Scores` in its own package.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -21,11 +22,10 @@ def _public(scores) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Scores:
-    """Errors of one forecaster on a fixed set of test rows."""
+    """Errors of one regressor on a fixed set of test rows."""
 
     rmse: float
     mae: float
-    rmse_per_step: list[float]
     rows: int
     # Each row's errors, for the paired gate: travel with the scores, never in to_dict.
     per_row: RowErrors | None = field(default=None, repr=False, compare=False)
@@ -99,20 +99,26 @@ def score_classes(labels: np.ndarray, probabilities: np.ndarray) -> ClassScores:
     )
 
 
-def score(y_true: np.ndarray, y_pred: np.ndarray) -> Scores:
-    """RMSE and MAE overall and RMSE per horizon step, on rows where both are finite."""
+def row_errors(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    """Errors (predicted - true) of the rows where both are finite, shaped (rows, outputs)."""
     if y_true.shape != y_pred.shape:
         raise ValueError(f"shape mismatch: truth {y_true.shape} vs predicted {y_pred.shape}")
     ok = np.isfinite(y_true).all(axis=1) & np.isfinite(y_pred).all(axis=1)
     if not ok.any():
         raise ValueError("no test row has both a finite truth and a finite prediction")
-    err = y_pred[ok].astype(np.float64) - y_true[ok].astype(np.float64)
+    return y_pred[ok].astype(np.float64) - y_true[ok].astype(np.float64)
+
+
+def score(y_true: np.ndarray, y_pred: np.ndarray, overlap: int = 1) -> Scores:
+    """RMSE and MAE over every output of the rows where truth and prediction are finite
+    (arrays shaped (rows, outputs)). `overlap`: how many neighbouring rows may share targets
+    (`Task.loss_dependence`), for the paired gate's test."""
+    err = row_errors(y_true, y_pred)
     return Scores(
         rmse=float(np.sqrt(np.mean(err**2))),
         mae=float(np.mean(np.abs(err))),
-        rmse_per_step=[float(v) for v in np.sqrt(np.mean(err**2, axis=0))],
-        rows=int(ok.sum()),
-        per_row=RowErrors.of(err),
+        rows=len(err),
+        per_row=RowErrors.of(err, overlap),
     )
 
 
@@ -195,11 +201,11 @@ def should_promote(
 ) -> Decision:
     """Promote only a candidate that beats every baseline and the champion on the same rows.
 
-    Scores are compared on `metric` (RMSE for a forecaster, lower is better; accuracy for a
+    Scores are compared on `metric` (RMSE for a regressor, lower is better; accuracy for a
     classifier, higher is better). `champion` is None when there is none yet; its scores
     must come from the same test rows as the candidate's (the caller re-scores the champion
     on them). When a champion exists but cannot be scored on those rows
-    (`champion_incomparable` says why, e.g. another horizon), the candidate is held: an
+    (`champion_incomparable` says why, e.g. another label set), the candidate is held: an
     automatic gate never replaces what it cannot compare. `min_improvement` is relative: the
     share of the champion's error (or of its distance to a perfect score) to win back.
 
@@ -274,26 +280,12 @@ def _paired(candidate, champion, metric: str, higher_is_better: bool, rule: Pair
     return paired_test(candidate.per_row, champion.per_row, metric, higher_is_better, rule)
 
 
-def plot_per_step_rmse(curves: dict[str, Scores], path: Path, unit: str = "W") -> Path:
-    """RMSE per horizon step of the model and each baseline: a PNG."""
-    from loopline.plots import new_figure, save_figure
-
-    fig, ax = new_figure()
-    for name, scores in curves.items():
-        steps = range(1, len(scores.rmse_per_step) + 1)
-        ax.plot(steps, scores.rmse_per_step, marker=".", label=f"{name} (mean {scores.rmse:.0f})")
-    ax.set_xlabel("steps ahead")
-    ax.set_ylabel(f"RMSE ({unit})")
-    ax.set_title("Test RMSE per horizon step")
-    return save_figure(fig, ax, path)
-
-
 @dataclass
 class Evaluation:
     """Every model scored on the same test rows, and the gate's decision.
 
     `scores` maps "model", each baseline and "champion" (when there is one) to a scores
-    object with `rows` and a `to_dict()`; `skill` is given for forecasters (1 - RMSE ratio).
+    object with `rows` and a `to_dict()`; `skill` is given for regressors (1 - RMSE ratio).
     `examples` is what the task's report shows (e.g. highlighted test texts).
     """
 
@@ -315,7 +307,7 @@ class Evaluation:
 
     def metrics(self) -> dict[str, float]:
         """Flat metrics for tracking: test_<metric> for the model, <name>_<metric> for the
-        others, skill_vs_<name> for forecasters."""
+        others, skill_vs_<name> for regressors."""
         out: dict[str, float] = {}
         for name, scores in self.scores.items():
             prefix = "test" if name == "model" else name
@@ -337,8 +329,8 @@ class Evaluation:
 
 def incomparable_specs(candidate, champion, task=None) -> str | None:
     """Why a champion's outputs cannot be scored against the candidate's, or None (the
-    task may know more reasons: `Task.incomparable`)."""
-    for name in ("task", "target_column", "horizon", "freq", "group_column", "time_column"):
+    task knows its own reasons: `Task.incomparable`)."""
+    for name in ("task", "target_column"):
         mine, theirs = getattr(candidate, name), getattr(champion, name)
         if mine != theirs:
             return f"its {name} is {theirs!r}, the candidate's {mine!r}"
@@ -346,60 +338,6 @@ def incomparable_specs(candidate, champion, task=None) -> str | None:
     if candidate.labels != champion.labels:
         return f"its labels are {champion.labels!r}, the candidate's {candidate.labels!r}"
     return task.incomparable(candidate, champion) if task is not None else None
-
-
-def _torch_forecasts(task, test_frame, spec, model):
-    from loopline.offline.train import predict
-
-    examples = task.examples(test_frame, spec, "test")
-    return examples.keys, predict(model, examples.x), examples.y
-
-
-def onnx_forecasts(task, test_frame, spec, session):
-    """Forecasts of an ONNX model with its own feature spec, from the raw test rows."""
-    from loopline.offline.export import run_onnx
-
-    raw = test_frame[[*task.schema, "split"]]
-    frame = task.add_labels(task.add_features(raw, spec), spec)
-    examples = task.examples(frame, spec, "test")
-    values = run_onnx(session, examples.x) if len(examples) else np.zeros((0, spec.horizon))
-    return examples.keys, values
-
-
-def evaluate_candidate(task, test_frame, spec, model, params, champion=None) -> Evaluation:
-    """Score the candidate, the task's baselines and the champion on the same test rows.
-
-    `champion` is (onnx session, its feature spec) or None. Rows are the window origins all
-    forecasters can serve, so a champion with a longer window is compared fairly.
-    """
-    import pandas as pd
-
-    keys, predicted, truth = _torch_forecasts(task, test_frame, spec, model)
-    forecasts = {"model": predicted}
-    incomparable = incomparable_specs(spec, champion[1], task) if champion is not None else None
-    if champion is not None and incomparable is None:
-        try:
-            champion_keys, champion_values = onnx_forecasts(
-                task, test_frame, champion[1], champion[0]
-            )
-        except ValueError as error:  # e.g. a site the champion has no location for
-            incomparable = str(error)
-    if champion is not None and incomparable is None:
-        position = pd.MultiIndex.from_frame(champion_keys).get_indexer(
-            pd.MultiIndex.from_frame(keys)
-        )
-        aligned = np.full_like(predicted, np.nan, dtype=np.float64)
-        found = position >= 0
-        aligned[found] = champion_values[position[found]]
-        forecasts["champion"] = aligned
-    forecasts.update(task.baselines(test_frame, keys, spec, params))
-    common = np.isfinite(truth).all(axis=1)
-    for values in forecasts.values():
-        common &= np.isfinite(values).all(axis=1)
-    if not common.any():
-        raise ValueError("no test window that every forecaster can score")
-    scores = {name: score(truth[common], values[common]) for name, values in forecasts.items()}
-    return judge(scores, params, incomparable)
 
 
 def judge(

@@ -8,6 +8,7 @@ checked like any other's.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import warnings
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from loopline.errors import ParityError
+from loopline.offline.features import FeatureSpec
 
 INPUT_NAME = "x"
 OUTPUT_NAME = "output"  # a task names its outputs itself (`exportable()`)
@@ -38,7 +40,6 @@ def export_onnx(
     The example must hold at least two rows: with one, the exporter silently fixes batch = 1
     (likewise, a dynamic axis needs an example longer than 1 along it).
     """
-    import inspect
 
     from torch.export import Dim
 
@@ -107,8 +108,6 @@ def onnx_session(path: Path | bytes, threads: int = 0):
 def embedded_spec(session, task=None):
     """The FeatureSpec stored in an ONNX model's metadata at export (typed by `task`, which
     must be the model's; default: the task the spec names)."""
-    from loopline.offline.features import FeatureSpec
-
     metadata = session.get_modelmeta().custom_metadata_map
     if SPEC_KEY not in metadata:
         raise ValueError(f"the ONNX model carries no {SPEC_KEY!r} metadata")
@@ -120,13 +119,13 @@ _ONNX_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64}
 
 def run_onnx_outputs(session, x: np.ndarray) -> list[np.ndarray]:
     """Every output of the model for inputs `x`, cast to the type its input declares
-    (float features for a forecaster, int64 token ids for a text model)."""
+    (float features for most models, int64 token ids for a text model)."""
     declared = session.get_inputs()[0].type
     return session.run(None, {INPUT_NAME: x.astype(_ONNX_TYPES.get(declared, np.float32))})
 
 
 def run_onnx(session, x: np.ndarray) -> np.ndarray:
-    """The model's first output: forecasts, or a classifier's class probabilities."""
+    """The model's first output: a regressor's values, or a classifier's probabilities."""
     return run_onnx_outputs(session, x)[0]
 
 
@@ -175,9 +174,9 @@ def export_and_check(
     atol: float,
     rtol: float,
 ) -> Parity:
-    """Export what the model says it serves (`model.exportable()`: a forecaster's forecasts in
-    watts, a classifier's probabilities and attention) and check parity on `golden`; a model
-    that `ExportsItself` writes the ONNX graph itself."""
+    """Export what the model says it serves (`model.exportable()`: a regressor's values in
+    target units, a classifier's probabilities and attention) and check parity on `golden`;
+    a model that `ExportsItself` writes the ONNX graph itself."""
     module, dynamic_axes, output_names = model.exportable()
     if isinstance(model, ExportsItself):
         save_onnx(model.onnx_model(golden), path, metadata)

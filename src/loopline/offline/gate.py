@@ -3,19 +3,20 @@
 A point comparison promotes a candidate that wins by noise (0.0004 accuracy on 15,400 rows).
 The paired gate compares candidate and champion row by row with a test that fits the metric:
 
-- forecast errors (RMSE, MAE): Diebold–Mariano on the per-window loss differential. With one
-  step it is the paired t-test (Harvey–Leybourne–Newbold form, t with n - 1 degrees of
-  freedom). With `horizon` h > 1, windows that overlap share targets, so the differential is
+- errors (RMSE, MAE): Diebold–Mariano on the per-row loss differential. With rows that
+  stand alone it is the paired t-test (Harvey–Leybourne–Newbold form, t with n - 1 degrees
+  of freedom). Where h > 1 neighbouring rows may share targets (`overlap`, from
+  `Task.loss_dependence`: say, overlapping multi-step predictions), the differential is
   autocorrelated over about h - 1 lags; its long-run variance is then the equal-weighted
   cosine (EWC) estimate over nu = floor(n / 4h) (at most 0.4 n^(2/3)) cosine projections,
   read against Student's t with nu degrees of freedom (fixed-smoothing asymptotics: Lazarus,
   Lewis, Stock & Watson 2018, "HAR inference: recommendations for practice", JBES 36(4);
   for Diebold–Mariano, Coroneo & Iacone 2020, "Comparing predictive accuracy in small
   samples using fixed-smoothing asymptotics", JAE 35(4)). The former Bartlett variance over
-  h - 1 lags with the HLN correction under-estimates that variance by a third for windows
-  that share all their targets: it promoted 9-12 % of equal forecasters at alpha 0.05
+  h - 1 lags with the HLN correction under-estimates that variance by a third for rows
+  that share all their targets: it promoted 9-12 % of equal models at alpha 0.05
   (`tests/unit/test_gate_rates.py`; 8.5 % in `benchmarks/gate.py`), this one 5.0-5.5 % in
-  that worst case and 4.8 % on the forecast benchmark;
+  that worst case and 4.8 % on the benchmark's multi-step family;
 - accuracy: exact McNemar, a binomial test on the discordant rows (one model right, the other
   wrong);
 - any other metric (F1, log loss): a paired bootstrap of the metric difference.
@@ -23,8 +24,8 @@ The paired gate compares candidate and champion row by row with a test that fits
 Every test is one-sided (H1: the candidate is better) at `alpha`. The paired bootstrap
 interval of the metric difference (candidate - champion, seeded) is reported beside every
 test: a two-sided 1 - 2*alpha interval, so its bound on the winning side is the one-sided
-1 - alpha bound. It resamples rows independently, so for overlapping forecast windows it
-is narrower than the truth: the Diebold–Mariano test, not the interval, decides there.
+1 - alpha bound. It resamples rows independently, so for rows that share targets it is
+narrower than the truth: the Diebold–Mariano test, not the interval, decides there.
 
 Pure functions of arrays; `evaluate.should_promote` calls `paired_test`.
 """
@@ -44,18 +45,19 @@ TAG = "loopline.gate."
 
 @dataclass(frozen=True)
 class RowErrors:
-    """A forecaster's errors per test row (window), each the mean over its horizon steps:
-    RMSE is sqrt(mean(squared)), MAE is mean(absolute)."""
+    """A regressor's errors per test row, each the mean over the row's outputs: RMSE is
+    sqrt(mean(squared)), MAE is mean(absolute). `overlap`: how many neighbouring rows may
+    share targets (1: none), the lag structure of the Diebold–Mariano test."""
 
     squared: np.ndarray
     absolute: np.ndarray
-    horizon: int
+    overlap: int = 1
 
     @classmethod
-    def of(cls, error: np.ndarray) -> RowErrors:
-        """From errors shaped (rows, horizon)."""
+    def of(cls, error: np.ndarray, overlap: int = 1) -> RowErrors:
+        """From errors shaped (rows, outputs)."""
         error = np.asarray(error, dtype=np.float64)
-        return cls((error**2).mean(axis=1), np.abs(error).mean(axis=1), error.shape[1])
+        return cls((error**2).mean(axis=1), np.abs(error).mean(axis=1), int(overlap))
 
     def __len__(self) -> int:
         return len(self.squared)
@@ -137,24 +139,25 @@ class GateTest:
 # ---------------------------------------------------------------------- the tests
 
 
-def dm_projections(rows: int, horizon: int) -> int:
-    """Cosine projections of the Diebold–Mariano variance for `rows` windows of `horizon`
-    steps: the slowest floor(n / 4h), so that the fastest of them (frequency pi/4h) still
-    sees the flat part of the spectrum of windows overlapping over h - 1 lags (the estimate's
-    bias stays within a few per cent), at most 0.4 n^(2/3) (Lazarus et al. 2018), at least 1."""
+def dm_projections(rows: int, overlap: int) -> int:
+    """Cosine projections of the Diebold–Mariano variance for `rows` rows of which `overlap`
+    neighbours may share targets: the slowest floor(n / 4h), so that the fastest of them
+    (at pi/4h) still sees the flat part of the spectrum of rows dependent over h - 1
+    lags (the estimate's bias stays within a few per cent), at most 0.4 n^(2/3) (Lazarus et
+    al. 2018), at least 1."""
     cap = int(0.4 * rows ** (2 / 3))
-    return max(1, min(rows // (4 * max(int(horizon), 1)), cap))
+    return max(1, min(rows // (4 * max(int(overlap), 1)), cap))
 
 
 def diebold_mariano(
-    loss_candidate: np.ndarray, loss_champion: np.ndarray, horizon: int = 1
+    loss_candidate: np.ndarray, loss_champion: np.ndarray, overlap: int = 1
 ) -> tuple[float, float]:
     """One-sided Diebold–Mariano test (H1: the candidate's expected loss is lower). Returns
     (statistic, p-value); the statistic is negative when the candidate's losses are lower.
     Rows must be in time order.
 
-    horizon 1: the paired t-test (HLN-corrected DM, t with n - 1 degrees of freedom).
-    horizon h > 1: mean / sqrt(EWC long-run variance / n), t with nu = `dm_projections`
+    overlap 1: the paired t-test (HLN-corrected DM, t with n - 1 degrees of freedom).
+    overlap h > 1: mean / sqrt(EWC long-run variance / n), t with nu = `dm_projections`
     degrees of freedom, the EWC variance being the mean square of the differential's first
     nu type-II cosine transforms, sqrt(2/n) sum_t d_t cos(pi j (t - 1/2) / n), j = 1..nu
     (Lazarus, Lewis, Stock & Watson 2018; Coroneo & Iacone 2020)."""
@@ -162,10 +165,10 @@ def diebold_mariano(
     from scipy.stats import t
 
     d = np.asarray(loss_candidate, np.float64) - np.asarray(loss_champion, np.float64)
-    n, h = len(d), max(int(horizon), 1)
+    n, h = len(d), max(int(overlap), 1)
     if n < 2:
         raise ValueError(f"Diebold–Mariano needs at least 2 rows, got {n}")
-    if n < 2 * h:  # too few rows for this horizon: no evidence either way
+    if n < 2 * h:  # too few rows for this much overlap: no evidence either way
         return float("nan"), 1.0
     mean = float(d.mean())
     if h == 1:
@@ -292,7 +295,7 @@ def paired_test(
     )
     if isinstance(candidate, RowErrors) and metric in ("rmse", "mae"):
         method = DIEBOLD_MARIANO
-        stat, p_value = diebold_mariano(data[0], data[1], candidate.horizon)
+        stat, p_value = diebold_mariano(data[0], data[1], candidate.overlap)
     elif metric == "accuracy":
         method = MCNEMAR
         stat, p_value = mcnemar(data[0], data[1])

@@ -24,8 +24,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from loopline.errors import LooplineError
-from loopline.offline.datastore import atomic_write, atomic_write_text
+from loopline import registry
+from loopline.errors import ConfigError, LooplineError
+from loopline.offline.active_learning import select
+from loopline.offline.datastore import SnapshotStore, atomic_write, atomic_write_text
+from loopline.online.predlog import logged_texts
 from loopline.tasks.base import HumanLabels
 
 LABELS_COLUMNS = ["id", "label", "text", "origin", "source_file", "imported_at"]
@@ -320,9 +323,6 @@ def labeling_pool(task, paths, params, rows: pd.DataFrame | None = None) -> pd.D
     """Texts people may label (id, text, origin): the task's unlabeled rows (of `rows`, by
     default the snapshot) and, with `labeling.include_prediction_log`, what the service was
     asked about."""
-    from loopline.errors import ConfigError
-    from loopline.offline.datastore import SnapshotStore
-
     if not isinstance(task, HumanLabels):
         raise ConfigError(
             f"task {task.name} takes no labels from people: its labels come from the data"
@@ -333,8 +333,6 @@ def labeling_pool(task, paths, params, rows: pd.DataFrame | None = None) -> pd.D
         raise LooplineError(f"no {task.name} data yet: run `loopline run` first")
     pool = task.unlabeled_pool(rows)
     if params.labeling.include_prediction_log:
-        from loopline.online.predlog import logged_texts
-
         logged = logged_texts(paths.prediction_log_url(params), params.served_model)
         pool = pd.concat([pool, logged[~logged["id"].isin(pool["id"])]], ignore_index=True)
     return pool
@@ -342,9 +340,6 @@ def labeling_pool(task, paths, params, rows: pd.DataFrame | None = None) -> pd.D
 
 def known_texts(task, paths, params) -> pd.DataFrame:
     """Every id an answer may name: all of the task's rows and the labeling pool."""
-    from loopline.errors import ConfigError
-    from loopline.offline.datastore import SnapshotStore
-
     if not isinstance(task, HumanLabels):
         raise ConfigError(
             f"task {task.name} takes no labels from people: its labels come from the data"
@@ -360,9 +355,6 @@ def export_batch(
     """Choose the next `n` texts by `strategy` and write them for people (CSV + Label
     Studio); the champion scores the pool (the last registered versions vote for
     `committee`)."""
-    from loopline import registry
-    from loopline.offline.active_learning import select
-
     pool = labeling_pool(task, paths, params)
     pool = pool[~pool["id"].isin(set(LabelStore(paths.labels(task.name)).load()["id"]))]
     pool = pool.reset_index(drop=True)

@@ -16,6 +16,9 @@ import pandas as pd
 
 from loopline.config import IngestParams, Params
 from loopline.errors import SourceError
+from loopline.offline.split import key_text
+from loopline.online.live import read_live_inputs
+from loopline.paths import ProjectPaths
 from loopline.tasks import Task
 from loopline.tasks.base import FolderSource
 
@@ -50,9 +53,6 @@ LIVE = "live"
 def read_live(params: Params, task: Task, root: Path) -> pd.DataFrame:
     """The input rows the service stored (`serve.store_inputs`) for this task, from the
     prediction-log database (`serve.prediction_log`), as the task's raw columns."""
-    from loopline.online.live import read_live_inputs
-    from loopline.paths import ProjectPaths
-
     url = ProjectPaths.at(root).prediction_log_url(params)
     try:
         return read_live_inputs(url, task.name, list(task.schema_for(params)))
@@ -176,8 +176,6 @@ def newer_than(
 
 def row_keys(frame: pd.DataFrame, task: Task) -> pd.Series:
     """Each row's key (the task's key columns joined) as text."""
-    from loopline.offline.split import key_text
-
     return key_text(frame, list(task.key_columns))
 
 

@@ -21,11 +21,11 @@ import numpy as np
 import pandas as pd
 
 from loopline.offline.features import FeatureSpec
-from loopline.offline.split import SETS, key_text
+from loopline.offline.split import SETS, key_text, time_column_of
 
 MEMBERSHIP_FILE = "membership.json.gz"
-# A candidate test row the champion learned from: in no set of this comparison. A
-# forecaster's such rows become history (`gap`): later windows may still read them.
+# A candidate test row the champion learned from: in no set of this comparison. In a
+# chronological split such rows become history (`gap`): later examples may still read them.
 SEEN_BY_CHAMPION = "seen_by_champion"
 
 
@@ -42,7 +42,7 @@ class Membership:
     def of(cls, task, frame: pd.DataFrame, spec: FeatureSpec) -> Membership:
         """The membership of a split `frame` (labeled rows in train, val or test)."""
         if task.split_kind == "chronological":
-            return cls("periods", list(task.key_columns), _periods(task, frame, spec))
+            return cls("periods", list(task.key_columns), _periods(task, frame))
         sets = {
             s: sorted(key_text(frame[frame["split"] == s], list(task.key_columns)).unique())
             for s in SETS
@@ -80,15 +80,15 @@ class Membership:
         if self.kind == "keys":
             seen = set(self.sets.get("train", [])) | set(self.sets.get("val", []))
             return key_text(rows, self.key_columns).isin(seen).to_numpy()
-        return _in_periods(rows, spec.time_column, self.sets)
+        return _in_periods(rows, time_column_of(task), self.sets)
 
 
-def _entity(task, spec: FeatureSpec) -> list[str]:
-    return [c for c in task.key_columns if c != spec.time_column]
+def _entity(task) -> list[str]:
+    return [c for c in task.key_columns if c != task.time_column]
 
 
-def _periods(task, frame: pd.DataFrame, spec: FeatureSpec) -> dict[str, list[dict]]:
-    entity, time = _entity(task, spec), spec.time_column
+def _periods(task, frame: pd.DataFrame) -> dict[str, list[dict]]:
+    entity, time = _entity(task), time_column_of(task)
     out: dict[str, list[dict]] = {}
     for s in SETS:
         rows = frame[frame["split"] == s]

@@ -18,6 +18,7 @@ from loopline import registry
 from loopline.offline import crossval
 from loopline.offline.datastore import SnapshotStore
 from loopline.offline.evaluate import compared_on
+from loopline.offline.export import embedded_spec, onnx_session, run_onnx
 from loopline.offline.membership import ChampionRows, Membership, comparison_rows
 from loopline.offline.tracking import (
     INIT_FROM_TAG,
@@ -172,8 +173,6 @@ def score_against_champion(
 def _comparison(plugin, frame, spec, params, downloaded, snapshots):
     """(the rows the champion may be compared on, (its session, its spec) or None when it
     cannot be compared); (None, None) without a champion."""
-    from loopline.offline.export import embedded_spec, onnx_session
-
     if downloaded is None:
         return None, None
     where, version = downloaded
@@ -207,8 +206,6 @@ def publish(
     version and the champion move made (None when the champion stayed).
     """
     from mlflow.models import infer_signature
-
-    from loopline.offline.export import onnx_session, run_onnx
 
     uri = tracker.tracking_uri
     onnx_path = folder / "model.onnx"

@@ -4,23 +4,25 @@ every model version's files (`reference_profile.json`).
 It holds, per monitored input feature (from the training split) and per prediction column
 (the model's outputs on the test split), a sample of values in event-time order, and the
 model's per-row test losses with the offline test figure. Order matters: the monitor
-calibrates its thresholds by resampling contiguous reference windows of the live window's
-size, so a series' own autocorrelation is part of what "normal" means. What the columns are
+calibrates its thresholds by resampling contiguous stretches of the reference as long as a
+live period, so a series' own autocorrelation is part of what "normal" means. What the columns are
 is the task's to say (`Task.monitor_inputs`, `Task.monitor_outputs`, `Task.reference_losses`).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
+from loopline.offline.export import onnx_session, run_onnx
+from loopline.tasks.base import EVENT_TIME
+
 PROFILE_FILE = "reference_profile.json"
-EVENT_TIME = "event_time"  # the column of a monitored frame that orders and windows its rows
 FORMAT = 1
 
 Kind = Literal["numeric", "categorical"]
@@ -42,13 +44,13 @@ class Column:
 @dataclass(frozen=True)
 class Quality:
     """The test split's per-row losses (event-time order) and the figure they make (RMSE
-    for forecasts, error rate for classes: `figure`)."""
+    for values, error rate for classes: `figure`)."""
 
     name: str
     figure: float
     losses: list[float]
     # Per row, (signed error, size of the truth) summed over the row's outputs, where the
-    # task has a direction of error (`Task.reference_bias`): a window's relative bias.
+    # task has a direction of error (`Task.reference_bias`): a period's relative bias.
     bias: list[list[float]] | None = None
 
 
@@ -129,12 +131,16 @@ def columns_of(frame: pd.DataFrame, limit: int) -> dict[str, Column]:
 
 
 def build_profile(
-    task: Any, frame: pd.DataFrame, spec: Any, onnx_model: bytes, limit: int
+    task: Any,
+    frame: pd.DataFrame,
+    spec: Any,
+    onnx_model: bytes,
+    limit: int,
+    max_columns: int | None = None,
 ) -> ReferenceProfile:
-    """The profile of a model: its task's monitored inputs on the training split's raw rows,
-    its outputs and per-row losses on the test split (the ONNX model itself, as served)."""
-    from loopline.offline.export import onnx_session, run_onnx
-
+    """The profile of a model: its task's monitored inputs on the training split's raw rows
+    (at most `max_columns` of them, `chosen_inputs`), its outputs and per-row losses on the
+    test split (the ONNX model itself, as served)."""
     raw = frame.loc[frame["split"] == "train", [c for c in task.schema if c in frame.columns]]
     features = columns_of(task.monitor_inputs(raw, spec), limit)
     examples = task.examples(frame, spec, "test")
@@ -160,8 +166,40 @@ def build_profile(
                 None if pairs is None else rounded_pairs(np.asarray(pairs)[keep][-limit:]),
             )
     rows = {"train": len(raw), "test": len(examples)}
-    return ReferenceProfile(features, predictions, quality, rows)
+    return trim_profile(ReferenceProfile(features, predictions, quality, rows), spec, max_columns)
 
 
 def rounded_pairs(pairs: np.ndarray) -> list[list[float]]:
     return [[float(f"{a:.6g}"), float(f"{b:.6g}")] for a, b in pairs]
+
+
+# Which input columns a profile holds and the monitor watches on a wide table: at most
+# `monitor.max_columns`. Testing every column of a table of hundreds costs time and dilutes
+# the calibrated thresholds (they are calibrated together: the more columns, the higher
+# each one's) for little gain; a constant column cannot drift.
+RULE = "the model's own feature columns first, then those with the most distinct values"
+
+
+def chosen_inputs(columns: dict[str, Column], spec: Any, limit: int | None) -> list[str]:
+    """The names of the columns to watch, in the profile's order (all of them when there
+    are `limit` or fewer, or no limit)."""
+    names = list(columns)
+    if limit is None or len(names) <= limit:
+        return names
+    own = set(getattr(spec, "feature_columns", None) or ())
+    distinct = {name: len(set(columns[name].values)) for name in names}
+    ranked = sorted(
+        range(len(names)),
+        key=lambda i: (names[i] not in own, distinct[names[i]] <= 1, -distinct[names[i]], i),
+    )
+    keep = set(ranked[:limit])
+    return [name for i, name in enumerate(names) if i in keep]
+
+
+def trim_profile(profile: ReferenceProfile, spec: Any, limit: int | None) -> ReferenceProfile:
+    """The profile with only the input columns `chosen_inputs` keeps (its outputs and
+    losses unchanged): what a wide table's published profile holds."""
+    keep = chosen_inputs(profile.features, spec, limit)
+    if len(keep) == len(profile.features):
+        return profile
+    return replace(profile, features={name: profile.features[name] for name in keep})

@@ -1,8 +1,9 @@
 """Train / validation / test split, and which rows a model learned from.
 
-Time series split chronologically, on the same cut-off times for every group, with a gap of
-`gap` steps between sets: a window can then never hold rows of two sets, so no validation or
-test label leaks into training.
+Rows in time split chronologically (`Task.time_column`), on the same cut-off times for every
+group, with a margin of time left out between sets (`Task.split_margin`): an example that
+reads several rows can then never hold rows of two sets, so no validation or test label
+leaks into training.
 
 Every other split is by hash (TFX ExampleGen's hash buckets): a row's set follows from
 sha256 of `split.salt` and its key (or its group's key, for grouped splits), never from the
@@ -40,14 +41,12 @@ def chronological_split(
     frame: pd.DataFrame,
     ratios: SplitParams,
     time_column: str,
-    freq: str | None = None,
-    gap: int = 0,
+    gap: pd.Timedelta | None = None,
 ) -> pd.DataFrame:
     """Return `frame` with a `split` column: train, val, test or gap.
 
-    Ratios apply to the distinct timestamps; the `gap` steps of `freq` (the model's step,
-    from its feature spec) before the start of val and of test are marked `gap` (history a
-    forecaster may read, never a label it learns from).
+    Ratios apply to the distinct timestamps; the `gap` of time before the start of val and
+    of test is marked `gap` (history an example may read, never a label it learns from).
     """
     times = np.sort(frame[time_column].unique())
     if len(times) == 0:
@@ -56,7 +55,7 @@ def chronological_split(
     span = end - start
     val_start = start + span * ratios.train
     test_start = start + span * (ratios.train + ratios.val)
-    gap_span = pd.Timedelta(freq) * gap if gap else pd.Timedelta(0)
+    gap_span = pd.Timedelta(0) if gap is None else pd.Timedelta(gap)
     t = frame[time_column]
     split = np.where(t >= test_start, "test", np.where(t >= val_start, "val", "train"))
     in_gap = ((t >= val_start - gap_span) & (t < val_start)) | (
@@ -70,7 +69,7 @@ def chronological_split(
     if missing:
         raise ValueError(
             f"split leaves {missing} empty: {len(times)} timestamps are too few for ratios "
-            f"{ratios.train}/{ratios.val}/{ratios.test} with a gap of {gap} steps"
+            f"{ratios.train}/{ratios.val}/{ratios.test} with a gap of {gap_span}"
         )
     return out
 
@@ -191,9 +190,30 @@ def key_problems(
 
 def split_keys(task, spec: FeatureSpec) -> tuple[list[str], str | None]:
     """(the columns whose hash decides a row's set, the group column or None)."""
-    if task.split_kind == "grouped" and spec.group_column:
-        return [spec.group_column], spec.group_column
+    if task.split_kind == "grouped":
+        group = group_column_of(task)
+        return [group], group
     return list(task.key_columns), None
+
+
+def group_column_of(task) -> str:
+    """The column a grouped split keeps together (`Task.group_column`)."""
+    if not task.group_column:
+        raise ValueError(
+            f"task {task.name} splits by group (split_kind 'grouped') but sets no "
+            "group_column: set Task.group_column (a feature spec no longer carries it)"
+        )
+    return task.group_column
+
+
+def time_column_of(task) -> str:
+    """The column a chronological split orders rows by (`Task.time_column`)."""
+    if not task.time_column:
+        raise ValueError(
+            f"task {task.name} splits chronologically but sets no time_column: set "
+            "Task.time_column (a feature spec no longer carries it)"
+        )
+    return task.time_column
 
 
 def split_by_key(task, frame: pd.DataFrame, spec: FeatureSpec, params) -> pd.DataFrame:
@@ -231,9 +251,8 @@ def split_and_fit(
     `unlabeled` and never reach training or evaluation.
     """
     if task.split_kind == "chronological":
-        out = chronological_split(
-            frame, params.split, spec.time_column, spec.freq, task.split_gap(params)
-        )
+        gap = task.split_margin(params, spec)
+        out = chronological_split(frame, params.split, time_column_of(task), gap)
     else:
         out = split_by_key(task, frame, spec, params)
     return out, task.fit_features(spec, out[out["split"] == "train"])
@@ -264,14 +283,14 @@ def split_report(task, frame: pd.DataFrame, spec: FeatureSpec, params) -> SplitR
 def training_view(task, frame: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
     """Rows tuning and training may read: never the test set (nor, in time, past it)."""
     if task.split_kind == "chronological":
-        return without_test(frame, spec.time_column)
+        return without_test(frame, time_column_of(task))
     return frame[frame["split"].isin(["train", "val"])]
 
 
 def evaluation_view(task, frame: pd.DataFrame, spec: FeatureSpec, params) -> pd.DataFrame:
-    """Rows evaluation reads: the test set, plus the history a forecaster may look back on."""
+    """Rows evaluation reads: the test set, plus the history its examples may read."""
     if task.split_kind == "chronological":
-        return test_view(frame, spec.time_column, spec.freq, task.history_steps(params))
+        return test_view(frame, time_column_of(task), task.history_span(params, spec))
     return frame[frame["split"] == "test"]
 
 
@@ -281,16 +300,16 @@ def without_test(frame: pd.DataFrame, time_column: str) -> pd.DataFrame:
     return frame[frame[time_column] < test_start] if pd.notna(test_start) else frame
 
 
-def test_view(frame: pd.DataFrame, time_column: str, freq: str, history: int) -> pd.DataFrame:
-    """Test rows plus `history` steps before them: past readings a forecaster may read.
+def test_view(frame: pd.DataFrame, time_column: str, history: pd.Timedelta) -> pd.DataFrame:
+    """Test rows plus the `history` of time before them: past rows an example may read.
 
-    Input windows still end (and their labels lie) in the test set; the history lets a
-    champion recompute its own lagged features for the very first test origins too.
+    Examples still end (and their labels lie) in the test set; the history lets a champion
+    recompute its own features of past rows for the very first test examples too.
     """
     test_start = frame.loc[frame["split"] == "test", time_column].min()
     if pd.isna(test_start):
         return frame
-    return frame[frame[time_column] >= test_start - pd.Timedelta(freq) * history]
+    return frame[frame[time_column] >= test_start - pd.Timedelta(history)]
 
 
 def labeled_set(frame: pd.DataFrame, target_set: str, target_column: str) -> pd.DataFrame:

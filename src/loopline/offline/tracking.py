@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from loopline.offline.train import plot_learning_curves, save_checkpoint
 from loopline.registry import TAG, client, ensure_experiment
 
 FLOW_RUN_TAG = f"{TAG}flow_run_id"  # the orchestrator's run a pipeline run belongs to
@@ -267,8 +268,6 @@ def record_training(
 ) -> None:
     """What the pipeline run shows of its training, whether it trained now or reused a
     training with the same key from an earlier run: curves, summary, weights, provenance."""
-    from loopline.offline.train import plot_learning_curves, save_checkpoint
-
     if not tracker.client.get_metric_history(tracker.run_id, "train_loss"):
         for epoch in result.history:  # reused: the epochs were logged to another run
             record_epoch(tracker, epoch)

@@ -24,8 +24,10 @@ import torch
 from torch import nn
 
 from loopline.config import TrainParams
+from loopline.offline import transfer
 from loopline.offline.features import FeatureSpec, scale_target
 from loopline.offline.labeling import Examples
+from loopline.plots import new_figure, save_figure
 from loopline.tasks.base import Hyperparameters
 
 
@@ -78,7 +80,7 @@ def to_tensors(examples: Examples, spec: FeatureSpec) -> tuple[torch.Tensor, tor
 
 def summed_loss(model: nn.Module, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The model's own loss (summed over the batch) when it defines one, else summed MSE:
-    a classifier brings cross-entropy, a forecaster uses the default."""
+    a classifier brings cross-entropy, a regressor uses the default."""
     if hasattr(model, "loss"):
         return model.loss(output, target)
     return nn.functional.mse_loss(output, target, reduction="sum")
@@ -266,7 +268,7 @@ def fit(
     per-layer learning rates and a freezing schedule for a pre-trained model.
     """
     if len(train) == 0 or len(val) == 0:
-        raise ValueError(f"need training and validation windows, got {len(train)} and {len(val)}")
+        raise ValueError(f"need training and validation examples, got {len(train)} and {len(val)}")
     seed_everything(seed)
     set_threads(params.threads)
     x_train, y_train = to_tensors(train, spec)
@@ -378,7 +380,7 @@ def _load_training_state(path: Path | None) -> dict[str, Any] | None:
 
 @torch.no_grad()
 def predict(model: nn.Module, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-    """Forecasts in target units for input windows `x`."""
+    """The model's outputs for inputs `x` (a regressor's in target units)."""
     model.eval()
     tensor = torch.from_numpy(x)
     parts = [
@@ -392,8 +394,6 @@ def predict(model: nn.Module, x: np.ndarray, batch_size: int = 1024) -> np.ndarr
 
 def plot_learning_curves(result: TrainResult, path: Path, title: str = "") -> Path:
     """Training and validation loss per epoch, the best epoch marked: a PNG."""
-    from loopline.plots import new_figure, save_figure
-
     epochs = [e.epoch for e in result.history]
     fig, ax = new_figure()
     ax.plot(epochs, [e.train_loss for e in result.history], marker="o", label="training loss")
@@ -426,8 +426,6 @@ def initial_model(task, spec: FeatureSpec, hparams: dict[str, Any], params, sour
     """The model a training (or a tuning trial) starts from: random weights seeded from
     params, or, with `source` (`transfer.SourceModel`), that model's weights, shape and
     input encoding, fine-tuned per `train.transfer`."""
-    from loopline.offline import transfer
-
     if source is not None:
         transfer.check_task(source, task.name)
         hparams = transfer.fixed_hparams(hparams, source, task.architecture)

@@ -24,6 +24,7 @@ encoder (the `Pretraining` ability) fine-tunes it with these same strategies.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +33,7 @@ import torch
 from torch import nn
 
 from loopline.offline.features import FeatureSpec
+from loopline.registry import client
 
 TransferMode = Literal["none", "freeze", "gradual_unfreeze", "discriminative_lr"]
 TRANSFER_MODES: tuple[str, ...] = ("none", "freeze", "gradual_unfreeze", "discriminative_lr")
@@ -257,8 +259,6 @@ def _run_of(reference: str, tracking_uri: str) -> tuple[str, str]:
     `runs:/<id>[/...]`."""
     from mlflow.exceptions import MlflowException
 
-    from loopline.registry import client
-
     mlflow_client = client(tracking_uri)
     if reference.startswith("runs:/"):
         run_id = reference.removeprefix("runs:/").split("/")[0]
@@ -302,14 +302,11 @@ def load_source(
                 f"train.init_from {reference!r} is not a file, a models:/ reference or a "
                 "runs:/ reference"
             )
-        import hashlib
 
         # The content, not just the name, pins a file: a rewritten file means new cache keys.
         digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
         return read_checkpoint(path, reference, f"{path.resolve()} (sha256 {digest})")
     from mlflow.exceptions import MlflowException
-
-    from loopline.registry import client
 
     run_id, resolved = _run_of(reference, tracking_uri)
     dest.mkdir(parents=True, exist_ok=True)
@@ -399,7 +396,7 @@ def start_from(model: nn.Module, source: SourceModel, spec: FeatureSpec) -> Star
     with torch.no_grad():
         for mine, theirs in pairs:
             mine.copy_(theirs)  # state_dict tensors share storage with the parameters
-    # Buffers outside any group (say, a forecaster's target scale) belong to the new spec.
+    # Buffers outside any group (say, a regressor's target scale) belong to the new spec.
     return Started(copied, fresh, reason)
 
 

@@ -10,6 +10,7 @@ its `build_model` return a gradient-trained module or one that fits itself
 
 from __future__ import annotations
 
+import itertools
 import logging
 import warnings
 from collections.abc import Callable
@@ -19,6 +20,8 @@ from typing import Any
 import numpy as np
 
 from loopline.config import Dimension, TuneParams
+from loopline.offline.train import fit, initial_model
+from loopline.offline.transfer import check_task, fixed_hparams
 
 
 @dataclass
@@ -181,8 +184,6 @@ def search_for(params: TuneParams, task, source=None) -> TuneParams:
     model, and the best hyperparameters report the shape that is trained."""
     if source is None:
         return params
-    from loopline.config import Dimension
-    from loopline.offline.transfer import check_task, fixed_hparams
 
     check_task(source, task.name)  # a clear error before any trial
     shape = fixed_hparams({}, source, task.architecture)
@@ -196,8 +197,6 @@ def grid_points(params: TuneParams) -> list[dict[str, Any]]:
     A parallel grid search hands point i to task i: workers asking a shared grid sampler at
     the same moment can be handed the same point (and Optuna's queue of enqueued trials is
     not atomic on SQLite), so some points would run twice and others never."""
-    import itertools
-
     axes = {k: grid_values(v, params.grid_points) for k, v in params.search_space.items()}
     points = itertools.product(*axes.values())
     return [
@@ -250,12 +249,12 @@ def tune_model(
     study_name: str | None = None,
     n_trials: int | None = None,
     worker: int = 0,
-    windows: dict[int, tuple] | None = None,
+    cache: dict[str, tuple] | None = None,
     resume: bool = False,
     fixed: dict[str, Any] | None = None,
     source=None,
 ) -> TuneResult:
-    """Search hyperparameters on the training and validation windows of `frame`.
+    """Search hyperparameters on the training and validation examples of `frame`.
 
     With `source` (`transfer.SourceModel`), every trial starts from that model, whose
     shape fixes the architecture axes: the search covers the rest.
@@ -266,24 +265,22 @@ def tune_model(
     """
     import numpy as np
 
-    from loopline.offline.train import fit, initial_model
-
-    # Examples are built once per input spec (say, per input window length); a caller
-    # running many searches on the same rows (a Dask worker running one trial per task)
-    # passes its own cache to keep them across calls.
-    windows = {} if windows is None else windows
+    # Examples are built once per input spec (a hyperparameter may change what the spec
+    # reads, say how many past rows); a caller running many searches on the same rows (a
+    # Dask worker running one trial per task) passes its own `cache` to keep them.
+    cache = {} if cache is None else cache
     limit = params.tune.max_train_rows
 
     def examples(trial_spec):
         key = trial_spec.to_json()
-        if key not in windows:
+        if key not in cache:
             train = task.examples(frame, trial_spec, "train")
             if limit is not None and len(train) > limit:
                 # A seeded sample, the same for every trial: trials stay comparable.
                 pick = np.random.default_rng(params.seed).choice(len(train), limit, replace=False)
                 train = train.take(np.sort(pick))
-            windows[key] = (train, task.examples(frame, trial_spec, "val"))
-        return windows[key]
+            cache[key] = (train, task.examples(frame, trial_spec, "val"))
+        return cache[key]
 
     def objective(hparams: dict[str, Any], report: Reporter) -> float:
         # Every trial starts from the same RNG state (and, transferring, the same weights).

@@ -86,22 +86,24 @@ def coerce_types(frame: pd.DataFrame, schema: dict[str, str]) -> tuple[pd.DataFr
             f"source is missing column(s) {missing}; expected {list(schema)}, "
             f"found {list(frame.columns)}"
         )
-    typed = frame[list(schema)].copy()
+    # Typed columns are gathered and joined once: replacing hundreds of a wide table's
+    # columns one by one fragments the frame (pandas then warns at every later insert).
+    columns: dict[str, pd.Series] = {}
     problems: dict[int, list[str]] = defaultdict(list)
     for column, kind in schema.items():
         raw = frame[column]
         if kind == "float":
-            typed[column] = pd.to_numeric(raw, errors="coerce").astype("float64")
+            columns[column] = pd.to_numeric(raw, errors="coerce").astype("float64")
         elif kind == "datetime":
-            typed[column] = pd.to_datetime(raw, utc=True, errors="coerce", format="mixed")
+            columns[column] = pd.to_datetime(raw, utc=True, errors="coerce", format="mixed")
         elif kind == "string":
-            typed[column] = raw.astype("string")
+            columns[column] = raw.astype("string")
         else:
             raise ValueError(f"unknown schema type {kind!r} for column {column!r}")
-        unparsed = raw.notna() & typed[column].isna()
+        unparsed = raw.notna() & columns[column].isna()
         for position in np.flatnonzero(unparsed.to_numpy()):
             problems[position].append(f"type:{column}={raw.iloc[position]!r} is not a {kind}")
-    return typed, problems
+    return pd.DataFrame(columns, index=frame.index), problems
 
 
 def _derived_columns(frame: pd.DataFrame, rules: list[Rule]) -> dict[str, pd.Series]:
@@ -181,7 +183,8 @@ def validate_rows(
     """Type-check `frame` against `schema` and run `rules`; split rows into good and bad."""
     raw = frame.reset_index(drop=True)
     typed, problems = coerce_types(raw, schema)
-    checked = typed.assign(**_derived_columns(typed, rules))
+    derived = _derived_columns(typed, rules)
+    checked = pd.concat([typed, pd.DataFrame(derived, index=typed.index)], axis=1)
     checked[ROW_ID] = np.arange(len(checked))
     failures: Counter[str] = Counter()
     shown_values = {rule.name: rule.column for rule in rules if rule.show_value}
@@ -254,7 +257,7 @@ def check_bad_fraction(report: ValidationReport, max_bad_fraction: float, where:
 
 # Kinds that compare a row with other rows of a dataset: a request holds a few rows of one
 # client, so they are not checked at serving time (a stream's own duplicate and order
-# checks, and a window's, stand in for them).
+# checks, and the adapter's of each item, stand in for them).
 DATASET_KINDS = frozenset({"unique", "in_order"})
 
 

@@ -1,15 +1,18 @@
 """How a task is served: the adapter the one shared service calls (KServe's `Model`).
 
-The service (`serving/service.py`) owns HTTP, adaptive batching, hot swap, readiness,
-metrics and the prediction log; a task's `Serving` subclass says only what one request item
-is, how a batch of items becomes model input and outputs become answers, and, where the
-task streams, what per-key state a stream keeps. Plain Python: no web framework here.
+The service (`serving/service.py`, a framework class) owns HTTP, adaptive batching, hot
+swap, readiness, metrics and the prediction log; a task's `Serving` subclass says only
+what one request item is, how a batch of items becomes model input and outputs become
+answers, and, where the task streams, what per-key state a stream keeps. Plain Python:
+no web framework here.
 
 What each API of the service asks of the adapter:
 
 - `POST /predict` (adaptive batching): `Request` (one item; the body is `{input_name:
   [item, ...]}`), `check` (per item, before batching), `predict`, `Response` (one answer);
-- `POST /stream` (NDJSON, only with a `StreamLine`): `open_stream` → a `StreamState`;
+- `POST /stream` (NDJSON, only with a `StreamLine`): `open_stream` → a `StreamState`; each
+  item it hands on that is a `Request` (either form) or the `StreamLine` itself passes
+  `check` too (a refused one is an error line);
 - `POST /explain` (only with the `Explaining` ability): `explain`, `Explanation`;
 - `POST /predict_<file_kind>`, `/explain_<file_kind>` (only with `FileInput`): uploads;
 - `GET /metadata`: `describe`.
@@ -58,7 +61,7 @@ class Answer:
     picture: bytes | None = None  # explanations: a PNG a person opens
     # The data-contract rules the item broke (validation's names), counted per rule.
     refused: tuple[str, ...] = ()
-    # The item as the adapter holds it (say, a window's arrays), for `Serving.input_rows`:
+    # The item as the adapter holds it (say, its arrays), for `Serving.input_rows`:
     # never sent, and converted to rows only when the service stores inputs.
     source: Any = None
 
@@ -161,13 +164,13 @@ class Serving:
     Request: ClassVar[type[BaseModel]]
     Response: ClassVar[type[BaseModel]]
     input_name: ClassVar[str] = "items"
-    # Another form of one `/predict` item, told apart by holding a `columns` field (a
-    # window as one list per field rather than an object per reading: far less to parse);
-    # `check` and `predict` take either. None: `Request` only.
+    # Another form of one `/predict` item, told apart by holding a `columns` field (rows as
+    # one list per field rather than an object per row: far less to parse); `check` and
+    # `predict` take either. None: `Request` only.
     ColumnarRequest: ClassVar[type[BaseModel] | None] = None
     # One NDJSON line of `/stream`; None: the task does not stream.
     StreamLine: ClassVar[type[BaseModel] | None] = None
-    # What `loopline stream` calls the answers it counts ("sent 60 readings · 13 forecasts").
+    # What `loopline stream` calls the answers it counts ("sent 60 readings · 13 answers").
     answers_are: ClassVar[str] = "answers"
 
     def __init__(self, task: Any, params: Params) -> None:
@@ -189,7 +192,11 @@ class Serving:
     def check(self, item: Any, model: LoadedModel) -> None:
         """Raise BadInput naming what is wrong with `item` for the served model. Runs per
         request item while the body is validated, before batching: a bad item refuses its
-        request (400) without touching the batch it would have joined."""
+        request (400) without touching the batch it would have joined. On `/stream` it runs
+        on each item the `StreamState` hands on that is of a `/predict` kind or the line
+        itself (a refused one gets its error line); items a state assembles itself it
+        checks as it builds them. (A NaN or infinity anywhere in a body or line is refused
+        before, by the service, naming the field.)"""
 
     def predict(self, model: LoadedModel, items: list[Any]) -> list[Answer]:
         """Answer every item, in order (one model call for the batch where possible): the
@@ -242,7 +249,7 @@ class Serving:
 
 class StreamState:
     """Per-connection stream state. The default answers each line as one item; a task that
-    needs history (say, a window of readings per key) overrides `push` and `follow`."""
+    needs history (say, the latest readings per key) overrides `push` and `follow`."""
 
     def __init__(self, serving: Serving, model: LoadedModel) -> None:
         self.serving, self.model = serving, model
@@ -254,7 +261,7 @@ class StreamState:
         return [(line, item)], []
 
     def follow(self, model: LoadedModel) -> None:
-        """The service hot-swapped `model` in between two chunks: adapt (say, a new window
+        """The service hot-swapped `model` in between two chunks: adapt (say, a new input
         length), keeping what the stream holds."""
         self.model = model
 

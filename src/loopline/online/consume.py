@@ -26,6 +26,7 @@ calls: read with redelivery of the unacknowledged, reply-and-acknowledge, and la
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,7 +35,14 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from loopline.online.adapter import answer_items, describe_validation
-from loopline.online.predlog import PredictionRecord, json_text
+from loopline.online.live import insert_once, live_inputs_table, live_rows
+from loopline.online.models import default_threads, load_version, resolve_alias
+from loopline.online.predlog import (
+    PredictionRecord,
+    json_text,
+    predictions_table,
+    upgrade_predictions,
+)
 
 log = logging.getLogger(__name__)
 
@@ -191,9 +199,6 @@ class Ledger:
     def __init__(self, url: str, source: str) -> None:
         from sqlalchemy import MetaData, create_engine
 
-        from loopline.online.live import insert_once, live_inputs_table
-        from loopline.online.predlog import predictions_table, upgrade_predictions
-
         self.engine = create_engine(url, json_serializer=json_text, pool_pre_ping=True)
         metadata = MetaData()
         self.consumed = consumed_table(metadata)
@@ -341,8 +346,9 @@ class Consumer:
         self.counts["replayed"] += replayed
 
     def answer(self, messages: list[Message]) -> Round:
-        """Each message's answer (its events and, once a window is complete, the model's
-        answer), the predictions to log and the rows to store; malformed ones dead."""
+        """Each message's answer (its events and, once its key holds the rows the model
+        reads, the model's answer), the predictions to log and the rows to store; malformed
+        ones dead."""
         done, replies, ready = Round(), {}, []
         for n, message in enumerate(messages):
             try:
@@ -364,7 +370,6 @@ class Consumer:
         return done
 
     def _predict(self, messages, ready, replies, done: Round) -> None:
-        from loopline.online.live import live_rows
 
         model = self.model
         started = time.perf_counter()
@@ -401,7 +406,6 @@ class Champion:
     checked_at: float = 0.0
 
     def current(self, poll_interval_s: float) -> Any:
-        from loopline.online.models import load_version, resolve_alias
 
         if self.model is not None and time.monotonic() - self.checked_at < poll_interval_s:
             return self.model
@@ -424,10 +428,6 @@ class Champion:
 
 def open_consumer(params: Any, paths: Any, name: str) -> tuple[Consumer, Champion]:
     """The consumer `name` of the project's `consume:` stream, and its champion watch."""
-    import os
-
-    from loopline.online.models import default_threads
-
     settings = params.consume
     source = RedisStreams(
         os.environ.get("LOOPLINE_CONSUME_URL") or settings.url,

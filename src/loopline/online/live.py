@@ -150,8 +150,8 @@ def insert_once(table, dialect: str):
 class LiveInputLog(PredictionLog):
     """The prediction log's writer for `live_inputs`: the same bounded queue, background
     batches and spool, with each row inserted once. Rows this process queued recently are
-    skipped before they are queued (a stream's windows overlap, and so do a client's
-    `/predict` windows), so the database sees most duplicates never."""
+    skipped before they are queued (a stream's items share rows, and so do a client's
+    `/predict` items), so the database sees most duplicates never."""
 
     record_type: ClassVar[type] = LiveRow
     thread_name: ClassVar[str] = "live-inputs"
@@ -207,7 +207,7 @@ def read_live_inputs(
         if not inspect(engine).has_table(TABLE):
             return pd.DataFrame(columns=columns)
         table = live_inputs_table(MetaData())
-        # In event-time order, not storing order: clients send windows in any order, and
+        # In event-time order, not storing order: clients send items in any order, and
         # validation's `in_order` rule reads a series' rows in the frame's order.
         query = (
             select(table.c.fields)

@@ -21,9 +21,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from loopline.errors import ConfigError, LooplineError
+from loopline.offline.export import embedded_spec, run_onnx
 from loopline.offline.features import FeatureSpec
 from loopline.redaction import redact
-from loopline.registry import GOLDEN_FILE
+from loopline.registry import GOLDEN_FILE, download_model
+from loopline.tasks import task_named
 
 if TYPE_CHECKING:
     from loopline.online.adapter import Serving
@@ -120,30 +122,32 @@ class LoadedModel:
         }
 
 
-def check_model(session, spec: FeatureSpec, folder: Path, atol: float = 1e-2) -> float:
+def check_model(
+    session, spec: FeatureSpec, folder: Path, atol: float = 1e-2, task: Any = None
+) -> float:
     """Warm the session up and check it before it serves; returns the max |diff| checked.
 
     With the golden batch published beside the model, its outputs must match the ones
     recorded at export (a corrupt or mismatched file fails here, not on a live request);
-    without one, a batch of zeros must give finite forecasts of the right shape.
+    without one, the task's probe batch (`Task.probe_input`; `task` defaults to the one the
+    spec names) must give finite outputs, one per row.
     """
-    from loopline.offline.export import run_onnx
-
     golden = folder / GOLDEN_FILE
     if golden.is_file():
         with np.load(golden) as stored:
             x, expected = stored["x"], stored["y"]
     else:
-        x = np.zeros((2, spec.window, len(spec.feature_columns)), np.float32)
+        x = (task or task_named(spec.task)).probe_input(spec)
         expected = None
     try:
         actual = run_onnx(session, x)
         run_onnx(session, x[:1])  # batch 1 too: the exporter's batch-1 trap shows up here
     except Exception as error:
         raise ModelLoadError(f"the model failed on its check batch: {error}") from None
-    shape = expected.shape if expected is not None else (len(x), spec.horizon)
-    if actual.shape != shape:
-        raise ModelLoadError(f"the model returned shape {actual.shape}, expected {shape}")
+    if expected is not None and actual.shape != expected.shape:
+        raise ModelLoadError(f"the model returned shape {actual.shape}, expected {expected.shape}")
+    if expected is None and (actual.ndim == 0 or len(actual) != len(x)):
+        raise ModelLoadError(f"the model returned shape {actual.shape} for {len(x)} rows")
     if not np.isfinite(actual).all():
         raise ModelLoadError("the model returned non-finite values on its check batch")
     if expected is None:
@@ -166,8 +170,6 @@ def load_model_folder(
     prefer_gpu: bool = True,
 ) -> LoadedModel:
     """Build, warm and check a session from a downloaded model folder."""
-    from loopline.offline.export import embedded_spec
-
     session = build_session(folder / "model.onnx", threads, prefer_gpu)
     try:
         spec = embedded_spec(session)
@@ -252,8 +254,6 @@ def load_version(
     prefer_gpu: bool = True,
 ) -> LoadedModel:
     """Download a registered version into `cache` and load it (see `load_model_folder`)."""
-    from loopline.registry import download_model
-
     name, version = model_version.name, str(model_version.version)
     cache.mkdir(parents=True, exist_ok=True)
     dest = Path(tempfile.mkdtemp(prefix=f"{name}-v{version}-", dir=cache))

@@ -31,11 +31,6 @@ class StreamStats:
     errors: int = 0
     versions: list[str] = field(default_factory=list)  # model version of each answer, if told
 
-    @property
-    def forecasts(self) -> int:
-        """A forecaster's answers (the name benchmarks and older callers read)."""
-        return self.answers
-
 
 def parse_rate(text: str) -> float:
     """'20/s', '5/min' or '20' → readings per second (0 = as fast as possible)."""

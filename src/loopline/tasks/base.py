@@ -16,6 +16,7 @@ with its own shape of data subclasses `Task` and fills in the methods marked abs
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import re
 import typing
 from dataclasses import dataclass, field
@@ -23,7 +24,8 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Protocol, r
 
 from pydantic import AfterValidator, StrictInt
 
-from loopline.config import Section
+from loopline.config import SHARED_SECTIONS, Params, Section
+from loopline.online.adapter import Serving
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -37,6 +39,11 @@ if TYPE_CHECKING:
     from loopline.offline.features import FeatureSpec
     from loopline.offline.labeling import Examples
     from loopline.offline.validate import Rule
+
+
+# The column of a monitored frame (`Task.monitor_inputs`) holding each row's event time,
+# which orders the rows and cuts them into the monitor's periods.
+EVENT_TIME = "event_time"
 
 
 class NoParams(Section):
@@ -112,6 +119,9 @@ class Hyperparameters:
     def from_dict(cls, values: dict[str, Any]) -> Hyperparameters:
         """Typed hyperparameters from plain values (a trial, a checkpoint, MLflow params);
         unknown or missing names are named (a field with a default may be missing)."""
+        undecorated = undecorated_hyperparameters(cls)
+        if undecorated:
+            raise ValueError(undecorated)
         known = cls.axes()
         values = {**cls.defaults(), **values}
         unknown = sorted(set(values) - set(known))
@@ -125,6 +135,27 @@ class Hyperparameters:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def undecorated_hyperparameters(cls: type) -> str | None:
+    """Why a `Hyperparameters` subclass's fields are not seen (None when they are): a class
+    that declares fields without its own dataclass decorator leaves them out of
+    `dataclasses.fields`, and they would be reported as unknown names instead."""
+    for klass in cls.__mro__:
+        if klass is Hyperparameters or not issubclass(klass, Hyperparameters):
+            continue
+        declared = [
+            name
+            for name, annotation in inspect.get_annotations(klass).items()
+            if "ClassVar" not in str(annotation)
+        ]
+        if declared and "__dataclass_fields__" not in klass.__dict__:
+            return (
+                f"{klass.__name__} declares {declared} but is not a dataclass itself: put "
+                f"@dataclass(frozen=True, kw_only=True) above `class {klass.__name__}` "
+                "(from dataclasses import dataclass)"
+            )
+    return None
 
 
 @dataclass(frozen=True)
@@ -180,6 +211,9 @@ class Task:
     # data is cross-validated stratified by label); grouped: by its group's key, so no group
     # is in two sets (`loopline.offline.split`).
     split_kind: ClassVar[Literal["chronological", "stratified", "grouped"]] = "stratified"
+    # The column whose rows stay together (a grouped split puts each of its values in one
+    # set, cross-validation in one fold), or None.
+    group_column: ClassVar[str | None] = None
     # What a model started from another (`train.init_from`) reads the source's way: feature
     # spec fields or options fitted on data (scaling, a vocabulary) that its weights expect.
     transferred_features: ClassVar[tuple[str, ...]] = ()
@@ -236,15 +270,26 @@ class Task:
         """The data contract beyond column types: rows breaking a rule are quarantined."""
         raise NotImplementedError
 
+    def split_margin(self, params: Params, spec: FeatureSpec) -> pd.Timedelta:
+        """Time left out between chronological sets, so that no example's inputs or labels
+        reach into a neighbouring set (say, the longest input window); none for one-row
+        examples. Default: `split_gap` steps of the spec's step (see there)."""
+        return _steps_as_time(self.split_gap(params), spec, "split_gap")
+
+    def history_span(self, params: Params, spec: FeatureSpec) -> pd.Timedelta:
+        """Time before the test set that evaluating a chronological task reads (say, a
+        window plus the longest lag). Default: `history_steps` steps of the spec's step."""
+        return _steps_as_time(self.history_steps(params), spec, "history_steps")
+
     def split_gap(self, params: Params) -> int:
-        """Steps left out between chronological sets, so that no example's inputs or labels
-        reach into a neighbouring set (say, the longest input window); 0 for one-row
-        examples."""
+        """The margin in steps (the former hook, still honoured: `split_margin` reads it as
+        steps of the spec's `freq`, which the task's `Options` must then declare); prefer
+        overriding `split_margin`. 0 by default."""
         return 0
 
     def history_steps(self, params: Params) -> int:
-        """Steps before the test set that evaluating a chronological task reads (say, a
-        window plus the longest lag)."""
+        """The history in steps (the former hook, honoured as `split_gap` is); prefer
+        overriding `history_span`. `split_gap` by default."""
         return self.split_gap(params)
 
     # ------------------------------------------------------------------ features and labels
@@ -321,6 +366,22 @@ class Task:
         label set or image size), or None."""
         return None
 
+    def loss_dependence(self, spec: FeatureSpec) -> int:
+        """How many neighbouring rows (in time order) may share targets, so that their
+        losses are not independent: the paired gate's and the deployment policy's
+        Diebold–Mariano test allows for that many - 1 lags (say, a forecast's horizon:
+        overlapping forecasts share all but one step). 1: every row stands alone."""
+        return 1
+
+    def probe_input(self, spec: FeatureSpec) -> np.ndarray:
+        """A small input batch a loaded model is checked on when no golden batch was
+        published beside it (it must give finite outputs, one per row). Default: two rows
+        of zeros, one column per feature; a task whose model reads another shape (a
+        sequence, token ids, an image) returns its own."""
+        import numpy as np
+
+        return np.zeros((2, len(spec.feature_columns)), np.float32)
+
     # ------------------------------------------------------------------ monitoring
     # What a model's reference profile holds and how live ground truth joins its logged
     # predictions (`loopline.offline.reference`, `loopline.watch.monitor`). The defaults watch
@@ -333,19 +394,19 @@ class Task:
         the keys, the time and the target."""
         import pandas as pd
 
-        from loopline.offline.reference import EVENT_TIME
-
         skip = {*self.key_columns, self.time_column, self.target_column}
-        out = pd.DataFrame(index=rows.index)
+        # Columns gathered first and joined once: a frame grown column by column warns
+        # (PerformanceWarning) past a hundred columns, once per column of a wide table.
+        columns: dict[str, pd.Series] = {}
         for column, kind in self.schema.items():
             if column in skip or column not in rows.columns:
                 continue
             if kind == "float":
-                out[column] = pd.to_numeric(rows[column], errors="coerce")
+                columns[column] = pd.to_numeric(rows[column], errors="coerce")
             elif kind == "string":
-                out[column] = rows[column].astype("string")
-        out[EVENT_TIME] = self._event_times(rows)
-        return out
+                columns[column] = rows[column].astype("string")
+        columns[EVENT_TIME] = self._event_times(rows)
+        return pd.DataFrame(columns, index=rows.index)
 
     def _event_times(self, rows: pd.DataFrame):
         import pandas as pd
@@ -445,6 +506,22 @@ class Task:
         return losses.mean(axis=-1)
 
 
+def _steps_as_time(steps: int, spec: FeatureSpec, hook: str) -> pd.Timedelta:
+    """`steps` of the spec's step (its options' `freq`), for the former step-counting hooks."""
+    import pandas as pd
+
+    if not steps:
+        return pd.Timedelta(0)
+    step = getattr(spec.options, "freq", None)
+    if not step:
+        raise ValueError(
+            f"{hook}() gives {steps} steps, but the spec has no step to count them in (its "
+            "Options declare no `freq`): override split_margin / history_span to return "
+            "a pandas Timedelta instead"
+        )
+    return pd.Timedelta(step) * int(steps)
+
+
 # ---------------------------------------------------------------------- optional abilities
 
 
@@ -524,7 +601,6 @@ RESERVED_NAMES = frozenset({"labels", "quarantine", "snapshots"})
 def task_name_problem(name: Any) -> str | None:
     """Why `name` cannot name a task (None when it can): it becomes a params section, a
     model name and a data folder."""
-    from loopline.config import SHARED_SECTIONS, Params
 
     if not isinstance(name, str) or not NAME.match(name):
         return f"task name {name!r} must be lower-case letters, digits and '_', from a letter"
@@ -535,7 +611,6 @@ def task_name_problem(name: Any) -> str | None:
 
 def contract_problems(cls: type) -> list[str]:
     """What `cls` misses of the contract (empty when it is complete)."""
-    from loopline.online.adapter import Serving
 
     problems = []
     if not (isinstance(cls, type) and issubclass(cls, Task)):
@@ -555,6 +630,8 @@ def contract_problems(cls: type) -> list[str]:
     hp = getattr(cls, "Hyperparameters", None)
     if hp is not None and not (isinstance(hp, type) and issubclass(hp, Hyperparameters)):
         problems.append("Hyperparameters must subclass loopline.tasks.base.Hyperparameters")
+    elif hp is not None and undecorated_hyperparameters(hp):
+        problems.append(undecorated_hyperparameters(hp))
     options = getattr(cls, "Options", NoOptions)
     if not (isinstance(options, type) and issubclass(options, FeatureOptions)):
         problems.append("Options must subclass loopline.tasks.base.FeatureOptions")

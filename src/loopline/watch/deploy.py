@@ -6,7 +6,7 @@ service routes alike and a restarted one picks it up. Routing is sticky: a key (
 request's id) goes to the challenger when its hash under the deployment's id falls in the
 canary's share. In shadow mode the challenger answers every item off the response path; in
 canary mode it answers its share, and the champion answers the same items off the path
-("control"), so the policy compares both on the same keys and time windows either way.
+("control"), so the policy compares both on the same keys and times either way.
 
 The policy (`judge`) reads the prediction log since the deployment began: errors, p99
 latency, agreement, and live quality where truth has joined, with a paired test. It runs
@@ -21,16 +21,26 @@ from __future__ import annotations
 import getpass
 import hashlib
 import json
+import tempfile
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
 from loopline import registry
-from loopline.errors import LooplineError, RegistryError
+from loopline.config import apply_overrides
+from loopline.errors import ChampionMoved, LooplineError, RegistryError
+from loopline.offline.batch import human_labels
+from loopline.offline.gate import diebold_mariano, paired_bootstrap
+from loopline.online.live import stored_since
+from loopline.online.predlog import predictions_table, upgrade_predictions
+from loopline.params import load_params, parse_params
+from loopline.tasks import BUILTIN
+from loopline.watch.monitor import load_version
 
 TAG = "loopline.deploy"  # the registered model's tag holding the running deployment (JSON)
 HISTORY_PREFIX = "deploy_history/"
@@ -67,7 +77,7 @@ class Deployment:
 
 def current(tracking_uri: str, name: str) -> Deployment | None:
     """The running deployment of `name`, None when there is none."""
-    raw = registry.client(tracking_uri).get_registered_model(name).tags.get(TAG)
+    raw = registry.model_tags(tracking_uri, name).get(TAG)
     return Deployment(**json.loads(raw)) if raw else None
 
 
@@ -85,12 +95,11 @@ def start(
     recorded). Refused: an unknown or refused version, the champion itself."""
     if mode == "canary" and not 0 < share <= 100:
         raise RegistryError(f"a canary's share is a percent in (0, 100], got {share:g}")
-    mlflow_client = registry.client(tracking_uri)
     with _lock(tracking_uri, name):
         champion = registry.champion_version(tracking_uri, name)
         if champion is None:
             raise RegistryError(f"{name!r} has no champion to deploy a challenger beside")
-        target = registry._existing_version(mlflow_client, name, str(version))
+        target = registry.existing_version(tracking_uri, name, str(version))
         mark = registry.refusal(target)
         if mark is not None:
             raise RegistryError(registry.describe_refusal(name, str(version), mark))
@@ -98,7 +107,7 @@ def start(
             raise RegistryError(f"v{version} is the champion already")
         running = current(tracking_uri, name)
         if running is not None:
-            _record(mlflow_client, name, running, "replaced", f"v{version} deployed instead", {})
+            _record(tracking_uri, name, running, "replaced", f"v{version} deployed instead", {})
         deployment = Deployment(
             id=deployment_id or uuid.uuid4().hex[:12],
             version=str(version),
@@ -109,8 +118,8 @@ def start(
             by=who or getpass.getuser(),
             why=reason,
         )
-        mlflow_client.set_registered_model_tag(name, TAG, deployment.to_json())
-        _record(mlflow_client, name, deployment, "started", reason, {})
+        registry.set_model_tag(tracking_uri, name, TAG, deployment.to_json())
+        _record(tracking_uri, name, deployment, "started", reason, {})
     return deployment
 
 
@@ -126,9 +135,6 @@ def end(
     """End deployment `deployment_id` if it is still the running one ("promoted": the
     challenger becomes champion through `move_champion`, with the statistics; else the
     champion stays). Returns the history entry, None when it had ended already."""
-    from loopline.errors import ChampionMoved
-
-    mlflow_client = registry.client(tracking_uri)
     with _lock(tracking_uri, name):
         running = current(tracking_uri, name)
         if running is None or running.id != deployment_id:
@@ -147,8 +153,8 @@ def end(
                 )
             except ChampionMoved as error:
                 outcome, reason = "ended", f"not promoted: {error}"
-        mlflow_client.delete_registered_model_tag(name, TAG)
-        return _record(mlflow_client, name, running, outcome, reason, statistics, who)
+        registry.delete_model_tag(tracking_uri, name, TAG)
+        return _record(tracking_uri, name, running, outcome, reason, statistics, who)
 
 
 def _lock(tracking_uri: str, name: str):
@@ -157,7 +163,7 @@ def _lock(tracking_uri: str, name: str):
     return registry.champion_lock(tracking_uri, f"{name}.deploy")
 
 
-def _record(mlflow_client, name, deployment, outcome, reason, statistics, who=None) -> dict:
+def _record(tracking_uri, name, deployment, outcome, reason, statistics, who=None) -> dict:
     now = datetime.now(UTC)
     entry = {
         "when": now.isoformat(),
@@ -172,13 +178,13 @@ def _record(mlflow_client, name, deployment, outcome, reason, statistics, who=No
         "statistics": statistics,
     }
     key = f"{HISTORY_PREFIX}{now:%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:6]}"
-    mlflow_client.set_registered_model_tag(name, key, json.dumps(entry, default=str))
+    registry.set_model_tag(tracking_uri, name, key, json.dumps(entry, default=str))
     return entry
 
 
 def history(tracking_uri: str, name: str) -> list[dict[str, Any]]:
     """Every deployment's start and end, oldest first."""
-    tags = registry.client(tracking_uri).get_registered_model(name).tags
+    tags = registry.model_tags(tracking_uri, name)
     return [json.loads(tags[k]) for k in sorted(k for k in tags if k.startswith(HISTORY_PREFIX))]
 
 
@@ -197,8 +203,6 @@ class Verdict:
 def read_records(engine: Any, name: str, since: str) -> pd.DataFrame:
     """The prediction log's records of `name` logged since `since`, with their roles."""
     from sqlalchemy import MetaData, inspect, select
-
-    from loopline.online.predlog import predictions_table, upgrade_predictions
 
     columns = ["model_version", "role", "api", "key", "origin", "output", "latency_ms"]
     if not inspect(engine).has_table("predictions"):  # no service has answered yet
@@ -310,9 +314,8 @@ def judge(
 
 def _quality_verdict(good, task, spec, rows, labels, settings, stats) -> Verdict:
     """Live quality on the pairs whose truth is known: a one-sided Diebold–Mariano test
-    each way on the per-item losses (rows in time order; the horizon's overlap allowed)."""
-    from loopline.offline.gate import diebold_mariano, paired_bootstrap
-
+    each way on the per-item losses (rows in time order; the task's overlap of neighbouring
+    rows allowed: `Task.loss_dependence`)."""
     good = good.assign(origin=pd.to_datetime(good["origin"], utc=True, errors="coerce"))
     good = good.sort_values(["origin", "key"], kind="stable").reset_index(drop=True)
     losses = []
@@ -328,9 +331,9 @@ def _quality_verdict(good, task, spec, rows, labels, settings, stats) -> Verdict
         return Verdict(
             "wait", f"truth for {int(known.sum())} of {settings.min_observations} pairs", stats
         )
-    horizon = int(getattr(spec, "horizon", 1) or 1)
-    _, p_better = diebold_mariano(b, a, horizon)
-    statistic, p_worse = diebold_mariano(a, b, horizon)
+    overlap = max(int(task.loss_dependence(spec)), 1)
+    _, p_better = diebold_mariano(b, a, overlap)
+    statistic, p_worse = diebold_mariano(a, b, overlap)
     difference, interval, _ = paired_bootstrap(
         (b, a),
         lambda x, y, axis=-1: np.mean(x, axis=axis) - np.mean(y, axis=axis),
@@ -368,21 +371,13 @@ def _quality_verdict(good, task, spec, rows, labels, settings, stats) -> Verdict
 
 def deployed_models(tracking_uri: str) -> list[str]:
     """Every registered model with a deployment running (the policy judges them all)."""
-    mlflow_client, names, token = registry.client(tracking_uri), [], None
-    while True:
-        page = mlflow_client.search_registered_models(max_results=100, page_token=token)
-        names += [m.name for m in page if (m.tags or {}).get(TAG)]
-        token = page.token
-        if not token:
-            return sorted(names)
+    return registry.model_names(tracking_uri, tagged=TAG)
 
 
 def task_reference(tracking_uri: str, name: str, params: Any) -> str:
     """The task reference of model `name`: the task its newest version's lineage names
     (params' own reference when that is params' task), else params' task. Raises
     RegistryError for a model of a task of its own that params does not name."""
-    from loopline.tasks import BUILTIN
-
     try:
         latest = registry.latest_version(tracking_uri, name)
     except Exception:  # the registry may be away: whoever asked reports that itself
@@ -402,8 +397,6 @@ def task_reference(tracking_uri: str, name: str, params: Any) -> str:
 
 def params_for_model(params: Any, paths: Any, name: str) -> Any:
     """`params` for judging or serving model `name`: its own task, `serve.model` set."""
-    from loopline.config import apply_overrides, load_params, parse_params
-
     reference = task_reference(paths.tracking_uri(), name, params)
     if reference == params.task:
         raw = apply_overrides(params.to_dict(), [f"serve.model={name}"])
@@ -446,21 +439,15 @@ def decide_all(params: Any, paths: Any, act: bool = True) -> list[Decided]:
 def decide(params: Any, paths: Any, act: bool = True) -> tuple[Deployment, Verdict, dict] | None:
     """Judge the project's running deployment (None when there is none) and, with `act`,
     carry out a promote or rollback: returns (deployment, verdict, history entry or {})."""
-    import tempfile
-    from pathlib import Path
 
     from sqlalchemy import create_engine
-
-    from loopline.offline.batch import human_labels
-    from loopline.online.live import stored_since
-    from loopline.watch.monitor import load_version
 
     uri, name = paths.tracking_uri(), params.served_model
     deployment = current(uri, name)
     if deployment is None:
         return None
     task = params.plugin
-    mark = registry.refusal(registry.client(uri).get_model_version(name, deployment.version))
+    mark = registry.refusal(registry.existing_version(uri, name, deployment.version))
     if mark is not None:
         verdict = Verdict("rollback", f"a service refused v{deployment.version}: {mark['why']}")
     else:

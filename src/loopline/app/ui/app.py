@@ -33,8 +33,11 @@ from loopline.app.ui import facts
 from loopline.app.ui.services import Watcher
 from loopline.errors import ChampionMoved, LooplineError, RegistryUnreachable
 from loopline.health import LOOPBACK_HOSTS
+from loopline.offline.batch import human_labels
 from loopline.online.models import service_check
+from loopline.online.predlog import upgrade_predictions
 from loopline.redaction import redact
+from loopline.watch.monitor import load_version
 
 HERE = Path(__file__).parent
 # The page runs only its own files: no inline script, nothing from another origin.
@@ -64,8 +67,6 @@ class Project:
 
     def spec_of(self, name: str, version: str) -> Any:
         """A version's feature spec (versions never change: kept once read)."""
-        from loopline.watch.monitor import load_version
-
         key = (name, version)
         if key not in self.specs:
             try:
@@ -81,7 +82,6 @@ class Project:
         return self.specs[key]
 
     def labels(self):
-        from loopline.offline.batch import human_labels
 
         try:
             return human_labels(self.params, self.paths)
@@ -116,8 +116,6 @@ def create_app(project: Project, host: str | None = None) -> FastAPI:
     """The operator page of `project`, answering the names `served_hosts` gives for
     `host` (the address it listens on; default `ui.host`)."""
     from sqlalchemy import create_engine
-
-    from loopline.online.predlog import upgrade_predictions
 
     project.engine = project.engine or create_engine(
         project.paths.prediction_log_url(project.params), pool_pre_ping=True

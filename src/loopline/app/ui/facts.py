@@ -27,10 +27,11 @@ from loopline.offline.publishing import (
     tagged_metrics,
 )
 from loopline.offline.tracking import TRIGGER_TAG
+from loopline.online.live import stored_since
+from loopline.online.predlog import predictions_table
 from loopline.redaction import redact
-from loopline.watch.monitor import event_times
-
-SUMMARY = "*"  # the monitoring table's row for a signal as a whole (not one feature)
+from loopline.watch import deploy
+from loopline.watch.monitor import SUMMARY, event_times, monitoring_table, upgrade_monitoring
 
 
 class Missing(LooplineError):
@@ -53,10 +54,9 @@ def _iso(millis: int | None) -> str | None:
 def model_names(tracking_uri: str) -> list[str]:
     """Every registered model's name, sorted."""
     try:
-        models = registry.client(tracking_uri).search_registered_models()
+        return registry.model_names(tracking_uri)
     except Exception as error:  # whatever MLflow's store or transport raises
         raise _unreachable("the registry", tracking_uri, error) from None
-    return sorted(model.name for model in models)
 
 
 def flat(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -143,7 +143,6 @@ def read_model(tracking_uri: str, name: str) -> Registered:
     aliases: dict[str, list[str]] = {}
     for alias, version in (model.aliases or {}).items():
         aliases.setdefault(str(version), []).append(alias)
-    from loopline.watch import deploy
 
     tags = model.tags
     history = [json.loads(tags[k]) for k in sorted(tags) if k.startswith(registry.HISTORY_PREFIX)]
@@ -236,8 +235,6 @@ def recent_predictions(
     `limit`: the newest of them). `engine`: the prediction log's (SQLAlchemy)."""
     from sqlalchemy import MetaData, inspect, select
 
-    from loopline.online.predlog import predictions_table
-
     try:
         if not inspect(engine).has_table("predictions"):
             return []
@@ -271,7 +268,7 @@ def live_panel(
     labels: pd.DataFrame | None,
     limit: int,
 ) -> dict[str, Any]:
-    """The last `limit` predictions as the task's picture (say, forecasts against the
+    """The last `limit` predictions as the task's picture (say, predictions against the
     readings measured since) and live quality over time where truth has joined them.
     `columns`: the task's raw data contract; `spec_of(version)`: a version's feature spec."""
     records = pd.DataFrame(recent_predictions(engine, name, limit=limit))
@@ -309,8 +306,6 @@ def _truth_rows(
 ) -> pd.DataFrame | None:
     """The rows the service stored since the oldest of `records` (their truth, for a task
     whose rows carry time), or None: the log's own rows stand for them."""
-    from loopline.online.live import stored_since
-
     time = getattr(task, "time_column", None)
     if not time:
         return None
@@ -393,21 +388,20 @@ def _quality_json(task: Any, losses: pd.DataFrame, name: str) -> dict[str, Any]:
 
 
 def health_panel(engine: Any, name: str, limit: int = 5000) -> dict[str, Any]:
-    """The monitor's tested windows per signal and version (statistic over threshold: 1 =
+    """The monitor's tested periods per signal and version (statistic over threshold: 1 =
     at it) as series over time, with the alarms among them."""
     from sqlalchemy import MetaData, inspect, select
-
-    from loopline.watch.monitor import monitoring_table
 
     try:
         if not inspect(engine).has_table("monitoring"):
             raise Missing("the monitor has not run yet: `loopline monitor` (or its schedule)")
+        upgrade_monitoring(engine)  # a table an earlier release made: its columns renamed
         t = monitoring_table(MetaData())
-        wanted = ("signal", "model_version", "window_start", "statistic", "threshold")
+        wanted = ("signal", "model_version", "period_start", "statistic", "threshold")
         query = (
             select(*(t.c[c] for c in (*wanted, "alarm", "streak", "note")))
             .where(t.c.model_name == name, t.c.feature == SUMMARY)
-            .order_by(t.c.window_start.desc())
+            .order_by(t.c.period_start.desc())
             .limit(limit)
         )
         with engine.connect() as connection:
@@ -418,8 +412,8 @@ def health_panel(engine: Any, name: str, limit: int = 5000) -> dict[str, Any]:
     except Exception as error:
         raise _unreachable("the monitoring table", _where(engine), error) from None
     if rows.empty:
-        raise Missing(f"the monitor has tested no window of {name!r} yet")
-    return _signals_json(rows.sort_values("window_start"))
+        raise Missing(f"the monitor has tested no period of {name!r} yet")
+    return _signals_json(rows.sort_values("period_start"))
 
 
 def _signals_json(rows: pd.DataFrame) -> dict[str, Any]:
@@ -431,7 +425,7 @@ def _signals_json(rows: pd.DataFrame) -> dict[str, Any]:
             {
                 "signal": signal,
                 "version": str(version),
-                "x": _seconds(group["window_start"]),
+                "x": _seconds(group["period_start"]),
                 "ratio": _finite(ratio),
                 "alarm": group["alarm"].astype(bool).tolist(),
             }
@@ -443,13 +437,13 @@ def _signals_json(rows: pd.DataFrame) -> dict[str, Any]:
             {
                 "signal": a.signal,
                 "version": str(a.model_version),
-                "window_start": pd.Timestamp(a.window_start).isoformat(),
+                "period_start": pd.Timestamp(a.period_start).isoformat(),
                 "streak": int(a.streak),
                 "note": a.note,
             }
             for a in alarms.itertuples()
         ][::-1],
-        "last_window": pd.Timestamp(rows["window_start"].max()).isoformat(),
+        "last_period": pd.Timestamp(rows["period_start"].max()).isoformat(),
     }
 
 

@@ -82,16 +82,16 @@ def traffic(now: Scrape, before: Scrape | None) -> dict[str, Any]:
     service started when there is no earlier one)."""
     if before is None or now.requests < before.requests:  # first look, or it restarted
         before = Scrape(now.at, buckets={le: 0.0 for le in now.buckets})
-        window = None
+        interval = None
     else:
-        window = now.at - before.at
+        interval = now.at - before.at
     buckets = {le: now.buckets[le] - before.buckets.get(le, 0.0) for le in now.buckets}
     requests = now.requests - before.requests
     p50, p99 = quantile(0.5, buckets), quantile(0.99, buckets)
     return {
-        "window_s": window,
+        "interval_s": interval,
         "requests": requests,
-        "rps": requests / window if window else None,
+        "rps": requests / interval if interval else None,
         "errors": now.errors - before.errors,
         "refused": now.refused - before.refused,
         "p50_ms": None if p50 is None else p50 * 1000,

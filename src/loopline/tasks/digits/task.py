@@ -42,7 +42,6 @@ class DigitsTask(ImageTask):
     }
     label_type: ClassVar[str] = "float"
     class_names: ClassVar[tuple[str, ...]] = CLASSES
-    spec_horizon: ClassVar[int] = len(CLASSES)  # what digits models have always saved
 
     def bind(self, settings: DigitsParams) -> DigitsTask:
         return self  # the labels are digits; the pixel columns follow `schema_for`

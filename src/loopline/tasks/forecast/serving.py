@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model, model_validator
 
+from loopline.offline.export import run_onnx
 from loopline.offline.features import FeatureSpec, normalize
 from loopline.online.adapter import (
     Answer,
@@ -150,7 +151,7 @@ def types_for(
 
 def required_readings(spec: FeatureSpec) -> int:
     """Consecutive readings one forecast needs: the window plus the longest lag."""
-    return spec.window + max(spec.options.lags or [0])
+    return spec.options.window + max(spec.options.lags or [0])
 
 
 # ----------------------------------------------------------------------------- windows
@@ -227,10 +228,10 @@ def window_inputs(task, spec: FeatureSpec, windows: list[Window], window: int) -
     """Model inputs (N, window, features) for raw windows, in one feature pass: on column
     arrays (`task.window_features`) when the windows are complete and consecutive, as
     `/predict` checks and a stream keeps them, else through the offline `add_features`."""
-    batch = stack_windows(windows, spec.time_column, spec.freq)
+    batch = stack_windows(windows, spec.options.time_column, spec.options.freq)
     if (
         batch is not None
-        and window == spec.window
+        and window == spec.options.window
         and batch.times.shape[1] >= required_readings(spec)
     ):
         return normalized(task.window_features(batch, spec), spec)
@@ -248,7 +249,7 @@ def frame_inputs(task, spec: FeatureSpec, windows: list[Window], window: int) ->
     n_rows = len(windows[0])
     # One frame for the whole batch, built from concatenated columns.
     columns = {c: np.concatenate([w.rows[c] for w in windows]) for c in windows[0].rows}
-    columns[spec.group_column] = np.repeat(list(groups), n_rows)
+    columns[spec.options.group_column] = np.repeat(list(groups), n_rows)
     features = task.add_features(pd.DataFrame(columns), task.batch_spec(spec, groups))
     x = normalize(features, spec)
     # add_features sorts by (group, time); groups sort as strings, so index them by key.
@@ -262,7 +263,6 @@ def forecast_windows(task, model: LoadedModel, windows: list[Window]) -> list[Fo
     """Forecast each window (all of the model's `required_readings` rows) with the ONNX
     session. A window whose features or forecast are not finite gets a `problem` naming
     the feature and reading, and the others are forecast all the same."""
-    from loopline.offline.export import run_onnx
 
     if not windows:
         return []
@@ -275,10 +275,10 @@ def forecast_windows(task, model: LoadedModel, windows: list[Window]) -> list[Fo
         w if n == required else w.tail(required) for w, n in zip(windows, lengths, strict=True)
     ]
     with np.errstate(over="ignore", invalid="ignore"):  # an absurd reading: told per window
-        x = window_inputs(task, spec, windows, spec.window)
+        x = window_inputs(task, spec, windows, spec.options.window)
     # One window's absurd (finite) reading must not cost the batch its forecasts.
     answered = ~nonfinite_items(x)
-    values = np.full((len(windows), spec.horizon), np.nan, dtype=np.float32)
+    values = np.full((len(windows), spec.options.horizon), np.nan, dtype=np.float32)
     if answered.any():
         values[answered] = run_onnx(model.session, x if answered.all() else x[answered])
     outputs_bad = nonfinite_items(values)
@@ -298,12 +298,12 @@ def forecasts_of(
 ) -> list[Forecast]:
     """One `Forecast` per window: its steps' times from the origin, as ISO text made for the
     whole batch at once (a pandas Timestamp per step cost more than the model call)."""
-    step = pd.Timedelta(spec.freq).value
+    step = pd.Timedelta(spec.options.freq).value
     origins = np.array(
-        [w.rows[spec.time_column][-1] for w in windows], dtype="datetime64[ns]"
+        [w.rows[spec.options.time_column][-1] for w in windows], dtype="datetime64[ns]"
     ).view(np.int64)
     return [
-        Forecast(item.key, origin, step_times(origin, step, spec.horizon), row, version)
+        Forecast(item.key, origin, step_times(origin, step, spec.options.horizon), row, version)
         for item, origin, row in zip(windows, origins.tolist(), values, strict=True)
     ]
 
@@ -325,12 +325,12 @@ def step_times(origin: int, step: int, horizon: int) -> list[str]:
 
 
 def feature_problem(window: Window, x: np.ndarray, spec: FeatureSpec) -> str:
-    """Which feature of a window (its model input `x`, the last `spec.window` readings) is
+    """Which feature of a window (its model input `x`, the last `spec.options.window` readings) is
     not finite, at which reading, with that reading's raw value(s)."""
     step, column = (int(i) for i in np.argwhere(~np.isfinite(x))[0])
     feature = spec.feature_columns[column]
     reading = len(window) - len(x) + step
-    when = plain_value(window.rows[spec.time_column][reading])
+    when = plain_value(window.rows[spec.options.time_column][reading])
     raw = (
         [feature]
         if feature in window.rows
@@ -482,7 +482,7 @@ class ForecastServing(Serving):
         if missing:
             raise BadInput(f"the served model reads column(s) {missing}, which readings lack")
         problem = window_problem(
-            self.times_of(item), model.spec.freq, required_readings(model.spec)
+            self.times_of(item), model.spec.options.freq, required_readings(model.spec)
         )
         if problem:
             raise BadInput(f"{'columns' if is_columnar(item) else 'readings'}: {problem}")
@@ -584,7 +584,7 @@ class ForecastServing(Serving):
             origin=forecast.origin_datetime(),
             inputs={
                 "readings": len(window),
-                "first": plain_value(window.rows[spec.time_column][0]),
+                "first": plain_value(window.rows[spec.options.time_column][0]),
                 "last": window.last(),
             },
             output=rounded,
@@ -648,10 +648,10 @@ class ForecastServing(Serving):
         spec = model.spec
         known = self.known_keys(spec)
         return {
-            "window": spec.window,
+            "window": spec.options.window,
             "required_readings": required_readings(spec),
-            "horizon": spec.horizon,
-            "freq": spec.freq,
+            "horizon": spec.options.horizon,
+            "freq": spec.options.freq,
             "entity": self.entity,
             "columns": self.task.model_columns(spec),
             **({"sites": sorted(known)} if known is not None else {}),
@@ -790,7 +790,7 @@ class StreamWindows(StreamState):
 
     def _sizes(self, model: LoadedModel) -> None:
         self.spec, self.required = model.spec, required_readings(model.spec)
-        self.step = pd.Timedelta(model.spec.freq).value
+        self.step = pd.Timedelta(model.spec.options.freq).value
         self.known = self.serving.known_keys(model.spec)
 
     def follow(self, model: LoadedModel) -> None:

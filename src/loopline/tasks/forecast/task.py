@@ -26,13 +26,16 @@ import numpy as np
 import pandas as pd
 
 from loopline.config import Dimension, Params, Section
-from loopline.offline.evaluate import evaluate_candidate, plot_per_step_rmse
 from loopline.offline.features import FeatureSpec, fit_normalization
-from loopline.offline.labeling import Examples, add_forecast_labels, make_windows, shifted_values
+from loopline.offline.labeling import Examples
+from loopline.offline.reference import EVENT_TIME
 from loopline.offline.split import evaluation_view
 from loopline.offline.validate import Rule
 from loopline.tasks.base import FeatureOptions, Hyperparameters, LivePicture, Task
 from loopline.tasks.forecast.arrays import WindowBatch, day_of_week, hour_of_day
+from loopline.tasks.forecast.model import Forecaster
+from loopline.tasks.forecast.options import SeriesOptions, with_window
+from loopline.tasks.forecast.scoring import evaluate_candidate, plot_per_step_rmse
 from loopline.tasks.forecast.serving import ForecastServing, serving_for, types_for
 from loopline.tasks.forecast.settings import (
     CALENDAR,
@@ -41,6 +44,7 @@ from loopline.tasks.forecast.settings import (
     ForecastKnobs,
     ForecastSettings,
 )
+from loopline.tasks.forecast.windows import add_forecast_labels, make_windows, shifted_values
 
 # Finite values only: an infinity passes a range without bounds and poisons training.
 _LARGEST = float(np.finfo(np.float64).max)
@@ -58,10 +62,10 @@ class ForecastHyperparameters(Hyperparameters):
 
 
 @dataclass(frozen=True)
-class ForecastOptions(FeatureOptions):
-    """What a forecaster's spec keeps of its section: its columns (the spec's own fields
-    hold the group, time and target columns, the step and the horizon), the target's lags,
-    the seasons of its baseline and whether it is clipped at zero."""
+class ForecastOptions(SeriesOptions):
+    """What a forecaster's spec keeps of its section: the series (`SeriesOptions`: horizon,
+    step, window, group and time columns), its entity and covariate columns, the target's
+    lags, the seasons of its baseline and whether it is clipped at zero."""
 
     entity: str | None = None
     covariates: list[str] | None = None
@@ -108,14 +112,14 @@ def seasonal_naive(
 ) -> np.ndarray:
     """At each key's origin, step h forecast by the reading one season before it, on the
     latest cycle already observed at the origin (a step past one season reads two back)."""
-    group, time, target = spec.group_column, spec.time_column, spec.target_column
-    out = np.full((len(keys), spec.horizon), np.nan)
+    group, time, target = spec.options.group_column, spec.options.time_column, spec.target_column
+    out = np.full((len(keys), spec.options.horizon), np.nan)
     indexed = frame.set_index([group, time]).sort_index()
-    step = pd.Timedelta(spec.freq)
+    step = pd.Timedelta(spec.options.freq)
     for key, rows in keys.groupby(group, sort=False):
         values = indexed.loc[key, target]
         origins = pd.DatetimeIndex(rows[time])
-        for h in range(1, spec.horizon + 1):
+        for h in range(1, spec.options.horizon + 1):
             back = -(-h // season)  # ceil(h / season) cycles back
             at = origins + step * (h - season * back)
             out[rows.index, h - 1] = values.reindex(at).to_numpy()
@@ -230,11 +234,11 @@ class ForecastTask(Task):
                 *(lag_column(k) for k in s.lags),
             ],
             target_column=s.target,
-            horizon=s.horizon,
-            freq=s.freq,
-            group_column=s.entity or SERIES,
-            time_column=s.time,
             options=ForecastOptions(
+                horizon=s.horizon,
+                freq=s.freq,
+                group_column=s.entity or SERIES,
+                time_column=s.time,
                 entity=s.entity,
                 covariates=list(s.covariates),
                 lags=list(s.lags),
@@ -245,7 +249,7 @@ class ForecastTask(Task):
 
     def model_columns(self, spec: FeatureSpec) -> list[str]:
         """The raw columns a model reads besides the entity (what a reading must hold)."""
-        return [spec.time_column, *(spec.options.covariates or []), spec.target_column]
+        return [spec.options.time_column, *(spec.options.covariates or []), spec.target_column]
 
     def batch_spec(self, spec: FeatureSpec, groups: dict[str, str]) -> FeatureSpec:
         """The spec for a serving batch whose groups (`<key>#<i>`) stand for series keys;
@@ -255,7 +259,7 @@ class ForecastTask(Task):
     def add_features(self, frame: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
         """Calendar and lag columns for raw rows; pure in (rows, spec), shared with the
         service. A single series gets a constant group column."""
-        group, time = spec.group_column, spec.time_column
+        group, time = spec.options.group_column, spec.options.time_column
         if group not in frame.columns:
             frame = frame.assign(**{group: "series"})
         frame = frame.sort_values([group, time]).reset_index(drop=True)
@@ -263,15 +267,15 @@ class ForecastTask(Task):
         columns = calendar(stamps)
         for k in spec.options.lags or []:
             columns[lag_column(k)] = shifted_values(
-                frame, spec.target_column, -k, group, time, spec.freq
+                frame, spec.target_column, -k, group, time, spec.options.freq
             )
         return pd.concat([frame, pd.DataFrame(columns, index=frame.index)], axis=1)
 
     def window_features(self, batch: WindowBatch, spec: FeatureSpec) -> dict[str, np.ndarray]:
-        """`add_features`' columns for the last `spec.window` readings of each window of a
+        """`add_features`' columns for the last `spec.options.window` readings of each window of a
         serving batch, on arrays (each (N, window)); equal to `add_features` on the same
         rows (tests/unit/test_forecast_arrays.py). Lags are readings k places back."""
-        n = spec.window
+        n = spec.options.window
         last = batch.last(n)
         columns = dict(last.values)
         columns.update(calendar_of_epochs(last.times))
@@ -290,22 +294,22 @@ class ForecastTask(Task):
 
     def configure(self, spec: FeatureSpec, hparams: ForecastHyperparameters) -> FeatureSpec:
         """The input window is a hyperparameter: the spec records the one chosen."""
-        return spec.with_window(hparams.window)
+        return with_window(spec, hparams.window)
 
     def examples(self, frame: pd.DataFrame, spec: FeatureSpec, target_set: str) -> Examples:
         """Windows whose forecast origin and labels lie in `target_set`; validation and test
         windows may read the gap rows before their set (past readings a forecaster sees)."""
         history = () if target_set == "train" else ("gap",)
-        return make_windows(frame, spec, spec.window, target_set=target_set, history_sets=history)
+        window = spec.options.window
+        return make_windows(frame, spec, window, target_set=target_set, history_sets=history)
 
     # ------------------------------------------------------------------ model
 
     def build_model(self, hparams: ForecastHyperparameters, spec: FeatureSpec):
-        from loopline.tasks.forecast.model import Forecaster
 
         return Forecaster(
             n_features=len(spec.feature_columns),
-            horizon=spec.horizon,
+            horizon=spec.options.horizon,
             hidden_size=hparams.hidden_size,
             num_layers=hparams.num_layers,
             dropout=hparams.dropout,
@@ -317,6 +321,10 @@ class ForecastTask(Task):
 
     def nonnegative(self, spec: FeatureSpec) -> bool:
         return bool(spec.options.nonnegative)
+
+    def probe_input(self, spec: FeatureSpec) -> np.ndarray:
+        """Two windows of zeros: (2, window, features), as the model reads them."""
+        return np.zeros((2, spec.options.window, len(spec.feature_columns)), np.float32)
 
     # ------------------------------------------------------------------ evaluation
 
@@ -330,6 +338,18 @@ class ForecastTask(Task):
 
     def unit(self, spec: FeatureSpec) -> str:
         return spec.target_column
+
+    def incomparable(self, candidate: FeatureSpec, champion: FeatureSpec) -> str | None:
+        """Another horizon, step or series columns: the forecasts mean other things."""
+        for name in ("horizon", "freq", "group_column", "time_column"):
+            mine, theirs = getattr(candidate.options, name), getattr(champion.options, name)
+            if mine != theirs:
+                return f"its {name} is {theirs!r}, the candidate's {mine!r}"
+        return None
+
+    def loss_dependence(self, spec: FeatureSpec) -> int:
+        """Windows starting a step apart share all but one of their `horizon` targets."""
+        return int(spec.options.horizon)
 
     def baselines(
         self, frame: pd.DataFrame, keys: pd.DataFrame, spec: FeatureSpec, params: Params
@@ -347,7 +367,6 @@ class ForecastTask(Task):
 
     def monitor_inputs(self, rows: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
         """Every numeric reading column, the target too: a forecaster reads past power."""
-        from loopline.offline.reference import EVENT_TIME
 
         numbers = [c for c, kind in self.schema.items() if kind == "float" and c in rows]
         out = rows[numbers].apply(pd.to_numeric, errors="coerce")
@@ -360,22 +379,21 @@ class ForecastTask(Task):
         readings = [i.get("last") if isinstance(i, dict) else None for i in records["inputs"]]
         keep = [n for n, r in enumerate(readings) if isinstance(r, dict)]
         if not keep:
-            return pd.DataFrame(columns=[spec.group_column, *self.model_columns(spec)])
+            return pd.DataFrame(columns=[spec.options.group_column, *self.model_columns(spec)])
         rows = pd.DataFrame([readings[n] for n in keep])
-        rows[spec.group_column] = records["key"].iloc[keep].astype(str).to_numpy()
-        time = spec.time_column
+        group, time = spec.options.group_column, spec.options.time_column
+        rows[group] = records["key"].iloc[keep].astype(str).to_numpy()
         rows[time] = pd.to_datetime(rows[time], utc=True, errors="coerce")
-        return rows.drop_duplicates([spec.group_column, time], keep="last").reset_index(drop=True)
+        return rows.drop_duplicates([group, time], keep="last").reset_index(drop=True)
 
     def reference_times(self, examples, spec: FeatureSpec) -> np.ndarray:
-        return pd.to_datetime(examples.keys[spec.time_column], utc=True).to_numpy()
+        return pd.to_datetime(examples.keys[spec.options.time_column], utc=True).to_numpy()
 
     def monitor_outputs(self, outputs: list, spec: FeatureSpec) -> pd.DataFrame:
         """The forecast's mean over the horizon and its last step."""
         values = self.monitor_forecasts(outputs, spec)
-        return pd.DataFrame(
-            {"forecast_mean": values.mean(axis=1), f"forecast_step_{spec.horizon}": values[:, -1]}
-        )
+        last = f"forecast_step_{spec.options.horizon}"
+        return pd.DataFrame({"forecast_mean": values.mean(axis=1), last: values[:, -1]})
 
     def reference_losses(self, y: np.ndarray, outputs: np.ndarray, spec: FeatureSpec):
         """Squared error averaged over the horizon's steps, per test window."""
@@ -403,8 +421,9 @@ class ForecastTask(Task):
         """(the logged forecasts, the readings measured at their steps: NaN where none yet),
         each (N, horizon); the readings joined on series key and time."""
         forecast = self.monitor_forecasts(predictions["output"], spec)
-        measured = np.full((len(predictions), spec.horizon), np.nan)
-        target, time, group = spec.target_column, spec.time_column, spec.group_column
+        o = spec.options
+        horizon, target, time, group = o.horizon, spec.target_column, o.time_column, o.group_column
+        measured = np.full((len(predictions), horizon), np.nan)
         if rows.empty or target not in rows or not len(predictions):
             return forecast, measured
         if group not in rows and predictions["key"].nunique() == 1:  # a single series
@@ -417,11 +436,11 @@ class ForecastTask(Task):
         truth.index = truth.index.set_levels(truth.index.levels[1].as_unit("ns"), level=1)
         origins = pd.DatetimeIndex(pd.to_datetime(predictions["origin"], utc=True)).as_unit("ns")
         keys = predictions["key"].astype(str).to_numpy()
-        steps = np.arange(1, spec.horizon + 1) * pd.Timedelta(spec.freq).to_timedelta64()
+        steps = np.arange(1, horizon + 1) * pd.Timedelta(o.freq).to_timedelta64()
         # Every (forecast, step) time at once: one lookup, not one per step of the horizon.
         times = (origins.tz_convert(None).to_numpy()[:, None] + steps[None, :]).ravel()
         at = pd.MultiIndex.from_arrays(
-            [np.repeat(keys, spec.horizon), pd.DatetimeIndex(times).tz_localize("UTC")]
+            [np.repeat(keys, spec.options.horizon), pd.DatetimeIndex(times).tz_localize("UTC")]
         )
         measured = truth.reindex(at).to_numpy(dtype=np.float64).reshape(len(keys), -1)
         return forecast, measured
@@ -430,7 +449,7 @@ class ForecastTask(Task):
         """Each series' next-step forecast against the reading measured then (NaN until
         it arrives), at the time forecast."""
         forecast, measured = self.joined(predictions, rows, spec)
-        at = pd.to_datetime(predictions["origin"], utc=True) + pd.Timedelta(spec.freq)
+        at = pd.to_datetime(predictions["origin"], utc=True) + pd.Timedelta(spec.options.freq)
         frame = pd.DataFrame(
             {
                 "time": at.to_numpy(),
@@ -443,14 +462,14 @@ class ForecastTask(Task):
         return LivePicture("lines", title, frame.sort_values("time"), unit=spec.target_column)
 
     def monitor_forecasts(self, outputs, spec: FeatureSpec) -> np.ndarray:
-        values = np.full((len(outputs), spec.horizon), np.nan)
+        values = np.full((len(outputs), spec.options.horizon), np.nan)
         for n, output in enumerate(outputs):
-            if isinstance(output, list) and len(output) == spec.horizon:
+            if isinstance(output, list) and len(output) == spec.options.horizon:
                 values[n] = np.asarray(output, dtype=np.float64)
         return values
 
     def truth_delay(self, spec: FeatureSpec) -> pd.Timedelta:
-        return pd.Timedelta(spec.freq) * spec.horizon
+        return pd.Timedelta(spec.options.freq) * spec.options.horizon
 
     def quality_name(self, spec: FeatureSpec) -> str:
         return "rmse"
@@ -465,11 +484,11 @@ class ForecastTask(Task):
 
 def persistence(frame: pd.DataFrame, keys: pd.DataFrame, spec: FeatureSpec) -> np.ndarray:
     """The reading at each key's origin, held for every step ahead."""
-    group, time, target = spec.group_column, spec.time_column, spec.target_column
+    group, time, target = spec.options.group_column, spec.options.time_column, spec.target_column
     indexed = frame.set_index([group, time])[target]
     at = pd.MultiIndex.from_frame(keys[[group, time]])
     last = indexed[~indexed.index.duplicated()].reindex(at).to_numpy(dtype=np.float64)
-    return np.repeat(last[:, None], spec.horizon, axis=1)
+    return np.repeat(last[:, None], spec.options.horizon, axis=1)
 
 
 # The unbound task serves the section's defaults (a bound one, its own columns).

@@ -11,11 +11,18 @@ the reason (never a silent drop).
 
 from __future__ import annotations
 
+import io
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+
+from loopline.errors import SourceError
+
+if TYPE_CHECKING:
+    from loopline.offline.features import FeatureSpec
 
 log = logging.getLogger("loopline.tasks.image.images")
 
@@ -59,8 +66,6 @@ def read_image_folder(
     passed on as they are (validation checks them)."""
     from PIL import Image, UnidentifiedImageError
 
-    from loopline.errors import SourceError
-
     table = folder / labels_file
     if not table.is_file():
         raise SourceError(
@@ -93,3 +98,77 @@ def read_image_folder(
     frame.insert(0, "label", listing["label"].to_numpy())
     frame.insert(0, "id", listing["file"].to_numpy())
     return frame
+
+
+def images(frame: pd.DataFrame, spec: FeatureSpec) -> np.ndarray:
+    """Rows as model-ready images: float32 (N, channels, size, size) scaled to 0..1."""
+    size, channels = spec.options.image_size, spec.options.channels
+    values = frame[spec.feature_columns].to_numpy(dtype=np.float32) / spec.options.max_pixel
+    # Columns run row by row, then column, then channel (see `images.pixel_columns`).
+    return np.ascontiguousarray(
+        values.reshape(len(frame), size, size, channels).transpose(0, 3, 1, 2)
+    )
+
+
+class BadImage(ValueError):
+    """An upload that cannot be read as an image of the model; the message names the problem and
+    `status` is the HTTP status a service answers with."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _declared_size(data: bytes) -> str:
+    """The size a PNG or JPEG header declares, read without Pillow's bomb check (which
+    `Image.open` applies, and refuses to say the size in)."""
+
+    from PIL import JpegImagePlugin, PngImagePlugin
+
+    for kind in (PngImagePlugin.PngImageFile, JpegImagePlugin.JpegImageFile):
+        try:
+            width, height = kind(io.BytesIO(data)).size
+            return f"{width}×{height}"
+        except Exception:  # not this format
+            continue
+    return "too many"
+
+
+def image_from_bytes(
+    data: bytes, spec: FeatureSpec, max_side: int, ink: str, section: str = "image"
+) -> np.ndarray:
+    """An uploaded PNG/JPEG as one model-ready image (channels, size, size) in 0..1.
+
+    Grey (1 channel) and RGB (3 channels) are read and converted to what the model reads;
+    the image is resized to the model's size. `ink`: "dark" for dark strokes on light
+    paper (inverted, since the training images store ink as the high value), "light" for
+    light strokes on dark.
+    """
+
+    from PIL import Image, UnidentifiedImageError
+
+    too_large = f"the limit is {max_side} per side ({section}.max_upload_side)"
+    try:
+        # `open` reads only the header: format and declared size are checked before a
+        # single pixel is decoded (a small PNG may declare 9000×9000 pixels, 310 MB).
+        image = Image.open(io.BytesIO(data))
+        if image.format not in FORMATS:
+            raise BadImage(f"image format {image.format} is not accepted: send PNG or JPEG", 415)
+        width, height = image.size
+        if max(width, height) > max_side or min(width, height) < 1:
+            raise BadImage(f"image is {width}×{height} pixels; {too_large}", 413)
+        image.load()
+    except UnidentifiedImageError:
+        raise BadImage("not a PNG or JPEG image (no image format recognised)", 415) from None
+    except Image.DecompressionBombError:  # declared beyond Pillow's own limit
+        raise BadImage(f"image is {_declared_size(data)} pixels; {too_large}", 413) from None
+    except OSError as error:  # a known format, but truncated or corrupt
+        raise BadImage(f"not a PNG or JPEG image ({error})", 415) from None
+    channels = {"L": 1, "RGB": 3, "I;16": 1}.get(image.mode)
+    if channels is None:
+        bands = len(image.getbands())
+        raise BadImage(
+            f"image has {bands} channel(s) ({image.mode}); send grey (1 channel) or RGB (3)"
+        )
+    # Grey and RGB uploads both work: each is converted to the channels the model reads.
+    return to_array(image, spec.options.image_size, spec.options.channels, ink)

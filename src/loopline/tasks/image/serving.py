@@ -27,6 +27,7 @@ from loopline.online.adapter import (
     refusal,
     run_finite,
 )
+from loopline.tasks.image.images import BadImage, image_from_bytes, images
 from loopline.tasks.image.saliency import occlusion_saliency, saliency_png
 
 if TYPE_CHECKING:
@@ -163,9 +164,6 @@ class ImageServing(Serving, Explaining, FileInput):
         return answers
 
     def item_from_file(self, data: bytes, model: LoadedModel) -> np.ndarray:
-        # Imported here: the task module imports this one (for its `Serving`).
-        from loopline.tasks.image.task import BadImage, image_from_bytes
-
         settings = self.task.settings(self.params)
         try:
             return image_from_bytes(
@@ -175,8 +173,6 @@ class ImageServing(Serving, Explaining, FileInput):
             raise BadInput(str(error), error.status) from None
 
     def requests(self, rows: pd.DataFrame, model: LoadedModel) -> list[Image]:
-        from loopline.tasks.image.task import images
-
         arrays = images(rows, model.spec)  # (N, channels, size, size)
         if model.spec.options.channels == 1:
             arrays = arrays[:, 0]  # a grey image is sent as its rows

@@ -27,24 +27,21 @@ from pydantic import Field
 
 from loopline.config import Dimension, Params, Positive, Section
 from loopline.offline.evaluate import evaluate_classifier
+from loopline.offline.export import run_onnx
 from loopline.offline.features import FeatureSpec
 from loopline.offline.labeling import Examples
+from loopline.offline.reference import EVENT_TIME
 from loopline.offline.split import labeled_set
+from loopline.offline.train import predict
 from loopline.offline.validate import Rule
+from loopline.plots import new_figure, save_figure
 from loopline.tasks.base import Explanation, FeatureOptions, Hyperparameters, LabelSet, Task
-from loopline.tasks.image.images import FORMATS, pixel_columns, to_array
+from loopline.tasks.image.augment import ImageAugment
+from loopline.tasks.image.images import image_from_bytes, images, pixel_columns, read_image_folder
+from loopline.tasks.image.model import ImageClassifier
+from loopline.tasks.image.saliency import occlusion_saliency, saliency_png
 from loopline.tasks.image.serving import ImageServing
 from loopline.tasks.text.task import label_order
-
-
-def images(frame: pd.DataFrame, spec: FeatureSpec) -> np.ndarray:
-    """Rows as model-ready images: float32 (N, channels, size, size) scaled to 0..1."""
-    size, channels = spec.options.image_size, spec.options.channels
-    values = frame[spec.feature_columns].to_numpy(dtype=np.float32) / spec.options.max_pixel
-    # Columns run row by row, then column, then channel (see `images.pixel_columns`).
-    return np.ascontiguousarray(
-        values.reshape(len(frame), size, size, channels).transpose(0, 3, 1, 2)
-    )
 
 
 def _scaled_as(champion: FeatureSpec, candidate: FeatureSpec) -> FeatureSpec:
@@ -130,9 +127,6 @@ class ImageTask(Task):
     split_kind: ClassVar[Literal["chronological", "stratified", "grouped"]] = "stratified"
     label_type: ClassVar[str] = "string"  # the label column's schema type
     fixed_labels: ClassVar[tuple[str, ...] | None] = None
-    # The feature spec's `horizon` (a classifier has no steps ahead; a task whose models
-    # saved another value keeps it, so that their champions stay comparable).
-    spec_horizon: ClassVar[int] = 1
     # The label set is the training data's (a new head for new labels); pixels need nothing.
     transferred_features: ClassVar[tuple[str, ...]] = ()
 
@@ -169,7 +163,6 @@ class ImageTask(Task):
 
     def load_folder(self, folder: Path, params: Params) -> pd.DataFrame:
         """A folder of PNG/JPEG images with a labels CSV (`<section>.labels_file`)."""
-        from loopline.tasks.image.images import read_image_folder
 
         settings = self.settings(params)
         return read_image_folder(
@@ -226,10 +219,6 @@ class ImageTask(Task):
             task=self.name,
             feature_columns=pixel_columns(size, channels),
             target_column=self.target_column,
-            horizon=self.spec_horizon,
-            freq="",
-            group_column="id",
-            time_column="",
             labels=list(self.fixed_labels) if self.fixed_labels else None,
             options=ImageOptions(
                 image_size=size,
@@ -263,10 +252,14 @@ class ImageTask(Task):
 
     def augmentation(self, spec: FeatureSpec):
         """Shifts, rotations, noise and contrast on training images (`augment`)."""
-        from loopline.tasks.image.augment import ImageAugment
 
         augment = ImageAugment(**spec.options.augment)
         return augment if augment.active else None
+
+    def probe_input(self, spec: FeatureSpec) -> np.ndarray:
+        """Two black images, (2, channels, size, size), as the model reads them."""
+        size, channels = spec.options.image_size, spec.options.channels
+        return np.zeros((2, channels, size, size), np.float32)
 
     def examples(self, frame: pd.DataFrame, spec: FeatureSpec, target_set: str) -> Examples:
         rows = labeled_set(frame, target_set, spec.target_column)
@@ -277,7 +270,6 @@ class ImageTask(Task):
         )
 
     def build_model(self, hparams: ImageHyperparameters, spec: FeatureSpec):
-        from loopline.tasks.image.model import ImageClassifier
 
         return ImageClassifier(
             n_classes=len(spec.labels),
@@ -291,7 +283,6 @@ class ImageTask(Task):
     def monitor_inputs(self, rows: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
         """An image's brightness and contrast (mean and spread of its pixels, 0..1), not
         each pixel: a profile of every pixel would outweigh the model."""
-        from loopline.offline.reference import EVENT_TIME
 
         pixels = [c for c in spec.feature_columns if c in rows]
         values = rows[pixels].to_numpy(dtype=np.float64) / spec.options.max_pixel
@@ -317,8 +308,6 @@ class ImageTask(Task):
     def explain_file(self, data: bytes, session, spec: FeatureSpec, params: Params) -> Explanation:
         """Why the model answers what it does for one uploaded image: an occlusion
         saliency map (red: pixels that support the answer, blue: against) as a PNG."""
-        from loopline.offline.export import run_onnx
-        from loopline.tasks.image.saliency import occlusion_saliency, saliency_png
 
         settings = self.settings(params)
         pixels = image_from_bytes(
@@ -334,9 +323,6 @@ class ImageTask(Task):
         """The CNN, a logistic regression on raw pixels (trained here on the same training
         rows) and the champion, on the same test images."""
         from sklearn.linear_model import LogisticRegression
-
-        from loopline.offline.export import run_onnx
-        from loopline.offline.train import predict
 
         test_rows = labeled_set(frame, "test", spec.target_column)
         test = self.examples(frame, spec, "test")
@@ -363,9 +349,6 @@ class ImageTask(Task):
         """The confusion matrix of the test images, as a picture."""
         from sklearn.metrics import confusion_matrix
 
-        from loopline.offline.train import predict
-        from loopline.plots import new_figure, save_figure
-
         test = self.examples(frame, spec, "test")
         predicted = predict(model, test.x).argmax(axis=1)
         labels = spec.labels
@@ -381,69 +364,3 @@ class ImageTask(Task):
         ax.set_ylabel("true")
         ax.set_title(f"{self.name}: test confusion matrix")
         return [save_figure(fig, ax, folder / "confusion_matrix.png")]
-
-
-class BadImage(ValueError):
-    """An upload that cannot be read as an image of the model; the message names the problem and
-    `status` is the HTTP status a service answers with."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def _declared_size(data: bytes) -> str:
-    """The size a PNG or JPEG header declares, read without Pillow's bomb check (which
-    `Image.open` applies, and refuses to say the size in)."""
-    import io
-
-    from PIL import JpegImagePlugin, PngImagePlugin
-
-    for kind in (PngImagePlugin.PngImageFile, JpegImagePlugin.JpegImageFile):
-        try:
-            width, height = kind(io.BytesIO(data)).size
-            return f"{width}×{height}"
-        except Exception:  # not this format
-            continue
-    return "too many"
-
-
-def image_from_bytes(
-    data: bytes, spec: FeatureSpec, max_side: int, ink: str, section: str = "image"
-) -> np.ndarray:
-    """An uploaded PNG/JPEG as one model-ready image (channels, size, size) in 0..1.
-
-    Grey (1 channel) and RGB (3 channels) are read and converted to what the model reads;
-    the image is resized to the model's size. `ink`: "dark" for dark strokes on light
-    paper (inverted, since the training images store ink as the high value), "light" for
-    light strokes on dark.
-    """
-    import io
-
-    from PIL import Image, UnidentifiedImageError
-
-    too_large = f"the limit is {max_side} per side ({section}.max_upload_side)"
-    try:
-        # `open` reads only the header: format and declared size are checked before a
-        # single pixel is decoded (a small PNG may declare 9000×9000 pixels, 310 MB).
-        image = Image.open(io.BytesIO(data))
-        if image.format not in FORMATS:
-            raise BadImage(f"image format {image.format} is not accepted: send PNG or JPEG", 415)
-        width, height = image.size
-        if max(width, height) > max_side or min(width, height) < 1:
-            raise BadImage(f"image is {width}×{height} pixels; {too_large}", 413)
-        image.load()
-    except UnidentifiedImageError:
-        raise BadImage("not a PNG or JPEG image (no image format recognised)", 415) from None
-    except Image.DecompressionBombError:  # declared beyond Pillow's own limit
-        raise BadImage(f"image is {_declared_size(data)} pixels; {too_large}", 413) from None
-    except OSError as error:  # a known format, but truncated or corrupt
-        raise BadImage(f"not a PNG or JPEG image ({error})", 415) from None
-    channels = {"L": 1, "RGB": 3, "I;16": 1}.get(image.mode)
-    if channels is None:
-        bands = len(image.getbands())
-        raise BadImage(
-            f"image has {bands} channel(s) ({image.mode}); send grey (1 channel) or RGB (3)"
-        )
-    # Grey and RGB uploads both work: each is converted to the channels the model reads.
-    return to_array(image, spec.options.image_size, spec.options.channels, ink)

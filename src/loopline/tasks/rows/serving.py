@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from loopline.offline.export import run_onnx
 from loopline.online.adapter import (
     Answer,
     BadInput,
@@ -47,7 +48,6 @@ class RowServing(Serving):
     def predict(self, model: LoadedModel, items: list[BaseModel]) -> list[Answer]:
         """One model call for every item that passes `check` and the data contract; the
         others, and those whose inputs or outputs are not finite, get an error."""
-        from loopline.offline.export import run_onnx
 
         answers: list[Answer | None] = [None] * len(items)
         good = []

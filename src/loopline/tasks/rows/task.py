@@ -42,11 +42,15 @@ import pandas as pd
 
 from loopline.config import Dimension, Params, Section
 from loopline.offline.evaluate import incomparable_specs, judge, score, score_classes
+from loopline.offline.export import run_onnx
 from loopline.offline.features import FeatureSpec, normalize
 from loopline.offline.labeling import Examples
 from loopline.offline.split import labeled_set
+from loopline.offline.train import predict
 from loopline.offline.validate import Rule
 from loopline.tasks.base import FeatureOptions, Hyperparameters, Task
+from loopline.tasks.rows.model import RowMLP
+from loopline.tasks.rows.serving import serving_for
 
 # Finite values only: an infinity passes a range without bounds and poisons training.
 _LARGEST = float(np.finfo(np.float64).max)
@@ -111,14 +115,14 @@ class RowTask(Task):
             cls.target: "string" if classify else "float",
         }
         cls.key_columns = [cls.id_column]
+        if "group_column" not in cls.__dict__:  # a grouped split's group: each row its own
+            cls.group_column = cls.id_column
         cls.target_column = cls.target
         # A number cannot be stratified on (cross-validation): each row is its own group.
         kind: Literal["stratified", "grouped"] = "stratified" if classify else "grouped"
         cls.split_kind = kind
         inherited = getattr(cls, "Serving", None)
         if "Serving" not in cls.__dict__ and (inherited is None or inherited in _MADE):
-            from loopline.tasks.rows.serving import serving_for
-
             cls.Serving = serving_for(cls)
             _MADE.add(cls.Serving)
 
@@ -158,10 +162,6 @@ class RowTask(Task):
             task=self.name,
             feature_columns=list(self.features),
             target_column=self.target,
-            horizon=len(self.classes) if self.is_classifier else 1,
-            freq="",
-            group_column=self.id_column,
-            time_column="",
             labels=list(self.classes) if self.is_classifier else None,
             options=RowOptions(standardize=self.settings(params).standardize),
         )
@@ -216,7 +216,6 @@ class RowTask(Task):
         return len(spec.feature_columns)
 
     def build_model(self, hparams: RowHyperparameters, spec: FeatureSpec):
-        from loopline.tasks.rows.model import RowMLP
 
         labels = spec.labels
         return RowMLP(
@@ -235,8 +234,6 @@ class RowTask(Task):
     def evaluate(self, frame, spec: FeatureSpec, model, params: Params, champion=None):
         """The model, a baseline that ignores the features and the champion on the same
         labeled test rows: accuracy decides for classes, RMSE for a number."""
-        from loopline.offline.export import run_onnx
-        from loopline.offline.train import predict
 
         test_rows = labeled_set(frame, "test", spec.target_column)
         if test_rows.empty:

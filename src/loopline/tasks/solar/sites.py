@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pandas as pd
 from pydantic import Field, field_validator, model_validator
@@ -81,7 +82,6 @@ class SolarSite(Section):
 
     @model_validator(mode="after")
     def _a_place_on_earth(self) -> SolarSite:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
         for key, (low, high) in RANGES.items():
             value = getattr(self, key)

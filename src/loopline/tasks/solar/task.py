@@ -22,11 +22,12 @@ import pandas as pd
 
 from loopline.config import Params, Section
 from loopline.offline.features import FeatureSpec
-from loopline.offline.labeling import shifted_values
 from loopline.offline.validate import Rule
 from loopline.tasks.base import FeatureOptions
 from loopline.tasks.forecast import ForecastHyperparameters, ForecastTask, seasonal_naive
 from loopline.tasks.forecast.arrays import WindowBatch, day_of_year, hour_of_day
+from loopline.tasks.forecast.options import SeriesOptions
+from loopline.tasks.forecast.windows import shifted_values
 from loopline.tasks.solar.serving import SolarServing
 from loopline.tasks.solar.sites import (
     WEATHER,
@@ -223,10 +224,11 @@ def site_weather(site: SolarSite, year: int, root: str | None) -> pd.DataFrame:
 
 
 @dataclass(frozen=True)
-class SolarOptions(FeatureOptions):
-    """What the features need beyond the spec: lags and clear-sky leads (steps), each
-    site's location and PV system (`systems`; a site without one, as in models made before
-    sites had their own, uses `system`), and the season of the persistence baseline."""
+class SolarOptions(SeriesOptions):
+    """What the features need beyond the series (`SeriesOptions`: horizon, step, window,
+    site and time columns): lags and clear-sky leads (steps), each site's location and PV
+    system (`systems`; a site without one, as in models made before sites had their own,
+    uses `system`), and the season of the persistence baseline."""
 
     lags: list[int]
     clearsky_leads: list[int]
@@ -316,11 +318,11 @@ class SolarTask(ForecastTask):
             task=self.name,
             feature_columns=columns,
             target_column="power_w",
-            horizon=s.horizon,
-            freq=s.freq,
-            group_column="site_id",
-            time_column="timestamp",
             options=SolarOptions(
+                horizon=s.horizon,
+                freq=s.freq,
+                group_column="site_id",
+                time_column="timestamp",
                 lags=list(s.lags),
                 clearsky_leads=list(s.clearsky_leads),
                 sites={site.name: site.location() for site in s.sites},
@@ -354,7 +356,7 @@ class SolarTask(ForecastTask):
         frame = frame.sort_values(["site_id", "timestamp"]).reset_index(drop=True)
         options = spec.options
         sites = options.sites
-        step = pd.Timedelta(spec.freq)
+        step = pd.Timedelta(spec.options.freq)
         clearsky = np.full(len(frame), np.nan)
         leads = {k: np.full(len(frame), np.nan) for k in options.clearsky_leads}
         unknown = sorted(set(frame["site_id"].unique()) - set(sites))
@@ -372,9 +374,10 @@ class SolarTask(ForecastTask):
             where = np.flatnonzero(codes == code)
             place = json.loads(location)
             site, system = place["site"], place["system"]
-            clearsky[where] = clearsky_power(stamps[where], site, system, spec.freq)
+            clearsky[where] = clearsky_power(stamps[where], site, system, spec.options.freq)
             for k in leads:
-                leads[k][where] = clearsky_power(stamps[where] + step * k, site, system, spec.freq)
+                ahead = stamps[where] + step * k
+                leads[k][where] = clearsky_power(ahead, site, system, spec.options.freq)
         # Local solar time would need the longitude; UTC hour + season is enough for a
         # model that also sees clear-sky power, which carries the site's own sun path.
         hour = (stamps.hour + stamps.minute / 60).to_numpy()
@@ -385,7 +388,7 @@ class SolarTask(ForecastTask):
         columns = sun_and_clock(clearsky, power, hour, doy)
         for k in options.lags:
             columns[f"power_lag_{k}"] = shifted_values(
-                frame, "power_w", -k, "site_id", "timestamp", spec.freq
+                frame, "power_w", -k, "site_id", "timestamp", spec.options.freq
             )
         for k, values in leads.items():
             columns[f"clearsky_lead_{k}"] = values
@@ -393,12 +396,12 @@ class SolarTask(ForecastTask):
         return pd.concat([frame, pd.DataFrame(columns, index=frame.index)], axis=1)
 
     def window_features(self, batch: WindowBatch, spec: FeatureSpec) -> dict[str, np.ndarray]:
-        """`add_features`' columns for the last `spec.window` readings of each window of a
+        """`add_features`' columns for the last `spec.options.window` readings of each window of a
         serving batch, on arrays: the clock from epoch integers, clear-sky power from the
         site's cached table, lags by index (equal to `add_features` on the same rows)."""
-        n, options = spec.window, spec.options
+        n, options = spec.options.window, spec.options
         last = batch.last(n)
-        step = pd.Timedelta(spec.freq).value
+        step = pd.Timedelta(spec.options.freq).value
         clearsky = np.empty(last.times.shape)
         leads = {k: np.empty(last.times.shape) for k in options.clearsky_leads}
         keys = np.asarray(batch.keys)
@@ -406,7 +409,7 @@ class SolarTask(ForecastTask):
             if key not in options.sites:
                 raise ValueError(f"site {key!r} has no location in the feature spec")
             rows = keys == key
-            table = clearsky_table(options.sites[key], options.system_of(key), spec.freq)
+            table = clearsky_table(options.sites[key], options.system_of(key), spec.options.freq)
             times = last.times[rows]
             clearsky[rows] = table.at(times)
             for k, values in leads.items():
@@ -430,17 +433,18 @@ class SolarTask(ForecastTask):
         smart persistence: the clear-sky index of the last `smart_persistence_window` steps
         times the clear-sky power ahead.
         """
-        season = (spec.options.season or [int(pd.Timedelta("1D") / pd.Timedelta(spec.freq))])[0]
+        daily = int(pd.Timedelta("1D") / pd.Timedelta(spec.options.freq))
+        season = (spec.options.season or [daily])[0]
         history = params.solar.smart_persistence_window
         persistence = seasonal_naive(frame, keys, spec, season)
         indexed = frame.set_index(["site_id", "timestamp"]).sort_index()
-        smart = np.full((len(keys), spec.horizon), np.nan)
-        step = pd.Timedelta(spec.freq)
+        smart = np.full((len(keys), spec.options.horizon), np.nan)
+        step = pd.Timedelta(spec.options.freq)
         for site_id, rows in keys.groupby("site_id", sort=False):
             site = indexed.loc[site_id]
             power, cs = site["power_w"], site["clearsky_w"]
             origins = pd.DatetimeIndex(rows["timestamp"])
-            for h in range(1, spec.horizon + 1):
+            for h in range(1, spec.options.horizon + 1):
                 smart[rows.index, h - 1] = cs.reindex(origins + step * h).to_numpy()
             past_power = np.zeros(len(origins))
             past_cs = np.zeros(len(origins))

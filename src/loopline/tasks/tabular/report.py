@@ -16,13 +16,14 @@ import numpy as np
 import pandas as pd
 
 from loopline.offline.split import labeled_set
+from loopline.offline.train import predict
+from loopline.plots import new_figure, save_figure
 
 REPEATS = 5
 
 
 def permutation_importance(task, rows: pd.DataFrame, spec, model, seed: int) -> pd.DataFrame:
     """Per feature column: mean and std of the metric's drop when that column is shuffled."""
-    from loopline.offline.train import predict
 
     truth = task.targets(rows, spec, "test")
     quality = _quality(truth, spec)
@@ -46,7 +47,6 @@ def _quality(truth: np.ndarray, spec):
 
 
 def write_report(task, evaluation, frame, spec, model, seed: int, folder: Path) -> list[Path]:
-    from loopline.plots import new_figure, save_figure
 
     rows = labeled_set(frame, "test", spec.target_column)
     table = permutation_importance(task, rows, spec, model, seed)

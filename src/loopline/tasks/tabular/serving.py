@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
+from loopline.offline.export import run_onnx
 from loopline.online.adapter import (
     Answer,
     BadInput,
@@ -28,6 +29,7 @@ from loopline.online.adapter import (
     run_finite,
     stored_row,
 )
+from loopline.tasks.tabular.encoding import unseen
 
 if TYPE_CHECKING:
     from loopline.online.models import LoadedModel
@@ -68,8 +70,6 @@ class TabularServing(Serving):
     def predict(self, model: LoadedModel, items: list[BaseModel]) -> list[Answer]:
         """One model call for every item that passes `check` and the data contract; the
         others, and those whose inputs or outputs are not finite, get an error."""
-        from loopline.offline.export import run_onnx
-        from loopline.tasks.tabular.encoding import unseen
 
         spec = model.spec
         answers: list[Answer | None] = [None] * len(items)

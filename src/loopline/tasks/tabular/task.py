@@ -30,12 +30,14 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
+import loopline.tasks.tabular.encoding as encoding
 from loopline.config import Dimension, Params, Section
 from loopline.offline.features import FeatureSpec
 from loopline.offline.validate import Rule
 from loopline.tasks.base import FeatureOptions, Hyperparameters
 from loopline.tasks.rows.task import RowHyperparameters, RowTask, _finite
-from loopline.tasks.tabular import encoding
+from loopline.tasks.tabular.model import GradientBoosted, Linear
+from loopline.tasks.tabular.report import write_report
 from loopline.tasks.tabular.serving import TabularServing
 
 _LARGEST = float(np.finfo(np.float64).max)
@@ -118,6 +120,7 @@ class TabularTask(RowTask):
         bound.features = (*settings.numeric, *settings.categorical)
         bound.target, bound.target_column = settings.target, settings.target
         bound.id_column, bound.key_columns = settings.id_column, [settings.id_column]
+        bound.group_column = settings.id_column  # a regression's rows are their own groups
         bound.classes = tuple(str(c) for c in settings.labels) if settings.labels else None
         bound.schema = {
             settings.id_column: "string",
@@ -184,10 +187,6 @@ class TabularTask(RowTask):
             task=self.name,
             feature_columns=list(self.features),
             target_column=self.target,
-            horizon=len(labels) if labels else 1,
-            freq="",
-            group_column=self.id_column,
-            time_column="",
             labels=labels,
             options=TabularOptions(
                 kind=settings.kind,
@@ -255,7 +254,6 @@ class TabularTask(RowTask):
         return len(encoding.input_names(spec.options.numeric, spec.options.vocabulary))
 
     def build_model(self, hparams: TabularHyperparameters, spec: FeatureSpec):
-        from loopline.tasks.tabular.model import GradientBoosted, Linear
 
         labels = spec.labels
         n_outputs = len(labels) if labels is not None else 1
@@ -283,7 +281,6 @@ class TabularTask(RowTask):
 
     def evaluation_report(self, evaluation, frame, spec, model, params, folder):
         """Per-feature permutation importance on the test rows: a PNG and an HTML page."""
-        from loopline.tasks.tabular.report import write_report
 
         return write_report(self, evaluation, frame, spec, model, params.seed, folder)
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from loopline.offline.split import grouped_split, hash_split
 from loopline.offline.train import batches, seed_everything
 from loopline.offline.transfer import (  # noqa: F401 - re-exported: fine-tuning a pretrained encoder
     TRANSFER_MODES,
@@ -536,7 +537,6 @@ def pretraining_texts(rows, params) -> list[str]:
     seed, the split here equals the pipeline's: the running text task's own columns and
     split kind).
     """
-    from loopline.offline.split import grouped_split, hash_split
 
     task = params.plugin
     text, target, key = task.text_column, task.target_column, task.key_columns[0]

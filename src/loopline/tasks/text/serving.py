@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 from loopline.online.adapter import Answer, Explaining, Serving, nonfinite_items, refusal
+from loopline.online.predlog import text_id
+from loopline.tasks.text.answers import classify, explanations, text_problem
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -88,9 +90,6 @@ class TextServing(Serving, Explaining):
 
     def _classify(self, model: LoadedModel, items: list, explain: bool) -> list[Answer]:
         """One answer per item; bad items get their error, the rest one model call."""
-        # Imported here: the task module imports this one (for its `Serving`).
-        from loopline.online.predlog import text_id
-        from loopline.tasks.text.task import classify, explanations
 
         # A stream line carries its id (echoed back, and the log's key); a /predict item not.
         lines = [
@@ -139,8 +138,6 @@ class TextServing(Serving, Explaining):
         """The error answer of a text the model cannot classify (None: it can). A problem
         keeps `text_problem`'s wording (a client sends texts, not the data's columns) and
         is counted under the data-contract rules the text breaks (say, `document_not_blank`)."""
-        from loopline.tasks.text.task import text_problem
-
         column = self.task.text_column
         broken = self.contract([column]).check_row({column: text}) if isinstance(text, str) else []
         problem = text_problem(text, model.spec)

@@ -35,13 +35,28 @@ from pydantic import Field
 
 from loopline.config import Dimension, Params, Positive, Section
 from loopline.offline.evaluate import evaluate_classifier
+from loopline.offline.export import run_onnx
 from loopline.offline.features import FeatureSpec
+from loopline.offline.human_labels import merge_human_labels
 from loopline.offline.labeling import Examples
+from loopline.offline.reference import EVENT_TIME
 from loopline.offline.split import labeled_set
+from loopline.offline.train import predict
+from loopline.offline.transfer import make_strategy
 from loopline.offline.validate import Rule
 from loopline.tasks.base import FeatureOptions, Hyperparameters, LabelSet, PretrainResult, Task
+from loopline.tasks.text.answers import encode, explanations, vocabulary
+from loopline.tasks.text.baseline import train_text_baseline
+from loopline.tasks.text.model import ClassifierPredictor, TextClassifier
+from loopline.tasks.text.pretrain import (
+    ENCODER_KEYS,
+    load_encoder,
+    load_pretrained,
+    pretrain_for_task,
+    save_encoder,
+)
 from loopline.tasks.text.serving import TextServing
-from loopline.tasks.text.tokens import Vocabulary, tokenize
+from loopline.tasks.text.tokens import Vocabulary
 
 # Columns the pipeline adds to every row: a data column of that name would be overwritten.
 RESERVED_COLUMNS = ("split",)
@@ -112,19 +127,6 @@ class TextHyperparameters(Hyperparameters):
     kernel_size: int
     dropout: float
     ngram_buckets: int
-
-
-def vocabulary(spec: FeatureSpec) -> Vocabulary:
-    """The spec's fitted vocabulary (raises when the spec was never fitted)."""
-    if spec.options.vocabulary is None:
-        raise ValueError("the feature spec has no vocabulary: fit it on a training split first")
-    return Vocabulary.from_json(spec.options.vocabulary)
-
-
-def encode(texts: list[str], spec: FeatureSpec, vocab: Vocabulary | None = None) -> np.ndarray:
-    """Token ids (rows padded with 0) of `texts`, as the model reads them."""
-    vocab = vocab or vocabulary(spec)
-    return vocab.encode(texts, spec.options.max_length)[0]
 
 
 def label_order(names: list[str]) -> list[str]:
@@ -282,10 +284,6 @@ class TextTask(Task):
             task=self.name,
             feature_columns=[],
             target_column=self.target_column,
-            horizon=1,
-            freq="",
-            group_column=self.group_column or "",
-            time_column="",
             labels=list(self.fixed_labels) if self.fixed_labels else None,
             options=TextOptions(
                 text_column=self.text_column,
@@ -307,7 +305,6 @@ class TextTask(Task):
         in; labeled texts from the prediction log join as rows of their own."""
         if human is None or human.empty:
             return frame
-        from loopline.offline.human_labels import merge_human_labels
 
         names = [self.class_names[int(i)] for i in human["label"]]
         return merge_human_labels(
@@ -337,7 +334,6 @@ class TextTask(Task):
 
     def pool_probabilities(self, session, spec: FeatureSpec, pool: pd.DataFrame) -> np.ndarray:
         """Class probabilities of an ONNX model (with its own vocabulary) for pool texts."""
-        from loopline.offline.export import run_onnx
 
         texts = pool["text"].astype(str).tolist()
         parts = [
@@ -360,8 +356,6 @@ class TextTask(Task):
             labels = label_order([str(name) for name in names])
         options = spec.options
         if options.pretrained_encoder:
-            from loopline.tasks.text.pretrain import load_encoder
-
             vocab = load_encoder(Path(options.pretrained_encoder))[1]
         else:
             vocab = Vocabulary.build(
@@ -371,6 +365,10 @@ class TextTask(Task):
                 max_repeat=options.max_repeat,
             )
         return replace(spec, labels=labels, options=replace(options, vocabulary=vocab.to_json()))
+
+    def probe_input(self, spec: FeatureSpec) -> np.ndarray:
+        """Two empty texts as token ids: one `<unk>` each (every row has a token to read)."""
+        return encode(["", ""], spec)
 
     def examples(self, frame: pd.DataFrame, spec: FeatureSpec, target_set: str) -> Examples:
         rows = labeled_set(frame, target_set, spec.target_column)
@@ -383,12 +381,9 @@ class TextTask(Task):
     # ------------------------------------------------------------------ model
 
     def build_model(self, hparams: TextHyperparameters, spec: FeatureSpec):
-        from loopline.tasks.text.model import TextClassifier
 
         encoder = None
         if spec.options.pretrained_encoder:
-            from loopline.tasks.text.pretrain import ENCODER_KEYS, load_encoder
-
             encoder = load_encoder(Path(spec.options.pretrained_encoder))[0]
             # The encoder fixes its own shape; the search tunes the rest.
             shape = {k: encoder.hparams[k] for k in ENCODER_KEYS if k != "dropout"}
@@ -404,8 +399,6 @@ class TextTask(Task):
             ngram_buckets=hparams.ngram_buckets,
         )
         if encoder is not None:
-            from loopline.tasks.text.pretrain import load_pretrained
-
             load_pretrained(model, encoder.encoder_state)
         return model
 
@@ -415,7 +408,6 @@ class TextTask(Task):
         `train.init_from`'s); None from scratch."""
         if not spec.options.pretrained_encoder:
             return None
-        from loopline.offline.transfer import make_strategy
 
         # The mode is the task's (it belongs to the encoder the spec names); the knobs are
         # read at training time, so changing one retrains without refitting features.
@@ -431,7 +423,6 @@ class TextTask(Task):
     ) -> PretrainResult:
         """Masked-token pretraining of the encoder on the snapshot's text; the saved
         encoder is what `<section>.pretrained_encoder` fine-tunes from."""
-        from loopline.tasks.text.pretrain import pretrain_for_task, save_encoder
 
         section = self.settings(params)
 
@@ -458,9 +449,6 @@ class TextTask(Task):
         """The model, the TF-IDF baseline and the majority class (both learned here from
         the same training split) and the champion (with its own vocabulary) on the same
         test texts."""
-        from loopline.offline.export import run_onnx
-        from loopline.offline.train import predict
-        from loopline.tasks.text.baseline import train_text_baseline
 
         text = spec.options.text_column
         test = labeled_set(frame, "test", spec.target_column)
@@ -515,7 +503,6 @@ class TextTask(Task):
     def monitor_inputs(self, rows: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
         """A text's length in characters and in words (a changed mix of texts shows in
         both); texts have no event time of their own here."""
-        from loopline.offline.reference import EVENT_TIME
 
         texts = rows[spec.options.text_column].fillna("").astype(str)
         return pd.DataFrame(
@@ -577,46 +564,11 @@ def explain_texts(model, spec: FeatureSpec, texts: list[str]) -> list[dict[str, 
     """Prediction, probabilities and each token's attention weight, per text (PyTorch)."""
     import torch
 
-    from loopline.tasks.text.model import ClassifierPredictor
-
     vocab = vocabulary(spec)
     ids = encode(texts, spec, vocab)
     with torch.no_grad():
         probabilities, weights = ClassifierPredictor(model.eval())(torch.from_numpy(ids))
     return explanations(texts, spec, probabilities.numpy(), weights.numpy(), vocab)
-
-
-def explanations(
-    texts: list[str],
-    spec: FeatureSpec,
-    probabilities: np.ndarray,
-    weights: np.ndarray | None = None,
-    vocab: Vocabulary | None = None,
-) -> list[dict[str, Any]]:
-    """Model outputs as people read them: label, probabilities and, with `weights`, the
-    (token, weight) pairs.
-
-    Tokens are the text's own tokens (an unknown syllable shows as itself, not `<unk>`),
-    cut at the same `max_length` the model read. Without `weights` the texts are not
-    tokenized again (a plain prediction needs no tokens).
-    """
-    labels = spec.labels
-    max_repeat = (vocab or vocabulary(spec)).max_repeat if weights is not None else 0
-    out = []
-    for i, text in enumerate(texts):
-        p = probabilities[i]
-        item: dict[str, Any] = {
-            "label": labels[int(p.argmax())],
-            "probabilities": {name: float(v) for name, v in zip(labels, p, strict=True)},
-        }
-        if weights is not None:
-            tokens = tokenize(text, max_repeat)[: spec.options.max_length]
-            item["tokens"] = [
-                {"token": t, "weight": float(w)}
-                for t, w in zip(tokens, weights[i][: len(tokens)], strict=False)
-            ]
-        out.append(item)
-    return out
 
 
 def attention_html(explained: list[dict[str, Any]], truth: np.ndarray, spec: FeatureSpec) -> str:
@@ -649,27 +601,3 @@ def attention_html(explained: list[dict[str, Any]], truth: np.ndarray, spec: Fea
         + "".join(rows)
         + "</table></html>"
     )
-
-
-def text_problem(value: Any, spec: FeatureSpec) -> str | None:
-    """Why `value` cannot be classified by the model of `spec` (None when it can): the
-    service answers each bad item with this, and classifies the others."""
-    if not isinstance(value, str):
-        return f"text must be a string, got {type(value).__name__}"
-    if not value.strip():
-        return "text is empty"
-    limit = spec.options.max_text_chars
-    if len(value) > limit:
-        return (
-            f"text is {len(value):,} characters, longer than the limit of {limit:,} "
-            f"({spec.task}.max_text_chars)"
-        )
-    return None
-
-
-def classify(session, spec: FeatureSpec, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(class probabilities, attention per token) of an ONNX classifier for `texts`."""
-    from loopline.offline.export import run_onnx_outputs
-
-    probabilities, attention = run_onnx_outputs(session, encode(texts, spec))
-    return probabilities, attention

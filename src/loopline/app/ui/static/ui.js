@@ -323,7 +323,7 @@ async function loadHealth() {
   }
   if (data.missing) missing(panel, data.missing);
   else {
-    show(panel, el("p", { class: "muted" }, `last window tested: ${when(data.last_window)}`));
+    show(panel, el("p", { class: "muted" }, `last period tested: ${when(data.last_period)}`));
     setState(panel, "ready");
   }
   drawHealth(data.series || []);
@@ -332,7 +332,7 @@ async function loadHealth() {
     alarms,
     (data.alarms || []).length
       ? data.alarms.map((a) =>
-          el("li", { class: "bad" }, `${a.signal} v${a.version} from ${when(a.window_start)} (${a.streak} windows) ${a.note || ""}`),
+          el("li", { class: "bad" }, `${a.signal} v${a.version} from ${when(a.period_start)} (${a.streak} periods) ${a.note || ""}`),
         )
       : [el("li", { class: "good" }, "none")],
   );
@@ -377,7 +377,7 @@ function drawHealth(series) {
       hooks: {
         draw: [
           (u) => {
-            // The threshold: a ratio above 1 is a window over its calibrated limit.
+            // The threshold: a ratio above 1 is a period over its calibrated limit.
             const y = u.valToPos(1, "y", true);
             const ctx = u.ctx;
             ctx.save();
@@ -574,7 +574,7 @@ async function move(event) {
 
 function start() {
   document.getElementById("model-select").addEventListener("change", (event) => {
-    window.location.assign(`/models/${encodeURIComponent(event.target.value)}`);
+    location.assign(`/models/${encodeURIComponent(event.target.value)}`);
   });
   document.getElementById("version").addEventListener("change", loadDiff);
   document.getElementById("move-form").addEventListener("submit", move);

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from loopline.config import load_params
+from loopline.params import load_params
 from loopline.testing import check_task
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from loopline.config import load_params
 from loopline.offline.ingest import read_source
+from loopline.params import load_params
 from loopline.testing import check_task
 
 PROJECT = Path(__file__).resolve().parents[1]

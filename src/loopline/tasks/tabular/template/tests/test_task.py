@@ -3,9 +3,9 @@ own rows, and those rows keep the task's rules."""
 
 from pathlib import Path
 
-from loopline.config import load_params
 from loopline.offline.ingest import read_source
 from loopline.offline.validate import validate_rows
+from loopline.params import load_params
 from loopline.testing import check_task
 
 PROJECT = Path(__file__).resolve().parents[1]
