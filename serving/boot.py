@@ -3,9 +3,9 @@ task whose types the APIs take, the `serve:` settings the decorators take), and 
 params at start-up.
 
 `loopline serve` names the task (`LOOPLINE_TASK`) and every setting (`LOOPLINE_SERVE_<KEY>`)
-in the environment, so a service it starts reads no file at import. A Bento or a bare
-`bentoml serve serving.service:Loopline` has only the project's params.yaml to name the
-task, so there the file is read at import as well.
+in the environment. The project's params.yaml is still read at import: the APIs are typed
+by the task's request types, and a family task's follow its own section (which columns a
+table has), which only the file holds.
 """
 
 from __future__ import annotations
@@ -37,11 +37,7 @@ def boot_params(environ: dict[str, str] | None = None) -> Params:
 
 
 def class_params(environ: dict[str, str] | None = None) -> Params:
-    """The params the service class is composed from at import: the environment alone where
-    it names the task (as `loopline serve` does), else `boot_params` (the file names it)."""
-    environ = dict(os.environ if environ is None else environ)
-    if not environ.get(TASK_ENV):
-        return boot_params(environ)
-    overrides = [*serve_env_overrides(environ), f"task={environ[TASK_ENV]}"]
-    root = find_project_root(environ.get("LOOPLINE_PROJECT"))
-    return parse_params(apply_overrides({}, overrides), root=root)
+    """The params the service class is composed from at import. The same as `boot_params`:
+    a family task's request types follow its own params section (a table's columns, a text
+    column's name), so the task named in the environment alone would type the APIs wrong."""
+    return boot_params(environ)
