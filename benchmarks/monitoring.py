@@ -664,7 +664,7 @@ def main() -> None:
     config = settings()
     rate = config.false_alarm_rate
     print(
-        f"monitor: window {config.window}, false_alarm_rate {rate} per window and signal, "
+        f"monitor: period {config.period}, false_alarm_rate {rate} per period and signal, "
         f"min_rows {config.min_rows}, min_periods {config.min_periods}, "
         f"{config.calibration_draws} calibration draws; shifts from window {FAULT_DAY + 1} "
         f"(image: {FAULT_DAY // 2 + 1}). PASS: rate <= {rate} and upper 95% <= {2 * rate}"

@@ -22,9 +22,9 @@ from pydantic import (
     create_model,
     model_validator,
 )
-from pydantic_core import InitErrorDetails
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from loopline.online.adapter import Answer, Serving
+from loopline.online.adapter import Answer, BadInput, Serving
 
 
 class Served:
@@ -111,7 +111,12 @@ def request_body(
 
         def served_model_check(value):
             if served.serving is not None:
-                served.serving.check(value, served.model)
+                try:
+                    served.serving.check(value, served.model)
+                except BadInput as error:
+                    # The adapter's own words as the error's message (a plain ValueError
+                    # would reach the client prefixed "Value error, ").
+                    raise PydanticCustomError("bad_input", "{why}", {"why": str(error)}) from None
             return value
 
         check = model_validator(mode="after")(served_model_check)

@@ -44,6 +44,8 @@ REFUSED = f"{TAG}refused"  # version tag: a service refused to serve it (JSON: w
 
 
 def client(tracking_uri: str):
+    """The MLflow client of `tracking_uri`, for the registry and its runs. MLflow is
+    imported here, not at the top: the CLI imports this module, and `--help` stays instant."""
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
@@ -586,6 +588,39 @@ def model_versions(tracking_uri: str, name: str) -> list[Any]:
     """Every registered version of `name`, newest first."""
     versions = client(tracking_uri).search_model_versions(f"name='{name}'")
     return sorted(versions, key=lambda v: int(v.version), reverse=True)
+
+
+def registered_model(tracking_uri: str, name: str) -> tuple[Any, list[Any]] | None:
+    """A registered model and its versions; None when no model has that name (any other
+    failure of the store or its transport is raised as it is)."""
+    from mlflow.exceptions import MlflowException  # (mlflow: see `client`)
+
+    mlflow_client = client(tracking_uri)
+    try:
+        model = mlflow_client.get_registered_model(name)
+    except MlflowException as error:
+        if "RESOURCE_DOES_NOT_EXIST" in str(error.error_code):
+            return None
+        raise
+    return model, list(mlflow_client.search_model_versions(f"name='{name}'"))
+
+
+def tagged_runs(
+    tracking_uri: str, experiment: str, tag: str, value: str, count: int
+) -> tuple[str | None, list[Any]]:
+    """(the experiment's id, its latest `count` runs tagged `tag=value`, newest first);
+    (None, []) when there is no such experiment."""
+    mlflow_client = client(tracking_uri)
+    found = mlflow_client.get_experiment_by_name(experiment)
+    if found is None:
+        return None, []
+    runs = mlflow_client.search_runs(
+        [found.experiment_id],
+        filter_string=f"tags.`{tag}` = '{value}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=count,
+    )
+    return found.experiment_id, list(runs)
 
 
 def champion_history(tracking_uri: str, name: str) -> list[dict[str, Any]]:

@@ -88,6 +88,8 @@ def test_a_nan_is_refused_as_a_wrong_length_is(paths):
     nan["readings"][7]["ghi"] = float("nan")  # json.dumps writes NaN, as Python clients do
     assert refused(body, [nan]) == "windows.0.readings.7.ghi: Input should be a finite number"
     assert f"needs {REQUIRED}" in refused(body, [short])
+    # The adapter's words as they are, not wrapped in pydantic's "Value error, ...".
+    assert refused(body, [short]).startswith(f"windows.0: readings: needs {REQUIRED}")
     infinite = json.dumps(window()).replace('"ghi": 0,', '"ghi": -Infinity,', 1)
     assert "Infinity" in infinite
     answers = chunk([json.dumps(nan), json.dumps(short), infinite])

@@ -124,3 +124,16 @@ def test_no_items_hold_no_nonfinite_value():
     assert nonfinite_items(np.zeros((0, 24, 3), dtype=np.float32)).tolist() == []
     found = nonfinite_items(np.array([[1.0, np.nan], [2.0, 3.0]]))
     assert found.tolist() == [True, False]
+
+
+def test_a_non_finite_input_of_an_item_of_rows_names_its_column_and_row():
+    """An item of several rows (a sequence, a set of items) is named by the column of its
+    last axis and the row, not by a flat index past the column names."""
+    from loopline.online.adapter import input_problem
+
+    one_row = np.array([1.0, np.inf, 2.0])
+    assert input_problem(one_row, ["a", "b", "c"], {"b": 1e300}).startswith("b=1e+300 gives")
+    rows = np.ones((4, 3))
+    rows[2, 1] = np.nan
+    assert input_problem(rows, ["a", "b", "c"], {}).startswith("b (row 2 of the item) gives")
+    assert input_problem(rows, ["x"], {}).startswith("model input (2, 1) gives")

@@ -149,11 +149,17 @@ def run_finite(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> Output
 
 
 def input_problem(inputs: np.ndarray, names: list[str], raw: dict) -> str:
-    """The first non-finite model input of one item, by its column and raw value."""
-    where = int(np.flatnonzero(~np.isfinite(inputs.reshape(-1)))[0])
-    name = names[where] if where < len(names) else f"model input {where}"
+    """The first non-finite model input of one item, by its column and raw value. An item
+    of several rows (a sequence, a set: `names` are its last axis's columns) names the row
+    too."""
+    at = tuple(int(i) for i in np.argwhere(~np.isfinite(inputs))[0])
+    if inputs.ndim > 1 and len(names) == inputs.shape[-1]:
+        name, row = names[at[-1]], f" (row {', '.join(map(str, at[:-1]))} of the item)"
+    else:
+        flat = int(np.ravel_multi_index(at, inputs.shape)) if inputs.ndim else 0
+        name, row = (names[flat], "") if flat < len(names) else (f"model input {at}", "")
     value = f"={raw[name]!r}" if name in raw else ""
-    return f"{name}{value} gives a non-finite model input (out of any plausible range)"
+    return f"{name}{value}{row} gives a non-finite model input (out of any plausible range)"
 
 
 class Serving:

@@ -128,18 +128,13 @@ class Registered:
 
 
 def read_model(tracking_uri: str, name: str) -> Registered:
-    from mlflow.exceptions import MlflowException
-
-    mlflow_client = registry.client(tracking_uri)
     try:
-        model = mlflow_client.get_registered_model(name)
-        versions = mlflow_client.search_model_versions(f"name='{name}'")
-    except MlflowException as error:
-        if "RESOURCE_DOES_NOT_EXIST" in str(error.error_code):
-            raise Missing(f"no registered model {name!r}: `loopline run` publishes one") from None
+        found = registry.registered_model(tracking_uri, name)
+    except Exception as error:  # whatever MLflow's store or transport raises
         raise _unreachable("the registry", tracking_uri, error) from None
-    except Exception as error:
-        raise _unreachable("the registry", tracking_uri, error) from None
+    if found is None:
+        raise Missing(f"no registered model {name!r}: `loopline run` publishes one")
+    model, versions = found
     aliases: dict[str, list[str]] = {}
     for alias, version in (model.aliases or {}).items():
         aliases.setdefault(str(version), []).append(alias)
@@ -449,23 +444,16 @@ def _signals_json(rows: pd.DataFrame) -> dict[str, Any]:
 
 def monitor_runs(tracking_uri: str, experiment: str, name: str, count: int = 10) -> list[dict]:
     """The monitor's latest MLflow runs of `name` (each holds its report)."""
-    mlflow_client = registry.client(tracking_uri)
     try:
-        found = mlflow_client.get_experiment_by_name(experiment)
-        if found is None:
-            return []
-        runs = mlflow_client.search_runs(
-            [found.experiment_id],
-            filter_string=f"tags.`loopline.model` = '{name}'",
-            order_by=["attributes.start_time DESC"],
-            max_results=count,
+        experiment_id, runs = registry.tagged_runs(
+            tracking_uri, experiment, "loopline.model", name, count
         )
-    except Exception as error:
+    except Exception as error:  # whatever MLflow's store or transport raises
         raise _unreachable("the registry", tracking_uri, error) from None
     return [
         {
             "run_id": run.info.run_id,
-            "experiment_id": found.experiment_id,
+            "experiment_id": experiment_id,
             "started": _iso(run.info.start_time),
             "alarm": run.data.tags.get("loopline.monitor.alarm") == "true",
             "signals": run.data.tags.get("loopline.monitor.alarm_signals") or "",
