@@ -60,9 +60,21 @@ def start_temporary_api(paths: ProjectPaths) -> str | None:
     record = records_folder(paths) / f"{os.getpid()}.json"
     # Registered before Prefect's hook (in `start`), so it runs after the server stopped.
     atexit.register(record.unlink, missing_ok=True)
-    server = SubprocessASGIServer()  # the instance Prefect's client looks up
+
+    class RecordedServer(SubprocessASGIServer):
+        """Prefect's temporary server, recorded the moment its process exists: `start`
+        waits for the API to answer (seconds on a busy machine), and a run killed in
+        between must not leave a server nobody knows of. Prefect keeps one instance per
+        port in the class's `_instances` (shared with this subclass), so its client finds
+        this one (prefect 3.x: `_run_uvicorn_command` spawns the process)."""
+
+        def _run_uvicorn_command(self):
+            process = super()._run_uvicorn_command()
+            _write_record(record, psutil.Process(process.pid))
+            return process
+
+    server = RecordedServer()  # the instance Prefect's client looks up
     server.start()
-    _write_record(record, psutil.Process(server.server_process.pid))
     return server.api_url
 
 
