@@ -24,7 +24,8 @@ TASK_ENV = "LOOPLINE_TASK"
 def boot_params(environ: dict[str, str] | None = None) -> Params:
     """The params a service runs with: the project's params.yaml (`LOOPLINE_PROJECT`, else
     the working folder) with the environment's overrides (`LOOPLINE_SERVE_<KEY>`,
-    `LOOPLINE_TASK`). Read when a service instance starts."""
+    `LOOPLINE_TASK`). Read once, when the module composes the service class: a family
+    task's request types follow its own params section, so the class needs them all."""
     environ = dict(os.environ if environ is None else environ)
     overrides = serve_env_overrides(environ)
     if environ.get(TASK_ENV):
@@ -34,10 +35,3 @@ def boot_params(environ: dict[str, str] | None = None) -> Params:
     if params_file.is_file():
         return load_params(params_file, overrides)
     return parse_params(apply_overrides({}, overrides), root=root)
-
-
-def class_params(environ: dict[str, str] | None = None) -> Params:
-    """The params the service class is composed from at import. The same as `boot_params`:
-    a family task's request types follow its own params section (a table's columns, a text
-    column's name), so the task named in the environment alone would type the APIs wrong."""
-    return boot_params(environ)

@@ -18,14 +18,13 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from loopline.config import ServeParams
+from loopline.config import Params, ServeParams
 from loopline.online.adapter import BadInput, Serving
 from loopline.online.models import LoadedModel, default_threads, use_service_deadlines
 from loopline.paths import ProjectPaths, find_project_root
 from loopline.redaction import redact, redact_data, without_paths
 from serving.asgi import AUTHENTICATED
 from serving.bodies import Refusal, Served, answers_spec, as_item, reply, request_body
-from serving.boot import boot_params
 from serving.holder import ModelHolder
 from serving.metrics import service_metrics, show_monitoring
 from serving.mirror import Mirror
@@ -80,14 +79,14 @@ class LooplineService:
     health, metrics, the prediction log and hot swap."""
 
     served: ClassVar[Served]  # what this class's request bodies check items against
-    boot_environ: ClassVar[dict[str, str] | None] = None  # None: the process's
+    params: ClassVar[Params]  # what the class was composed from (`service_for`)
     # Paths that only some tasks have, by kind (`{kind}`: the adapter's `file_kind`).
     upload_paths: ClassVar[tuple[str, ...]] = ()
     heavy_paths: ClassVar[tuple[str, ...]] = ()
     body_types: ClassVar[dict[str, tuple[bytes, ...]]] = {}
 
     def __init__(self) -> None:
-        params = boot_params(self.boot_environ)
+        params = self.params
         paths = ProjectPaths.at(find_project_root(os.environ.get("LOOPLINE_PROJECT")))
         paths.state.mkdir(parents=True, exist_ok=True)
         self.settings = settings = params.serve

@@ -42,7 +42,7 @@ from serving.asgi import (
     quiet_client_errors,
 )
 from serving.bodies import Served
-from serving.boot import class_params
+from serving.boot import boot_params
 from serving.framework import LooplineService
 from serving.metrics import use_own_metrics_folder
 from serving.openapi import PublishedService, answer_errors_with_one_schema
@@ -50,10 +50,9 @@ from serving.openapi import PublishedService, answer_errors_with_one_schema
 # ------------------------------------------------------------------ composing the class
 
 
-def service_for(params: Params, environ: dict[str, str] | None = None) -> bentoml.Service:
+def service_for(params: Params) -> bentoml.Service:
     """The BentoML service serving `params`' task: `LooplineService` with the abilities its
-    adapter has, its APIs typed by the adapter. `environ`: what an instance reads its params
-    from at start-up (default the process's)."""
+    adapter has, its APIs typed by the adapter; its instances run with `params`."""
     adapter: type[Serving] = params.plugin.Serving
     settings = params.serve
     keep_secrets(params)
@@ -67,7 +66,7 @@ def service_for(params: Params, environ: dict[str, str] | None = None) -> bentom
             "__doc__": LooplineService.__doc__,
             "__module__": __name__,
             "served": Served(),
-            "boot_environ": environ,
+            "params": params,
             "upload_paths": _paths(abilities, "upload_paths", kind),
             "heavy_paths": _paths(abilities, "heavy_paths", kind),
             "body_types": {
@@ -158,4 +157,4 @@ def _guard(service: bentoml.Service, settings: ServeParams, inner: type) -> None
     )
 
 
-Loopline = service_for(class_params())
+Loopline = service_for(boot_params())

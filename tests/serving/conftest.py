@@ -175,7 +175,7 @@ def service_app(startup_wait_s: float = 120.0):
     """
     import prometheus_client
 
-    from serving.boot import class_params
+    from serving.boot import boot_params
     from serving.service import service_for
 
     registry = prometheus_client.REGISTRY
@@ -186,7 +186,7 @@ def service_app(startup_wait_s: float = 120.0):
     import os
 
     environ = {**os.environ, "LOOPLINE_SERVE_STARTUP_WAIT_S": str(startup_wait_s)}
-    return service_for(class_params(environ), environ).to_asgi()
+    return service_for(boot_params(environ)).to_asgi()
 
 
 @contextlib.contextmanager

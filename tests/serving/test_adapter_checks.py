@@ -109,7 +109,7 @@ def test_endpoints_come_from_the_adapters_abilities(tmp_path, monkeypatch):
     """Each task's service class is `LooplineService` with the abilities its adapter has,
     composed once: its routes are theirs, and no class is swapped afterwards."""
     from serving.abilities import Streams, Uploads
-    from serving.boot import class_params
+    from serving.boot import boot_params
     from serving.framework import LooplineService
     from serving.openapi import PublishedService
     from serving.service import service_for
@@ -117,7 +117,7 @@ def test_endpoints_come_from_the_adapters_abilities(tmp_path, monkeypatch):
     monkeypatch.setenv("LOOPLINE_PROJECT", str(tmp_path))
     found = {}
     for task in ("solar", "reviews", "digits"):
-        service = service_for(class_params({"LOOPLINE_TASK": task, "LOOPLINE_PROJECT": "."}))
+        service = service_for(boot_params({"LOOPLINE_TASK": task, "LOOPLINE_PROJECT": "."}))
         assert type(service) is PublishedService
         (app, _, _), *_ = service.mount_apps
         found[task] = (sorted(service.apis), sorted(app.openapi()["paths"]))

@@ -113,12 +113,17 @@ def score(y_true: np.ndarray, y_pred: np.ndarray, overlap: int = 1) -> Scores:
     """RMSE and MAE over every output of the rows where truth and prediction are finite
     (arrays shaped (rows, outputs)). `overlap`: how many neighbouring rows may share targets
     (`Task.loss_dependence`), for the paired gate's test."""
-    err = row_errors(y_true, y_pred)
-    return Scores(
+    return scores_of(row_errors(y_true, y_pred), overlap)
+
+
+def scores_of(err: np.ndarray, overlap: int = 1, kind: type[Scores] = Scores, **more) -> Scores:
+    """`kind` (Scores or a subclass with `more` fields) of errors shaped (rows, outputs)."""
+    return kind(
         rmse=float(np.sqrt(np.mean(err**2))),
         mae=float(np.mean(np.abs(err))),
         rows=len(err),
         per_row=RowErrors.of(err, overlap),
+        **more,
     )
 
 

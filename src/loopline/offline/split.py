@@ -198,22 +198,22 @@ def split_keys(task, spec: FeatureSpec) -> tuple[list[str], str | None]:
 
 def group_column_of(task) -> str:
     """The column a grouped split keeps together (`Task.group_column`)."""
-    if not task.group_column:
-        raise ValueError(
-            f"task {task.name} splits by group (split_kind 'grouped') but sets no "
-            "group_column: set Task.group_column (a feature spec no longer carries it)"
-        )
-    return task.group_column
+    return _column_of(task, "group_column", "splits by group (split_kind 'grouped')")
 
 
 def time_column_of(task) -> str:
     """The column a chronological split orders rows by (`Task.time_column`)."""
-    if not task.time_column:
+    return _column_of(task, "time_column", "splits chronologically")
+
+
+def _column_of(task, attribute: str, why: str) -> str:
+    column = getattr(task, attribute)
+    if not column:
         raise ValueError(
-            f"task {task.name} splits chronologically but sets no time_column: set "
-            "Task.time_column (a feature spec no longer carries it)"
+            f"task {task.name} {why} but sets no {attribute}: set Task.{attribute} (a "
+            "feature spec no longer carries it)"
         )
-    return task.time_column
+    return column
 
 
 def split_by_key(task, frame: pd.DataFrame, spec: FeatureSpec, params) -> pd.DataFrame:

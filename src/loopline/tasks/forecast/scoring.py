@@ -9,9 +9,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from loopline.offline.evaluate import Evaluation, Scores, incomparable_specs, judge, row_errors
+from loopline.offline.evaluate import (
+    Evaluation,
+    Scores,
+    incomparable_specs,
+    judge,
+    row_errors,
+    scores_of,
+)
 from loopline.offline.export import run_onnx
-from loopline.offline.gate import RowErrors
 from loopline.offline.train import predict
 from loopline.plots import new_figure, save_figure
 
@@ -27,13 +33,8 @@ def score_steps(y_true: np.ndarray, y_pred: np.ndarray, overlap: int = 1) -> Ste
     """RMSE and MAE overall and RMSE per horizon step, on windows where both are finite
     (arrays shaped (windows, horizon)); `overlap`: windows that may share targets."""
     err = row_errors(y_true, y_pred)
-    return StepScores(
-        rmse=float(np.sqrt(np.mean(err**2))),
-        mae=float(np.mean(np.abs(err))),
-        rows=len(err),
-        per_row=RowErrors.of(err, overlap),
-        rmse_per_step=[float(v) for v in np.sqrt(np.mean(err**2, axis=0))],
-    )
+    per_step = [float(v) for v in np.sqrt(np.mean(err**2, axis=0))]
+    return scores_of(err, overlap, StepScores, rmse_per_step=per_step)
 
 
 def plot_per_step_rmse(curves: dict[str, Scores], path: Path, unit: str = "W") -> Path:
