@@ -3,6 +3,8 @@ keeps training and serving one model), and the array-side helpers (clock, ISO ti
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -115,6 +117,36 @@ def test_request_times_become_exact_utc_nanoseconds():
             [v.astimezone(UTC).replace(tzinfo=None) if v.tzinfo else v for v in values]
         ).as_unit("ns")
         np.testing.assert_array_equal(utc_datetime64(values), expected.to_numpy())
+
+
+def test_a_column_of_times_is_the_same_instants_whichever_parser_reads_it():
+    """The columnar form's times: the common UTC texts go through numpy's parser, the rest
+    (other zones, fractions of a second, epoch numbers) through pydantic's; both give the
+    instants pandas gives, and the column keeps what was sent."""
+    from pydantic import BaseModel
+
+    from loopline.tasks.forecast.serving import InstantColumn
+
+    class Times(BaseModel):
+        t: InstantColumn
+
+    texts = [
+        ["2021-03-01T10:00:00+00:00", "2021-03-01T11:00:00+00:00"],
+        ["2021-03-01T10:00:00Z", "2021-03-01 11:00:00Z"],
+        ["2021-03-01T10:00:00", "2021-03-01T11:00:00"],
+        ["2021-03-01T10:00:00+09:00", "2021-03-01T11:00:00.250-05:30"],
+        ["2021-03-01T10:00:00Z", "2021-03-01T19:00:00+09:00", "1999-12-31T23:59:59.999999"],
+        [1614592800, "2021-03-01T11:00:00Z"],
+    ]
+    for values in texts:
+        parsed = Times.model_validate_json(json.dumps({"t": values})).t
+        expected = pd.to_datetime(
+            [pd.Timestamp(v, unit="s") if isinstance(v, int) else v for v in values],
+            utc=True,
+            format="mixed",
+        ).tz_convert(None)
+        np.testing.assert_array_equal(parsed.ns, expected.as_unit("ns").asi8, err_msg=str(values))
+        assert len(parsed) == len(values)
 
 
 def test_stream_windows_stay_the_latest_consecutive_readings_past_the_buffer_wrap():

@@ -11,7 +11,7 @@ entity column (`site_id` for solar); a single series has none.
 
 from __future__ import annotations
 
-import itertools
+import functools
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -20,7 +20,17 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import numpy as np
 import pandas as pd
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    create_model,
+    model_validator,
+)
 
 from loopline.offline.export import run_onnx
 from loopline.offline.features import FeatureSpec, normalize
@@ -47,6 +57,9 @@ Finite = Annotated[float, Field(allow_inf_nan=False)]
 # and 2262 (past that, nanoseconds since 1970 wrap around silently); lags reach back from
 # a window and forecasts ahead of it, so both ends leave decades to spare.
 EARLIEST, LATEST = datetime(1700, 1, 1, tzinfo=UTC), datetime(2200, 1, 1, tzinfo=UTC)
+_EPOCH, _EPOCH_NAIVE = datetime(1970, 1, 1, tzinfo=UTC), datetime(1970, 1, 1)
+_MICROSECOND = timedelta(microseconds=1)
+_EARLIEST_US, _LATEST_US = ((t - _EPOCH) // _MICROSECOND for t in (EARLIEST, LATEST))
 
 
 def in_time_range(value: datetime) -> datetime:
@@ -67,10 +80,57 @@ def in_time_range(value: datetime) -> datetime:
 
 # A reading's time, checked to fit the window's arrays before anything converts it.
 Instant = Annotated[datetime, AfterValidator(in_time_range)]
+_EXACT_INSTANTS = TypeAdapter(list[Instant])
+
+
+class Instants(list):
+    """A window's times as sent (ISO text), with their UTC epoch nanoseconds (`ns`),
+    converted once while the body is validated: the checks and the features read `ns`."""
+
+    ns: np.ndarray
+
+
+# Zones numpy's ISO parser need not see: a time in UTC, or naive (taken as UTC). The
+# second-precision form (19 characters) with one of these is what clients and pandas send.
+_UTC_TAILS = frozenset({19, "Z", "+00:00"})
+
+
+def instants(value: Any, handler: ValidatorFunctionWrapHandler) -> Instants:
+    """A column of times (the columnar form's), parsed for the whole column at once: a
+    parse and a range check per value cost more than the model call. Text in the common
+    UTC form goes through numpy's ISO parser; anything else (another zone, fractions of a
+    second, a malformed or out-of-range time) through pydantic's, which names the value."""
+    ns = _utc_column(value)
+    if ns is None or (len(ns) and (ns.min() < _EARLIEST_US or ns.max() >= _LATEST_US)):
+        parsed = _EXACT_INSTANTS.validate_python(value)  # raises, naming a bad one
+        out = Instants(v.isoformat() for v in parsed)
+        out.ns = epoch_micros(parsed) * 1000
+        return out
+    out = Instants(value)
+    out.ns = ns * 1000
+    return out
+
+
+def _utc_column(value: Any) -> np.ndarray | None:
+    """UTC epoch microseconds of ISO texts all in second precision, in UTC or naive;
+    None for anything else."""
+    try:
+        tails = {v[19:] or len(v) for v in value}
+        if not tails <= _UTC_TAILS:
+            return None
+        texts = value if tails == {19} else [v[:19] for v in value]
+        return np.array(texts, dtype="datetime64[us]").view(np.int64)
+    except (TypeError, ValueError):  # not text, or not a time numpy reads
+        return None
+
 
 # Times go out as the ISO strings the library already made: declared `date-time` for the
 # OpenAPI spec, but not parsed back into datetimes only to be printed again.
 IsoTime = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
+
+
+# A window's times as one column (the columnar form): see `instants`.
+InstantColumn = Annotated[list[IsoTime], WrapValidator(instants)]
 
 
 @dataclass(frozen=True)
@@ -89,13 +149,15 @@ def columns_model(name: str, time: str, numbers: list[str]) -> type[BaseModel]:
     """A window's readings as columns: one list per field, all of one length (the columnar
     form of a `/predict` item: ~10x less to parse than a reading object per row)."""
     fields = {
-        time: (list[Instant], Field(min_length=1, description="Oldest first; UTC if no zone"))
+        time: (InstantColumn, Field(min_length=1, description="Oldest first; UTC if no zone"))
     }
     fields |= {c: (list[Finite], Field(min_length=1)) for c in numbers}
+    names = list(fields)
 
     def same_length(self):
-        lengths = {c: len(getattr(self, c)) for c in type(self).model_fields}
-        if len(set(lengths.values())) > 1:
+        values = self.__dict__
+        if len({len(values[c]) for c in names}) > 1:
+            lengths = {c: len(values[c]) for c in names}
             raise ValueError(f"every column needs one value per reading, got lengths {lengths}")
         return self
 
@@ -343,20 +405,24 @@ def feature_problem(window: Window, x: np.ndarray, spec: FeatureSpec) -> str:
     )
 
 
-def window_problem(times: list[datetime], freq: str, required: int) -> str | None:
-    """Why readings at `times` (oldest first) are not a complete window (None when they are).
+def window_problem(ns: np.ndarray, freq: str, required: int) -> str | None:
+    """Why readings at `ns` (UTC epoch nanoseconds, oldest first) are not a complete window
+    (None when they are): one array comparison, since this runs on every request."""
+    if len(ns) < required:
+        return f"needs {required} consecutive readings, got {len(ns)}"
+    steps = np.diff(ns)
+    wrong = np.flatnonzero(steps != _step_ns(freq))
+    if not len(wrong):
+        return None
+    n = int(wrong[0]) + 1
+    if steps[n - 1] <= 0:
+        return f"readings must be in strictly increasing time order (reading {n})"
+    return f"readings must be consecutive, one every {freq} (gap before reading {n})"
 
-    Plain datetimes, not pandas: this runs on every request before it is batched.
-    """
-    if len(times) < required:
-        return f"needs {required} consecutive readings, got {len(times)}"
-    step = pd.Timedelta(freq).to_pytimedelta()
-    for n, (before, after) in enumerate(itertools.pairwise(times), start=1):
-        if after <= before:
-            return f"readings must be in strictly increasing time order (reading {n})"
-        if after - before != step:
-            return f"readings must be consecutive, one every {freq} (gap before reading {n})"
-    return None
+
+@functools.cache
+def _step_ns(freq: str) -> int:
+    return pd.Timedelta(freq).value
 
 
 def readings_columns(
@@ -383,12 +449,18 @@ def typed_columns(
     return typed
 
 
-_EPOCH, _EPOCH_NAIVE = datetime(1970, 1, 1, tzinfo=UTC), datetime(1970, 1, 1)
-_MICROSECOND = timedelta(microseconds=1)
+def epoch_micros(values: list[datetime]) -> np.ndarray:
+    """Datetimes (aware, or naive taken as UTC) as exact integer UTC epoch microseconds."""
+    return np.array(
+        [(v - (_EPOCH if v.tzinfo else _EPOCH_NAIVE)) // _MICROSECOND for v in values],
+        dtype=np.int64,
+    )
 
 
 def utc_datetime64(values: list[Any]) -> np.ndarray:
     """Datetimes (aware: converted; naive: taken as UTC) or ISO strings → datetime64[ns]."""
+    if isinstance(values, Instants):  # converted while the request was validated
+        return values.ns.view("datetime64[ns]")
     if values and all(isinstance(v, datetime) and v.tzinfo is not None for v in values):
         # Aware (what requests parse to): `timestamp()` in C; whole seconds exactly by
         # rounding once the microseconds are taken off, which are added back as integers.
@@ -450,6 +522,7 @@ class ForecastServing(Serving):
         super().__init__(task, params)
         self.handed: dict[str, set[int]] = defaultdict(set)
         self.handed_count = 0
+        self._missing: tuple[FeatureSpec, list[str]] | None = None
 
     def known_keys(self, spec: FeatureSpec) -> set[str] | None:
         """The series the model can forecast (None: any, as a global model of the family
@@ -487,11 +560,11 @@ class ForecastServing(Serving):
         if problem:
             raise BadInput(f"{'columns' if is_columnar(item) else 'readings'}: {problem}")
 
-    def times_of(self, item: BaseModel) -> list[datetime]:
-        """The UTC times of a window's readings, either form."""
+    def times_of(self, item: BaseModel) -> np.ndarray:
+        """The UTC epoch nanoseconds of a window's readings, either form."""
         if is_columnar(item):
-            return [utc(t) for t in getattr(item.columns, self.time_field)]
-        return [utc(getattr(r, self.time_field)) for r in item.readings]
+            return getattr(item.columns, self.time_field).ns
+        return epoch_micros([getattr(r, self.time_field) for r in item.readings]) * 1000
 
     def window_of(self, item: BaseModel | Window) -> Window:
         """A `/predict` item (readings or columns) as numpy columns."""
@@ -505,9 +578,16 @@ class ForecastServing(Serving):
         )
 
     def missing_columns(self, spec: FeatureSpec) -> list[str]:
-        """Raw columns the served model reads that a reading of this service lacks."""
-        fields = self.Reading.model_fields
-        return [c for c in self.task.model_columns(spec) if c not in fields]
+        """Raw columns the served model reads that a reading of this service lacks (found
+        once per served spec: every request asks)."""
+        found = self._missing
+        if found is None or found[0] is not spec:
+            fields = self.Reading.model_fields
+            found = self._missing = (
+                spec,
+                [c for c in self.task.model_columns(spec) if c not in fields],
+            )
+        return found[1]
 
     def predict(self, model: LoadedModel, items: list[BaseModel | Window]) -> list[Answer]:
         """Each window's forecast; a window that breaks the data contract, is too short for
@@ -705,7 +785,8 @@ def first_of_each(series: np.ndarray, ns: np.ndarray) -> np.ndarray:
 
 def is_columnar(item: Any) -> bool:
     """Whether a `/predict` item is the columnar form (`columns`, not `readings`)."""
-    return "columns" in type(item).model_fields if isinstance(item, BaseModel) else False
+    # (`__pydantic_fields__`: `model_fields` builds its answer on every read)
+    return isinstance(item, BaseModel) and "columns" in type(item).__pydantic_fields__
 
 
 def serving_for(types: ForecastTypes, entity: str | None, time: str) -> type[ForecastServing]:
