@@ -244,6 +244,30 @@ class Window:
         return {c: plain_value(v[-1]) for c, v in self.rows.items()}
 
 
+# A window's first time and newest reading, JSON-ready (what the prediction log keeps).
+WindowEnds = tuple[Any, dict[str, Any]]
+
+
+def window_ends(windows: list[Window], time_column: str) -> list[WindowEnds]:
+    """Each window's `WindowEnds`, converted a column at a time for the batch (a conversion
+    per value cost more than the window's forecast)."""
+    if not windows or any(w.rows.keys() != windows[0].rows.keys() for w in windows):
+        return [(plain_value(w.rows[time_column][0]), w.last()) for w in windows]
+    columns = {}
+    for name in windows[0].rows:
+        newest = np.array([w.rows[name][-1] for w in windows])
+        columns[name] = iso_utc(as_ns(newest)) if name == time_column else newest.tolist()
+    firsts = iso_utc(as_ns(np.array([w.rows[time_column][0] for w in windows])))
+    lasts = [
+        dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)
+    ]
+    return list(zip(firsts, lasts, strict=True))
+
+
+def as_ns(times: np.ndarray) -> np.ndarray:
+    return times.astype("datetime64[ns]").view(np.int64)
+
+
 def plain_value(value: Any) -> Any:
     if isinstance(value, np.datetime64):
         return iso_instant(int(value.astype("datetime64[ns]").astype(np.int64)))
@@ -259,6 +283,8 @@ class Forecast:
     version: str
     # Why this window has no forecast (non-finite features or outputs); `values` are NaN.
     problem: str | None = None
+    # `values` to 1 mW, when the batch rounded them all at once (`forecasts_of`).
+    rounded_values: list[float] | None = None
 
     @property
     def origin(self) -> pd.Timestamp:
@@ -273,6 +299,8 @@ class Forecast:
 
     def rounded(self) -> list[float]:
         """The values to 1 mW (Python's `round`, as answers and the log always had)."""
+        if self.rounded_values is not None:
+            return self.rounded_values
         return [round(v, 3) for v in self.values.tolist()]
 
     def to_dict(self, entity: str | None, rounded: list[float] | None = None) -> dict[str, Any]:
@@ -364,9 +392,12 @@ def forecasts_of(
     origins = np.array(
         [w.rows[spec.options.time_column][-1] for w in windows], dtype="datetime64[ns]"
     ).view(np.int64)
+    # numpy's round is Python's here: a float32 times 1000 is exact in float64.
+    rounded = np.round(values.astype(np.float64), 3).tolist()
+    horizon = spec.options.horizon
     return [
-        Forecast(item.key, origin, step_times(origin, step, spec.options.horizon), row, version)
-        for item, origin, row in zip(windows, origins.tolist(), values, strict=True)
+        Forecast(item.key, origin, step_times(origin, step, horizon), row, version, None, near)
+        for item, origin, row, near in zip(windows, origins.tolist(), values, rounded, strict=True)
     ]
 
 
@@ -604,8 +635,9 @@ class ForecastServing(Serving):
                 answers[n] = Answer(self.named(window.key, message), error=True)
         asked = [n for n in range(len(windows)) if n not in answers]
         forecasts = forecast_windows(self.task, model, [windows[n] for n in asked])
-        for n, forecast in zip(asked, forecasts, strict=True):
-            answers[n] = self.forecast_answer(windows[n], forecast, model.spec)
+        ends = window_ends([windows[n] for n in asked], model.spec.options.time_column)
+        for n, forecast, end in zip(asked, forecasts, ends, strict=True):
+            answers[n] = self.forecast_answer(windows[n], forecast, end)
         return [answers[n] for n in range(len(windows))]
 
     def series(self, key: str) -> dict[str, Any]:
@@ -649,24 +681,21 @@ class ForecastServing(Serving):
             out[positions[n]] = answer
         return out
 
-    def forecast_answer(self, window: Window, forecast: Forecast, spec: FeatureSpec) -> Answer:
+    def forecast_answer(self, window: Window, forecast: Forecast, ends: WindowEnds) -> Answer:
         """A window's error answer when it has no forecast, else its answer."""
         if forecast.problem is not None:
             return Answer(self.named(window.key, forecast.problem), key=window.key, error=True)
-        return self.answer_of(window, forecast, spec)
+        return self.answer_of(window, forecast, ends)
 
-    def answer_of(self, window: Window, forecast: Forecast, spec: FeatureSpec) -> Answer:
+    def answer_of(self, window: Window, forecast: Forecast, ends: WindowEnds) -> Answer:
         """One window's answer and the prediction log's record of it."""
         rounded = forecast.rounded()
+        first, last = ends
         return Answer(
             response=forecast.to_dict(self.entity, rounded),
             key=window.key,
             origin=forecast.origin_datetime(),
-            inputs={
-                "readings": len(window),
-                "first": plain_value(window.rows[spec.options.time_column][0]),
-                "last": window.last(),
-            },
+            inputs={"readings": len(window), "first": first, "last": last},
             output=rounded,
             source=window,
         )
