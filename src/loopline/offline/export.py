@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import logging
 import warnings
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -120,8 +121,13 @@ _ONNX_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64}
 def run_onnx_outputs(session, x: np.ndarray) -> list[np.ndarray]:
     """Every output of the model for inputs `x`, cast to the type its input declares
     (float features for most models, int64 token ids for a text model)."""
-    declared = session.get_inputs()[0].type
-    return session.run(None, {INPUT_NAME: x.astype(_ONNX_TYPES.get(declared, np.float32))})
+    dtype = _INPUT_TYPES.get(session)
+    if dtype is None:  # asked once per session: `get_inputs` builds its answer each call
+        dtype = _INPUT_TYPES[session] = _ONNX_TYPES.get(session.get_inputs()[0].type, np.float32)
+    return session.run(None, {INPUT_NAME: x.astype(dtype, copy=False)})
+
+
+_INPUT_TYPES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def run_onnx(session, x: np.ndarray) -> np.ndarray:

@@ -86,8 +86,10 @@ def day_of_week(ns: np.ndarray) -> np.ndarray:
 def day_of_year(ns: np.ndarray) -> np.ndarray:
     """1 on January 1st (UTC)."""
     days = ns // NS_PER_DAY
-    year_start = ns.astype("datetime64[ns]").astype("datetime64[Y]").astype("datetime64[D]")
-    return days - year_start.astype(np.int64) + 1
+    # The calendar conversion is numpy's slowest step: done once per distinct day.
+    distinct, where = np.unique(days, return_inverse=True)
+    year_start = distinct.astype("datetime64[D]").astype("datetime64[Y]").astype("datetime64[D]")
+    return days - year_start.astype(np.int64)[where.reshape(days.shape)] + 1
 
 
 _ISO: dict[int, str] = {}  # ISO text per instant: forecasts of many windows share hours
