@@ -1,5 +1,6 @@
 """ASGI pieces of the service: a bearer token (401), body size and read-time limits (413,
-408), multipart checks (400) and a full-duplex NDJSON response."""
+408), multipart checks (400), admission control (503, 429) and a full-duplex NDJSON
+response."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import json
 import logging
 import time
 
+from bentoml.exceptions import BentoMLException, ServiceUnavailable
+from pydantic import ValidationError
 from starlette.requests import ClientDisconnect
 from starlette.responses import StreamingResponse
 
@@ -208,6 +211,107 @@ class HeavyAdmission:
                 del self.in_flight[client]
 
 
+# The body BentoML's API handler answers a request its batcher shed with (and any other
+# 5xx): it names no cause, and comes without `Retry-After`.
+BENTOML_5XX_BODY = b'{"error":"An unexpected error has occurred, please check the server log."}'
+
+
+class BatchAdmission:
+    """ASGI middleware: admission control for the batched APIs (`/predict`), before a byte
+    of a body is read. It counts the body bytes of this worker's admitted requests not yet
+    answered (the declared Content-Length; a chunked body's bytes as they arrive) and
+    answers 503 with `Retry-After` when a new request would take them past `limit`
+    (`serve.max_predict_bytes_in_flight`). The first request in always passes
+    (`serve.max_body_bytes` bounds it).
+
+    Bytes, not requests: one request holds 1 to 1,024 items, and what it costs (parsing,
+    the contract, features) grows with its size, which its headers give before any of that
+    work; its item count would need the body parsed.
+
+    A request that BentoML's batcher sheds anyway (it expects it to finish later than
+    `serve.max_latency_ms`) is answered the same way, not with BentoML's bare 503.
+    Both are counted (`overloaded`, `shed_by_batcher`), not traced."""
+
+    def __init__(self, app, paths, limit: int, retry_after_s: int = 1):
+        self.app, self.paths, self.limit = app, frozenset(paths), limit
+        self.retry_after = [(b"retry-after", str(retry_after_s).encode())]
+        self.in_flight = 0  # body bytes admitted and not yet answered
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] not in self.paths:
+            return await self.app(scope, receive, send)
+        size = declared_length(scope["headers"])
+        if self.in_flight and self.in_flight + (size or 0) > self.limit:
+            overloaded.note(scope["path"])
+            message = (
+                f"overloaded: {self.in_flight} bytes of {scope['path']} bodies in flight "
+                "(serve.max_predict_bytes_in_flight): retry later"
+            )
+            return await send_json(send, 503, {"error": message}, self.retry_after)
+        send = self._answering_sheds(scope["path"], send)
+        if size is None:
+            return await self._counted_as_read(scope, receive, send)
+        self.in_flight += size
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= size
+
+    async def _counted_as_read(self, scope, receive, send):
+        """Run a request without a declared length, counting its body as it arrives."""
+        read = 0
+
+        async def counting_receive():
+            nonlocal read
+            message = await receive()
+            size = len(message.get("body", b""))
+            read, self.in_flight = read + size, self.in_flight + size
+            return message
+
+        try:
+            await self.app(scope, counting_receive, send)
+        finally:
+            self.in_flight -= read
+
+    def _answering_sheds(self, path: str, send):
+        """`send`, except that BentoML's bare 503 becomes a 503 that says why, with
+        `Retry-After`: past `ReadyFirst` a model is in, so on these paths that bare 503 is
+        the batcher's fallback for a request it shed. Any 503 gets `Retry-After`."""
+        held = None  # the start of a 503 without Retry-After, until its body is seen
+
+        async def shed_aware_send(message):
+            nonlocal held
+            if held is not None:
+                start, held = held, None
+                if message.get("body") == BENTOML_5XX_BODY and not message.get("more_body"):
+                    shed_by_batcher.note(path)
+                    error = (
+                        f"overloaded: {path} could not be answered within "
+                        "serve.max_latency_ms: retry later"
+                    )
+                    return await send_json(send, 503, {"error": error}, self.retry_after)
+                await send({**start, "headers": [*start["headers"], *self.retry_after]})
+            elif (
+                message["type"] == "http.response.start"
+                and message["status"] == 503
+                and not any(name == b"retry-after" for name, _ in message["headers"])
+            ):
+                held = message
+                return
+            await send(message)
+
+        return shed_aware_send
+
+
+def declared_length(headers) -> int | None:
+    """A request's Content-Length, None without one (a chunked body). A scan, not a dict:
+    this runs for every batched request."""
+    for name, value in headers:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None
+
+
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 JSON_TYPES = (b"application/json",)
 
@@ -322,6 +426,8 @@ class QuietCount:
 disconnects = QuietCount("client(s) disconnected mid-stream")
 refusals = QuietCount("request(s) refused: invalid, too large or too slow bodies")
 shed = QuietCount("heavy request(s) refused: too many in flight")
+overloaded = QuietCount("batched request(s) refused: too many body bytes in flight")
+shed_by_batcher = QuietCount("batched request(s) shed by BentoML's batcher (serve.max_latency_ms)")
 
 
 HANDLER_LOGGER = "bentoml._internal.server.http_app"  # BentoML's API handler logs here
@@ -330,9 +436,6 @@ HANDLER_LOGGER = "bentoml._internal.server.http_app"  # BentoML's API handler lo
 def is_client_error(record: logging.LogRecord) -> bool:
     """Whether `record` is BentoML's API handler logging a request it refused with a 4xx
     (a body that fails validation, or that `BoundedBody` cut off)."""
-    from bentoml.exceptions import BentoMLException
-    from pydantic import ValidationError
-
     if record.name != HANDLER_LOGGER or not record.exc_info:
         return False
     error = record.exc_info[1]
@@ -341,9 +444,22 @@ def is_client_error(record: logging.LogRecord) -> bool:
     )
 
 
+def is_batcher_shed(record: logging.LogRecord) -> bool:
+    """Whether `record` is BentoML's API handler logging a request its adaptive batcher
+    shed: the batcher cancels the request's future, and its fallback raises
+    `ServiceUnavailable` while handling that `CancelledError`."""
+    if record.name != HANDLER_LOGGER or not record.exc_info:
+        return False
+    error = record.exc_info[1]
+    return isinstance(error, ServiceUnavailable) and isinstance(
+        error.__context__, asyncio.CancelledError
+    )
+
+
 class QuietClientErrors(logging.Filter):
     """BentoML logs a traceback at ERROR for every request body that fails validation or is
-    cut off by `BoundedBody` (a 4xx): counted by `refusals` instead. Server errors are
+    cut off by `BoundedBody` (a 4xx), counted by `refusals` instead, and for every request
+    its batcher sheds under load (a 503), counted by `BatchAdmission`. Server errors are
     logged as they were."""
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -351,13 +467,14 @@ class QuietClientErrors(logging.Filter):
             path = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
             refusals.note(str(path))
             return False
-        return True
+        return not is_batcher_shed(record)
 
 
 def quiet_client_errors() -> None:
     """Install `QuietClientErrors` on the logger of BentoML's API handler (once), and keep
     the tracebacks of what it drops from being formatted at all."""
     quiet_records(is_client_error)
+    quiet_records(is_batcher_shed)
     handler_log = logging.getLogger(HANDLER_LOGGER)
     if not any(isinstance(f, QuietClientErrors) for f in handler_log.filters):
         handler_log.addFilter(QuietClientErrors())

@@ -33,6 +33,7 @@ from loopline.online.adapter import FileInput, Serving
 from loopline.redaction import redact_logs, remember_secret, remember_url_secrets
 from serving.abilities import ABILITIES
 from serving.asgi import (
+    BatchAdmission,
     BoundedBody,
     HeavyAdmission,
     MultipartNeedsBoundary,
@@ -128,7 +129,8 @@ def _publish(inner: type, adapter: type[Serving], settings: ServeParams, app, ki
 
 def _guard(service: bentoml.Service, settings: ServeParams, inner: type) -> None:
     """The ASGI middlewares, in the order they run: where a request comes from and what it
-    declares first, then its body, its token, and only then whether a model is in."""
+    declares first, then its body, its token, whether there is room for its work, and only
+    then whether a model is in."""
     uploads = set(inner.upload_paths)
     body_types = dict(inner.body_types) | dict.fromkeys(uploads, (b"multipart/form-data",))
     service.add_asgi_middleware(
@@ -148,6 +150,9 @@ def _guard(service: bentoml.Service, settings: ServeParams, inner: type) -> None
         paths=set(inner.heavy_paths),
         per_client=settings.max_heavy_per_client,
         limit=settings.max_heavy_waiting,
+    )
+    service.add_asgi_middleware(
+        BatchAdmission, paths=("/predict",), limit=settings.max_predict_bytes_in_flight
     )
     served = inner.served
     service.add_asgi_middleware(
