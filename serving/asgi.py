@@ -59,9 +59,8 @@ class BoundedBody:
             return await self.app(scope, receive, send)
         limit, setting = self.path_limits.get(scope["path"], (self.limit, "serve.max_body_bytes"))
         too_large = f"request body larger than {limit} bytes ({setting})"
-        headers = dict(scope.get("headers") or [])
-        length = headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
+        length = declared_length(scope.get("headers") or ())
+        if length is not None and length > limit:
             return await self._refuse(send, 413, too_large)
         seen, done, started, refused = 0, False, False, False
 
@@ -146,7 +145,7 @@ class TokenAuth:
         if self.token is None:
             client = scope.get("client")
             return bool(client) and client[0] in LOOPBACK_HOSTS
-        header = dict(scope.get("headers") or []).get(b"authorization", b"")
+        header = header_values(scope, (b"authorization",)).get(b"authorization", b"")
         scheme, _, given = header.partition(b" ")
         return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), self.token)
 
@@ -312,6 +311,13 @@ def declared_length(headers) -> int | None:
     return None
 
 
+def header_values(scope, names: tuple[bytes, ...]) -> dict[bytes, bytes]:
+    """The request's headers among `names` (a scan, not a copy of them all: every
+    middleware asks on every request)."""
+    return {name: value for name, value in scope.get("headers") or () if name in names}
+
+
+_SITE_HEADERS = (b"origin", b"sec-fetch-site", b"host", b"content-type")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 JSON_TYPES = (b"application/json",)
 
@@ -333,7 +339,7 @@ class SameSiteWrites:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] in SAFE_METHODS:
             return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
+        headers = header_values(scope, _SITE_HEADERS)
         origin = headers.get(b"origin")
         if origin is not None and origin.rstrip(b"/") in self.allowed:
             pass
@@ -365,7 +371,7 @@ class MultipartNeedsBoundary:
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
-            kind = dict(scope.get("headers") or []).get(b"content-type", b"").lower()
+            kind = header_values(scope, (b"content-type",)).get(b"content-type", b"").lower()
             if kind.startswith(b"multipart/") and b"boundary=" not in kind:
                 message = "multipart body without a boundary (Content-Type: ...; boundary=...)"
                 return await send_json(send, 400, {"error": message})
