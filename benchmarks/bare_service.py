@@ -8,10 +8,13 @@ no hot swap: the floor any BentoML-based server reaches on the machine.
 
   BareForecast   `{"windows": [{"x": [[float, ...], ...]}, ...]}`: prepared model inputs
                  (steps x features), answered `[{"forecast": [...]}, ...]`
-  BareText       `{"texts": [{"ids": [int, ...]}, ...]}`: token ids (padded per batch),
+  BareText       `{"texts": [{"ids": [int, ...]}, ...]}`: each text's token ids, as the
+                 champion's own vocabulary gives them (its input `x`: int64, batch x
+                 tokens, 0 = padding, padded here to the batch's longest text),
                  answered `[{"probabilities": [...]}, ...]`
-  BareImage      `{"images": [{"pixels": [[float, ...], ...]}, ...]}`: a grey image,
-                 answered `[{"probabilities": [...]}, ...]`
+  BareImage      `{"images": [{"pixels": [[[float, ...], ...], ...]}, ...]}`: each image
+                 as channels x rows x columns of 0..1 values (its input `x`: float32,
+                 batch x channels x size x size), answered `[{"probabilities": [...]}, ...]`
 
 Started by the benchmarks as users start a service:
 `BARE_MODEL=model.onnx bentoml serve benchmarks.bare_service:BareForecast --port P`.
@@ -67,11 +70,11 @@ class BareForecast:
 
 
 class Text(BaseModel):
-    ids: list[int]
+    ids: list[int]  # token ids, no padding: the client tokenizes
 
 
 class Classes(BaseModel):
-    probabilities: list[float]
+    probabilities: list[float]  # in the model's label order
 
 
 @bentoml.service(name="bare-text", **SETTINGS)
@@ -81,6 +84,8 @@ class BareText:
 
     @bentoml.api(**BATCHING)
     def predict(self, texts: list[Text]) -> list[Classes]:
+        # Padded with 0 to the batch's longest text, as the model was trained and exported
+        # (padding is masked inside it); the second output (attention) is not sent.
         width = max(1, max(len(t.ids) for t in texts))
         x = np.zeros((len(texts), width), dtype=np.int64)
         for n, text in enumerate(texts):
@@ -90,7 +95,7 @@ class BareText:
 
 
 class Image(BaseModel):
-    pixels: list[list[float]]
+    pixels: list[list[list[float]]]  # channels x rows x columns, 0..1, ink high
 
 
 @bentoml.service(name="bare-image", **SETTINGS)
@@ -100,6 +105,6 @@ class BareImage:
 
     @bentoml.api(**BATCHING)
     def predict(self, images: list[Image]) -> list[Classes]:
-        x = np.asarray([i.pixels for i in images], dtype=np.float32)[:, None]
+        x = np.asarray([i.pixels for i in images], dtype=np.float32)
         out = self.session.run(None, {"x": x})[0]
         return [Classes(probabilities=row) for row in out.tolist()]

@@ -322,9 +322,7 @@ class ServingContract:
         rules on float columns in one numpy pass together (most of a contract, and a pass
         per rule cost more than a small request's forecast), the others one pass each."""
         found: dict[int, list[tuple[int, Broken]]] = defaultdict(list)
-        floats = frozenset(
-            c for c in self._float_candidates if _block(columns, [c]).dtype.kind == "f"
-        )
+        floats = frozenset(c for c, kind in _kinds(columns, self._float_candidates) if kind == "f")
         plan = self._plans.get(floats)
         if plan is None:
             plan = self._plans[floats] = FusedRules.of(self.rules, floats)
@@ -409,6 +407,16 @@ class FusedRules:
                 if n not in seen:
                     seen.add(n)
                     found[row].append((n, Broken(rule.name, column, block[row, pair])))
+
+
+def _kinds(columns: Any, names: list[str]) -> list[tuple[str, str]]:
+    """The numpy kind of each named column of `columns`, without selecting it from a
+    DataFrame (a selection per column cost more than the check for a wide one, say an
+    image's)."""
+    if isinstance(columns, pd.DataFrame):
+        kinds = dict(zip(columns.columns, (d.kind for d in columns.dtypes), strict=True))
+        return [(c, kinds[c]) for c in names]
+    return [(c, np.asarray(columns[c]).dtype.kind) for c in names]
 
 
 def _bound(value: float | None, default: float) -> float:

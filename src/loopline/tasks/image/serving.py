@@ -131,15 +131,15 @@ class ImageServing(Serving, Explaining, FileInput):
     def _refusals(self, arrays: dict[int, np.ndarray], spec: FeatureSpec) -> dict[int, Answer]:
         """Error answers of the images breaking the data contract, checked on the raw
         pixel columns the rules name (an image is sent scaled to 0..1)."""
-        import pandas as pd
-
         contract = self.contract(spec.feature_columns)
         if not arrays or not contract.rules:
             return {}
         positions = list(arrays)
         # Columns run row by row, then column, then channel (`images.pixel_columns`).
         raw = np.stack([arrays[n].transpose(1, 2, 0).reshape(-1) for n in positions])
-        rows = pd.DataFrame(raw * spec.options.max_pixel, columns=spec.feature_columns)
+        # Column arrays, not a DataFrame: a frame of one image costs more than its answer.
+        scaled = raw * spec.options.max_pixel
+        rows = dict(zip(spec.feature_columns, scaled.T, strict=True))
         scale = f" (pixels are sent as raw / {spec.options.max_pixel:g})"
         out = {}
         for row, broken in contract.check(rows).items():
