@@ -241,8 +241,8 @@ def scrape(url: str) -> dict[tuple[str, str], float]:
 
 # ----------------------------------------------------------------------------- measuring
 
-GROUPS = ("eager", "ort", "inproc", "bare", "predict", "predict_rows", "stream")
-SERVED = ("bare", "predict", "predict_rows", "stream")
+GROUPS = ("eager", "ort", "inproc", "bare", "predict", "predict_rows", "stream", "soak")
+SERVED = ("bare", "predict", "predict_rows", "stream", "soak")
 
 
 @dataclass
@@ -631,22 +631,26 @@ def evaluate_targets(rows: list[Row]) -> list[dict[str, Any]]:
         bulk.notes["readings_per_s"] / find(rows, "inproc", BIG, 1).throughput,
         f"{bulk.requests} readings in {bulk.wall_s:.2f} s",
     )
-    errors = sum(
-        int(n)
-        for r in rows
-        if r.group == "predict"
-        for k, n in r.notes.get("statuses", {}).items()
-        if int(k) >= 500
-    )
-    target(
-        "predict responses >= 500 (every row)",
-        errors,
-        "<=",
-        0,
-        "responses",
-        errors,
-        "status counts of the predict rows",
-    )
+    for group, what in (("predict", "every predict row"), ("soak", "the soak")):
+        counted = [r for r in rows if r.group == group]
+        if not counted:
+            continue
+        errors = sum(
+            int(n)
+            for r in counted
+            for status, n in r.notes.get("statuses", {}).items()
+            if int(status) >= 500
+        )
+        answered = sum(r.requests for r in counted)
+        target(
+            f"predict responses >= 500 ({what})",
+            errors,
+            "<=",
+            0,
+            "responses",
+            errors,
+            f"of {answered + errors} requests, {sum(r.wall_s for r in counted):.0f} s",
+        )
     return targets
 
 
@@ -672,6 +676,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="short measurements (smoke)")
     parser.add_argument("--json", type=Path, help="also write the numbers to this file")
     parser.add_argument("--seconds", type=float, help="measured seconds per row")
+    parser.add_argument(
+        "--soak",
+        type=float,
+        help=f"seconds of /predict at {BIG} windows x concurrency {BIG} after the rows, "
+        "counting responses >= 500 (default: 60 in the full run, none in --quick)",
+    )
     args = parser.parse_args()
     config = dict(QUICK if args.quick else FULL)
     if args.seconds:
@@ -903,6 +913,12 @@ def main() -> None:
                 rows.append(measure_stream(service, row, stream_bulk(service, bulk))[0])
                 row.requests = len(bulk)
                 row.notes["readings_per_s"] = len(bulk) / row.wall_s
+        soak = args.soak if args.soak is not None else (0 if args.quick else 60)
+        if soak:
+            print(f"soak: /predict, {BIG} windows x concurrency {BIG}, {soak:g} s ...")
+            row = Row("soak", f"service POST /predict, {soak:g} s soak", BIG, BIG)
+            rows.append(measure(row, predict, bodies[BIG], soak, 0, service, statuses.clear))
+            row.notes["statuses"] = {str(k): v for k, v in sorted(statuses.items())}
         client.close()
         bare_client.close()
 
