@@ -24,7 +24,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from loopline.online.adapter import Answer, BadInput, Serving
+from loopline.online.adapter import Answer, Serving
 
 
 class Served:
@@ -107,28 +107,6 @@ def request_body(
     forms = [adapter.Request]
     if adapter.ColumnarRequest is not None:
         forms.append(adapter.ColumnarRequest)
-    if adapter.check is not Serving.check:
-
-        def served_model_check(value):
-            if served.serving is not None:
-                try:
-                    served.serving.check(value, served.model)
-                except BadInput as error:
-                    # The adapter's own words as the error's message (a plain ValueError
-                    # would reach the client prefixed "Value error, ").
-                    raise PydanticCustomError("bad_input", "{why}", {"why": str(error)}) from None
-            return value
-
-        check = model_validator(mode="after")(served_model_check)
-        forms = [
-            create_model(
-                form.__name__,
-                __base__=form,
-                __module__=form.__module__,
-                __validators__={"served_model_check": check},
-            )
-            for form in forms
-        ]
     item = forms[0]
     if len(forms) == 2:  # told apart by a `columns` key, not by trying one then the other
         # A root model: BentoML re-patches the annotations of a body's fields, which a bare
@@ -147,9 +125,44 @@ def request_body(
         list[item],
         Field(description=f"The {adapter.input_name} to answer", max_length=max_items),
     )
+    checks = {}
+    if adapter.check is not Serving.check or adapter.check_items is not Serving.check_items:
+        checks["served_model_check"] = model_validator(mode="after")(
+            served_model_check(served, adapter.input_name)
+        )
     return create_model(
-        name, __base__=FiniteBody, __module__=__name__, **{adapter.input_name: field}
+        name,
+        __base__=FiniteBody,
+        __module__=__name__,
+        __validators__=checks,
+        **{adapter.input_name: field},
     )
+
+
+def served_model_check(served: Served, field: str):
+    """A body's check of its items against the served model (the adapter's `check_items`,
+    once per body): a refused item is a 400 naming its place and the adapter's words."""
+
+    def check(body):
+        if served.serving is None:
+            return body
+        items = [as_item(item) for item in getattr(body, field)]
+        problems = served.serving.check_items(items, served.model)
+        if problems:
+            # The adapter's own words as the message (a ValueError would reach the client
+            # prefixed "Value error, ").
+            errors = [
+                InitErrorDetails(
+                    type=PydanticCustomError("bad_input", "{why}", {"why": why}),
+                    loc=(field, n),
+                    input=None,
+                )
+                for n, why in sorted(problems.items())
+            ]
+            raise ValidationError.from_exception_data(type(body).__name__, errors)
+        return body
+
+    return check
 
 
 # The wrappers of two request forms `request_body` made (a task's own Request may itself

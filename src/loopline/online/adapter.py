@@ -204,6 +204,17 @@ class Serving:
         checks as it builds them. (A NaN or infinity anywhere in a body or line is refused
         before, by the service, naming the field.)"""
 
+    def check_items(self, items: list[Any], model: LoadedModel) -> dict[int, str]:
+        """What `check` says of each item of one request body that it refuses, by position
+        (one call per body: an adapter overrides it to check the items together)."""
+        problems = {}
+        for n, item in enumerate(items):
+            try:
+                self.check(item, model)
+            except BadInput as error:
+                problems[n] = str(error)
+        return problems
+
     def predict(self, model: LoadedModel, items: list[Any]) -> list[Answer]:
         """Answer every item, in order (one model call for the batch where possible): the
         items are `Request`s, or what a `StreamState` made ready. An item that cannot be
