@@ -59,13 +59,17 @@ def stack_windows(windows, time_column: str, freq: str) -> WindowBatch | None:
     if any(len(t) != width for t in stamps):
         return None
     # concatenate + reshape: np.stack costs an expand_dims per window
-    times = np.concatenate(stamps).astype("datetime64[ns]").view(np.int64).reshape(count, width)
+    joined = stamps[0] if count == 1 else np.concatenate(stamps)
+    times = joined.astype("datetime64[ns]", copy=False).view(np.int64).reshape(count, width)
     if width > 1 and not (np.diff(times, axis=1) == pd.Timedelta(freq).value).all():
         return None
     numeric = [c for c, v in windows[0].rows.items() if c != time_column and v.dtype.kind == "f"]
-    values = {
-        c: np.concatenate([w.rows[c] for w in windows]).reshape(count, width) for c in numeric
-    }
+    if count == 1:
+        values = {c: windows[0].rows[c].reshape(1, width) for c in numeric}
+    else:
+        values = {
+            c: np.concatenate([w.rows[c] for w in windows]).reshape(count, width) for c in numeric
+        }
     return WindowBatch([w.key for w in windows], times, values)
 
 
@@ -128,7 +132,25 @@ def normalized(columns: dict[str, np.ndarray], spec: FeatureSpec) -> np.ndarray:
     """Feature columns (each (N, W)) as the (N, W, F) float32 input `normalize` makes: the
     same float64 arithmetic, so the two agree bit for bit."""
     names = spec.feature_columns
-    mean = np.array([spec.mean[c] for c in names], dtype=np.float64)
-    std = np.array([spec.std[c] for c in names], dtype=np.float64)
+    mean, std = _scales(spec)
     values = np.stack([np.asarray(columns[c], dtype=np.float64) for c in names], axis=-1)
     return ((values - mean) / std).astype(np.float32)
+
+
+# Per served spec, by identity (a spec holds dicts: it has no hash): (spec, mean, std).
+_SCALES: dict[int, tuple[FeatureSpec, np.ndarray, np.ndarray]] = {}
+
+
+def _scales(spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray]:
+    """The spec's means and deviations in feature order (made once per served spec)."""
+    found = _SCALES.get(id(spec))
+    if found is None or found[0] is not spec:
+        if len(_SCALES) > 64:  # specs come and go with hot swaps: never many at once
+            _SCALES.clear()
+        names = spec.feature_columns
+        found = _SCALES[id(spec)] = (
+            spec,
+            np.array([spec.mean[c] for c in names], dtype=np.float64),
+            np.array([spec.std[c] for c in names], dtype=np.float64),
+        )
+    return found[1], found[2]
