@@ -1,15 +1,16 @@
 """What storing live inputs (`serve.store_inputs`) costs per streamed reading, in-process.
 
-Run: .venv/bin/python benchmarks/live_inputs.py [--readings N]
+Run: .venv/bin/python benchmarks/live_inputs.py [--readings N] [--chunk N]
 
 A bulk `/stream` of one site answers one window per reading; with `serve.store_inputs` the
-service also stores that reading (`ForecastServing.input_rows` → `live_rows` →
-`LiveInputLog`: spool write on the request path, batched insert-or-ignore in a background
-thread). This measures, on the same answered windows in chunks of 32 (a stream chunk), the
-CPU per reading of the prediction log as the service writes it today and of the live
-inputs beside it, both with their spool and SQLite, the writer threads included (process
-CPU time until each log is closed and everything is in the database). CPU time, not wall
-time: robust to a busy machine. `benchmarks/serving.py` measures the whole service.
+service also stores that reading (the stream made its raw row as it came in:
+`ForecastServing.input_rows` → `live_rows` → `LiveInputLog`: a spool write on the request
+path, batched insert-or-ignore in a background thread). This measures, on the same answered
+windows in chunks (a stream chunk: 32 by default; a bulk stream's hold hundreds), the CPU
+per reading of the prediction log and of the live inputs beside it, both with their spool
+and SQLite, the writer threads included (process CPU time until each log is closed and
+everything is in the database). CPU time, not wall time: robust to a busy machine.
+`benchmarks/serving.py` measures the whole service.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import numpy as np
 def answers(n: int):
     """`n` answered stream windows of one site, each the first to hold its newest reading."""
     from loopline.online.adapter import Answer
-    from loopline.tasks.forecast.serving import Window
+    from loopline.tasks.forecast.serving import StreamWindow
 
     columns = ["ghi", "dni", "dhi", "temp_air", "wind_speed", "power_w"]
     times = np.datetime64("2021-03-01T00:30", "ns") + np.arange(n + 48) * np.timedelta64(1, "h")
@@ -35,7 +36,8 @@ def answers(n: int):
     for i in range(n):
         rows = {"timestamp": times[i : i + 48]}
         rows |= {c: values[i : i + 48, k] for k, c in enumerate(columns)}
-        window = Window("greensboro", rows, fresh=1)
+        newest = {"site_id": "greensboro", **window_last(rows)}
+        window = StreamWindow("greensboro", rows, 1, (newest,))
         out.append(
             Answer(
                 {},
@@ -49,6 +51,13 @@ def answers(n: int):
     return out
 
 
+def window_last(rows: dict) -> dict:
+    """A window's newest reading as its raw row (the time as ISO text in UTC)."""
+    from loopline.tasks.forecast.serving import plain_value
+
+    return {c: plain_value(v[-1]) for c, v in rows.items()}
+
+
 def prediction_log(folder: Path, batches) -> float:
     from loopline.online.predlog import PredictionLog, PredictionRecord
 
@@ -56,9 +65,12 @@ def prediction_log(folder: Path, batches) -> float:
     log = PredictionLog(f"sqlite:///{folder / 'p.db'}", spool_dir=folder / "spool")
     started = time.process_time()
     for batch in batches:
+        now = datetime.now(UTC)  # one per answered batch, as the service logs it
         log.put_many(
             [
-                PredictionRecord("solar", "1", "stream", a.key, a.origin, a.inputs, a.output, 1.0)
+                PredictionRecord(
+                    "solar", "1", "stream", a.key, a.origin, a.inputs, a.output, 1.0, now
+                )
                 for a in batch
             ]
         )
@@ -83,7 +95,9 @@ def live_inputs(folder: Path, batches, task, serving) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--readings", type=int, default=20_000)
-    n = parser.parse_args().readings
+    parser.add_argument("--chunk", type=int, default=32, help="readings per answered batch")
+    args = parser.parse_args()
+    n, chunk = args.readings, args.chunk
 
     from loopline.params import parse_params
 
@@ -91,12 +105,12 @@ def main() -> None:
     task = params.plugin
     serving = task.Serving(task, params)
     answered = answers(n)
-    batches = [answered[i : i + 32] for i in range(0, n, 32)]
+    batches = [answered[i : i + chunk] for i in range(0, n, chunk)]
     with tempfile.TemporaryDirectory() as scratch:
         logged = prediction_log(Path(scratch) / "a", batches)
         stored = live_inputs(Path(scratch) / "b", batches, task, serving)
-    print(f"{n} readings, one answered window each, chunks of 32 (CPU µs per reading):")
-    print(f"  prediction log (today)       {logged / n * 1e6:7.1f}")
+    print(f"{n} readings, one answered window each, chunks of {chunk} (CPU µs per reading):")
+    print(f"  prediction log               {logged / n * 1e6:7.1f}")
     print(f"  live inputs (store_inputs)   {stored / n * 1e6:7.1f}")
     print(
         f"  at 10,000 readings/s the live inputs take {stored / n * 1e4:.2f} CPU-s per s "

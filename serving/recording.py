@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from loopline.online.adapter import Answer, Serving, answer_items
@@ -71,7 +72,8 @@ class Recorder:
         logged = [a for a in answers if not a.error or role in DEPLOYED_ROLES]
         if logged:
             per_item = seconds * 1000 / len(logged)
-            records = [PredictionRecord.of(model, api, a, per_item, role) for a in logged]
+            now = datetime.now(UTC)  # (one for the batch: converted once by the writer)
+            records = [PredictionRecord.of(model, api, a, per_item, role, now) for a in logged]
             self.predictions.put_many(records)  # one spool write per batch
         answered = [a for a in answers if not a.error]
         if answered and returned:  # rows stored once, by the answer returned

@@ -95,9 +95,10 @@ class StreamAnswers:
 
     def chunk(self, model: LoadedModel, batch: list[tuple[int, bytes | None]]) -> bytes:
         """The answer lines for one chunk of input lines, in line order (what a line
-        made ready is answered after that line's own events)."""
+        made ready is answered after that line's own events). Every line is parsed before
+        the state takes the parsed ones: a line that does not parse changes no state."""
         out: list[tuple[int, int, dict[str, Any]]] = []
-        ready: list[tuple[int, Any]] = []
+        parsed: list[tuple[int, Any]] = []
         for line, raw in batch:
             if raw is None:
                 message = f"line longer than {self.max_line_bytes} bytes (serve.max_line_bytes)"
@@ -106,9 +107,10 @@ class StreamAnswers:
             if not raw.strip():
                 continue
             item = self._parsed(out, line, raw)
-            if item is None:
-                continue
-            items, events = self.state.push(line, item)
+            if item is not None:
+                parsed.append((line, item))
+        ready: list[tuple[int, Any]] = []
+        for (line, _), (items, events) in zip(parsed, self.state.push_many(parsed), strict=True):
             for event in events:
                 out.append((line, 0, {"line": line, **event}))
                 if "error" in event:

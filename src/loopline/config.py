@@ -253,7 +253,7 @@ class ServeParams(Section):
     max_items_per_request: Positive = 1024  # items of one /predict body; more: a 400
     # /predict body bytes admitted and not yet answered, per worker: a request that would
     # pass it gets 503 with Retry-After before its body is read. 16 MiB holds 32 clients'
-    # requests of 32 windows of 72 readings as row objects (9 MB; columns: 4 MB).
+    # requests of 32 items of 72 readings each as row objects (9 MB; columns: 4 MB).
     max_predict_bytes_in_flight: Positive = 16 * 1024 * 1024
     max_explain_items: Positive = 16  # items of one /explain body (each is many model calls)
     # An /explain body's bytes (more: 413 before any is read). Parsing a body holds the

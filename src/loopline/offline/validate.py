@@ -320,7 +320,7 @@ class ServingContract:
         works) broke, by row position, each with the first column that broke it, in the
         rules' order; rows that broke none are left out. Vectorised: the range and presence
         rules on float columns in one numpy pass together (most of a contract, and a pass
-        per rule cost more than a small request's forecast), the others one pass each."""
+        per rule cost more than a small request's answer), the others one pass each."""
         found: dict[int, list[tuple[int, Broken]]] = defaultdict(list)
         floats = frozenset(c for c, kind in _kinds(columns, self._float_candidates) if kind == "f")
         plan = self._plans.get(floats)

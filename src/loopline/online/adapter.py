@@ -277,6 +277,13 @@ class StreamState:
         rejected line, anything else, say `{"notice": ...}`, is told as is)."""
         return [(line, item)], []
 
+    def push_many(
+        self, lines: list[tuple[int, Any]]
+    ) -> list[tuple[list[tuple[int, Any]], list[dict[str, Any]]]]:
+        """`push` for the parsed lines of one chunk, in order: one result per line. A state
+        overrides it to take a chunk together (say, its data contract in one pass)."""
+        return [self.push(line, item) for line, item in lines]
+
     def follow(self, model: LoadedModel) -> None:
         """The service hot-swapped `model` in between two chunks: adapt (say, a new input
         length), keeping what the stream holds."""

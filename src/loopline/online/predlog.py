@@ -11,6 +11,11 @@ the operating system per answered batch, no fsync: a killed process loses nothin
 has, only a machine crash could), and a segment is deleted once all its records are in the
 database. A new PredictionLog replays the segments of processes that are gone (kill -9,
 a crash, a database that stayed away) before it takes new records.
+
+The writer shares the interpreter with the requests, so what it does in Python per record
+is taken from them: a batch goes to the database driver as one executemany of plain
+tuples (`DriverInsert`), not through SQLAlchemy's per-row parameter handling, which cost
+twice the database's own insert.
 """
 
 from __future__ import annotations
@@ -18,12 +23,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -113,6 +119,9 @@ class SpooledRecord:
     its spool line (one JSON line) and back. `TIMES` names its datetime fields."""
 
     TIMES: ClassVar[tuple[str, ...]] = ()
+    # Records are slotted dataclasses: no dict per record (a bulk stream logs thousands a
+    # second, and the garbage collector walks each object that lives through a batch).
+    __slots__ = ()
 
     def row(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self._names()}
@@ -125,12 +134,16 @@ class SpooledRecord:
             cls._field_names = names
         return names
 
-    def spooled(self) -> str:
-        """The record as one JSON line (for the spool)."""
-        row = self.row()
-        for key in self.TIMES:
-            row[key] = row[key].isoformat() if row[key] is not None else None
-        return json_line(row).decode()
+    def spooled(self) -> bytes:
+        """The record as one JSON line (for the spool): orjson writes the dataclass and its
+        datetimes (ISO 8601, as `isoformat`) itself, without a dict per record."""
+        try:
+            return orjson.dumps(self, default=str, option=_SPOOL_OPTIONS)
+        except TypeError:  # what orjson cannot write (an integer past 64 bits)
+            row = self.row()
+            for key in self.TIMES:
+                row[key] = row[key].isoformat() if row[key] is not None else None
+            return json_line(row)
 
     @classmethod
     def from_spool(cls, line: str):
@@ -140,7 +153,7 @@ class SpooledRecord:
         return cls(**row)
 
 
-@dataclass
+@dataclass(slots=True)
 class PredictionRecord(SpooledRecord):
     TIMES: ClassVar[tuple[str, ...]] = ("logged_at", "origin")
 
@@ -157,21 +170,107 @@ class PredictionRecord(SpooledRecord):
     answer_id: str = field(default_factory=new_answer_id)
 
     @classmethod
-    def of(cls, model: Any, api: str, answer: Any, latency_ms: float | None, role: str | None):
+    def of(
+        cls,
+        model: Any,
+        api: str,
+        answer: Any,
+        latency_ms: float | None,
+        role: str | None,
+        logged_at: datetime | None = None,
+    ):
         """The record of one `serving_adapter.Answer` by a loaded `model` (an error
-        answer's record holds its message as the output)."""
+        answer's record holds its message as the output). `logged_at`: now by default (a
+        batch's records may share one)."""
         output = answer.output if not answer.error else {"error": answer.response.get("error")}
         return cls(
-            model_name=model.name,
-            model_version=model.version,
-            api=api,
-            key=answer.key,
-            origin=answer.origin,
-            inputs=answer.inputs,
-            output=output,
-            latency_ms=latency_ms,
-            role=role,
+            model.name,
+            model.version,
+            api,
+            answer.key,
+            answer.origin,
+            answer.inputs,
+            output,
+            latency_ms,
+            logged_at or datetime.now(UTC),
+            role,
         )
+
+
+# Bound parameters per SQLite statement: the oldest limit SQLite builds with (3.32 raised it).
+SQLITE_VARIABLES = 999
+
+
+class DriverInsert:
+    """`statement` (an insert of `names`) compiled once for `engine`'s dialect and run with
+    plain tuples through the driver: on SQLite as statements of many rows each (the
+    driver lets the interpreter go once per statement, not once per row, so the requests
+    and the insert run side by side), elsewhere as one executemany (psycopg pipelines
+    it). Each value passes its column type's bind processor, as SQLAlchemy would pass it
+    (a datetime as SQLite's text, JSON serialized), so what is stored is the same."""
+
+    def __init__(self, engine, statement, names: tuple[str, ...]) -> None:
+        dialect = engine.dialect
+        compiled = statement.compile(dialect=dialect, column_keys=list(names))
+        self.sql = compiled.string
+        order = list(compiled.positiontup) if compiled.positional else list(names)
+        self.values = attrgetter(*order)
+        self.keys = None if compiled.positional else tuple(order)
+        columns = statement.table.c
+        self.processors = [
+            (n, remembering(processor))
+            for n, name in enumerate(order)
+            if (processor := columns[name].type.dialect_impl(dialect).bind_processor(dialect))
+        ]
+        self.rows_per_statement = 1
+        if dialect.name == "sqlite" and compiled.positional:
+            head, _, rest = self.sql.partition(" VALUES ")
+            end = rest.index(")") + 1  # qmark placeholders: the row's group ends here
+            self.head, self.row, self.tail = f"{head} VALUES ", rest[:end], rest[end:]
+            self.rows_per_statement = max(1, SQLITE_VARIABLES // len(order))
+        self.statements: dict[int, str] = {}
+
+    def parameters(self, record: Any) -> tuple | dict:
+        values = self.values(record)
+        if self.processors:
+            values = list(values)
+            for n, processor in self.processors:
+                values[n] = processor(values[n])
+        return tuple(values) if self.keys is None else dict(zip(self.keys, values, strict=True))
+
+    def run(self, connection, records: list[Any]) -> None:
+        step = self.rows_per_statement
+        if step == 1:
+            connection.exec_driver_sql(self.sql, [self.parameters(r) for r in records])
+            return
+        # A statement's rows are converted just before it runs, which lets the interpreter
+        # go: a request never waits for the whole batch's conversion.
+        for start in range(0, len(records), step):
+            part = records[start : start + step]
+            flat = tuple(value for record in part for value in self.parameters(record))
+            connection.exec_driver_sql(self._statement(len(part)), flat)
+
+    def _statement(self, rows: int) -> str:
+        sql = self.statements.get(rows)
+        if sql is None:
+            sql = self.statements[rows] = self.head + ", ".join([self.row] * rows) + self.tail
+        return sql
+
+
+def remembering(processor: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """`processor` that returns its last result again for the same object: the records of
+    one answered batch share their `logged_at`, converted once."""
+    last: list[Any] = [_NOTHING, None]
+
+    def process(value: Any) -> Any:
+        if value is not last[0]:
+            last[0], last[1] = value, processor(value)
+        return last[1]
+
+    return process
+
+
+_NOTHING = object()
 
 
 def insert_skipping_conflicts(table, dialect: str, index_elements: list[str] | None = None):
@@ -187,7 +286,10 @@ def insert_skipping_conflicts(table, dialect: str, index_elements: list[str] | N
 
 
 class PredictionLog:
-    """A bounded queue drained by one writer thread in batches.
+    """A bounded queue drained by one writer thread in batches: the writer wakes once
+    `batch_size` records wait, or every `flush_interval_s` (a wake-up per answered batch
+    handed the interpreter to it in the middle of the request: a stream answering one
+    reading at a time paid for it in latency).
 
     A subclass writes other records the same way (`loopline.online.live.LiveInputLog`): it sets
     `record_type` (with `spooled`, `from_spool` and `row`) and overrides `define` and
@@ -217,7 +319,14 @@ class PredictionLog:
         metadata.create_all(self.engine)
         self.upgrade()
         self.insert = self.statement()
-        self.queue: queue.Queue[PredictionRecord | None] = queue.Queue(maxsize=queue_size)
+        self.inserter = DriverInsert(self.engine, self.insert, self.record_type._names())
+        # Batches of records, as `put_many` took them (an item per record cost the request
+        # path more than its spool line); `queued` counts their records, bounded.
+        self.pending: list[list[PredictionRecord]] = []
+        self.queue_size = queue_size
+        self.queued = 0
+        self._lock = threading.Lock()  # pending, queued, dropped, and the spool's order
+        self._wake = threading.Event()
         self.written = 0
         self.dropped = 0
         self.failed_batches = 0
@@ -226,8 +335,8 @@ class PredictionLog:
         self.spool = Spool(spool_dir, spool_segment_bytes) if spool_dir else None
         if self.spool is not None:
             self.replayed = self._replay(self.spool.orphans())
-        self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
         self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
         self._thread.start()
 
     def define(self, metadata):
@@ -250,22 +359,28 @@ class PredictionLog:
 
     def put_many(self, records: list[PredictionRecord]) -> int:
         """Queue records (spooled first, in one write); returns how many were taken."""
-        if self._closed.is_set():
-            return 0
-        room = self.queue.maxsize - self.queue.qsize() if self.queue.maxsize else len(records)
-        taken = records[: max(0, room)]
-        self.dropped += len(records) - len(taken)
-        if self.spool is None or not taken:
-            self._enqueue(taken)
-            return len(taken)
-        with self.spool.lock:  # the spool's order is the queue's: segments empty in order
-            self.spool.append(taken)
-            self._enqueue(taken)
+        with self._lock:  # the spool's order is the queue's: segments empty in order
+            if self._closed.is_set():
+                return 0
+            room = self.queue_size - self.queued if self.queue_size else len(records)
+            taken = records[: max(0, room)]
+            self.dropped += len(records) - len(taken)
+            if not taken:
+                return 0
+            if self.spool is not None:
+                self.spool.append(taken)
+            self.pending.append(taken)
+            self.queued += len(taken)
+            full = self.queued >= self.batch_size
+        if full:
+            self._wake.set()
         return len(taken)
 
-    def _enqueue(self, records: list[PredictionRecord]) -> None:
-        for record in records:  # room was checked: only the writer takes from the queue
-            self.queue.put_nowait(record)
+    def _taken(self) -> list[PredictionRecord]:
+        """Every queued record, oldest first, now the writer's."""
+        with self._lock:
+            batches, self.pending, self.queued = self.pending, [], 0
+        return [record for batch in batches for record in batch]
 
     def _replay(self, segments: list[Path]) -> int:
         """Write the records of dead processes' spool segments; delete each once written."""
@@ -299,7 +414,7 @@ class PredictionLog:
         for attempt in range(3):
             try:
                 with self.engine.begin() as connection:
-                    connection.execute(self.insert, [r.row() for r in batch])
+                    self.inserter.run(connection, batch)
                 self.written += len(batch)
                 if spooled and self.spool is not None:
                     self.spool.written(len(batch))
@@ -315,30 +430,27 @@ class PredictionLog:
         return False
 
     def _run(self) -> None:
-        batch: list[PredictionRecord] = []
+        """Write what is queued, all of it in one transaction (a writer behind the requests
+        catches up: a commit per `batch_size` cost SQLite more than the rows), when
+        `batch_size` records wait or the flush interval is up; at close(), the rest."""
         deadline = time.monotonic() + self.flush_interval_s
         while True:
-            timeout = max(0.0, deadline - time.monotonic())
-            try:
-                item = self.queue.get(timeout=timeout)
-            except queue.Empty:
-                item = ...
-            if item is None:  # close(): write what is left and stop
-                self._write(batch)
-                return
-            if item is not ...:
-                batch.append(item)
-            if len(batch) >= self.batch_size or time.monotonic() >= deadline:
-                self._write(batch)
-                batch = []
+            self._wake.wait(max(0.0, deadline - time.monotonic()))
+            self._wake.clear()
+            closing = self._closed.is_set()  # (put_many takes nothing once it is set)
+            if closing or self.queued >= self.batch_size or time.monotonic() >= deadline:
+                self._write(self._taken())
                 deadline = time.monotonic() + self.flush_interval_s
+            if closing:
+                return
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Flush every queued record and stop the writer (graceful shutdown)."""
-        if self._closed.is_set():
-            return
-        self._closed.set()
-        self.queue.put(None)
+        with self._lock:
+            if self._closed.is_set():
+                return
+            self._closed.set()
+        self._wake.set()
         self._thread.join(timeout_s)
         if self.spool is not None:
             self.spool.close()
@@ -347,7 +459,7 @@ class PredictionLog:
     def stats(self) -> dict[str, Any]:
         return {
             "url": redact(self.url),
-            "queued": self.queue.qsize(),
+            "queued": self.queued,
             "written": self.written,
             "dropped": self.dropped,
             "replayed": self.replayed,
@@ -365,14 +477,16 @@ class Spool:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.segment_bytes = segment_bytes
         self.lock = threading.Lock()
-        self.segments: deque[list] = deque()  # [path, file, records not yet written]
+        # [path, file, records not yet written, bytes] (counted: a `tell` per append is a
+        # system call, which lets another thread take the interpreter mid-request)
+        self.segments: deque[list] = deque()
         self.count = 0
         self._open_segment()
 
     def _open_segment(self) -> None:
         self.count += 1
         path = self.folder / f"{os.getpid()}-{self.count}.ndjson"
-        self.segments.append([path, open(path, "ab", buffering=0), 0])  # noqa: SIM115
+        self.segments.append([path, open(path, "ab", buffering=0), 0, 0])  # noqa: SIM115
 
     def orphans(self) -> list[Path]:
         """Segments of processes that no longer run (oldest first)."""
@@ -384,14 +498,16 @@ class Spool:
         return found
 
     def append(self, records: list[PredictionRecord]) -> None:
-        """Spool `records` (the caller holds `lock`)."""
-        data = "".join(r.spooled() for r in records).encode()
-        current = self.segments[-1]
-        if current[1].tell() > self.segment_bytes:
-            self._open_segment()
+        """Spool `records` (in one write)."""
+        data = b"".join([r.spooled() for r in records])
+        with self.lock:
             current = self.segments[-1]
-        current[1].write(data)  # unbuffered: in the OS once this returns
-        current[2] += len(records)
+            if current[3] > self.segment_bytes:
+                self._open_segment()
+                current = self.segments[-1]
+            current[1].write(data)  # unbuffered: in the OS once this returns
+            current[2] += len(records)
+            current[3] += len(data)
 
     def written(self, n: int) -> None:
         """`n` more records (the oldest spooled) are in the database."""
@@ -406,9 +522,10 @@ class Spool:
                         oldest[1].close()
                         oldest[0].unlink(missing_ok=True)
                         self.segments.popleft()
-                    elif oldest[1].tell():  # the current one: emptied in place
+                    elif oldest[3]:  # the current one: emptied in place
                         oldest[1].truncate(0)
                         oldest[1].seek(0)
+                        oldest[3] = 0
 
     def keep(self, records: list[PredictionRecord]) -> None:
         """`records` could not be written: moved to a file of their own, which this process
@@ -416,12 +533,12 @@ class Spool:
         with self.lock:
             self.count += 1
             kept = self.folder / f"{os.getpid()}-kept-{self.count}.ndjson"
-            kept.write_text("".join(r.spooled() for r in records), encoding="utf-8")
+            kept.write_bytes(b"".join([r.spooled() for r in records]))
         self.written(len(records))
 
     def close(self) -> None:
         with self.lock:
-            for path, file, pending in self.segments:
+            for path, file, pending, _ in self.segments:
                 file.close()
                 if pending == 0:
                     path.unlink(missing_ok=True)

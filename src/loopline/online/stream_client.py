@@ -9,6 +9,7 @@ given rate while another reads answer lines as they arrive.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -45,14 +46,25 @@ def parse_rate(text: str) -> float:
     return rate / per
 
 
-async def _paced(readings: Iterable[dict[str, Any]], rate: float) -> AsyncIterator[bytes]:
+# Lines per HTTP chunk when sending as fast as possible: a chunk per line is an HTTP frame
+# to write and to parse per reading (15 µs of CPU per reading on both ends, against 4).
+LINES_PER_CHUNK = 64
+
+
+async def _paced(readings: Iterable[dict[str, Any]], rate: float) -> AsyncIterator[list[bytes]]:
+    """The readings as NDJSON lines, in chunks: one line each at `rate` per second, else
+    (0) `LINES_PER_CHUNK` lines each."""
+    lines = ((json.dumps(reading, default=str) + "\n").encode() for reading in readings)
+    if rate <= 0:
+        while chunk := list(itertools.islice(lines, LINES_PER_CHUNK)):
+            yield chunk
+        return
     start = time.monotonic()
-    for n, reading in enumerate(readings):
-        if rate > 0:
-            delay = start + n / rate - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-        yield (json.dumps(reading, default=str) + "\n").encode()
+    for n, line in enumerate(lines):
+        delay = start + n / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        yield [line]
 
 
 async def stream_readings(
@@ -94,10 +106,10 @@ async def stream_readings(
 
     async def upload() -> None:
         try:
-            async for line in _paced(readings, rate):
-                send(h11.Data(data=line))
+            async for lines in _paced(readings, rate):
+                send(h11.Data(data=b"".join(lines)))
                 await writer.drain()
-                stats.sent += 1
+                stats.sent += len(lines)
         except Exception:
             writer.close()  # the readings failed: end the exchange, and say why below
             raise

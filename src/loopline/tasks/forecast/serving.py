@@ -388,7 +388,7 @@ def forecasts_of(
 ) -> list[Forecast]:
     """One `Forecast` per window: its steps' times from the origin, as ISO text made for the
     whole batch at once (a pandas Timestamp per step cost more than the model call)."""
-    step = pd.Timedelta(spec.options.freq).value
+    step = _step_ns(spec.options.freq)
     origins = np.array(
         [w.rows[spec.options.time_column][-1] for w in windows], dtype="datetime64[ns]"
     ).view(np.int64)
@@ -449,6 +449,22 @@ def window_problem(ns: np.ndarray, freq: str, required: int) -> str | None:
     if steps[n - 1] <= 0:
         return f"readings must be in strictly increasing time order (reading {n})"
     return f"readings must be consecutive, one every {freq} (gap before reading {n})"
+
+
+def windows_out_of_step(times: dict[int, np.ndarray], step: int, required: int) -> list[int]:
+    """Which windows (epoch nanoseconds by position) are shorter than `required` or not
+    readings exactly `step` apart: windows of one length tested as one array."""
+    by_length: dict[int, list[int]] = defaultdict(list)
+    for n, ns in times.items():
+        by_length[len(ns)].append(n)
+    wrong = []
+    for length, positions in by_length.items():
+        if length < required:
+            wrong += positions
+            continue
+        steps = np.diff(np.stack([times[n] for n in positions]), axis=1)
+        wrong += [positions[k] for k in np.flatnonzero((steps != step).any(axis=1)).tolist()]
+    return sorted(wrong)
 
 
 @functools.cache
@@ -591,6 +607,28 @@ class ForecastServing(Serving):
         if problem:
             raise BadInput(f"{'columns' if is_columnar(item) else 'readings'}: {problem}")
 
+    def check_items(self, items: list[BaseModel], model: LoadedModel) -> dict[int, str]:
+        """`check` for a body's windows together: the consecutive-readings test one array
+        comparison for all windows of a length (a test per window cost more than its
+        forecast)."""
+        spec = model.spec
+        missing = self.missing_columns(spec)
+        if missing:
+            message = f"the served model reads column(s) {missing}, which readings lack"
+            return dict.fromkeys(range(len(items)), message)
+        problems: dict[int, str] = {}
+        known = self.known_keys(spec)
+        if known is not None:
+            for n, item in enumerate(items):
+                if self.key_of(item) not in known:
+                    problems[n] = self.unknown(self.key_of(item), model)
+        times = {n: self.times_of(item) for n, item in enumerate(items) if n not in problems}
+        required, freq = required_readings(spec), spec.options.freq
+        for n in windows_out_of_step(times, _step_ns(freq), required):
+            form = "columns" if is_columnar(items[n]) else "readings"
+            problems[n] = f"{form}: {window_problem(times[n], freq, required)}"
+        return problems
+
     def times_of(self, item: BaseModel) -> np.ndarray:
         """The UTC epoch nanoseconds of a window's readings, either form."""
         if is_columnar(item):
@@ -702,17 +740,28 @@ class ForecastServing(Serving):
 
     def input_rows(self, answers: list[Answer]) -> list[dict[str, Any]]:
         """Each reading of the answered windows (a stream window: only the readings no
-        earlier window of its stream held), with its series' entity, once per batch
-        (`/predict` windows of one series overlap). Converted for the batch at once: a
-        conversion per window cost more than its forecast."""
-        time, entity = self.time_field, self.entity
-        batches: dict[tuple[str, ...], list[tuple[Window, int]]] = defaultdict(list)
+        earlier window of its stream held), with its series' entity. A stream's windows
+        carry their rows, made as the readings came in; the others' are converted for the
+        batch at once (a conversion per window cost more than its forecast), once per
+        batch (`/predict` windows of one series overlap)."""
+        rows: list[dict[str, Any]] = []
+        windows: list[Window] = []
         for answer in answers:
             window = answer.source
-            if isinstance(window, Window):
-                n = len(window) if window.fresh is None else min(window.fresh, len(window))
-                if n > 0:
-                    batches[tuple(window.rows)].append((window, n))
+            if isinstance(window, StreamWindow) and (window.readings or not window.fresh):
+                rows += window.readings
+            elif isinstance(window, Window):
+                windows.append(window)
+        return rows + self._window_rows(windows) if windows else rows
+
+    def _window_rows(self, windows: list[Window]) -> list[dict[str, Any]]:
+        """The rows of `windows`' (fresh) readings not handed over before, from the arrays."""
+        time, entity = self.time_field, self.entity
+        batches: dict[tuple[str, ...], list[tuple[Window, int]]] = defaultdict(list)
+        for window in windows:
+            n = len(window) if window.fresh is None else min(window.fresh, len(window))
+            if n > 0:
+                batches[tuple(window.rows)].append((window, n))
         rows: list[dict[str, Any]] = []
         for names, windows in batches.items():
             counts = [n for _, n in windows]
@@ -838,23 +887,32 @@ def serving_for(types: ForecastTypes, entity: str | None, time: str) -> type[For
 class SeriesBuffer:
     """The latest readings of one series as arrays: epoch nanoseconds and one row of
     numbers per reading, appended in place (a frame or a dict per reading cost more than
-    the forecast). Twice the window's room, moved back to the front when full."""
+    the forecast). Room for several windows; when full, the newest readings move to new
+    arrays, so a window (`window`: views) never sees a later append change it."""
+
+    ROOM = 4  # windows' worth of readings per pair of arrays
 
     def __init__(self, required: int, width: int):
-        self.required = required
-        self.times = np.empty(2 * required, dtype=np.int64)
-        self.values = np.empty((2 * required, width))
+        self.required, self.width = required, width
+        self._new_arrays()
         self.size = 0  # readings held, at most `required`
         self.end = 0  # one past the newest
 
+    def _new_arrays(self) -> None:
+        self.times = np.empty(self.ROOM * self.required, dtype=np.int64)
+        self.values = np.empty((self.ROOM * self.required, self.width))
+
     def clear(self) -> None:
+        self._new_arrays()  # (windows may still hold views of the old ones)
         self.size = self.end = 0
 
     def append(self, ns: int, row: list[float]) -> None:
-        if self.end == len(self.times):  # full: keep the newest required - 1 at the front
+        if self.end == len(self.times):  # full: the newest required - 1 to new arrays
             keep = self.required - 1
-            self.times[:keep] = self.times[self.end - keep : self.end]
-            self.values[:keep] = self.values[self.end - keep : self.end]
+            times, values = self.times, self.values
+            self._new_arrays()
+            self.times[:keep] = times[self.end - keep : self.end]
+            self.values[:keep] = values[self.end - keep : self.end]
             self.end = keep
         self.times[self.end] = ns
         self.values[self.end] = row
@@ -863,7 +921,7 @@ class SeriesBuffer:
 
     def resized(self, required: int) -> SeriesBuffer:
         """The same newest readings (as many as fit) in a buffer for `required`."""
-        out = SeriesBuffer(required, self.values.shape[1])
+        out = SeriesBuffer(required, self.width)
         keep = min(self.size, required)
         out.times[:keep] = self.times[self.end - keep : self.end]
         out.values[:keep] = self.values[self.end - keep : self.end]
@@ -871,14 +929,29 @@ class SeriesBuffer:
         return out
 
     def window(self) -> tuple[np.ndarray, np.ndarray]:
-        """Copies of the newest `required` readings (later appends may move the buffer)."""
+        """The newest `required` readings: views no later append writes into."""
         start = self.end - self.required
-        return self.times[start : self.end].copy(), self.values[start : self.end].copy()
+        return self.times[start : self.end], self.values[start : self.end]
 
 
 def epoch_ns(value: datetime) -> int:
     """A datetime (naive: UTC) as integer UTC nanoseconds since the epoch, exactly."""
     return (value - (_EPOCH if value.tzinfo else _EPOCH_NAIVE)) // _MICROSECOND * 1000
+
+
+# A chunk of at least this many stream lines has its data contract checked in one
+# vectorised pass before its readings are pushed; a smaller one (a stream with a reading or
+# two in flight) reading by reading, which costs less than numpy's overhead per call.
+CHUNK_CHECK_MIN = 16
+
+
+@dataclass(frozen=True)
+class StreamWindow(Window):
+    """A window a stream made, with the raw rows of its fresh readings (`input_rows`' rows:
+    JSON-ready, with the series), made as each reading came in: storing them converts
+    nothing back from the window's arrays."""
+
+    readings: tuple[dict[str, Any], ...] = ()
 
 
 class StreamWindows(StreamState):
@@ -892,10 +965,24 @@ class StreamWindows(StreamState):
         schema = serving.task.schema
         self.time_column = serving.time_field
         self.numbers = [c for c, kind in schema.items() if kind == "float"]
+        self.contract = serving.contract(type(serving).StreamLine.__pydantic_fields__)
+        self.contract_columns = list(
+            dict.fromkeys(
+                c
+                for rule in self.contract.rules
+                for c in ([rule.column] if rule.column else rule.columns)
+            )
+        )
+        entity = serving.entity
+        self.row_names = (*([entity] if entity else []), self.time_column, *self.numbers)
+        params = serving.params
+        # The readings' raw rows are made only where the service stores them.
+        self.keeps_rows = params is None or params.serve.store_inputs
         self.buffers: dict[str, SeriesBuffer] = {}
         self.last: dict[str, int] = {}
-        # Per series: readings in the buffer that no window handed over held yet.
-        self.unsent: dict[str, int] = {}
+        # Per series: the readings in the buffer no window handed over yet (their raw rows,
+        # or None where none are kept).
+        self.unsent: dict[str, list[dict[str, Any] | None]] = {}
         self._sizes(model)
 
     def _sizes(self, model: LoadedModel) -> None:
@@ -911,42 +998,95 @@ class StreamWindows(StreamState):
             self.buffers[key] = buffer.resized(self.required)
 
     def push(self, line: int, item: BaseModel):
-        serving: ForecastServing = self.serving
-        key = serving.key_of(item)
-        named = {serving.entity: key} if serving.entity else {}
+        return self._push(line, item, checked=False)
+
+    def push_many(self, lines: list[tuple[int, BaseModel]]) -> list[tuple[list, list]]:
+        """`push` for each of one chunk's lines, in order, their data contract checked in
+        one vectorised pass first (a bulk stream's chunk holds hundreds of readings, and a
+        check each cost a fifth of a forecast). A reading the pass flags is checked again
+        alone, so its error line is the one it gets pushed alone."""
+        flagged = None
+        if len(lines) >= CHUNK_CHECK_MIN:
+            flagged = self._flagged([item for _, item in lines])
+        return [
+            self._push(line, item, checked=flagged is not None and n not in flagged)
+            for n, (line, item) in enumerate(lines)
+        ]
+
+    def _flagged(self, items: list[BaseModel]) -> set[int] | None:
+        """The positions of the readings that break a rule of the contract (None: not
+        known, each is checked alone)."""
+        if not self.contract.rules:
+            return set()
+        values = [item.__dict__ for item in items]
+        columns: dict[str, np.ndarray] = {}
+        try:
+            for name in self.contract_columns:
+                column = [v[name] for v in values]
+                columns[name] = (
+                    utc_datetime64(column)
+                    if name == self.time_column
+                    else np.asarray(column, dtype=None if name in self.numbers else object)
+                )
+            return set(self.contract.check(columns))
+        except Exception:  # (say, a time numpy cannot hold): each reading's own check says
+            return None
+
+    def _push(self, line: int, item: BaseModel, checked: bool):
+        values = item.__dict__  # the fields as parsed (a model_dump copied them)
+        entity = self.serving.entity
+        key = values[entity] if entity else SINGLE
         if self.known is not None and key not in self.known:
-            return [], [{"error": serving.unknown(key, self.model), **named}]
-        reading = item.model_dump()
-        reading[self.time_column] = utc(reading[self.time_column])
-        broken = serving.contract(reading).check_row(reading)
-        if broken:  # answered in line order, and kept out of the window
-            return [(line, Refused(refusal(broken, named=named)))], []
-        ns = epoch_ns(getattr(item, self.time_column))
+            return [], [{"error": self.serving.unknown(key, self.model), **self._named(key)}]
+        when = utc(values[self.time_column])
+        if not checked:
+            broken = self.contract.check_row({**values, self.time_column: when})
+            if broken:  # answered in line order, and kept out of the window
+                return [(line, Refused(refusal(broken, named=self._named(key))))], []
+        ns = epoch_ns(when)
         last = self.last.get(key)
         if last is not None and ns <= last:
-            return [], [{"error": self._disorder(key, ns, last), **named}]
+            return [], [{"error": self._disorder(key, ns, last), **self._named(key)}]
         buffer = self.buffers.get(key)
         if buffer is None:
             buffer = self.buffers[key] = SeriesBuffer(self.required, len(self.numbers))
+            self.unsent[key] = []
+        unsent = self.unsent[key]
         events = []
         if last is not None and ns - last != self.step:
             notice = (
                 f"gap of {pd.Timedelta(ns - last)} before {iso(ns)}: the window restarts and "
                 f"needs {self.required} consecutive readings"
             )
-            events.append({**named, "notice": notice})
+            events = [{**self._named(key), "notice": notice}]
             buffer.clear()
-            self.unsent[key] = 0
-        buffer.append(ns, [getattr(item, c) for c in self.numbers])
+            unsent.clear()
+        numbers = [values[c] for c in self.numbers]
+        buffer.append(ns, numbers)
         self.last[key] = ns
-        unsent = self.unsent[key] = self.unsent.get(key, 0) + 1
+        unsent.append(self._row(key, when, numbers) if self.keeps_rows else None)
         if buffer.size < self.required:
             return [], events
+        return [(line, self._window(key, buffer, unsent))], events
+
+    def _named(self, key: str) -> dict[str, str]:
+        """The field naming the series, for an event or error line."""
+        return {self.serving.entity: key} if self.serving.entity else {}
+
+    def _row(self, key: str, when: datetime, numbers: list[float]) -> dict[str, Any]:
+        """A reading's raw row as `input_rows` gives it (the time as ISO text in UTC)."""
+        named = (key, when.isoformat()) if self.serving.entity else (when.isoformat(),)
+        return dict(zip(self.row_names, (*named, *numbers), strict=True))
+
+    def _window(self, key: str, buffer: SeriesBuffer, unsent: list) -> StreamWindow:
+        """The buffer's newest window; its fresh readings are the ones no window held."""
         times, values = buffer.window()
         rows = {self.time_column: times.view("datetime64[ns]")}
         rows |= {c: values[:, n] for n, c in enumerate(self.numbers)}
-        self.unsent[key] = 0
-        return [(line, Window(key, rows, min(unsent, self.required)))], events
+        fresh = min(len(unsent), self.required)
+        readings = tuple(unsent[-fresh:]) if self.keeps_rows else ()
+        unsent.clear()
+        return StreamWindow(key, rows, fresh, readings)
 
     @staticmethod
     def _disorder(key: str, ns: int, last: int) -> str:
