@@ -18,6 +18,7 @@ from pydantic import (
     Field,
     RootModel,
     Tag,
+    TypeAdapter,
     ValidationError,
     create_model,
     model_validator,
@@ -214,6 +215,10 @@ def answers_spec(kind: type[BaseModel]) -> type[bentoml.IODescriptor]:
     def answers() -> Annotated[list[kind], ContentType("application/json")]: ...
 
     base = bentoml.IODescriptor.from_output(answers)
+    # Serialised by pydantic's core in one call: BentoML's own path validates the answers
+    # again, dumps them twice and writes the JSON with the standard library (6 % of the
+    # service's CPU at 32 forecasts per request, py-spy).
+    as_json = TypeAdapter(list[kind]).dump_json
 
     class Answers(base):
         @classmethod
@@ -222,7 +227,7 @@ def answers_spec(kind: type[BaseModel]) -> type[bentoml.IODescriptor]:
             if refused:
                 message = "; ".join(dict.fromkeys(a.message for a in refused))
                 return JSONResponse({"error": message}, refused[0].status)
-            return await super().to_http_response(obj, serde)
+            return Response(as_json(obj), media_type="application/json")
 
     Answers.media_type = base.media_type
     Answers.__name__ = Answers.__qualname__ = base.__name__
