@@ -217,7 +217,7 @@ def answers_spec(kind: type[BaseModel]) -> type[bentoml.IODescriptor]:
     base = bentoml.IODescriptor.from_output(answers)
     # Serialised by pydantic's core in one call: BentoML's own path validates the answers
     # again, dumps them twice and writes the JSON with the standard library (6 % of the
-    # service's CPU at 32 forecasts per request, py-spy).
+    # service's CPU at 32 items per request, py-spy).
     as_json = TypeAdapter(list[kind]).dump_json
 
     class Answers(base):

@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import pytest
+import regex
 
-from loopline.tasks.text.tokens import MASK, PAD, SPACE, UNK, Vocabulary, normalize, tokenize
+from loopline.tasks.text.token_arrays import COMMON_RANGES
+from loopline.tasks.text.tokens import (
+    ARRAYS_FROM,
+    MASK,
+    PAD,
+    SPACE,
+    UNK,
+    Vocabulary,
+    normalize,
+    tokenize,
+)
 
 
 def test_each_hangul_syllable_is_a_token_and_spaces_are_one_boundary():
@@ -78,3 +91,60 @@ def test_vocabulary_round_trips_through_json():
 def test_a_vocabulary_without_its_special_tokens_is_refused():
     with pytest.raises(ValueError, match="starts with"):
         Vocabulary(["가", "나"])
+
+
+# ---------------------------------------------------------------- the array passes
+
+# A grapheme that no following character can extend (Unicode's grapheme break classes).
+ALONE = regex.compile(r"[\p{GCB=Other}\p{GCB=LV}\p{GCB=LVT}\t\n]")
+
+
+def test_every_common_character_follows_the_rules_the_array_passes_assume():
+    for first, last in COMMON_RANGES:
+        for point in range(ord(first), ord(last) + 1):
+            c = chr(point)
+            # One grapheme whatever follows; white space only if tab, newline or space; a
+            # letter of a word only if a-z (or A-Z, lower-cased first); else one token.
+            assert ALONE.fullmatch(c) and not regex.fullmatch(r"\p{M}", c), hex(point)
+            if c in "\t\n ":
+                expected = ["a", SPACE, "a"]
+            elif c.isascii() and c.isalpha():
+                expected = [f"a{c.lower()}a"]
+            else:
+                expected = ["a", c, "a"]
+            assert tokenize(f"a{c}a", max_repeat=3) == expected, hex(point)
+
+
+# Characters the array passes read, and ones that send a text to `tokenize`: white space
+# of other kinds, the boundary token itself, NUL (the passes' separator), marks, joined
+# jamo, Greek and accented words, Arabic-Indic digits, a flag, a skin tone, joined emoji, a
+# prepended mark, the Kelvin sign (K once folded).
+COMMON = list("abcxyzABCXYZ0123456789  \t\n.,!?~^'\"-_가나다안돼재밌ㅋㅠㅡ中文👍❤…※→")
+OTHER = ["\r", "\u3000", "\xa0", SPACE, "\x00", "\u0301", "e\u0301", "\u1100\u1161", "ΣΑΣ",
+         "é", "İ", "\u0660", "🇰🇷", "👍🏻", "👨\u200d👩", "❤\ufe0f", "\u0600", "\u212a"]  # fmt: skip
+
+
+def random_texts(rng: random.Random, n: int, others: bool) -> list[str]:
+    pool = COMMON + (OTHER if others else ["", " ", "  "])
+    texts = []
+    for _ in range(n):
+        text = "".join(rng.choice(pool) for _ in range(rng.randint(0, 20)))
+        texts.append(text + rng.choice(pool) * rng.randint(0, 5))  # a repeat, maybe
+    return texts
+
+
+@pytest.mark.parametrize("others", [False, True], ids=["common", "mixed"])
+def test_encoding_a_batch_gives_each_text_the_ids_it_has_alone(others):
+    rng = random.Random(7)
+    vocab = Vocabulary.build([*random_texts(rng, 200, others), "cgv abc ab"], min_count=1)
+    for _ in range(200):
+        texts = random_texts(rng, rng.randint(ARRAYS_FROM, 40), others)
+        repeat = rng.choice([0, 1, 2, 3])
+        cut = Vocabulary(vocab.tokens, max_repeat=repeat)
+        for max_length in (0, 3, 32):
+            ids, lengths = cut.encode(texts, max_length)
+            rows = [cut.ids(t)[:max_length] or [cut.unk_id] for t in texts]
+            assert lengths.tolist() == [len(r) for r in rows]
+            assert ids.shape == (len(texts), max(map(len, rows))) and ids.dtype == np.int64
+            assert [row[:n].tolist() for row, n in zip(ids, lengths, strict=True)] == rows
+            assert not any(row[n:].any() for row, n in zip(ids, lengths, strict=True))

@@ -113,30 +113,43 @@ class ImageServing(Serving, Explaining, FileInput):
                 arrays[n] = self._array(item, model.spec)
             except BadInput as error:
                 answers[n] = Answer({"error": str(error)}, error=True)
-        answers |= self._refusals(arrays, model.spec)
-        good = [n for n in arrays if n not in answers]
-        if good:
-            images = np.stack([arrays[n] for n in good])
-            outputs = run_finite(lambda b: run_onnx(model.session, b), images)
-            shape = list(images.shape[1:])
-            for k, n in enumerate(good):
-                problem = outputs.problem(k, images, [], {})
-                answers[n] = (
-                    Answer({"error": f"image: {problem}"}, error=True)
-                    if problem
-                    else self._answer(model, outputs.values[k], shape)
-                )
+        if arrays:
+            positions = list(arrays)
+            stacked = np.stack(list(arrays.values()))  # (images, channels, size, size)
+            answers |= self._refusals(positions, stacked, model.spec)
+            kept = [k for k, n in enumerate(positions) if n not in answers]
+            if kept:
+                images = stacked if len(kept) == len(stacked) else stacked[kept]
+                answers |= self._run(model, [positions[k] for k in kept], images)
         return [answers[n] for n in range(len(items))]
 
-    def _refusals(self, arrays: dict[int, np.ndarray], spec: FeatureSpec) -> dict[int, Answer]:
-        """Error answers of the images breaking the data contract, checked on the raw
-        pixel columns the rules name (an image is sent scaled to 0..1)."""
+    def _run(self, model: LoadedModel, positions: list[int], images: np.ndarray):
+        """The answers of `images` (by their items' `positions`) from one model call; an
+        image whose inputs or outputs are not finite gets its own error."""
+        outputs = run_finite(lambda b: run_onnx(model.session, b), images)
+        wrong = outputs.bad_inputs | outputs.bad_outputs
+        answers = {
+            positions[k]: Answer(
+                {"error": f"image: {outputs.problem(k, images, [], {})}"}, error=True
+            )
+            for k in np.flatnonzero(wrong).tolist()
+        }
+        values = outputs.values[~wrong] if answers else outputs.values
+        made = self._answers(model, values, list(images.shape[1:]))
+        fine = [n for n in positions if n not in answers]
+        return answers | dict(zip(fine, made, strict=True))
+
+    def _refusals(
+        self, positions: list[int], images: np.ndarray, spec: FeatureSpec
+    ) -> dict[int, Answer]:
+        """Error answers of the images breaking the data contract (by the items'
+        `positions`), checked on the raw pixel columns the rules name (an image is sent
+        scaled to 0..1)."""
         contract = self.contract(spec.feature_columns)
-        if not arrays or not contract.rules:
+        if not contract.rules:
             return {}
-        positions = list(arrays)
         # Columns run row by row, then column, then channel (`images.pixel_columns`).
-        raw = np.stack([arrays[n].transpose(1, 2, 0).reshape(-1) for n in positions])
+        raw = images.transpose(0, 2, 3, 1).reshape(len(images), -1)
         # Column arrays, not a DataFrame: a frame of one image costs more than its answer.
         scaled = raw * spec.options.max_pixel
         rows = dict(zip(spec.feature_columns, scaled.T, strict=True))
@@ -212,15 +225,20 @@ class ImageServing(Serving, Explaining, FileInput):
                 raise BadInput(f"image is {shape}; the model reads {_shown(expected)}")
         return array.astype(np.float32, copy=False).reshape(channels, size, size)
 
-    def _answer(self, model: LoadedModel, p: np.ndarray, shape: list[int]) -> Answer:
+    def _answers(self, model: LoadedModel, probabilities: np.ndarray, shape: list[int]):
+        """The answers of a batch's outputs, at once: each row's label and probabilities
+        to 6 decimals (a row of Python floats, not a dict of numpy scalars)."""
         labels = model.spec.labels
-        label = labels[int(p.argmax())]
-        return Answer(
-            {
-                "label": label,
-                "probabilities": {k: round(float(v), 6) for k, v in zip(labels, p, strict=True)},
-                "model_version": model.version,
-            },
-            inputs={"shape": shape},
-            output={"label": label},
-        )
+        names = [labels[i] for i in probabilities.argmax(axis=1).tolist()]
+        return [
+            Answer(
+                {
+                    "label": name,
+                    "probabilities": dict(zip(labels, [round(v, 6) for v in row], strict=True)),
+                    "model_version": model.version,
+                },
+                inputs={"shape": shape},
+                output={"label": name},
+            )
+            for name, row in zip(names, probabilities.tolist(), strict=True)
+        ]

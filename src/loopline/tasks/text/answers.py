@@ -4,6 +4,7 @@ model's outputs as people read them."""
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,14 @@ def vocabulary(spec: FeatureSpec) -> Vocabulary:
     """The spec's fitted vocabulary (raises when the spec was never fitted)."""
     if spec.options.vocabulary is None:
         raise ValueError("the feature spec has no vocabulary: fit it on a training split first")
-    return Vocabulary.from_json(spec.options.vocabulary)
+    return _parsed(spec.options.vocabulary)
+
+
+@lru_cache(maxsize=8)
+def _parsed(saved: str) -> Vocabulary:
+    # Once per model, not per batch: parsing and indexing a vocabulary of thousands of
+    # tokens costs more than tokenizing a served batch.
+    return Vocabulary.from_json(saved)
 
 
 def encode(texts: list[str], spec: FeatureSpec, vocab: Vocabulary | None = None) -> np.ndarray:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 from loopline.online.adapter import Answer, Explaining, Serving, nonfinite_items, refusal
@@ -21,6 +22,8 @@ from loopline.tasks.text.answers import classify, explanations, text_problem
 if TYPE_CHECKING:
     import pandas as pd
 
+    from loopline.offline.features import FeatureSpec
+    from loopline.offline.validate import ServingContract
     from loopline.online.models import LoadedModel
 
 
@@ -90,56 +93,48 @@ class TextServing(Serving, Explaining):
 
     def _classify(self, model: LoadedModel, items: list, explain: bool) -> list[Answer]:
         """One answer per item; bad items get their error, the rest one model call."""
-
-        # A stream line carries its id (echoed back, and the log's key); a /predict item not.
-        lines = [
-            (item.text, item.id) if isinstance(item, TextLine) else (item.root, None)
-            for item in items
-        ]
+        texts = [item.text if isinstance(item, TextLine) else item.root for item in items]
+        contract = self.contract([self.task.text_column])
         answers: list[Answer | None] = [
-            self._refused(items[i], text, model) for i, (text, _) in enumerate(lines)
+            self._refused(item, text, model, contract)
+            for item, text in zip(items, texts, strict=True)
         ]
-        good = [i for i, answer in enumerate(answers) if answer is None]
+        good = [n for n, answer in enumerate(answers) if answer is None]
         if not good:
             return answers
-        texts = [lines[i][0] for i in good]
-        probabilities, attention = classify(model.session, model.spec, texts)
+        probabilities, attention = classify(model.session, model.spec, [texts[n] for n in good])
         # One text's non-finite output (say, a broken model) costs only that text.
         bad = nonfinite_items(probabilities)
-        for i, wrong in zip(good, bad, strict=True):
-            if wrong:
-                message = f"the model's output is not finite (v{model.version})"
-                answers[i] = Answer(_with_id(items[i], {"error": message}), error=True)
-        keep = [n for n, wrong in enumerate(bad) if not wrong]
-        if len(keep) < len(good):
-            good, texts = [good[n] for n in keep], [texts[n] for n in keep]
-            probabilities, attention = probabilities[keep], attention[keep]
-        explained = explanations(texts, model.spec, probabilities, attention if explain else None)
-        for i, text, item in zip(good, texts, explained, strict=True):
-            response = {
-                "label": item["label"],
-                "probabilities": {k: round(v, 6) for k, v in item["probabilities"].items()},
-                "model_version": model.version,
-            }
-            if explain:
-                response["tokens"] = [
-                    {"token": t["token"], "weight": round(t["weight"], 6)} for t in item["tokens"]
-                ]
-            key = lines[i][1]
-            answers[i] = Answer(
-                _with_id(items[i], response),
+        for n in (n for n, wrong in zip(good, bad.tolist(), strict=True) if wrong):
+            message = f"the model's output is not finite (v{model.version})"
+            answers[n] = Answer(_with_id(items[n], {"error": message}), error=True)
+        if bad.any():
+            good = [n for n, wrong in zip(good, bad.tolist(), strict=True) if not wrong]
+            probabilities, attention = probabilities[~bad], attention[~bad]
+        responses = _responses(model, probabilities)
+        if explain:
+            _add_tokens(responses, [texts[n] for n in good], model.spec, probabilities, attention)
+        for n, response in zip(good, responses, strict=True):
+            item, text = items[n], texts[n]
+            # A stream line carries its id (echoed back, and the log's key); a /predict
+            # item not.
+            key = item.id if isinstance(item, TextLine) else None
+            answers[n] = Answer(
+                _with_id(item, response),
                 key=str(key if key is not None else text_id(text)),
                 inputs={"text": text},
                 output={"label": response["label"], "probabilities": response["probabilities"]},
             )
         return answers
 
-    def _refused(self, item: Text | TextLine, text: Any, model: LoadedModel) -> Answer | None:
+    def _refused(
+        self, item: Text | TextLine, text: Any, model: LoadedModel, contract: ServingContract
+    ) -> Answer | None:
         """The error answer of a text the model cannot classify (None: it can). A problem
         keeps `text_problem`'s wording (a client sends texts, not the data's columns) and
         is counted under the data-contract rules the text breaks (say, `document_not_blank`)."""
         column = self.task.text_column
-        broken = self.contract([column]).check_row({column: text}) if isinstance(text, str) else []
+        broken = contract.check_row({column: text}) if isinstance(text, str) else []
         problem = text_problem(text, model.spec)
         if problem is None and not broken:
             return None
@@ -147,6 +142,38 @@ class TextServing(Serving, Explaining):
             return refusal(broken, named=_with_id(item, {}))
         refused = tuple(dict.fromkeys(b.rule for b in broken))
         return Answer(_with_id(item, {"error": problem}), error=True, refused=refused)
+
+
+def _responses(model: LoadedModel, probabilities: np.ndarray) -> list[dict[str, Any]]:
+    """Each row's response: the label of its highest probability and every probability
+    to 6 decimals, for the whole batch at once (a row of Python floats per text, not a
+    dict of numpy scalars)."""
+    labels = model.spec.labels
+    names = [labels[i] for i in probabilities.argmax(axis=1).tolist()]
+    return [
+        {
+            "label": name,
+            "probabilities": dict(zip(labels, [round(v, 6) for v in row], strict=True)),
+            "model_version": model.version,
+        }
+        for name, row in zip(names, probabilities.tolist(), strict=True)
+    ]
+
+
+def _add_tokens(
+    responses: list[dict[str, Any]],
+    texts: list[str],
+    spec: FeatureSpec,
+    probabilities: np.ndarray,
+    attention: np.ndarray,
+) -> None:
+    """Each response's tokens with their attention weights (`/explain`)."""
+    for response, item in zip(
+        responses, explanations(texts, spec, probabilities, attention), strict=True
+    ):
+        response["tokens"] = [
+            {"token": t["token"], "weight": round(t["weight"], 6)} for t in item["tokens"]
+        ]
 
 
 def _with_id(item: Text | TextLine, response: dict[str, Any]) -> dict[str, Any]:

@@ -29,13 +29,20 @@ import unicodedata
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
 
 import numpy as np
 import regex
 
+from loopline.tasks.text.token_arrays import CharIds, Known, all_common, common_token_ids
+
 PAD, UNK, MASK = "<pad>", "<unk>", "<mask>"
 SPECIALS = (PAD, UNK, MASK)  # ids 0, 1, 2: padding is 0 so masks are `ids != 0`
 SPACE = "▁"
+# Batches from this many texts are encoded by array passes (`Vocabulary.token_ids`): their
+# fixed cost (~0.05 ms) is more than a few texts' own, one by one.
+ARRAYS_FROM = 8
 
 # One alternative per token kind, tried in order at each position.
 _TOKEN = regex.compile(
@@ -52,10 +59,21 @@ _TOKEN = regex.compile(
 _REPEATS = r"(\X)\1{%d,}"
 
 
+@cache
+def _repeats(max_repeat: int) -> regex.Pattern:
+    # Compiled once: `regex.sub` with a pattern's text looks it up in a cache each call,
+    # which cost as much as the substitution on a review.
+    return regex.compile(_REPEATS % max_repeat)
+
+
+def fold(text: str) -> str:
+    """NFC (jamo sequences → syllables) and lower case: `normalize` before its repeats."""
+    return unicodedata.normalize("NFC", text).lower()
+
+
 def normalize(text: str, max_repeat: int = 2) -> str:
     """NFC (jamo sequences → syllables), lower case, repeats cut to `max_repeat`."""
-    text = unicodedata.normalize("NFC", text).lower()
-    return regex.sub(_REPEATS % max_repeat, lambda m: m.group(1) * max_repeat, text)
+    return _repeats(max_repeat).sub(lambda m: m.group(1) * max_repeat, fold(text))
 
 
 def tokenize(text: str, max_repeat: int = 2) -> list[str]:
@@ -79,11 +97,15 @@ class Vocabulary:
     tokens: list[str]
     max_repeat: int = 2
     index: dict[str, int] = field(init=False, repr=False)
+    known: Known = field(init=False, repr=False)  # for `encode`'s array passes
 
     def __post_init__(self) -> None:
         if list(self.tokens[: len(SPECIALS)]) != list(SPECIALS):
             raise ValueError(f"a vocabulary starts with {SPECIALS}, got {self.tokens[:3]}")
         self.index = {token: i for i, token in enumerate(self.tokens)}
+        boundary = self.index.get(SPACE, self.unk_id)
+        chars = CharIds.of(self.index)
+        self.known = Known(self.index, chars, self.unk_id, boundary, self.max_repeat)
 
     @classmethod
     def build(
@@ -127,12 +149,38 @@ class Vocabulary:
         """(ids, lengths): int64 ids padded with 0 to the longest text (at most
         `max_length`, longer texts keep their beginning), and each text's length (≥ 1: an
         empty text is one `<unk>`, so every row has something to attend to)."""
-        rows = [self.ids(t)[:max_length] or [self.unk_id] for t in texts]
-        width = max((len(r) for r in rows), default=1)
-        ids = np.zeros((len(rows), width), dtype=np.int64)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = row
-        return ids, np.array([len(r) for r in rows], dtype=np.int64)
+        texts = list(texts)
+        if len(texts) < ARRAYS_FROM:
+            return _padded([self.ids(t)[:max_length] or [self.unk_id] for t in texts])
+        flat, counts = self.token_ids(texts)
+        keep = np.minimum(counts, max_length)
+        empty = keep == 0
+        lengths = np.where(empty, 1, keep)
+        ids = np.zeros((len(keep), int(lengths.max(initial=1))), dtype=np.int64)
+        # Row by row, each text's first `keep` ids from where its ids start in `flat`.
+        rows = np.repeat(np.arange(len(keep)), keep)
+        columns = np.arange(len(rows)) - np.repeat(np.cumsum(keep) - keep, keep)
+        ids[rows, columns] = flat[np.repeat(np.cumsum(counts) - counts, keep) + columns]
+        ids[empty, 0] = self.unk_id
+        return ids, lengths
+
+    def token_ids(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(every token id of every text, in order; each text's number of tokens), as
+        `ids` gives each: texts of common characters by array passes all at once
+        (`token_arrays`), any other text by `ids`."""
+        folded = [fold(t) for t in texts]
+        if all_common("".join(folded)):
+            return common_token_ids(folded, self.known)
+        common = [n for n, t in enumerate(folded) if all_common(t)]
+        pieces: list[Any] = [None] * len(texts)
+        if common:
+            flat, counts = common_token_ids([folded[n] for n in common], self.known)
+            for n, piece in zip(common, np.split(flat, np.cumsum(counts)[:-1]), strict=True):
+                pieces[n] = piece
+        for n in (n for n, piece in enumerate(pieces) if piece is None):
+            pieces[n] = self.ids(texts[n])
+        counts = np.array([len(p) for p in pieces], dtype=np.int64)
+        return np.concatenate([np.zeros(0, dtype=np.int64), *pieces]).astype(np.int64), counts
 
     def decode(self, ids: Iterable[int]) -> list[str]:
         return [self.tokens[i] for i in ids if i != self.pad_id]
@@ -146,3 +194,11 @@ class Vocabulary:
     def from_json(cls, text: str) -> Vocabulary:
         data = json.loads(text)
         return cls(list(data["tokens"]), int(data["max_repeat"]))
+
+
+def _padded(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, lengths) of rows of ids, padded with 0 to the longest."""
+    ids = np.zeros((len(rows), max((len(r) for r in rows), default=1)), dtype=np.int64)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = row
+    return ids, np.array([len(r) for r in rows], dtype=np.int64)
