@@ -20,6 +20,7 @@ twice the database's own insert.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -576,8 +577,6 @@ def read_predictions(url: str, limit: int | None = None) -> list[dict[str, Any]]
 
 def text_id(text: str) -> str:
     """A logged text's id in the labeling pool: the same text always gets the same id."""
-    import hashlib
-
     return "log:" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
