@@ -431,16 +431,18 @@ class PredictionLog:
         return False
 
     def _run(self) -> None:
-        """Write what is queued, all of it in one transaction (a writer behind the requests
-        catches up: a commit per `batch_size` cost SQLite more than the rows), when
-        `batch_size` records wait or the flush interval is up; at close(), the rest."""
+        """Write what is queued when `batch_size` records wait or the flush interval is up
+        (at close(), the rest), in transactions of at most `batch_size` records: a crash
+        loses no more than one uncommitted batch's work, which the spool replays."""
         deadline = time.monotonic() + self.flush_interval_s
         while True:
             self._wake.wait(max(0.0, deadline - time.monotonic()))
             self._wake.clear()
             closing = self._closed.is_set()  # (put_many takes nothing once it is set)
             if closing or self.queued >= self.batch_size or time.monotonic() >= deadline:
-                self._write(self._taken())
+                taken = self._taken()
+                for start in range(0, len(taken), self.batch_size):
+                    self._write(taken[start : start + self.batch_size])
                 deadline = time.monotonic() + self.flush_interval_s
             if closing:
                 return
