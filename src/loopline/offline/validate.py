@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -333,6 +334,8 @@ class ServingContract:
                 continue
             names = _rule_columns(rule)
             block = _block(columns, names)
+            if not _breaks(rule, _distinct(block)).any():  # exact: the same values, once each
+                continue
             broken = _breaks(rule, block)
             for row in np.flatnonzero(broken.any(axis=1)):
                 column = int(broken[row].argmax())
@@ -369,6 +372,10 @@ class FusedRules:
     low: np.ndarray
     high: np.ndarray
     presence: np.ndarray  # pairs of a presence rule (broken when missing)
+    # Per column of `names`, the range every one of its rules allows (the intersection): a
+    # block of values all inside it breaks nothing, the common case, tested first.
+    inside_low: np.ndarray
+    inside_high: np.ndarray
 
     @classmethod
     def of(cls, rules: list[Rule], floats: frozenset[str]) -> FusedRules:
@@ -380,20 +387,33 @@ class FusedRules:
         ]
         names = list(dict.fromkeys(c for _, _, c in pairs))
         between = [rule.kind == "between" for _, rule, _ in pairs]
+        picks = [names.index(c) for _, _, c in pairs]
+        low = np.array([_bound(rule.min, -np.inf) for _, rule, _ in pairs])
+        high = np.array([_bound(rule.max, np.inf) for _, rule, _ in pairs])
+        inside_low, inside_high = np.full(len(names), -np.inf), np.full(len(names), np.inf)
+        np.maximum.at(inside_low, picks, low)
+        np.minimum.at(inside_high, picks, high)
         return cls(
             rules=frozenset(n for n, _, _ in pairs),
             pairs=pairs,
             names=names,
-            picks=[names.index(c) for _, _, c in pairs],
-            low=np.array([_bound(rule.min, -np.inf) for _, rule, _ in pairs]),
-            high=np.array([_bound(rule.max, np.inf) for _, rule, _ in pairs]),
+            picks=picks,
+            low=low,
+            high=high,
             presence=~np.array(between, dtype=bool),
+            inside_low=inside_low,
+            inside_high=inside_high,
         )
 
     def check(self, columns: Any, found) -> None:
         """Add what each row broke to `found` (row → [(rule position, Broken)]): each
         rule's first broken column."""
-        block = _block(columns, self.names).astype(np.float64, copy=False)[:, self.picks]
+        values = _block(columns, self.names).astype(np.float64, copy=False)
+        with np.errstate(invalid="ignore"):
+            # A missing value (NaN) is outside every range: it takes the long way too.
+            if ((values >= self.inside_low) & (values <= self.inside_high)).all():
+                return
+        block = values[:, self.picks]
         missing = np.isnan(block)
         with np.errstate(invalid="ignore"):
             outside = ~((block >= self.low) & (block <= self.high))
@@ -447,6 +467,24 @@ def _block(columns: Any, names: list[str]) -> np.ndarray:
     return np.column_stack([np.asarray(columns[name]) for name in names])
 
 
+def _distinct(values: np.ndarray) -> np.ndarray:
+    """Each value of a block once, as a column of the same kind: what a rule on single
+    values breaks, it breaks there exactly when it breaks in the block (a request's key or
+    category column repeats a few values over many rows). Numbers and times are kept as
+    they are (their tests are one numpy pass anyway)."""
+    if values.dtype.kind not in "OUS" or values.size < 2:
+        return values
+    try:
+        distinct = list(dict.fromkeys(values.ravel().tolist()))
+    except TypeError:  # unhashable values (say lists in an object column): all of them
+        return values
+    if len(distinct) == values.size:
+        return values
+    out = np.empty((len(distinct), 1), dtype=values.dtype)
+    out[:, 0] = distinct
+    return out
+
+
 def _missing(values: np.ndarray) -> np.ndarray:
     if values.dtype.kind in "fc":
         return np.isnan(values)
@@ -477,12 +515,16 @@ def _breaks(rule: Rule, values: np.ndarray) -> np.ndarray:
         blank = np.frompyfunc(lambda v: not str(v).strip(), 1, 1)(values).astype(bool)
         return present & blank
     if rule.kind == "not_future":
-        limit = datetime.now(UTC) + timedelta(days=1)
         if values.dtype.kind == "M":  # naive UTC, as the service's columns hold times
-            return present & (values > np.datetime64(limit.replace(tzinfo=None), "ns"))
+            limit = np.datetime64(time.time_ns() + _DAY_NS, "ns")
+            return present & (values > limit)
+        limit = datetime.now(UTC) + timedelta(days=1)
         times = pd.to_datetime(pd.Series(values.ravel()), utc=True)
         return present & (times > limit).to_numpy().reshape(values.shape)
     raise ValueError(f"rule {rule.name!r}: kind {rule.kind!r} is not checked at serving time")
+
+
+_DAY_NS = 86_400 * 1_000_000_000
 
 
 def _value_test(rule: Rule) -> Callable[[Any], bool]:

@@ -48,28 +48,43 @@ class WindowBatch:
         return values[:, width - n - k : width - k]
 
 
-def stack_windows(windows, time_column: str, freq: str) -> WindowBatch | None:
-    """Windows (`Window`s of numpy columns) as one `WindowBatch`, or None when they differ
-    in length or a window's readings are not exactly `freq` apart (then lags by index
-    would not be lags by time, and the frame path answers)."""
+def joined_columns(windows) -> dict[str, np.ndarray] | None:
+    """Each column of windows of one length and the same columns, end to end (one array of
+    N x R values per column; one window's own arrays as they are), or None when they differ.
+    Made once per batch: the contract, the features and the answers all read it."""
     if not windows:
         return None
-    count, width = len(windows), len(windows[0])
-    stamps = [w.rows[time_column] for w in windows]
-    if any(len(t) != width for t in stamps):
+    first = windows[0].rows
+    if len(windows) == 1:
+        return dict(first)
+    width = len(windows[0])
+    if any(w.rows.keys() != first.keys() or len(w) != width for w in windows):
         return None
-    # concatenate + reshape: np.stack costs an expand_dims per window
-    joined = stamps[0] if count == 1 else np.concatenate(stamps)
-    times = joined.astype("datetime64[ns]", copy=False).view(np.int64).reshape(count, width)
+    return {c: np.concatenate([w.rows[c] for w in windows]) for c in first}
+
+
+def stack_windows(
+    windows, time_column: str, freq: str, joined: dict[str, np.ndarray] | None = None
+) -> WindowBatch | None:
+    """Windows (`Window`s of numpy columns) as one `WindowBatch`, or None when they differ
+    in length or a window's readings are not exactly `freq` apart (then lags by index
+    would not be lags by time, and the frame path answers). `joined`: their
+    `joined_columns`, when the caller has them."""
+    if joined is None:
+        joined = joined_columns(windows)
+    if joined is None:
+        return None
+    count = len(windows)
+    width = len(joined[time_column]) // count
+    times = joined[time_column].astype("datetime64[ns]", copy=False).view(np.int64)
+    times = times.reshape(count, width)
     if width > 1 and not (np.diff(times, axis=1) == pd.Timedelta(freq).value).all():
         return None
-    numeric = [c for c, v in windows[0].rows.items() if c != time_column and v.dtype.kind == "f"]
-    if count == 1:
-        values = {c: windows[0].rows[c].reshape(1, width) for c in numeric}
-    else:
-        values = {
-            c: np.concatenate([w.rows[c] for w in windows]).reshape(count, width) for c in numeric
-        }
+    values = {
+        c: v.reshape(count, width)
+        for c, v in joined.items()
+        if c != time_column and v.dtype.kind == "f"
+    }
     return WindowBatch([w.key for w in windows], times, values)
 
 
@@ -87,9 +102,15 @@ def day_of_week(ns: np.ndarray) -> np.ndarray:
     return (ns // NS_PER_DAY + EPOCH_WEEKDAY) % 7
 
 
+_FEW_DAYS = 256
+
+
 def day_of_year(ns: np.ndarray) -> np.ndarray:
     """1 on January 1st (UTC)."""
     days = ns // NS_PER_DAY
+    if days.size <= _FEW_DAYS:  # a sort for the distinct days costs more than converting all
+        year_start = days.astype("datetime64[D]").astype("datetime64[Y]").astype("datetime64[D]")
+        return days - year_start.astype(np.int64) + 1
     # The calendar conversion is numpy's slowest step: done once per distinct day.
     distinct, where = np.unique(days, return_inverse=True)
     year_start = distinct.astype("datetime64[D]").astype("datetime64[Y]").astype("datetime64[D]")

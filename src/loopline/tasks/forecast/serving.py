@@ -44,7 +44,13 @@ from loopline.online.adapter import (
     nonfinite_items,
     refusal,
 )
-from loopline.tasks.forecast.arrays import iso_instant, iso_utc, normalized, stack_windows
+from loopline.tasks.forecast.arrays import (
+    iso_instant,
+    iso_utc,
+    joined_columns,
+    normalized,
+    stack_windows,
+)
 
 if TYPE_CHECKING:
     from loopline.online.models import LoadedModel
@@ -248,20 +254,34 @@ class Window:
 WindowEnds = tuple[Any, dict[str, Any]]
 
 
-def window_ends(windows: list[Window], time_column: str) -> list[WindowEnds]:
+def window_ends(
+    windows: list[Window], time_column: str, joined: dict | None = None
+) -> list[WindowEnds]:
     """Each window's `WindowEnds`, converted a column at a time for the batch (a conversion
-    per value cost more than the window's forecast)."""
+    per value cost more than the window's forecast). `joined`: the windows'
+    `joined_columns`, when the caller has them."""
     if not windows or any(w.rows.keys() != windows[0].rows.keys() for w in windows):
         return [(plain_value(w.rows[time_column][0]), w.last()) for w in windows]
     columns = {}
     for name in windows[0].rows:
-        newest = np.array([w.rows[name][-1] for w in windows])
+        newest = newest_of(windows, name, joined)
         columns[name] = iso_utc(as_ns(newest)) if name == time_column else newest.tolist()
-    firsts = iso_utc(as_ns(np.array([w.rows[time_column][0] for w in windows])))
+    if joined is not None:
+        firsts = iso_utc(as_ns(joined[time_column][:: len(joined[time_column]) // len(windows)]))
+    else:
+        firsts = iso_utc(as_ns(np.array([w.rows[time_column][0] for w in windows])))
     lasts = [
         dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)
     ]
     return list(zip(firsts, lasts, strict=True))
+
+
+def newest_of(windows: list[Window], column: str, joined: dict | None = None) -> np.ndarray:
+    """The newest value of `column` in each window (from `joined`, when given)."""
+    if joined is not None:
+        values = joined[column]
+        return values[len(values) // len(windows) - 1 :: len(values) // len(windows)]
+    return np.array([w.rows[column][-1] for w in windows])
 
 
 def as_ns(times: np.ndarray) -> np.ndarray:
@@ -314,11 +334,14 @@ class Forecast:
         }
 
 
-def window_inputs(task, spec: FeatureSpec, windows: list[Window], window: int) -> np.ndarray:
+def window_inputs(
+    task, spec: FeatureSpec, windows: list[Window], window: int, joined: dict | None = None
+) -> np.ndarray:
     """Model inputs (N, window, features) for raw windows, in one feature pass: on column
     arrays (`task.window_features`) when the windows are complete and consecutive, as
-    `/predict` checks and a stream keeps them, else through the offline `add_features`."""
-    batch = stack_windows(windows, spec.options.time_column, spec.options.freq)
+    `/predict` checks and a stream keeps them, else through the offline `add_features`.
+    `joined`: the windows' `joined_columns`, when the caller has them."""
+    batch = stack_windows(windows, spec.options.time_column, spec.options.freq, joined)
     if (
         batch is not None
         and window == spec.options.window
@@ -349,10 +372,13 @@ def frame_inputs(task, spec: FeatureSpec, windows: list[Window], window: int) ->
     return np.ascontiguousarray(x[ranks])
 
 
-def forecast_windows(task, model: LoadedModel, windows: list[Window]) -> list[Forecast]:
+def forecast_windows(
+    task, model: LoadedModel, windows: list[Window], joined: dict | None = None
+) -> list[Forecast]:
     """Forecast each window (all of the model's `required_readings` rows) with the ONNX
     session. A window whose features or forecast are not finite gets a `problem` naming
-    the feature and reading, and the others are forecast all the same."""
+    the feature and reading, and the others are forecast all the same. `joined`: the
+    windows' `joined_columns`, when the caller has them."""
 
     if not windows:
         return []
@@ -361,18 +387,20 @@ def forecast_windows(task, model: LoadedModel, windows: list[Window]) -> list[Fo
     lengths = [len(w) for w in windows]
     if min(lengths) < required:
         raise ValueError(f"v{model.version} needs {required} consecutive readings per window")
-    windows = [
-        w if n == required else w.tail(required) for w, n in zip(windows, lengths, strict=True)
-    ]
+    if max(lengths) > required:
+        joined = None
+        windows = [
+            w if n == required else w.tail(required) for w, n in zip(windows, lengths, strict=True)
+        ]
     with np.errstate(over="ignore", invalid="ignore"):  # an absurd reading: told per window
-        x = window_inputs(task, spec, windows, spec.options.window)
+        x = window_inputs(task, spec, windows, spec.options.window, joined)
     # One window's absurd (finite) reading must not cost the batch its forecasts.
     answered = ~nonfinite_items(x)
     values = np.full((len(windows), spec.options.horizon), np.nan, dtype=np.float32)
     if answered.any():
         values[answered] = run_onnx(model.session, x if answered.all() else x[answered])
     outputs_bad = nonfinite_items(values)
-    forecasts = forecasts_of(windows, values, spec, model.version)
+    forecasts = forecasts_of(windows, values, spec, model.version, joined)
     for n in np.flatnonzero(~answered | outputs_bad):
         problem = (
             feature_problem(windows[n], x[n], spec)
@@ -384,14 +412,16 @@ def forecast_windows(task, model: LoadedModel, windows: list[Window]) -> list[Fo
 
 
 def forecasts_of(
-    windows: list[Window], values: np.ndarray, spec: FeatureSpec, version: str
+    windows: list[Window],
+    values: np.ndarray,
+    spec: FeatureSpec,
+    version: str,
+    joined: dict | None = None,
 ) -> list[Forecast]:
     """One `Forecast` per window: its steps' times from the origin, as ISO text made for the
     whole batch at once (a pandas Timestamp per step cost more than the model call)."""
     step = _step_ns(spec.options.freq)
-    origins = np.array(
-        [w.rows[spec.options.time_column][-1] for w in windows], dtype="datetime64[ns]"
-    ).view(np.int64)
+    origins = as_ns(newest_of(windows, spec.options.time_column, joined))
     # numpy's round is Python's here: a float32 times 1000 is exact in float64.
     rounded = np.round(values.astype(np.float64), 3).tolist()
     horizon = spec.options.horizon
@@ -665,15 +695,24 @@ class ForecastServing(Serving):
         windows = [self.window_of(item) for item in items]
         # Stream windows (`Window`s) were checked reading by reading as they came in.
         requested = [n for n, item in enumerate(items) if not isinstance(item, Window)]
-        answers: dict[int, Answer] = self.refusals([windows[n] for n in requested], requested)
+        # Each column of all windows end to end, once: the contract, the features and the
+        # answers read it (joining per stage cost more than a small batch's forecast).
+        joined = joined_columns(windows)
+        every = len(requested) == len(windows)
+        answers: dict[int, Answer] = self.refusals(
+            [windows[n] for n in requested], requested, joined if every else None
+        )
         required = required_readings(model.spec)
         for n, window in enumerate(windows):
             if n not in answers and len(window) < required:
                 message = f"readings: v{model.version} needs {required} consecutive readings"
                 answers[n] = Answer(self.named(window.key, message), error=True)
         asked = [n for n in range(len(windows)) if n not in answers]
-        forecasts = forecast_windows(self.task, model, [windows[n] for n in asked])
-        ends = window_ends([windows[n] for n in asked], model.spec.options.time_column)
+        if len(asked) < len(windows):
+            joined = None
+        asked_windows = [windows[n] for n in asked] if joined is None else windows
+        forecasts = forecast_windows(self.task, model, asked_windows, joined)
+        ends = window_ends(asked_windows, model.spec.options.time_column, joined)
         for n, forecast, end in zip(asked, forecasts, ends, strict=True):
             answers[n] = self.forecast_answer(windows[n], forecast, end)
         return [answers[n] for n in range(len(windows))]
@@ -686,10 +725,13 @@ class ForecastServing(Serving):
         """An error response naming the series."""
         return {**self.series(key), "error": message}
 
-    def refusals(self, windows: list[Window], positions: list[int]) -> dict[int, Answer]:
+    def refusals(
+        self, windows: list[Window], positions: list[int], joined: dict | None = None
+    ) -> dict[int, Answer]:
         """Error answers (by position) of the windows whose readings break the data
         contract: the first bad reading named by its place in the window, with each rule,
-        field and value; counted under every rule any of its readings broke."""
+        field and value; counted under every rule any of its readings broke. `joined`: the
+        windows' `joined_columns`, when the caller has them."""
         if not windows:
             return {}
         columns = [*windows[0].rows, *([self.entity] if self.entity else [])]
@@ -697,7 +739,9 @@ class ForecastServing(Serving):
         if not contract.rules:
             return {}
         lengths = [len(w) for w in windows]
-        rows = {c: np.concatenate([w.rows[c] for w in windows]) for c in windows[0].rows}
+        if joined is None:
+            joined = {c: np.concatenate([w.rows[c] for w in windows]) for c in windows[0].rows}
+        rows = dict(joined)
         if self.entity:
             rows[self.entity] = np.repeat([w.key for w in windows], lengths)
         starts = np.cumsum([0, *lengths])

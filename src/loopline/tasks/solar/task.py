@@ -402,18 +402,23 @@ class SolarTask(ForecastTask):
         n, options = spec.options.window, spec.options
         last = batch.last(n)
         step = pd.Timedelta(spec.options.freq).value
-        clearsky = np.empty(last.times.shape)
-        leads = {k: np.empty(last.times.shape) for k in options.clearsky_leads}
-        keys = np.asarray(batch.keys)
-        for key in dict.fromkeys(batch.keys):
+        # The clear-sky power at each time and at each lead, one table lookup per site.
+        offsets = np.array([0, *options.clearsky_leads], dtype=np.int64) * step
+        wanted = last.times[None] + offsets[:, None, None]  # (1 + leads, N, window)
+        sun = np.empty(wanted.shape)
+        sites = list(dict.fromkeys(batch.keys))
+        keys = np.asarray(batch.keys) if len(sites) > 1 else None
+        for key in sites:
             if key not in options.sites:
                 raise ValueError(f"site {key!r} has no location in the feature spec")
-            rows = keys == key
             table = clearsky_table(options.sites[key], options.system_of(key), spec.options.freq)
-            times = last.times[rows]
-            clearsky[rows] = table.at(times)
-            for k, values in leads.items():
-                values[rows] = table.at(times + step * k)
+            if keys is None:
+                sun[...] = table.at(wanted)
+            else:
+                rows = keys == key
+                sun[:, rows] = table.at(wanted[:, rows])
+        clearsky = sun[0]
+        leads = dict(zip(options.clearsky_leads, sun[1:], strict=True))
         hour, doy = hour_of_day(last.times), day_of_year(last.times)
         power = last.values["power_w"]
         columns = {**last.values, **sun_and_clock(clearsky, power, hour, doy)}
