@@ -12,6 +12,7 @@ entity column (`site_id` for solar); a single series has none.
 from __future__ import annotations
 
 import functools
+import itertools
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -106,15 +107,40 @@ def instants(value: Any, handler: ValidatorFunctionWrapHandler) -> Instants:
     parse and a range check per value cost more than the model call. Text in the common
     UTC form goes through numpy's ISO parser; anything else (another zone, fractions of a
     second, a malformed or out-of-range time) through pydantic's, which names the value."""
-    ns = _utc_column(value)
-    if ns is None or (len(ns) and (ns.min() < _EARLIEST_US or ns.max() >= _LATEST_US)):
-        parsed = _EXACT_INSTANTS.validate_python(value)  # raises, naming a bad one
-        out = Instants(v.isoformat() for v in parsed)
-        out.ns = epoch_micros(parsed) * 1000
-        return out
+    ns = _known_instants(value)
+    if ns is None:
+        ns = _utc_column(value)
+        if ns is None or (len(ns) and (ns.min() < _EARLIEST_US or ns.max() >= _LATEST_US)):
+            parsed = _EXACT_INSTANTS.validate_python(value)  # raises, naming a bad one
+            out = Instants(v.isoformat() for v in parsed)
+            out.ns = epoch_micros(parsed) * 1000
+            return out
+        _remember_instants(value, ns)
     out = Instants(value)
     out.ns = ns * 1000
     return out
+
+
+# Epoch microseconds of the ISO texts parsed before (valid, in range). Windows overlap: the
+# next window of a series repeats all but its newest reading, and series share hours, so
+# most texts of a request were seen, and a lookup costs a tenth of numpy's parse.
+_INSTANTS: dict[str, int] = {}
+_INSTANTS_LIMIT = 200_000
+
+
+def _known_instants(value: Any) -> np.ndarray | None:
+    """The texts' epoch microseconds when every one was parsed before, else None."""
+    known = _INSTANTS
+    try:
+        return np.array([known[v] for v in value], dtype=np.int64)
+    except (KeyError, TypeError):  # one not seen (or not text)
+        return None
+
+
+def _remember_instants(texts: list[str], micros: np.ndarray) -> None:
+    if len(_INSTANTS) > _INSTANTS_LIMIT:
+        _INSTANTS.clear()
+    _INSTANTS.update(zip(texts, micros.tolist(), strict=True))
 
 
 def _utc_column(value: Any) -> np.ndarray | None:
@@ -676,6 +702,42 @@ class ForecastServing(Serving):
             self.key_of(item), readings_columns([r.__dict__ for r in item.readings], schema)
         )
 
+    def windows_of(self, items: list[BaseModel | Window]) -> tuple[list[Window], dict | None]:
+        """The items as windows, with their `joined_columns`. Columnar items of one length
+        are converted a column at a time for the batch (an array per window and column
+        cost more than a small window's forecast), each window a view of those arrays."""
+        first = items[0].columns.__dict__ if items and is_columnar(items[0]) else None
+        if first is None or len(items) == 1 or not isinstance(first[self.time_field], Instants):
+            windows = [self.window_of(item) for item in items]
+            return windows, joined_columns(windows)
+        columns = [item.columns.__dict__ if is_columnar(item) else None for item in items]
+        width, time = len(first[self.time_field]), self.time_field
+        if any(
+            c is None
+            or c.keys() != first.keys()
+            or len(c[time]) != width
+            or not isinstance(c[time], Instants)
+            for c in columns
+        ):
+            windows = [self.window_of(item) for item in items]
+            return windows, joined_columns(windows)
+        lists = {
+            name: list(itertools.chain.from_iterable(c[name] for c in columns))
+            for name in first
+            if name != time
+        }
+        typed = typed_columns(lists, self.task.schema)
+        times = np.concatenate([c[time].ns for c in columns]).view("datetime64[ns]")
+        joined = {name: times if name == time else typed[name] for name in first}
+        windows = [
+            Window(
+                self.key_of(item),
+                {name: values[n * width : (n + 1) * width] for name, values in joined.items()},
+            )
+            for n, item in enumerate(items)
+        ]
+        return windows, joined
+
     def missing_columns(self, spec: FeatureSpec) -> list[str]:
         """Raw columns the served model reads that a reading of this service lacks (found
         once per served spec: every request asks)."""
@@ -692,12 +754,11 @@ class ForecastServing(Serving):
         """Each window's forecast; a window that breaks the data contract, is too short for
         the model (swapped since `check`), or gives non-finite features or outputs gets its
         own error answer, and the others are forecast all the same."""
-        windows = [self.window_of(item) for item in items]
-        # Stream windows (`Window`s) were checked reading by reading as they came in.
-        requested = [n for n, item in enumerate(items) if not isinstance(item, Window)]
         # Each column of all windows end to end, once: the contract, the features and the
         # answers read it (joining per stage cost more than a small batch's forecast).
-        joined = joined_columns(windows)
+        windows, joined = self.windows_of(items)
+        # Stream windows (`Window`s) were checked reading by reading as they came in.
+        requested = [n for n, item in enumerate(items) if not isinstance(item, Window)]
         every = len(requested) == len(windows)
         answers: dict[int, Answer] = self.refusals(
             [windows[n] for n in requested], requested, joined if every else None
@@ -743,7 +804,9 @@ class ForecastServing(Serving):
             joined = {c: np.concatenate([w.rows[c] for w in windows]) for c in windows[0].rows}
         rows = dict(joined)
         if self.entity:
-            rows[self.entity] = np.repeat([w.key for w in windows], lengths)
+            # Objects, not text: the contract tests each distinct key once, by identity.
+            keys = np.array([w.key for w in windows], dtype=object)
+            rows[self.entity] = np.repeat(keys, lengths)
         starts = np.cumsum([0, *lengths])
         first: dict[int, tuple[int, list]] = {}  # window → its first bad reading
         bad_readings: dict[int, int] = defaultdict(int)
@@ -835,16 +898,25 @@ class ForecastServing(Serving):
         if self.handed_count > self.handed_limit:
             self.handed.clear()
             self.handed_count = 0
-        handed = [self.handed[key] for key in keys]
-        fresh = []
-        for n, k, t in zip(
-            positions.tolist(), series[positions].tolist(), ns[positions].tolist(), strict=True
-        ):
-            if t not in handed[k]:
-                handed[k].add(t)
-                fresh.append(n)
-        self.handed_count += len(fresh)
-        return np.asarray(fresh, dtype=np.int64)
+        fresh, count = [], 0
+        for k, key in enumerate(keys):
+            chosen = positions if len(keys) == 1 else positions[series[positions] == k]
+            times = ns[chosen]
+            known = self.handed[key]
+            # Set arithmetic in C, not a test per reading: windows of a series overlap, and
+            # most of their readings were handed over with an earlier window.
+            new = set(times.tolist()).difference(known)
+            if not new:
+                continue
+            known.update(new)
+            count += len(new)
+            if len(new) < len(chosen):
+                chosen = chosen[np.isin(times, np.fromiter(new, np.int64, len(new)))]
+            fresh.append(chosen)
+        self.handed_count += count
+        if not fresh:
+            return np.zeros(0, dtype=np.int64)
+        return fresh[0] if len(fresh) == 1 else np.sort(np.concatenate(fresh))
 
     def describe(self, model: LoadedModel) -> dict[str, Any]:
         spec = model.spec
