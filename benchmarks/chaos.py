@@ -53,21 +53,9 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench_modules import serving_benchmark  # noqa: E402
 
-
-def _serving_benchmark():
-    """benchmarks/serving.py, whose set-up this run shares (loaded by path: its module name
-    would otherwise be the service package `serving`)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_serving", REPO / "benchmarks/serving.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_serving"] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-_bench = _serving_benchmark()
+_bench = serving_benchmark()
 PROJECT, SITE, Service = _bench.PROJECT, _bench.SITE, _bench.Service
 publish_model, site_readings = _bench.publish_model, _bench.site_readings
 

@@ -17,26 +17,17 @@ from __future__ import annotations
 
 import argparse
 import collections
-import importlib.util
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
+from bench_modules import serving_benchmark
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def serving_bench():
-    """benchmarks/serving.py as a module (its model, service and window helpers)."""
-    spec = importlib.util.spec_from_file_location("serving_bench", REPO / "benchmarks/serving.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["serving_bench"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def bodies(bench, root: Path, batch: int, bare: bool) -> list[bytes]:
@@ -113,6 +104,16 @@ def warm(url: str, payloads: list[bytes]) -> None:
 JSON = {"content-type": "application/json"}
 
 
+def thread_cpu(process, before: dict[int, float] | None = None):
+    """CPU seconds of each thread of `process` by id; with `before` (an earlier reading),
+    what each spent since, busiest first (the event loop, the request threads, the writers
+    behind them)."""
+    now = {t.id: t.user_time + t.system_time for t in process.threads()}
+    if before is None:
+        return now
+    return sorted((cpu - before.get(tid, 0.0) for tid, cpu in now.items()), reverse=True)
+
+
 def frame_name(frame: str) -> str:
     """`function (file)` of a py-spy frame `function (path/file.py:line)`."""
     function, _, where = frame.partition(" (")
@@ -147,7 +148,7 @@ def main() -> None:
     import psutil
     import yaml
 
-    bench = serving_bench()
+    bench = serving_benchmark()
     root = Path(tempfile.mkdtemp(prefix="loopline-profile-")) / "proj"
     root.mkdir()
     (root / "params.yaml").write_text(yaml.safe_dump(bench.PROJECT, sort_keys=False))
@@ -173,6 +174,7 @@ def main() -> None:
             command += ["-r", "200", "-d", str(int(args.seconds)), "-o", str(raw)]
             spy = subprocess.Popen([*command, "-p", str(processes[-1].pid)])
         before = sum(sum(p.cpu_times()[:2]) for p in processes)
+        threads_before = thread_cpu(processes[-1])
         answered = drive(service.url, payloads, args.concurrency, args.seconds)
         used = sum(sum(p.cpu_times()[:2]) for p in processes) - before
         print(
@@ -180,6 +182,11 @@ def main() -> None:
             f"in {args.seconds:g} s: {answered / args.seconds:.1f} req/s; service CPU "
             f"{1000 * used / max(1, answered):.2f} ms per request (load average "
             f"{os.getloadavg()[0]:.2f})"
+        )
+        spent = thread_cpu(processes[-1], threads_before)
+        print(
+            "the worker's threads, CPU ms per request (busiest first):",
+            ", ".join(f"{1000 * cpu / max(1, answered):.2f}" for cpu in spent if cpu > 0.01),
         )
         if spy is not None:
             spy.wait()

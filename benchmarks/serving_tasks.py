@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import importlib.util
 import io
 import json
 import os
@@ -55,6 +54,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from bench_modules import serving_benchmark
+
 REPO = Path(__file__).resolve().parents[1]
 BATCH_TEXTS, BATCH_IMAGES = 256, 32
 CONCURRENCY = (1, 32)
@@ -63,15 +64,6 @@ FULL = {"seconds": 6.0, "warmup": 1.5}
 QUICK = {"seconds": 2.0, "warmup": 0.5}
 JSON_HEADERS = {"content-type": "application/json"}
 BARE = {"reviews": "BareText", "digits": "BareImage"}
-
-
-def forecaster_bench():
-    """benchmarks/serving.py as a module (its Service, drive and report helpers)."""
-    spec = importlib.util.spec_from_file_location("serving_bench", REPO / "benchmarks/serving.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["serving_bench"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def publish(root: Path, params: dict[str, Any]) -> None:
@@ -489,7 +481,7 @@ def main() -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    bench = forecaster_bench()
+    bench = serving_benchmark()
     from tests.pipelines.test_digits_flow import TINY_DIGITS
     from tests.reviews_data import TINY_REVIEWS
 
