@@ -20,8 +20,8 @@ TINY_DIGITS = {
     # CNN's test accuracy swung from 0.94 to 0.99 between machines (float kernels differ
     # between CPUs) and it lost to the pixel baseline on some; at 2e-3 its validation loss
     # still jumped between epochs and it tied the baseline (0.9894) on this machine's CPU, and
-# with 64 hidden units it tied the baseline again on another machine (0.9841 each; 3 of 189
-# test images): 128 hidden units and longer patience put it at 1.0 there, clear of either.
+    # with 64 hidden units it tied the baseline again on another machine (0.9841 each; 3 of 189
+    # test images): 128 hidden units and longer patience put it at 1.0 there, clear of either.
     "tune": {
         "sampler": "random",
         "n_trials": 1,
