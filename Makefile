@@ -37,11 +37,12 @@ run: setup ## Run the offline flow on the default task (params.yaml)
 
 # Tests run on this many pytest-xdist workers (CI has two cores); a module's tests stay on
 # one worker (--dist loadscope), so its module-scoped fixtures run once; modules start
-# heaviest first (tests/conftest.py), not in xdist's order of most tests first.
+# heaviest first (tests/conftest.py), not in xdist's order of most tests first. The slowest
+# tests are listed at the end, so a suite that grows shows where its time went.
 TEST_WORKERS ?= 2
 
 test: setup $(CHROMIUM) ## Run the test suite (in parallel; TEST_WORKERS=0: in this process)
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder --durations=25
 
 test-fast: setup ## Tests without the end-to-end ones
 	$(BIN)/pytest -m "not e2e"
