@@ -706,21 +706,12 @@ class ForecastServing(Serving):
         """The items as windows, with their `joined_columns`. Columnar items of one length
         are converted a column at a time for the batch (an array per window and column
         cost more than a small window's forecast), each window a view of those arrays."""
-        first = items[0].columns.__dict__ if items and is_columnar(items[0]) else None
-        if first is None or len(items) == 1 or not isinstance(first[self.time_field], Instants):
+        columns = self._same_shape_columns(items)
+        if columns is None:
             windows = [self.window_of(item) for item in items]
             return windows, joined_columns(windows)
-        columns = [item.columns.__dict__ if is_columnar(item) else None for item in items]
-        width, time = len(first[self.time_field]), self.time_field
-        if any(
-            c is None
-            or c.keys() != first.keys()
-            or len(c[time]) != width
-            or not isinstance(c[time], Instants)
-            for c in columns
-        ):
-            windows = [self.window_of(item) for item in items]
-            return windows, joined_columns(windows)
+        first, time = columns[0], self.time_field
+        width = len(first[time])
         lists = {
             name: list(itertools.chain.from_iterable(c[name] for c in columns))
             for name in first
@@ -737,6 +728,20 @@ class ForecastServing(Serving):
             for n, item in enumerate(items)
         ]
         return windows, joined
+
+    def _same_shape_columns(self, items: list[BaseModel | Window]) -> list[dict] | None:
+        """Each item's columns when there are several, all columnar, with the same fields
+        and length and their times converted (`Instants`); else None."""
+        if len(items) < 2 or not all(is_columnar(item) for item in items):
+            return None
+        columns = [item.columns.__dict__ for item in items]
+        first, time = columns[0], self.time_field
+        width = len(first[time])
+        same = all(
+            c.keys() == first.keys() and len(c[time]) == width and isinstance(c[time], Instants)
+            for c in columns
+        )
+        return columns if same else None
 
     def missing_columns(self, spec: FeatureSpec) -> list[str]:
         """Raw columns the served model reads that a reading of this service lacks (found
