@@ -135,7 +135,7 @@ def test_a_worse_canary_is_rolled_back_and_a_better_one_promoted(project):
         assert decided.returncode == 0, decided.stderr
         verdict = json.loads(decided.stdout.strip().splitlines()[-1])["verdict"]
         assert verdict["decision"] == "rollback", verdict
-        assert verdict["statistics"]["p_value_worse"] < 0.05
+        assert verdict["statistics"]["p_value_worse"] < 0.05, verdict
         assert str(registry.champion_version(uri, "solar").version) == "1"
         wait_for(lambda: deployed(service, None), "the service to drop the canary")
 
