@@ -35,11 +35,14 @@ browser: $(CHROMIUM) ## Install Debian's Chromium for the browser tests
 run: setup ## Run the offline flow on the default task (params.yaml)
 	$(BIN)/loopline run
 
-# Tests run on this many pytest-xdist workers (CI has two cores); a module's tests stay on
-# one worker (--dist loadscope), so its module-scoped fixtures run once; modules start
-# heaviest first (tests/conftest.py), not in xdist's order of most tests first. The slowest
-# tests are listed at the end, so a suite that grows shows where its time went.
-TEST_WORKERS ?= 2
+# Tests run on this many pytest-xdist workers. CI has two cores, and three workers: a test
+# spends much of its time waiting on the processes it starts (a server booting, a flow run
+# through the API), which a third worker fills (2026-12-07, this machine: 783 s against
+# 912 s with two). A module's tests stay on one worker (--dist loadscope), so its
+# module-scoped fixtures run once; modules start heaviest first (tests/conftest.py), not in
+# xdist's order of most tests first. The slowest tests are listed at the end, so a suite
+# that grows shows where its time went.
+TEST_WORKERS ?= 3
 
 test: setup $(CHROMIUM) ## Run the test suite (in parallel; TEST_WORKERS=0: in this process)
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder --durations=25

@@ -35,49 +35,53 @@ TINY = {
 
 
 def pytest_configure(config) -> None:
-    # Under pytest-xdist each worker holds one of CI's two cores: torch (and the flows and
-    # services a test starts, which inherit the variable) take one thread each, or two
-    # workers' thread pools fight over both cores and training runs many times slower.
+    # Under pytest-xdist the workers share CI's two cores: torch (and the flows and services
+    # a test starts, which inherit the variable) take one thread each, or the workers'
+    # thread pools fight over both cores and training runs many times slower.
     if hasattr(config, "workerinput"):
         os.environ["OMP_NUM_THREADS"] = "1"
 
 
-# Seconds each slow module took (`pytest --durations`, 2 workers, 2026-11-30). Modules run
-# heaviest first (`make test` passes --no-loadscope-reorder): xdist's own order puts modules
-# with many quick tests first, which left one worker running a two-minute module alone at
-# the end of the suite while the other sat idle.
+# Seconds each slow module took (`pytest --durations`, 3 workers on 2 cores, 2026-12-07).
+# Modules run heaviest first (`make test` passes --no-loadscope-reorder): xdist's own order
+# puts modules with many quick tests first, which left one worker running a two-minute
+# module alone at the end of the suite while the others sat idle.
 MODULE_SECONDS = {
-    "tests/pipelines/test_schedule.py": 260,
-    "tests/serving/test_consumer.py": 220,
-    "tests/e2e/test_close_the_loop.py": 210,
-    "tests/pipelines/test_resume.py": 170,
-    "tests/e2e/test_init_custom.py": 150,
-    "tests/e2e/test_tabular_family.py": 180,
-    "tests/e2e/test_deliver_safely.py": 130,
-    "tests/pipelines/test_decisions.py": 120,
-    "tests/e2e/test_own_task.py": 120,
-    "tests/pipelines/test_split_membership.py": 80,
-    "tests/pipelines/test_offline_flow.py": 110,
-    "tests/e2e/test_make_run.py": 105,
-    "tests/e2e/test_text_family.py": 90,
-    "tests/ui/test_operator_page.py": 90,
-    "tests/serving/test_rollback_promote.py": 80,
-    "tests/serving/test_live_service.py": 65,
-    "tests/e2e/test_forecast_family.py": 55,
-    "tests/pipelines/test_digits_flow.py": 55,
-    "tests/serving/test_service_api.py": 50,
-    "tests/serving/test_operator_api.py": 45,
-    "tests/pipelines/test_reviews_flow.py": 90,
-    "tests/serving/test_reviews_service.py": 40,
-    "tests/reliability/test_families.py": 40,
-    "tests/reliability/test_run_signals.py": 70,  # alone, not beside another worker
-    "tests/reliability/test_rollback_checks.py": 40,  # alone, not beside another worker
-    "tests/reliability/test_canary_faults.py": 40,
-    "tests/reliability/test_leave_to_write.py": 40,
-    "tests/reliability/test_input_ranges.py": 30,
-    "tests/pipelines/test_tuning_dask.py": 35,
-    "tests/serving/test_digits_service.py": 30,
-    "tests/reliability/test_solar_service.py": 28,
+    "tests/pipelines/test_schedule.py": 237,
+    "tests/e2e/test_close_the_loop.py": 176,
+    "tests/pipelines/test_resume.py": 167,
+    "tests/serving/test_consumer.py": 114,
+    "tests/e2e/test_init_custom.py": 105,
+    "tests/pipelines/test_digits_flow.py": 102,
+    "tests/e2e/test_deliver_safely.py": 92,
+    "tests/serving/test_rollback_promote.py": 90,
+    "tests/ui/test_operator_page.py": 86,
+    "tests/pipelines/test_offline_flow.py": 84,
+    "tests/serving/test_live_service.py": 83,
+    "tests/e2e/test_own_task.py": 78,
+    "tests/e2e/test_make_run.py": 76,
+    "tests/e2e/test_text_family.py": 73,
+    "tests/pipelines/test_reviews_flow.py": 73,
+    "tests/e2e/test_tabular_family.py": 72,
+    "tests/reliability/test_run_signals.py": 68,
+    "tests/pipelines/test_decisions.py": 50,
+    "tests/reliability/test_families.py": 45,
+    "tests/e2e/test_forecast_family.py": 35,
+    "tests/serving/test_digits_service.py": 34,
+    "tests/reliability/test_canary_faults.py": 34,
+    "tests/serving/test_service_api.py": 32,
+    "tests/serving/test_reviews_service.py": 29,
+    "tests/pipelines/test_tuning_dask.py": 23,
+    "tests/unit/test_contract_kit.py": 22,
+    "tests/serving/test_service_limits.py": 21,
+    "tests/serving/test_packaging.py": 19,
+    "tests/reliability/test_rollback_checks.py": 18,
+    "tests/serving/test_overload.py": 16,
+    "tests/reliability/test_input_ranges.py": 15,
+    "tests/serving/test_secrets.py": 15,
+    "tests/reliability/test_leave_to_write.py": 12,
+    "tests/pipelines/test_production_path.py": 11,
+    "tests/pipelines/test_split_membership.py": 10,
 }
 
 
