@@ -20,16 +20,21 @@ class ResumeRefused(LooplineError):
     """The flow run cannot be resumed (unknown, finished, another flow, still running)."""
 
 
+def parse_flow_run_id(text: str) -> UUID:
+    """`text` as a flow run id, or ResumeRefused naming it (checked before Prefect starts)."""
+    try:
+        return UUID(text)
+    except ValueError:
+        raise ResumeRefused(f"--resume {text!r} is not a flow run id (a UUID)") from None
+
+
 def resume_offline_run(flow_run_id: str) -> Any:
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
     from prefect.flow_engine import run_flow
     from prefect.states import Scheduled
 
-    try:
-        run_id = UUID(flow_run_id)
-    except ValueError:
-        raise ResumeRefused(f"--resume {flow_run_id!r} is not a flow run id (a UUID)") from None
+    run_id = parse_flow_run_id(flow_run_id)
     with get_client(sync_client=True) as client:
         try:
             flow_run = client.read_flow_run(run_id)

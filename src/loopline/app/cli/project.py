@@ -95,6 +95,10 @@ def run(
     try:
         # Validate every knob before any work (and before Prefect starts).
         load_params(paths.params_file, overrides)
+        if resume:
+            from pipelines.resume import parse_flow_run_id
+
+            parse_flow_run_id(resume)
     except LooplineError as error:
         fail(error)
     console.print(f"[bold]Loopline offline flow[/] · project {paths.root}")
