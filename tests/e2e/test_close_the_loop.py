@@ -171,7 +171,9 @@ def loop(tmp_path_factory):
                 time.sleep(1)
             yield root, env, url
         finally:
-            stop(scheduling, signal.SIGINT)
+            # SIGTERM, as systemd or a container runtime stops it: a suite started as a
+            # background job inherits SIGINT ignored, and the process would never see it.
+            stop(scheduling, signal.SIGTERM)
             log.close()
 
 

@@ -91,7 +91,9 @@ def scheduled(tmp_path_factory, webhook):
                 time.sleep(1)
             yield root, env
         finally:
-            stop(serving, signal.SIGINT)
+            # SIGTERM, as systemd or a container runtime stops it: a suite started as a
+            # background job inherits SIGINT ignored, and the process would never see it.
+            stop(serving, signal.SIGTERM)
             log.close()
 
 
