@@ -37,8 +37,8 @@ run: setup ## Run the offline flow on the default task (params.yaml)
 
 # Tests run on this many pytest-xdist workers. CI has two cores, and three workers: a test
 # spends much of its time waiting on the processes it starts (a server booting, a flow run
-# through the API), which a third worker fills (2026-12-07, this machine: 783 s against
-# 912 s with two). A module's tests stay on one worker (--dist loadscope), so its
+# through the API), which a third worker fills (2026-12-07, this machine: 783 and 904 s
+# against 912 s with two). A module's tests stay on one worker (--dist loadscope), so its
 # module-scoped fixtures run once; modules start heaviest first (tests/conftest.py), not in
 # xdist's order of most tests first. The slowest tests are listed at the end, so a suite
 # that grows shows where its time went.
