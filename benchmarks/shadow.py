@@ -28,7 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
-from loopline import deploy  # noqa: E402
+from loopline.watch import deploy  # noqa: E402
 from loopline.health import free_port  # noqa: E402
 from loopline.paths import ProjectPaths  # noqa: E402
 from tests.conftest import TINY, write_project  # noqa: E402
