@@ -28,9 +28,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
-from loopline.watch import deploy  # noqa: E402
 from loopline.health import free_port  # noqa: E402
 from loopline.paths import ProjectPaths  # noqa: E402
+from loopline.watch import deploy  # noqa: E402
 from tests.conftest import TINY, write_project  # noqa: E402
 from tests.serving.conftest import publish_tiny_model, raw_readings, serve_process  # noqa: E402
 from tests.ui.conftest import clean_environment  # noqa: E402
