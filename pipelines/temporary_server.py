@@ -19,6 +19,7 @@ import atexit
 import json
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -40,12 +41,31 @@ def exit_on_sigterm() -> None:
     crash it hands the signal back to this one.
     """
 
+    asked: list[int] = []
+
     def leave(signum, frame) -> None:
-        # A second SIGTERM must not cut the exit hooks short (they stop the server).
-        signal.signal(signum, signal.SIG_IGN)
+        if not asked:
+            asked.append(signum)
+            # Run first of the exit hooks (they run last-registered first): from then on a
+            # SIGTERM must not cut them short (they stop the server).
+            atexit.register(signal.signal, signum, signal.SIG_IGN)
+            threading.Thread(target=_ask_again, args=(signum,), daemon=True).start()
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, leave)
+
+
+ASK_AGAIN_S = 5.0
+
+
+def _ask_again(signum: int) -> None:
+    """Signal this process again every `ASK_AGAIN_S` until it exits. A signal handled while
+    a finalizer runs has its `SystemExit` swallowed ("Exception ignored in ..."), and the
+    run went on training as if never asked to stop; once the exit hooks run, the signal is
+    ignored."""
+    while True:
+        time.sleep(ASK_AGAIN_S)
+        os.kill(os.getpid(), signum)
 
 
 def start_temporary_api(paths: ProjectPaths) -> str | None:

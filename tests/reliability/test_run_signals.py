@@ -146,3 +146,36 @@ def test_the_next_run_stops_the_server_a_killed_run_left(root, tmp_path):
     finally:
         end(run)
         survivors([orphan], timeout_s=0)
+
+
+SWALLOWED = """
+import os, signal, sys, time
+sys.path[:0] = [{repo!r}, {src!r}]
+from pipelines.temporary_server import exit_on_sigterm
+
+exit_on_sigterm()
+
+class Finalized:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGTERM)  # handled inside the finalizer
+        for _ in range(1000):
+            pass
+
+Finalized()  # its SystemExit is swallowed: "Exception ignored in ..."
+print("went on", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_sigterm_whose_exit_a_finalizer_swallowed_is_asked_again():
+    """The CI failure of stop 34: a SIGTERM that landed in a finalizer had its SystemExit
+    swallowed, and `loopline run` trained on, deaf to SIGTERM."""
+    repo = str(Path(__file__).resolve().parents[2])
+    script = SWALLOWED.format(repo=repo, src=str(Path(repo) / "src"))
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=40
+    )
+    assert "Exception ignored" in done.stderr and "went on" in done.stdout, done.stderr
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr
+    assert time.monotonic() - started < 30
