@@ -51,8 +51,8 @@ def start_run(root: Path, log: Path) -> subprocess.Popen:
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
-            # As from a terminal: pytest-xdist's workers ignore SIGINT, and a child inherits
-            # an ignored signal (Python then installs no KeyboardInterrupt for it).
+            # As from a terminal: a suite started as a background job ignores SIGINT, and a
+            # child inherits an ignored signal (Python then installs no KeyboardInterrupt).
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
 

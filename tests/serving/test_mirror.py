@@ -7,6 +7,8 @@ from __future__ import annotations
 import threading
 from types import SimpleNamespace
 
+from prometheus_client import CollectorRegistry, Counter
+
 from serving.mirror import Mirror
 
 
@@ -24,19 +26,10 @@ class CallsRecorder:
         return call(model, items)
 
 
-class Counted:
-    def __init__(self) -> None:
-        self.count = 0
-
-    def labels(self, role):
-        return self
-
-    def inc(self, n):
-        self.count += n
-
-
 def test_each_request_is_answered_as_its_own_batch_never_merged():
-    recorder, dropped = CallsRecorder(), Counted()
+    registry = CollectorRegistry()
+    dropped = Counter("mirrors_dropped", "dropped", ["role"], registry=registry)
+    recorder = CallsRecorder()
     mirror = Mirror(recorder, dropped)
     model = SimpleNamespace(version="2")
     requests = [["a"], ["b", "c"], ["d"], ["e", "f", "g"]]
@@ -45,4 +38,4 @@ def test_each_request_is_answered_as_its_own_batch_never_merged():
     mirror.drain(timeout_s=5)
     assert [items for _, _, items in recorder.calls] == requests
     assert {role for _, role, _ in recorder.calls} == {"control"}
-    assert dropped.count == 0
+    assert (registry.get_sample_value("mirrors_dropped_total", {"role": "control"}) or 0) == 0
