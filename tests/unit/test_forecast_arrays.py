@@ -173,3 +173,32 @@ def test_stream_windows_stay_the_latest_consecutive_readings_past_the_buffer_wra
         np.testing.assert_array_equal(window.rows["kw"], np.arange(end - 4, end + 1, dtype=float))
         expected = at[end - 4 : end + 1].tz_convert(None).as_unit("ns").to_numpy()
         np.testing.assert_array_equal(window.rows["timestamp"], expected)
+
+
+def test_input_rows_hand_each_reading_over_once_whatever_the_windows_repeat():
+    from loopline.online.adapter import Answer
+
+    params = parse_params({"task": "forecast", "forecast": {"entity": "meter", "target": "kw"}})
+    task = params.plugin
+    serving = task.Serving(task, params)
+    at = pd.date_range("2024-01-01", periods=10, freq="1h").as_unit("ns").to_numpy()
+
+    def window(key, times, first_value=0.0):
+        values = np.arange(len(times), dtype=float) + first_value
+        return Answer({}, source=Window(key, {"timestamp": times, "kw": values}))
+
+    def handed(*answers):
+        return [(r["meter"], r["timestamp"]) for r in serving.input_rows(list(answers))]
+
+    first = handed(window("a", at[0:5]), window("a", at[0:5]), window("b", at[0:5]))
+    assert len(first) == 10 and len(set(first)) == 10  # a window repeated in the batch: once
+    assert handed(window("a", at[0:5])) == []  # the same window again: nothing new
+    assert handed(window("a", at[1:6])) == [("a", "2024-01-01T05:00:00+00:00")]  # slid on
+    # The same series, first and last time and length, other readings between: the new
+    # ones are handed over (a window is known by its exact times, not its ends).
+    odd = at[[0, 2, 3, 4, 9]]
+    assert handed(window("a", odd)) == [("a", "2024-01-01T09:00:00+00:00")]
+    assert handed(window("a", odd)) == []
+    # Forgotten past the limit: handed over again (the live-input log stores each once).
+    serving.handed_count = serving.handed_limit + 1
+    assert len(handed(window("b", at[0:5]))) == 5

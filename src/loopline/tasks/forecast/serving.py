@@ -620,11 +620,16 @@ class ForecastServing(Serving):
     # Forgotten all at once past this many; the live-input log and the database's unique
     # key still store each once.
     handed_limit: ClassVar[int] = 500_000
+    # Windows whose readings were all handed over, by series and exact reading times: a
+    # client repeating a window (a retry, a dashboard's refresh, a load test) costs one
+    # lookup, not a conversion and set test per reading. Forgotten with `handed`.
+    handed_windows_limit: ClassVar[int] = 20_000
 
     def __init__(self, task: Any, params: Any) -> None:
         super().__init__(task, params)
         self.handed: dict[str, set[int]] = defaultdict(set)
         self.handed_count = 0
+        self.handed_windows: set[tuple[str, str, bytes]] = set()
         self._missing: tuple[FeatureSpec, list[str]] | None = None
 
     def known_keys(self, spec: FeatureSpec) -> set[str] | None:
@@ -712,20 +717,23 @@ class ForecastServing(Serving):
             return windows, joined_columns(windows)
         first, time = columns[0], self.time_field
         width = len(first[time])
-        lists = {
-            name: list(itertools.chain.from_iterable(c[name] for c in columns))
-            for name in first
-            if name != time
-        }
-        typed = typed_columns(lists, self.task.schema)
-        times = np.concatenate([c[time].ns for c in columns]).view("datetime64[ns]")
-        joined = {name: times if name == time else typed[name] for name in first}
+        schema, size = self.task.schema, width * len(columns)
+        joined = {}
+        for name in first:
+            values = itertools.chain.from_iterable(c[name] for c in columns)
+            if name == time:
+                joined[name] = np.concatenate([c[time].ns for c in columns]).view("datetime64[ns]")
+            elif schema.get(name) == "float":  # straight into the array, no list between
+                joined[name] = np.fromiter(values, np.float64, size)
+            else:
+                joined[name] = typed_columns({name: list(values)}, schema)[name]
+        # Each window's columns are rows of the joined columns seen as (windows, readings):
+        # numpy makes the views a column at a time (a slice per window and column cost more).
+        names = list(joined)
+        views = zip(*[list(values.reshape(len(items), width)) for values in joined.values()])
         windows = [
-            Window(
-                self.key_of(item),
-                {name: values[n * width : (n + 1) * width] for name, values in joined.items()},
-            )
-            for n, item in enumerate(items)
+            Window(self.key_of(item), dict(zip(names, columns, strict=True)))
+            for item, columns in zip(items, views, strict=True)
         ]
         return windows, joined
 
@@ -870,10 +878,22 @@ class ForecastServing(Serving):
         """The rows of `windows`' (fresh) readings not handed over before, from the arrays."""
         time, entity = self.time_field, self.entity
         batches: dict[tuple[str, ...], list[tuple[Window, int]]] = defaultdict(list)
+        if self.handed_count > self.handed_limit:
+            self._forget_handed()
+        known, seen = self.handed_windows, set()
         for window in windows:
             n = len(window) if window.fresh is None else min(window.fresh, len(window))
-            if n > 0:
-                batches[tuple(window.rows)].append((window, n))
+            if n <= 0:
+                continue
+            times = window.rows[time][-n:]
+            mark = (window.key, times.dtype.str, times.tobytes())
+            if mark in known or mark in seen:
+                continue
+            seen.add(mark)
+            batches[tuple(window.rows)].append((window, n))
+        if len(known) + len(seen) > self.handed_windows_limit:
+            known.clear()
+        known.update(seen)  # (each reading of these is handed over below, or was before)
         rows: list[dict[str, Any]] = []
         for names, windows in batches.items():
             counts = [n for _, n in windows]
@@ -900,9 +920,6 @@ class ForecastServing(Serving):
         self, keys: list[str], series: np.ndarray, ns: np.ndarray, positions: np.ndarray
     ) -> np.ndarray:
         """`positions` whose reading was not handed over before, now marked handed."""
-        if self.handed_count > self.handed_limit:
-            self.handed.clear()
-            self.handed_count = 0
         fresh, count = [], 0
         for k, key in enumerate(keys):
             chosen = positions if len(keys) == 1 else positions[series[positions] == k]
@@ -922,6 +939,11 @@ class ForecastServing(Serving):
         if not fresh:
             return np.zeros(0, dtype=np.int64)
         return fresh[0] if len(fresh) == 1 else np.sort(np.concatenate(fresh))
+
+    def _forget_handed(self) -> None:
+        self.handed.clear()
+        self.handed_count = 0
+        self.handed_windows.clear()
 
     def describe(self, model: LoadedModel) -> dict[str, Any]:
         spec = model.spec
