@@ -730,7 +730,8 @@ class ForecastServing(Serving):
         # Each window's columns are rows of the joined columns seen as (windows, readings):
         # numpy makes the views a column at a time (a slice per window and column cost more).
         names = list(joined)
-        views = zip(*[list(values.reshape(len(items), width)) for values in joined.values()])
+        split = [list(values.reshape(len(items), width)) for values in joined.values()]
+        views = zip(*split, strict=True)
         windows = [
             Window(self.key_of(item), dict(zip(names, columns, strict=True)))
             for item, columns in zip(items, views, strict=True)
