@@ -15,7 +15,7 @@ import functools
 import itertools
 from collections import defaultdict
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
@@ -263,9 +263,14 @@ class Window:
     # How many of the newest readings no earlier window of its stream held (the rows it is
     # the first to stand for, `input_rows`); None: every reading (a `/predict` window).
     fresh: int | None = None
+    # The readings' count, found once: every stage of a batch asks each window.
+    length: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "length", len(next(iter(self.rows.values()))) if self.rows else 0)
 
     def __len__(self) -> int:
-        return len(next(iter(self.rows.values()))) if self.rows else 0
+        return self.length
 
     def tail(self, n: int) -> Window:
         fresh = None if self.fresh is None else min(self.fresh, n)
