@@ -11,9 +11,11 @@ tuning can weigh it against a gradient-trained model trial by trial.
 from __future__ import annotations
 
 import copy
+import multiprocessing
 import os
 import pickle
 import random
+import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,7 +26,8 @@ import torch
 from torch import nn
 
 from loopline.config import TrainParams
-from loopline.offline import transfer
+from loopline.offline import distributed, transfer
+from loopline.offline.distributed import Shard
 from loopline.offline.features import FeatureSpec, scale_target
 from loopline.offline.labeling import Examples
 from loopline.plots import new_figure, save_figure
@@ -43,6 +46,11 @@ def seed_everything(seed: int) -> None:
 def set_threads(threads: int) -> None:
     if threads > 0:
         torch.set_num_threads(threads)
+
+
+def use_training_threads(params: TrainParams) -> None:
+    """Intra-op threads for this training process (`distributed.training_threads`)."""
+    set_threads(distributed.training_threads(params.threads, params.processes))
 
 
 @dataclass
@@ -207,23 +215,39 @@ def train_epoch(
     generator: torch.Generator,
     grad_clip: float,
     augment: Augment | None = None,
+    shard: Shard | None = None,
+    augment_generator: torch.Generator | None = None,
 ) -> float:
+    """One pass over the training rows in shuffled batches. With `shard` (one process of a
+    training group), `model` is its `DistributedDataParallel` wrapper: every process draws
+    the same batches (the same generator), trains on its share of each, and the averaged
+    gradients make the step one process would take on the whole batch."""
+    inner = model.module if shard is not None else model
     model.train()
     _hold_frozen_batch_norm(model)
     total = 0.0
-    lengths = model.lengths(x) if hasattr(model, "lengths") else None
+    lengths = inner.lengths(x) if hasattr(inner, "lengths") else None
     for index in batches(len(x), batch_size, generator, lengths):
+        rows = index
+        if shard is not None:
+            if len(index) < shard.world:  # a share per process or none: every one steps
+                continue
+            rows = shard.rows(index)
         optimizer.zero_grad(set_to_none=True)
-        inputs = batch_inputs(model, x, index)
+        inputs = batch_inputs(inner, x, rows)
         if augment is not None:  # training batches only: never validation, test or serving
-            inputs = augment(inputs, generator)
-        loss = summed_loss(model, model(inputs), y[index])
-        (loss / len(index)).backward()
+            inputs = augment(inputs, augment_generator or generator)
+        loss = summed_loss(inner, model(inputs), y[rows])
+        # The batch's mean loss; the group averages its processes' gradients, so each
+        # process's share of the sum counts `world` times.
+        (loss * ((shard.world if shard else 1) / len(index))).backward()
         # Recurrent nets blow up on the odd long gradient; clipping keeps one batch from
         # undoing an epoch.
         nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
         total += loss.item()  # a sync point, once per batch, fine on CPU
+    if shard is not None:
+        total = shard.sum(total)
     return total / (len(x) * _per_row(y))
 
 
@@ -237,11 +261,26 @@ def _hold_frozen_batch_norm(model: nn.Module) -> None:
 
 
 @torch.no_grad()
-def eval_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> float:
+def eval_loss(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int = 1024,
+    shard: Shard | None = None,
+) -> float:
+    """The mean loss over `x`; with `shard`, each process scores its share of the rows and
+    the group sums them (every process gets the same value)."""
     model.eval()
     total = 0.0
-    for index in batches(len(x), batch_size, None):
+    parts = (
+        batches(len(x), batch_size, None)
+        if shard is None
+        else shard.rows(torch.arange(len(x))).split(batch_size)
+    )
+    for index in parts:
         total += summed_loss(model, model(batch_inputs(model, x, index)), y[index]).item()
+    if shard is not None:
+        total = shard.sum(total)
     return total / (len(x) * _per_row(y))
 
 
@@ -265,12 +304,20 @@ def fit(
     `checkpoint`, the whole training state is saved after every epoch and a run that finds
     one there continues after its last epoch, with the same RNG states, so a killed and
     resumed training ends with the same weights as an uninterrupted one. `fine_tuning` sets
-    per-layer learning rates and a freezing schedule for a pre-trained model.
+    per-layer learning rates and a freezing schedule for a pre-trained model. With
+    `params.processes` > 1 the model trains data-parallel in that many processes
+    (`loopline.offline.distributed`); `on_epoch` still runs here, epoch by epoch.
     """
     if len(train) == 0 or len(val) == 0:
         raise ValueError(f"need training and validation examples, got {len(train)} and {len(val)}")
+    shard = distributed.current_shard()
+    if params.processes > 1 and shard is None:
+        return _fit_in_processes(
+            model, train, val, spec, hparams, params, seed, max_epochs, on_epoch, checkpoint,
+            fine_tuning, augment,
+        )  # fmt: skip
     seed_everything(seed)
-    set_threads(params.threads)
+    use_training_threads(params)
     x_train, y_train = to_tensors(train, spec)
     x_val, y_val = to_tensors(val, spec)
     if isinstance(model, FitsItself):
@@ -278,6 +325,8 @@ def fit(
             raise ValueError(f"{type(model).__name__} fits itself: no fine-tuning or augmentation")
         # One fit, quick to redo: a resumed run fits again rather than reading a checkpoint.
         return _fit_itself(model, (x_train, y_train), (x_val, y_val), hparams, seed, on_epoch)
+    # Wrapped before the optimizer takes the parameters (DDP makes them the group's).
+    trained = nn.parallel.DistributedDataParallel(model) if shard is not None else model
     learning_rate = hparams.learning_rate
     groups = (
         fine_tuning.param_groups(model, learning_rate)
@@ -307,7 +356,7 @@ def fit(
         if fine_tuning is not None:
             fine_tuning.before_epoch(model, epoch)
         train_loss = train_epoch(
-            model,
+            trained,
             x_train,
             y_train,
             optimizer,
@@ -315,8 +364,10 @@ def fit(
             generator,
             params.grad_clip,
             augment,
+            shard,
+            _augment_generator(seed, shard, epoch),
         )
-        val_loss = eval_loss(model, x_val, y_val)
+        val_loss = eval_loss(model, x_val, y_val, shard=shard)
         record = Epoch(epoch, train_loss, val_loss)
         history.append(record)
         if val_loss < best_loss - params.min_delta:
@@ -326,7 +377,7 @@ def fit(
             waited += 1
         if waited >= params.patience:
             stopped_early = True
-        if checkpoint is not None:
+        if checkpoint is not None and (shard is None or shard.leads):
             _save_training_state(
                 checkpoint,
                 {
@@ -341,12 +392,120 @@ def fit(
                     "best_state": best_state,
                 },
             )
-        if on_epoch is not None:
-            on_epoch(record)
+        if shard is None:
+            if on_epoch is not None:
+                on_epoch(record)
+        elif _asked_to_stop(on_epoch, record, shard):
+            break
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
     return TrainResult(model, history, best_epoch, best_loss, stopped_early, hparams.to_dict())
+
+
+class StopTraining(Exception):
+    """Raised by a training group's reporter when the caller's `on_epoch` stopped it."""
+
+
+def _asked_to_stop(on_epoch, record: Epoch, shard: Shard) -> bool:
+    """Report `record` (the leading process reports) and agree, all processes, whether the
+    caller asked to stop."""
+    stop = False
+    if on_epoch is not None:
+        try:
+            on_epoch(record)
+        except StopTraining:
+            stop = True
+    return shard.any(stop)
+
+
+def _augment_generator(seed: int, shard: Shard | None, epoch: int) -> torch.Generator | None:
+    """A process's own draws for augmenting its share (None in one process: the batches'
+    generator, as always). Derived from the epoch, so a resumed group draws the same."""
+    if shard is None:
+        return None
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch * 1_009 + shard.rank)
+
+
+def _fit_in_processes(
+    model, train, val, spec, hparams, params: TrainParams, seed, max_epochs, on_epoch,
+    checkpoint, fine_tuning, augment,
+) -> TrainResult:  # fmt: skip
+    """`fit` in `params.processes` processes (`distributed.launch`); the leading process's
+    result. Each epoch the leader sends its record here, where `on_epoch` runs; when
+    `on_epoch` raises, the group stops after that epoch and the error is raised here."""
+    if isinstance(model, FitsItself) or fine_tuning is not None:
+        kind = "fits itself" if fine_tuning is None else "fine-tunes a pretrained model"
+        raise ValueError(
+            f"train.processes: {params.processes} trains by gradient steps in several "
+            f"processes, but {type(model).__name__} {kind}: set train.processes: 1"
+        )
+    with multiprocessing.get_context("spawn").Manager() as manager:
+        records, stop = manager.Queue(), manager.Event()
+        failure: list[BaseException] = []
+
+        def relay() -> None:
+            for record in iter(records.get, None):
+                try:
+                    if on_epoch is not None and not failure:
+                        on_epoch(record)
+                except BaseException as error:  # raised below, once the group has stopped
+                    failure.append(error)
+                    stop.set()
+
+        reader = threading.Thread(target=relay, name="training-epochs", daemon=True)
+        reader.start()
+        try:
+            results = distributed.launch(
+                _fit_worker,
+                (model, train, val, spec, hparams, params, seed, max_epochs, checkpoint,
+                 augment, EpochSender(records, stop)),
+                params.processes,
+            )  # fmt: skip
+        finally:
+            records.put(None)
+            reader.join()
+    if failure:
+        raise failure[0]
+    return results[0]
+
+
+@dataclass
+class EpochSender:
+    """The leading process's `on_epoch`: each record to the caller's process, and a stop
+    when the caller asked for one."""
+
+    records: Any
+    stop: Any
+
+    def __call__(self, record: Epoch) -> None:
+        self.records.put(record)
+        if self.stop.is_set():
+            raise StopTraining
+
+
+def _fit_worker(
+    model, train, val, spec, hparams, params, seed, max_epochs, checkpoint, augment, sender
+):
+    """One process of a training group (started by `distributed.launch`)."""
+    # The launcher hands tensors over in shared memory: every process would step the same
+    # weights. Each trains its own copy (the group keeps the copies equal).
+    model = copy.deepcopy(model)
+    with distributed.process_group() as shard:
+        result = fit(
+            model,
+            train,
+            val,
+            spec,
+            hparams,
+            params,
+            seed,
+            max_epochs=max_epochs,
+            on_epoch=sender if shard.leads else None,
+            checkpoint=checkpoint,
+            augment=augment,
+        )
+    return result if shard.leads else None
 
 
 def _rng_states() -> dict[str, Any]:

@@ -1,0 +1,102 @@
+"""Data-parallel training over several processes with torch.distributed.
+
+`train.processes: N` (N > 1) trains one model in N worker processes started by PyTorch's
+own launcher (`torch.distributed.launcher.api.elastic_launch`, what `torchrun` runs), which
+meet through its c10d rendezvous and join one process group (gloo: the training loop runs on
+the CPU). Each worker wraps the model in `DistributedDataParallel`; each global batch of
+the single-process loop is split among the workers by position (`Shard.rows`) and the
+gradients are averaged, so N workers take the same steps as one process would, up to the
+order of float sums. This module holds what does not depend on the loop: where a process
+stands in its group, the collectives the loop needs, the launch, and the threads each
+process should use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import joblib
+import torch
+import torch.distributed as dist
+from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's place in the training group: `rank` of `world` processes."""
+
+    rank: int
+    world: int
+
+    def rows(self, index: torch.Tensor) -> torch.Tensor:
+        """This process's share of a global batch: every `world`-th row from `rank` (the
+        shares differ in size by one row at most)."""
+        return index[self.rank :: self.world]
+
+    def sum(self, value: float) -> float:
+        """`value` summed over the group."""
+        total = torch.tensor([value], dtype=torch.float64)
+        dist.all_reduce(total)
+        return float(total.item())
+
+    def any(self, flag: bool) -> bool:
+        """Whether any process of the group raised `flag` (every process must ask)."""
+        raised = torch.tensor([1 if flag else 0], dtype=torch.int32)
+        dist.all_reduce(raised, op=dist.ReduceOp.MAX)
+        return bool(raised.item())
+
+    @property
+    def leads(self) -> bool:
+        """The process that reports, saves checkpoints and returns the result."""
+        return self.rank == 0
+
+
+def current_shard() -> Shard | None:
+    """This process's shard, when it is one of a training group of several (else None)."""
+    if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() < 2:
+        return None
+    return Shard(dist.get_rank(), dist.get_world_size())
+
+
+@contextlib.contextmanager
+def process_group() -> Iterator[Shard]:
+    """Join the group the launcher set up (its environment: RANK, WORLD_SIZE, MASTER_ADDR,
+    MASTER_PORT) for the block; gloo, since the loop trains on the CPU."""
+    dist.init_process_group("gloo")
+    try:
+        yield Shard(dist.get_rank(), dist.get_world_size())
+    finally:
+        dist.destroy_process_group()
+
+
+def launch(entry: Callable[..., Any], args: tuple, processes: int) -> dict[int, Any]:
+    """Run `entry(*args)` in `processes` worker processes on this machine, through
+    PyTorch's elastic launcher (a c10d rendezvous on a free local port, no restarts: a
+    failed worker fails the training); returns each rank's result."""
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=processes,
+        run_id=f"loopline-{uuid.uuid4().hex[:12]}",
+        rdzv_backend="c10d",
+        rdzv_endpoint="127.0.0.1:0",
+        max_restarts=0,
+        monitor_interval=0.1,
+    )
+    return elastic_launch(config, entry)(*args)
+
+
+def cores() -> int:
+    """The cores this process may use: its CPU affinity and its container's CPU quota
+    (joblib's count; `os.cpu_count()` sees the whole host)."""
+    return max(1, joblib.cpu_count())
+
+
+def training_threads(threads: int, processes: int) -> int:
+    """Intra-op threads per training process: `threads` when set, else the cores this
+    process may use shared among the `processes` of its group (at least one)."""
+    return threads if threads > 0 else max(1, cores() // max(1, processes))

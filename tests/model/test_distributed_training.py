@@ -1,0 +1,118 @@
+"""Data-parallel training (`train.processes`): real worker processes started by PyTorch's
+launcher, a gloo process group, DistributedDataParallel; nothing mocked."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from loopline.config import TrainParams
+from loopline.offline.distributed import training_threads
+from loopline.offline.features import FeatureSpec
+from loopline.offline.labeling import Examples
+from loopline.offline.train import fit, seed_everything
+from loopline.tasks.solar.model import Forecaster
+from loopline.tasks.solar.task import SolarHyperparameters
+
+pytestmark = pytest.mark.timeout(300)
+
+SPEC = FeatureSpec(
+    task="t", feature_columns=["a", "b"], target_column="y", target_mean=0.0, target_std=1.0
+)
+HP = SolarHyperparameters.from_dict(
+    {
+        "hidden_size": 8,
+        "num_layers": 1,
+        "dropout": 0.0,
+        "learning_rate": 0.01,
+        "batch_size": 16,
+        "window": 4,
+        "cell": "gru",
+    }
+)
+
+
+def examples(n: int, seed: int) -> Examples:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 4, 2)).astype(np.float32)
+    y = np.repeat(x[:, -1, :1], 3, axis=1) * 2.0  # learnable: the last value of feature a
+    return Examples(x, y.astype(np.float32), pd.DataFrame({"g": ["s"] * n}))
+
+
+def train(processes: int, epochs: int = 6, checkpoint=None, on_epoch=None):
+    seed_everything(3)  # the initial weights are drawn when the model is built
+    model = Forecaster(2, 3, hidden_size=8, dropout=0.0)
+    params = TrainParams(max_epochs=epochs, patience=50, processes=processes)
+    return fit(
+        model,
+        examples(70, 1),  # 70 rows in batches of 16: the last batch of 6 splits 3 + 3
+        examples(33, 2),  # an odd count: the processes score 17 and 16 rows
+        SPEC,
+        HP,
+        params,
+        seed=3,
+        checkpoint=checkpoint,
+        on_epoch=on_epoch,
+    )
+
+
+@pytest.fixture(scope="module")
+def alone():
+    return train(processes=1)
+
+
+def test_two_processes_take_the_steps_one_process_takes(alone):
+    seen = []
+    group = train(processes=2, on_epoch=seen.append)
+    # Reported here, in the caller's process, epoch by epoch.
+    assert [e.epoch for e in seen] == [1, 2, 3, 4, 5, 6]
+    assert len(group.history) == len(alone.history)
+    # Each global batch is split between the processes and their gradients averaged: the
+    # same steps up to the order of float sums.
+    for mine, theirs in zip(group.history, alone.history, strict=True):
+        assert mine.val_loss == pytest.approx(theirs.val_loss, rel=1e-3)
+        assert mine.train_loss == pytest.approx(theirs.train_loss, rel=1e-3)
+    assert group.history[-1].val_loss < group.history[0].val_loss  # it learned
+    for name, value in alone.model.state_dict().items():
+        torch.testing.assert_close(group.model.state_dict()[name], value, rtol=1e-3, atol=1e-4)
+
+
+class Pruned(Exception):
+    pass
+
+
+def test_an_on_epoch_that_raises_stops_every_process_and_is_raised_here(tmp_path):
+    seen = []
+
+    def prune_at_two(record):
+        seen.append(record.epoch)
+        if record.epoch == 2:
+            raise Pruned
+
+    checkpoint = tmp_path / "train.ckpt"
+    with pytest.raises(Pruned):
+        train(processes=2, epochs=6, checkpoint=checkpoint, on_epoch=prune_at_two)
+    assert seen == [1, 2]
+    # The group stopped after epoch 3 at the latest (the leader learns of the stop with the
+    # next epoch's report); its checkpoint resumes to the same weights as a straight run.
+    state = torch.load(checkpoint, weights_only=False)
+    assert len(state["history"]) <= 3
+    resumed = train(processes=2, epochs=6, checkpoint=checkpoint)
+    straight = train(processes=2, epochs=6)
+    assert [e.val_loss for e in resumed.history] == [e.val_loss for e in straight.history]
+
+
+def test_a_model_that_fits_itself_is_refused_by_name():
+    from loopline.tasks.tabular.model import Linear  # a model that fits itself
+
+    params = TrainParams(processes=2)
+    with pytest.raises(ValueError, match=r"Linear fits itself: set train\.processes: 1"):
+        fit(Linear(3, False, 1.0), examples(10, 1), examples(10, 2), SPEC, HP, params, seed=1)
+
+
+def test_threads_follow_the_cores_shared_among_the_processes():
+    assert training_threads(3, 2) == 3  # set: kept
+    assert training_threads(0, 1) >= 1
+    assert training_threads(0, 10_000) == 1  # never none
