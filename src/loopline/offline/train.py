@@ -440,6 +440,12 @@ def _fit_in_processes(
             f"train.processes: {params.processes} trains by gradient steps in several "
             f"processes, but {type(model).__name__} {kind}: set train.processes: 1"
         )
+    if multiprocessing.current_process().daemon:
+        raise ValueError(
+            f"train.processes: {params.processes} starts training processes, which this "
+            "daemonic process may not (a Dask worker's, say: Dask's "
+            "`distributed.worker.daemon: false` allows it); or set train.processes: 1"
+        )
     with multiprocessing.get_context("spawn").Manager() as manager:
         records, stop = manager.Queue(), manager.Event()
         failure: list[BaseException] = []
