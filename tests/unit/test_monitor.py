@@ -340,3 +340,49 @@ def test_an_alarm_starts_one_retrain_per_cooldown(tmp_path, reference):
     assert not retrain_decision(PassResult("demo", "p", 0), store, 24, now).start
     rows = store.rows("demo")
     assert (rows["signal"] == RETRAIN).sum() == 2
+
+
+def write_log(url: str, records: pd.DataFrame) -> None:
+    """`records` into a real prediction log (its writer, its table)."""
+    from loopline.online.predlog import PredictionLog, PredictionRecord
+
+    log = PredictionLog(url)
+    log.put_many(
+        [
+            PredictionRecord(
+                "demo", str(r.model_version), "predict", r.key, r.origin.to_pydatetime(),
+                r.inputs, r.output, 1.0, r.logged_at.to_pydatetime(), "champion",
+            )
+            for r in records.itertuples()
+        ]
+    )  # fmt: skip
+    log.close()
+
+
+def test_a_pass_reads_only_the_predictions_it_may_still_test(tmp_path, reference):
+    from loopline.watch.monitor import SIGNALS, event_times, read_log
+
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    records = log_of(series(24 * 10, seed=5))
+    write_log(url, records.iloc[: 24 * 6])
+    store = MonitoringStore(url)
+    assert store.marks("demo", SIGNALS) == {}  # nothing tested yet: the log is read whole
+    first = read_log(url, "demo", after=store.marks("demo", SIGNALS))
+    assert len(first) == 24 * 6
+    monitor(tmp_path, first, reference, store=store)
+    write_log(url, records.iloc[24 * 6 :])
+    marks = store.marks("demo", SIGNALS)
+    summary = store.rows("demo").query("feature == '*'")
+    newest = pd.to_datetime(summary.groupby("signal")["period_start"].max(), utc=True)
+    assert marks == {"1": newest.min()}  # the signal furthest behind sets the mark
+    later = read_log(url, "demo", after=marks)
+    assert len(later) < len(records) and event_times(later).min() > marks["1"]
+    monitor(tmp_path, later, reference, store=store)
+    # The same periods, statistics and alarms as a monitor that read the whole log.
+    whole = MonitoringStore(f"sqlite:///{tmp_path / 'whole.db'}")
+    monitor(tmp_path, read_log(url, "demo").iloc[: 24 * 6], reference, store=whole)
+    monitor(tmp_path, read_log(url, "demo"), reference, store=whole)
+    columns = ["signal", "feature", "period_start", "rows", "statistic", "alarm", "streak"]
+    mine = store.rows("demo")[columns].sort_values(columns[:3]).reset_index(drop=True)
+    theirs = whole.rows("demo")[columns].sort_values(columns[:3]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(mine, theirs)

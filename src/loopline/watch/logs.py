@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import MetaData, Table, create_engine, inspect, select
+from sqlalchemy import MetaData, Table, and_, create_engine, func, inspect, or_, select
 
 from loopline.offline.reference import EVENT_TIME
 from loopline.online.predlog import predictions_table
@@ -40,15 +41,19 @@ class Live:
     truth_until: pd.Timestamp | None
 
 
-def stored_rows(url: str, task: Any) -> pd.DataFrame | None:
+def stored_rows(url: str, task: Any, after: pd.Timestamp | None = None) -> pd.DataFrame | None:
     """The raw rows the service stored as training data (the `live_inputs` table: its
-    `fields` JSON per row, by task), or None when there is no such table or no row."""
+    `fields` JSON per row, by task), or None when there is no such table or no row.
+    `after`: only the rows whose event time is later (or who have none)."""
     engine = create_engine(url)
     try:
         if not inspect(engine).has_table("live_inputs"):
             return None
         table = Table("live_inputs", MetaData(), autoload_with=engine)
         query = select(table.c.fields).where(table.c.task == task.name).order_by(table.c.id)
+        if after is not None:
+            moment = after.to_pydatetime()
+            query = query.where(or_(table.c.event_time.is_(None), table.c.event_time > moment))
         with engine.connect() as connection:
             rows = [r.fields for r in connection.execute(query)]
     finally:
@@ -95,8 +100,16 @@ def live_columns(
     return Live(features, outputs, losses, until)
 
 
-def read_log(url: str, model_name: str, attempts: int = 3) -> pd.DataFrame:
-    """The prediction log's rows for `model_name` (an absent log: empty), with retries."""
+def read_log(
+    url: str,
+    model_name: str,
+    attempts: int = 3,
+    after: Mapping[str, pd.Timestamp] | None = None,
+) -> pd.DataFrame:
+    """The prediction log's rows for `model_name` (an absent log: empty), with retries.
+    `after` (version → the monitor's mark, `MonitoringStore.marks`): a version's rows only
+    from after its mark by event time (`event_times`), the other versions' all: a pass
+    reads what it may still test, not the whole history."""
     columns = ["model_version", "key", "origin", "inputs", "output", "logged_at"]
     for attempt in range(attempts):
         engine = create_engine(url)
@@ -109,6 +122,8 @@ def read_log(url: str, model_name: str, attempts: int = 3) -> pd.DataFrame:
                 .where(t.c.model_name == model_name)
                 .order_by(t.c.id)
             )
+            if after:
+                query = query.where(_after_marks(t, after))
             with engine.connect() as connection:
                 return pd.DataFrame(
                     [dict(r._mapping) for r in connection.execute(query)], columns=columns
@@ -121,3 +136,16 @@ def read_log(url: str, model_name: str, attempts: int = 3) -> pd.DataFrame:
         finally:
             engine.dispose()
     raise AssertionError("unreachable")
+
+
+def _after_marks(t, after: Mapping[str, pd.Timestamp]):
+    """Rows of a marked version later than its mark by event time (the origin, else the
+    logging time), and every row of the versions not marked."""
+    event_time = func.coalesce(t.c.origin, t.c.logged_at)
+    return or_(
+        t.c.model_version.notin_(list(after)),
+        *(
+            and_(t.c.model_version == version, event_time > mark.to_pydatetime())
+            for version, mark in after.items()
+        ),
+    )

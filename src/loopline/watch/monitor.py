@@ -536,16 +536,27 @@ def _project_pass(params: Any, paths: Any, name: str, scratch: Path) -> PassResu
 
     store = MonitoringStore(url)
     try:
+        marks = store.marks(name, SIGNALS)
+        records = read_log(url, name, after=marks)
         return run_pass(
             task,
             name,
-            read_log(url, name),
+            records,
             versions,
             params.monitor,
             store,
             seed=params.seed,
             labels=human_labels(params, paths),
-            stored=stored_rows(url, task),
+            stored=stored_rows(url, task, after=stored_after(marks, records)),
         )
     finally:
         store.close()
+
+
+def stored_after(marks: dict[str, pd.Timestamp], records: pd.DataFrame) -> pd.Timestamp | None:
+    """From when the stored rows can still matter to a pass over `records`: the earliest
+    mark of the versions they hold (None, all rows, when one of them has no mark)."""
+    versions = {str(v) for v in records["model_version"].unique()}
+    if not versions or not versions <= set(marks):
+        return None
+    return min(marks[v] for v in versions)

@@ -159,6 +159,35 @@ class MonitoringStore:
         row = self._retry(read)
         return (as_utc(row.period_start), int(row.streak)) if row else (None, 0)
 
+    def marks(self, model_name: str, signals: tuple[str, ...]) -> dict[str, pd.Timestamp]:
+        """Per version of `model_name` whose every one of `signals` has a watermark, the
+        earliest of them: no period of that version starting at or before it is tested
+        again, so a pass reads only the predictions after it. A version with a signal never
+        recorded (say, live quality before any truth) is left out: it is read whole."""
+        t = self.table
+        query = (
+            select(t.c.model_version, t.c.signal, func.max(t.c.period_start))
+            .where(
+                t.c.model_name == model_name,
+                t.c.feature == SUMMARY,
+                t.c.signal.in_(list(signals)),
+            )
+            .group_by(t.c.model_version, t.c.signal)
+        )
+
+        def read():
+            with self.engine.connect() as connection:
+                return connection.execute(query).all()
+
+        found: dict[str, dict[str, pd.Timestamp]] = {}
+        for version, signal, start in self._retry(read):
+            found.setdefault(str(version), {})[signal] = as_utc(start)
+        return {
+            version: min(starts.values())
+            for version, starts in found.items()
+            if set(starts) == set(signals)
+        }
+
     def last_retrain(self, model_name: str) -> pd.Timestamp | None:
         """When the monitor last started a retrain of `model_name` (any version)."""
         t = self.table
