@@ -342,21 +342,22 @@ def test_an_alarm_starts_one_retrain_per_cooldown(tmp_path, reference):
     assert (rows["signal"] == RETRAIN).sum() == 2
 
 
-def write_log(url: str, records: pd.DataFrame) -> None:
+def write_log(url: str, records: pd.DataFrame, model: str = "demo") -> None:
     """`records` into a real prediction log (its writer, its table)."""
     from loopline.online.predlog import PredictionLog, PredictionRecord
 
-    log = PredictionLog(url)
-    log.put_many(
+    log = PredictionLog(url, queue_size=len(records) + 1)  # every record taken
+    taken = log.put_many(
         [
             PredictionRecord(
-                "demo", str(r.model_version), "predict", r.key, r.origin.to_pydatetime(),
+                model, str(r.model_version), "predict", r.key, r.origin.to_pydatetime(),
                 r.inputs, r.output, 1.0, r.logged_at.to_pydatetime(), "champion",
             )
             for r in records.itertuples()
         ]
     )  # fmt: skip
     log.close()
+    assert taken == len(records)
 
 
 def test_a_pass_reads_only_the_predictions_it_may_still_test(tmp_path, reference):
