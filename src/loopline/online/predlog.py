@@ -61,6 +61,17 @@ def json_text(value: Any) -> str:
         return json.dumps(value, default=str)
 
 
+def json_value(text: str | bytes) -> Any:
+    """What `json_text` stored, read back (the monitor's reads): orjson's parser, several
+    times the standard library's, and the standard library's for what orjson refuses (NaN,
+    which `json_text`'s fallback may write). An integer past 64 bits comes back a float:
+    the monitor reads numbers as floats."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+
+
 def predictions_table(metadata):
     from sqlalchemy import JSON, BigInteger, Column, DateTime, Float, Integer, String, Table
 

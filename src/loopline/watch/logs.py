@@ -16,7 +16,7 @@ import pandas as pd
 from sqlalchemy import MetaData, Table, and_, create_engine, func, inspect, or_, select
 
 from loopline.offline.reference import EVENT_TIME
-from loopline.online.predlog import predictions_table
+from loopline.online.predlog import json_value, predictions_table
 from loopline.watch.store import as_utc
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ def read_log(
     reads what it may still test, not the whole history."""
     columns = ["model_version", "key", "origin", "inputs", "output", "logged_at"]
     for attempt in range(attempts):
-        engine = create_engine(url)
+        engine = create_engine(url, json_deserializer=json_value)
         try:
             if not inspect(engine).has_table("predictions"):
                 return pd.DataFrame(columns=columns)
@@ -125,9 +125,7 @@ def read_log(
             if after:
                 query = query.where(_after_marks(t, after))
             with engine.connect() as connection:
-                return pd.DataFrame(
-                    [dict(r._mapping) for r in connection.execute(query)], columns=columns
-                )
+                return pd.DataFrame(connection.execute(query).tuples().all(), columns=columns)
         except Exception as error:
             if attempt == attempts - 1:
                 raise
