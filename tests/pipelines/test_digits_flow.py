@@ -36,6 +36,10 @@ TINY_DIGITS = {
     },
     # One torch thread: the same weights whatever the machine or the workers beside it.
     "train": {"max_epochs": 60, "patience": 12, "threads": 1},
+    # A test set of ~540 images, not ~180: on 180 the pixel baseline's 2 errors left the CNN
+    # one image to beat it by, and float kernels differ between CPUs (the CNN made 3 on one
+    # machine, 0 on another): the comparison was the CPU's, not the models'.
+    "split": {"train": 0.6, "val": 0.1, "test": 0.3},
 }
 
 
@@ -53,8 +57,8 @@ def test_digits_run_publishes_an_accurate_cnn_champion(tmp_path, monkeypatch):
     metrics = summary["metrics"]
     assert metrics["test_accuracy"] >= 0.97
     assert metrics["test_accuracy"] > metrics["pixel_logistic_baseline_accuracy"]
-    # A tenth of 1,797 by the hash of each image's id: within three binomial errors of 180.
-    assert abs(metrics["test_rows"] - 179.7) <= 3 * (1797 * 0.1 * 0.9) ** 0.5
+    # 30 % of 1,797 by the hash of each image's id: within three binomial errors of 539.
+    assert abs(metrics["test_rows"] - 539.1) <= 3 * (1797 * 0.3 * 0.7) ** 0.5
     paths = ProjectPaths.at(root)
     client = registry.client(paths.tracking_uri())
     plots = {a.path for a in client.list_artifacts(summary["run_id"], "plots")}

@@ -238,9 +238,10 @@ def train_epoch(
         if augment is not None:  # training batches only: never validation, test or serving
             inputs = augment(inputs, augment_generator or generator)
         loss = summed_loss(inner, model(inputs), y[rows])
-        # The batch's mean loss; the group averages its processes' gradients, so each
-        # process's share of the sum counts `world` times.
-        (loss * ((shard.world if shard else 1) / len(index))).backward()
+        mean = loss / len(index)  # the batch's mean loss
+        if shard is not None:  # the group averages its processes' gradients: each share
+            mean = mean * shard.world  # of the batch's sum counts `world` times
+        mean.backward()
         # Recurrent nets blow up on the odd long gradient; clipping keeps one batch from
         # undoing an epoch.
         nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
