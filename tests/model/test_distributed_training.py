@@ -116,3 +116,45 @@ def test_threads_follow_the_cores_shared_among_the_processes():
     assert training_threads(3, 2) == 3  # set: kept
     assert training_threads(0, 1) >= 1
     assert training_threads(0, 10_000) == 1  # never none
+
+
+class Signalled(Exception):
+    pass
+
+
+def test_a_signal_while_the_group_trains_reaches_this_process_handler_and_stops_the_workers():
+    import os
+    import signal
+    import threading
+
+    import psutil
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("a signal's handler runs in the main thread only")
+
+    def handler(signum, frame):
+        raise Signalled
+
+    def signal_once(record):
+        if record.epoch == 1:  # the group is training: PyTorch's launcher holds the signals
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        with pytest.raises(Signalled):
+            train(processes=2, epochs=100_000, on_epoch=signal_once)
+        # This process's handlers are its own again, and no worker is left behind.
+        assert signal.getsignal(signal.SIGTERM) is handler
+        assert signal.getsignal(signal.SIGINT) is not None
+        workers = [p for p in psutil.Process().children(recursive=True) if p.is_running()]
+        assert not [p for p in workers if "spawn_main" in " ".join(p.cmdline())]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_the_launcher_leaves_this_process_handlers_as_they_were(alone):
+    import signal
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    train(processes=2, epochs=1)
+    assert {s: signal.getsignal(s) for s in before} == before

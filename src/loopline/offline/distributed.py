@@ -14,6 +14,8 @@ process should use.
 from __future__ import annotations
 
 import contextlib
+import signal
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ from typing import Any
 import joblib
 import torch
 import torch.distributed as dist
+from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 
@@ -73,10 +76,44 @@ def process_group() -> Iterator[Shard]:
         dist.destroy_process_group()
 
 
+# What PyTorch's launcher takes over in the main thread (its TORCHELASTIC_SIGNALS_TO_HANDLE
+# default) and never hands back: its handler raises `SignalException` for each.
+LAUNCHER_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT")
+
+
 def launch(entry: Callable[..., Any], args: tuple, processes: int) -> dict[int, Any]:
     """Run `entry(*args)` in `processes` worker processes on this machine, through
     PyTorch's elastic launcher (a c10d rendezvous on a free local port, no restarts: a
-    failed worker fails the training); returns each rank's result."""
+    failed worker fails the training); returns each rank's result.
+
+    The process's own signal handlers are back once it returns, and a signal that came
+    while the group trained (the launcher stopped the workers) is delivered to them again:
+    a signalled run ends as any signalled run does (`pipelines.temporary_server`)."""
+    saved = _handlers()
+    try:
+        return _launch(entry, args, processes)
+    except SignalException as error:
+        _restore(saved)
+        signal.raise_signal(error.sigval)  # this process's own handler decides
+        raise
+    finally:
+        _restore(saved)
+
+
+def _handlers() -> dict[signal.Signals, Any]:
+    if threading.current_thread() is not threading.main_thread():
+        return {}  # (the launcher sets handlers only from the main thread)
+    numbers = [getattr(signal, name) for name in LAUNCHER_SIGNALS]
+    found = {number: signal.getsignal(number) for number in numbers}
+    return {number: handler for number, handler in found.items() if handler is not None}
+
+
+def _restore(saved: dict[signal.Signals, Any]) -> None:
+    for number, handler in saved.items():
+        signal.signal(number, handler)
+
+
+def _launch(entry: Callable[..., Any], args: tuple, processes: int) -> dict[int, Any]:
     config = LaunchConfig(
         min_nodes=1,
         max_nodes=1,
