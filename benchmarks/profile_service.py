@@ -20,12 +20,11 @@ import collections
 import json
 import os
 import subprocess
-import tempfile
 import threading
 import time
 from pathlib import Path
 
-from bench_modules import serving_benchmark
+from bench_modules import published_project, serving_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -146,19 +145,12 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=40)
     args = parser.parse_args()
     import psutil
-    import yaml
+
+    from loopline.paths import ProjectPaths
 
     bench = serving_benchmark()
-    root = Path(tempfile.mkdtemp(prefix="loopline-profile-")) / "proj"
-    root.mkdir()
-    (root / "params.yaml").write_text(yaml.safe_dump(bench.PROJECT, sort_keys=False))
-    for var in ("MLFLOW_TRACKING_URI", "LOOPLINE_HOME"):
-        os.environ.pop(var, None)
-    from loopline.paths import ProjectPaths, apply_environment
-
+    root = published_project("loopline-profile-")
     paths = ProjectPaths.at(root)
-    apply_environment(paths)
-    bench.publish_model(root)
     payloads = bodies(bench, root, args.batch, args.bare)
     bare = ("BareForecast", bench.model_file(paths)) if args.bare else None
     service = bench.Service(root, root.parent / "service.log", bare)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,7 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # `serving` is the service package here, not serving.py
 
-from bench_modules import serving_benchmark  # noqa: E402
+from bench_modules import published_project, serving_benchmark  # noqa: E402
 
 
 def timed(work: Callable[[int], object], seconds: float) -> tuple[float, float, float]:
@@ -163,18 +162,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="per measured row")
     parser.add_argument("--bare-request-ms", type=float, help="bare's HTTP time per request")
     args = parser.parse_args()
-    import yaml
-
     bench = serving_benchmark()
-    root = Path(tempfile.mkdtemp(prefix="loopline-stages-")) / "proj"
-    root.mkdir()
-    (root / "params.yaml").write_text(yaml.safe_dump(bench.PROJECT, sort_keys=False))
-    for var in ("MLFLOW_TRACKING_URI", "LOOPLINE_HOME"):
-        os.environ.pop(var, None)
-    from loopline.paths import apply_environment
-
-    apply_environment(_paths(root))
-    bench.publish_model(root)
+    root = published_project("loopline-stages-")
     service = loopline_service(root)
     loopline, parsed = loopline_work(bench, root, service, args.batch)
     rows = {"bare: parse, model, answers": bare_work(bench, root, args.batch)}
