@@ -19,7 +19,8 @@ event loop and no other request share the cores. With --bare-request-ms (the bar
 time per request over HTTP, from `benchmarks/serving.py`'s bare row at this batch and
 concurrency 1), it prints the time issue 27's 0.8x target leaves Loopline per request:
 bare / 0.8 - bare. The writer threads' CPU (the log's inserts) is printed apart: it runs
-beside the request, not on its path.
+beside the request, not on its path. Keep --seconds at a few (the default 3): a row of half a
+second is mostly the first calls' warm-up (4.7 ms added instead of 2.0, measured).
 """
 
 from __future__ import annotations
