@@ -273,12 +273,8 @@ def eval_loss(
     the group sums them (every process gets the same value)."""
     model.eval()
     total = 0.0
-    parts = (
-        batches(len(x), batch_size, None)
-        if shard is None
-        else shard.rows(torch.arange(len(x))).split(batch_size)
-    )
-    for index in parts:
+    rows = torch.arange(len(x))
+    for index in (rows if shard is None else shard.rows(rows)).split(batch_size):
         total += summed_loss(model, model(batch_inputs(model, x, index)), y[index]).item()
     if shard is not None:
         total = shard.sum(total)

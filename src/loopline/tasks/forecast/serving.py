@@ -15,7 +15,7 @@ import functools
 import itertools
 from collections import defaultdict
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
@@ -263,14 +263,9 @@ class Window:
     # How many of the newest readings no earlier window of its stream held (the rows it is
     # the first to stand for, `input_rows`); None: every reading (a `/predict` window).
     fresh: int | None = None
-    # The readings' count, found once: every stage of a batch asks each window.
-    length: int = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "length", len(next(iter(self.rows.values()))) if self.rows else 0)
 
     def __len__(self) -> int:
-        return self.length
+        return len(next(iter(self.rows.values()))) if self.rows else 0
 
     def tail(self, n: int) -> Window:
         fresh = None if self.fresh is None else min(self.fresh, n)
@@ -725,10 +720,11 @@ class ForecastServing(Serving):
         schema, size = self.task.schema, width * len(columns)
         joined = {}
         for name in first:
-            values = itertools.chain.from_iterable(c[name] for c in columns)
             if name == time:
                 joined[name] = np.concatenate([c[time].ns for c in columns]).view("datetime64[ns]")
-            elif schema.get(name) == "float":  # straight into the array, no list between
+                continue
+            values = itertools.chain.from_iterable(c[name] for c in columns)
+            if schema.get(name) == "float":  # straight into the array, no list between
                 joined[name] = np.fromiter(values, np.float64, size)
             else:
                 joined[name] = typed_columns({name: list(values)}, schema)[name]
