@@ -38,13 +38,14 @@ def fresh_project(base: Path, name: str) -> Path:
 def plain_pipeline(root: Path, overrides: list[str]) -> dict:
     """The flow's stages as direct library calls: no Prefect, no MLflow."""
     from loopline.offline import datastore
-    from loopline.offline.export import SPEC_KEY, export_and_check
+    from loopline.offline.export import export_and_check
     from loopline.offline.features import build_features
     from loopline.offline.ingest import batch_watermarks, fetch_new_rows
     from loopline.offline.split import split_and_fit, test_view, without_test
     from loopline.offline.train import plot_learning_curves, train_model
     from loopline.offline.tune import tune_model
     from loopline.offline.validate import check_bad_fraction, validate_rows
+    from loopline.onnx_runtime import SPEC_KEY
     from loopline.params import load_params
     from loopline.paths import ProjectPaths
     from loopline.tasks.forecast.scoring import evaluate_candidate

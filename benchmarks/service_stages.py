@@ -105,8 +105,8 @@ def stages(service, parsed: list) -> dict[str, Callable[[int], object]]:
     """Each stage of Loopline's `predict` alone, on the parsed bodies."""
     from datetime import UTC, datetime
 
-    from loopline.offline.export import run_onnx
     from loopline.online.predlog import PredictionRecord
+    from loopline.onnx_runtime import run_onnx
     from loopline.tasks.forecast.serving import forecasts_of, window_ends, window_inputs
     from serving.bodies import as_item, reply
 

@@ -89,8 +89,9 @@ def publish_model(root: Path):
     import torch
 
     from loopline import registry
-    from loopline.offline.export import SPEC_KEY, export_and_check, onnx_session, run_onnx
+    from loopline.offline.export import export_and_check
     from loopline.offline.features import fit_normalization
+    from loopline.onnx_runtime import SPEC_KEY, onnx_session, run_onnx
     from loopline.params import load_params
     from loopline.paths import ProjectPaths
     from loopline.tasks.forecast.options import with_window
@@ -713,8 +714,8 @@ def main() -> None:
 
     from loopline import registry
     from loopline.config import serve_env_overrides
-    from loopline.offline.export import run_onnx
     from loopline.online.models import default_threads, load_version
+    from loopline.onnx_runtime import run_onnx
     from loopline.params import load_params
     from loopline.tasks.solar.serving import (
         Window,

@@ -31,6 +31,7 @@ from loopline import registry
 from loopline.config import Params
 from loopline.errors import is_transient
 from loopline.offline import batch, caching, datastore, publishing, tracking
+from loopline.offline import train as training
 from loopline.offline.crossval import Learner
 from loopline.offline.evaluate import Evaluation
 from loopline.offline.export import Exported, export_model
@@ -230,7 +231,7 @@ def record_training(
             + f"; fine-tuning: {mode}"
         )
     title = f"{params.task_name}: learning curves"
-    tracking.record_training(tracker, result, spec, scratch, title, mode)
+    training.record_training(tracker, result, spec, scratch, title, mode)
 
 
 @task(name="evaluate", **CACHED)

@@ -39,7 +39,7 @@ from loopline.offline.evaluate import (
     score,
     score_classes,
 )
-from loopline.offline.export import ExportsItself, run_onnx, run_onnx_outputs
+from loopline.offline.export import ExportsItself
 from loopline.offline.features import (
     FeatureSpec,
     fit_normalization,
@@ -63,6 +63,7 @@ from loopline.online.adapter import (
 )
 from loopline.online.adapter import Explaining as ServingExplaining
 from loopline.online.models import LoadedModel
+from loopline.onnx_runtime import run_onnx, run_onnx_outputs
 from loopline.tasks.base import (
     EVENT_TIME,
     Explaining,

@@ -25,7 +25,7 @@ import json
 import os
 import socket
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -40,6 +40,7 @@ CHALLENGER = "challenger"
 HISTORY_PREFIX = "champion_history/"
 TAG = "loopline."  # prefix of every tag Loopline writes
 PUBLISH_COMPLETE = f"{TAG}publish_complete"  # set last, once the gate has been carried out
+METRIC_TAG = f"{TAG}metric."  # a version's scores, one tag each (`tagged_metrics`)
 REFUSED = f"{TAG}refused"  # version tag: a service refused to serve it (JSON: why, by, at)
 
 
@@ -700,7 +701,7 @@ def load_champion(tracking_uri: str, name: str, dest: Path):
         return None
     folder, version = downloaded
     # Imported here: export pulls in torch, and the CLI's light commands read the registry.
-    from loopline.offline.export import embedded_spec, onnx_session
+    from loopline.onnx_runtime import embedded_spec, onnx_session
 
     session = onnx_session(folder / "model.onnx")
     return session, embedded_spec(session), version
@@ -709,7 +710,7 @@ def load_champion(tracking_uri: str, name: str, dest: Path):
 def recent_models(tracking_uri: str, name: str, count: int, dest: Path) -> list[tuple[Any, Any]]:
     """(onnx session, feature spec) of the last `count` registered versions, newest first
     (say, a committee for active learning)."""
-    from loopline.offline.export import embedded_spec, onnx_session  # torch: see above
+    from loopline.onnx_runtime import embedded_spec, onnx_session  # torch: see above
 
     with using_tracking_uri(tracking_uri):
         versions = client(tracking_uri).search_model_versions(f"name = '{name}'")
@@ -742,3 +743,15 @@ def register_file(
             raise
     version = mlflow_client.create_model_version(name, source, run_id=run_id, tags=tags)
     return str(version.version)
+
+
+def tagged_metrics(tags: Mapping[str, str]) -> dict[str, float]:
+    """The metrics a version carries as `loopline.metric.<name>` tags (unreadable left out)."""
+    metrics = {}
+    for key, value in tags.items():
+        if key.startswith(METRIC_TAG):
+            try:
+                metrics[key[len(METRIC_TAG) :]] = float(value)
+            except ValueError:
+                continue
+    return metrics

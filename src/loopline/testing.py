@@ -59,7 +59,7 @@ from loopline.config import (
     check_space,
 )
 from loopline.offline.evaluate import Evaluation
-from loopline.offline.export import SPEC_KEY, embedded_spec, export_and_check, onnx_session
+from loopline.offline.export import export_and_check
 from loopline.offline.features import FeatureSpec, build_features
 from loopline.offline.labeling import Examples
 from loopline.offline.split import split_and_fit
@@ -67,6 +67,7 @@ from loopline.offline.train import fit, initial_model
 from loopline.offline.validate import validate_rows
 from loopline.online.adapter import Answer, Serving, items_from_rows
 from loopline.online.models import LoadedModel, ModelLoadError, check_model
+from loopline.onnx_runtime import SPEC_KEY, embedded_spec, onnx_session
 from loopline.params import params_model
 from loopline.tasks import get_task
 from loopline.tasks.base import Task, contract_problems

@@ -94,8 +94,8 @@ def test_loopline_run_publishes_an_onnx_champion(fresh_project, tmp_path):
     import mlflow
 
     from loopline import registry
-    from loopline.offline.export import embedded_spec, onnx_session, run_onnx
     from loopline.offline.train import load_checkpoint, predict
+    from loopline.onnx_runtime import embedded_spec, onnx_session, run_onnx
     from loopline.tasks import get_task
     from loopline.tasks.forecast.windows import make_windows
 

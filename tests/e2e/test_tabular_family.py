@@ -174,7 +174,7 @@ def test_a_regression_target_with_text_is_quarantined_naming_it(served):
 
 def offline_outputs(root: Path, name: str, rows: pd.DataFrame) -> np.ndarray:
     """The champion's ONNX outputs on raw rows, computed here from its own spec."""
-    from loopline.offline.export import run_onnx
+    from loopline.onnx_runtime import run_onnx
     from loopline.paths import ProjectPaths
     from loopline.registry import load_champion
     from loopline.tasks.tabular import TabularTask

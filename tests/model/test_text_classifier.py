@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from loopline.offline.export import export_onnx, onnx_session
+from loopline.offline.export import export_onnx
+from loopline.onnx_runtime import onnx_session
 from loopline.tasks.text.model import ClassifierPredictor, TextClassifier
 from loopline.tasks.text.tokens import Vocabulary
 

@@ -44,7 +44,7 @@ TINY_DIGITS = {
 
 
 def test_digits_run_publishes_an_accurate_cnn_champion(tmp_path, monkeypatch):
-    from loopline.offline.export import run_onnx
+    from loopline.onnx_runtime import run_onnx
     from loopline.tasks.digits.task import DigitsTask
     from loopline.tasks.image.images import images
     from pipelines.offline import offline_flow
@@ -194,7 +194,7 @@ def test_an_image_folder_is_read_resized_in_rgb_and_bad_files_quarantined(tmp_pa
     assert reasons["scans/lost.png"] == "image_readable"
     assert reasons["scans/extra.png"] == "label_is_a_digit"
 
-    from loopline.offline.export import embedded_spec, onnx_session
+    from loopline.onnx_runtime import embedded_spec, onnx_session
 
     reference = f"models:/digits/{summary['version']}"
     folder = registry.download_model(paths.tracking_uri(), reference, tmp_path / "m")

@@ -17,9 +17,9 @@ import yaml
 from loopline import registry
 from loopline.errors import ParityError, SourceError, ValidationFailed
 from loopline.offline.datastore import SnapshotStore
-from loopline.offline.export import SPEC_KEY, onnx_session, run_onnx
 from loopline.offline.features import FeatureSpec
 from loopline.offline.membership import Membership
+from loopline.onnx_runtime import SPEC_KEY, onnx_session, run_onnx
 from loopline.paths import ProjectPaths
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

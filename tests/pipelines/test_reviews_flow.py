@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 
 from loopline import registry
 from loopline.offline.datastore import SnapshotStore
-from loopline.offline.export import run_onnx_outputs
 from loopline.offline.human_labels import LabelStore
 from loopline.offline.membership import Membership
+from loopline.onnx_runtime import run_onnx_outputs
 from loopline.paths import ProjectPaths
 from tests.conftest import write_project
 from tests.reviews_data import TINY_REVIEWS, reviews_frame, write_reviews
@@ -99,7 +99,7 @@ def test_reviews_run_publishes_a_champion_beside_its_baseline(reviews_project):
 
 
 def test_the_published_onnx_model_reads_any_batch_and_length(reviews_project, tmp_path):
-    from loopline.offline.export import embedded_spec
+    from loopline.onnx_runtime import embedded_spec
     from loopline.tasks.text.task import encode
 
     root, _, _ = reviews_project
@@ -263,7 +263,7 @@ def test_pretrained_encoder_is_registered_and_a_run_fine_tunes_from_it(reviews_p
     params = json.loads(published.tags["loopline.params"])
     assert params["reviews"]["pretrained_encoder"] == encoder
     # The fine-tuned model reads texts with the encoder's own vocabulary.
-    from loopline.offline.export import embedded_spec, onnx_session
+    from loopline.onnx_runtime import embedded_spec, onnx_session
     from loopline.registry import download_model
 
     folder = download_model(

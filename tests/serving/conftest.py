@@ -36,8 +36,9 @@ def publish_tiny_model(
     import torch
 
     from loopline import registry
-    from loopline.offline.export import SPEC_KEY, export_and_check, onnx_session, run_onnx
+    from loopline.offline.export import export_and_check
     from loopline.offline.features import fit_normalization
+    from loopline.onnx_runtime import SPEC_KEY, onnx_session, run_onnx
     from loopline.params import load_params
     from loopline.paths import ProjectPaths
     from loopline.tasks import get_task

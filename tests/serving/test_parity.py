@@ -17,8 +17,8 @@ from tests.serving.conftest import SITE, raw_readings, service_app
 def test_service_matches_the_offline_model_on_the_test_split(served_project):
     from starlette.testclient import TestClient
 
-    from loopline.offline.export import embedded_spec
     from loopline.online.models import load_version
+    from loopline.onnx_runtime import embedded_spec
     from loopline.params import load_params
     from loopline.paths import ProjectPaths
     from loopline.registry import champion_version

@@ -16,7 +16,7 @@ from torch import nn
 
 from loopline import tasks
 from loopline.config import Dimension, TrainParams, TuneParams
-from loopline.offline.export import INPUT_NAME, ExportsItself, export_model, onnx_session, run_onnx
+from loopline.offline.export import ExportsItself, export_model
 from loopline.offline.train import (
     FitsItself,
     load_checkpoint,
@@ -27,6 +27,7 @@ from loopline.offline.train import (
     unpickled_state,
 )
 from loopline.offline.tune import tune_model
+from loopline.onnx_runtime import INPUT_NAME, onnx_session, run_onnx
 from loopline.tasks.rows import RowTask
 from loopline.tasks.rows.task import RowHyperparameters
 

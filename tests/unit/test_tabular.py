@@ -10,11 +10,12 @@ from pydantic import BaseModel
 
 from loopline.errors import ConfigError, SourceError
 from loopline.offline.evaluate import incomparable_specs
-from loopline.offline.export import export_and_check, onnx_session, run_onnx
+from loopline.offline.export import export_and_check
 from loopline.offline.train import FitsItself, to_tensors
 from loopline.offline.validate import coerce_types
 from loopline.online.adapter import BadInput
 from loopline.online.models import LoadedModel
+from loopline.onnx_runtime import onnx_session, run_onnx
 from loopline.params import parse_params
 from loopline.tasks.tabular import TabularTask
 from loopline.tasks.tabular.encoding import OTHER, input_names, unseen

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from loopline.config import Dimension, ExportParams, TrainParams, TuneParams
-from loopline.offline.export import ExportsItself, export_and_check, onnx_session, run_onnx
+from loopline.offline.export import ExportsItself, export_and_check
 from loopline.offline.train import (
     FitsItself,
     load_checkpoint,
@@ -20,6 +20,7 @@ from loopline.offline.train import (
     save_checkpoint,
     train_model,
 )
+from loopline.onnx_runtime import onnx_session, run_onnx
 from loopline.params import parse_params
 from loopline.tasks.tabular.model import Linear
 

@@ -5,11 +5,12 @@ import torch
 
 from loopline.config import TrainParams
 from loopline.errors import ParityError
-from loopline.offline.export import check_parity, export_onnx, onnx_session, run_onnx
+from loopline.offline.export import check_parity, export_onnx
 from loopline.offline.features import FeatureSpec
 from loopline.offline.labeling import Examples
 from loopline.offline.train import fit, plot_learning_curves, seed_everything
 from loopline.offline.tune import grid_values, run_study
+from loopline.onnx_runtime import onnx_session, run_onnx
 from loopline.params import parse_params
 from loopline.tasks.solar import SolarTask
 from loopline.tasks.solar.model import Forecaster, Predictor

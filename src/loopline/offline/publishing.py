@@ -18,7 +18,6 @@ from loopline import registry
 from loopline.offline import crossval
 from loopline.offline.datastore import SnapshotStore
 from loopline.offline.evaluate import compared_on
-from loopline.offline.export import embedded_spec, onnx_session, run_onnx
 from loopline.offline.membership import ChampionRows, Membership, comparison_rows
 from loopline.offline.tracking import (
     INIT_FROM_TAG,
@@ -28,13 +27,13 @@ from loopline.offline.tracking import (
     RunTracker,
     record_evaluation,
 )
-from loopline.registry import TAG
+from loopline.onnx_runtime import embedded_spec, onnx_session, run_onnx
+from loopline.registry import METRIC_TAG, TAG
 
 PIPELINE_RUN_TAG = f"{TAG}pipeline_run_id"
 PARAMS_TAG = f"{TAG}params"
 GATE_TAG = f"{TAG}gate"
 GATE_TEST_TAG = f"{TAG}gate_test"  # JSON: the test that decided (method, p, interval, ...)
-METRIC_TAG = f"{TAG}metric."
 PARAMS_TAG_LIMIT = 5000  # MLflow's limit on a tag's value
 
 Move = Literal["already", "promote", "hold"]
@@ -74,18 +73,6 @@ def nothing_new(
         if trained_alike(latest.tags or {}, snapshot_version, params_hash, init_from)
         else None
     )
-
-
-def tagged_metrics(tags: Mapping[str, str]) -> dict[str, float]:
-    """The metrics a version carries as `loopline.metric.<name>` tags (unreadable left out)."""
-    metrics = {}
-    for key, value in tags.items():
-        if key.startswith(METRIC_TAG):
-            try:
-                metrics[key[len(METRIC_TAG) :]] = float(value)
-            except ValueError:
-                continue
-    return metrics
 
 
 def version_tags(

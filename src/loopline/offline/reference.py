@@ -19,7 +19,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from loopline.offline.export import onnx_session, run_onnx
+from loopline.onnx_runtime import onnx_session, run_onnx
 from loopline.tasks.base import EVENT_TIME
 
 PROFILE_FILE = "reference_profile.json"

@@ -14,7 +14,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from loopline.offline.train import plot_learning_curves, save_checkpoint
 from loopline.registry import TAG, client, ensure_experiment
 
 FLOW_RUN_TAG = f"{TAG}flow_run_id"  # the orchestrator's run a pipeline run belongs to
@@ -261,23 +260,6 @@ def training_summary(result: Any) -> dict[str, float]:
         "epochs_run": len(result.history),
         "overfitting_onset_epoch": result.overfitting_onset or 0,
     }
-
-
-def record_training(
-    tracker: RunTracker, result: Any, spec: Any, folder: Path, title: str, transfer_mode: str
-) -> None:
-    """What the pipeline run shows of its training, whether it trained now or reused a
-    training with the same key from an earlier run: curves, summary, weights, provenance."""
-    if not tracker.client.get_metric_history(tracker.run_id, "train_loss"):
-        for epoch in result.history:  # reused: the epochs were logged to another run
-            record_epoch(tracker, epoch)
-    if result.started is not None:
-        tracker.set_tags(transfer_tags(result.started, transfer_mode))
-    tracker.log_metrics(training_summary(result))
-    tracker.log_figure_file(plot_learning_curves(result, folder / "learning_curves.png", title))
-    # The PyTorch weights travel with every run: parity can be re-checked and later runs
-    # can start from them (`train.init_from`).
-    tracker.log_file(save_checkpoint(result, spec, folder / "model.pt"), "torch")
 
 
 def record_evaluation(

@@ -30,6 +30,7 @@ from loopline.offline import distributed, transfer
 from loopline.offline.distributed import Shard
 from loopline.offline.features import FeatureSpec, scale_target
 from loopline.offline.labeling import Examples
+from loopline.offline.tracking import RunTracker, record_epoch, training_summary, transfer_tags
 from loopline.plots import new_figure, save_figure
 from loopline.tasks.base import Hyperparameters
 
@@ -669,3 +670,25 @@ def load_checkpoint(task, path: Path) -> tuple[nn.Module, FeatureSpec]:
     model = task.build_model(task.Hyperparameters.from_dict(checkpoint["hparams"]), spec)
     model.load_state_dict(checkpoint["state_dict"])
     return model.eval(), spec
+
+
+def record_training(
+    tracker: RunTracker,
+    result: TrainResult,
+    spec: FeatureSpec,
+    folder: Path,
+    title: str,
+    transfer_mode: str,
+) -> None:
+    """What the pipeline run shows of its training, whether it trained now or reused a
+    training with the same key from an earlier run: curves, summary, weights, provenance."""
+    if not tracker.client.get_metric_history(tracker.run_id, "train_loss"):
+        for epoch in result.history:  # reused: the epochs were logged to another run
+            record_epoch(tracker, epoch)
+    if result.started is not None:
+        tracker.set_tags(transfer_tags(result.started, transfer_mode))
+    tracker.log_metrics(training_summary(result))
+    tracker.log_figure_file(plot_learning_curves(result, folder / "learning_curves.png", title))
+    # The PyTorch weights travel with every run: parity can be re-checked and later runs
+    # can start from them (`train.init_from`).
+    tracker.log_file(save_checkpoint(result, spec, folder / "model.pt"), "torch")

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from loopline.errors import ConfigError, LooplineError
-from loopline.offline.export import embedded_spec, run_onnx
 from loopline.offline.features import FeatureSpec
+from loopline.onnx_runtime import embedded_spec, run_onnx
 from loopline.redaction import redact
 from loopline.registry import GOLDEN_FILE, download_model
 from loopline.tasks import task_named

@@ -34,8 +34,8 @@ import pandas as pd
 from loopline import registry
 from loopline.config import apply_overrides
 from loopline.errors import ChampionMoved, LooplineError, RegistryError
-from loopline.offline.batch import human_labels
 from loopline.offline.gate import diebold_mariano, paired_bootstrap
+from loopline.offline.human_labels import LabelStore
 from loopline.online.live import stored_since
 from loopline.online.predlog import predictions_table, upgrade_predictions
 from loopline.params import load_params, parse_params
@@ -462,9 +462,8 @@ def decide(params: Any, paths: Any, act: bool = True) -> tuple[Deployment, Verdi
         columns = list(task.schema_for(params))
         url = paths.prediction_log_url(params)
         rows = stored_since(url, task, columns, records["origin"])
-        verdict = judge(
-            records, deployment, task, spec, rows, human_labels(params, paths), params.deploy
-        )
+        labels = LabelStore(paths.labels(params.task_name)).load()  # people's labels
+        verdict = judge(records, deployment, task, spec, rows, labels, params.deploy)
     entry: dict = {}
     if act and verdict.decision != "wait":
         outcome = "promoted" if verdict.decision == "promote" else "rolled_back"

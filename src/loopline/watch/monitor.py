@@ -44,7 +44,6 @@ import pandas as pd
 from loopline import registry
 from loopline.offline.batch import human_labels
 from loopline.offline.features import FeatureSpec
-from loopline.offline.publishing import tagged_metrics
 from loopline.offline.reference import (
     EVENT_TIME,
     RULE,
@@ -498,7 +497,7 @@ def load_version(tracking_uri: str, name: str, version: str, task: Any, dest: Pa
     files = folder / "extra_files"
     spec = FeatureSpec.from_json((files / "feature_spec.json").read_text(), task)
     tags = registry.version_tags(tracking_uri, name, version)
-    metrics = tagged_metrics(tags)
+    metrics = registry.tagged_metrics(tags)
     return Version(spec, ReferenceProfile.read(files), task.quality_from_metrics(metrics))
 
 

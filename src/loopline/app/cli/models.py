@@ -190,7 +190,7 @@ def explain(
     answer rests on (for an image: red pixels support it, blue ones speak against it)."""
     from mlflow.exceptions import MlflowException
 
-    from loopline.offline.export import embedded_spec, onnx_session
+    from loopline.onnx_runtime import embedded_spec, onnx_session
     from loopline.params import load_params
     from loopline.tasks.base import Explaining
 

@@ -24,12 +24,12 @@ from loopline.offline.publishing import (
     GATE_TEST_TAG,
     PARAMS_TAG,
     PIPELINE_RUN_TAG,
-    tagged_metrics,
 )
 from loopline.offline.tracking import TRIGGER_TAG
 from loopline.online.live import stored_since
 from loopline.online.predlog import predictions_table
 from loopline.redaction import redact
+from loopline.registry import tagged_metrics
 from loopline.watch import deploy
 from loopline.watch.monitor import SUMMARY, event_times, monitoring_table, upgrade_monitoring
 

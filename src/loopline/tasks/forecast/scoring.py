@@ -17,8 +17,7 @@ from loopline.offline.evaluate import (
     row_errors,
     scores_of,
 )
-from loopline.offline.export import run_onnx
-from loopline.offline.train import predict
+from loopline.onnx_runtime import run_onnx
 from loopline.plots import new_figure, save_figure
 
 
@@ -52,6 +51,7 @@ def plot_per_step_rmse(curves: dict[str, Scores], path: Path, unit: str = "W") -
 
 def _torch_forecasts(task, test_frame, spec, model):
     # Here, not at the top: torch loads in seconds, and the service imports this family.
+    from loopline.offline.train import predict
 
     examples = task.examples(test_frame, spec, "test")
     return examples.keys, predict(model, examples.x), examples.y

@@ -33,7 +33,6 @@ from pydantic import (
     model_validator,
 )
 
-from loopline.offline.export import run_onnx
 from loopline.offline.features import FeatureSpec, normalize
 from loopline.online.adapter import (
     Answer,
@@ -45,6 +44,7 @@ from loopline.online.adapter import (
     nonfinite_items,
     refusal,
 )
+from loopline.onnx_runtime import run_onnx
 from loopline.tasks.forecast.arrays import (
     iso_instant,
     iso_utc,

@@ -33,7 +33,6 @@ from loopline.offline.split import evaluation_view
 from loopline.offline.validate import Rule
 from loopline.tasks.base import FeatureOptions, Hyperparameters, LivePicture, Task
 from loopline.tasks.forecast.arrays import WindowBatch, day_of_week, hour_of_day
-from loopline.tasks.forecast.model import Forecaster
 from loopline.tasks.forecast.options import SeriesOptions, with_window
 from loopline.tasks.forecast.scoring import evaluate_candidate, plot_per_step_rmse
 from loopline.tasks.forecast.serving import ForecastServing, serving_for, types_for
@@ -306,6 +305,8 @@ class ForecastTask(Task):
     # ------------------------------------------------------------------ model
 
     def build_model(self, hparams: ForecastHyperparameters, spec: FeatureSpec):
+        # torch: training only
+        from loopline.tasks.forecast.model import Forecaster
 
         return Forecaster(
             n_features=len(spec.feature_columns),

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, Discriminator, Field, RootModel, Tag
 
-from loopline.offline.export import run_onnx
 from loopline.online.adapter import (
     Answer,
     BadInput,
@@ -27,6 +26,7 @@ from loopline.online.adapter import (
     refusal,
     run_finite,
 )
+from loopline.onnx_runtime import run_onnx
 from loopline.tasks.image.images import BadImage, image_from_bytes, images
 from loopline.tasks.image.saliency import occlusion_saliency, saliency_png
 

@@ -27,18 +27,15 @@ from pydantic import Field
 
 from loopline.config import Dimension, Params, Positive, Section
 from loopline.offline.evaluate import evaluate_classifier
-from loopline.offline.export import run_onnx
 from loopline.offline.features import FeatureSpec
 from loopline.offline.labeling import Examples
 from loopline.offline.reference import EVENT_TIME
 from loopline.offline.split import labeled_set
-from loopline.offline.train import predict
 from loopline.offline.validate import Rule
+from loopline.onnx_runtime import run_onnx
 from loopline.plots import new_figure, save_figure
 from loopline.tasks.base import Explanation, FeatureOptions, Hyperparameters, LabelSet, Task
-from loopline.tasks.image.augment import ImageAugment
 from loopline.tasks.image.images import image_from_bytes, images, pixel_columns, read_image_folder
-from loopline.tasks.image.model import ImageClassifier
 from loopline.tasks.image.saliency import occlusion_saliency, saliency_png
 from loopline.tasks.image.serving import ImageServing
 from loopline.tasks.text.task import label_order
@@ -252,6 +249,8 @@ class ImageTask(Task):
 
     def augmentation(self, spec: FeatureSpec):
         """Shifts, rotations, noise and contrast on training images (`augment`)."""
+        # torch: training only
+        from loopline.tasks.image.augment import ImageAugment
 
         augment = ImageAugment(**spec.options.augment)
         return augment if augment.active else None
@@ -270,6 +269,8 @@ class ImageTask(Task):
         )
 
     def build_model(self, hparams: ImageHyperparameters, spec: FeatureSpec):
+        # torch: training only
+        from loopline.tasks.image.model import ImageClassifier
 
         return ImageClassifier(
             n_classes=len(spec.labels),
@@ -324,6 +325,9 @@ class ImageTask(Task):
         rows) and the champion, on the same test images."""
         from sklearn.linear_model import LogisticRegression
 
+        # torch: training only
+        from loopline.offline.train import predict
+
         test_rows = labeled_set(frame, "test", spec.target_column)
         test = self.examples(frame, spec, "test")
         train = self.examples(frame, spec, "train")
@@ -348,6 +352,9 @@ class ImageTask(Task):
     ) -> list[Path]:
         """The confusion matrix of the test images, as a picture."""
         from sklearn.metrics import confusion_matrix
+
+        # torch: training only
+        from loopline.offline.train import predict
 
         test = self.examples(frame, spec, "test")
         predicted = predict(model, test.x).argmax(axis=1)

@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from loopline.offline.export import run_onnx
 from loopline.online.adapter import (
     Answer,
     BadInput,
@@ -24,6 +23,7 @@ from loopline.online.adapter import (
     run_finite,
     stored_row,
 )
+from loopline.onnx_runtime import run_onnx
 
 if TYPE_CHECKING:
     from loopline.online.models import LoadedModel

@@ -42,14 +42,12 @@ import pandas as pd
 
 from loopline.config import Dimension, Params, Section
 from loopline.offline.evaluate import incomparable_specs, judge, score, score_classes
-from loopline.offline.export import run_onnx
 from loopline.offline.features import FeatureSpec, normalize
 from loopline.offline.labeling import Examples
 from loopline.offline.split import labeled_set
-from loopline.offline.train import predict
 from loopline.offline.validate import Rule
+from loopline.onnx_runtime import run_onnx
 from loopline.tasks.base import FeatureOptions, Hyperparameters, Task
-from loopline.tasks.rows.model import RowMLP
 from loopline.tasks.rows.serving import serving_for
 
 # Finite values only: an infinity passes a range without bounds and poisons training.
@@ -216,6 +214,8 @@ class RowTask(Task):
         return len(spec.feature_columns)
 
     def build_model(self, hparams: RowHyperparameters, spec: FeatureSpec):
+        # torch: training only
+        from loopline.tasks.rows.model import RowMLP
 
         labels = spec.labels
         return RowMLP(
@@ -234,6 +234,8 @@ class RowTask(Task):
     def evaluate(self, frame, spec: FeatureSpec, model, params: Params, champion=None):
         """The model, a baseline that ignores the features and the champion on the same
         labeled test rows: accuracy decides for classes, RMSE for a number."""
+        # torch: training only
+        from loopline.offline.train import predict
 
         test_rows = labeled_set(frame, "test", spec.target_column)
         if test_rows.empty:

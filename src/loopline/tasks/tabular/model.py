@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from loopline.offline.export import INPUT_NAME
 from loopline.offline.train import pickled_state, unpickled_state
+from loopline.onnx_runtime import INPUT_NAME
 
 
 class _Estimated(nn.Module):

@@ -19,7 +19,6 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from loopline.offline.export import run_onnx
 from loopline.online.adapter import (
     Answer,
     BadInput,
@@ -29,6 +28,7 @@ from loopline.online.adapter import (
     run_finite,
     stored_row,
 )
+from loopline.onnx_runtime import run_onnx
 from loopline.tasks.tabular.encoding import unseen
 
 if TYPE_CHECKING:

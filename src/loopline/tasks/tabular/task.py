@@ -36,8 +36,6 @@ from loopline.offline.features import FeatureSpec
 from loopline.offline.validate import Rule
 from loopline.tasks.base import FeatureOptions, Hyperparameters
 from loopline.tasks.rows.task import RowHyperparameters, RowTask, _finite
-from loopline.tasks.tabular.model import GradientBoosted, Linear
-from loopline.tasks.tabular.report import write_report
 from loopline.tasks.tabular.serving import TabularServing
 
 _LARGEST = float(np.finfo(np.float64).max)
@@ -254,6 +252,8 @@ class TabularTask(RowTask):
         return len(encoding.input_names(spec.options.numeric, spec.options.vocabulary))
 
     def build_model(self, hparams: TabularHyperparameters, spec: FeatureSpec):
+        # torch: training only
+        from loopline.tasks.tabular.model import GradientBoosted, Linear
 
         labels = spec.labels
         n_outputs = len(labels) if labels is not None else 1
@@ -281,6 +281,9 @@ class TabularTask(RowTask):
 
     def evaluation_report(self, evaluation, frame, spec, model, params, folder):
         """Per-feature permutation importance on the test rows: a PNG and an HTML page."""
+
+        # torch: training only
+        from loopline.tasks.tabular.report import write_report
 
         return write_report(self, evaluation, frame, spec, model, params.seed, folder)
 

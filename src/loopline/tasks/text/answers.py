@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from loopline.offline.export import run_onnx_outputs
 from loopline.offline.features import FeatureSpec
+from loopline.onnx_runtime import run_onnx_outputs
 from loopline.tasks.text.tokens import Vocabulary, tokenize
 
 

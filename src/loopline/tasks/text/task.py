@@ -35,26 +35,16 @@ from pydantic import Field
 
 from loopline.config import Dimension, Params, Positive, Section
 from loopline.offline.evaluate import evaluate_classifier
-from loopline.offline.export import run_onnx
 from loopline.offline.features import FeatureSpec
 from loopline.offline.human_labels import merge_human_labels
 from loopline.offline.labeling import Examples
 from loopline.offline.reference import EVENT_TIME
 from loopline.offline.split import labeled_set
-from loopline.offline.train import predict
-from loopline.offline.transfer import make_strategy
 from loopline.offline.validate import Rule
+from loopline.onnx_runtime import run_onnx
 from loopline.tasks.base import FeatureOptions, Hyperparameters, LabelSet, PretrainResult, Task
 from loopline.tasks.text.answers import encode, explanations, vocabulary
 from loopline.tasks.text.baseline import train_text_baseline
-from loopline.tasks.text.model import ClassifierPredictor, TextClassifier
-from loopline.tasks.text.pretrain import (
-    ENCODER_KEYS,
-    load_encoder,
-    load_pretrained,
-    pretrain_for_task,
-    save_encoder,
-)
 from loopline.tasks.text.serving import TextServing
 from loopline.tasks.text.tokens import Vocabulary
 
@@ -356,6 +346,9 @@ class TextTask(Task):
             labels = label_order([str(name) for name in names])
         options = spec.options
         if options.pretrained_encoder:
+            # torch: training only
+            from loopline.tasks.text.pretrain import load_encoder
+
             vocab = load_encoder(Path(options.pretrained_encoder))[1]
         else:
             vocab = Vocabulary.build(
@@ -381,6 +374,9 @@ class TextTask(Task):
     # ------------------------------------------------------------------ model
 
     def build_model(self, hparams: TextHyperparameters, spec: FeatureSpec):
+        # torch: training only
+        from loopline.tasks.text.model import TextClassifier
+        from loopline.tasks.text.pretrain import ENCODER_KEYS, load_encoder, load_pretrained
 
         encoder = None
         if spec.options.pretrained_encoder:
@@ -408,6 +404,8 @@ class TextTask(Task):
         `train.init_from`'s); None from scratch."""
         if not spec.options.pretrained_encoder:
             return None
+        # torch: training only
+        from loopline.offline.transfer import make_strategy
 
         # The mode is the task's (it belongs to the encoder the spec names); the knobs are
         # read at training time, so changing one retrains without refitting features.
@@ -423,6 +421,8 @@ class TextTask(Task):
     ) -> PretrainResult:
         """Masked-token pretraining of the encoder on the snapshot's text; the saved
         encoder is what `<section>.pretrained_encoder` fine-tunes from."""
+        # torch: training only
+        from loopline.tasks.text.pretrain import pretrain_for_task, save_encoder
 
         section = self.settings(params)
 
@@ -449,6 +449,8 @@ class TextTask(Task):
         """The model, the TF-IDF baseline and the majority class (both learned here from
         the same training split) and the champion (with its own vocabulary) on the same
         test texts."""
+        # torch: training only
+        from loopline.offline.train import predict
 
         text = spec.options.text_column
         test = labeled_set(frame, "test", spec.target_column)
@@ -563,6 +565,8 @@ class TextTask(Task):
 def explain_texts(model, spec: FeatureSpec, texts: list[str]) -> list[dict[str, Any]]:
     """Prediction, probabilities and each token's attention weight, per text (PyTorch)."""
     import torch
+
+    from loopline.tasks.text.model import ClassifierPredictor
 
     vocab = vocabulary(spec)
     ids = encode(texts, spec, vocab)
