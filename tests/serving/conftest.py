@@ -75,7 +75,7 @@ def publish_tiny_model(
     golden_out = run_onnx(onnx_session(onnx_path), golden)
     files = registry.write_model_files(scratch, spec, params.to_dict(), golden, golden_out)
     uri = paths.tracking_uri()
-    experiment = registry.ensure_experiment(uri, "loopline-solar", paths.mlflow_artifacts)
+    experiment = registry.ensure_experiment(uri, "loopline-solar", paths.local_artifact_root())
     run_id = mlflow.MlflowClient(uri).create_run(experiment).info.run_id
     published = registry.log_onnx_model(
         uri,
@@ -217,3 +217,25 @@ def serve_process(
     finally:
         stop(process, signal.SIGTERM)
         log.close()
+
+
+@contextlib.contextmanager
+def mlflow_server(folder: Path, host: str = "127.0.0.1"):
+    """A real MLflow tracking server (SQLite backend, proxied artifacts under `folder`), as
+    a team runs it for hosts that share no folder: yields its URI, stopped on exit."""
+    import sys
+
+    from loopline.health import free_port
+
+    port = free_port()
+    uri = f"http://{host}:{port}"
+    folder.mkdir(parents=True, exist_ok=True)
+    command = [
+        str(Path(sys.executable).with_name("mlflow")),
+        *("server", "--host", host, "--port", str(port), "--workers", "1"),
+        *("--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}"),
+        *("--artifacts-destination", str(folder / "artifacts")),
+    ]
+    log_path = folder / "mlflow-server.log"
+    with serve_process(command, folder, log_path, uri, wait_for="/health"):
+        yield uri
