@@ -11,13 +11,24 @@
 # served model's (its registry lineage; -e LOOPLINE_SERVE_MODEL=reviews serves the review
 # classifier), or -e LOOPLINE_TASK=<name or package.module:Class> to name it.
 #
+# Where no registry can be pulled from, build the cpu image on a local Debian base:
+#   images/debian-base.sh loopline-base
+#   docker build --build-arg CPU_BASE=loopline-base -t loopline-serve .
+# (`make image` does both; `make test-image` also runs the image against an MLflow server.)
+#
+# The image installs requirements-serve.lock, the service's own dependency set: ONNX Runtime,
+# BentoML, the MLflow client (mlflow-skinny), no torch, Prefect, DVC, Great Expectations or
+# Optuna (tests/serving/test_serving_dependencies.py serves a champion with only that set).
+#
 # RUNTIME picks the base: cpu (python:3.11-slim, onnxruntime) or cuda (CUDA + cuDNN runtime,
 # onnxruntime-gpu in place of onnxruntime). onnxruntime-gpu 1.31.1 on PyPI is built for
 # CUDA 13 and cuDNN 9 (its capi/version_info.py says cuda_version = '13.0'), hence the CUDA 13
 # base; the host needs an NVIDIA driver for CUDA 13 and the NVIDIA container toolkit.
 ARG RUNTIME=cpu
+ARG CPU_BASE=python:3.11-slim
 
-FROM python:3.11-slim AS base-cpu
+# hadolint ignore=DL3006
+FROM ${CPU_BASE} AS base-cpu
 ENV ONNXRUNTIME=onnxruntime==1.32.0
 RUN python3.11 -m venv /opt/venv
 
@@ -40,12 +51,12 @@ ENV PATH=/opt/venv/bin:$PATH \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /app
-COPY requirements.lock ./
-# torch first, the CPU build from PyTorch's own index (PyPI's pulls gigabytes of CUDA; the
-# service runs ONNX Runtime, torch only comes with the shared library code). Then the lock,
-# with the runtime's onnxruntime build ($ONNXRUNTIME) in place of the locked CPU one.
-RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
-    && grep -v '^onnxruntime==' requirements.lock > /tmp/requirements.txt \
+COPY requirements-serve.lock ./
+# The serving set, with the runtime's onnxruntime build ($ONNXRUNTIME) in place of the locked
+# CPU one. PIP_CERT: a build secret `ca` (a CA bundle) where a proxy re-signs the registry.
+RUN --mount=type=secret,id=ca \
+    if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
+    && grep -v '^onnxruntime==' requirements-serve.lock > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt "$ONNXRUNTIME" \
     && rm /tmp/requirements.txt
 
@@ -53,7 +64,9 @@ COPY pyproject.toml README.md params.yaml ./
 COPY src ./src
 COPY pipelines ./pipelines
 COPY serving ./serving
-RUN pip install --no-deps -e . \
+RUN --mount=type=secret,id=ca \
+    if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
+    && pip install --no-deps -e . \
     && groupadd --system --gid 10001 loopline \
     && useradd --system --uid 10001 --gid loopline --no-create-home \
         --home-dir /var/lib/loopline --shell /usr/sbin/nologin loopline \

@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup browser run test test-fast lint format bench lock clean
+.PHONY: help setup browser run test test-fast test-image image lint format bench lock clean
 
 help: ## Show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
@@ -50,6 +50,18 @@ test: setup $(CHROMIUM) ## Run the test suite (in parallel; TEST_WORKERS=0: in t
 test-fast: setup ## Tests without the end-to-end ones
 	$(BIN)/pytest -m "not e2e"
 
+# The serving image on a local Debian base (no registry to pull python:3.11-slim from here);
+# needs root, a Docker engine (Debian's docker.io: BuildKit built in) and debootstrap.
+DOCKER ?= /usr/bin/docker
+CA_BUNDLE ?= /etc/ssl/certs/ca-certificates.crt
+image: ## Build the serving image (loopline-serve) on a local Debian base
+	images/debian-base.sh loopline-base
+	DOCKER_BUILDKIT=1 $(DOCKER) build --network host --build-arg CPU_BASE=loopline-base \
+		--secret id=ca,src=$(CA_BUNDLE) -t loopline-serve .
+
+test-image: setup ## Build the serving image and run it against an MLflow server (minutes)
+	LOOPLINE_TEST_IMAGE=1 $(BIN)/pytest tests/serving/test_image.py
+
 lint: setup ## Lint and check formatting (ruff)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -70,6 +82,7 @@ lock: ## Re-resolve requirements.lock from requirements.in (uv)
 	$(BIN)/uv pip compile requirements.in --python-version 3.11 --find-links /opt/wheels \
 		--override $(VENV)/torch-cpu.txt -o requirements.lock
 	sed -i 's/^torch==\(.*\)+cpu/torch==\1/' requirements.lock
+	$(BIN)/uv pip compile requirements-serve.in --python-version 3.11 -o requirements-serve.lock
 
 clean: ## Remove the state folder (MLflow store, Prefect home, DVC remote) and data
 	rm -rf .loopline data

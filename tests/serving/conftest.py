@@ -220,21 +220,27 @@ def serve_process(
 
 
 @contextlib.contextmanager
-def mlflow_server(folder: Path, host: str = "127.0.0.1"):
+def mlflow_server(folder: Path, host: str = "127.0.0.1", reached_as: tuple[str, ...] = ()):
     """A real MLflow tracking server (SQLite backend, proxied artifacts under `folder`), as
-    a team runs it for hosts that share no folder: yields its URI, stopped on exit."""
+    a team runs it for hosts that share no folder, listening on `host` and answering clients
+    that name it loopback or one of `reached_as` (MLflow refuses other Host headers): yields
+    its URI, stopped on exit."""
     import sys
 
     from loopline.health import free_port
 
     port = free_port()
-    uri = f"http://{host}:{port}"
+    uri = f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"
     folder.mkdir(parents=True, exist_ok=True)
     command = [
         str(Path(sys.executable).with_name("mlflow")),
         *("server", "--host", host, "--port", str(port), "--workers", "1"),
         *("--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}"),
         *("--artifacts-destination", str(folder / "artifacts")),
+        *(
+            "--allowed-hosts",
+            ",".join(f"{name}:{port}" for name in ("localhost", "127.0.0.1", *reached_as)),
+        ),
     ]
     log_path = folder / "mlflow-server.log"
     with serve_process(command, folder, log_path, uri, wait_for="/health"):
