@@ -89,6 +89,22 @@ def test_csv_glob_source_reads_every_file(tmp_path):
     assert len(frame) == 5 and set(frame.site_id) == {"greensboro", "sand_point"}
 
 
+def test_a_csv_reads_as_the_same_text_whichever_parser_takes_it(tmp_path):
+    """Missing-value spellings, quoted separators and line breaks read alike by pyarrow's
+    parser and pandas' own; a row short of fields (which pyarrow refuses) is still read,
+    its missing cells empty, for validation to quarantine."""
+    from loopline.offline.ingest import read_text_table
+
+    tricky = 'a,b,c\n1,,x\n"",NA,null\n 3 ,NaN,"q,r"\n4,n/a,"two\nlines"\n5,None,#N/A\n'
+    (tmp_path / "tricky.csv").write_text(tricky)
+    fast = read_text_table(str(tmp_path / "tricky.csv"), ",")
+    plain = pd.read_csv(tmp_path / "tricky.csv", dtype=str, keep_default_na=True)
+    pd.testing.assert_frame_equal(fast, plain)
+    (tmp_path / "short.csv").write_text("a,b\n1,2\n3\n")
+    short = read_text_table(str(tmp_path / "short.csv"), ",")
+    assert short["a"].tolist() == ["1", "3"] and short["b"].isna().tolist() == [False, True]
+
+
 def test_sql_source_reads_a_query(tmp_path):
     db = tmp_path / "weather.db"
     with sqlite3.connect(db) as connection:
