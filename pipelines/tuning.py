@@ -4,7 +4,9 @@
 (`prefect-dask`): a LocalCluster of `tune.parallel.workers` processes by default, or the
 scheduler at `tune.parallel.address`. Each trial is one task; all of them share one Optuna
 study in storage every worker reaches (`tune.parallel.storage`; a SQLite file in the state
-folder by default, PostgreSQL for workers on several machines).
+folder by default, PostgreSQL for workers on several machines). The rows reach the workers
+through the cluster itself (scattered to every worker and published as a named dataset),
+so the workers need no folder shared with the flow.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+import pandas as pd
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext
 
 from loopline.config import Params, TuneParallel
 from loopline.offline.features import FeatureSpec
@@ -30,19 +34,19 @@ from loopline.paths import ProjectPaths
 
 
 @functools.lru_cache(maxsize=2)
-def _worker_rows(frame_path: str):
-    """The tuning rows and an examples cache, kept per worker process across its trials:
-    reading the rows and building examples costs seconds, a trial of a small model not much
-    more."""
-    import pandas as pd
+def _worker_rows(dataset: str):
+    """The tuning rows (the cluster's published dataset `dataset`) and an examples cache,
+    kept per worker process across its trials: building examples costs seconds, a trial of
+    a small model not much more."""
+    from distributed import get_client
 
-    return pd.read_parquet(frame_path), {}
+    return get_client().get_dataset(dataset).result(), {}
 
 
 @task(name="tune-worker", cache_policy=NO_CACHE)
 def tune_worker(
     params: Params,
-    frame_path: str,
+    dataset: str,
     spec_json: str,
     storage: str,
     study: str,
@@ -55,7 +59,7 @@ def tune_worker(
 
     # One core per worker: the workers are the parallelism, not torch's intra-op threads.
     torch.set_num_threads(1)
-    rows, cache = _worker_rows(frame_path)
+    rows, cache = _worker_rows(dataset)
     tune_model(
         params.plugin,
         rows,
@@ -72,7 +76,8 @@ def tune_worker(
     return n_trials
 
 
-# Flow parameters go to the Prefect API (≤ 512 KB): the rows travel as a Parquet file path.
+# Flow parameters go to the Prefect API (≤ 512 KB): the rows come as a Parquet file of this
+# process, which the subflow (in this process too) hands to the cluster.
 @flow(name="loopline-tune-parallel", validate_parameters=False)
 def parallel_tuning(
     params: Params,
@@ -82,6 +87,26 @@ def parallel_tuning(
     study: str,
     source: list[str] | None = None,
 ):
+    client = FlowRunContext.get().task_runner.client  # the Dask task runner's own client
+    dataset = f"loopline-tuning-rows-{study}"
+    [rows] = client.scatter([pd.read_parquet(frame_path)], broadcast=True)
+    client.publish_dataset(rows, name=dataset, override=True)
+    try:
+        run_trials(params, dataset, spec_json, storage, study, source)
+    finally:
+        client.unpublish_dataset(dataset)
+    return study_result(storage, study)
+
+
+def run_trials(
+    params: Params,
+    dataset: str,
+    spec_json: str,
+    storage: str,
+    study: str,
+    source: list[str] | None,
+) -> None:
+    """Submit the trials the study still lacks and wait for them."""
     done = create_shared_study(storage, study)
     search = search_for(params.tune, params.plugin, reopen(source) if source else None)
     # One task per trial, not a fixed share per worker: trials differ several-fold in cost
@@ -92,21 +117,16 @@ def parallel_tuning(
     if params.tune.sampler == "grid":
         points = [p for p in grid_points(search) if p not in done]
         futures = [
-            tune_worker.submit(
-                params, frame_path, spec_json, storage, study, 1, number, point, source
-            )
+            tune_worker.submit(params, dataset, spec_json, storage, study, 1, number, point, source)
             for number, point in enumerate(points)
         ]
     else:
         futures = [
-            tune_worker.submit(
-                params, frame_path, spec_json, storage, study, 1, number, None, source
-            )
+            tune_worker.submit(params, dataset, spec_json, storage, study, 1, number, None, source)
             for number in range(len(done), params.tune.n_trials)
         ]
     for future in futures:
         future.result()
-    return study_result(storage, study)
 
 
 def dask_task_runner(parallel: TuneParallel):
@@ -153,8 +173,8 @@ def tune_on_dask(
 ) -> TuneResult:
     """Run the search on Dask; returns the same TuneResult as the in-process search.
 
-    The rows are written to `scratch` for the workers: on a cluster of several machines that
-    folder (the state folder) must be shared storage, like the Optuna database.
+    The rows are written to `scratch` for the subflow, which hands them to the cluster; on
+    a cluster of several machines only the Optuna storage must be shared (a database).
     """
     frame_path = scratch / "tuning_rows.parquet"
     frame.to_parquet(frame_path)
