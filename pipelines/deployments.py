@@ -161,9 +161,10 @@ async def list_deployments() -> list[dict[str, Any]]:
 
 @contextmanager
 def local_server(
-    paths: ProjectPaths, port: int | None = None, timeout_s: float = 120.0
+    paths: ProjectPaths, port: int | None = None, timeout_s: float = 120.0, host: str = "127.0.0.1"
 ) -> Iterator[str]:
-    """A real Prefect server on loopback, its database in the project's state folder.
+    """A real Prefect server on `host` (loopback by default), its database in the project's
+    state folder.
 
     The temporary API Prefect starts by itself cannot run schedules; this one can. It runs in
     its own process group, so stopping it (here, on Ctrl-C, on an error) leaves no orphans.
@@ -182,7 +183,7 @@ def local_server(
         except httpx.HTTPError:
             pass
     port = port or free_port()
-    url = f"http://127.0.0.1:{port}/api"
+    url = f"http://{host}:{port}/api"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_URL")} | {
         "PREFECT_HOME": str(home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -192,7 +193,7 @@ def local_server(
     prefect = str(Path(sys.executable).with_name("prefect"))
     log = open(home / "server.log", "ab")  # noqa: SIM115 - closed in finally
     process = subprocess.Popen(
-        [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui"],
+        [prefect, "server", "start", "--host", host, "--port", str(port), "--no-ui"],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,

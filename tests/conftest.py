@@ -57,6 +57,7 @@ MODULE_SECONDS = {
     "tests/serving/test_rollback_promote.py": 90,
     "tests/ui/test_operator_page.py": 86,
     "tests/pipelines/test_offline_flow.py": 84,
+    "tests/e2e/test_multi_host.py": 90,
     "tests/model/test_distributed_training.py": 45,
     "tests/serving/test_live_service.py": 83,
     "tests/e2e/test_own_task.py": 78,

@@ -223,8 +223,8 @@ def serve_process(
 def mlflow_server(folder: Path, host: str = "127.0.0.1", reached_as: tuple[str, ...] = ()):
     """A real MLflow tracking server (SQLite backend, proxied artifacts under `folder`), as
     a team runs it for hosts that share no folder, listening on `host` and answering clients
-    that name it loopback or one of `reached_as` (MLflow refuses other Host headers): yields
-    its URI, stopped on exit."""
+    that name it by loopback, `host` or one of `reached_as` (MLflow refuses other Host
+    headers): yields its URI, stopped on exit."""
     import sys
 
     from loopline.health import free_port
@@ -232,15 +232,13 @@ def mlflow_server(folder: Path, host: str = "127.0.0.1", reached_as: tuple[str, 
     port = free_port()
     uri = f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"
     folder.mkdir(parents=True, exist_ok=True)
+    names = {"localhost", "127.0.0.1", host, *reached_as} - {"0.0.0.0"}
     command = [
         str(Path(sys.executable).with_name("mlflow")),
         *("server", "--host", host, "--port", str(port), "--workers", "1"),
         *("--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}"),
         *("--artifacts-destination", str(folder / "artifacts")),
-        *(
-            "--allowed-hosts",
-            ",".join(f"{name}:{port}" for name in ("localhost", "127.0.0.1", *reached_as)),
-        ),
+        *("--allowed-hosts", ",".join(f"{name}:{port}" for name in sorted(names))),
     ]
     log_path = folder / "mlflow-server.log"
     with serve_process(command, folder, log_path, uri, wait_for="/health"):

@@ -1,0 +1,308 @@
+"""Loopline past one machine: a Dask scheduler and two workers, each in its own network
+namespace, and the offline flow handing its tuning study to the scheduler's address.
+
+The test makes the network: a bridge in this namespace and a veth pair per host, each host's
+address inside its namespace only. Every service the hosts share is reached over that
+network, never through a shared folder:
+
+- the Prefect API the workers report their task runs to (a real server on the bridge);
+- the MLflow tracking server (proxied artifacts);
+- the Optuna study's PostgreSQL, through a TCP relay on the bridge, because the CI database
+  listens on loopback only;
+- the tuning rows, which reach the workers through the Dask cluster itself.
+
+The same project run in one process (its own SQLite MLflow store and Prefect's local API)
+snapshots the same rows and publishes the same metrics: both runs try the same grid of
+hyperparameters from the same seeds.
+
+What does not run on the cluster yet: the data stages and DDP training stay in the flow's
+process, and DVC pushes from the flow's host only (README, "Scale out").
+
+Skips, saying why, where namespaces cannot be made (not root, no `ip`, no permission) or
+where no PostgreSQL is configured (LOOPLINE_TEST_POSTGRES_URL, which `.ci/run` sets).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from loopline.paths import ProjectPaths
+from pipelines.deployments import local_server
+from tests.conftest import TINY, write_project
+from tests.serving.conftest import mlflow_server
+
+pytestmark = pytest.mark.e2e
+
+BIN = Path(sys.executable).parent
+TAG = str(os.getpid() % 100_000)
+SUBNET = f"10.213.{os.getpid() % 250}"
+SCHEDULER_PORT = 8786
+PARAMS = {
+    **TINY,
+    "tune": {
+        # Two points, one trial each: the cluster and the single process try the same ones.
+        "sampler": "grid",
+        "n_trials": 2,
+        "max_epochs": 2,
+        "pruning": False,
+        "search_space": {
+            "hidden_size": {"choices": [16]},
+            "num_layers": {"choices": [1]},
+            "dropout": {"choices": [0.0]},
+            "learning_rate": {"choices": [0.005]},
+            "batch_size": {"choices": [32]},
+            "window": {"choices": [24]},
+            "cell": {"choices": ["lstm", "gru"]},
+        },
+    },
+    "train": {"max_epochs": 3, "patience": 2, "threads": 1},
+}
+
+
+@dataclass(frozen=True)
+class Host:
+    namespace: str
+    address: str
+
+
+def ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
+
+
+@contextlib.contextmanager
+def bridged_traffic_allowed(bridge: str):
+    """Where bridged packets pass through iptables (br_netfilter, as Docker leaves it, with
+    a FORWARD policy of DROP), accept those between this bridge's ports for the test."""
+    knob = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
+    filtered = knob.is_file() and knob.read_text().strip() == "1" and shutil.which("iptables")
+    rule = ["FORWARD", "-i", bridge, "-o", bridge, "-j", "ACCEPT"]
+    if filtered:
+        subprocess.run(["iptables", "-I", *rule], check=True, capture_output=True)
+    try:
+        yield
+    finally:
+        if filtered:
+            subprocess.run(["iptables", "-D", *rule], capture_output=True)
+
+
+@contextlib.contextmanager
+def network(names: list[str]):
+    """A bridge with this namespace at `.1` and one namespace per name at `.2`, `.3`, ...:
+    yields (this side's address, {name: Host})."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("network namespaces need root and iproute2's `ip`")
+    bridge, made = f"llbr{TAG}", []
+    try:
+        ip("link", "add", bridge, "type", "bridge")
+    except subprocess.CalledProcessError as error:
+        pytest.skip(f"cannot make a bridge here: {error.stderr.strip()}")
+    try:
+        ip("addr", "add", f"{SUBNET}.1/24", "dev", bridge)
+        ip("link", "set", bridge, "up")
+        hosts = {}
+        for number, name in enumerate(names, start=2):
+            namespace, outer, inner = f"ll{TAG}-{name}", f"llv{TAG}{number}", f"lli{TAG}{number}"
+            ip("netns", "add", namespace)
+            made.append(namespace)
+            ip("link", "add", outer, "type", "veth", "peer", "name", inner)
+            ip("link", "set", inner, "netns", namespace)
+            ip("link", "set", outer, "master", bridge, "up")
+            ip("-n", namespace, "addr", "add", f"{SUBNET}.{number}/24", "dev", inner)
+            ip("-n", namespace, "link", "set", inner, "up")
+            ip("-n", namespace, "link", "set", "lo", "up")
+            hosts[name] = Host(namespace, f"{SUBNET}.{number}")
+        with bridged_traffic_allowed(bridge):
+            yield f"{SUBNET}.1", hosts
+    finally:
+        for namespace in made:
+            subprocess.run(["ip", "netns", "del", namespace], capture_output=True)
+        subprocess.run(["ip", "link", "del", bridge], capture_output=True)
+
+
+@contextlib.contextmanager
+def tcp_relay(listen: str, target: tuple[str, int]):
+    """Forward connections to `listen`:<port> on to `target`; yields the port."""
+    server = socket.create_server((listen, 0))
+    server.settimeout(0.5)
+    stop = threading.Event()
+
+    def pipe(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        for end in (source, sink):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                client, _ = server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            upstream = socket.create_connection(target)
+            for ends in ((client, upstream), (upstream, client)):
+                threading.Thread(target=pipe, args=ends, daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join()
+        server.close()
+
+
+@contextlib.contextmanager
+def in_namespace(host: Host, command: list[str], log: Path, env: dict, cwd: Path):
+    """A process in `host`'s namespace, its output in `log`; stopped on exit."""
+    cwd.mkdir(parents=True, exist_ok=True)
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            ["ip", "netns", "exec", host.namespace, *command],
+            env=env,
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            yield process
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def dask_cluster(hosts: dict[str, Host], prefect_api: str, folder: Path):
+    """A scheduler and two workers, one per namespace; yields the scheduler's address."""
+    from distributed import Client
+
+    address = f"tcp://{hosts['scheduler'].address}:{SCHEDULER_PORT}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    env |= {
+        "PREFECT_API_URL": prefect_api,  # the workers report their task runs there
+        "OMP_NUM_THREADS": "1",
+        "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False",
+    }
+    scheduler = [str(BIN / "dask"), "scheduler", "--host", hosts["scheduler"].address]
+    scheduler += ["--port", str(SCHEDULER_PORT), "--no-dashboard"]
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(
+            in_namespace(
+                hosts["scheduler"], scheduler, folder / "scheduler.log", env, folder / "scheduler"
+            )
+        )
+        for name in ("worker-a", "worker-b"):
+            worker = [str(BIN / "dask"), "worker", address, "--host", hosts[name].address]
+            worker += ["--nthreads", "1", "--no-dashboard", "--name", name]
+            host_env = env | {"PREFECT_HOME": str(folder / name / "prefect")}
+            stack.enter_context(
+                in_namespace(hosts[name], worker, folder / f"{name}.log", host_env, folder / name)
+            )
+        with Client(address, timeout="60s") as client:
+            client.wait_for_workers(2, timeout=120)
+            seen = {w["host"] for w in client.scheduler_info()["workers"].values()}
+        assert seen == {hosts["worker-a"].address, hosts["worker-b"].address}
+        yield address
+
+
+def postgres_target() -> tuple[object, tuple[str, int]]:
+    from sqlalchemy.engine import make_url
+
+    url = os.environ.get("LOOPLINE_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("LOOPLINE_TEST_POSTGRES_URL is not set: no PostgreSQL (.ci/run sets it)")
+    parsed = make_url(url)
+    return parsed, (parsed.host or "127.0.0.1", parsed.port or 5432)
+
+
+def loopline_run(root: Path, env: dict, overrides: list[str]) -> dict:
+    """`loopline run` in `root`; its summary (the last line it prints)."""
+    command = [str(BIN / "loopline"), "run", *(a for o in overrides for a in ("-P", o))]
+    done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    (root / "run.log").write_text(done.stdout + done.stderr)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def clean_env() -> dict:
+    drop = ("PREFECT_", "MLFLOW_", "LOOPLINE_HOME")
+    return {k: v for k, v in os.environ.items() if not k.startswith(drop)} | {
+        "OMP_NUM_THREADS": "1",
+        "DVC_NO_ANALYTICS": "1",
+    }
+
+
+def test_the_flow_tunes_on_a_dask_cluster_of_three_network_namespaces(tmp_path):
+    database, target = postgres_target()
+    with contextlib.ExitStack() as stack:
+        bridge, hosts = stack.enter_context(network(["scheduler", "worker-a", "worker-b"]))
+        relay = stack.enter_context(tcp_relay(bridge, target))
+        storage = database.set(host=bridge, port=relay).render_as_string(hide_password=False)
+        prefect_api = stack.enter_context(
+            local_server(ProjectPaths.at(tmp_path / "prefect"), host=bridge)
+        )
+        tracking = stack.enter_context(mlflow_server(tmp_path / "mlflow", bridge))
+        address = stack.enter_context(dask_cluster(hosts, prefect_api, tmp_path / "cluster"))
+        cluster_root = write_project(tmp_path / "on-cluster", PARAMS)
+        env = clean_env() | {"PREFECT_API_URL": prefect_api, "MLFLOW_TRACKING_URI": tracking}
+        on_cluster = loopline_run(
+            cluster_root,
+            env,
+            [
+                "tune.parallel.engine=dask",
+                f"tune.parallel.address={address}",
+                f"tune.parallel.storage={storage}",
+            ],
+        )
+        trials = trial_runs(tracking, on_cluster["run_id"])
+    single_root = write_project(tmp_path / "one-process", PARAMS)
+    single = loopline_run(single_root, clean_env(), [])
+    assert on_cluster["status"] == single["status"] == "published", (on_cluster, single)
+    # Both grid points ran as tasks on the workers, in the study the workers shared.
+    assert sorted(trials) == ["COMPLETE", "COMPLETE"], trials
+    # The same rows, byte for byte. (The data version, DVC's hash of data/, also covers the
+    # manifest's commit times and batch ids, so two runs never share it.)
+    assert partitions(cluster_root) == partitions(single_root) != {}
+    assert on_cluster["metrics"].keys() == single["metrics"].keys()
+    for name, value in single["metrics"].items():
+        assert on_cluster["metrics"][name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
+
+
+def partitions(root: Path) -> dict[str, str]:
+    """The snapshot's Parquet partitions and their contents' hashes."""
+    return {
+        path.name: hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted((root / "data").glob("*/part-*.parquet"))
+    }
+
+
+def trial_runs(tracking_uri: str, run_id: str) -> list[str]:
+    """The states of the nested trial runs the flow logged from the shared study."""
+    from loopline import registry
+
+    client = registry.client(tracking_uri)
+    experiment = client.get_run(run_id).info.experiment_id
+    runs = client.search_runs([experiment], filter_string=f"tags.mlflow.parentRunId = '{run_id}'")
+    return [r.data.tags["loopline.trial_state"] for r in runs]
