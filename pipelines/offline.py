@@ -49,6 +49,7 @@ from loopline.offline.validate import ValidationReport
 from loopline.params import load_params
 from loopline.paths import ProjectPaths
 from pipelines.progress import note, stage
+from pipelines.results import PickleFile
 from pipelines.tuning import optuna_storage, tune_on_dask
 
 # ---------------------------------------------------------------------- caching and retries
@@ -65,9 +66,10 @@ CACHED = {"cache_key_fn": _by_stage_key, "persist_result": True}
 
 def run_stage(stage_task, paths: ProjectPaths, *args, **kwargs):
     """Call a cached stage with the project's result storage; say when it was reused."""
-    state = stage_task.with_options(result_storage=paths.cache / "results")(
-        *args, return_state=True, **kwargs
-    )
+    results = paths.cache / "results"
+    state = stage_task.with_options(
+        result_storage=results, result_serializer=PickleFile(folder=str(results / "pickles"))
+    )(*args, return_state=True, **kwargs)
     if state.name == "Cached":
         note(f"reused: completed earlier with the same key ({kwargs['stage_key']})")
     return state.result()
