@@ -104,26 +104,26 @@ def network(names: list[str]):
     yields (this side's address, {name: Host})."""
     if os.geteuid() != 0 or shutil.which("ip") is None:
         pytest.skip("network namespaces need root and iproute2's `ip`")
-    bridge, made = f"llbr{TAG}", []
+    bridge, made, hosts = f"llbr{TAG}", [], {}
     try:
-        ip("link", "add", bridge, "type", "bridge")
-    except subprocess.CalledProcessError as error:
-        pytest.skip(f"cannot make a bridge here: {error.stderr.strip()}")
-    try:
-        ip("addr", "add", f"{SUBNET}.1/24", "dev", bridge)
-        ip("link", "set", bridge, "up")
-        hosts = {}
-        for number, name in enumerate(names, start=2):
-            namespace, outer, inner = f"ll{TAG}-{name}", f"llv{TAG}{number}", f"lli{TAG}{number}"
-            ip("netns", "add", namespace)
-            made.append(namespace)
-            ip("link", "add", outer, "type", "veth", "peer", "name", inner)
-            ip("link", "set", inner, "netns", namespace)
-            ip("link", "set", outer, "master", bridge, "up")
-            ip("-n", namespace, "addr", "add", f"{SUBNET}.{number}/24", "dev", inner)
-            ip("-n", namespace, "link", "set", inner, "up")
-            ip("-n", namespace, "link", "set", "lo", "up")
-            hosts[name] = Host(namespace, f"{SUBNET}.{number}")
+        try:  # a machine that cannot make these (no CAP_NET_ADMIN, say) skips, saying why
+            ip("link", "add", bridge, "type", "bridge")
+            ip("addr", "add", f"{SUBNET}.1/24", "dev", bridge)
+            ip("link", "set", bridge, "up")
+            for number, name in enumerate(names, start=2):
+                namespace = f"ll{TAG}-{name}"
+                outer, inner = f"llv{TAG}{number}", f"lli{TAG}{number}"
+                ip("netns", "add", namespace)
+                made.append(namespace)
+                ip("link", "add", outer, "type", "veth", "peer", "name", inner)
+                ip("link", "set", inner, "netns", namespace)
+                ip("link", "set", outer, "master", bridge, "up")
+                ip("-n", namespace, "addr", "add", f"{SUBNET}.{number}/24", "dev", inner)
+                ip("-n", namespace, "link", "set", inner, "up")
+                ip("-n", namespace, "link", "set", "lo", "up")
+                hosts[name] = Host(namespace, f"{SUBNET}.{number}")
+        except subprocess.CalledProcessError as error:
+            pytest.skip(f"cannot make network namespaces here: {error.stderr.strip()}")
         with bridged_traffic_allowed(bridge):
             yield f"{SUBNET}.1", hosts
     finally:
