@@ -14,7 +14,8 @@ train, evaluate, export, profile, publish) runs too and is timed with the rest.
 Measured, side by side for every size in one run:
 - each stage's wall time, from the run's own progress lines ("✓ ingest 3.2s");
 - the peak RSS of the flow's process and of every child process (the sum over the process
-  tree, sampled every 0.1 s, and the largest single process), per stage;
+  tree, sampled every 0.1 s, and the largest single process), per stage (from its start to
+  the next stage's);
 - the log-log slope of total time and of the data stages' time between consecutive sizes.
 
 Issue 28's targets: time grows at most linearly (slope <= 1.1 from 10^6 to 10^7 rows), the
@@ -179,8 +180,7 @@ def run_size(rows: int, folder: Path, limit_gb: float) -> dict:
         if match := START_LINE.match(text):
             memory.stage = match["stage"]
         elif match := STAGE_LINE.match(text):
-            seconds[match["stage"]] = float(match["seconds"])
-            memory.stage = f"after {match['stage']}"
+            seconds[match["stage"]] = float(match["seconds"])  # what follows counts to it
     code = process.wait()
     wall = time.perf_counter() - started
     memory.stop()
@@ -229,13 +229,13 @@ def print_size(result: dict) -> None:
         f"{result['tree_peak_rss_mb']:,.0f} MB"
     )
     print(f"{'stage':<16}{'seconds':>10}{'tree MB':>10}{'largest MB':>12}")
-    for stage, peak in result["peak_rss_mb"].items():
-        name = stage.removeprefix("after ")
+    peaks = result["peak_rss_mb"]
+    for stage in dict.fromkeys(["start", *result["stage_seconds"], *peaks]):
         spent = result["stage_seconds"].get(stage)
         shown = f"{spent:>10.1f}" if spent is not None else f"{'':>10}"
-        if stage.startswith("after "):
-            name, shown = f"  (after {name})", f"{'':>10}"
-        print(f"{name:<16}{shown}{peak['tree']:>10,.0f}{peak['largest']:>12,.0f}")
+        peak = peaks.get(stage)  # none: over before a sample (0.1 s)
+        memory = f"{peak['tree']:>10,.0f}{peak['largest']:>12,.0f}" if peak else f"{'-':>10}"
+        print(f"{stage:<16}{shown}{memory}")
     if result["log_tail"]:
         print(result["log_tail"])
 

@@ -60,8 +60,10 @@ def _by_stage_key(context, inputs: dict[str, Any]) -> str:
 
 
 # A cached stage: its result is persisted under its `stage_key` argument and reused by any
-# later run that reaches the same key.
-CACHED = {"cache_key_fn": _by_stage_key, "persist_result": True}
+# later run that reaches the same key. It is not also kept in Prefect's in-memory result
+# cache, which would hold every stage's frame until the flow ends (measured on 1M rows:
+# each stage's frame added 300 MB that was never freed).
+CACHED = {"cache_key_fn": _by_stage_key, "persist_result": True, "cache_result_in_memory": False}
 
 
 def run_stage(stage_task, paths: ProjectPaths, *args, **kwargs):
