@@ -237,6 +237,29 @@ def test_the_report_ranks_features_by_permutation_importance(tmp_path):
     assert set(table["feature"]) == {"tenure", "spend", "plan"}
 
 
+def test_permutation_importance_matches_shuffling_the_raw_column_and_encoding_again():
+    """The report encodes the rows once and permutes a column's block of inputs; that is the
+    same as shuffling the raw column and encoding the table again, shuffle for shuffle."""
+    from loopline.offline.train import predict
+    from loopline.tasks.tabular.report import REPEATS, _quality, permutation_importance
+
+    frame = customers(120).assign(split="test")
+    task, spec = fitted(frame)
+    model = _Oracle(spec)
+    table = permutation_importance(task, frame, spec, model, seed=3)
+    truth = task.targets(frame, spec, "test")
+    quality = _quality(truth, spec)
+    reference = quality(predict(model, task.inputs(frame, spec)))
+    rng = np.random.default_rng(3)
+    for column in spec.feature_columns:
+        drops = []
+        for _ in range(REPEATS):
+            shuffled = frame.assign(**{column: rng.permutation(frame[column].to_numpy())})
+            drops.append(reference - quality(predict(model, task.inputs(shuffled, spec))))
+        row = table.set_index("feature").loc[column]
+        assert row["importance"] == np.mean(drops) and row["std"] == np.std(drops), column
+
+
 class _Oracle:
     """Predicts the rule the data follows, from its encoded inputs (basic and short)."""
 

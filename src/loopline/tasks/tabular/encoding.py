@@ -38,6 +38,19 @@ def input_names(numeric: list[str], vocabularies: dict[str, list[str]]) -> list[
     return names
 
 
+def input_blocks(numeric: list[str], vocabularies: dict[str, list[str]]) -> dict[str, list[int]]:
+    """Each feature column's positions among the model inputs (`encode`'s columns): a row's
+    inputs for a column depend on that row's value alone."""
+    blocks: dict[str, list[int]] = {}
+    for column in numeric:
+        blocks[column] = [len(blocks)]
+    at = len(numeric)
+    for column, known in vocabularies.items():
+        blocks[column] = list(range(at, at + len(known) + 1))
+        at += len(known) + 1
+    return blocks
+
+
 def encode(
     rows: pd.DataFrame,
     numeric: list[str],
