@@ -18,7 +18,7 @@ import pandas as pd
 from loopline.offline.split import labeled_set
 from loopline.offline.train import predict
 from loopline.plots import new_figure, save_figure
-from loopline.tasks.tabular import encoding
+from loopline.tasks.tabular.encoding import input_blocks
 
 REPEATS = 5
 
@@ -34,7 +34,7 @@ def permutation_importance(task, rows: pd.DataFrame, spec, model, seed: int) -> 
     quality = _quality(truth, spec)
     inputs = task.inputs(rows, spec)
     reference = quality(predict(model, inputs))
-    blocks = encoding.input_blocks(spec.options.numeric, spec.options.vocabulary)
+    blocks = input_blocks(spec.options.numeric, spec.options.vocabulary)
     rng = np.random.default_rng(seed)
     table = []
     for column in spec.feature_columns:
