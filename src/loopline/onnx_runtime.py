@@ -13,6 +13,16 @@ import numpy as np
 
 from loopline.offline.features import FeatureSpec
 
+__all__ = [
+    "INPUT_NAME",
+    "OUTPUT_NAME",
+    "SPEC_KEY",
+    "embedded_spec",
+    "onnx_session",
+    "run_onnx",
+    "run_onnx_outputs",
+]
+
 INPUT_NAME = "x"
 OUTPUT_NAME = "output"  # a task names its outputs itself (`exportable()`)
 SPEC_KEY = "loopline.feature_spec"

@@ -161,6 +161,14 @@ def raw_readings(start: str, hours: int, site: str = SITE):
     return rows
 
 
+def window_of(start: str, hours: int, site: str = SITE) -> dict:
+    """One /predict window: the site once, its readings without it."""
+    readings = [
+        {k: v for k, v in r.items() if k != "site_id"} for r in raw_readings(start, hours, site)
+    ]
+    return {"site_id": site, "readings": readings}
+
+
 def service_app(startup_wait_s: float = 120.0):
     """A fresh ASGI app of the one service for one TestClient, serving the task of the
     project `LOOPLINE_PROJECT` names (read now, as a service process reads it at start).

@@ -20,7 +20,7 @@ import pytest
 
 from loopline.health import free_port, wait_until_ok
 from tests.conftest import TINY, write_project
-from tests.serving.conftest import mlflow_server, publish_tiny_model, raw_readings
+from tests.serving.conftest import mlflow_server, publish_tiny_model, window_of
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = os.environ.get("DOCKER", "/usr/bin/docker")  # Debian's CLI: BuildKit built in
@@ -98,11 +98,7 @@ def test_the_image_serves_the_registry_champion_healthy_as_non_root(image, tmp_p
             assert docker("exec", container, "id", "-u") == "10001"
             url = f"http://127.0.0.1:{published}"
             wait_until_ok(f"{url}/readyz")  # live (healthy) first, then the model loads
-            readings = [
-                {k: v for k, v in row.items() if k != "site_id"}
-                for row in raw_readings("2021-02-01", 48)
-            ]
-            body = {"windows": [{"site_id": "greensboro", "readings": readings}]}
+            body = {"windows": [window_of("2021-02-01", 48)]}
             with httpx.Client(base_url=url, timeout=60) as client:
                 answer = client.post("/predict", json=body)
         finally:

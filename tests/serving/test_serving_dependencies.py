@@ -19,7 +19,7 @@ import httpx
 
 from loopline.health import free_port
 from tests.conftest import TINY, write_project
-from tests.serving.conftest import mlflow_server, publish_tiny_model, raw_readings, serve_process
+from tests.serving.conftest import mlflow_server, publish_tiny_model, serve_process, window_of
 
 REPO = Path(__file__).resolve().parents[2]
 SERVE_LOCK = REPO / "requirements-serve.lock"
@@ -106,11 +106,7 @@ def test_the_service_serves_with_only_the_serving_set_importable(tmp_path, monke
         command = [str(BIN / "loopline"), "serve", "--port", str(port)]
         log_path = tmp_path / "serve.log"
         with serve_process(command, root, log_path, url, env), httpx.Client(timeout=60) as client:
-            readings = [
-                {k: v for k, v in row.items() if k != "site_id"}
-                for row in raw_readings("2021-02-01", 48)
-            ]
-            window = {"site_id": "greensboro", "readings": readings}
+            window = window_of("2021-02-01", 48)
             answer = client.post(f"{url}/predict", json={"windows": [window]})
             metadata = client.get(f"{url}/metadata").json()
     assert answer.status_code == 200, answer.text

@@ -37,13 +37,15 @@ def permutation_importance(task, rows: pd.DataFrame, spec, model, seed: int) -> 
     blocks = input_blocks(spec.options.numeric, spec.options.vocabulary)
     rng = np.random.default_rng(seed)
     table = []
+    shuffled = inputs.copy()  # one working copy: each column's block is put back after it
     for column in spec.feature_columns:
+        block = blocks[column]
         drops = []
         for _ in range(REPEATS):
-            shuffled = inputs.copy()
             order = rng.permutation(len(inputs))  # as rng.permutation(the column's values)
-            shuffled[:, blocks[column]] = inputs[order][:, blocks[column]]
+            shuffled[:, block] = inputs[np.ix_(order, block)]
             drops.append(reference - quality(predict(model, shuffled)))
+        shuffled[:, block] = inputs[:, block]
         table.append({"feature": column, "importance": np.mean(drops), "std": np.std(drops)})
     return pd.DataFrame(table).sort_values("importance", ascending=False, ignore_index=True)
 
