@@ -28,6 +28,7 @@ from loopline.offline.tune import (
     grid_points,
     search_for,
     study_result,
+    trials_on_a_cluster,
     tune_model,
 )
 from loopline.paths import ProjectPaths
@@ -64,7 +65,7 @@ def tune_worker(
         params.plugin,
         rows,
         FeatureSpec.from_json(spec_json),
-        params,
+        trials_on_a_cluster(params),
         storage=storage,
         study_name=study,
         n_trials=n_trials,

@@ -169,6 +169,19 @@ class TransferParams(Section):
     lr_decay: Annotated[float, Field(ge=1)] = 2.6  # `discriminative_lr`: per-group divisor
 
 
+class TrainLaunch(Section):
+    """Where the training processes of `train.processes` > 1 run."""
+
+    # "local": on this machine, started by PyTorch's launcher (what `torchrun` runs); "dask":
+    # one process per worker of a Dask cluster, which may span several machines.
+    engine: Literal["local", "dask"] = "local"
+    # The Dask scheduler (tcp://scheduler:8786); unset: a LocalCluster of `processes` workers.
+    address: str | None = None
+    # How long a process of the group waits on the others (a rendezvous, a collective)
+    # before it fails: a lost machine fails the training instead of hanging it.
+    timeout_seconds: Positive = 600
+
+
 class TrainParams(Section):
     # Start from a trained model's weights instead of random ones: `models:/<name>@<alias>`,
     # `models:/<name>/<version>`, `runs:/<run id>` (a pipeline run) or a checkpoint file.
@@ -186,6 +199,7 @@ class TrainParams(Section):
     # Training processes (data-parallel, torch.distributed; `loopline.offline.distributed`):
     # the way to use more cores than one process uses well.
     processes: Positive = 1
+    launch: TrainLaunch = TrainLaunch()
 
 
 class EvaluateParams(Section):

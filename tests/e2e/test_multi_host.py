@@ -1,5 +1,7 @@
 """Loopline past one machine: a Dask scheduler and two workers, each in its own network
-namespace, and the offline flow handing its tuning study to the scheduler's address.
+namespace, and the offline flow handing its tuning study and its training to the
+scheduler's address: the trials run as tasks on the workers, and the final training runs
+data-parallel (DDP, gloo) in one process per worker.
 
 The test makes the network: a bridge in this namespace and a veth pair per host, each host's
 address inside its namespace only. Every service the hosts share is reached over that
@@ -9,14 +11,17 @@ network, never through a shared folder:
 - the MLflow tracking server (proxied artifacts);
 - the Optuna study's PostgreSQL, through a TCP relay on the bridge, because the CI database
   listens on loopback only;
-- the tuning rows, which reach the workers through the Dask cluster itself.
+- the tuning rows and the training examples, which reach the workers through the Dask
+  cluster itself, and the training checkpoints, which come back through it;
+- the training group's rendezvous, at the first worker's address.
 
 The same project run in one process (its own SQLite MLflow store and Prefect's local API)
 snapshots the same rows and publishes the same metrics: both runs try the same grid of
-hyperparameters from the same seeds.
+hyperparameters from the same seeds, and the two training processes take the steps one
+process takes (each global batch split between them, the gradients averaged).
 
-What does not run on the cluster yet: the data stages and DDP training stay in the flow's
-process, and DVC pushes from the flow's host only (README, "Scale out").
+What does not run on the cluster yet: the data stages stay in the flow's process, and DVC
+pushes from the flow's host only (README, "Scale out").
 
 Skips, saying why, where namespaces cannot be made (not root, no `ip`, no permission) or
 where no PostgreSQL is configured (LOOPLINE_TEST_POSTGRES_URL, which `.ci/run` sets).
@@ -39,6 +44,8 @@ from pathlib import Path
 
 import pytest
 
+from loopline import registry
+from loopline.offline.train import PLACEMENT_TAG
 from loopline.paths import ProjectPaths
 from pipelines.deployments import local_server
 from tests.conftest import TINY, write_project
@@ -254,7 +261,7 @@ def clean_env() -> dict:
     }
 
 
-def test_the_flow_tunes_on_a_dask_cluster_of_three_network_namespaces(tmp_path):
+def test_the_flow_tunes_and_trains_on_a_dask_cluster_of_three_network_namespaces(tmp_path):
     database, target = postgres_target()
     with contextlib.ExitStack() as stack:
         bridge, hosts = stack.enter_context(network(["scheduler", "worker-a", "worker-b"]))
@@ -274,14 +281,21 @@ def test_the_flow_tunes_on_a_dask_cluster_of_three_network_namespaces(tmp_path):
                 "tune.parallel.engine=dask",
                 f"tune.parallel.address={address}",
                 f"tune.parallel.storage={storage}",
+                "train.processes=2",
+                "train.launch.engine=dask",
+                f"train.launch.address={address}",
             ],
         )
+        placement = registry.client(tracking).get_run(on_cluster["run_id"]).data.tags[PLACEMENT_TAG]
         trials = trial_runs(tracking, on_cluster["run_id"])
     single_root = write_project(tmp_path / "one-process", PARAMS)
     single = loopline_run(single_root, clean_env(), [])
     assert on_cluster["status"] == single["status"] == "published", (on_cluster, single)
     # Both grid points ran as tasks on the workers, in the study the workers shared.
     assert sorted(trials) == ["COMPLETE", "COMPLETE"], trials
+    # The final training ran as one group of two processes, one on each worker's host.
+    hosts_used = sorted(w.split("//")[1].split(":")[0] for w in placement.split(", "))
+    assert hosts_used == sorted([hosts["worker-a"].address, hosts["worker-b"].address]), placement
     # The same rows, byte for byte. (The data version, DVC's hash of data/, also covers the
     # manifest's commit times and batch ids, so two runs never share it.)
     assert partitions(cluster_root) == partitions(single_root) != {}
@@ -300,8 +314,6 @@ def partitions(root: Path) -> dict[str, str]:
 
 def trial_runs(tracking_uri: str, run_id: str) -> list[str]:
     """The states of the nested trial runs the flow logged from the shared study."""
-    from loopline import registry
-
     client = registry.client(tracking_uri)
     experiment = client.get_run(run_id).info.experiment_id
     runs = client.search_runs([experiment], filter_string=f"tags.mlflow.parentRunId = '{run_id}'")

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from loopline.config import TrainParams
+from loopline.config import TrainLaunch, TrainParams
 from loopline.offline.distributed import training_threads
 from loopline.offline.features import FeatureSpec
 from loopline.offline.labeling import Examples
@@ -41,10 +41,12 @@ def examples(n: int, seed: int) -> Examples:
     return Examples(x, y.astype(np.float32), pd.DataFrame({"g": ["s"] * n}))
 
 
-def train(processes: int, epochs: int = 6, checkpoint=None, on_epoch=None):
+def train(processes: int, epochs: int = 6, checkpoint=None, on_epoch=None, launch=None):
     seed_everything(3)  # the initial weights are drawn when the model is built
     model = Forecaster(2, 3, hidden_size=8, dropout=0.0)
     params = TrainParams(max_epochs=epochs, patience=50, processes=processes)
+    if launch is not None:
+        params = params.model_copy(update={"launch": launch})
     return fit(
         model,
         examples(70, 1),  # 70 rows in batches of 16: the last batch of 6 splits 3 + 3
@@ -158,3 +160,54 @@ def test_the_launcher_leaves_this_process_handlers_as_they_were(alone):
     before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     train(processes=2, epochs=1)
     assert {s: signal.getsignal(s) for s in before} == before
+
+
+# ---------------------------------------------------------------------- on a Dask cluster
+
+
+@pytest.fixture(scope="module")
+def on_dask():
+    """Two single-threaded workers of a cluster reached by its scheduler's address (a
+    `LocalCluster` here; `tests/e2e/test_multi_host.py` runs one on several hosts)."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster:
+        yield TrainLaunch(engine="dask", address=cluster.scheduler_address, timeout_seconds=60)
+
+
+def test_two_processes_on_dask_workers_take_the_steps_one_process_takes(alone, on_dask):
+    seen = []
+    group = train(processes=2, on_epoch=seen.append, launch=on_dask)
+    assert [e.epoch for e in seen] == [1, 2, 3, 4, 5, 6]  # reported here, epoch by epoch
+    for mine, theirs in zip(group.history, alone.history, strict=True):
+        assert mine.val_loss == pytest.approx(theirs.val_loss, rel=1e-3)
+    for name, value in alone.model.state_dict().items():
+        torch.testing.assert_close(group.model.state_dict()[name], value, rtol=1e-3, atol=1e-4)
+
+
+def test_a_dask_group_checkpoints_into_this_process_file_and_resumes_from_it(
+    tmp_path, alone, on_dask
+):
+    # The workers may be other machines: the leader sends each epoch's state here, and a
+    # resumed group starts from this file's contents.
+    def prune_at_two(record):
+        if record.epoch == 2:
+            raise Pruned
+
+    checkpoint = tmp_path / "train.ckpt"
+    with pytest.raises(Pruned):
+        train(processes=2, checkpoint=checkpoint, on_epoch=prune_at_two, launch=on_dask)
+    assert 2 <= len(torch.load(checkpoint, weights_only=False)["history"]) <= 3
+    resumed = train(processes=2, checkpoint=checkpoint, launch=on_dask)
+    assert len(resumed.history) == len(alone.history)
+    for mine, theirs in zip(resumed.history, alone.history, strict=True):
+        assert mine.val_loss == pytest.approx(theirs.val_loss, rel=1e-3)
+
+
+def test_a_cluster_with_too_few_workers_is_named_with_its_count():
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster:
+        launch = TrainLaunch(engine="dask", address=cluster.scheduler_address, timeout_seconds=2)
+        with pytest.raises(ValueError, match=r"needs 2 Dask workers, but the cluster at .* has 1"):
+            train(processes=2, epochs=1, launch=launch)

@@ -14,11 +14,14 @@ process should use.
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import signal
+import socket
 import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import joblib
@@ -65,15 +68,43 @@ def current_shard() -> Shard | None:
     return Shard(dist.get_rank(), dist.get_world_size())
 
 
+@dataclass(frozen=True)
+class Rendezvous:
+    """Where a group's processes meet when no launcher set their environment: the leading
+    process's `tcp://host:port`, this process's rank, the group's size, and how long a
+    process waits on the others before it fails."""
+
+    init_method: str
+    rank: int
+    world: int
+    timeout: timedelta
+
+
 @contextlib.contextmanager
-def process_group() -> Iterator[Shard]:
-    """Join the group the launcher set up (its environment: RANK, WORLD_SIZE, MASTER_ADDR,
-    MASTER_PORT) for the block; gloo, since the loop trains on the CPU."""
-    dist.init_process_group("gloo")
+def process_group(rendezvous: Rendezvous | None = None) -> Iterator[Shard]:
+    """Join a training group for the block: the one the launcher set up (its environment:
+    RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT), or the one at `rendezvous`; gloo, since the
+    loop trains on the CPU."""
+    if rendezvous is None:
+        dist.init_process_group("gloo")
+    else:
+        dist.init_process_group(
+            "gloo",
+            init_method=rendezvous.init_method,
+            rank=rendezvous.rank,
+            world_size=rendezvous.world,
+            timeout=rendezvous.timeout,
+        )
     try:
         yield Shard(dist.get_rank(), dist.get_world_size())
     finally:
         dist.destroy_process_group()
+
+
+def in_group(entry: Callable[..., Any], *args: Any) -> Any:
+    """`entry(*args)` in the group the launcher set up (what each launched process runs)."""
+    with process_group():
+        return entry(*args)
 
 
 # What PyTorch's launcher takes over in the main thread (its TORCHELASTIC_SIGNALS_TO_HANDLE
@@ -100,6 +131,40 @@ def launch(entry: Callable[..., Any], args: tuple, processes: int) -> dict[int, 
         _restore(saved)
 
 
+@dataclass
+class LocalGroup:
+    """A training group of `processes` processes on this machine (`launch`), with queues
+    and events its processes reach (a multiprocessing manager's)."""
+
+    manager: Any
+    processes: int
+    shares_files = True  # the processes run here: a checkpoint path is theirs too
+
+    def queue(self) -> Any:
+        return self.manager.Queue()
+
+    def event(self) -> Any:
+        return self.manager.Event()
+
+    def run(self, entry: Callable[..., Any], args: tuple) -> dict[int, Any]:
+        return launch(entry, args, self.processes)
+
+    def placement(self) -> tuple[str, ...]:
+        return tuple(f"{socket.gethostname()} (local)" for _ in range(self.processes))
+
+
+@contextlib.contextmanager
+def local_group(processes: int) -> Iterator[LocalGroup]:
+    if multiprocessing.current_process().daemon:
+        raise ValueError(
+            f"train.processes: {processes} starts training processes, which this daemonic "
+            "process may not (a Dask worker's, say): set train.launch.engine: dask to run "
+            "them on the cluster's workers, or train.processes: 1"
+        )
+    with multiprocessing.get_context("spawn").Manager() as manager:
+        yield LocalGroup(manager, processes)
+
+
 def _handlers() -> dict[signal.Signals, Any]:
     if threading.current_thread() is not threading.main_thread():
         return {}  # (the launcher sets handlers only from the main thread)
@@ -124,7 +189,7 @@ def _launch(entry: Callable[..., Any], args: tuple, processes: int) -> dict[int,
         max_restarts=0,
         monitor_interval=0.1,
     )
-    return elastic_launch(config, entry)(*args)
+    return elastic_launch(config, in_group)(entry, *args)
 
 
 def cores() -> int:

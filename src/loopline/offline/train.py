@@ -11,7 +11,8 @@ tuning can weigh it against a gradient-trained model trial by trial.
 from __future__ import annotations
 
 import copy
-import multiprocessing
+import dataclasses
+import io
 import os
 import pickle
 import random
@@ -26,7 +27,7 @@ import torch
 from torch import nn
 
 from loopline.config import TrainParams
-from loopline.offline import distributed, transfer
+from loopline.offline import cluster, distributed, transfer
 from loopline.offline.distributed import Shard
 from loopline.offline.features import FeatureSpec, scale_target
 from loopline.offline.labeling import Examples
@@ -71,6 +72,8 @@ class TrainResult:
     hparams: dict[str, Any] = field(default_factory=dict)
     # With `train.init_from`: the layer groups copied from the source and those left fresh.
     started: Any = None
+    # Where each process of a training group ran, in rank order (empty: one process).
+    placement: tuple[str, ...] = ()
 
     @property
     def overfitting_onset(self) -> int | None:
@@ -292,7 +295,7 @@ def fit(
     seed: int,
     max_epochs: int | None = None,
     on_epoch: Callable[[Epoch], None] | None = None,
-    checkpoint: Path | None = None,
+    checkpoint: Path | RelayedCheckpoint | None = None,
     fine_tuning: FineTuning | None = None,
     augment: Augment | None = None,
 ) -> TrainResult:
@@ -429,49 +432,52 @@ def _fit_in_processes(
     model, train, val, spec, hparams, params: TrainParams, seed, max_epochs, on_epoch,
     checkpoint, fine_tuning, augment,
 ) -> TrainResult:  # fmt: skip
-    """`fit` in `params.processes` processes (`distributed.launch`); the leading process's
-    result. Each epoch the leader sends its record here, where `on_epoch` runs; when
-    `on_epoch` raises, the group stops after that epoch and the error is raised here."""
+    """`fit` in a group of `params.processes` processes (on this machine, or on a Dask
+    cluster: `params.launch`); the leading process's result. Each epoch the leader sends
+    its record here, where `on_epoch` runs; when `on_epoch` raises, the group stops after
+    that epoch and the error is raised here."""
     if isinstance(model, FitsItself) or fine_tuning is not None:
         kind = "fits itself" if fine_tuning is None else "fine-tunes a pretrained model"
         raise ValueError(
             f"train.processes: {params.processes} trains by gradient steps in several "
             f"processes, but {type(model).__name__} {kind}: set train.processes: 1"
         )
-    if multiprocessing.current_process().daemon:
-        raise ValueError(
-            f"train.processes: {params.processes} starts training processes, which this "
-            "daemonic process may not (a Dask worker's, say: Dask's "
-            "`distributed.worker.daemon: false` allows it); or set train.processes: 1"
-        )
-    with multiprocessing.get_context("spawn").Manager() as manager:
-        records, stop = manager.Queue(), manager.Event()
+    with _training_group(params) as group:
+        records, stop = group.queue(), group.event()
         failure: list[BaseException] = []
 
         def relay() -> None:
-            for record in iter(records.get, None):
+            for item in iter(records.get, None):
                 try:
-                    if on_epoch is not None and not failure:
-                        on_epoch(record)
+                    if isinstance(item, SavedState):
+                        _write_atomically(checkpoint, item.data)
+                    elif on_epoch is not None and not failure:
+                        on_epoch(item)
                 except BaseException as error:  # raised below, once the group has stopped
                     failure.append(error)
                     stop.set()
 
         reader = threading.Thread(target=relay, name="training-epochs", daemon=True)
         reader.start()
+        kept = checkpoint if group.shares_files else _relayed(checkpoint, records)
         try:
-            results = distributed.launch(
+            results = group.run(
                 _fit_worker,
-                (model, train, val, spec, hparams, params, seed, max_epochs, checkpoint,
-                 augment, EpochSender(records, stop)),
-                params.processes,
+                (model, train, val, spec, hparams, params, seed, max_epochs, kept, augment,
+                 EpochSender(records, stop)),
             )  # fmt: skip
         finally:
             records.put(None)
             reader.join()
     if failure:
         raise failure[0]
-    return results[0]
+    return dataclasses.replace(results[0], placement=group.placement())
+
+
+def _training_group(params: TrainParams):
+    if params.launch.engine == "dask":
+        return cluster.dask_group(params.processes, params.launch)
+    return distributed.local_group(params.processes)
 
 
 @dataclass
@@ -488,27 +494,51 @@ class EpochSender:
             raise StopTraining
 
 
+@dataclass(frozen=True)
+class SavedState:
+    """A training state the leading process saved, on its way to the caller's file."""
+
+    data: bytes
+
+
+@dataclass(frozen=True)
+class RelayedCheckpoint:
+    """The checkpoint of a group whose processes may run on other machines: the file stays
+    with the caller, the group starts from its contents (`saved`), and the leader sends
+    each epoch's state to `records`, which the caller writes to the file."""
+
+    saved: bytes | None
+    records: Any
+
+
+def _relayed(checkpoint: Path | None, records: Any) -> RelayedCheckpoint | None:
+    if checkpoint is None:
+        return None
+    saved = checkpoint.read_bytes() if checkpoint.exists() else None
+    return RelayedCheckpoint(saved, records)
+
+
 def _fit_worker(
     model, train, val, spec, hparams, params, seed, max_epochs, checkpoint, augment, sender
 ):
-    """One process of a training group (started by `distributed.launch`)."""
+    """One process of a training group, which the launcher joined to the group."""
     # The launcher hands tensors over in shared memory: every process would step the same
     # weights. Each trains its own copy (the group keeps the copies equal).
     model = copy.deepcopy(model)
-    with distributed.process_group() as shard:
-        result = fit(
-            model,
-            train,
-            val,
-            spec,
-            hparams,
-            params,
-            seed,
-            max_epochs=max_epochs,
-            on_epoch=sender if shard.leads else None,
-            checkpoint=checkpoint,
-            augment=augment,
-        )
+    shard = distributed.current_shard()
+    result = fit(
+        model,
+        train,
+        val,
+        spec,
+        hparams,
+        params,
+        seed,
+        max_epochs=max_epochs,
+        on_epoch=sender if shard.leads else None,
+        checkpoint=checkpoint,
+        augment=augment,
+    )
     return result if shard.leads else None
 
 
@@ -526,19 +556,32 @@ def _set_rng_states(states: dict[str, Any]) -> None:
     random.setstate(states["python"])
 
 
-def _save_training_state(path: Path, state: dict[str, Any]) -> None:
+def _save_training_state(checkpoint: Path | RelayedCheckpoint, state: dict[str, Any]) -> None:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    if isinstance(checkpoint, RelayedCheckpoint):
+        checkpoint.records.put(SavedState(buffer.getvalue()))
+    else:
+        _write_atomically(checkpoint, buffer.getvalue())
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
     # Written aside and renamed: a kill during the write leaves the previous epoch's state.
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(path.suffix + ".partial")
-    torch.save(state, partial)
+    partial.write_bytes(data)
     os.replace(partial, path)
 
 
-def _load_training_state(path: Path | None) -> dict[str, Any] | None:
-    if path is None or not path.exists():
+def _load_training_state(checkpoint: Path | RelayedCheckpoint | None) -> dict[str, Any] | None:
+    if isinstance(checkpoint, RelayedCheckpoint):
+        saved = checkpoint.saved
+    else:
+        saved = checkpoint.read_bytes() if checkpoint is not None and checkpoint.exists() else None
+    if saved is None:
         return None
     # Our own file in the state folder (NumPy RNG state and Python tuples need full pickle).
-    return torch.load(path, weights_only=False)
+    return torch.load(io.BytesIO(saved), weights_only=False)
 
 
 @torch.no_grad()
@@ -672,6 +715,9 @@ def load_checkpoint(task, path: Path) -> tuple[nn.Module, FeatureSpec]:
     return model.eval(), spec
 
 
+PLACEMENT_TAG = "loopline.train.placement"  # where a training group's processes ran
+
+
 def record_training(
     tracker: RunTracker,
     result: TrainResult,
@@ -688,6 +734,8 @@ def record_training(
     if result.started is not None:
         tracker.set_tags(transfer_tags(result.started, transfer_mode))
     tracker.log_metrics(training_summary(result))
+    if result.placement:
+        tracker.set_tags({PLACEMENT_TAG: ", ".join(result.placement)})
     tracker.log_figure_file(plot_learning_curves(result, folder / "learning_curves.png", title))
     # The PyTorch weights travel with every run: parity can be re-checked and later runs
     # can start from them (`train.init_from`).

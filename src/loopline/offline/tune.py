@@ -238,6 +238,13 @@ def result_of(study: Any) -> TuneResult:
     return TuneResult(best.hparams, float(best.value), records)
 
 
+def trials_on_a_cluster(params):
+    """The params a trial run by a cluster's worker trains with: one process. The trials are
+    that search's parallelism, and a trial holding its worker while it waits for a training
+    group of other workers could wait on trials that wait for it."""
+    return params.model_copy(update={"train": params.train.model_copy(update={"processes": 1})})
+
+
 def tune_model(
     task,
     frame,
