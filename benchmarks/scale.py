@@ -21,6 +21,14 @@ Measured, side by side for every size in one run:
 Issue 28's targets: time grows at most linearly (slope <= 1.1 from 10^6 to 10^7 rows), the
 flow's peak RSS at 10^7 rows <= 3 GB, and a 10^7-row run completes. A run whose process tree
 passes `--memory-limit-gb` is stopped and reported as not completed, with the stage it was in.
+
+The forecast family scales in series (`--series 10 100 1000`): a team's readings, one row per
+meter and hour over `--days` days (a daily profile of its own amplitude and phase, noise,
+a temperature covariate), run as `task: forecast` with an entity column, a 24-step horizon,
+a 24-step lag and a 48-reading window, 1 trial of a small GRU and 1 epoch. Its target is the
+same: time grows at most linearly in series (slope <= 1.1 from 100 to 1,000).
+
+Run: .venv/bin/python benchmarks/scale.py --rows --series 10 100 1000   # the forecast only
 """
 
 from __future__ import annotations
@@ -79,6 +87,69 @@ def write_table(path: Path, rows: int, seed: int = 0, chunk: int = 500_000) -> N
             frame.insert(0, "row_id", np.arange(start, start + n))
             frame["label"] = (rng.random(n) < 1 / (1 + np.exp(-score))).astype(int)
             frame.to_csv(handle, header=start == 0, index=False)
+
+
+def write_series(path: Path, series: int, days: int, seed: int = 0, chunk: int = 100) -> None:
+    """`series` meters' hourly readings over `days` days as CSV, `chunk` meters at a time."""
+    rng = np.random.default_rng(seed)
+    hours = pd.date_range("2026-01-01", periods=days * 24, freq="1h", tz="UTC")
+    hour = hours.hour.to_numpy()
+    with path.open("w") as handle:
+        for start in range(0, series, chunk):
+            n = min(chunk, series - start)
+            amplitude = rng.uniform(5, 50, (n, 1))
+            phase = rng.uniform(0, 2 * np.pi, (n, 1))
+            temperature = (
+                10 + 8 * np.sin(2 * np.pi * (hour - 15) / 24) + rng.normal(0, 1, (n, len(hours)))
+            )
+            load = amplitude * (1.2 + np.sin(2 * np.pi * hour / 24 + phase)) + 0.3 * temperature
+            load += rng.normal(0, 1, load.shape)
+            frame = pd.DataFrame(
+                {
+                    "meter_id": np.repeat([f"m{start + i:05d}" for i in range(n)], len(hours)),
+                    "timestamp": np.tile(hours.strftime("%Y-%m-%dT%H:%M:%SZ"), n),
+                    "load_kw": np.round(np.maximum(load, 0).ravel(), 3),
+                    "temperature_c": np.round(temperature.ravel(), 2),
+                }
+            )
+            frame.to_csv(handle, header=start == 0, index=False)
+
+
+def series_params(source: Path) -> dict:
+    return {
+        "task": "forecast",
+        "seed": 42,
+        "ingest": {"source": str(source)},
+        "forecast": {
+            "entity": "meter_id",
+            "time": "timestamp",
+            "target": "load_kw",
+            "covariates": ["temperature_c"],
+            "nonnegative": True,
+            "freq": "1h",
+            "horizon": 24,
+            "lags": [24],
+            "window": [48],
+            "season": [24],
+        },
+        "tune": {
+            "sampler": "random",
+            "n_trials": 1,
+            "max_epochs": 1,
+            "pruning": False,
+            "search_space": {
+                "hidden_size": {"choices": [16]},
+                "num_layers": {"choices": [1]},
+                "dropout": {"choices": [0.0]},
+                "window": {"choices": [48]},
+                "cell": {"choices": ["gru"]},
+                "learning_rate": {"choices": [0.005]},
+                "batch_size": {"choices": [256]},
+            },
+        },
+        "train": {"max_epochs": 1, "patience": 1, "threads": 1, "processes": 1},
+        "publish": {"model_name": "scale_series"},
+    }
 
 
 def project_params(source: Path) -> dict:
@@ -158,12 +229,25 @@ class TreeMemory:
 
 def run_size(rows: int, folder: Path, limit_gb: float) -> dict:
     root = folder / f"rows-{rows}"
+    return run_project(root, rows, lambda path: write_table(path, rows), project_params, limit_gb)
+
+
+def run_series(series: int, days: int, folder: Path, limit_gb: float) -> dict:
+    root = folder / f"series-{series}"
+    result = run_project(
+        root, series, lambda path: write_series(path, series, days), series_params, limit_gb
+    )
+    return result | {"series": series, "readings": series * days * 24}
+
+
+def run_project(root: Path, size: int, write, params, limit_gb: float) -> dict:
+    """Write the source, then run `loopline run` on a fresh project at `root`, measured."""
     root.mkdir(parents=True)
     source = root / "table.csv"
     started = time.perf_counter()
-    write_table(source, rows)
+    write(source)
     written = time.perf_counter() - started
-    (root / "params.yaml").write_text(yaml.safe_dump(project_params(source), sort_keys=False))
+    (root / "params.yaml").write_text(yaml.safe_dump(params(source), sort_keys=False))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NO_COLOR": "1", "COLUMNS": "200"}
     env.pop("MLFLOW_TRACKING_URI", None)
     command = [str(BIN / "loopline"), "run"]
@@ -186,7 +270,7 @@ def run_size(rows: int, folder: Path, limit_gb: float) -> dict:
     memory.stop()
     (root / "run.log").write_text("".join(log))
     return {
-        "rows": rows,
+        "rows": size,
         "csv_mb": source.stat().st_size / 2**20,
         "write_seconds": written,
         "completed": code == 0 and not memory.over_limit,
@@ -211,7 +295,7 @@ def slope(a: dict, b: dict, key: str) -> float | None:
     return math.log(b[key] / a[key]) / math.log(b["rows"] / a["rows"])
 
 
-def print_size(result: dict) -> None:
+def print_size(result: dict, unit: str = "rows") -> None:
     rows = result["rows"]
     state = (
         "completed"
@@ -223,7 +307,7 @@ def print_size(result: dict) -> None:
         )
     )
     print(
-        f"\n{rows:>12,} rows ({result['csv_mb']:.0f} MB CSV, written in "
+        f"\n{rows:>12,} {unit} ({result['csv_mb']:.0f} MB CSV, written in "
         f"{result['write_seconds']:.0f} s): {state}, {result['wall_seconds']:.1f} s wall; "
         f"peak RSS: largest process {result['flow_peak_rss_mb']:,.0f} MB, process tree "
         f"{result['tree_peak_rss_mb']:,.0f} MB"
@@ -242,22 +326,24 @@ def print_size(result: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000, 10_000_000])
+    parser.add_argument("--rows", type=int, nargs="*", default=[100_000, 1_000_000, 10_000_000])
+    parser.add_argument("--series", type=int, nargs="*", default=[10, 100, 1_000])
+    parser.add_argument("--days", type=int, default=30, help="days of hourly readings a series")
     parser.add_argument("--memory-limit-gb", type=float, default=12.0)
     parser.add_argument("--folder", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     print(f"load before: {os.getloadavg()[0]:.2f}; {os.cpu_count()} cores; OMP_NUM_THREADS=1")
-    results = []
+    results, series = [], []
     with tempfile.TemporaryDirectory(prefix="loopline-scale-", dir=args.folder) as folder:
         for rows in sorted(args.rows):
             results.append(run_size(rows, Path(folder), args.memory_limit_gb))
             print_size(results[-1])
-    print("\nlog-log slope between consecutive sizes (<= 1.1 from 10^6 to 10^7: linear)")
-    for a, b in itertools.pairwise(results):
-        total, data = slope(a, b, "wall_seconds"), slope(a, b, "data_stage_seconds")
-        shown = [f"{v:.2f}" if v is not None else "n/a" for v in (total, data)]
-        print(f"  {a['rows']:,} -> {b['rows']:,}: whole run {shown[0]}, data stages {shown[1]}")
+        for count in sorted(args.series):
+            series.append(run_series(count, args.days, Path(folder), args.memory_limit_gb))
+            print_size(series[-1], f"series ({series[-1]['readings']:,} readings)")
+    print_slopes(results, "rows", "10^6 to 10^7")
+    print_slopes(series, "series", "100 to 1,000")
     ten_million = [r for r in results if r["rows"] == 10_000_000]
     if ten_million:
         r = ten_million[0]
@@ -267,7 +353,17 @@ def main() -> None:
             f"{r['flow_peak_rss_mb']:,.0f} MB (<= 3 GB: {'PASS' if flow_ok else 'MISS'})"
         )
     if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+        args.json.write_text(json.dumps({"rows": results, "series": series}, indent=1))
+
+
+def print_slopes(results: list[dict], unit: str, target: str) -> None:
+    if len(results) < 2:
+        return
+    print(f"\nlog-log slope in {unit} between consecutive sizes (<= 1.1 from {target}: linear)")
+    for a, b in itertools.pairwise(results):
+        total, data = slope(a, b, "wall_seconds"), slope(a, b, "data_stage_seconds")
+        shown = [f"{v:.2f}" if v is not None else "n/a" for v in (total, data)]
+        print(f"  {a['rows']:,} -> {b['rows']:,}: whole run {shown[0]}, data stages {shown[1]}")
 
 
 if __name__ == "__main__":

@@ -106,3 +106,20 @@ def test_normalization_uses_training_rows_only():
     frame = pd.DataFrame({"power_w": [1.0, 3.0, 1000.0], "split": ["train", "train", "test"]})
     s = fit_normalization(spec(), frame[frame.split == "train"])
     assert s.mean["power_w"] == 2.0 and s.std["power_w"] == 1.0
+
+
+def test_a_val_set_too_short_for_a_window_is_named_with_the_rule_and_the_knobs():
+    from loopline.tasks.forecast import ForecastTask
+    from loopline.tasks.forecast.options import with_window
+
+    frame = add_forecast_labels(hourly(200), spec(horizon=12))
+    out = chronological_split(frame, SplitParams(), "timestamp", pd.Timedelta("10h"))
+    windowed = fit_normalization(with_window(spec(horizon=12), 10), out[out.split == "train"])
+    assert len(ForecastTask().examples(out, windowed, "train")) > 0
+    # val holds 10 readings: fewer than an origin and its 12 readings ahead.
+    with pytest.raises(
+        ValueError,
+        match=r"no val windows: .* longest val stretch of any "
+        r"series is 10 readings of 1h\. Give val more time \(split\.val",
+    ):
+        ForecastTask().examples(out, windowed, "val")

@@ -73,6 +73,19 @@ class ForecastOptions(SeriesOptions):
     nonnegative: bool = False
 
 
+def too_short_for_windows(frame: pd.DataFrame, spec: FeatureSpec, target_set: str) -> str:
+    o = spec.options
+    in_set = frame["split"] == target_set
+    longest = int(in_set.groupby(frame[o.group_column]).sum().max()) if len(frame) else 0
+    return (
+        f"no {target_set} windows: a window's origin and its {o.horizon} readings ahead "
+        f"(forecast.horizon) must lie in the {target_set} set, after {o.window} readings of "
+        f"input (the window), but the longest {target_set} stretch of any series is "
+        f"{longest} readings of {o.freq}. Give {target_set} more time (split.{target_set}, "
+        "or more data), or shorten forecast.horizon or forecast.window"
+    )
+
+
 def lag_column(k: int) -> str:
     return f"target_lag_{k}"
 
@@ -300,7 +313,12 @@ class ForecastTask(Task):
         windows may read the gap rows before their set (past readings a forecaster sees)."""
         history = () if target_set == "train" else ("gap",)
         window = spec.options.window
-        return make_windows(frame, spec, window, target_set=target_set, history_sets=history)
+        made = make_windows(frame, spec, window, target_set=target_set, history_sets=history)
+        if len(made) == 0 and target_set in ("train", "val"):
+            # Training needs both; say which rule the series are too short for, not just
+            # that a set came out empty.
+            raise ValueError(too_short_for_windows(frame, spec, target_set))
+        return made
 
     # ------------------------------------------------------------------ model
 
