@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from distributed import Client, LocalCluster
 
 from loopline.config import TrainLaunch, TrainParams
 from loopline.offline.distributed import training_threads
@@ -169,9 +170,7 @@ def test_the_launcher_leaves_this_process_handlers_as_they_were(alone):
 def on_dask():
     """Two single-threaded workers of a cluster reached by its scheduler's address (a
     `LocalCluster` here; `tests/e2e/test_multi_host.py` runs one on several hosts)."""
-    from distributed import LocalCluster
-
-    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster:
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster:
         yield TrainLaunch(engine="dask", address=cluster.scheduler_address, timeout_seconds=60)
 
 
@@ -189,25 +188,45 @@ def test_a_dask_group_checkpoints_into_this_process_file_and_resumes_from_it(
     tmp_path, alone, on_dask
 ):
     # The workers may be other machines: the leader sends each epoch's state here, and a
-    # resumed group starts from this file's contents.
+    # resumed group starts from this file's contents. (The first group runs on a
+    # LocalCluster of its own: `train.launch.address` unset.)
     def prune_at_two(record):
         if record.epoch == 2:
             raise Pruned
 
     checkpoint = tmp_path / "train.ckpt"
+    own_cluster = TrainLaunch(engine="dask", timeout_seconds=60)
     with pytest.raises(Pruned):
-        train(processes=2, checkpoint=checkpoint, on_epoch=prune_at_two, launch=on_dask)
-    assert 2 <= len(torch.load(checkpoint, weights_only=False)["history"]) <= 3
-    resumed = train(processes=2, checkpoint=checkpoint, launch=on_dask)
+        train(processes=2, checkpoint=checkpoint, on_epoch=prune_at_two, launch=own_cluster)
+    saved = len(torch.load(checkpoint, weights_only=False)["history"])
+    assert 2 <= saved <= 3
+    seen = []
+    resumed = train(processes=2, checkpoint=checkpoint, on_epoch=seen.append, launch=on_dask)
+    assert [e.epoch for e in seen] == list(range(saved + 1, 7))  # went on after the file's
     assert len(resumed.history) == len(alone.history)
     for mine, theirs in zip(resumed.history, alone.history, strict=True):
         assert mine.val_loss == pytest.approx(theirs.val_loss, rel=1e-3)
 
 
-def test_a_cluster_with_too_few_workers_is_named_with_its_count():
-    from distributed import LocalCluster
+def test_a_rank_that_fails_fails_the_training_here_and_the_group_leaves_nothing(on_dask):
+    seed_everything(3)
+    wrong = Forecaster(5, 3, hidden_size=8, dropout=0.0)  # 5 features; the examples have 2
+    params = TrainParams(max_epochs=2, processes=2).model_copy(update={"launch": on_dask})
+    with pytest.raises(RuntimeError, match=r"input\.size"):
+        fit(wrong, examples(40, 1), examples(20, 2), SPEC, HP, params, seed=3)
+    with Client(on_dask.address) as client:
+        left = client.run_on_scheduler(held_by_the_scheduler)
+    assert [name for name in left if name.startswith("loopline-training-")] == []
 
-    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster:
+
+def held_by_the_scheduler(dask_scheduler=None) -> list[str]:
+    """The scheduler's named queues and events."""
+    queues, events = dask_scheduler.extensions["queues"], dask_scheduler.extensions["events"]
+    return [*queues.queues, *events._events]
+
+
+def test_a_cluster_with_too_few_workers_is_named_with_its_count():
+    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0") as cluster:
         launch = TrainLaunch(engine="dask", address=cluster.scheduler_address, timeout_seconds=2)
         with pytest.raises(ValueError, match=r"needs 2 Dask workers, but the cluster at .* has 1"):
             train(processes=2, epochs=1, launch=launch)

@@ -124,3 +124,12 @@ def test_stages_are_keyed_on_every_section_they_read():
     windows = {k: v.model_dump() for k, v in space.items()} | {"window": {"choices": [96]}}
     wider = caching.stage_keys(parse_params({"tune": {"search_space": windows}}), "v1", code="c")
     assert wider["features"] == base["features"] and wider["split"] != base["split"]
+
+
+def test_where_training_runs_is_not_in_any_key_but_how_many_processes_is():
+    base = caching.stage_keys(parse_params({}), "v1", code="c")
+    launch = {"engine": "dask", "address": "tcp://elsewhere:8786", "timeout_seconds": 5}
+    moved = caching.stage_keys(parse_params({"train": {"launch": launch}}), "v1", code="c")
+    assert moved == base
+    more = caching.stage_keys(parse_params({"train": {"processes": 2}}), "v1", code="c")
+    assert more["train"] != base["train"]

@@ -356,8 +356,10 @@ def write_log(url: str, records: pd.DataFrame, model: str = "demo") -> None:
             for r in records.itertuples()
         ]
     )  # fmt: skip
-    log.close()
-    assert taken == len(records)
+    # Every record in the table before this returns: `close` stops waiting after its
+    # timeout (the rest stays spooled), and a million records take longer than the default.
+    log.close(timeout_s=600)
+    assert taken == log.written == len(records), log.stats()
 
 
 def test_a_pass_reads_only_the_predictions_it_may_still_test(tmp_path, reference):

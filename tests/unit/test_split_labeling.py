@@ -5,7 +5,8 @@ import pytest
 from loopline.config import SplitParams
 from loopline.offline.features import FeatureSpec, fit_normalization
 from loopline.offline.split import chronological_split, hash_split, share_tolerance
-from loopline.tasks.forecast import ForecastOptions
+from loopline.tasks.forecast import ForecastOptions, ForecastTask
+from loopline.tasks.forecast.options import with_window
 from loopline.tasks.forecast.windows import add_forecast_labels, make_windows, shifted_values
 
 
@@ -109,9 +110,6 @@ def test_normalization_uses_training_rows_only():
 
 
 def test_a_val_set_too_short_for_a_window_is_named_with_the_rule_and_the_knobs():
-    from loopline.tasks.forecast import ForecastTask
-    from loopline.tasks.forecast.options import with_window
-
     frame = add_forecast_labels(hourly(200), spec(horizon=12))
     out = chronological_split(frame, SplitParams(), "timestamp", pd.Timedelta("10h"))
     windowed = fit_normalization(with_window(spec(horizon=12), 10), out[out.split == "train"])
@@ -119,7 +117,7 @@ def test_a_val_set_too_short_for_a_window_is_named_with_the_rule_and_the_knobs()
     # val holds 10 readings: fewer than an origin and its 12 readings ahead.
     with pytest.raises(
         ValueError,
-        match=r"no val windows: .* longest val stretch of any "
-        r"series is 10 readings of 1h\. Give val more time \(split\.val",
+        match=r"no val windows: .* the most val readings any series has is 10\. "
+        r"Give val more time \(split\.val",
     ):
         ForecastTask().examples(out, windowed, "val")

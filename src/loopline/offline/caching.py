@@ -97,6 +97,9 @@ def stage_keys(
     `init_from` is the pinned model training starts from (an alias resolved to a version,
     so a moved alias means new keys). The code version covers the task's own source."""
     values = params.to_dict()
+    # Where the training processes run (this machine or a cluster's address) does not
+    # change what they compute: a run resumed against a moved scheduler reuses its stages.
+    values["train"] = {k: v for k, v in values["train"].items() if k != "launch"}
     code = code or code_version(params.plugin)
     keys: dict[str, str] = {}
     upstream = snapshot_version

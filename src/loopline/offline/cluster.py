@@ -15,14 +15,16 @@ import contextlib
 import os
 import pickle
 import socket
+import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 import psutil
-from distributed import Client, Event, LocalCluster, Queue, as_completed, get_worker
+import torch.distributed as dist
+from distributed import Client, Event, LocalCluster, Queue, get_worker
 from distributed.comm import get_address_host
 
 from loopline.config import TrainLaunch
@@ -50,35 +52,54 @@ class DaskGroup:
     workers: list[str]
     timeout: timedelta
     shares_files = False  # the workers may be other machines: no path of ours is theirs
+    ran_on: dict[int, str] = field(default_factory=dict)
+    names: list[str] = field(default_factory=list)  # its queues and events, released at exit
 
     def placement(self) -> tuple[str, ...]:
-        return tuple(self.workers)
+        """Where each rank ran, as the rank itself reported it."""
+        return tuple(self.ran_on[rank] for rank in sorted(self.ran_on))
 
     def queue(self) -> PickledQueue:
-        return PickledQueue(Queue(f"loopline-training-{uuid.uuid4().hex}", client=self.client))
+        return PickledQueue(Queue(self._name(), client=self.client))
 
     def event(self) -> Event:
-        return Event(f"loopline-training-{uuid.uuid4().hex}", client=self.client)
+        return Event(self._name(), client=self.client)
+
+    def _name(self) -> str:
+        self.names.append(f"loopline-training-{uuid.uuid4().hex}")
+        return self.names[-1]
+
+    def release(self) -> None:
+        """Drop the group's queues and events from the scheduler, which keeps them (and any
+        training state still queued) until told to."""
+        with contextlib.suppress(Exception):  # a scheduler already gone holds nothing
+            self.client.run_on_scheduler(_drop_named, self.names)
 
     def run(self, entry: Callable[..., Any], args: tuple) -> dict[int, Any]:
         """`entry(*args)` in each worker, all joined in one group; each rank's result. The
         first rank that fails fails the training (the others stop at their next collective,
-        within the group's timeout)."""
+        within the group's timeout), as does a worker that leaves the cluster."""
         # Pickled here, not by Dask: its own serializers for torch objects fail on a module
         # (a weakref in it) that plain pickle handles.
         payload = pickle.dumps(args, protocol=pickle.HIGHEST_PROTOCOL)
         [shared] = self.client.scatter([payload], workers=self.workers, broadcast=True, hash=False)
+        futures = self._submit(entry, shared)
+        try:
+            return self._results(futures)
+        finally:
+            self.client.cancel(list(futures))
+
+    def _submit(self, entry: Callable[..., Any], shared: Any) -> dict[Any, int]:
         leader = self.workers[0]
         host = get_address_host(leader)
         port = self.client.run(_free_port, host, workers=[leader])[leader]
-        init = f"tcp://{host}:{port}"
         name = uuid.uuid4().hex[:12]
-        futures = {
+        return {
             self.client.submit(
                 _rank_on_worker,
                 entry,
                 shared,
-                Rendezvous(init, rank, len(self.workers), self.timeout),
+                Rendezvous(f"tcp://{host}:{port}", rank, len(self.workers), self.timeout),
                 key=f"loopline-training-{name}-rank-{rank}",
                 workers=[worker],
                 allow_other_workers=False,
@@ -86,13 +107,33 @@ class DaskGroup:
             ): rank
             for rank, worker in enumerate(self.workers)
         }
-        results = {}
-        try:
-            for future in as_completed(futures):
-                results[futures[future]] = future.result()
-        finally:
-            self.client.cancel(list(futures))
+
+    def _results(self, futures: dict[Any, int]) -> dict[int, Any]:
+        results, pending = {}, set(futures)
+        while pending:
+            for future in [f for f in pending if f.done()]:
+                pending.discard(future)
+                self.ran_on[futures[future]], results[futures[future]] = future.result()
+            if not pending:
+                break
+            # A pinned task whose worker died would wait for it forever.
+            gone = set(self.workers) - set(self.client.scheduler_info(n_workers=-1)["workers"])
+            if gone:
+                raise RuntimeError(
+                    f"training worker(s) {', '.join(sorted(gone))} left the cluster while "
+                    "the group trained"
+                )
+            time.sleep(0.5)
         return results
+
+
+def _drop_named(names: list[str], dask_scheduler=None) -> None:
+    queues, events = dask_scheduler.extensions["queues"], dask_scheduler.extensions["events"]
+    for name in names:
+        queues.queues.pop(name, None)
+        queues.client_refcount.pop(name, None)
+        events._events.pop(name, None)
+        events._waiter_count.pop(name, None)
 
 
 @contextlib.contextmanager
@@ -102,7 +143,9 @@ def dask_group(processes: int, launch: TrainLaunch) -> Iterator[DaskGroup]:
     timeout = timedelta(seconds=launch.timeout_seconds)
     with contextlib.ExitStack() as stack:
         if launch.address:
-            client = stack.enter_context(Client(launch.address, timeout="60s"))
+            client = Client(
+                launch.address, timeout=f"{launch.timeout_seconds}s", set_as_default=False
+            )
         else:
             cluster = stack.enter_context(
                 LocalCluster(
@@ -112,8 +155,13 @@ def dask_group(processes: int, launch: TrainLaunch) -> Iterator[DaskGroup]:
                     dashboard_address=None,
                 )
             )
-            client = stack.enter_context(Client(cluster))
-        yield DaskGroup(client, _workers(client, processes, launch), timeout)
+            client = Client(cluster, set_as_default=False)
+        stack.enter_context(client)
+        group = DaskGroup(client, _workers(client, processes, launch), timeout)
+        try:
+            yield group
+        finally:
+            group.release()
 
 
 def _workers(client: Client, processes: int, launch: TrainLaunch) -> list[str]:
@@ -137,9 +185,17 @@ def _free_port(host: str) -> int:
         return probe.getsockname()[1]
 
 
-def _rank_on_worker(entry: Callable[..., Any], payload: bytes, rendezvous: Rendezvous) -> Any:
+def _rank_on_worker(
+    entry: Callable[..., Any], payload: bytes, rendezvous: Rendezvous
+) -> tuple[str, Any]:
     """One process of the group, in a Dask worker: `entry(*args)` with the group joined
-    (`payload`: the pickled args)."""
+    (`payload`: the pickled args); returns where it ran and what `entry` returned."""
+    if dist.is_initialized():
+        raise RuntimeError(
+            f"worker {get_worker().address} already runs a training group (a worker with "
+            "several threads): start the cluster's workers with --nthreads 1, or train one "
+            "group at a time"
+        )
     args = pickle.loads(payload)
     # Gloo connects its processes through the interface of the host name's address, which
     # on a machine with several networks (or in a network namespace) may be one the other
@@ -148,7 +204,7 @@ def _rank_on_worker(entry: Callable[..., Any], payload: bytes, rendezvous: Rende
     if interface is not None:
         os.environ["GLOO_SOCKET_IFNAME"] = interface
     with process_group(rendezvous):
-        return entry(*args)
+        return get_worker().address, entry(*args)
 
 
 def interface_of(host: str) -> str | None:

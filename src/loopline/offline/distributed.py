@@ -155,6 +155,7 @@ class LocalGroup:
 
 @contextlib.contextmanager
 def local_group(processes: int) -> Iterator[LocalGroup]:
+    """A group of `processes` processes started on this machine, from this process."""
     if multiprocessing.current_process().daemon:
         raise ValueError(
             f"train.processes: {processes} starts training processes, which this daemonic "

@@ -475,6 +475,7 @@ def _fit_in_processes(
 
 
 def _training_group(params: TrainParams):
+    """The processes a group trains in: started here, or one per worker of a Dask cluster."""
     if params.launch.engine == "dask":
         return cluster.dask_group(params.processes, params.launch)
     return distributed.local_group(params.processes)

@@ -74,14 +74,16 @@ class ForecastOptions(SeriesOptions):
 
 
 def too_short_for_windows(frame: pd.DataFrame, spec: FeatureSpec, target_set: str) -> str:
-    o = spec.options
+    """Why `target_set` gave no windows: the rule a window meets, the most readings of that
+    set any series has, and the knobs that change it."""
+    options = spec.options
     in_set = frame["split"] == target_set
-    longest = int(in_set.groupby(frame[o.group_column]).sum().max()) if len(frame) else 0
+    most = int(in_set.groupby(frame[options.group_column]).sum().max()) if len(frame) else 0
     return (
-        f"no {target_set} windows: a window's origin and its {o.horizon} readings ahead "
-        f"(forecast.horizon) must lie in the {target_set} set, after {o.window} readings of "
-        f"input (the window), but the longest {target_set} stretch of any series is "
-        f"{longest} readings of {o.freq}. Give {target_set} more time (split.{target_set}, "
+        f"no {target_set} windows: a window's origin and its {options.horizon} readings ahead "
+        f"(forecast.horizon) must lie in the {target_set} set, after {options.window} readings "
+        f"of input (the window), all consecutive at {options.freq}; the most {target_set} "
+        f"readings any series has is {most}. Give {target_set} more time (split.{target_set}, "
         "or more data), or shorten forecast.horizon or forecast.window"
     )
 
