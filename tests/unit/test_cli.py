@@ -4,6 +4,7 @@ version says so and how to commit it."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -16,6 +17,7 @@ from loopline.app.cli.common import data_version, data_version_moved, say_data_v
 from loopline.app.cli.models import metric_columns, versions_table
 from loopline.app.cli.monitor import print_summary
 from loopline.paths import ProjectPaths
+from tests.conftest import TINY, write_project
 
 
 def version(number: str, **metrics: float) -> dict:
@@ -110,3 +112,18 @@ def test_the_monitor_summary_speaks_of_periods(capsys):
     )
     said = " ".join(capsys.readouterr().err.split())
     assert "period from 2026-01-02" in said and "3 periods tested of 72 predictions" in said
+
+
+def test_monitor_starts_its_local_api_with_the_project_environment(tmp_path):
+    """`loopline monitor` sets the project's Prefect environment before Prefect reads it
+    (once, at import): its local API keeps its database in the project's state folder and
+    gets the project's start-up timeout, not Prefect's 20 s."""
+    root = write_project(tmp_path / "project", TINY)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    bin_folder = os.path.dirname(sys.executable)
+    subprocess.run(
+        [os.path.join(bin_folder, "loopline"), "monitor"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    # Nothing is served yet, so the pass itself has nothing to do; its API ran here.
+    assert (ProjectPaths.at(root).prefect_home / "prefect.db").is_file()

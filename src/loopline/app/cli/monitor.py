@@ -32,9 +32,12 @@ def monitor(
     log not yet tested, against each version's reference profile; a report in MLflow, the
     rows in the `monitoring` table. Exit code 3 when a signal alarms."""
     from loopline.params import load_params
+
+    # The project's environment (PREFECT_HOME, the local API's start-up timeout) before
+    # Prefect is imported: Prefect reads its settings once, at import.
+    paths = project_paths(project)
     from pipelines.monitoring import monitoring_flow
 
-    paths = project_paths(project)
     overrides = list(param or [])
     try:
         load_params(paths.params_file, overrides)

@@ -50,9 +50,11 @@ def schedule(
     must reach the server).
     """
     from loopline.params import load_params
+
+    # The project's environment before Prefect is imported (it reads its settings once).
+    paths = project_paths(project)
     from pipelines.deployments import local_server
 
-    paths = project_paths(project)
     overrides = list(param or [])
     try:
         params = load_params(paths.params_file, overrides)
