@@ -198,8 +198,10 @@ def test_a_dask_group_checkpoints_into_this_process_file_and_resumes_from_it(
     own_cluster = TrainLaunch(engine="dask", timeout_seconds=60)
     with pytest.raises(Pruned):
         train(processes=2, checkpoint=checkpoint, on_epoch=prune_at_two, launch=own_cluster)
+    # The leader learns of the stop through the scheduler: on a busy machine it may train
+    # an epoch or more past the one that asked (every saved epoch is in the file).
     saved = len(torch.load(checkpoint, weights_only=False)["history"])
-    assert 2 <= saved <= 3
+    assert saved >= 2
     seen = []
     resumed = train(processes=2, checkpoint=checkpoint, on_epoch=seen.append, launch=on_dask)
     assert [e.epoch for e in seen] == list(range(saved + 1, 7))  # went on after the file's

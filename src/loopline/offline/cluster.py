@@ -143,9 +143,9 @@ def dask_group(processes: int, launch: TrainLaunch) -> Iterator[DaskGroup]:
     timeout = timedelta(seconds=launch.timeout_seconds)
     with contextlib.ExitStack() as stack:
         if launch.address:
-            client = Client(
-                launch.address, timeout=f"{launch.timeout_seconds}s", set_as_default=False
-            )
+            # Reaching the scheduler is not waiting on the group: a short group timeout
+            # must not fail the connection on a busy machine.
+            client = Client(launch.address, timeout="60s", set_as_default=False)
         else:
             cluster = stack.enter_context(
                 LocalCluster(
