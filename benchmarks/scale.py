@@ -133,23 +133,33 @@ def series_params(source: Path) -> dict:
             "window": [48],
             "season": [24],
         },
+        **smallest_search(
+            {
+                "hidden_size": 16,
+                "num_layers": 1,
+                "dropout": 0.0,
+                "window": 48,
+                "cell": "gru",
+                "learning_rate": 0.005,
+                "batch_size": 256,
+            }
+        ),
+        "publish": {"model_name": "scale_series"},
+    }
+
+
+def smallest_search(knobs: dict) -> dict:
+    """The `tune` and `train` sections of one trial of one epoch, every knob fixed (a space
+    the task accepts names them all)."""
+    return {
         "tune": {
             "sampler": "random",
             "n_trials": 1,
             "max_epochs": 1,
             "pruning": False,
-            "search_space": {
-                "hidden_size": {"choices": [16]},
-                "num_layers": {"choices": [1]},
-                "dropout": {"choices": [0.0]},
-                "window": {"choices": [48]},
-                "cell": {"choices": ["gru"]},
-                "learning_rate": {"choices": [0.005]},
-                "batch_size": {"choices": [256]},
-            },
+            "search_space": {k: {"choices": [v]} for k, v in knobs.items()},
         },
         "train": {"max_epochs": 1, "patience": 1, "threads": 1, "processes": 1},
-        "publish": {"model_name": "scale_series"},
     }
 
 
@@ -166,19 +176,7 @@ def project_params(source: Path) -> dict:
             "kind": "classification",
         },
         "split": {"train": 0.8, "val": 0.1, "test": 0.1},
-        "tune": {
-            "sampler": "random",
-            "n_trials": 1,
-            "max_epochs": 1,
-            "pruning": False,
-            # A space the tabular task accepts: every knob named, one choice each.
-            "search_space": {
-                "algorithm": {"choices": ["linear"]},
-                "inverse_regularization": {"choices": [1.0]},
-                **{k: {"choices": [v]} for k, v in FIXED_KNOBS.items()},
-            },
-        },
-        "train": {"max_epochs": 1, "patience": 1, "threads": 1, "processes": 1},
+        **smallest_search({"algorithm": "linear", "inverse_regularization": 1.0, **FIXED_KNOBS}),
         "publish": {"model_name": "scale"},
     }
 
