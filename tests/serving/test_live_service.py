@@ -52,18 +52,27 @@ def cli(project: Path, *args: str) -> float:
 def test_streaming_through_rollback_and_promote(live_service, served_project):
     from loopline.online.stream_client import stream_readings
 
-    # 36 s of stream at 40 readings/s: room for two CLI moves and two polls on a busy machine.
-    readings = raw_readings("2021-03-01", 24 * 60)
+    # At 40 readings/s the stream runs until a few polls after the promote, however long the two
+    # CLI moves take on a busy machine (up to 120 days of readings).
+    readings = raw_readings("2021-03-01", 24 * 120)
+    sent: list[dict] = []
     answers: list[tuple[float, dict]] = []
     predict_failures: list[str] = []
+    stop_streaming = threading.Event()
     stop = threading.Event()
 
+    def until_stopped():
+        for reading in readings:
+            if stop_streaming.is_set():
+                return
+            sent.append(reading)
+            yield reading
+
     def stream() -> None:
-        asyncio.run(
-            stream_readings(
-                live_service, readings, lambda a: answers.append((time.monotonic(), a)), rate=40
-            )
-        )
+        def on_answer(answer: dict) -> None:
+            answers.append((time.monotonic(), answer))
+
+        asyncio.run(stream_readings(live_service, until_stopped(), on_answer, rate=40))
 
     def predict_loop() -> None:
         window = [{k: v for k, v in r.items() if k != "site_id"} for r in readings[:48]]
@@ -85,15 +94,18 @@ def test_streaming_through_rollback_and_promote(live_service, served_project):
     rolled_back = cli(served_project, "rollback", "solar", "--reason", "live test")
     time.sleep(3)
     promoted = cli(served_project, "promote", "solar", "2", "--reason", "live test")
+    time.sleep(POLL_S + 4.0)
+    stop_streaming.set()
     streamer.join(120)
     stop.set()
     predictor.join(30)
 
+    assert len(sent) < len(readings), "the stream ran out before the promote was seen"
     assert not predict_failures
     errors = [a for _, a in answers if "error" in a]
     assert not errors
     forecasts = [(t, a["model_version"]) for t, a in answers if "forecast" in a]
-    assert len(forecasts) == len(readings) - 48 + 1  # every complete window answered
+    assert len(forecasts) == len(sent) - 48 + 1  # every complete window answered
     versions = [v for _, v in forecasts]
     # 2 → 1 → 2, in that order, each change within the poll interval (plus the swap).
     changes = [versions[0]] + [b for a, b in itertools.pairwise(versions) if a != b]
