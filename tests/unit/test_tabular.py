@@ -18,7 +18,14 @@ from loopline.online.models import LoadedModel
 from loopline.onnx_runtime import onnx_session, run_onnx
 from loopline.params import parse_params
 from loopline.tasks.tabular import TabularTask
-from loopline.tasks.tabular.encoding import OTHER, input_names, unseen
+from loopline.tasks.tabular.encoding import (
+    OTHER,
+    as_category,
+    encode,
+    input_names,
+    unseen,
+    vocabulary,
+)
 from loopline.tasks.tabular.serving import TabularRow, TabularServing, row_values
 
 SECTION = {
@@ -120,6 +127,39 @@ def test_encoding_standardises_numbers_and_gives_unseen_categories_the_other_slo
     assert encoded[0, -1] == 1 and encoded[0, 2:-1].sum() == 0  # "other", nothing else
     assert encoded[1, names.index("plan=plus")] == 1
     assert unseen(new, spec.options.vocabulary) == [["plan='platinum'"], []]
+
+
+def category_text(value) -> str | None:
+    """One value as the encoder names it, the slow way: whole numbers without ".0"."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return str(value)
+    return str(int(number)) if number == round(number) else str(value)
+
+
+def test_categories_are_named_and_encoded_as_each_row_alone_would_be():
+    # 3, 3.0 and "3" are one category; missing and unseen values go to "other".
+    raw = [3, 3.0, "3", "pro", None, np.nan, 2.5, "2.5", "x", "pro", 7, "basic"]
+    frame = pd.DataFrame({"plan": pd.Series(raw, dtype=object), "n": np.arange(12.0)})
+    texts = [category_text(v) for v in raw]
+    assert as_category(frame["plan"]).tolist() == [pd.NA if t is None else t for t in texts]
+    assert vocabulary(frame["plan"], 2) == ["2.5", "3", "pro"]
+    known = {"plan": ["2.5", "3", "pro"]}
+    x = encode(frame, ["n"], {"n": 5.5}, {"n": 2.0}, known)
+    assert x.dtype == np.float32 and x.shape == (12, 5)
+    np.testing.assert_array_equal(x[:, 0], ((np.arange(12.0) - 5.5) / 2.0).astype(np.float32))
+    expected = np.zeros((12, 4), np.float32)
+    for row, text in enumerate(texts):
+        slot = known["plan"].index(text) if text in known["plan"] else 3
+        expected[row, slot] = 1.0
+    np.testing.assert_array_equal(x[:, 1:], expected)
+    # A column with no value at all, and no rows at all.
+    empty = pd.DataFrame({"plan": pd.Series([None, None], dtype=object)})
+    assert encode(empty, [], {}, {}, known).tolist() == [[0, 0, 0, 1]] * 2
+    assert encode(frame.head(0), ["n"], {"n": 0.0}, {"n": 1.0}, known).shape == (0, 5)
 
 
 def test_the_spec_travels_through_json_and_a_new_label_set_is_incomparable():

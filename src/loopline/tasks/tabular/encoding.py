@@ -15,8 +15,7 @@ import pandas as pd
 OTHER = "<other>"  # the slot name in input names and importance pictures
 
 
-def as_category(values: pd.Series) -> pd.Series:
-    """Categories as text: 3, 3.0 and "3" in a CSV are one category."""
+def _as_text(values: pd.Series) -> pd.Series:
     text = values.astype("string")
     numeric = pd.to_numeric(values, errors="coerce")
     whole = numeric.notna() & (numeric == numeric.round())
@@ -24,10 +23,34 @@ def as_category(values: pd.Series) -> pd.Series:
     return text
 
 
+def _distinct(values: pd.Series) -> tuple[np.ndarray, pd.Series]:
+    """Each row's position among the column's distinct values (-1: missing), and those
+    values as text. A column of millions of rows holds few categories: each is converted
+    once, and no row-sized column of strings is made."""
+    codes, uniques = pd.factorize(values)
+    return codes, _as_text(pd.Series(uniques, dtype=object))
+
+
+def as_category(values: pd.Series) -> pd.Series:
+    """Categories as text: 3, 3.0 and "3" in a CSV are one category."""
+    codes, texts = _distinct(values)
+    known = np.append(texts.to_numpy(dtype=object, na_value=pd.NA), pd.NA)
+    return pd.Series(known[codes], index=values.index, dtype="string")
+
+
 def vocabulary(values: pd.Series, min_rows: int) -> list[str]:
     """The categories seen in at least `min_rows` training rows, sorted."""
-    counts = as_category(values.dropna()).value_counts()
+    codes, texts = _distinct(values.dropna())
+    counts = pd.Series(np.bincount(codes, minlength=len(texts))).groupby(texts.to_numpy()).sum()
     return sorted(str(c) for c, n in counts.items() if n >= min_rows)
+
+
+def slots(values: pd.Series, known: list[str]) -> np.ndarray:
+    """Each row's slot among `known` (a missing or unknown category: `len(known)`, "other")."""
+    codes, texts = _distinct(values)
+    index = {c: i for i, c in enumerate(known)}
+    at = texts.map(index).fillna(len(known)).to_numpy(dtype=np.int64)
+    return np.append(at, len(known))[codes]  # code -1 (missing) takes the appended "other"
 
 
 def input_names(numeric: list[str], vocabularies: dict[str, list[str]]) -> list[str]:
@@ -58,20 +81,20 @@ def encode(
     std: dict[str, float],
     vocabularies: dict[str, list[str]],
 ) -> np.ndarray:
-    """(N, inputs) float32: standardised numbers, then each category one-hot (+ other)."""
-    parts = []
-    if numeric:
-        values = rows[numeric].to_numpy(dtype=np.float64)
-        centre = np.array([mean[c] for c in numeric])
-        scale = np.array([std[c] for c in numeric])
-        parts.append((values - centre) / scale)
+    """(N, inputs) float32: standardised numbers, then each category one-hot (+ other).
+
+    Filled in place, a column at a time: the only row-sized array is the answer (on 10^7
+    rows a float64 copy per block and a concatenation held several times the answer)."""
+    width = len(numeric) + sum(len(known) + 1 for known in vocabularies.values())
+    out = np.zeros((len(rows), width), np.float32)
+    for j, column in enumerate(numeric):
+        values = rows[column].to_numpy(dtype=np.float64, na_value=np.nan)
+        out[:, j] = (values - mean[column]) / std[column]
+    at, positions = len(numeric), np.arange(len(rows))
     for column, known in vocabularies.items():
-        index = {c: i for i, c in enumerate(known)}
-        slots = as_category(rows[column]).map(index).fillna(len(known)).to_numpy(dtype=np.int64)
-        parts.append(np.eye(len(known) + 1)[slots])
-    if not parts:
-        return np.zeros((len(rows), 0), np.float32)
-    return np.concatenate(parts, axis=1).astype(np.float32)
+        out[positions, at + slots(rows[column], known)] = 1.0
+        at += len(known) + 1
+    return out
 
 
 def unseen(rows: pd.DataFrame, vocabularies: dict[str, list[str]]) -> list[list[str]]:
