@@ -193,14 +193,16 @@ class RowTask(Task):
         if labels is None:
             return rows[[spec.target_column]].to_numpy(dtype=np.float32)
         index = {label: i for i, label in enumerate(labels)}
-        names = rows[spec.target_column].astype(str)
+        # Each distinct value named once: millions of rows hold a few labels.
+        codes, distinct = pd.factorize(rows[spec.target_column], use_na_sentinel=False)
+        names = pd.Index(distinct, dtype=object).astype(str)
         unknown = sorted(set(names) - set(index))
         if unknown:
             raise ValueError(
                 f"{spec.target_column} value(s) {unknown} in the {target_set} split are not "
                 f"among the classes {labels}"
             )
-        return names.map(index).to_numpy(dtype=np.int64)
+        return names.map(index).to_numpy(dtype=np.int64)[codes]
 
     def examples(self, frame: pd.DataFrame, spec: FeatureSpec, target_set: str) -> Examples:
         rows = labeled_set(frame, target_set, spec.target_column)
@@ -241,7 +243,8 @@ class RowTask(Task):
         if test_rows.empty:
             raise ValueError("the test split holds no labeled row: nothing to evaluate on")
         truth = self.targets(test_rows, spec, "test")
-        train_truth = self.examples(frame, spec, "train").y
+        train_rows = labeled_set(frame, "train", spec.target_column)
+        train_truth = self.targets(train_rows, spec, "train")  # the baselines' only input
         outputs = {"model": predict(model, self.inputs(test_rows, spec))}
         outputs.update(self.baselines(train_truth, len(test_rows), spec))
         reason = None

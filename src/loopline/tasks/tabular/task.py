@@ -242,8 +242,9 @@ class TabularTask(RowTask):
         if spec.labels is None:
             return super().targets(rows, spec, target_set)
         # The same text form as the labels were read in (3, 3.0 and "3" are one label).
-        rows = rows.assign(**{spec.target_column: encoding.as_category(rows[spec.target_column])})
-        return super().targets(rows, spec, target_set)
+        # The target column alone: a copy of every column costs the table again.
+        target = encoding.as_category(rows[spec.target_column])
+        return super().targets(target.to_frame(spec.target_column), spec, target_set)
 
     # ------------------------------------------------------------------ model
 
