@@ -40,6 +40,9 @@ def pytest_configure(config) -> None:
     # thread pools fight over both cores and training runs many times slower.
     if hasattr(config, "workerinput"):
         os.environ["OMP_NUM_THREADS"] = "1"
+    # Tests that give a command a HOME of its own still share the user's cache, where a new
+    # project's migrated Prefect database is kept (`pipelines.temporary_server`).
+    os.environ.setdefault("XDG_CACHE_HOME", str(Path.home() / ".cache"))
 
 
 # Seconds each slow module took (`pytest --durations`, 3 workers on 2 cores, 2026-12-07).
