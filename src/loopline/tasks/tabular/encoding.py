@@ -85,8 +85,7 @@ def encode(
 
     Filled in place, a column at a time: the only row-sized array is the answer (on 10^7
     rows a float64 copy per block and a concatenation held several times the answer)."""
-    width = len(numeric) + sum(len(known) + 1 for known in vocabularies.values())
-    out = np.zeros((len(rows), width), np.float32)
+    out = np.zeros((len(rows), len(input_names(numeric, vocabularies))), np.float32)
     for j, column in enumerate(numeric):
         values = rows[column].to_numpy(dtype=np.float64, na_value=np.nan)
         out[:, j] = (values - mean[column]) / std[column]
