@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup browser run test test-fast test-image image lint format bench lock clean
+.PHONY: help setup browser run test test-fast test-image image worker-image test-worker-image lint format bench lock clean
 
 help: ## Show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
@@ -62,6 +62,19 @@ image: ## Build the serving image (loopline-serve) on a local Debian base
 test-image: setup ## Build the serving image and run it against an MLflow server (minutes)
 	LOOPLINE_TEST_IMAGE=1 $(BIN)/pytest tests/serving/test_image.py
 
+# The worker image installs the CPU build of torch from images/wheels/ when a wheel is there:
+# this copies one from TORCH_WHEELS (a folder of wheels) where it has one, else the build
+# takes it from PyTorch's CPU index.
+TORCH_WHEELS ?= /opt/wheels
+worker-image: ## Build the cluster's worker image (loopline-worker) on a local Debian base
+	images/debian-base.sh loopline-base
+	for wheel in $(wildcard $(TORCH_WHEELS)/torch-*+cpu-*.whl); do cp -u "$$wheel" images/wheels/; done
+	DOCKER_BUILDKIT=1 $(DOCKER) build --network host -f images/worker.Dockerfile \
+		--build-arg CPU_BASE=loopline-base --secret id=ca,src=$(CA_BUNDLE) -t loopline-worker .
+
+test-worker-image: setup ## Build the worker image and tune and train on two of its containers
+	LOOPLINE_TEST_IMAGE=1 $(BIN)/pytest tests/e2e/test_worker_image.py
+
 lint: setup ## Lint and check formatting (ruff)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -83,6 +96,9 @@ lock: ## Re-resolve requirements.lock from requirements.in (uv)
 		--override $(VENV)/torch-cpu.txt -o requirements.lock
 	sed -i 's/^torch==\(.*\)+cpu/torch==\1/' requirements.lock
 	$(BIN)/uv pip compile requirements-serve.in --python-version 3.11 -o requirements-serve.lock
+	$(BIN)/uv pip compile requirements-worker.in --python-version 3.11 --find-links /opt/wheels \
+		--override $(VENV)/torch-cpu.txt -o requirements-worker.lock
+	sed -i 's/^torch==\(.*\)+cpu/torch==\1/' requirements-worker.lock
 
 clean: ## Remove the state folder (MLflow store, Prefect home, DVC remote) and data
 	rm -rf .loopline data
