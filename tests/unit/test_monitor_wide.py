@@ -16,8 +16,9 @@ from sqlalchemy import Column as SqlColumn
 from sqlalchemy import MetaData, Table, UniqueConstraint, create_engine, inspect, text
 
 from loopline.config import MonitorParams
-from loopline.offline.reference import Column, ReferenceProfile, columns_of
+from loopline.offline.reference import Column, ReferenceProfile, columns_of, latest_inputs
 from loopline.params import parse_params
+from loopline.tasks.base import EVENT_TIME
 from loopline.watch.monitor import (
     RULE,
     MonitoringStore,
@@ -208,3 +209,33 @@ def test_a_wide_input_is_tested_on_at_most_max_columns_and_the_report_says_so(tm
     assert len(tested - {"*"}) == 12 and not tested & {"x0", "x1", "x2", "x3", "x4"}
     assert any(f"tests 12 of {WIDE} input columns" in n and RULE in n for n in result.notes)
     assert len({w["period_start"] for w in result.periods}) == 3
+
+
+class TimedRows:
+    """A task whose monitored inputs are its one number and the rows' time, some missing."""
+
+    def __init__(self) -> None:
+        self.schema = {"seen": "datetime", "x": "float", "split": "string"}
+
+    def monitor_inputs(self, rows: pd.DataFrame, spec) -> pd.DataFrame:
+        return pd.DataFrame({"x": rows["x"], EVENT_TIME: rows["seen"]}, index=rows.index)
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 37, 500, 10_000])
+def test_the_profiles_latest_training_rows_are_the_same_a_chunk_at_a_time(chunk_rows, wide_task):
+    rng = np.random.default_rng(3)
+    seen = pd.Series(pd.to_datetime(rng.integers(0, 50, 1000), unit="h", utc=True))
+    seen[rng.random(1000) < 0.1] = pd.NaT  # no time: the latest, as a stable sort puts them
+    frame = pd.DataFrame({"seen": seen, "x": np.arange(1000.0)})
+    frame["split"] = np.where(rng.random(1000) < 0.8, "train", "test")
+    task = TimedRows()
+    whole = task.monitor_inputs(frame[frame["split"] == "train"], None)
+    expected = whole.sort_values(EVENT_TIME, kind="stable").tail(100)
+    inputs, rows = latest_inputs(task, frame, None, 100, chunk_rows=chunk_rows)
+    pd.testing.assert_frame_equal(inputs, expected)
+    assert rows == len(whole)
+    # No time at all (the table's task): the split's last rows, in their order.
+    table, spec = wide_task
+    wide = wide_rows(300, seed=2).drop(columns="seen").assign(split=frame["split"][:300])
+    inputs, _ = latest_inputs(table, wide, spec, 50, chunk_rows=chunk_rows)
+    assert list(inputs["x10"]) == list(wide.loc[wide["split"] == "train", "x10"].tail(50))

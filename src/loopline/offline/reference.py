@@ -111,10 +111,38 @@ class ReferenceProfile:
         return cls.from_dict(json.loads(path.read_text())) if path.exists() else None
 
 
-def columns_of(frame: pd.DataFrame, limit: int) -> dict[str, Column]:
-    if EVENT_TIME in frame.columns and frame[EVENT_TIME].notna().any():
+def latest(frame: pd.DataFrame, limit: int) -> pd.DataFrame:
+    """The last `limit` rows by event time (a stable sort: rows without a time count as the
+    latest, ties keep their order); the last `limit` rows where no row has a time."""
+    if EVENT_TIME in frame.columns:
         frame = frame.sort_values(EVENT_TIME, kind="stable")
-    frame = frame.tail(limit)
+    return frame.tail(limit)
+
+
+# Rows of the training split turned into monitored inputs at a time. Turning the whole split
+# at once held a copy of its every column: at 10^7 rows the profile stage was the flow's
+# peak (11.6 GB, README "Scale out").
+PROFILE_CHUNK_ROWS = 500_000
+
+
+def latest_inputs(
+    task: Any, frame: pd.DataFrame, spec: Any, limit: int, chunk_rows: int = PROFILE_CHUNK_ROWS
+) -> tuple[pd.DataFrame, int]:
+    """(the monitored inputs of the training split's last `limit` raw rows, how many rows
+    the split has). `monitor_inputs` gives one row per raw row, so the last `limit` rows of
+    the split are among the last `limit` of each chunk: a chunk at a time gives the same
+    rows as the whole split at once."""
+    contract = frame.columns.get_indexer([c for c in task.schema if c in frame.columns])
+    positions = np.flatnonzero((frame["split"] == "train").to_numpy())
+    kept = []
+    for start in range(0, max(len(positions), 1), chunk_rows):
+        rows = frame.iloc[positions[start : start + chunk_rows], contract]
+        kept.append(latest(task.monitor_inputs(rows, spec), limit))
+    return latest(pd.concat(kept) if len(kept) > 1 else kept[0], limit), len(positions)
+
+
+def columns_of(frame: pd.DataFrame, limit: int) -> dict[str, Column]:
+    frame = latest(frame, limit)
     out = {}
     for name in frame.columns:
         if name == EVENT_TIME:
@@ -141,8 +169,8 @@ def build_profile(
     """The profile of a model: its task's monitored inputs on the training split's raw rows
     (at most `max_columns` of them, `chosen_inputs`), its outputs and per-row losses on the
     test split (the ONNX model itself, as served)."""
-    raw = frame.loc[frame["split"] == "train", [c for c in task.schema if c in frame.columns]]
-    features = columns_of(task.monitor_inputs(raw, spec), limit)
+    inputs, train_rows = latest_inputs(task, frame, spec, limit)
+    features = columns_of(inputs, limit)
     examples = task.examples(frame, spec, "test")
     predictions: dict[str, Column] = {}
     quality = None
@@ -165,7 +193,7 @@ def build_profile(
                 [float(f"{v:.6g}") for v in losses[-limit:]],
                 None if pairs is None else rounded_pairs(np.asarray(pairs)[keep][-limit:]),
             )
-    rows = {"train": len(raw), "test": len(examples)}
+    rows = {"train": train_rows, "test": len(examples)}
     return trim_profile(ReferenceProfile(features, predictions, quality, rows), spec, max_columns)
 
 
