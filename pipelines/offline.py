@@ -38,6 +38,7 @@ from loopline.offline.export import Exported, export_model
 from loopline.offline.features import FeatureSpec, build_features
 from loopline.offline.lineage import git_commit
 from loopline.offline.membership import Membership
+from loopline.offline.memory import release_freed_memory
 from loopline.offline.notify import notify, run_summary
 from loopline.offline.reference import ReferenceProfile, build_profile
 from loopline.offline.split import split_and_fit, split_report, training_view
@@ -74,7 +75,9 @@ def run_stage(stage_task, paths: ProjectPaths, *args, **kwargs):
     )(*args, return_state=True, **kwargs)
     if state.name == "Cached":
         note(f"reused: completed earlier with the same key ({kwargs['stage_key']})")
-    return state.result()
+    result = state.result()
+    release_freed_memory()  # what the stage freed, before the next stage allocates
+    return result
 
 
 def _retry_transient(task, task_run, state) -> bool:
