@@ -62,8 +62,7 @@ def chronological_split(
         (t >= test_start - gap_span) & (t < test_start)
     )
     split = np.where(in_gap, "gap", split)
-    out = frame.copy()
-    out["split"] = split
+    out = frame.assign(split=split)  # the rows' columns shared, not copied (copy-on-write)
     counts = out["split"].value_counts()
     missing = [s for s in SETS if counts.get(s, 0) == 0]
     if missing:
@@ -111,9 +110,7 @@ def hash_split(
     missing = [c for c in key_columns if c not in frame.columns]
     if missing:
         raise ValueError(f"split: no key column(s) {missing} in {list(frame.columns)}")
-    out = frame.copy()
-    out["split"] = sets_of(buckets(key_text(frame, key_columns), salt), ratios)
-    return out
+    return frame.assign(split=sets_of(buckets(key_text(frame, key_columns), salt), ratios))
 
 
 def grouped_split(
@@ -221,7 +218,8 @@ def split_by_key(task, frame: pd.DataFrame, spec: FeatureSpec, params) -> pd.Dat
     active-learning pool) join no set: `unlabeled`."""
     columns, group = split_keys(task, spec)
     labeled = frame[spec.target_column].notna()
-    rows = frame[labeled]
+    # The labeled rows' keys only: a copy of every column of them was the stage's largest.
+    rows = frame.loc[labeled, list(dict.fromkeys([*columns, *task.key_columns]))]
     if group is not None:
         # One key, one set: a key whose group changed keeps its first group's set.
         keys = key_text(rows, list(task.key_columns))
