@@ -70,6 +70,7 @@ CACHED = {"cache_key_fn": _by_stage_key, "persist_result": True, "cache_result_i
 def run_stage(stage_task, paths: ProjectPaths, *args, **kwargs):
     """Call a cached stage with the project's result storage; say when it was reused."""
     results = paths.cache / "results"
+    release_freed_memory()  # what the flow dropped since the last stage (a phase's frames)
     state = stage_task.with_options(
         result_storage=results, result_serializer=PickleFile(folder=str(results / "pickles"))
     )(*args, return_state=True, **kwargs)
