@@ -38,7 +38,6 @@ from loopline.offline.export import Exported, export_model
 from loopline.offline.features import FeatureSpec, build_features
 from loopline.offline.lineage import git_commit
 from loopline.offline.membership import Membership
-from loopline.offline.memory import release_freed_memory
 from loopline.offline.notify import notify, run_summary
 from loopline.offline.reference import ReferenceProfile, build_profile
 from loopline.offline.split import split_and_fit, split_report, training_view
@@ -70,15 +69,12 @@ CACHED = {"cache_key_fn": _by_stage_key, "persist_result": True, "cache_result_i
 def run_stage(stage_task, paths: ProjectPaths, *args, **kwargs):
     """Call a cached stage with the project's result storage; say when it was reused."""
     results = paths.cache / "results"
-    release_freed_memory()  # what the flow dropped since the last stage (a phase's frames)
     state = stage_task.with_options(
         result_storage=results, result_serializer=PickleFile(folder=str(results / "pickles"))
     )(*args, return_state=True, **kwargs)
     if state.name == "Cached":
         note(f"reused: completed earlier with the same key ({kwargs['stage_key']})")
-    result = state.result()
-    release_freed_memory()  # what the stage freed, before the next stage allocates
-    return result
+    return state.result()
 
 
 def _retry_transient(task, task_run, state) -> bool:
