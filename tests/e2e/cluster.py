@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from loopline import registry
+from loopline.offline.train import PLACEMENT_TAG
 from tests.conftest import TINY
 
 BIN = Path(sys.executable).parent
@@ -120,3 +121,22 @@ def trial_runs(tracking_uri: str, run_id: str) -> list[str]:
     experiment = client.get_run(run_id).info.experiment_id
     runs = client.search_runs([experiment], filter_string=f"tags.mlflow.parentRunId = '{run_id}'")
     return [r.data.tags["loopline.trial_state"] for r in runs]
+
+
+def on_cluster(address: str, storage: str) -> list[str]:
+    """The overrides that hand the tuning study (in `storage`) and a two-process training to
+    the Dask scheduler at `address`."""
+    return [
+        "tune.parallel.engine=dask",
+        f"tune.parallel.address={address}",
+        f"tune.parallel.storage={storage}",
+        "train.processes=2",
+        "train.launch.engine=dask",
+        f"train.launch.address={address}",
+    ]
+
+
+def placement_hosts(tracking_uri: str, run_id: str) -> list[str]:
+    """The hosts the run's training processes ran on (its placement tag), sorted."""
+    placement = registry.client(tracking_uri).get_run(run_id).data.tags[PLACEMENT_TAG]
+    return sorted(worker.split("//")[1].split(":")[0] for worker in placement.split(", "))

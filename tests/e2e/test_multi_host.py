@@ -39,8 +39,6 @@ from pathlib import Path
 
 import pytest
 
-from loopline import registry
-from loopline.offline.train import PLACEMENT_TAG
 from loopline.paths import ProjectPaths
 from pipelines.deployments import local_server
 from tests.conftest import write_project
@@ -49,7 +47,9 @@ from tests.e2e.cluster import (
     PARAMS,
     clean_env,
     loopline_run,
+    on_cluster,
     partitions,
+    placement_hosts,
     postgres_target,
     tcp_relay,
     trial_runs,
@@ -194,31 +194,19 @@ def test_the_flow_tunes_and_trains_on_a_dask_cluster_of_three_network_namespaces
         address = stack.enter_context(dask_cluster(hosts, prefect_api, tmp_path / "cluster"))
         cluster_root = write_project(tmp_path / "on-cluster", PARAMS)
         env = clean_env() | {"PREFECT_API_URL": prefect_api, "MLFLOW_TRACKING_URI": tracking}
-        on_cluster = loopline_run(
-            cluster_root,
-            env,
-            [
-                "tune.parallel.engine=dask",
-                f"tune.parallel.address={address}",
-                f"tune.parallel.storage={storage}",
-                "train.processes=2",
-                "train.launch.engine=dask",
-                f"train.launch.address={address}",
-            ],
-        )
-        placement = registry.client(tracking).get_run(on_cluster["run_id"]).data.tags[PLACEMENT_TAG]
-        trials = trial_runs(tracking, on_cluster["run_id"])
+        cluster_run = loopline_run(cluster_root, env, on_cluster(address, storage))
+        ranks = placement_hosts(tracking, cluster_run["run_id"])
+        trials = trial_runs(tracking, cluster_run["run_id"])
     single_root = write_project(tmp_path / "one-process", PARAMS)
     single = loopline_run(single_root, clean_env(), [])
-    assert on_cluster["status"] == single["status"] == "published", (on_cluster, single)
+    assert cluster_run["status"] == single["status"] == "published", (cluster_run, single)
     # Both grid points ran as tasks on the workers, in the study the workers shared.
     assert sorted(trials) == ["COMPLETE", "COMPLETE"], trials
     # The final training ran as one group of two processes, one on each worker's host.
-    hosts_used = sorted(w.split("//")[1].split(":")[0] for w in placement.split(", "))
-    assert hosts_used == sorted([hosts["worker-a"].address, hosts["worker-b"].address]), placement
+    assert ranks == sorted([hosts["worker-a"].address, hosts["worker-b"].address]), ranks
     # The same rows, byte for byte. (The data version, DVC's hash of data/, also covers the
     # manifest's commit times and batch ids, so two runs never share it.)
     assert partitions(cluster_root) == partitions(single_root) != {}
-    assert on_cluster["metrics"].keys() == single["metrics"].keys()
+    assert cluster_run["metrics"].keys() == single["metrics"].keys()
     for name, value in single["metrics"].items():
-        assert on_cluster["metrics"][name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
+        assert cluster_run["metrics"][name] == pytest.approx(value, rel=1e-4, abs=1e-6), name

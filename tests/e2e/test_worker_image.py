@@ -22,31 +22,29 @@ import re
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from loopline import registry
 from loopline.health import free_port
-from loopline.offline.train import PLACEMENT_TAG
 from loopline.paths import ProjectPaths
 from pipelines.deployments import local_server
 from tests.conftest import write_project
+from tests.docker_images import DOCKER, REPO, build_image, docker, healthy
 from tests.e2e.cluster import (
     BIN,
     PARAMS,
     clean_env,
     loopline_run,
+    on_cluster,
+    placement_hosts,
     postgres_target,
     tcp_relay,
     trial_runs,
 )
 from tests.serving.conftest import mlflow_server
 
-REPO = Path(__file__).resolve().parents[2]
-DOCKER = os.environ.get("DOCKER", "/usr/bin/docker")  # Debian's CLI: BuildKit built in
-BASE, IMAGE = "loopline-base", "loopline-worker:test"
+IMAGE = "loopline-worker:test"
 TORCH_WHEELS = Path(os.environ.get("TORCH_WHEELS", "/opt/wheels"))
 
 DOCKERFILE = REPO / "images" / "worker.Dockerfile"
@@ -94,32 +92,13 @@ def test_the_worker_dockerfile_lints_and_its_context_holds_what_it_copies():
     assert ignored["serving"].match_file("images/wheels/torch-2.13.0+cpu-cp311-x.whl")
 
 
-def docker(*args: str, timeout: float = 120) -> str:
-    done = subprocess.run([DOCKER, *args], capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, f"docker {' '.join(args)}:\n{done.stdout}{done.stderr}"
-    return done.stdout.strip()
-
-
 @pytest.fixture(scope="module")
 def image() -> str:
     if os.environ.get("LOOPLINE_TEST_IMAGE") != "1":
         pytest.skip("image build test is opt-in: make test-worker-image (LOOPLINE_TEST_IMAGE=1)")
-    if (
-        not Path(DOCKER).is_file()
-        or subprocess.run([DOCKER, "info"], capture_output=True).returncode
-    ):
-        pytest.skip(f"no Docker engine answers through {DOCKER}")
-    if shutil.which("debootstrap") is None:
-        pytest.skip("debootstrap is not installed (apt-get install debootstrap)")
-    subprocess.run([str(REPO / "images" / "debian-base.sh"), BASE], check=True, timeout=1200)
     for wheel in TORCH_WHEELS.glob("torch-*+cpu-*.whl"):  # else the build asks PyTorch's index
         shutil.copy2(wheel, REPO / "images" / "wheels" / wheel.name)
-    ca = "/etc/ssl/certs/ca-certificates.crt"
-    command = [DOCKER, "build", "--network", "host", "-f", "images/worker.Dockerfile"]
-    command += ["--build-arg", f"CPU_BASE={BASE}", "--secret", f"id=ca,src={ca}"]
-    command += ["-t", IMAGE, str(REPO)]
-    subprocess.run(command, check=True, timeout=2400, env={**os.environ, "DOCKER_BUILDKIT": "1"})
-    return IMAGE
+    return build_image(IMAGE, "-f", "images/worker.Dockerfile")
 
 
 def bridge_gateway() -> str:
@@ -180,16 +159,6 @@ def workers(image: str, address: str, prefect_api: str, names: list[str]):
             subprocess.run([DOCKER, "rm", "-f", container], capture_output=True)
 
 
-def healthy(container: str, timeout_s: float = 180) -> str:
-    deadline, status = time.monotonic() + timeout_s, ""
-    while time.monotonic() < deadline:
-        status = docker("inspect", container, "--format", "{{.State.Health.Status}}")
-        if status in ("healthy", "unhealthy"):
-            return status
-        time.sleep(2)
-    return status
-
-
 def address_of(container: str) -> str:
     return docker("inspect", container, "--format", "{{.NetworkSettings.IPAddress}}")
 
@@ -221,23 +190,11 @@ def test_two_worker_containers_tune_and_train_the_flow(image, tmp_path):
             assert healthy(container) == "healthy", docker("logs", container)[-4000:]
         root = write_project(tmp_path / "project", PARAMS)
         env = clean_env() | {"PREFECT_API_URL": prefect_api, "MLFLOW_TRACKING_URI": tracking}
-        summary = loopline_run(
-            root,
-            env,
-            [
-                "tune.parallel.engine=dask",
-                f"tune.parallel.address={address}",
-                f"tune.parallel.storage={storage}",
-                "train.processes=2",
-                "train.launch.engine=dask",
-                f"train.launch.address={address}",
-            ],
-        )
-        placement = registry.client(tracking).get_run(summary["run_id"]).data.tags[PLACEMENT_TAG]
+        summary = loopline_run(root, env, on_cluster(address, storage))
+        ranks = placement_hosts(tracking, summary["run_id"])
         trials = trial_runs(tracking, summary["run_id"])
         containers = sorted(address_of(c) for c in started.values())
     assert summary["status"] == "published", summary
     assert sorted(trials) == ["COMPLETE", "COMPLETE"], trials
     # The final training ran as one group of two processes, one in each container.
-    ranks = sorted(w.split("//")[1].split(":")[0] for w in placement.split(", "))
-    assert ranks == containers, placement
+    assert ranks == containers, ranks

@@ -10,21 +10,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
-import time
-from pathlib import Path
 
 import httpx
 import pytest
 
 from loopline.health import free_port, wait_until_ok
 from tests.conftest import TINY, write_project
+from tests.docker_images import build_image, docker, healthy
 from tests.serving.conftest import mlflow_server, publish_tiny_model, window_of
 
-REPO = Path(__file__).resolve().parents[2]
-DOCKER = os.environ.get("DOCKER", "/usr/bin/docker")  # Debian's CLI: BuildKit built in
-BASE, IMAGE = "loopline-base", "loopline-serve:test"
+IMAGE = "loopline-serve:test"
 LIMIT_BYTES = 1_000_000_000
 
 pytestmark = pytest.mark.skipif(
@@ -33,28 +28,9 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def docker(*args: str, timeout: float = 120) -> str:
-    done = subprocess.run([DOCKER, *args], capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, f"docker {' '.join(args)}:\n{done.stdout}{done.stderr}"
-    return done.stdout.strip()
-
-
 @pytest.fixture(scope="module")
 def image() -> str:
-    if (
-        not Path(DOCKER).is_file()
-        or subprocess.run([DOCKER, "info"], capture_output=True).returncode
-    ):
-        pytest.skip(f"no Docker engine answers through {DOCKER}")
-    if shutil.which("debootstrap") is None:
-        pytest.skip("debootstrap is not installed (apt-get install debootstrap)")
-    subprocess.run([str(REPO / "images" / "debian-base.sh"), BASE], check=True, timeout=1200)
-    ca = "/etc/ssl/certs/ca-certificates.crt"
-    env = {**os.environ, "DOCKER_BUILDKIT": "1"}
-    command = [DOCKER, "build", "--network", "host", "--build-arg", f"CPU_BASE={BASE}"]
-    command += ["--secret", f"id=ca,src={ca}", "-t", IMAGE, str(REPO)]
-    subprocess.run(command, check=True, timeout=1800, env=env)
-    return IMAGE
+    return build_image(IMAGE)
 
 
 def test_the_image_is_under_1_gb_and_holds_no_torch(image):
@@ -63,17 +39,6 @@ def test_the_image_is_under_1_gb_and_holds_no_torch(image):
     listed = docker("run", "--rm", "--entrypoint", "pip", image, "list", "--format", "json")
     installed = {p["name"].lower() for p in json.loads(listed)}
     assert not installed & {"torch", "prefect", "dvc", "great-expectations", "optuna"}
-
-
-def healthy(container: str, timeout_s: float = 180) -> str:
-    deadline = time.monotonic() + timeout_s
-    status = ""
-    while time.monotonic() < deadline:
-        status = docker("inspect", container, "--format", "{{.State.Health.Status}}")
-        if status in ("healthy", "unhealthy"):
-            return status
-        time.sleep(2)
-    return status
 
 
 def test_the_image_serves_the_registry_champion_healthy_as_non_root(image, tmp_path, monkeypatch):

@@ -142,7 +142,12 @@ def latest_inputs(
 
 
 def columns_of(frame: pd.DataFrame, limit: int) -> dict[str, Column]:
-    frame = latest(frame, limit)
+    """The profile's columns of the frame's last `limit` rows by event time."""
+    return described(latest(frame, limit))
+
+
+def described(frame: pd.DataFrame) -> dict[str, Column]:
+    """Each column but the event time, as the profile keeps it: rounded numbers or text."""
     out = {}
     for name in frame.columns:
         if name == EVENT_TIME:
@@ -170,7 +175,7 @@ def build_profile(
     (at most `max_columns` of them, `chosen_inputs`), its outputs and per-row losses on the
     test split (the ONNX model itself, as served)."""
     inputs, train_rows = latest_inputs(task, frame, spec, limit)
-    features = columns_of(inputs, limit)
+    features = described(inputs)  # already the latest `limit`, in time order
     examples = task.examples(frame, spec, "test")
     predictions: dict[str, Column] = {}
     quality = None
